@@ -1,0 +1,343 @@
+"""Preference data: the schema, loading from the Hub or a folder, validation, 1:1 mixing, and the
+importer for the data released with the BATON paper.
+
+A preference dataset is a `datasets.Dataset` with the columns of `PREFERENCE_FEATURES`. Audio is
+kept undecoded (`Audio(decode=False)`: a dict of bytes and path) and read with soundfile, because
+datasets >= 4 decodes through torchcodec, which does not load beside every torch build.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import datasets
+import numpy as np
+from datasets import Audio, Dataset, Features, Sequence, Value
+
+SAMPLE_RATE = 16_000
+TASKS = ("integrity", "temporal")
+SOURCES = ("human", "reward_model")
+
+PREFERENCE_FEATURES = Features(
+    {
+        "caption": Value("string"),
+        "audio": Audio(sampling_rate=SAMPLE_RATE, decode=False),
+        "feedback": Value("int8"),  # 1 aligned, 0 not aligned, -1 unrated
+        "reward": Value("float32"),  # the training weight w_i in [0, 1]
+        "source": Value("string"),  # "human" | "reward_model"
+        "task": Value("string"),  # "integrity" | "temporal"
+        "labels": Sequence(Value("string")),
+        "caption_id": Value("int64"),
+        "clip_index": Value("int64"),
+        "annotator": Value("string"),
+    }
+)
+REQUIRED_COLUMNS = ("caption", "audio", "feedback", "reward", "source", "task")
+
+PRETRAIN_FEATURES = Features({"caption": Value("string"), "audio": Audio(sampling_rate=SAMPLE_RATE, decode=False)})
+
+
+class PreferenceDataError(ValueError):
+    """A preference dataset that cannot be trained on; the message names the row and column."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading
+
+
+def _load_any(source: str | Path, split: str) -> Dataset:
+    path = Path(source)
+    if path.is_dir():
+        if (path / "dataset_info.json").is_file() or (path / "state.json").is_file() or (path / "dataset_dict.json").is_file():
+            loaded = datasets.load_from_disk(str(path))
+            if isinstance(loaded, datasets.DatasetDict):
+                if split not in loaded:
+                    raise PreferenceDataError(f"{path}: no split '{split}' (has {list(loaded)})")
+                loaded = loaded[split]
+            return loaded
+        parquet = sorted(path.rglob("*.parquet"))
+        if parquet:
+            return datasets.load_dataset("parquet", data_files=[str(p) for p in parquet], split="train")
+        metadata = [p for p in (path / "metadata.jsonl", path / "metadata.csv") if p.is_file()]
+        if metadata:
+            return audio_folder_to_dataset(path)
+        raise PreferenceDataError(f"{path}: not a saved dataset, a parquet folder, or an audio folder with metadata.jsonl")
+    if path.suffix == ".parquet" and path.is_file():
+        return datasets.load_dataset("parquet", data_files=str(path), split="train")
+    if path.exists():
+        raise PreferenceDataError(f"{path}: expected a dataset folder or a .parquet file")
+    if re.fullmatch(r"[\w.-]+/[\w.-]+", str(source)):
+        return datasets.load_dataset(str(source), split=split)
+    raise PreferenceDataError(f"{source}: no such folder or file, and not a Hub dataset id (owner/name)")
+
+
+def audio_folder_to_dataset(folder: str | Path) -> Dataset:
+    """An audio folder with `metadata.jsonl` (a `file_name` column per row, as datasets' audiofolder)."""
+    folder = Path(folder)
+    meta = folder / "metadata.jsonl"
+    if not meta.is_file():
+        import csv
+
+        with open(folder / "metadata.csv", newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+    else:
+        rows = [json.loads(line) for line in meta.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if rows and "file_name" not in rows[0]:
+        raise PreferenceDataError(f"{meta}: rows need a 'file_name' column")
+    columns: dict[str, list[Any]] = {k: [r.get(k) for r in rows] for k in rows[0]} if rows else {}
+    columns["audio"] = [{"path": str(folder / r["file_name"]), "bytes": None} for r in rows]
+    columns.pop("file_name", None)
+    return Dataset.from_dict(columns)
+
+
+def _conform(ds: Dataset, features: Features) -> Dataset:
+    """Give optional columns their defaults and cast to the schema, keeping audio undecoded."""
+    n = len(ds)
+    defaults = {"labels": [[]] * n, "caption_id": list(range(n)), "clip_index": [0] * n, "annotator": [""] * n}
+    for name, values in defaults.items():
+        if name in features and name not in ds.column_names:
+            ds = ds.add_column(name, values)
+    if "audio" in ds.column_names:
+        ds = ds.cast_column("audio", Audio(sampling_rate=SAMPLE_RATE, decode=False))
+    extra = [c for c in ds.column_names if c not in features]
+    wanted = Features({k: v for k, v in features.items() if k in ds.column_names})
+    ds = ds.remove_columns(extra) if extra else ds
+    return ds.cast(wanted) if ds.features != wanted else ds
+
+
+def load_preference_dataset(source: str | Path, split: str = "train", validate: bool = True) -> Dataset:
+    """Load a preference dataset from a Hub id, a `save_to_disk` folder, parquet, or an audio folder."""
+    ds = _load_any(source, split)
+    missing = [c for c in REQUIRED_COLUMNS if c not in ds.column_names]
+    if missing:
+        raise PreferenceDataError(f"{source}: missing column '{missing[0]}' (has {ds.column_names})")
+    ds = _conform(ds, PREFERENCE_FEATURES)
+    if validate:
+        validate_preference_dataset(ds, name=str(source))
+    return ds
+
+
+def load_pretrain_dataset(source: str | Path, split: str = "train") -> Dataset:
+    """(caption, audio) pairs for the beta term: a folder, parquet file, or Hub id."""
+    ds = _load_any(source, split)
+    for column in ("caption", "audio"):
+        if column not in ds.column_names:
+            raise PreferenceDataError(f"{source}: missing column '{column}' (has {ds.column_names})")
+    ds = _conform(ds.select_columns(["caption", "audio"]), PRETRAIN_FEATURES)
+    check_captions(ds["caption"], str(source))
+    return ds
+
+
+# ----------------------------------------------------------------------------------------------
+# Validation
+
+
+def check_captions(captions: list[Any], name: str = "dataset") -> None:
+    for i, caption in enumerate(captions):
+        if not isinstance(caption, str) or not caption.strip():
+            raise PreferenceDataError(f"{name}: row {i}, column 'caption': empty caption")
+
+
+def validate_preference_dataset(ds: Dataset, name: str = "dataset") -> Dataset:
+    """Check every row against the schema; the first problem raises with its row and column."""
+    missing = [c for c in REQUIRED_COLUMNS if c not in ds.column_names]
+    if missing:
+        raise PreferenceDataError(f"{name}: missing column '{missing[0]}' (has {ds.column_names})")
+    check_captions(ds["caption"], name)
+    for i, (feedback, reward, source, task) in enumerate(zip(ds["feedback"], ds["reward"], ds["source"], ds["task"])):
+        where = f"{name}: row {i}"
+        if feedback not in (-1, 0, 1):
+            raise PreferenceDataError(f"{where}, column 'feedback': {feedback!r} is not 1, 0 or -1")
+        if reward is None or not math.isfinite(reward):
+            raise PreferenceDataError(f"{where}, column 'reward': {reward!r} is not a finite number")
+        if not 0.0 <= reward <= 1.0:
+            raise PreferenceDataError(f"{where}, column 'reward': {reward!r} is outside [0, 1]")
+        if source not in SOURCES:
+            raise PreferenceDataError(f"{where}, column 'source': {source!r} is not one of {list(SOURCES)}")
+        if task not in TASKS:
+            raise PreferenceDataError(f"{where}, column 'task': {task!r} is not one of {list(TASKS)}")
+        if source == "human" and feedback == -1:
+            raise PreferenceDataError(f"{where}: a human-rated row has feedback -1 (unrated)")
+    for i, audio in enumerate(ds.with_format("arrow")["audio"].to_pylist() if len(ds) else []):
+        if audio is None or (not audio.get("bytes") and not audio.get("path")):
+            raise PreferenceDataError(f"{name}: row {i}, column 'audio': no audio")
+    return ds
+
+
+def mix_feedback(human: Dataset, reward_rated: Dataset | None, ratio: float = 1.0, seed: int = 0) -> Dataset:
+    """All human-rated rows plus `ratio` times as many reward-rated rows (the paper mixes 1:1).
+
+    Reward-rated rows are sampled without replacement; when there are fewer than asked, all are
+    used. The result is shuffled with `seed`.
+    """
+    parts = [human]
+    if reward_rated is not None and len(reward_rated) and ratio > 0:
+        want = min(len(reward_rated), int(round(ratio * len(human))) if len(human) else len(reward_rated))
+        picked = np.random.default_rng(seed).permutation(len(reward_rated))[:want]
+        parts.append(reward_rated.select(sorted(picked.tolist())))
+    parts = [p.cast(PREFERENCE_FEATURES) if p.features != PREFERENCE_FEATURES else p for p in parts]
+    return datasets.concatenate_datasets(parts).shuffle(seed=seed).flatten_indices()
+
+
+# ----------------------------------------------------------------------------------------------
+# BATON release importer
+
+
+@dataclass
+class ImportBatonConfig:
+    files: list[str] = field(default_factory=list, metadata={"positional": True, "help": "release JSON files"})
+    audio_root: str | None = field(default=None, metadata={"help": "folder searched (recursively) for the wav files by name"})
+    out: str = field(default="baton_release_dataset", metadata={"help": "output folder (datasets save_to_disk)"})
+    missing_audio: Literal["drop", "keep", "error"] = field(
+        default="drop", metadata={"help": "rows whose wav is not found: drop them (reported), keep them without audio, or stop"}
+    )
+
+
+_FILE_NAME = re.compile(r"^(?P<caption_id>\d+)_(?P<caption>.*)_(?P<clip>\d+)\.wav$")
+
+
+def _read_json_records(path: Path) -> Any:
+    text = path.read_text(encoding="utf-8").strip()
+    if not text:
+        raise PreferenceDataError(f"{path}: empty file")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        pass
+    rows = []
+    for line_no, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise PreferenceDataError(f"{path}: line {line_no} is not JSON ({exc.msg})") from None
+    return rows
+
+
+def _release_rows(path: Path) -> tuple[str, list[dict[str, Any]]]:
+    """Normalise one release file to rows: (kind, rows) with kind 'preference' or 'pretrain'."""
+    data = _read_json_records(path)
+    if isinstance(data, dict) and "grouped_ratings" in data:
+        task = "temporal" if "3label" in path.name else "integrity"
+        rows = [
+            {"location": name, "captions": caption, "feedback": int(score), "dataset": f"{task}_grouped"}
+            for caption, clips in data["grouped_ratings"].items()
+            for name, score in clips.items()
+        ]
+        return "preference", rows
+    if not isinstance(data, list):
+        raise PreferenceDataError(f"{path}: expected a JSON list, JSON lines, or a grouped_ratings object")
+    if data and all("feedback" not in r and "SED" not in r for r in data):
+        return "pretrain", data
+    return "preference", data
+
+
+def _task_of(dataset_field: str, path: Path) -> str:
+    text = f"{dataset_field} {path.name}"
+    if "3label" in text or "temporal" in text:
+        return "temporal"
+    return "integrity"
+
+
+def import_baton_release(config: ImportBatonConfig) -> Path:
+    """Turn release JSON files into a preference dataset (or a pretrain dataset for AudioCaps lists)."""
+    from tqdm.auto import tqdm
+
+    if not config.files:
+        raise PreferenceDataError("import-baton needs at least one release JSON file")
+    audio_index: dict[str, Path] = {}
+    if config.audio_root:
+        root = Path(config.audio_root)
+        if not root.is_dir():
+            raise PreferenceDataError(f"--audio_root {root} is not a folder")
+        audio_index = {p.name: p for p in root.rglob("*.wav")}
+    out = Path(config.out)
+    report: dict[str, Any] = {"files": {}, "missing_audio": [], "inconsistencies": []}
+    preference: dict[str, list[Any]] = {k: [] for k in PREFERENCE_FEATURES}
+    pretrain: dict[str, list[Any]] = {"caption": [], "audio": []}
+    for file_name in config.files:
+        path = Path(file_name)
+        if not path.is_file():
+            raise PreferenceDataError(f"release file not found: {path}")
+        kind, rows = _release_rows(path)
+        counts = {"rows": len(rows), "imported": 0, "missing_audio": 0, "kind": kind}
+        for i, row in enumerate(tqdm(rows, desc=f"import {path.name}", leave=False)):
+            caption = row.get("captions") or row.get("caption")
+            location = str(row.get("location", ""))
+            base = Path(location).name
+            if not isinstance(caption, str) or not caption.strip():
+                raise PreferenceDataError(f"{path}: row {i}: empty caption")
+            dataset_field = str(row.get("dataset", ""))
+            folder = Path(location).parent.name
+            if dataset_field[:6] in ("2label", "3label") and folder and not folder.startswith(dataset_field[:6]):
+                report["inconsistencies"].append(f"{path.name} row {i}: dataset '{dataset_field}' but folder '{folder}'")
+            found = audio_index.get(base)
+            if found is None:
+                counts["missing_audio"] += 1
+                report["missing_audio"].append(f"{path.name} row {i}: {base}")
+                if config.missing_audio == "error":
+                    raise PreferenceDataError(f"{path}: row {i}: audio file '{base}' not found under {config.audio_root}")
+                if config.missing_audio == "drop":
+                    continue
+            audio = {"path": str(found), "bytes": found.read_bytes()} if found else None
+            counts["imported"] += 1
+            if kind == "pretrain":
+                pretrain["caption"].append(caption)
+                pretrain["audio"].append(audio)
+                continue
+            if "feedback" in row:
+                feedback = int(row["feedback"])
+                reward, source = float(feedback), "human"
+            else:
+                feedback, reward, source = -1, float(row["SED"]), "reward_model"
+            match = _FILE_NAME.match(base)
+            preference["caption"].append(caption)
+            preference["audio"].append(audio)
+            preference["feedback"].append(feedback)
+            preference["reward"].append(reward)
+            preference["source"].append(source)
+            preference["task"].append(_task_of(dataset_field, path))
+            preference["labels"].append([])
+            preference["caption_id"].append(int(match["caption_id"]) if match else -1)
+            preference["clip_index"].append(int(match["clip"]) if match else 0)
+            preference["annotator"].append("baton_release" if source == "human" else "")
+        report["files"][path.name] = counts
+    written = []
+    if any(preference["caption"]) or not any(pretrain["caption"]):
+        ds = Dataset.from_dict(preference, features=PREFERENCE_FEATURES)
+        if config.missing_audio != "keep":
+            validate_preference_dataset(ds, name=str(out))
+        save_dataset_atomic(ds, out)
+        written.append(str(out))
+    if pretrain["caption"]:
+        pretrain_out = out if not preference["caption"] else out.with_name(out.name + "_pretrain")
+        save_dataset_atomic(Dataset.from_dict(pretrain, features=PRETRAIN_FEATURES), pretrain_out)
+        written.append(str(pretrain_out))
+    report["written"] = written
+    out.parent.mkdir(parents=True, exist_ok=True)
+    (out.parent / f"{out.name}_import_report.json").write_text(json.dumps(report, indent=2))
+    for name, counts in report["files"].items():
+        print(f"{name}: {counts['imported']}/{counts['rows']} rows imported, {counts['missing_audio']} audio files not found")
+    if report["inconsistencies"]:
+        print(f"{len(report['inconsistencies'])} rows whose folder disagrees with their dataset field (see the import report)")
+    return out
+
+
+def save_dataset_atomic(ds: Dataset, out: Path) -> None:
+    """save_to_disk into a temporary folder, then rename: a killed import leaves no half dataset."""
+    import shutil
+
+    out = Path(out)
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    ds.save_to_disk(str(tmp))
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+
+

@@ -1,0 +1,100 @@
+"""The BATON objective (Liao et al., IJCAI 2024, arXiv 2402.00744, Eq. 7).
+
+For a feedback batch of B clips with weights w_i and a pretrain batch of B' clips:
+
+    l_i = snr_weight(t_i) * mean over latent dims of (unet(z_t, t, text) - target)^2
+    L   = (1/B) * sum_i w_i * l_i  +  beta * (1/B') * sum_j l_j
+
+w_i is the human label (0/1) for human-rated clips and the reward model's score for the rest.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+SnrMode = Literal["none", "min_snr", "tango"]
+
+
+def denoising_target(scheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    """What the UNet is trained to predict: the noise (epsilon) or the velocity (v).
+
+    v = sqrt(abar_t) * eps - sqrt(1 - abar_t) * z0, as `scheduler.get_velocity` computes it.
+    """
+    prediction_type = scheduler.config.prediction_type
+    if prediction_type == "epsilon":
+        return noise
+    if prediction_type == "v_prediction":
+        return scheduler.get_velocity(latents, noise, timesteps)
+    raise ValueError(f"unsupported scheduler prediction_type '{prediction_type}' (expected epsilon or v_prediction)")
+
+
+def snr(scheduler, timesteps: torch.Tensor) -> torch.Tensor:
+    """Signal-to-noise ratio abar_t / (1 - abar_t) of each timestep, in float32."""
+    alphas_cumprod = scheduler.alphas_cumprod.to(device=timesteps.device, dtype=torch.float32)
+    abar = alphas_cumprod[timesteps.long()]
+    return abar / (1.0 - abar)
+
+
+def snr_weights(scheduler, timesteps: torch.Tensor, gamma: float = 5.0, mode: SnrMode = "min_snr") -> torch.Tensor:
+    """Per-sample loss weights from the timestep's SNR.
+
+    - "none": all ones.
+    - "min_snr": Min-SNR-gamma (Hang et al. 2023) in the form that matches the target:
+      min(snr, gamma) / snr for epsilon, min(snr, gamma) / (snr + 1) for v.
+    - "tango": min(snr, gamma) / snr whatever the target, as TANGO trained its v-prediction
+      model; fine-tuning TANGO with it continues the objective it was trained with.
+    """
+    if mode == "none":
+        return torch.ones(timesteps.shape[0], dtype=torch.float32, device=timesteps.device)
+    ratio = snr(scheduler, timesteps)
+    clipped = torch.clamp(ratio, max=gamma)
+    if mode == "tango":
+        return clipped / ratio
+    if mode == "min_snr":
+        if scheduler.config.prediction_type == "v_prediction":
+            return clipped / (ratio + 1.0)
+        return clipped / ratio
+    raise ValueError(f"unknown snr weighting mode '{mode}' (expected none, min_snr or tango)")
+
+
+def per_sample_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over every non-batch dimension, in float32: shape (batch,)."""
+    return (pred.float() - target.float()).pow(2).flatten(1).mean(dim=1)
+
+
+def baton_loss(
+    pred_fb: torch.Tensor,
+    target_fb: torch.Tensor,
+    weights: torch.Tensor,
+    pred_pt: torch.Tensor | None = None,
+    target_pt: torch.Tensor | None = None,
+    beta: float = 0.5,
+    snr_fb: torch.Tensor | None = None,
+    snr_pt: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Reward-weighted denoising loss plus beta times the plain pretraining loss (Eq. 7).
+
+    `snr_fb` / `snr_pt` are per-sample SNR weights (from `snr_weights`), ones when omitted.
+    Returns `(loss, logs)`; `logs` holds the two terms as floats for tracking.
+    """
+    if weights.ndim != 1 or weights.shape[0] != pred_fb.shape[0]:
+        raise ValueError(f"weights must have shape ({pred_fb.shape[0]},), got {tuple(weights.shape)}")
+    mse_fb = per_sample_mse(pred_fb, target_fb)
+    if snr_fb is not None:
+        mse_fb = mse_fb * snr_fb.float()
+    feedback_term = (weights.float() * mse_fb).mean()
+    logs = {"loss_feedback": feedback_term.detach().item(), "mean_weight": weights.float().mean().item()}
+    loss = feedback_term
+    if pred_pt is not None:
+        if target_pt is None:
+            raise ValueError("pred_pt given without target_pt")
+        mse_pt = per_sample_mse(pred_pt, target_pt)
+        if snr_pt is not None:
+            mse_pt = mse_pt * snr_pt.float()
+        pretrain_term = mse_pt.mean()
+        loss = loss + beta * pretrain_term
+        logs["loss_pretrain"] = pretrain_term.detach().item()
+    logs["loss"] = loss.detach().item()
+    return loss, logs
