@@ -1,0 +1,80 @@
+"""BATON reward model: frozen CLAP + a small head, shared on the Hub with a custom pipeline.
+
+    import reward_hub
+    model = reward_hub.load("RUN/reward_model")          # no remote code needed
+    model.score(["a dog barks then a bell rings"], [wav], sampling_rate=16000)
+
+    from transformers import pipeline                      # only transformers needed
+    pipe = pipeline("text-audio-reward", model="RUN/reward_model", trust_remote_code=True)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModel, ClapModel, ClapProcessor
+from transformers.pipelines import PIPELINE_REGISTRY
+
+from .clap import ClapEmbedder, save_tiny_clap
+from .modeling_baton_reward import (
+    PIPELINE_TASK,
+    BatonRewardConfig,
+    BatonRewardModel,
+    BatonRewardOutput,
+    RewardInputError,
+    prepare_waveform,
+)
+from .pipeline_baton_reward import TextAudioRewardPipeline
+
+AutoConfig.register(BatonRewardConfig.model_type, BatonRewardConfig, exist_ok=True)
+AutoModel.register(BatonRewardConfig, BatonRewardModel, exist_ok=True)
+PIPELINE_REGISTRY.register_pipeline(PIPELINE_TASK, pipeline_class=TextAudioRewardPipeline, pt_model=AutoModel, type="multimodal")
+
+
+def build_reward_model(
+    clap: str | os.PathLike | ClapEmbedder = "laion/clap-htsat-unfused",
+    head_hidden_size: int = 512,
+    seed: int = 0,
+) -> BatonRewardModel:
+    """A fresh reward model around a CLAP checkpoint (Hub id, folder, or a ClapEmbedder's model):
+    CLAP weights copied in and frozen, head initialised from `seed`, processor attached."""
+    if isinstance(clap, ClapEmbedder):
+        clap_model, processor, source = clap.model, clap.processor, clap.name_or_path
+    else:
+        source = str(clap)
+        clap_model, processor = ClapModel.from_pretrained(source), ClapProcessor.from_pretrained(source)
+    config = BatonRewardConfig(
+        clap_config=clap_model.config.to_dict(), clap_model_name_or_path=source, head_hidden_size=head_hidden_size
+    )
+    torch.manual_seed(seed)
+    model = BatonRewardModel(config)
+    model.clap.load_state_dict(clap_model.state_dict())
+    model.processor = processor
+    return model.eval()
+
+
+def load(path_or_repo: str | os.PathLike, device: str | torch.device | None = None, **kwargs) -> BatonRewardModel:
+    """Load a saved reward model (folder or Hub repo) with the CLAP processor attached, in eval
+    mode. Uses the classes in this package, so no remote code runs."""
+    source = str(path_or_repo)
+    model = BatonRewardModel.from_pretrained(source, **kwargs)
+    model.processor = ClapProcessor.from_pretrained(source, **{k: v for k, v in kwargs.items() if k in ("revision", "token", "cache_dir", "local_files_only")})
+    if device is not None:
+        model.to(device)
+    return model.eval()
+
+
+__all__ = [
+    "BatonRewardConfig",
+    "BatonRewardModel",
+    "BatonRewardOutput",
+    "ClapEmbedder",
+    "RewardInputError",
+    "TextAudioRewardPipeline",
+    "build_reward_model",
+    "load",
+    "prepare_waveform",
+    "save_tiny_clap",
+]
