@@ -1,0 +1,384 @@
+"""Evaluation report: `report.md` (base vs aligned table, metric definitions, skipped metrics),
+`metrics.json`, `per_caption.jsonl` and plots (metric bars, per-caption CLAP scatter,
+spectrogram grid). Every file is written atomically, so a killed run leaves the old report or
+the whole new one."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import platform
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from baton_trainer.audio import atomic_write_bytes
+
+FD_DEFINITION = (
+    "FD: Fréchet distance between Gaussians fitted to PANNs Cnn14 (16 kHz, Cnn14_16k_mAP=0.438) 2048-d "
+    "clip embeddings of generated and reference audio (audioldm_eval's `frechet_distance`)."
+)
+FAD_DEFINITION = (
+    "FAD: Fréchet distance between Gaussians fitted to VGGish 128-d embeddings of every 0.96 s frame of "
+    "generated and reference audio; VGGish without PCA/quantisation and without its final ReLU "
+    "(audioldm_eval's `frechet_audio_distance`). Not the same scale as FAD from Google's TF tool or fadtk."
+)
+
+# key -> (label in tables, True if higher is better, display scale, definition)
+METRIC_INFO: dict[str, tuple[str, bool, float, str]] = {
+    "clap_score": (
+        "CLAP score (x100)",
+        True,
+        100.0,
+        "CLAP score: mean cosine similarity of L2-normalised CLAP (laion/clap-htsat-unfused, LAION "
+        "630k-audioset-best) caption and clip embeddings; audio resampled to 48 kHz and cut to the first 10 s. "
+        "Shown x100 as in the BATON paper's tables.",
+    ),
+    "fd": ("FD (PANNs)", False, 1.0, FD_DEFINITION),
+    "fad": ("FAD (VGGish)", False, 1.0, FAD_DEFINITION),
+    "kl": (
+        "KL (PANNs, softmax)",
+        False,
+        1.0,
+        "KL: mean over clip pairs of KL(softmax(reference logits) || softmax(generated logits)) on PANNs "
+        "Cnn14's 527 AudioSet logits, generated probabilities + 1e-6 (audioldm_eval's "
+        "`kullback_leibler_divergence_softmax`); pairs matched by name.",
+    ),
+    "is": (
+        "IS (PANNs)",
+        True,
+        1.0,
+        "IS: inception score of PANNs Cnn14 softmax probabilities, 10 splits after a shuffle with seed 2020 "
+        "(audioldm_eval's `inception_score_mean`; the +- is the std over splits).",
+    ),
+}
+_COMPANION_KEYS = {"is_std"}  # shown inside another metric's cell
+
+REPORT_FILES = ("report.md", "metrics.json", "per_caption.jsonl", "metrics.png", "clap_per_caption.png", "spectrograms.png")
+
+
+class ReportInputError(ValueError):
+    """Report inputs that cannot be written; the message names the key or row."""
+
+
+def _number(value: Any) -> float | None:
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if isinstance(value, (np.floating, float)):
+        return _number(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, (str, int, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def _write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _format(key: str, value: float | None) -> str:
+    if value is None:
+        return "—"
+    scale = METRIC_INFO.get(key, ("", True, 1.0, ""))[2]
+    return f"{value * scale:.2f}" if scale != 1.0 else f"{value:.4f}"
+
+
+def _format_delta(key: str, delta: float) -> str:
+    scale = METRIC_INFO.get(key, ("", True, 1.0, ""))[2]
+    return f"{delta * scale:+.2f}" if scale != 1.0 else f"{delta:+.4f}"
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for package in ("baton-trainer", "torch", "transformers", "numpy"):
+        try:
+            out[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _metric_keys(metrics: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    keys: list[str] = [k for k in METRIC_INFO if any(k in m for m in metrics.values())]
+    for model_metrics in metrics.values():
+        keys += [k for k in model_metrics if k not in keys and k not in _COMPANION_KEYS]
+    return keys
+
+
+def _table(metrics: Mapping[str, Mapping[str, Any]], keys: list[str]) -> list[str]:
+    models = list(metrics)
+    header = ["metric", *models]
+    compare = len(models) == 2
+    if compare:
+        header.append(f"{models[1]} - {models[0]}")
+    header.append("better")
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 2) + [":---:"]) + "|"]
+    for key in keys:
+        label, higher, scale, _ = METRIC_INFO.get(key, (key, True, 1.0, ""))
+        cells = [label]
+        values = [_number(metrics[m].get(key)) for m in models]
+        for model, value in zip(models, values):
+            cell = _format(key, value)
+            std = _number(metrics[model].get("is_std")) if key == "is" else None
+            cells.append(f"{cell} ± {std:.4f}" if std is not None and value is not None else cell)
+        if compare:
+            a, b = values
+            cells.append("—" if a is None or b is None else _format_delta(key, b - a))
+        cells.append("↑" if higher else "↓" if key in METRIC_INFO else "")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _save_figure(fig, path: Path) -> None:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)  # files only; never a window
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _plot_metric_bars(metrics: Mapping[str, Mapping[str, Any]], keys: list[str], path: Path) -> bool:
+    shown = [k for k in keys if any(_number(m.get(k)) is not None for m in metrics.values())]
+    if not shown:
+        return False
+    plt = _pyplot()
+    models = list(metrics)
+    fig, axes = plt.subplots(1, len(shown), figsize=(2.6 * len(shown) + 0.6, 3.2), squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, key in zip(axes[0], shown):
+        label, higher, scale, _ = METRIC_INFO.get(key, (key, True, 1.0, ""))
+        values = [(_number(metrics[m].get(key)) or 0.0) * scale for m in models]
+        ax.bar(range(len(models)), values, color=[colors[i % len(colors)] for i in range(len(models))])
+        ax.set_xticks(range(len(models)), models, rotation=20)
+        ax.set_title(f"{label} {'↑' if higher else '↓'}", fontsize=9)
+        for i, v in enumerate(values):
+            ax.annotate(f"{v:.3g}", (i, v), ha="center", va="bottom", fontsize=8)
+    fig.tight_layout()
+    _save_figure(fig, path)
+    plt.close(fig)
+    return True
+
+
+def _plot_clap_scatter(per_caption: Sequence[Mapping[str, Any]], models: list[str], path: Path) -> bool:
+    if len(models) < 2:
+        return False
+    x_name, y_name = models[0], models[1]
+    points = [(_number(r.get(x_name)), _number(r.get(y_name)), str(r.get("task", ""))) for r in per_caption]
+    points = [(x * 100, y * 100, t) for x, y, t in points if x is not None and y is not None]
+    if not points:
+        return False
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(4.6, 4.4))
+    for task in sorted({t for *_, t in points}):
+        xs = [x for x, _, t in points if t == task]
+        ys = [y for _, y, t in points if t == task]
+        ax.scatter(xs, ys, s=14, alpha=0.7, label=task or None)
+    lo = min(min(x, y) for x, y, _ in points)
+    hi = max(max(x, y) for x, y, _ in points)
+    ax.plot([lo, hi], [lo, hi], color="grey", linewidth=1, linestyle="--")
+    ax.set_xlabel(f"{x_name} CLAP score (x100)")
+    ax.set_ylabel(f"{y_name} CLAP score (x100)")
+    above = sum(y > x for x, y, _ in points)
+    ax.set_title(f"per caption: {above}/{len(points)} above the diagonal", fontsize=9)
+    if any(t for *_, t in points):
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    _save_figure(fig, path)
+    plt.close(fig)
+    return True
+
+
+def _log_mel(entry: Any, name: str) -> np.ndarray:
+    """A (mels, frames) dB image from `(waveform, sample_rate)`, or a given 2-d array as is."""
+    from transformers.audio_utils import mel_filter_bank, spectrogram, window_function
+
+    if isinstance(entry, np.ndarray) and entry.ndim == 2:
+        return entry
+    if not (isinstance(entry, (tuple, list)) and len(entry) == 2):
+        raise ReportInputError(f"spectrograms[{name}]: expected (waveform, sample_rate) or a 2-d array")
+    waveform, sample_rate = np.asarray(entry[0], dtype=np.float64), int(entry[1])
+    if waveform.ndim != 1 or waveform.size < 1024:
+        raise ReportInputError(f"spectrograms[{name}]: waveform must be mono with at least 1024 samples")
+    bank = mel_filter_bank(513, 64, 0.0, sample_rate / 2, sample_rate, norm="slaney", mel_scale="slaney")
+    return spectrogram(
+        waveform, window_function(1024, "hann"), frame_length=1024, hop_length=max(1, sample_rate // 100),
+        power=2.0, mel_filters=bank, log_mel="dB", db_range=80.0,
+    )  # fmt: skip
+
+
+def _plot_spectrograms(spectrograms: Mapping[str, Mapping[str, Any]], path: Path) -> bool:
+    rows = list(spectrograms)
+    if not rows:
+        return False
+    columns: list[str] = []
+    for row in rows:
+        if not isinstance(spectrograms[row], Mapping):
+            raise ReportInputError(f"spectrograms[{row!r}]: expected a mapping of model name -> audio")
+        columns += [c for c in spectrograms[row] if c not in columns]
+    plt = _pyplot()
+    fig, axes = plt.subplots(len(rows), len(columns), figsize=(3.4 * len(columns), 2.0 * len(rows) + 0.4), squeeze=False)
+    for i, row in enumerate(rows):
+        for j, column in enumerate(columns):
+            ax = axes[i][j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if column in spectrograms[row]:
+                image = _log_mel(spectrograms[row][column], f"{row!r}][{column!r}")
+                ax.imshow(image, origin="lower", aspect="auto", cmap="magma")
+            if i == 0:
+                ax.set_title(column, fontsize=9)
+            if j == 0:
+                text = str(row)
+                ax.set_ylabel(text if len(text) <= 40 else text[:37] + "...", fontsize=7)
+    fig.tight_layout()
+    _save_figure(fig, path)
+    plt.close(fig)
+    return True
+
+
+def _caption_changes(per_caption: Sequence[Mapping[str, Any]], models: list[str], count: int = 5) -> list[str]:
+    if len(models) < 2:
+        return []
+    a, b = models[0], models[1]
+    diffs = []
+    for row in per_caption:
+        x, y = _number(row.get(a)), _number(row.get(b))
+        if x is not None and y is not None:
+            diffs.append((y - x, str(row.get("caption", "")), x, y))
+    if not diffs:
+        return []
+    diffs.sort(key=lambda d: d[0])
+    better = sum(d > 0 for d, *_ in diffs)
+    lines = [
+        f"{better} of {len(diffs)} captions score higher with {b} than with {a} "
+        f"(mean change {100 * float(np.mean([d for d, *_ in diffs])):+.2f} CLAP x100).",
+        "",
+        f"| caption | {a} | {b} | change |",
+        "|---|---:|---:|---:|",
+    ]
+    picked = diffs[::-1][:count] + [d for d in diffs[:count] if d not in diffs[::-1][:count]]
+    for d, caption, x, y in picked:
+        caption = caption.replace("|", "\\|")
+        lines.append(f"| {caption} | {100 * x:.2f} | {100 * y:.2f} | {100 * d:+.2f} |")
+    return lines
+
+
+def write_report(
+    out_dir: str | os.PathLike,
+    metrics: Mapping[str, Mapping[str, Any]],
+    per_caption: Sequence[Mapping[str, Any]] | None = None,
+    spectrograms: Mapping[str, Mapping[str, Any]] | None = None,
+    *,
+    skipped: Mapping[str, str] | None = None,
+    info: Mapping[str, Any] | None = None,
+    title: str = "Evaluation report",
+) -> dict[str, Path]:
+    """Write the evaluation report into `out_dir` and return the written files by name.
+
+    - `metrics`: model name -> {metric key -> value}, in column order (e.g. "base", then
+      "aligned"). Known keys: `clap_score` (cosine, shown x100), `fd`, `fad`, `kl`, `is` (with
+      `is_std`); any other key is shown as is.
+    - `per_caption`: rows with `caption` (and optionally `caption_id`, `task`) plus a CLAP score
+      per model name; drawn as a scatter of the first model against the second.
+    - `spectrograms`: row title (a caption) -> {model name -> (waveform, sample_rate) or a 2-d
+      (frequency, time) array}; drawn as a grid.
+    - `skipped`: metric key -> reason (e.g. a checkpoint that was not given); listed as skipped.
+    - `info`: free key/values for the header (task, number of captions, checkpoints, seeds).
+    """
+    out = Path(out_dir)
+    if not isinstance(metrics, Mapping) or not metrics:
+        raise ReportInputError("metrics: expected a mapping of model name -> {metric: value} with at least one model")
+    for model, values in metrics.items():
+        if not isinstance(values, Mapping):
+            raise ReportInputError(f"metrics[{model!r}]: expected a mapping of metric -> value")
+        for key, value in values.items():
+            if value is not None and not isinstance(value, (int, float, np.number)):
+                raise ReportInputError(f"metrics[{model!r}][{key!r}]: expected a number, got {type(value).__name__}")
+    skipped = dict(skipped or {})
+    models = [str(m) for m in metrics]
+    keys = _metric_keys(metrics)
+    out.mkdir(parents=True, exist_ok=True)
+    written: dict[str, Path] = {}
+
+    plots = {
+        "metrics.png": _plot_metric_bars(metrics, keys, out / "metrics.png"),
+        "clap_per_caption.png": bool(per_caption) and _plot_clap_scatter(per_caption, models, out / "clap_per_caption.png"),
+        "spectrograms.png": bool(spectrograms) and _plot_spectrograms(spectrograms, out / "spectrograms.png"),
+    }
+    written.update({name: out / name for name, made in plots.items() if made})
+
+    if per_caption:
+        text = "".join(json.dumps(_jsonable(row), ensure_ascii=False) + "\n" for row in per_caption)
+        _write_text(out / "per_caption.jsonl", text)
+        written["per_caption.jsonl"] = out / "per_caption.jsonl"
+
+    definitions = {k: METRIC_INFO[k][3] for k in [*keys, *skipped] if k in METRIC_INFO}
+    # Every report names the FD and FAD definitions, measured or not: FAD scales differ between tools.
+    definitions.setdefault("fd", FD_DEFINITION)
+    definitions.setdefault("fad", FAD_DEFINITION)
+    payload = {
+        "models": models,
+        "metrics": _jsonable(metrics),
+        "skipped": _jsonable(skipped),
+        "definitions": definitions,
+        "info": _jsonable(dict(info or {})),
+        "versions": _versions(),
+        "files": sorted([*written, "report.md", "metrics.json"]),
+    }
+    _write_text(out / "metrics.json", json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
+    written["metrics.json"] = out / "metrics.json"
+
+    lines = [f"# {title}", ""]
+    for key, value in (info or {}).items():
+        lines.append(f"- **{key}**: {value}")
+    if info:
+        lines.append("")
+    lines += ["## Metrics", "", *_table(metrics, keys), ""]
+    lines.append("Arrows say which direction is better. Raw values (CLAP as a cosine, not x100) are in `metrics.json`.")
+    lines.append("")
+    if skipped:
+        lines += ["## Skipped metrics", ""]
+        for key, reason in skipped.items():
+            label = METRIC_INFO.get(key, (key,))[0]
+            lines.append(f"- {label} (`{key}`): skipped: {reason}")
+        lines.append("")
+    lines += ["## Definitions", ""]
+    lines += [f"- {text}" for text in definitions.values()]
+    lines.append("")
+    changes = _caption_changes(per_caption or [], models)
+    if changes:
+        lines += ["## Per caption (CLAP)", "", *changes, ""]
+    if written.keys() & set(plots):
+        lines += ["## Plots", ""]
+        captions = {"metrics.png": "Metrics", "clap_per_caption.png": "CLAP score per caption", "spectrograms.png": "Spectrograms"}
+        lines += [f"![{captions[name]}]({name})" for name in plots if name in written]
+        lines.append("")
+    _write_text(out / "report.md", "\n".join(lines))
+    written["report.md"] = out / "report.md"
+    return written
