@@ -66,7 +66,9 @@ def load_state_dict_file(path: str | os.PathLike, what: str) -> dict[str, torch.
             unsafe = []
         if not unsafe or not all(name.startswith("numpy.") for name in unsafe):
             raise CheckpointFormatError(f"{path}: cannot be read as {what} weights ({first_error})".splitlines()[0]) from None
-        with torch.serialization.safe_globals([_resolve_global(name) for name in unsafe]):
+        # dtype objects pickle through their numpy.dtypes.*DType classes, which the scan does not list.
+        dtype_classes = [getattr(np.dtypes, name) for name in dir(np.dtypes) if name.endswith("DType")]
+        with torch.serialization.safe_globals([_resolve_global(name) for name in unsafe] + dtype_classes):
             obj = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         obj = obj["model"]  # PANNs training checkpoints: {"iteration", "model", ...}

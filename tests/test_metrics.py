@@ -1,0 +1,167 @@
+"""Known answers for the metric math (FD, IS, KL) on arrays; no models involved."""
+
+import numpy as np
+import pytest
+
+from baton_trainer.evaluation import (
+    MetricInputError,
+    embedding_statistics,
+    frechet_distance,
+    frechet_distance_from_embeddings,
+    inception_score,
+    kl_divergence,
+    softmax,
+)
+
+
+def test_frechet_identity_covariances_gives_squared_mean_distance():
+    rng = np.random.default_rng(0)
+    dim = 64
+    mu = rng.normal(size=dim)
+    assert frechet_distance(np.zeros(dim), np.eye(dim), mu, np.eye(dim)) == pytest.approx(mu @ mu, rel=1e-10)
+
+
+def test_frechet_diagonal_covariances_closed_form():
+    rng = np.random.default_rng(1)
+    dim = 32
+    mu1, mu2 = rng.normal(size=dim), rng.normal(size=dim)
+    a, b = rng.uniform(0.1, 3.0, size=dim), rng.uniform(0.1, 3.0, size=dim)
+    expected = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(a) - np.sqrt(b)) ** 2)
+    assert frechet_distance(mu1, np.diag(a), mu2, np.diag(b)) == pytest.approx(expected, rel=1e-10)
+
+
+def test_frechet_matches_the_sqrtm_formula_on_a_well_conditioned_case():
+    scipy_linalg = pytest.importorskip("scipy.linalg")
+    rng = np.random.default_rng(2)
+    x, y = rng.normal(size=(400, 16)), rng.normal(size=(300, 16)) @ rng.normal(size=(16, 16)) * 0.5 + 0.3
+    mu1, s1 = embedding_statistics(x)
+    mu2, s2 = embedding_statistics(y)
+    covmean = np.real(scipy_linalg.sqrtm(s1 @ s2))
+    expected = np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean)
+    assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-8)
+
+
+def test_frechet_identical_inputs_give_zero():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(300, 128)) * rng.uniform(0.1, 5.0, size=128)
+    mu, sigma = embedding_statistics(x)
+    assert abs(frechet_distance(mu, sigma, mu, sigma)) < 1e-8
+    assert frechet_distance_from_embeddings(x, x) < 1e-8
+
+
+def test_frechet_with_fewer_samples_than_dimensions_is_finite_and_positive():
+    rng = np.random.default_rng(4)
+    x, y = rng.normal(size=(20, 256)), rng.normal(size=(30, 256)) + 0.5
+    value = frechet_distance_from_embeddings(x, y)
+    assert np.isfinite(value) and value > 0
+    # Rank-deficient covariances of identical sets still give zero.
+    assert frechet_distance_from_embeddings(x, x) < 1e-8
+
+
+def test_frechet_exactly_singular_covariance_is_handled():
+    dim = 8
+    sigma = np.zeros((dim, dim))
+    sigma[0, 0] = 1.0
+    value = frechet_distance(np.zeros(dim), sigma, np.ones(dim), np.eye(dim))
+    assert value == pytest.approx(dim + 0.0 + (dim - 1), rel=1e-12)  # ||1||^2 + sum (sqrt a - sqrt b)^2
+
+
+def test_frechet_refuses_bad_inputs_by_name():
+    with pytest.raises(MetricInputError, match="mu2"):
+        frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))
+    with pytest.raises(MetricInputError, match="sigma2 is not positive semi-definite"):
+        frechet_distance(np.zeros(2), np.eye(2), np.zeros(2), np.diag([1.0, -1.0]))
+    with pytest.raises(MetricInputError, match="sigma1 is not symmetric"):
+        frechet_distance(np.zeros(2), np.array([[1.0, 0.5], [0.0, 1.0]]), np.zeros(2), np.eye(2))
+    with pytest.raises(MetricInputError, match="NaN"):
+        frechet_distance(np.array([np.nan, 0.0]), np.eye(2), np.zeros(2), np.eye(2))
+    with pytest.raises(MetricInputError, match="at least 2 rows"):
+        embedding_statistics(np.zeros((1, 4)))
+
+
+def test_embedding_statistics_stacks_per_clip_frames():
+    rng = np.random.default_rng(5)
+    clips = [rng.normal(size=(n, 6)) for n in (3, 5, 4)]
+    mu, sigma = embedding_statistics(clips)
+    stacked = np.concatenate(clips)
+    np.testing.assert_allclose(mu, stacked.mean(0))
+    np.testing.assert_allclose(sigma, np.cov(stacked, rowvar=False))
+
+
+def test_inception_score_two_confident_classes_is_two():
+    probs = np.zeros((20, 5))
+    probs[:10, 0] = 1.0
+    probs[10:, 3] = 1.0
+    mean, std = inception_score(probs, splits=1)
+    assert mean == pytest.approx(2.0, rel=1e-12) and std == 0.0
+    # Ten balanced splits (no shuffle) each hold both classes: every split scores 2.
+    interleaved = np.zeros((20, 5))
+    interleaved[0::2, 0] = 1.0
+    interleaved[1::2, 3] = 1.0
+    mean, std = inception_score(interleaved, splits=10, seed=None)
+    assert mean == pytest.approx(2.0) and std == pytest.approx(0.0, abs=1e-12)
+
+
+def test_inception_score_uniform_probabilities_is_one():
+    mean, std = inception_score(np.full((30, 527), 1 / 527), splits=10)
+    assert mean == pytest.approx(1.0, abs=1e-12) and std == pytest.approx(0.0, abs=1e-12)
+
+
+def test_inception_score_follows_audioldm_eval_shuffle_and_splits():
+    rng = np.random.default_rng(6)
+    logits = rng.normal(size=(53, 7)) * 3
+    p = softmax(logits)[np.random.RandomState(2020).permutation(53)]
+    expected = []
+    for i in range(10):
+        chunk = p[i * 53 // 10 : (i + 1) * 53 // 10]
+        kl = (chunk * (np.log(chunk) - np.log(chunk.mean(0, keepdims=True)))).sum(1)
+        expected.append(np.exp(kl.mean()))
+    mean, std = inception_score(logits, from_logits=True)
+    assert mean == pytest.approx(np.mean(expected), rel=1e-12)
+    assert std == pytest.approx(np.std(expected), rel=1e-10)
+    assert inception_score(logits, from_logits=True, seed=1)[0] != pytest.approx(mean, rel=1e-9)
+
+
+def test_inception_score_refuses_logits_as_probabilities_and_too_few_clips():
+    with pytest.raises(MetricInputError, match="from_logits"):
+        inception_score(np.random.default_rng(0).normal(size=(20, 4)), splits=2)
+    with pytest.raises(MetricInputError, match="at least 10 clips"):
+        inception_score(np.full((5, 3), 1 / 3))
+
+
+def test_kl_divergence_equals_direct_computation():
+    rng = np.random.default_rng(7)
+    ref, gen = rng.normal(size=(12, 527)) * 2, rng.normal(size=(12, 527)) * 2
+    p, q = np.exp(ref) / np.exp(ref).sum(1, keepdims=True), np.exp(gen) / np.exp(gen).sum(1, keepdims=True)
+    direct = np.mean(np.sum(p * (np.log(p) - np.log(q)), axis=1))
+    assert kl_divergence(ref, gen, eps=0.0) == pytest.approx(direct, rel=1e-10)
+    with_eps = np.mean(np.sum(p * (np.log(p) - np.log(q + 1e-6)), axis=1))
+    assert kl_divergence(ref, gen) == pytest.approx(with_eps, rel=1e-10)  # audioldm_eval's default
+    assert kl_divergence(ref, ref, eps=0.0) == pytest.approx(0.0, abs=1e-12)
+    # Direction: KL(reference || generated), not the reverse.
+    reverse = np.mean(np.sum(q * (np.log(q) - np.log(p)), axis=1))
+    assert abs(kl_divergence(ref, gen, eps=0.0) - reverse) > 1e-3
+
+
+def test_kl_divergence_pairs_by_name_in_any_order():
+    rng = np.random.default_rng(8)
+    ref, gen = rng.normal(size=(5, 10)), rng.normal(size=(5, 10))
+    names = [f"clip{i}.wav" for i in range(5)]
+    order = [3, 0, 4, 1, 2]
+    paired = kl_divergence(ref, gen[order], ref_names=names, gen_names=[names[i] for i in order])
+    assert paired == pytest.approx(kl_divergence(ref, gen), rel=1e-12)
+    mean, per_pair = kl_divergence(ref, gen, names, names, return_per_pair=True)
+    assert per_pair.shape == (5,) and mean == pytest.approx(per_pair.mean())
+
+
+def test_kl_divergence_refuses_mismatched_pairs_with_the_names():
+    logits = np.zeros((3, 4))
+    with pytest.raises(MetricInputError) as info:
+        kl_divergence(logits, logits, ref_names=["a.wav", "b.wav", "c.wav"], gen_names=["a.wav", "b.wav", "x.wav"])
+    assert "c.wav" in str(info.value) and "x.wav" in str(info.value)
+    with pytest.raises(MetricInputError, match="duplicate"):
+        kl_divergence(logits, logits, ref_names=["a", "a", "b"], gen_names=["a", "b", "c"])
+    with pytest.raises(MetricInputError, match="3 clips but gen_logits has 2"):
+        kl_divergence(logits, logits[:2])
+    with pytest.raises(MetricInputError, match="both"):
+        kl_divergence(logits, logits, ref_names=["a", "b", "c"])
