@@ -1,0 +1,184 @@
+"""Reward model: deterministic CLAP preprocessing, head-only scoring, Hub pipeline in a clean process."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+import reward_hub
+from baton_trainer.audio import resample
+from reward_hub import ClapEmbedder, RewardInputError, build_reward_model, save_tiny_clap
+from reward_hub.testing import synthetic_clip
+
+
+@pytest.fixture(scope="module")
+def clap_dir(tmp_path_factory):
+    return save_tiny_clap(tmp_path_factory.mktemp("clap") / "tiny_clap", seed=0)
+
+
+@pytest.fixture(scope="module")
+def model(clap_dir):
+    torch.manual_seed(0)
+    m = build_reward_model(str(clap_dir), head_hidden_size=32, seed=3)
+    # A head with visible slope, so that reward differences show up in comparisons.
+    with torch.no_grad():
+        for p in m.head.parameters():
+            p.mul_(8.0)
+    return m
+
+
+def band_limited_clip(seconds=10.0, sr=48_000, seed=0):
+    """Content below 7 kHz survives a trip through 16 kHz, so both rates describe the same sound."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sr)) / sr
+    wav = 0.4 * np.sin(2 * np.pi * 440 * t) + 0.2 * np.sin(2 * np.pi * 2300 * t + 1.0)
+    wav += 0.1 * resample(resample(rng.standard_normal(t.size).astype(np.float32), sr, 12_000), 12_000, sr)[: t.size]
+    return wav.astype(np.float32)
+
+
+def test_tiny_clap_embeddings_are_unit_norm_and_distinguish_inputs(clap_dir):
+    embedder = ClapEmbedder(str(clap_dir))
+    text = embedder.embed_text(["a low hum outside", "a high hiss nearby"])
+    audio = embedder.embed_audio([synthetic_clip("low", 0), synthetic_clip("high", 1)], 16_000)
+    assert text.shape == (2, embedder.dim) and audio.shape == (2, embedder.dim)
+    torch.testing.assert_close(text.norm(dim=-1), torch.ones(2))
+    torch.testing.assert_close(audio.norm(dim=-1), torch.ones(2))
+    assert float(audio[0] @ audio[1]) < 0.98  # the tiny model still tells a tone from noise
+
+
+def test_head_on_cached_embeddings_matches_full_model(model, clap_dir):
+    captions = ["a low hum outside", "a high hiss nearby", "a low drone at night"]
+    clips = [synthetic_clip("low", 0), synthetic_clip("high", 1), synthetic_clip("high", 2, seconds=3.0)]
+    embedder = ClapEmbedder(str(clap_dir))
+    cached = model.score_embeddings(embedder.embed_audio(clips, 16_000), embedder.embed_text(captions))
+    full = model.score(captions, clips, sampling_rate=16_000)
+    torch.testing.assert_close(cached.detach(), full, atol=1e-5, rtol=0)
+    assert full.std() > 1e-3  # the comparison is not between constants
+
+
+def test_same_clip_at_16k_and_48k_gets_the_same_reward(model):
+    clip48 = band_limited_clip()
+    clip16 = resample(clip48, 48_000, 16_000)
+    r48 = model.score(["a tone and a hiss"], [clip48], sampling_rate=48_000)
+    r16 = model.score(["a tone and a hiss"], [clip16], sampling_rate=16_000)
+    assert abs(float(r48 - r16)) < 5e-3
+
+
+def test_clip_longer_than_10s_gets_a_deterministic_reward(model):
+    long_clip = synthetic_clip("high", 5, seconds=12.5)
+    first = model.score(["a high hiss"], [long_clip], sampling_rate=16_000)
+    second = model.score(["a high hiss"], [long_clip], sampling_rate=16_000)
+    assert torch.equal(first, second)
+    # Only the first 10 s count (CLAP's own random crop never runs); the resampler's filter sees a
+    # few samples past the cut in the long clip, hence a tolerance, far below the head's spread.
+    head = model.score(["a high hiss"], [long_clip[: 10 * 16_000]], sampling_rate=16_000)
+    tail = model.score(["a high hiss"], [long_clip[-10 * 16_000 :]], sampling_rate=16_000)
+    torch.testing.assert_close(first, head, atol=2e-3, rtol=0)
+    assert abs(float(first - tail)) > 10 * abs(float(first - head))
+
+
+@pytest.mark.parametrize(
+    "wav, message",
+    [
+        (np.zeros(0, dtype=np.float32), "empty"),
+        (np.array([0.1, np.nan, 0.2] * 1000, dtype=np.float32), "NaN"),
+        (np.zeros((2, 16_000), dtype=np.float32), "mono"),
+    ],
+)
+def test_unusable_audio_is_refused_with_a_clear_message(model, wav, message):
+    with pytest.raises(ValueError, match=message):
+        model.score(["a caption"], [wav], sampling_rate=16_000)
+    with pytest.raises(ValueError, match=message):
+        ClapEmbedder(model.clap, processor=model.processor).embed_audio([wav], 16_000)
+
+
+def test_silence_gets_a_finite_reward_and_bad_captions_are_refused(model):
+    silent = np.zeros(16_000 * 10, dtype=np.float32)
+    reward = model.score(["a dog barks"], [silent], sampling_rate=16_000)
+    assert torch.isfinite(reward).all() and 0.0 <= float(reward) <= 1.0
+    with pytest.raises(RewardInputError, match="caption 0"):
+        model.score([""], [silent], sampling_rate=16_000)
+    with pytest.raises(RewardInputError, match="sampling_rate"):
+        model.score(["a dog barks"], [silent], sampling_rate=0)
+
+
+def test_saved_folder_loads_through_auto_classes_and_reward_hub_load(model, tmp_path):
+    from transformers import AutoConfig, AutoModel
+
+    model.save_pretrained(tmp_path / "rm")
+    files = set(os.listdir(tmp_path / "rm"))
+    assert {"config.json", "model.safetensors", "modeling_baton_reward.py", "pipeline_baton_reward.py"} <= files
+    assert not any(f.endswith(".bin") for f in files)
+    config = json.loads((tmp_path / "rm" / "config.json").read_text())
+    assert config["custom_pipelines"]["text-audio-reward"]["impl"] == "pipeline_baton_reward.TextAudioRewardPipeline"
+    assert AutoConfig.from_pretrained(tmp_path / "rm").model_type == "baton_reward"
+    assert type(AutoModel.from_pretrained(tmp_path / "rm")) is reward_hub.BatonRewardModel
+    loaded = reward_hub.load(tmp_path / "rm")
+    clip = synthetic_clip("low", 9)
+    torch.testing.assert_close(loaded.score(["a low hum"], [clip], 16_000), model.score(["a low hum"], [clip], 16_000))
+
+
+PIPELINE_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import numpy as np
+    # Make reward_hub, baton_trainer and soxr unimportable: the Hub code must run on transformers alone.
+    for name in ("reward_hub", "baton_trainer", "soxr"):
+        sys.modules[name] = None
+    from transformers import pipeline
+
+    model_dir, clips_file = sys.argv[1], sys.argv[2]
+    data = np.load(clips_file)
+    scorer = pipeline("text-audio-reward", model=model_dir, trust_remote_code=True)
+    inputs = [
+        {"caption": "a low hum outside", "audio": data["a48"], "sampling_rate": 48000},
+        {"caption": "a high hiss nearby", "audio": data["b48"], "sampling_rate": 48000},
+        {"caption": "a tone and a hiss", "audio": data["c16"], "sampling_rate": 16000},
+    ]
+    print(json.dumps({"scores": [out["score"] for out in scorer(inputs)], "module": type(scorer).__module__}))
+    """
+)
+
+
+@pytest.mark.slow
+def test_pipeline_with_remote_code_in_a_clean_process_matches_reward_hub_load(model, tmp_path):
+    model.save_pretrained(tmp_path / "rm")
+    a48 = resample(synthetic_clip("low", 11), 16_000, 48_000)
+    b48 = resample(synthetic_clip("high", 12), 16_000, 48_000)
+    c16 = resample(band_limited_clip(seed=1), 48_000, 16_000)
+    np.savez(tmp_path / "clips.npz", a48=a48, b48=b48, c16=c16)
+    script = tmp_path / "elsewhere" / "score.py"
+    script.parent.mkdir()
+    script.write_text(PIPELINE_SCRIPT)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["HF_MODULES_CACHE"] = str(tmp_path / "hf_modules")
+    result = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "rm"), str(tmp_path / "clips.npz")],
+        cwd=script.parent, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["module"].startswith("transformers_modules")  # the code stored in the folder ran
+
+    loaded = reward_hub.load(tmp_path / "rm")
+    expected48 = loaded.score(["a low hum outside", "a high hiss nearby"], [a48, b48], 48_000)
+    np.testing.assert_allclose(out["scores"][:2], expected48.numpy(), atol=1e-5)
+    # At 16 kHz the pipeline resampled without soxr (its own windowed sinc): close, not identical.
+    expected16 = loaded.score(["a tone and a hiss"], [c16], 16_000)
+    np.testing.assert_allclose(out["scores"][2], float(expected16), atol=5e-3)
+
+
+def test_fallback_resampler_agrees_with_soxr():
+    from reward_hub.modeling_baton_reward import _sinc_resample
+
+    clip16 = resample(band_limited_clip(seconds=2.0), 48_000, 16_000)
+    ours = _sinc_resample(clip16, 16_000, 48_000)
+    ref = resample(clip16, 16_000, 48_000)
+    assert ours.shape == ref.shape
+    inner = slice(2000, -2000)  # edges differ by filter start-up only
+    assert np.max(np.abs(ours[inner] - ref[inner])) < 1e-2
