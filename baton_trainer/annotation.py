@@ -26,6 +26,7 @@ import datetime as _dt
 import itertools
 import json
 import math
+import shutil
 import sqlite3
 import threading
 import time
@@ -475,10 +476,8 @@ def export_feedback(config: ExportConfig) -> Path:
     data); feedback and reward are the majority label; annotator lists the raters, comma-separated.
     Agreement statistics go to RUN/feedback_agreement.json and are printed.
     """
-    from datasets import Dataset, Features, Value
-
     from .audio import atomic_write_bytes
-    from .data import PREFERENCE_FEATURES, save_dataset_atomic, validate_preference_dataset
+    from .data import PREFERENCE_FEATURES, build_dataset, save_dataset_atomic, validate_preference_dataset
 
     run_dir = Path(config.run_dir)
     store_path = Path(config.store) if config.store else run_dir / "annotations.sqlite"
@@ -531,12 +530,17 @@ def export_feedback(config: ExportConfig) -> Path:
         columns["caption_id"].append(clip["caption_id"])
         columns["clip_index"].append(clip["clip_index"])
         columns["annotator"].append(",".join(sorted(r["annotator"] for r in votes)))
-    # datasets' Audio.encode_example imports torchcodec even for ready wav bytes, so the audio
-    # column is built as its plain arrow struct and cast to Audio (an arrow-level cast).
-    plain = Features({**PREFERENCE_FEATURES, "audio": {"bytes": Value("binary"), "path": Value("string")}})
-    dataset = Dataset.from_dict(columns, features=plain).cast(PREFERENCE_FEATURES)
+    dataset = build_dataset(columns, PREFERENCE_FEATURES)  # builds audio without torchcodec
     validate_preference_dataset(dataset, name=str(out))
-    save_dataset_atomic(dataset, out)
+    if len(dataset):
+        save_dataset_atomic(dataset, out)
+    else:
+        # save_to_disk picks 0 shards for 0 rows and load_from_disk then fails: ask for one shard.
+        tmp = out.with_name(f".{out.name}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        dataset.save_to_disk(str(tmp), num_shards=1)
+        shutil.rmtree(out, ignore_errors=True)
+        tmp.rename(out)
 
     stats = agreement_statistics(ratings)
     stats.update(

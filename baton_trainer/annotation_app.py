@@ -100,7 +100,8 @@ def spectrogram_image(wav: np.ndarray, sample_rate: int, title: str = "") -> np.
     canvas = FigureCanvasAgg(figure)
     axes = figure.add_subplot(1, 1, 1)
     nfft = 512 if len(wav) >= 512 else max(16, 1 << (len(wav).bit_length() - 1))
-    axes.specgram(wav, NFFT=nfft, Fs=sample_rate, noverlap=nfft // 2, cmap="magma", scale="dB")
+    with np.errstate(divide="ignore"):  # silent stretches give log10(0); they draw as the floor colour
+        axes.specgram(wav, NFFT=nfft, Fs=sample_rate, noverlap=nfft // 2, cmap="magma", scale="dB")
     axes.set_xlabel("time (s)")
     axes.set_ylabel("Hz")
     if title:
