@@ -46,6 +46,23 @@ class PreferenceDataError(ValueError):
     """A preference dataset that cannot be trained on; the message names the row and column."""
 
 
+def build_dataset(columns: dict[str, list[Any]], features: Features = PREFERENCE_FEATURES) -> Dataset:
+    """`Dataset.from_dict` for columns whose audio is `{"bytes", "path"}` dicts.
+
+    datasets 5 imports torchcodec to encode any Audio value, even bytes it only stores; building
+    the column as a plain struct and casting it to Audio afterwards is an Arrow-level cast that
+    needs no decoder.
+    """
+    audio_columns = [name for name, feature in features.items() if isinstance(feature, Audio)]
+    plain = Features(
+        {name: ({"bytes": Value("binary"), "path": Value("string")} if name in audio_columns else feature) for name, feature in features.items()}
+    )
+    ds = Dataset.from_dict(columns, features=plain)
+    for name in audio_columns:
+        ds = ds.cast_column(name, features[name])
+    return ds
+
+
 # ----------------------------------------------------------------------------------------------
 # Loading
 
@@ -309,14 +326,14 @@ def import_baton_release(config: ImportBatonConfig) -> Path:
         report["files"][path.name] = counts
     written = []
     if any(preference["caption"]) or not any(pretrain["caption"]):
-        ds = Dataset.from_dict(preference, features=PREFERENCE_FEATURES)
+        ds = build_dataset(preference, PREFERENCE_FEATURES)
         if config.missing_audio != "keep":
             validate_preference_dataset(ds, name=str(out))
         save_dataset_atomic(ds, out)
         written.append(str(out))
     if pretrain["caption"]:
         pretrain_out = out if not preference["caption"] else out.with_name(out.name + "_pretrain")
-        save_dataset_atomic(Dataset.from_dict(pretrain, features=PRETRAIN_FEATURES), pretrain_out)
+        save_dataset_atomic(build_dataset(pretrain, PRETRAIN_FEATURES), pretrain_out)
         written.append(str(pretrain_out))
     report["written"] = written
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,163 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import save_preference, save_pretrain
+from safetensors.torch import load_file
+
+from baton_trainer.backends.tango import TangoModel
+from baton_trainer.testing import save_tiny_tango
+from baton_trainer.trainer import FinetuneConfig, RewardWeightedDiffusionTrainer
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("trainer")
+    save_tiny_tango(root / "model")
+    save_preference(root / "feedback", n=8)
+    save_pretrain(root / "pretrain", n=8)
+    return root
+
+
+def make_config(world, out, **overrides):
+    values = dict(
+        run_dir=str(world / "run"),
+        model=str(world / "model"),
+        feedback_dataset=str(world / "feedback"),
+        pretrain_dataset=str(world / "pretrain"),
+        output_dir=str(out),
+        cache_dir=str(world / "cache"),
+        train_batch_size=4,
+        learning_rate=1e-3,
+        max_train_steps=4,
+        checkpointing_steps=2,
+        report_to="none",
+        seed=3,
+    )
+    values.update(overrides)
+    return FinetuneConfig(**values)
+
+
+def unet_state(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(next((folder / "unet").glob("*.safetensors"))))
+
+
+def test_training_lowers_loss_on_fixed_batch(world, tmp_path):
+    trainer = RewardWeightedDiffusionTrainer(make_config(world, tmp_path / "out", max_train_steps=12, weighting="ones", beta=0.0))
+    feedback, pretrain = trainer.load_data()
+    # One batch holding the whole set and a fixed noise draw (step 0): the same loss before and after.
+    feedback.captions, feedback.latents, feedback.text, feedback.weights = (
+        feedback.captions[:4], feedback.latents[:4], feedback.text[:4], feedback.weights[:4],
+    )
+    with torch.no_grad():
+        before, _ = trainer.training_loss(feedback, None, 0, 0)
+    trainer.train(feedback, None)
+    with torch.no_grad():
+        after, _ = trainer.training_loss(feedback, None, 0, 0)
+    assert after.item() < 0.9 * before.item()
+
+
+def test_lora_trains_only_adapter_and_export_reloads(world, tmp_path):
+    config = make_config(world, tmp_path / "lora", use_lora=True, max_train_steps=3)
+    trainer = RewardWeightedDiffusionTrainer(config)
+    base = {k: v.clone() for k, v in trainer.backend.unet.state_dict().items() if "lora" not in k}
+    lora_before = {k: v.clone() for k, v in trainer.backend.unet.state_dict().items() if "lora_B" in k}
+    out = trainer.train()
+    after = trainer.accelerator.unwrap_model(trainer.unet).state_dict()
+    assert all(torch.equal(base[k], after[k]) for k in base), "a non-LoRA parameter changed"
+    assert any(not torch.equal(lora_before[k], after[k]) for k in lora_before), "no LoRA parameter changed"
+    assert json.loads((out / "baton_export.json").read_text())["mode"] == "lora"
+
+    # Compare sampled latents: the tiny random vocoder maps them to near-silent audio.
+    sample = dict(captions=["a dog barks then beep"], seeds=[11], num_inference_steps=3, guidance_scale=2.0)
+    expected = trainer.backend.eval().generate_latents(**sample)
+    got = TangoModel.from_pretrained(world / "model", export=out).generate_latents(**sample)
+    untouched = TangoModel.from_pretrained(world / "model").generate_latents(**sample)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+    assert (untouched - got).abs().max() > 1e-3, "the adapter changed nothing"
+
+
+@pytest.mark.parametrize("use_lora", [False, True])
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(world, tmp_path, use_lora):
+    full = RewardWeightedDiffusionTrainer(make_config(world, tmp_path / "full", use_lora=use_lora))
+    full.train()
+    first = RewardWeightedDiffusionTrainer(make_config(world, tmp_path / "split", use_lora=use_lora, max_train_steps=2))
+    first.train()
+    assert (tmp_path / "split" / "checkpoints" / "checkpoint-2").is_dir()
+    second = RewardWeightedDiffusionTrainer(
+        make_config(world, tmp_path / "split", use_lora=use_lora, resume_from_checkpoint="latest")
+    )
+    second.train()
+    assert second.global_step == 4
+    if use_lora:
+        unet = second.accelerator.unwrap_model(second.unet)
+        assert unet.active_adapters() == ["default"]
+        assert any(p.requires_grad for n, p in unet.named_parameters() if "lora" in n)
+        a = load_file(str(tmp_path / "full" / "unet_lora.safetensors"))
+        b = load_file(str(tmp_path / "split" / "unet_lora.safetensors"))
+    else:
+        a, b = unet_state(tmp_path / "full"), unet_state(tmp_path / "split")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=1e-5)
+
+
+def test_checkpoint_limit_keeps_last_n(world, tmp_path):
+    trainer = RewardWeightedDiffusionTrainer(make_config(world, tmp_path / "ck", max_train_steps=4, checkpointing_steps=1, checkpoints_total_limit=2))
+    trainer.train()
+    assert sorted(p.name for p in (tmp_path / "ck" / "checkpoints").iterdir()) == ["checkpoint-3", "checkpoint-4"]
+
+
+def test_bf16_autocast_runs_on_cpu(world, tmp_path):
+    trainer = RewardWeightedDiffusionTrainer(make_config(world, tmp_path / "bf16", mixed_precision="bf16", use_lora=True, max_train_steps=2))
+    out = trainer.train()
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert np.isfinite(summary["final_loss"])
+    assert all(p.dtype == torch.float32 for p in trainer.trainable_params)
+    assert next(trainer.backend.vae.parameters()).dtype == torch.bfloat16
+
+
+def test_cached_and_uncached_encodings_agree(world, tmp_path):
+    cached = RewardWeightedDiffusionTrainer(make_config(world, tmp_path / "c"))
+    fb_c, _ = cached.load_data()
+    loss_c, _ = cached.training_loss(fb_c, None, 1, 0)
+    plain = RewardWeightedDiffusionTrainer(make_config(world, tmp_path / "u", cache_embeddings=False))
+    fb_u, _ = plain.load_data()
+    loss_u, _ = plain.training_loss(fb_u, None, 1, 0)
+    assert loss_c.item() == pytest.approx(loss_u.item(), rel=1e-4)
+
+
+def run_cli(args, env_extra=None, torchrun=None):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env.update(env_extra or {})
+    cmd = [sys.executable, "-m", "baton_trainer", "finetune", *args]
+    if torchrun:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(torchrun), "--master_port", "29517", "-m", "baton_trainer", "finetune", *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process_with_the_same_global_batch(world, tmp_path):
+    common = [
+        "--model", str(world / "model"), "--feedback_dataset", str(world / "feedback"),
+        "--pretrain_dataset", str(world / "pretrain"), "--max_train_steps", "3", "--learning_rate", "1e-3",
+        "--report_to", "none", "--run_dir", str(tmp_path),
+    ]
+    one = run_cli([*common, "--output_dir", str(tmp_path / "one"), "--train_batch_size", "4", "--cache_dir", str(tmp_path / "c1")])
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = run_cli(
+        [*common, "--output_dir", str(tmp_path / "two"), "--train_batch_size", "2", "--cache_dir", str(tmp_path / "c2")],
+        env_extra={"ACCELERATE_USE_CPU": "1"},
+        torchrun=2,
+    )
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = unet_state(tmp_path / "one"), unet_state(tmp_path / "two")
+    moved = max((a[k] - load_file(str(next((world / "model" / "unet").glob("*.safetensors"))))[k]).abs().max().item() for k in a)
+    assert moved > 1e-4
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=2e-5, rtol=1e-4)
