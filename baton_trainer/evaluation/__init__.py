@@ -27,6 +27,7 @@ from .models import (
     VGGish,
     VGGishConfig,
 )
+from .suite import EvaluationResult, compute_metrics
 from .report import FAD_DEFINITION, FD_DEFINITION, METRIC_INFO, write_report
 from .test_captions import TEST_CAPTION_FILES, TestCaptionError, load_test_captions
 
@@ -47,7 +48,9 @@ __all__ = [
     "TestCaptionError",
     "VGGish",
     "VGGishConfig",
+    "EvaluationResult",
     "clap_score",
+    "compute_metrics",
     "embedding_statistics",
     "frechet_distance",
     "frechet_distance_from_embeddings",
