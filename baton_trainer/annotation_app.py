@@ -19,6 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+# gradio at module level: it resolves the handlers' `gr.Request` annotation (a string here, under
+# `from __future__ import annotations`) through this module's globals to inject the login.
+import gradio as gr
 import numpy as np
 
 from .annotation import ALIGNED, NOT_ALIGNED, SKIP, AnnotationError, AnnotationStore, DuplicateRatingError
@@ -160,10 +163,8 @@ def _annotator_name(name: str | None, request: Any, logins: bool) -> str:
     return " ".join(str(name or "").split())
 
 
-def build_annotation_app(config: AnnotateConfig, store: AnnotationStore | None = None) -> "gr.Blocks":
+def build_annotation_app(config: AnnotateConfig, store: AnnotationStore | None = None) -> gr.Blocks:
     """The annotation app over an existing store (registers the generations folder's clips)."""
-    import gradio as gr
-
     if store is None:
         store = AnnotationStore(config.store_path, lease_seconds=config.lease_seconds)
     store.register_clips(config.generations_path)
@@ -252,7 +253,7 @@ def build_annotation_app(config: AnnotateConfig, store: AnnotationStore | None =
     return app
 
 
-def annotate(config: AnnotateConfig, prevent_thread_lock: bool = False) -> "gr.Blocks":
+def annotate(config: AnnotateConfig, prevent_thread_lock: bool = False) -> gr.Blocks:
     """Run the `annotate` stage: register the clips, launch the app, and serve until stopped.
 
     Only the generations folder is served (`allowed_paths`); with `prevent_thread_lock` the call

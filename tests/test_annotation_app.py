@@ -139,3 +139,61 @@ def test_users_file_spectrogram_and_config_checks(tmp_path):
         AnnotateConfig(ratings_per_clip=0)
     with pytest.raises(AnnotationError, match="metadata.jsonl: not found"):
         annotate(AnnotateConfig(run_dir=str(tmp_path / "empty")))
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium (apt-get install chromium)")
+def test_keyboard_shortcuts_rate_in_a_browser(tmp_path):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    run = tmp_path / "run"
+    make_generations(run / "generations", num_captions=1, clips_per_caption=3)
+    config = AnnotateConfig(run_dir=str(run), ratings_per_clip=1, server_port=_free_port())
+    app = annotate(config, prevent_thread_lock=True)
+    flags = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"]
+    try:
+        with sync_api.sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=flags)
+            page = browser.new_page()
+            page.goto(f"http://127.0.0.1:{config.server_port}/")
+            page.locator("input, textarea").first.fill("kim")
+            page.locator("#baton-start").click()
+            clip_box = page.locator("#baton-clip-id textarea, #baton-clip-id input").first
+            sync_api.expect(clip_box).to_have_value("00000_0", timeout=20000)
+            page.wait_for_selector("#baton-audio audio[src]", state="attached", timeout=20000)
+            page.locator("body").click(position={"x": 5, "y": 5})
+            page.keyboard.press("a")
+            sync_api.expect(clip_box).to_have_value("00000_1", timeout=20000)
+            page.keyboard.press("n")
+            sync_api.expect(clip_box).to_have_value("00000_2", timeout=20000)
+            page.keyboard.press("s")
+            sync_api.expect(clip_box).to_have_value("", timeout=20000)
+            browser.close()
+    finally:
+        app.close()
+        app.annotation_store.close()
+    with AnnotationStore(run / "annotations.sqlite") as store:
+        assert [(r["clip_id"], r["label"]) for r in store.ratings()] == [("00000_0", 1), ("00000_1", 0), ("00000_2", -2)]
+
+
+@pytest.mark.slow
+def test_logins_from_users_file_name_the_annotator(tmp_path):
+    run = tmp_path / "run"
+    make_generations(run / "generations", num_captions=1, clips_per_caption=1)
+    users = tmp_path / "users.txt"
+    users.write_text("alice:wonderland\n", encoding="utf-8")
+    config = AnnotateConfig(run_dir=str(run), users_file=str(users), server_port=_free_port())
+    app = annotate(config, prevent_thread_lock=True)
+    try:
+        with pytest.raises(Exception):
+            gradio_client.Client(f"http://127.0.0.1:{config.server_port}/", auth=("alice", "wrong"), verbose=False)
+        client = gradio_client.Client(f"http://127.0.0.1:{config.server_port}/", auth=("alice", "wonderland"), verbose=False)
+        clip_id, *_ = client.predict("mallory", api_name="/start")  # a typed name cannot override the login
+        client.predict("mallory", clip_id, api_name="/aligned")
+    finally:
+        app.close()
+        app.annotation_store.close()
+    with AnnotationStore(run / "annotations.sqlite") as store:
+        assert [r["annotator"] for r in store.ratings()] == ["alice"]
