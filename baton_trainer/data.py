@@ -274,7 +274,8 @@ def import_baton_release(config: ImportBatonConfig) -> Path:
             raise PreferenceDataError(f"--audio_root {root} is not a folder")
         audio_index = {p.name: p for p in root.rglob("*.wav")}
     out = Path(config.out)
-    report: dict[str, Any] = {"files": {}, "missing_audio": [], "inconsistencies": []}
+    report: dict[str, Any] = {"files": {}, "missing_audio": [], "inconsistencies": [], "duplicates": 0}
+    seen: set[tuple[str, str]] = set()  # the grouped_ratings files repeat the *_HA ratings
     preference: dict[str, list[Any]] = {k: [] for k in PREFERENCE_FEATURES}
     pretrain: dict[str, list[Any]] = {"caption": [], "audio": []}
     for file_name in config.files:
@@ -282,13 +283,19 @@ def import_baton_release(config: ImportBatonConfig) -> Path:
         if not path.is_file():
             raise PreferenceDataError(f"release file not found: {path}")
         kind, rows = _release_rows(path)
-        counts = {"rows": len(rows), "imported": 0, "missing_audio": 0, "kind": kind}
+        counts = {"rows": len(rows), "imported": 0, "missing_audio": 0, "duplicates": 0, "kind": kind}
         for i, row in enumerate(tqdm(rows, desc=f"import {path.name}", leave=False)):
             caption = row.get("captions") or row.get("caption")
             location = str(row.get("location", ""))
             base = Path(location).name
             if not isinstance(caption, str) or not caption.strip():
                 raise PreferenceDataError(f"{path}: row {i}: empty caption")
+            key = (kind, base if kind == "preference" else location)
+            if key in seen:
+                counts["duplicates"] += 1
+                report["duplicates"] += 1
+                continue
+            seen.add(key)
             dataset_field = str(row.get("dataset", ""))
             folder = Path(location).parent.name
             if dataset_field[:6] in ("2label", "3label") and folder and not folder.startswith(dataset_field[:6]):
@@ -339,7 +346,10 @@ def import_baton_release(config: ImportBatonConfig) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     (out.parent / f"{out.name}_import_report.json").write_text(json.dumps(report, indent=2))
     for name, counts in report["files"].items():
-        print(f"{name}: {counts['imported']}/{counts['rows']} rows imported, {counts['missing_audio']} audio files not found")
+        print(
+            f"{name}: {counts['imported']}/{counts['rows']} rows imported, {counts['missing_audio']} audio files not found, "
+            f"{counts['duplicates']} already imported from an earlier file"
+        )
     if report["inconsistencies"]:
         print(f"{len(report['inconsistencies'])} rows whose folder disagrees with their dataset field (see the import report)")
     return out
@@ -352,7 +362,8 @@ def save_dataset_atomic(ds: Dataset, out: Path) -> None:
     out = Path(out)
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    ds.save_to_disk(str(tmp))
+    # datasets 5 writes zero shards for an empty dataset, which load_from_disk cannot read back.
+    ds.save_to_disk(str(tmp), num_shards=1 if len(ds) == 0 else None)
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)
