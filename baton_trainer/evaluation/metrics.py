@@ -216,7 +216,8 @@ def kl_divergence(
     This is `audioldm_eval`'s `kullback_leibler_divergence_softmax` (the "KL" of AudioLDM, TANGO
     and BATON tables): PANNs' 527 AudioSet logits, softmax over classes, the reference clip's
     distribution as target, and `eps` (1e-6 there) added to the generated probabilities before
-    the log. Pairs: with names, each reference clip is matched to the generated clip of the
+    the log (so identical clips score about -C * eps, down to -5.3e-4 for 527 classes, not 0:
+    kept for comparability; pass eps=0 for the plain KL). Pairs: with names, each reference clip is matched to the generated clip of the
     same name (order free; any unmatched or duplicate name is refused and listed); without
     names, rows pair in order. With `return_per_pair`, also returns the per-pair KL values (in
     reference order).
