@@ -28,7 +28,7 @@ STAGES: dict[str, tuple[str, str, str, str]] = {
     "run": ("baton_trainer.pipeline", "RunConfig", "run", "the whole loop (default: the toy world)"),
     "push": ("baton_trainer.hub", "PushConfig", "push", "upload a reward model, aligned model or dataset to the Hub"),
     "import-baton": ("baton_trainer.data", "ImportBatonConfig", "import_baton_release", "BATON release JSON -> preference dataset"),
-    "convert-tango": ("baton_trainer.backends.tango", "ConvertTangoConfig", "convert_tango", "original TANGO checkpoint -> diffusers-style folder"),
+    "convert-tango": ("baton_trainer.backends.tango_original", "ConvertTangoConfig", "convert_tango", "original TANGO checkpoint -> diffusers-style folder"),
 }
 
 

@@ -1,0 +1,68 @@
+import dataclasses
+import subprocess
+import sys
+
+import pytest
+
+from baton_trainer.__main__ import STAGES, main
+from baton_trainer.config import ConfigError, parse_config
+
+
+@dataclasses.dataclass
+class Inner:
+    epochs: int = 2
+
+
+@dataclasses.dataclass
+class Example:
+    name: str = "x"
+    rate: float = 0.1
+    flag: bool = False
+    items: list[str] = dataclasses.field(default_factory=list)
+    inner: Inner = dataclasses.field(default_factory=Inner)
+    maybe: int | None = None
+
+
+def test_yaml_then_cli_overrides(tmp_path):
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("name: from-yaml\nrate: 0.5\ninner:\n  epochs: 7\n")
+    cfg = parse_config(Example, ["--config", str(cfg_file), "--rate", "2e-5", "--flag", "--inner.epochs=9", "--items", "a,b", "--maybe", "none"])
+    assert cfg == Example(name="from-yaml", rate=2e-5, flag=True, items=["a", "b"], inner=Inner(epochs=9), maybe=None)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--rte", "1"], "unknown config key 'rte'"),
+        (["--rate", "fast"], "config key 'rate' must be a number, got 'fast'"),
+        (["--inner.epochs", "1.5"], "config key 'inner.epochs' must be an integer"),
+        (["--config", "/nonexistent.yaml"], "config file not found: /nonexistent.yaml"),
+        (["--inner.bogus", "1"], "unknown config key 'inner.bogus'"),
+    ],
+)
+def test_config_errors_name_the_key(argv, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")):
+        parse_config(Example, argv)
+
+
+def test_help_lists_every_stage(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for stage in ("prompts", "generate", "annotate", "reward", "label", "finetune", "evaluate", "run", "push"):
+        assert f"  {stage}" in out
+
+
+@pytest.mark.parametrize("stage", sorted(STAGES))
+def test_every_stage_has_a_typed_config_and_help(stage, capsys):
+    assert main([stage, "--help"]) == 0
+    assert "--run_dir" in capsys.readouterr().out or stage in ("import-baton", "convert-tango", "push")
+
+
+def test_cli_errors_are_one_line_and_nonzero(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "baton_trainer", "finetune", "--learning_rate", "abc"], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: config key 'learning_rate' must be a number, got 'abc'"
+    result = subprocess.run([sys.executable, "-m", "baton_trainer", "nosuchstage"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "unknown stage 'nosuchstage'" in result.stderr
