@@ -148,7 +148,6 @@ def run(config: RunConfig) -> Path:
 
     run_dir = Path(config.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    configs = config.stage_configs()
     summary_file = run_dir / "run_summary.json"
     summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {"stages": {}}
     if config.world == "toy":
@@ -157,6 +156,8 @@ def run(config: RunConfig) -> Path:
     for number, stage in enumerate(config.stages, 1):
         print(f"\n=== [{number}/{total}] {stage} ===", flush=True)
         started = time.time()
+        # Built per stage: defaults that depend on earlier outputs (RUN/reward_labeled) then exist.
+        configs = config.stage_configs()
         if stage == "prompts":
             result: Any = build_captions(configs["prompts"])
         elif stage == "generate":
@@ -194,7 +195,7 @@ def run(config: RunConfig) -> Path:
         summary["stages"][stage] = {"seconds": seconds, "result": str(result)}
         atomic_write_bytes(summary_file, json.dumps(summary, indent=2).encode())
         print(f"--- {stage} done in {seconds} s: {result}", flush=True)
-    report = Path(configs["evaluate"].out_dir) / "report.md"
+    report = Path(config.stage_configs()["evaluate"].out_dir) / "report.md"
     if report.is_file():
         print(f"\nreport: {report}")
     return run_dir
