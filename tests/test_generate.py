@@ -127,29 +127,30 @@ def test_resumes_after_a_kill_without_duplicates(tmp_path, backend):
         generate(GenerateConfig(run_dir=str(run), guidance_scale=5.0, **FAST), backend=backend)
 
 
+@pytest.mark.slow
 def test_resumes_after_sigkill_of_the_cli(tmp_path, model_dir, backend):
     run = write_run(tmp_path / "run")
-    args = ["--run_dir", str(run), "--model", str(model_dir), "--num_inference_steps", "40", "--duration_s", "0.32",
-            "--device", "cpu", "--batch_size", "1", "--clips_per_caption", "4"]
+    args = ["--run_dir", str(run), "--model", str(model_dir), "--num_inference_steps", "30", "--duration_s", "0.32",
+            "--device", "cpu", "--batch_size", "1", "--clips_per_caption", "3"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "baton_trainer", "generate", *args], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     metadata = run / "generations" / "metadata.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
-        if metadata.is_file() and len(metadata.read_text().splitlines()) >= 2:
+        if metadata.is_file() and len(metadata.read_text().splitlines()) >= 1:
             break
         time.sleep(0.05)
     killed = proc.poll() is None
     proc.send_signal(signal.SIGKILL) if killed else None
     proc.wait()
     assert killed, "the generation finished before it could be killed"
-    assert len(read_rows(run / "generations")) < 8
-    config = GenerateConfig(run_dir=str(run), model=str(model_dir), num_inference_steps=40, duration_s=0.32, device="cpu",
-                            batch_size=4, clips_per_caption=4)
+    assert len(read_rows(run / "generations")) < 6
+    config = GenerateConfig(run_dir=str(run), model=str(model_dir), num_inference_steps=30, duration_s=0.32, device="cpu",
+                            batch_size=6, clips_per_caption=3)
     generate(config, backend=backend)
     ids = [r["clip_id"] for r in read_rows(run / "generations")]
-    assert ids == [f"{c:05d}_{k}" for c in (0, 3) for k in range(4)]
+    assert ids == [f"{c:05d}_{k}" for c in (0, 3) for k in range(3)]
     assert sorted(p.name for p in (run / "generations" / "clips").iterdir()) == [f"{i}.wav" for i in ids]
 
 
