@@ -1,0 +1,507 @@
+"""BATON Space: the same prompt and seed through a baseline and a BATON-aligned text-to-audio model.
+
+    python spaces_demo/app.py [--base_model PATH_OR_HUB_ID] [--aligned_export PATH_OR_HUB_ID]
+                              [--reward_model PATH_OR_HUB_ID] [--output_dir DIR] [--host H] [--port P] [--share]
+
+Each setting also reads an environment variable (a Space's "Variables"): BATON_BASE_MODEL,
+BATON_ALIGNED_EXPORT, BATON_REWARD_MODEL, BATON_OUTPUT_DIR, BATON_DEVICE. With none set it runs
+offline on the toy world shipped in the package: the toy TANGO as baseline, the aligned export of
+a local toy run (`runs/toy/aligned`) or a shipped one, and the matching reward model. Without an
+aligned export it shows the baseline alone and says so.
+
+Visitors type a prompt and pick a seed, steps and guidance; both models sample from the same seed,
+the page plays both clips, draws their spectrograms and shows the reward model's score of each.
+Requests go through Gradio's queue one at a time. Clips are written only under the output folder,
+which is the only folder the app serves (`allowed_paths`). The generate event is `/generate` for
+`gradio_client`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import re
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# gradio at module level, as in baton_trainer.annotation_app: Gradio resolves the handler's
+# `gr.Progress` annotation (a string under `from __future__ import annotations`) through this
+# module's globals to inject the progress tracker.
+import gradio as gr
+import numpy as np
+
+from baton_trainer.annotation_app import spectrogram_image
+from baton_trainer.audio import save_wav
+from baton_trainer.backends.base import EXPORT_FILE
+from baton_trainer.backends.tango import TangoModel
+
+MAX_PROMPT_CHARS = 300
+MAX_SEED = 2**31 - 1
+STEPS_RANGE = (1, 200)
+GUIDANCE_RANGE = (1.0, 10.0)
+MIN_DURATION_S = 0.1
+OUTPUT_MAX_AGE_S = 3600.0  # clips older than this are deleted from the output folder
+NONE_VALUES = {"none", "off", ""}
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+class SpaceError(ValueError):
+    """A model or setting the Space cannot use; the message names it."""
+
+
+class SpaceInputError(ValueError):
+    """A visitor's input out of range (empty or overlong prompt, bad seed, steps, guidance, length)."""
+
+
+@dataclass
+class SpaceConfig:
+    base_model: str | None = field(
+        default=None, metadata={"help": "baseline model: a TangoModel folder, a TANGO Hub id or original checkpoint (env BATON_BASE_MODEL; default: the aligned export's base, else the toy TANGO)"}
+    )
+    aligned_export: str | None = field(
+        default=None, metadata={"help": "trainer export (LoRA adapter or UNet) folder or Hub id (env BATON_ALIGNED_EXPORT; default: runs/toy/aligned or a shipped toy export; 'none': baseline only)"}
+    )
+    reward_model: str | None = field(
+        default=None, metadata={"help": "reward model folder or Hub id (env BATON_REWARD_MODEL; default: the toy run's or a shipped one; 'none': no scores)"}
+    )
+    output_dir: str | None = field(default=None, metadata={"help": "folder for generated clips, the only one served (env BATON_OUTPUT_DIR)"})
+    device: str | None = field(default=None, metadata={"help": "torch device (env BATON_DEVICE; default cuda when available, else cpu)"})
+    default_steps: int | None = field(default=None, metadata={"help": "sampling steps the page starts with (env BATON_DEFAULT_STEPS; default 25 for the toy model, else 50)"})
+    host: str | None = field(default=None, metadata={"help": "address to listen on (default: Gradio's, 0.0.0.0 on Spaces)"})
+    port: int | None = field(default=None, metadata={"help": "port (default: Gradio's, 7860)"})
+    share: bool = field(default=False, metadata={"help": "open a public gradio.live link"})
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> "SpaceConfig":
+        """Environment variables first, then non-None `overrides` (CLI arguments) on top."""
+        env = {
+            "base_model": os.environ.get("BATON_BASE_MODEL"),
+            "aligned_export": os.environ.get("BATON_ALIGNED_EXPORT"),
+            "reward_model": os.environ.get("BATON_REWARD_MODEL"),
+            "output_dir": os.environ.get("BATON_OUTPUT_DIR"),
+            "device": os.environ.get("BATON_DEVICE"),
+            "default_steps": os.environ.get("BATON_DEFAULT_STEPS"),
+        }
+        values = {k: v for k, v in env.items() if v is not None}
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        for key in ("port", "default_steps"):
+            if values.get(key) is not None:
+                try:
+                    values[key] = int(values[key])
+                except ValueError:
+                    raise SpaceError(f"setting '{key}' must be a whole number, got {values[key]!r}") from None
+        return cls(**values)
+
+
+# -- finding and loading the models --------------------------------------------------------------
+
+
+def _toy_checkpoints() -> Path:
+    from baton_trainer.toyworld.models import CHECKPOINTS_DIR
+
+    return CHECKPOINTS_DIR
+
+
+def _toy_run_dirs() -> list[Path]:
+    """`runs/toy` of the default run, relative to the working directory or this checkout."""
+    seen: list[Path] = []
+    for root in (Path.cwd(), REPO_ROOT):
+        run = (root / "runs" / "toy").resolve()
+        if run not in seen:
+            seen.append(run)
+    return seen
+
+
+def _is_export(folder: Path) -> bool:
+    return (folder / EXPORT_FILE).is_file()
+
+
+def _is_reward_model(folder: Path) -> bool:
+    try:
+        return json.loads((folder / "config.json").read_text(encoding="utf-8")).get("model_type") == "baton_reward"
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def _shipped(predicate) -> list[Path]:
+    folder = _toy_checkpoints()
+    return sorted(p for p in folder.iterdir() if p.is_dir() and predicate(p)) if folder.is_dir() else []
+
+
+def default_aligned_exports() -> list[Path]:
+    """Candidate aligned exports, best first: the local toy run's, then any shipped in the package."""
+    return [run / "aligned" for run in _toy_run_dirs() if _is_export(run / "aligned")] + _shipped(_is_export)
+
+
+def default_reward_models() -> list[Path]:
+    return [run / "reward_model" for run in _toy_run_dirs() if _is_reward_model(run / "reward_model")] + _shipped(_is_reward_model)
+
+
+def export_base(export: Path) -> str | None:
+    """The base model an export was trained from, as recorded by `save_trained`."""
+    try:
+        return json.loads((export / EXPORT_FILE).read_text(encoding="utf-8")).get("base")
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _same_model(a: str | None, b: str | None) -> bool:
+    if not a or not b:
+        return False
+    pa, pb = Path(a), Path(b)
+    if pa.exists() and pb.exists():
+        return pa.resolve() == pb.resolve()
+    return a.rstrip("/") == b.rstrip("/")
+
+
+def _local_folder(name_or_repo: str, what: str) -> Path:
+    folder = Path(name_or_repo)
+    if folder.is_dir():
+        return folder
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(name_or_repo))
+    except Exception as exc:  # missing folder, offline, unknown repo: one line that names it
+        raise SpaceError(f"{what} '{name_or_repo}': not a folder and not loadable from the Hub ({type(exc).__name__})") from None
+
+
+@dataclass
+class ResolvedModels:
+    """Which model, export and reward model the Space uses, and why (notes shown on the page)."""
+
+    base_model: str
+    aligned_export: str | None
+    reward_model: str | None
+    notes: list[str] = field(default_factory=list)
+
+
+def resolve_models(config: SpaceConfig) -> ResolvedModels:
+    """Fill in the defaults: an aligned export is only taken by default if it was trained from the
+    base model in use (a toy adapter does not fit a real TANGO UNet)."""
+    notes: list[str] = []
+    base = config.base_model
+    aligned = config.aligned_export
+    if aligned is not None and aligned.strip().lower() in NONE_VALUES:
+        aligned = None
+        notes.append("No aligned model (turned off): only the baseline is shown.")
+    elif aligned is None:
+        for candidate in default_aligned_exports():
+            recorded = export_base(candidate)
+            if base is None or _same_model(recorded, base):
+                aligned = str(candidate)
+                base = base or recorded
+                break
+        if aligned is None:
+            notes.append(
+                "No aligned model found (set BATON_ALIGNED_EXPORT, or run `python -m baton_trainer` to train the toy "
+                "world's): only the baseline is shown."
+            )
+    elif base is None:
+        base = export_base(_local_folder(aligned, "aligned export"))
+    if base is None:
+        from baton_trainer.toyworld.models import TOY_TANGO_PATH
+
+        base = str(TOY_TANGO_PATH)
+
+    reward = config.reward_model
+    if reward is not None and reward.strip().lower() in NONE_VALUES:
+        reward = None
+        notes.append("No reward model (turned off): clips are not scored.")
+    elif reward is None:
+        found = default_reward_models()
+        reward = str(found[0]) if found else None
+        if reward is None:
+            notes.append("No reward model found (set BATON_REWARD_MODEL): clips are not scored.")
+    return ResolvedModels(base, aligned, reward, notes)
+
+
+def load_aligned(base: TangoModel, export: str | Path) -> TangoModel:
+    """The base model with a trainer export applied, sharing the base's VAE, text encoder and
+    vocoder (the export changes the UNet only), so the Space holds one copy of the frozen parts."""
+    folder = _local_folder(str(export), "aligned export")
+    if not _is_export(folder):
+        raise SpaceError(f"aligned export '{export}': no {EXPORT_FILE} (expected a folder written by the finetune stage)")
+    mode = json.loads((folder / EXPORT_FILE).read_text(encoding="utf-8")).get("mode")
+    aligned = copy.copy(base)
+    if mode == "lora":
+        # The adapter is injected into the UNet in place: give the aligned model its own UNet.
+        aligned.unet = copy.deepcopy(base.unet)
+    aligned.load_trained(folder)
+    aligned.name_or_path = str(export)
+    return aligned.eval()
+
+
+def load_models(config: SpaceConfig) -> tuple[TangoModel, TangoModel | None, Any, list[str]]:
+    """(baseline, aligned or None, reward model or None, notes) for `config`."""
+    import torch
+
+    resolved = resolve_models(config)
+    device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        base = TangoModel.from_pretrained(resolved.base_model, device=device)
+    except (OSError, ValueError) as exc:
+        raise SpaceError(f"base model '{resolved.base_model}': {exc}".splitlines()[0]) from None
+    aligned = load_aligned(base, resolved.aligned_export) if resolved.aligned_export else None
+    reward = None
+    if resolved.reward_model:
+        import reward_hub
+
+        try:
+            reward = reward_hub.load(resolved.reward_model, device=device)
+        except (OSError, ValueError) as exc:
+            raise SpaceError(f"reward model '{resolved.reward_model}': {exc}".splitlines()[0]) from None
+    return base, aligned, reward, resolved.notes
+
+
+# -- one comparison ------------------------------------------------------------------------------
+
+
+@dataclass
+class Settings:
+    prompt: str
+    seed: int
+    steps: int
+    guidance: float
+    duration_s: float
+
+
+def _plain(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
+def check_inputs(prompt: Any, seed: Any, steps: Any, guidance: Any, duration_s: Any, max_duration_s: float) -> Settings:
+    """Validated settings, or SpaceInputError with a message for the visitor."""
+    prompt = " ".join(str(prompt or "").split())
+    if not prompt:
+        raise SpaceInputError("Enter a prompt: describe the sounds you want to hear.")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise SpaceInputError(f"The prompt is {len(prompt)} characters long; keep it to {MAX_PROMPT_CHARS}.")
+
+    def number(value: Any, name: str, low: float, high: float, integer: bool):
+        try:
+            x = float(value)
+        except (TypeError, ValueError):
+            x = float("nan")
+        if not np.isfinite(x) or (integer and x != int(x)) or not low <= x <= high:
+            kind = "a whole number" if integer else "a number"
+            raise SpaceInputError(f"{name} must be {kind} from {_plain(low)} to {_plain(high)}, got {value!r}.")
+        return int(x) if integer else x
+
+    return Settings(
+        prompt=prompt,
+        seed=number(seed, "Seed", 0, MAX_SEED, True),
+        steps=number(steps, "Steps", *STEPS_RANGE, True),
+        guidance=number(guidance, "Guidance", *GUIDANCE_RANGE, False),
+        duration_s=number(duration_s, "Length (s)", MIN_DURATION_S, max_duration_s, False),
+    )
+
+
+def unknown_words(tokenizer, prompt: str) -> list[str]:
+    """Words the model's tokenizer maps to its unknown token (the toy model knows few words)."""
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if unk is None:
+        return []
+    words: list[str] = []
+    for word in re.findall(r"[\w']+", prompt):
+        if unk in tokenizer(word, add_special_tokens=False).input_ids and word not in words:
+            words.append(word)
+    return words
+
+
+def prune_outputs(output_dir: Path, max_age_s: float = OUTPUT_MAX_AGE_S) -> None:
+    cutoff = time.time() - max_age_s
+    for path in output_dir.glob("*.wav"):
+        try:
+            if path.stat().st_mtime < cutoff:
+                path.unlink()
+        except OSError:
+            pass  # removed by a concurrent prune
+
+
+def _is_toy(model: TangoModel) -> bool:
+    return type(model.vocoder).__name__ == "ToyGriffinLimVocoder"
+
+
+def toy_example_captions() -> list[str]:
+    """A few captions of the toy world's events, in the forms the toy model was trained on."""
+    from baton_trainer.prompts import make_caption
+    from baton_trainer.toyworld.events import EVENT_NAMES
+
+    n = EVENT_NAMES
+    return [
+        make_caption([n[5 % len(n)], n[1 % len(n)]], "integrity"),
+        make_caption([n[3 % len(n)], n[7 % len(n)]], "integrity", "with"),
+        make_caption([n[2 % len(n)], n[6 % len(n)], n[0]], "temporal"),
+        make_caption([n[4 % len(n)], n[5 % len(n)], n[7 % len(n)]], "temporal", "then"),
+    ]
+
+
+def paper_example_captions(per_task: int = 3) -> list[str]:
+    """The first captions of the paper's 2-label (integrity) and 3-label (temporal) test lists."""
+    from baton_trainer.evaluation.test_captions import load_test_captions
+
+    return [row["caption"] for task in ("integrity", "temporal") for row in load_test_captions(task)[:per_task]]
+
+
+def build_demo(
+    base: TangoModel,
+    aligned: TangoModel | None,
+    reward_model: Any,
+    output_dir: str | os.PathLike,
+    notes: list[str] | None = None,
+    toy_examples: bool | None = None,
+    default_steps: int | None = None,
+) -> gr.Blocks:
+    """The comparison page for loaded models; clips are written under `output_dir`.
+
+    The returned Blocks has its queue set up (one generation at a time); launch it with
+    `launch(demo, output_dir, ...)` so that only `output_dir` is served.
+    """
+    output_dir = Path(output_dir).resolve()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    notes = list(notes or [])
+    if aligned is None and not any("aligned" in n for n in notes):
+        notes.append("No aligned model loaded: only the baseline is shown.")
+    if reward_model is None and not any("reward" in n for n in notes):
+        notes.append("No reward model loaded: clips are not scored.")
+    toy = _is_toy(base) if toy_examples is None else toy_examples
+    max_duration = float(base.settings.duration_s)
+    steps_default = default_steps or (25 if toy else 50)
+    sample_rate = base.sample_rate
+
+    def generate(prompt, seed, steps, guidance, duration_s, progress: gr.Progress = gr.Progress(track_tqdm=True)):
+        try:
+            s = check_inputs(prompt, seed, steps, guidance, duration_s, max_duration)
+        except SpaceInputError as exc:
+            raise gr.Error(str(exc), title="Check the settings") from None
+        prune_outputs(output_dir)
+        stem = f"{time.strftime('%Y%m%d-%H%M%S')}_{uuid.uuid4().hex[:8]}_seed{s.seed}"
+        models = [("baseline", base)] + ([("aligned", aligned)] if aligned is not None else [])
+        clips: dict[str, np.ndarray] = {}
+        for i, (name, model) in enumerate(models):
+            progress(i / (len(models) + 1), desc=f"{name}: sampling {s.steps} steps")
+            try:
+                wav = model.generate([s.prompt], [s.seed], num_inference_steps=s.steps, guidance_scale=s.guidance, duration_s=s.duration_s, progress=True)[0]
+            except ValueError as exc:  # e.g. a prompt the tokenizer or model refuses
+                raise gr.Error(f"The {name} model could not generate: {exc}".splitlines()[0]) from None
+            clips[name] = wav
+        progress(len(models) / (len(models) + 1), desc="scoring and drawing")
+        scores: dict[str, float | None] = {name: None for name in ("baseline", "aligned")}
+        if reward_model is not None:
+            values = reward_model.score([s.prompt] * len(clips), list(clips.values()), sampling_rate=sample_rate)
+            scores.update({name: round(float(v), 4) for name, v in zip(clips, values.tolist())})
+        paths: dict[str, str | None] = {"baseline": None, "aligned": None}
+        images: dict[str, np.ndarray | None] = {"baseline": None, "aligned": None}
+        for name, wav in clips.items():
+            path = output_dir / f"{stem}_{name}.wav"
+            save_wav(path, wav, sample_rate)
+            paths[name] = str(path)
+            images[name] = spectrogram_image(wav, sample_rate, title=f"{name}: seed {s.seed}")
+        lines = [f"Seed {s.seed}, {s.steps} steps, guidance {s.guidance:g}, {s.duration_s:g} s."]
+        if scores["baseline"] is not None and scores["aligned"] is not None:
+            delta = scores["aligned"] - scores["baseline"]
+            lines.append(f"Reward: baseline **{scores['baseline']:.3f}**, aligned **{scores['aligned']:.3f}** ({delta:+.3f}).")
+        unknown = unknown_words(base.tokenizer, s.prompt)
+        if unknown:
+            lines.append(f"The models do not know these words and ignore them: {', '.join(unknown)}.")
+        return (
+            paths["baseline"], paths["aligned"], images["baseline"], images["aligned"],
+            scores["baseline"], scores["aligned"], "\n\n".join(lines),
+        )
+
+    aligned_name = aligned.name_or_path if aligned is not None else "none"
+    reward_name = getattr(getattr(reward_model, "config", None), "_name_or_path", "") or ("loaded" if reward_model is not None else "none")
+    with gr.Blocks(title="BATON: baseline vs aligned", delete_cache=(1800, int(OUTPUT_MAX_AGE_S))) as demo:
+        gr.Markdown(
+            "# BATON: baseline vs aligned text-to-audio\n"
+            "Type a prompt: the baseline model and the BATON-aligned model (fine-tuned with human feedback) "
+            "sample from the **same seed**, so differences come from the alignment. The reward model, trained "
+            "on human ratings, scores how well each clip matches the prompt (0 to 1).\n\n"
+            f"Baseline: `{base.name_or_path}` · aligned: `{aligned_name}` · reward model: `{reward_name}`"
+            + "".join(f"\n\n> {note}" for note in notes)
+        )
+        with gr.Row():
+            prompt_box = gr.Textbox(
+                label="Prompt", lines=2, scale=4, elem_id="baton-prompt",
+                placeholder=toy_example_captions()[0] if toy else "A dog barks, then a bell rings",
+                info=f"up to {MAX_PROMPT_CHARS} characters",
+            )
+            generate_button = gr.Button("Generate", variant="primary", scale=1, elem_id="baton-generate")
+        with gr.Row():
+            seed_box = gr.Number(label="Seed", value=0, precision=0, info=f"0 to {MAX_SEED}", elem_id="baton-seed")
+            steps_slider = gr.Slider(*STEPS_RANGE, value=min(steps_default, STEPS_RANGE[1]), step=1, label="Steps", elem_id="baton-steps")
+            guidance_slider = gr.Slider(*GUIDANCE_RANGE, value=3.0, step=0.5, label="Guidance", elem_id="baton-guidance")
+            duration_slider = gr.Slider(
+                MIN_DURATION_S, max_duration, value=max_duration, step=0.01, label="Length (s)", elem_id="baton-duration"
+            )
+        with gr.Row():
+            with gr.Column():
+                gr.Markdown("### Baseline")
+                base_audio = gr.Audio(label="Baseline", type="filepath", format="wav", interactive=False, elem_id="baton-base-audio")
+                base_image = gr.Image(label="Baseline spectrogram", type="numpy", format="png", interactive=False, elem_id="baton-base-spectrogram")
+                base_score = gr.Number(label="Reward (baseline)", precision=3, interactive=False, elem_id="baton-base-score")
+            with gr.Column(visible=aligned is not None):
+                gr.Markdown("### Aligned (BATON)")
+                aligned_audio = gr.Audio(label="Aligned", type="filepath", format="wav", interactive=False, elem_id="baton-aligned-audio")
+                aligned_image = gr.Image(label="Aligned spectrogram", type="numpy", format="png", interactive=False, elem_id="baton-aligned-spectrogram")
+                aligned_score = gr.Number(label="Reward (aligned)", precision=3, interactive=False, elem_id="baton-aligned-score")
+        status_md = gr.Markdown(elem_id="baton-status")
+        if toy:
+            gr.Examples([[c] for c in toy_example_captions()], inputs=[prompt_box], label="Toy-world captions (what the toy model knows)", cache_examples=False)
+        gr.Examples([[c] for c in paper_example_captions()], inputs=[prompt_box], label="The paper's test captions (2 and 3 events)", cache_examples=False)
+
+        inputs = [prompt_box, seed_box, steps_slider, guidance_slider, duration_slider]
+        outputs = [base_audio, aligned_audio, base_image, aligned_image, base_score, aligned_score, status_md]
+        generate_button.click(generate, inputs, outputs, api_name="generate")
+        prompt_box.submit(generate, inputs, outputs, api_name=False)
+    # One generation at a time (a CPU Space has no room for two); visitors wait their turn in line.
+    demo.queue(default_concurrency_limit=1, max_size=32)
+    demo.output_dir = output_dir
+    return demo
+
+
+def launch(demo: gr.Blocks, output_dir: str | os.PathLike, host: str | None = None, port: int | None = None, share: bool = False, prevent_thread_lock: bool = False) -> gr.Blocks:
+    """Serve the page; only `output_dir` is readable through /gradio_api/file=."""
+    demo.launch(
+        server_name=host,
+        server_port=port,
+        share=share,
+        allowed_paths=[str(Path(output_dir).resolve())],
+        prevent_thread_lock=prevent_thread_lock,
+        footer_links=["api"],
+    )
+    return demo
+
+
+def main(argv: list[str] | None = None, prevent_thread_lock: bool = False) -> gr.Blocks:
+    parser = argparse.ArgumentParser(description="BATON Space: compare a baseline and an aligned text-to-audio model.")
+    for name, f in SpaceConfig.__dataclass_fields__.items():
+        if name == "share":
+            parser.add_argument("--share", action="store_true", default=None, help=f.metadata["help"])
+        else:
+            parser.add_argument(f"--{name}", type=int if name in ("port", "default_steps") else str, default=None, help=f.metadata["help"])
+    config = SpaceConfig.from_env(**vars(parser.parse_args(argv)))
+    output_dir = Path(config.output_dir or Path(tempfile.gettempdir()) / "baton-space")
+    base, aligned, reward, notes = load_models(config)
+    print(f"baseline {base.name_or_path}; aligned {aligned.name_or_path if aligned else 'none'}; clips go to {output_dir}")
+    for note in notes:
+        print(note)
+    demo = build_demo(base, aligned, reward, output_dir, notes=notes, default_steps=config.default_steps)
+    return launch(demo, output_dir, host=config.host, port=config.port, share=bool(config.share), prevent_thread_lock=prevent_thread_lock)
+
+
+__all__ = [
+    "SpaceConfig", "SpaceError", "SpaceInputError", "build_demo", "check_inputs", "launch", "load_aligned",
+    "load_models", "main", "resolve_models",
+]
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,294 @@
+"""The comparison Space: model resolution, input checks, and the launched app driven through
+gradio_client (clips, seeds, scores, error messages, which files it serves)."""
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from baton_trainer.backends.tango import TangoModel
+from baton_trainer.testing import save_tiny_tango
+from spaces_demo import app as space
+
+gradio_client = pytest.importorskip("gradio_client")
+
+PROMPT = "a dog barks then birds chirp"
+DURATION_S = 0.25  # not the tiny model's default 0.32 s, so the request's length is what counts
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_models(root: Path) -> dict[str, Path]:
+    """A tiny base model, a full-UNet export and a LoRA export that both change its output, and a
+    tiny reward model: the real classes, saved the way the trainer and reward stages save them."""
+    from peft import LoraConfig
+
+    from reward_hub import build_reward_model, save_tiny_clap
+
+    base = save_tiny_tango(root / "base")
+    full = TangoModel.from_pretrained(base)
+    with torch.no_grad():
+        generator = torch.Generator().manual_seed(1)
+        for p in full.unet.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=generator))
+    full.save_trained(root / "aligned_full", "full", base=str(base))
+    lora = TangoModel.from_pretrained(base)
+    torch.manual_seed(2)
+    lora.unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"], init_lora_weights=False))
+    lora.save_trained(root / "aligned_lora", "lora", base=str(base))
+    reward = build_reward_model(str(save_tiny_clap(root / "clap")), head_hidden_size=16, seed=0)
+    reward.save_pretrained(root / "reward_model")
+    return {"base": base, "full": root / "aligned_full", "lora": root / "aligned_lora", "reward": root / "reward_model"}
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    return make_models(tmp_path_factory.mktemp("space_models"))
+
+
+@pytest.fixture(scope="module")
+def launched(models, tmp_path_factory):
+    """The app started by `main()` as a Space would: models from environment variables and CLI."""
+    output_dir = tmp_path_factory.mktemp("space_outputs")
+    port = free_port()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("BATON_BASE_MODEL", str(models["base"]))
+        mp.setenv("BATON_REWARD_MODEL", str(models["reward"]))
+        mp.setenv("BATON_DEFAULT_STEPS", "3")
+        demo = space.main(
+            ["--aligned_export", str(models["full"]), "--output_dir", str(output_dir), "--host", "127.0.0.1", "--port", str(port)],
+            prevent_thread_lock=True,
+        )
+    try:
+        yield {"url": f"http://127.0.0.1:{port}/", "output_dir": output_dir, "demo": demo}
+    finally:
+        demo.close()
+
+
+@pytest.fixture(scope="module")
+def client(launched):
+    return gradio_client.Client(launched["url"], verbose=False)
+
+
+def generate(client, prompt=PROMPT, seed=3, steps=3, guidance=3.0, duration=DURATION_S):
+    return client.predict(prompt, seed, steps, guidance, duration, api_name="/generate")
+
+
+def read_wav(path) -> np.ndarray:
+    wav, sr = sf.read(path, dtype="float32")
+    assert sr == 16000 and wav.ndim == 1
+    return wav
+
+
+@pytest.mark.slow
+def test_same_seed_same_clips_other_seed_other_clips_scores_in_unit_interval(client, launched):
+    before = set(launched["output_dir"].iterdir())
+    base_wav, aligned_wav, base_img, aligned_img, base_score, aligned_score, status = generate(client, seed=3)
+    base_clip, aligned_clip = read_wav(base_wav), read_wav(aligned_wav)
+    assert base_clip.shape == aligned_clip.shape == (int(DURATION_S * 16000),)
+    assert np.abs(base_clip).max() > 0 and not np.array_equal(base_clip, aligned_clip)  # the export changed the UNet
+    assert Path(base_img).stat().st_size > 0 and Path(aligned_img).stat().st_size > 0
+    assert 0.0 <= base_score <= 1.0 and 0.0 <= aligned_score <= 1.0
+    assert "Seed 3" in status and "Reward: baseline" in status
+
+    again = generate(client, seed=3)
+    assert np.array_equal(read_wav(again[0]), base_clip) and np.array_equal(read_wav(again[1]), aligned_clip)
+    assert again[4:6] == (base_score, aligned_score)
+
+    other = generate(client, seed=4)
+    assert not np.array_equal(read_wav(other[0]), base_clip)
+    assert not np.array_equal(read_wav(other[1]), aligned_clip)
+
+    written = sorted(p.name for p in set(launched["output_dir"].iterdir()) - before)
+    assert len(written) == 6 and all(name.endswith(("_baseline.wav", "_aligned.wav")) for name in written)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"prompt": "   "}, "Enter a prompt"),
+        ({"prompt": "beep " * 80}, "keep it to 300"),
+        ({"seed": -1}, "Seed must be a whole number from 0 to 2147483647"),
+        ({"steps": 0}, "less than minimum value 1"),
+        ({"steps": 500}, "greater than maximum value 200"),
+        ({"guidance": 11}, "greater than maximum value 10"),
+        ({"duration": 5.0}, "greater than maximum value 0.32"),
+    ],
+)
+def test_bad_inputs_get_a_message_not_a_trace(client, kwargs, message):
+    with pytest.raises(gradio_client.exceptions.AppError) as error:
+        generate(client, **kwargs)
+    assert message in str(error.value)
+    assert "Traceback" not in str(error.value)
+
+
+@pytest.mark.slow
+def test_only_the_output_folder_is_served(client, launched, tmp_path):
+    generate(client)  # at least one clip exists in the output folder
+    url = launched["url"] + "gradio_api/file="
+    secret = tmp_path / "secret.wav"
+    secret.write_bytes((launched["output_dir"] / sorted(p.name for p in launched["output_dir"].iterdir())[0]).read_bytes())
+    own_clip = next(launched["output_dir"].glob("*.wav"))
+
+    def status(path) -> int:
+        try:
+            with urllib.request.urlopen(url + str(path), timeout=30) as response:
+                return response.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    assert status(own_clip) == 200
+    for path in ("/etc/passwd", secret, Path(space.__file__), Path.cwd() / "pyproject.toml", launched["output_dir"] / ".." / secret.name):
+        assert status(path) in (403, 404), path
+    blocks = launched["demo"]
+    assert [Path(p) for p in blocks.allowed_paths] == [launched["output_dir"].resolve()]
+
+
+def test_check_inputs_names_each_setting():
+    s = space.check_inputs("  a   dog\nbarks ", 7.0, 10, 2.5, 0.2, max_duration_s=0.32)
+    assert (s.prompt, s.seed, s.steps, s.guidance, s.duration_s) == ("a dog barks", 7, 10, 2.5, 0.2)
+    assert space.check_inputs("x" * 300, 0, 1, 1, 0.1, 0.32).prompt == "x" * 300
+    cases = [
+        (("", 0, 1, 1, 0.1), "Enter a prompt"),
+        (("x" * 301, 0, 1, 1, 0.1), "301 characters"),
+        (("x", 1.5, 1, 1, 0.1), "Seed must be a whole number"),
+        (("x", 2**31, 1, 1, 0.1), "Seed"),
+        (("x", None, 1, 1, 0.1), "Seed"),
+        (("x", 0, 201, 1, 0.1), "Steps must be a whole number from 1 to 200"),
+        (("x", 0, 1, float("nan"), 0.1), "Guidance must be a number from 1 to 10"),
+        (("x", 0, 1, 0.5, 0.1), "Guidance"),
+        (("x", 0, 1, 1, 0.5), "Length (s) must be a number from 0.1 to 0.32"),
+    ]
+    for args, message in cases:
+        with pytest.raises(space.SpaceInputError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            space.check_inputs(*args, max_duration_s=0.32)
+
+
+def test_lora_export_shares_frozen_parts_and_leaves_the_base_unchanged(models):
+    base = TangoModel.from_pretrained(models["base"])
+    before = base.generate([PROMPT], [5], num_inference_steps=2, guidance_scale=3.0)
+    aligned = space.load_aligned(base, models["lora"])
+    assert aligned.vae is base.vae and aligned.text_encoder is base.text_encoder and aligned.vocoder is base.vocoder
+    assert aligned.unet is not base.unet and not getattr(base.unet, "peft_config", None)
+    after = base.generate([PROMPT], [5], num_inference_steps=2, guidance_scale=3.0)
+    lora = aligned.generate([PROMPT], [5], num_inference_steps=2, guidance_scale=3.0)
+    assert np.array_equal(before, after) and not np.allclose(before, lora)
+    with pytest.raises(space.SpaceError, match="no baton_export.json"):
+        space.load_aligned(base, models["base"])
+
+
+def _toy_layout(root: Path, models) -> tuple[Path, Path]:
+    """A toy run folder (runs/toy/aligned + reward_model) and a shipped checkpoints folder."""
+    import shutil
+
+    run = root / "work" / "runs" / "toy"
+    shutil.copytree(models["lora"], run / "aligned")
+    shutil.copytree(models["reward"], run / "reward_model")
+    checkpoints = root / "checkpoints"
+    shutil.copytree(models["full"], checkpoints / "toy_aligned")
+    shutil.copytree(models["reward"], checkpoints / "toy_reward")
+    return root / "work", checkpoints
+
+
+def test_defaults_find_the_toy_run_then_shipped_exports(models, tmp_path, monkeypatch):
+    work, checkpoints = _toy_layout(tmp_path, models)
+    monkeypatch.chdir(work)
+    monkeypatch.setattr(space, "REPO_ROOT", tmp_path / "elsewhere")
+    monkeypatch.setattr(space, "_toy_checkpoints", lambda: checkpoints)
+    for name in ("BATON_BASE_MODEL", "BATON_ALIGNED_EXPORT", "BATON_REWARD_MODEL"):
+        monkeypatch.delenv(name, raising=False)
+
+    resolved = space.resolve_models(space.SpaceConfig.from_env())
+    assert Path(resolved.aligned_export).resolve() == (work / "runs" / "toy" / "aligned").resolve()
+    assert Path(resolved.base_model) == models["base"]  # read from the export's baton_export.json
+    assert Path(resolved.reward_model).resolve() == (work / "runs" / "toy" / "reward_model").resolve()
+    assert resolved.notes == []
+
+    import shutil
+
+    shutil.rmtree(work / "runs")  # no local run: the shipped export and reward model
+    resolved = space.resolve_models(space.SpaceConfig.from_env())
+    assert Path(resolved.aligned_export) == checkpoints / "toy_aligned"
+    assert Path(resolved.reward_model) == checkpoints / "toy_reward"
+
+    # another base model: the toy exports do not fit it, so the page shows the baseline alone
+    monkeypatch.setenv("BATON_BASE_MODEL", str(tmp_path / "some_other_model"))
+    resolved = space.resolve_models(space.SpaceConfig.from_env())
+    assert resolved.aligned_export is None and "only the baseline" in resolved.notes[0]
+
+    monkeypatch.setenv("BATON_BASE_MODEL", str(models["base"]))
+    monkeypatch.setenv("BATON_ALIGNED_EXPORT", "none")
+    monkeypatch.setenv("BATON_REWARD_MODEL", "none")
+    resolved = space.resolve_models(space.SpaceConfig.from_env())
+    assert (resolved.aligned_export, resolved.reward_model) == (None, None)
+    assert any("turned off" in n and "baseline" in n for n in resolved.notes)
+    assert any("not scored" in n for n in resolved.notes)
+
+    # CLI arguments win over the environment
+    config = space.SpaceConfig.from_env(aligned_export=str(models["full"]), port=1234)
+    assert config.aligned_export == str(models["full"]) and config.base_model == str(models["base"]) and config.port == 1234
+    monkeypatch.setenv("BATON_DEFAULT_STEPS", "many")
+    with pytest.raises(space.SpaceError, match="default_steps"):
+        space.SpaceConfig.from_env()
+
+
+def test_missing_models_fail_with_one_line_naming_them(models, tmp_path):
+    with pytest.raises(space.SpaceError, match="aligned export '.*nowhere'"):
+        space.load_models(space.SpaceConfig(base_model=str(models["base"]), aligned_export=str(tmp_path / "nowhere"), reward_model="none"))
+    with pytest.raises(space.SpaceError, match="base model '.*missing'"):
+        space.load_models(space.SpaceConfig(base_model=str(tmp_path / "missing"), aligned_export="none", reward_model="none"))
+
+
+def test_baseline_only_page_and_examples(models, tmp_path):
+    base = TangoModel.from_pretrained(models["base"])
+    demo = space.build_demo(base, None, None, tmp_path / "out", toy_examples=True)
+    config = demo.get_config_file()
+    texts = json.dumps(config)
+    assert "only the baseline is shown" in texts and "clips are not scored" in texts
+    assert any(c.get("props", {}).get("label", "").startswith("Toy-world captions") for c in config["components"])
+    paper = space.paper_example_captions()
+    assert len(paper) == 6 and all(c in texts for c in paper)
+    from baton_trainer.toyworld.events import EVENT_NAMES
+
+    toy = space.toy_example_captions()
+    assert len(toy) == 4 and all(any(e in c.lower() for e in EVENT_NAMES) for c in toy)
+    assert space.unknown_words(base.tokenizer, "a dog barks near a zebra") == ["near", "zebra"]
+
+
+@pytest.mark.slow
+def test_script_starts_the_app(models, tmp_path):
+    port = free_port()
+    command = [
+        sys.executable, str(Path(space.__file__)), "--base_model", str(models["base"]), "--aligned_export", "none",
+        "--reward_model", "none", "--output_dir", str(tmp_path / "out"), "--host", "127.0.0.1", "--port", str(port),
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as response:
+                    assert response.status == 200
+                    break
+            except (urllib.error.URLError, ConnectionError):
+                assert process.poll() is None, process.stdout.read()
+                time.sleep(0.5)
+        else:
+            pytest.fail("the app did not start within 120 s")
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
