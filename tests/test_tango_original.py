@@ -284,3 +284,13 @@ def test_loads_through_a_hub_id_from_the_local_cache(original, tmp_path, monkeyp
     loaded = TangoModel.from_pretrained("declare-lab/tango-tiny")
     assert loaded.name_or_path == "declare-lab/tango-tiny"
     _assert_same_state(loaded.unet, original[1]["unet"], "unet")
+
+
+def test_kept_unet_config_is_tangos_866m_unet():
+    from diffusers import UNet2DConditionModel
+
+    from baton_trainer.backends.tango_original import CONFIG_DIR
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(str(CONFIG_DIR / "diffusion_model_config.json")))
+    assert sum(p.numel() for p in unet.parameters()) == 865_933_768
