@@ -34,7 +34,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         clap = args.clap or str(save_tiny_clap(tmp / "clap"))
-        save_synthetic_ratings(tmp / "feedback", n_captions=args.captions, clips_per_caption=args.clips)
+        save_synthetic_ratings(tmp / "feedback", n_captions=args.captions, clips_per_caption=args.clips, rule="audio")
         common = dict(run_dir=str(tmp), clap_model=clap, epochs=args.epochs, batch_size=64)
         results = {}
         for name, cached in (("cached", True), ("encode_every_epoch", False)):

@@ -1,8 +1,10 @@
 """Synthetic rating data for tests and benchmarks of the reward stages (no downloads).
 
 Clips are either a low tone (~300 Hz) or high band noise (~5 kHz); captions say "low ..." or
-"high ...". A clip is rated aligned (1) when its sound matches its caption's word, so a reward
-model has to combine text and audio, and held-out captions are new sentences with the same word.
+"high ...". Rule "match" rates a clip aligned when its sound matches its caption's word; rule
+"audio" when it is the tone. A random tiny CLAP's text encoder does not generalise "low"/"high"
+to unseen captions (every filler word moves the embedding as much), so tests of held-out
+accuracy use rule "audio"; "match" is for a trained CLAP.
 """
 
 from __future__ import annotations
@@ -35,8 +37,14 @@ def synthetic_clip(kind: str, seed: int, seconds: float = 10.0, sample_rate: int
     return (wav + 0.01 * rng.standard_normal(t.size)).astype(np.float32)
 
 
-def synthetic_rating_rows(n_captions: int = 24, clips_per_caption: int = 4, seed: int = 0) -> dict[str, list]:
-    """Columns of a preference dataset (PREFERENCE_FEATURES) with matched/mismatched clips."""
+def synthetic_rating_rows(
+    n_captions: int = 24, clips_per_caption: int = 4, seed: int = 0, rule: str = "match"
+) -> dict[str, list]:
+    """Columns of a preference dataset (PREFERENCE_FEATURES).
+
+    rule "match": aligned when the clip's sound matches the caption's low/high word (needs a text
+    encoder that generalises across captions: a trained CLAP). rule "audio": aligned when the clip
+    is the low tone, whatever the caption; separable for a random tiny CLAP too."""
     rng = np.random.default_rng(seed)
     columns: dict[str, list] = {k: [] for k in ("caption", "audio", "feedback", "reward", "source", "task", "labels", "caption_id", "clip_index", "annotator")}
     for caption_id in range(n_captions):
@@ -45,7 +53,7 @@ def synthetic_rating_rows(n_captions: int = 24, clips_per_caption: int = 4, seed
         for clip_index in range(clips_per_caption):
             kind = ("low", "high")[int(rng.integers(2))]
             wav = synthetic_clip(kind, seed=seed * 100_000 + caption_id * 100 + clip_index)
-            label = int(kind == word)
+            label = int(kind == word) if rule == "match" else int(kind == "low")
             columns["caption"].append(caption)
             columns["audio"].append({"bytes": wav_bytes(wav, SAMPLE_RATE), "path": f"{caption_id:05d}_{clip_index}.wav"})
             columns["feedback"].append(label)

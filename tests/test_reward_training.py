@@ -31,7 +31,7 @@ def clap_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, clap_dir):
     run = tmp_path_factory.mktemp("run")
-    save_synthetic_ratings(run / "feedback", n_captions=16, clips_per_caption=4, seed=0)
+    save_synthetic_ratings(run / "feedback", n_captions=16, clips_per_caption=4, seed=0, rule="audio")
     config = RewardTrainingConfig(run_dir=str(run), clap_model=str(clap_dir), head_hidden_size=64, batch_size=16)
     return run, config, train_reward_model(config)
 
