@@ -294,3 +294,11 @@ def test_kept_unet_config_is_tangos_866m_unet():
     with torch.device("meta"):
         unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(str(CONFIG_DIR / "diffusion_model_config.json")))
     assert sum(p.numel() for p in unet.parameters()) == 865_933_768
+
+
+def test_convert_tango_cli_stage(original, tmp_path):
+    from baton_trainer.__main__ import main
+
+    assert main(["convert-tango", str(original[0]), str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "baton_model.json").is_file()
+    assert main(["convert-tango", str(tmp_path / "missing"), str(tmp_path / "out2")]) == 1
