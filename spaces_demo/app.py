@@ -326,6 +326,14 @@ def prune_outputs(output_dir: Path, max_age_s: float = OUTPUT_MAX_AGE_S) -> None
             pass  # removed by a concurrent prune
 
 
+def _display_name(name_or_path: str) -> str:
+    """A Hub id as is; a local folder by its last two parts (no server paths on a public page)."""
+    path = Path(name_or_path) if name_or_path else None
+    if path is None or not path.exists():
+        return name_or_path or ""
+    return "/".join(path.resolve().parts[-2:])
+
+
 def _is_toy(model: TangoModel) -> bool:
     return type(model.vocoder).__name__ == "ToyGriffinLimVocoder"
 
@@ -417,15 +425,15 @@ def build_demo(
             scores["baseline"], scores["aligned"], "\n\n".join(lines),
         )
 
-    aligned_name = aligned.name_or_path if aligned is not None else "none"
-    reward_name = getattr(getattr(reward_model, "config", None), "_name_or_path", "") or ("loaded" if reward_model is not None else "none")
+    aligned_name = _display_name(aligned.name_or_path) if aligned is not None else "none"
+    reward_name = _display_name(getattr(getattr(reward_model, "config", None), "_name_or_path", "")) or ("loaded" if reward_model is not None else "none")
     with gr.Blocks(title="BATON: baseline vs aligned", delete_cache=(1800, int(OUTPUT_MAX_AGE_S))) as demo:
         gr.Markdown(
             "# BATON: baseline vs aligned text-to-audio\n"
             "Type a prompt: the baseline model and the BATON-aligned model (fine-tuned with human feedback) "
             "sample from the **same seed**, so differences come from the alignment. The reward model, trained "
             "on human ratings, scores how well each clip matches the prompt (0 to 1).\n\n"
-            f"Baseline: `{base.name_or_path}` · aligned: `{aligned_name}` · reward model: `{reward_name}`"
+            f"Baseline: `{_display_name(base.name_or_path)}` · aligned: `{aligned_name}` · reward model: `{reward_name}`"
             + "".join(f"\n\n> {note}" for note in notes)
         )
         with gr.Row():
