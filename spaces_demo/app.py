@@ -248,7 +248,8 @@ def load_models(config: SpaceConfig) -> tuple[TangoModel, TangoModel | None, Any
     try:
         base = TangoModel.from_pretrained(resolved.base_model, device=device)
     except (OSError, ValueError) as exc:
-        raise SpaceError(f"base model '{resolved.base_model}': {exc}".splitlines()[0]) from None
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise SpaceError(f"base model '{resolved.base_model}': {message} (set BATON_BASE_MODEL or --base_model)") from None
     aligned = load_aligned(base, resolved.aligned_export) if resolved.aligned_export else None
     reward = None
     if resolved.reward_model:

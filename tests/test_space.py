@@ -289,6 +289,10 @@ def test_script_starts_the_app(models, tmp_path):
                 time.sleep(0.5)
         else:
             pytest.fail("the app did not start within 120 s")
+        # baseline only: the aligned column gets nothing, and there is no reward model to score
+        result = gradio_client.Client(f"http://127.0.0.1:{port}/", verbose=False).predict(PROMPT, 1, 2, 3.0, DURATION_S, api_name="/generate")
+        assert read_wav(result[0]).shape == (int(DURATION_S * 16000),)
+        assert result[1] is None and result[3] is None and result[4] is None and result[5] is None
     finally:
         process.terminate()
         process.wait(timeout=30)
