@@ -234,7 +234,11 @@ def load_aligned(base: TangoModel, export: str | Path) -> TangoModel:
     if mode == "lora":
         # The adapter is injected into the UNet in place: give the aligned model its own UNet.
         aligned.unet = copy.deepcopy(base.unet)
-    aligned.load_trained(folder)
+    try:
+        aligned.load_trained(folder)
+    except (OSError, ValueError, RuntimeError) as exc:  # e.g. an export trained from another base model
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise SpaceError(f"aligned export '{export}' does not load onto base '{base.name_or_path}': {message}") from None
     aligned.name_or_path = str(export)
     return aligned.eval()
 

@@ -189,6 +189,10 @@ def test_lora_export_shares_frozen_parts_and_leaves_the_base_unchanged(models):
     assert np.array_equal(before, after) and not np.allclose(before, lora)
     with pytest.raises(space.SpaceError, match="no baton_export.json"):
         space.load_aligned(base, models["base"])
+    other_base = TangoModel.from_pretrained(save_tiny_tango(models["base"].parent / "other_base", seed=1))
+    other_base.unet = type(other_base.unet)(**{**other_base.unet.config, "block_out_channels": (8, 16), "norm_num_groups": 4})
+    with pytest.raises(space.SpaceError, match="does not load onto base"):
+        space.load_aligned(other_base, models["lora"])
 
 
 def _toy_layout(root: Path, models) -> tuple[Path, Path]:
