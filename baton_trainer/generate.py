@@ -52,7 +52,7 @@ class GenerateConfig:
     clips_per_caption: int = field(default=5, metadata={"help": "clips per caption (the paper: 5)"})
     num_inference_steps: int = field(default=200, metadata={"help": "sampling steps (the paper: 200)"})
     guidance_scale: float = field(default=3.0, metadata={"help": "classifier-free guidance scale (the paper: 3; 1 = no guidance)"})
-    duration_s: float = field(default=10.0, metadata={"help": "clip length in seconds (the paper: 10)"})
+    duration_s: float | None = field(default=None, metadata={"help": "clip length in seconds; default the model's own (TANGO: 10, the paper's)"})
     sampler: Literal["ddpm", "ddim"] | None = field(default=None, metadata={"help": "sampler; default the model's own (TANGO: ddpm)"})
     batch_size: int = field(default=8, metadata={"help": "clips per sampling batch (does not change any clip)"})
     seed: int = field(default=0, metadata={"help": "base seed; each clip's seed derives from (seed, caption_id, clip_index)"})
@@ -195,7 +195,7 @@ def generate(config: GenerateConfig, backend=None) -> Path:
     for key in ("clips_per_caption", "num_inference_steps", "batch_size"):
         if getattr(config, key) < 1:
             raise GenerationError(f"config key '{key}' must be at least 1, got {getattr(config, key)}")
-    if config.duration_s <= 0:
+    if config.duration_s is not None and config.duration_s <= 0:
         raise GenerationError(f"config key 'duration_s' must be positive, got {config.duration_s}")
     run_dir = Path(config.run_dir)
     captions_path = Path(config.captions_file) if config.captions_file else run_dir / "captions.jsonl"

@@ -92,23 +92,14 @@ def _generate(config: EvaluateConfig, captions_file: Path, split: str, out: Path
         clips_per_caption=config.clips_per_caption,
         num_inference_steps=config.num_inference_steps,
         guidance_scale=config.guidance_scale,
-        duration_s=config.duration_s or 10.0,
+        duration_s=config.duration_s,
         sampler=config.sampler,
         batch_size=config.batch_size,
         seed=config.seed,
         device=config.device,
         dtype=config.dtype,
     )
-    if config.duration_s is None:
-        gen.duration_s = _model_duration(config.model)
     return generate(gen, backend=backend)
-
-
-def _model_duration(model: str) -> float:
-    settings = Path(model) / "baton_model.json"
-    if settings.is_file():
-        return float(json.loads(settings.read_text()).get("duration_s", 10.0))
-    return 10.0
 
 
 def read_clips(folder: Path, sample_rate: int = 16000) -> tuple[list[dict[str, Any]], list[np.ndarray]]:
