@@ -1,0 +1,313 @@
+"""The toy TANGO and toy CLAP: the real classes at toy sizes, on the toy world's vocabulary.
+
+    tango = load_toy_tango()                     # TangoModel.from_pretrained(TOY_TANGO_PATH)
+    clips = tango.generate(["Beep, then hum, then hiss"], seeds=[0], num_inference_steps=25)
+    embedder = ClapEmbedder(TOY_CLAP_PATH)       # reward_hub.clap, unchanged
+
+Toy TANGO is a `TangoModel` (AutoencoderKL, UNet2DConditionModel with cross-attention,
+T5EncoderModel, DDPMScheduler with TANGO's schedule and v-prediction) whose vocoder is
+`ToyGriffinLimVocoder`, the toy world's Griffin-Lim behind the interface TangoModel calls. It uses
+TANGO's own mel front end (64 mels, n_fft 1024) at a 20 ms hop on 2.56 s clips (128 frames); the
+VAE downsamples by 8 (latents 8 x 16 x 8) so the UNet stays cheap on a CPU.
+
+Toy CLAP is a `ClapModel` with a tiny config and a `ClapProcessor` whose feature extractor has
+real CLAP's settings (48 kHz, 64 mels, 10 s), so `reward_hub.clap.ClapEmbedder` loads it as is.
+
+Both are trained by `scripts/train_toy_tango.py` and `scripts/train_toy_clap.py` and shipped in
+`checkpoints/`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from ..prompts import INTEGRITY_CONJUNCTIONS, TEMPORAL_CONJUNCTIONS
+from .events import EVENT_NAMES
+from .render import DEFAULT_DURATION_S, ORDERED_PAIR_CONJUNCTIONS
+from .vocoder import GriffinLimVocoder
+from .vocoder import MelConfig as VocoderMelConfig
+
+CHECKPOINTS_DIR = Path(__file__).parent / "checkpoints"
+TOY_TANGO_PATH = CHECKPOINTS_DIR / "toy_tango"
+TOY_CLAP_PATH = CHECKPOINTS_DIR / "toy_clap"
+TOY_DURATION_S = DEFAULT_DURATION_S  # 2.56 s: 128 mel frames at hop 320
+TOY_HOP_LENGTH = 320  # 20 ms frames: half TANGO's frame rate halves every conv on this CPU
+TEXT_MAX_LENGTH = 24  # the longest toy caption is 16 tokens with </s>
+
+
+def toy_vocabulary() -> list[str]:
+    """Every word of a toy caption: event names, the caption templates' words, and ','."""
+    words: list[str] = [","]
+    templates = INTEGRITY_CONJUNCTIONS + TEMPORAL_CONJUNCTIONS + ORDERED_PAIR_CONJUNCTIONS
+    for text in (*EVENT_NAMES, *templates):
+        for word in text.replace(",", " ").replace("{0}", " ").replace("{1}", " ").replace("{2}", " ").split():
+            if word.lower() not in words:
+                words.append(word.lower())
+    return words
+
+
+def toy_tokenizer():
+    """A word-level T5-style tokenizer (<pad> 0, </s> 1, <unk> 2) on the toy vocabulary."""
+    from ..testing import tiny_tokenizer
+
+    return tiny_tokenizer(toy_vocabulary(), model_max_length=TEXT_MAX_LENGTH)
+
+
+# ----------------------------------------------------------------------------------------------
+# The vocoder TangoModel calls
+
+
+class ToyGriffinLimVocoder(torch.nn.Module):
+    """`GriffinLimVocoder` behind the interface TangoModel uses for its vocoder.
+
+    `forward(mel)` takes TANGO log-mels (B, frames, n_mels), as `TangoModel.decode_latents` passes
+    them, and returns waveforms (B, frames * hop). No weights: `save_pretrained` writes only a
+    config.json, and `from_pretrained` reads it back.
+    """
+
+    config_name = "config.json"
+
+    def __init__(self, n_fft: int = 1024, hop_length: int = 160, win_length: int = 1024, n_mels: int = 64,
+                 sample_rate: int = 16000, fmin: float = 0.0, fmax: float = 8000.0, n_iter: int = 32, momentum: float = 0.99):
+        super().__init__()
+        self.config = {
+            "n_fft": n_fft, "hop_length": hop_length, "win_length": win_length, "n_mels": n_mels,
+            "sample_rate": sample_rate, "fmin": fmin, "fmax": fmax, "n_iter": n_iter, "momentum": momentum,
+        }
+        self.griffin_lim = GriffinLimVocoder(
+            VocoderMelConfig(
+                sample_rate=sample_rate, n_fft=n_fft, hop_length=hop_length, win_length=win_length,
+                n_mels=n_mels, f_min=fmin, f_max=fmax, n_iter=n_iter, momentum=momentum,
+            )
+        )
+
+    @property
+    def sample_rate(self) -> int:
+        return self.config["sample_rate"]
+
+    @torch.no_grad()
+    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+        if mel.dim() != 3 or mel.shape[-1] != self.config["n_mels"]:
+            raise ValueError(f"ToyGriffinLimVocoder expects log-mels (B, frames, {self.config['n_mels']}), got {tuple(mel.shape)}")
+        return self.griffin_lim(mel.float().transpose(1, 2))
+
+    def save_pretrained(self, folder: str | Path, safe_serialization: bool = True) -> None:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / self.config_name).write_text(json.dumps({"vocoder_class": type(self).__name__, **self.config}, indent=2))
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path) -> "ToyGriffinLimVocoder":
+        path = Path(folder) / cls.config_name
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no vocoder config")
+        config = json.loads(path.read_text())
+        config.pop("vocoder_class", None)
+        known = {"n_fft", "hop_length", "win_length", "n_mels", "sample_rate", "fmin", "fmax", "n_iter", "momentum"}
+        unknown = sorted(set(config) - known)
+        if unknown:
+            raise ValueError(f"{path}: unknown vocoder settings {unknown}")
+        return cls(**config)
+
+
+# ----------------------------------------------------------------------------------------------
+# Toy TANGO
+
+
+def toy_mel_config():
+    from ..backends.tango import MelConfig
+
+    # TANGO's front end (16 kHz, n_fft 1024, 64 Slaney mels, 0-8 kHz) at a 20 ms hop.
+    return MelConfig(hop_length=TOY_HOP_LENGTH)
+
+
+def toy_vae(seed: int = 0):
+    """AutoencoderKL that downsamples a 1 x 128 x 64 log-mel by 8: latents 8 x 16 x 8."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    return AutoencoderKL(
+        in_channels=1,
+        out_channels=1,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(8, 16, 32, 32),
+        layers_per_block=1,
+        latent_channels=8,
+        norm_num_groups=8,
+        sample_size=256,
+        scaling_factor=1.0,  # set from the trained encoder's latent spread by the training script
+    )
+
+
+def toy_unet(seed: int = 0, channels: tuple[int, ...] = (32, 64, 96), cross_attention_dim: int = 64):
+    """UNet2DConditionModel on 8 x 16 x 8 latents with cross-attention in every block but the lowest."""
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    levels = len(channels)
+    return UNet2DConditionModel(
+        sample_size=None,
+        in_channels=8,
+        out_channels=8,
+        down_block_types=("CrossAttnDownBlock2D",) * (levels - 1) + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (levels - 1),
+        block_out_channels=channels,
+        layers_per_block=1,
+        attention_head_dim=16,
+        cross_attention_dim=cross_attention_dim,
+        norm_num_groups=16,
+        use_linear_projection=True,
+        upcast_attention=True,
+    )
+
+
+def toy_text_encoder(vocab_size: int, seed: int = 0, d_model: int = 64):
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    return T5EncoderModel(
+        T5Config(
+            vocab_size=vocab_size, d_model=d_model, d_kv=16, d_ff=128, num_layers=2, num_heads=4,
+            relative_attention_num_buckets=16, relative_attention_max_distance=32,
+            dropout_rate=0.0, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+        )
+    )
+
+
+def build_toy_tango(seed: int = 0, unet_channels: tuple[int, ...] = (32, 64, 96), n_iter: int = 32):
+    """A randomly initialised toy TANGO (the starting point of `scripts/train_toy_tango.py`)."""
+    from ..backends.tango import TangoModel, TangoSettings
+    from ..testing import tiny_scheduler
+
+    tokenizer = toy_tokenizer()
+    mel = toy_mel_config()
+    vocoder = ToyGriffinLimVocoder(
+        n_fft=mel.n_fft, hop_length=mel.hop_length, win_length=mel.win_length, n_mels=mel.n_mels,
+        sample_rate=mel.sample_rate, fmin=mel.fmin, fmax=mel.fmax, n_iter=n_iter,
+    )
+    settings = TangoSettings(
+        model_type="toy-tango", mel=mel, vocoder_class=type(vocoder).__name__, duration_s=TOY_DURATION_S,
+        sampler="ddim", text_max_length=TEXT_MAX_LENGTH,
+    )
+    model = TangoModel(
+        unet=toy_unet(seed, unet_channels),
+        vae=toy_vae(seed),
+        text_encoder=toy_text_encoder(len(tokenizer), seed),
+        tokenizer=tokenizer,
+        vocoder=vocoder,
+        scheduler=tiny_scheduler(),  # TANGO's schedule: scaled_linear 0.00085-0.012, v-prediction
+        settings=settings,
+    )
+    model.name_or_path = f"toy-tango-init-seed{seed}"
+    return model
+
+
+def load_toy_tango(path: str | Path | None = None):
+    """The shipped toy TANGO (or one at `path`), loaded through `TangoModel.from_pretrained`."""
+    from ..backends.tango import TangoModel
+
+    return TangoModel.from_pretrained(path or TOY_TANGO_PATH)
+
+
+# ----------------------------------------------------------------------------------------------
+# Toy CLAP
+
+CLAP_SAMPLE_RATE = 48_000
+
+
+def toy_caption_corpus() -> list[str]:
+    """Captions covering every toy word, for training the toy CLAP's BPE tokenizer."""
+    from ..prompts import make_caption
+
+    lines = [name for name in EVENT_NAMES]
+    names = list(EVENT_NAMES)
+    for i, template in enumerate(INTEGRITY_CONJUNCTIONS):
+        lines.append(make_caption([names[i % 8], names[(i + 3) % 8]], "integrity", template))
+    for i, template in enumerate(TEMPORAL_CONJUNCTIONS):
+        lines.append(make_caption([names[i % 8], names[(i + 2) % 8], names[(i + 5) % 8]], "temporal", template))
+    for conjunction in ORDERED_PAIR_CONJUNCTIONS:
+        lines.append(make_caption(names[:2], "integrity", conjunction))
+    return lines
+
+
+def toy_clap_tokenizer(vocab_size: int = 400):
+    """A RoBERTa byte-level BPE tokenizer (what ClapProcessor takes) trained on toy captions, so
+    that every toy word is one or two tokens."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import RobertaTokenizer
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],  # RoBERTa's ids 0..4
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    corpus = toy_caption_corpus()
+    bpe.train_from_iterator(corpus + [line.lower() for line in corpus], trainer=trainer)
+    state = json.loads(bpe.to_str())["model"]
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in state["merges"]]
+    return RobertaTokenizer(vocab=state["vocab"], merges=merges, model_max_length=40)
+
+
+def toy_clap_config(vocab_size: int, projection_dim: int = 64):
+    """CLAP at toy size that still takes real CLAP's input (10 s at 48 kHz, 64 mels, 1001 frames).
+
+    The audio Swin sees a 256 x 256 image: 4 time chunks of 64 mels stacked; a toy clip lies in
+    the first chunk. Patches of 16 x 16, windows of 8: the second stage (8 x 8 tokens) attends
+    globally with a relative position bias, which is what lets the embedding carry event order.
+    """
+    from transformers import ClapAudioConfig, ClapConfig, ClapTextConfig
+
+    text = ClapTextConfig(
+        vocab_size=vocab_size, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+        max_position_embeddings=48, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+    )
+    audio = ClapAudioConfig(
+        spec_size=256, num_mel_bins=64, patch_size=16, patch_stride=(16, 16), window_size=8,
+        patch_embeds_hidden_size=48, hidden_size=96, depths=(2, 2), num_attention_heads=(4, 4),
+        num_hidden_layers=2, mlp_ratio=2.0, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+        drop_path_rate=0.0,
+    )
+    return ClapConfig(text_config=text.to_dict(), audio_config=audio.to_dict(), projection_dim=projection_dim)
+
+
+def toy_clap_feature_extractor():
+    """laion/clap-htsat-unfused's preprocessing settings (48 kHz, 64 mels, hop 480, 10 s)."""
+    from transformers import ClapFeatureExtractor
+
+    return ClapFeatureExtractor(
+        feature_size=64, sampling_rate=CLAP_SAMPLE_RATE, hop_length=480, max_length_s=10, fft_window_size=1024,
+        frequency_min=50, frequency_max=14_000, truncation="rand_trunc", padding="repeatpad",
+    )
+
+
+def build_toy_clap(seed: int = 0):
+    """A randomly initialised toy (ClapModel, ClapProcessor) pair."""
+    from transformers import ClapModel, ClapProcessor
+
+    tokenizer = toy_clap_tokenizer()
+    torch.manual_seed(seed)
+    model = ClapModel(toy_clap_config(len(tokenizer)))
+    processor = ClapProcessor(feature_extractor=toy_clap_feature_extractor(), tokenizer=tokenizer)
+    return model, processor
+
+
+__all__ = [
+    "CHECKPOINTS_DIR",
+    "TOY_CLAP_PATH",
+    "TOY_DURATION_S",
+    "TOY_TANGO_PATH",
+    "ToyGriffinLimVocoder",
+    "build_toy_clap",
+    "build_toy_tango",
+    "load_toy_tango",
+    "toy_clap_tokenizer",
+    "toy_tokenizer",
+    "toy_vocabulary",
+]
