@@ -7,6 +7,7 @@ on the embedded toy world (`baton_trainer/configs/toy.yaml`).
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from pathlib import Path
 
@@ -89,11 +90,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: finished work is kept; rerun the same command to resume", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
-        if type(exc).__name__.endswith("Error") and getattr(exc, "user_facing", True):
-            print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
-            return 1
-        raise
+    except (ValueError, OSError, RuntimeError) as exc:
+        # Bad input (a file, row, key, or setting) is one line naming it; BATON_DEBUG=1 shows the traceback.
+        if os.environ.get("BATON_DEBUG"):
+            raise
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
