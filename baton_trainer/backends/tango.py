@@ -38,6 +38,7 @@ MODEL_FILE = "baton_model.json"
 VOCODER_CLASSES = {
     "SpeechT5HifiGan": "transformers",
     "GriffinLimVocoder": "baton_trainer.toyworld.vocoder",
+    "ToyGriffinLimVocoder": "baton_trainer.toyworld.models",
 }
 
 
@@ -143,6 +144,8 @@ class TangoModel(TextToAudioBackend):
         then apply a trained export (LoRA adapter or full UNet) when given."""
         folder = Path(name_or_path)
         if not folder.is_dir():
+            if str(name_or_path).startswith(("/", ".", "~")) or folder.exists():
+                raise FileNotFoundError(f"model folder not found: {name_or_path}")
             folder = _download(str(name_or_path), revision)
         if not (folder / MODEL_FILE).is_file():
             from .tango_original import is_original_tango_folder, load_original_tango
