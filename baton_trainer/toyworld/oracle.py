@@ -200,6 +200,10 @@ class OracleAnnotator:
             return self._rng
         return np.random.default_rng([self.seed, zlib.crc32(str(clip_id).encode("utf-8"))])
 
+    def answer(self, aligned: bool, clip_id: str | None = None) -> int | None:
+        """The annotator's answer for a clip whose true alignment is `aligned`: noise applied."""
+        return self._answer(aligned, clip_id)
+
     def _answer(self, aligned: bool, clip_id: str | None) -> int | None:
         rng = self._noise_rng(clip_id)
         skip_draw, error_draw = rng.random(2)  # both drawn always, so one rate never shifts the other
@@ -284,6 +288,49 @@ def _default_judge() -> OracleAnnotator:
     if _DEFAULT_JUDGE is None:
         _DEFAULT_JUDGE = OracleAnnotator()
     return _DEFAULT_JUDGE
+
+
+def benchmark_cases(
+    n: int, task: str, seed: int = 0, duration_s: float = 2.56, sample_rate: int = 16000
+) -> tuple[list[np.ndarray], list[list[str]], list[int]]:
+    """A balanced test set for the oracle: `n` clips, half aligned with their labels, half not.
+
+    Integrity (2 labels): aligned clips hold both events (either order); misaligned ones miss one,
+    alone or beside a distractor event. Temporal (3 labels): aligned clips hold the three in the
+    stated order; misaligned ones hold them in another order, or miss one (a distractor may take
+    its place). Returns (waveforms, labels, truth) with truth 1 aligned, 0 not.
+    """
+    from .render import render_sequence
+
+    if task not in TASKS:
+        raise OracleError(f"task must be one of {list(TASKS)}, got {task!r}")
+    count = 2 if task == "integrity" else 3
+    rng = np.random.default_rng([seed, count])
+    wavs, labels, truths = [], [], []
+    for i in range(n):
+        picked = [str(x) for x in rng.choice(EVENT_NAMES, size=count + 1, replace=False)]
+        group, distractor = picked[:count], picked[count]
+        aligned = i % 2 == 0
+        if aligned:
+            played = list(group) if task == "temporal" else [group[j] for j in rng.permutation(count)]
+        elif task == "temporal" and rng.random() < 0.5:
+            order = rng.permutation(count)
+            while list(order) == list(range(count)):
+                order = rng.permutation(count)
+            played = [group[j] for j in order]
+        else:
+            played = list(group)
+            missing = int(rng.integers(count))
+            if rng.random() < 0.5:
+                played[missing] = distractor
+            else:
+                del played[missing]
+            if task == "integrity":
+                played = [played[j] for j in rng.permutation(len(played))]
+        wavs.append(render_sequence(played, rng, duration_s, sample_rate))
+        labels.append(group)
+        truths.append(int(aligned))
+    return wavs, labels, truths
 
 
 # ----------------------------------------------------------------------------------------------
