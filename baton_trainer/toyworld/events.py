@@ -5,13 +5,13 @@ empty mel bin between neighbouring bands, and has its own time pattern (steady, 
 alternating, sweeping), so that a small generative model can learn them and the oracle can tell
 them apart on degraded audio. Names are single lower-case words, used as labels in captions.
 
-    name      sound                                  band of energy     mel bins
-    rumble    low-passed noise, slow swell           30-150 Hz          0-3
+    name      sound                                  energy (jittered)  oracle's mel bins
+    rumble    low-passed noise, slow swell           30-150 Hz          0-2
     hum       steady 300 Hz tone                     291-309 Hz         5-6
-    knock     damped 540 Hz pulses, ~7 per second    524-556 Hz         10-11
-    chirp     rising sweep 750 -> 1250 Hz            728-1288 Hz        14-27
+    knock     damped 540 Hz pulses, ~7 per second    524-556 Hz         10-12
+    chirp     rising sweep 750 -> 1250 Hz            728-1288 Hz        15-27
     trill     1700 / 2100 Hz alternation, 80 ms      1649-2163 Hz       30-37
-    beep      2800 Hz tone, 70 ms on / 50 ms off     2716-2884 Hz       41-43
+    beep      2800 Hz tone, 70 ms on / 50 ms off     2716-2884 Hz       40-43
     whistle   falling sweep 5000 -> 3500 Hz          3395-5150 Hz       46-55
     hiss      band noise 6000-7800 Hz                5820-8000 Hz       57-63
 
