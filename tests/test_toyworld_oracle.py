@@ -87,7 +87,8 @@ def test_error_rate_flips_about_that_share_and_is_seeded():
     assert 0.17 <= answers.count(0) / len(ids) <= 0.23
     # Per-clip draws: the same clip gets the same answer whatever the visiting order.
     assert [oracle.answer(True, c) for c in reversed(ids)] == answers[::-1]
-    assert [OracleAnnotator(error_rate=0.2, seed=4).answer(True, c) for c in ids] != answers
+    other_seed = OracleAnnotator(error_rate=0.2, seed=4)
+    assert [other_seed.answer(True, c) for c in ids] != answers
     # End to end on real clips: flips against the noise-free oracle at about the same rate.
     wavs, labels, truths = benchmark_cases(40, "integrity", seed=5)
     clean = OracleAnnotator().judge_batch(wavs, labels, "integrity")
