@@ -197,7 +197,11 @@ class TangoModel(TextToAudioBackend):
 
     def to(self, device=None, dtype=None) -> "TangoModel":
         for name, module in self.modules().items():
-            module.to(device=device, dtype=None if name == "mel" else dtype)
+            kwargs = {"device": device} if device is not None else {}
+            if dtype is not None and name != "mel":
+                kwargs["dtype"] = dtype
+            if kwargs:
+                module.to(**kwargs)
         return self
 
     def eval(self) -> "TangoModel":
