@@ -56,7 +56,37 @@ METRIC_INFO: dict[str, tuple[str, bool, float, str]] = {
         "(audioldm_eval's `inception_score_mean`; the +- is the std over splits).",
     ),
 }
+METRIC_INFO.update(
+    {
+        "fd_clap": (
+            "FD (CLAP embeddings)",
+            False,
+            1.0,
+            "FD (CLAP embeddings): Fréchet distance between Gaussians fitted to the CLAP audio embeddings of generated "
+            "and reference clips (the toy world's FD: its references are rendered clips).",
+        ),
+        "integrity_accuracy": (
+            "Integrity accuracy (%)",
+            True,
+            100.0,
+            "Integrity accuracy: share of clips of 2-label captions in which every label's event is present, as the "
+            "toy world's oracle judges it; ± is the standard error sqrt(p (1 - p) / n).",
+        ),
+        "temporal_accuracy": (
+            "Temporal accuracy (%)",
+            True,
+            100.0,
+            "Temporal accuracy: share of clips of 3-label captions with every event present in the stated order "
+            "(oracle); ± is the standard error.",
+        ),
+    }
+)
 _COMPANION_KEYS = {"is_std"}  # shown inside another metric's cell
+
+
+def _is_companion(key: str) -> bool:
+    """Standard errors and counts go beside their metric (and into metrics.json), not in rows of their own."""
+    return key in _COMPANION_KEYS or key.endswith(("_se", "_clips"))
 
 REPORT_FILES = ("report.md", "metrics.json", "per_caption.jsonl", "metrics.png", "clap_per_caption.png", "spectrograms.png")
 
@@ -120,7 +150,7 @@ def _versions() -> dict[str, str]:
 def _metric_keys(metrics: Mapping[str, Mapping[str, Any]]) -> list[str]:
     keys: list[str] = [k for k in METRIC_INFO if any(k in m for m in metrics.values())]
     for model_metrics in metrics.values():
-        keys += [k for k in model_metrics if k not in keys and k not in _COMPANION_KEYS]
+        keys += [k for k in model_metrics if k not in keys and not _is_companion(k)]
     return keys
 
 
@@ -138,8 +168,9 @@ def _table(metrics: Mapping[str, Mapping[str, Any]], keys: list[str]) -> list[st
         values = [_number(metrics[m].get(key)) for m in models]
         for model, value in zip(models, values):
             cell = _format(key, value)
-            std = _number(metrics[model].get("is_std")) if key == "is" else None
-            cells.append(f"{cell} ± {std:.4f}" if std is not None and value is not None else cell)
+            std = _number(metrics[model].get("is_std" if key == "is" else f"{key}_se"))
+            scale = METRIC_INFO.get(key, ("", True, 1.0, ""))[2]
+            cells.append(f"{cell} ± {std * scale:.4g}" if std is not None and value is not None else cell)
         if compare:
             a, b = values
             cells.append("—" if a is None or b is None else _format_delta(key, b - a))

@@ -175,15 +175,15 @@ def evaluate(config: EvaluateConfig, backends: dict[str, Any] | None = None) -> 
     )
     metrics, skipped, info = result.metrics, dict(result.skipped), dict(result.info)
     if config.fd_embedding == "clap":
+        skipped.pop("fd", None)
         if clap is None or reference is None:
-            skipped["fd"] = "FD on CLAP embeddings needs clap_model and reference_audio"
+            skipped["fd_clap"] = "FD on CLAP embeddings needs clap_model and reference_audio"
         else:
             ref_emb = clap.embed_audio(list(reference.values()), sample_rate).cpu().numpy()
             for name, clips in clips_by_model.items():
                 emb = clap.embed_audio(clips, sample_rate).cpu().numpy()
-                metrics[name]["fd"] = frechet_distance_from_embeddings(emb, ref_emb)
-            skipped.pop("fd", None)
-            info["fd_definition"] = f"Frechet distance of CLAP audio embeddings ({config.clap_model}) against {len(reference)} reference clips"
+                metrics[name]["fd_clap"] = frechet_distance_from_embeddings(emb, ref_emb)
+            info["fd_clap"] = f"CLAP audio embeddings ({config.clap_model}) against {len(reference)} reference clips"
     if config.oracle:
         for name in models:
             metrics[name].update(oracle_metrics(rows_by_model[name], clips_by_model[name], sample_rate))
@@ -200,12 +200,15 @@ def evaluate(config: EvaluateConfig, backends: dict[str, Any] | None = None) -> 
         spectrograms[rows[i]["caption"]] = {name: (clips_by_model[name][i], sample_rate) for name in models}
     files = write_report(out, metrics, result.per_caption, spectrograms, skipped=skipped, info=info,
                          title=f"BATON evaluation: {', '.join(models)}")
-    # metrics.json also carries each model's numbers at the top level ({"base": ..., "aligned": ...})
-    # and the run's own numbers (reward model accuracy) beside them.
+    # metrics.json also carries each model's numbers at the top level ({"base": ..., "aligned": ...},
+    # where the toy world's FD on CLAP embeddings is its `fd`) and the run's own numbers beside them.
     data = json.loads(files["metrics.json"].read_text())
-    data.update({name: data["metrics"][name] for name in models}, **extra)
-    if "fd_definition" in info:
-        data.setdefault("definitions", {})["fd"] = info["fd_definition"]
+    for name in models:
+        values = dict(data["metrics"][name])
+        if "fd_clap" in values and "fd" not in values:
+            values["fd"] = values.pop("fd_clap")
+        data[name] = values
+    data.update(extra)
     atomic_write_bytes(out / "metrics.json", (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode())
     _print_table(metrics)
     return out
