@@ -94,6 +94,23 @@ def crop_or_pad(wav: np.ndarray, num_samples: int) -> np.ndarray:
     return np.pad(wav, pad)
 
 
+def slaney_mel_filters(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float) -> np.ndarray:
+    """The (n_mels, n_fft // 2 + 1) Slaney mel filter bank librosa builds by default, as TANGO,
+    AudioLDM and PANNs use it (librosa itself is not a dependency: transformers builds the same bank)."""
+    from transformers.audio_utils import mel_filter_bank
+
+    bank = mel_filter_bank(
+        num_frequency_bins=n_fft // 2 + 1,
+        num_mel_filters=n_mels,
+        min_frequency=fmin,
+        max_frequency=fmax,
+        sampling_rate=sample_rate,
+        norm="slaney",
+        mel_scale="slaney",
+    )
+    return np.ascontiguousarray(bank.T, dtype=np.float32)
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write a file so that readers see either the old content or the whole new one."""
     path = Path(path)

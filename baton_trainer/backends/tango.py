@@ -61,19 +61,11 @@ class MelFrontEnd(torch.nn.Module):
 
     def __init__(self, config: MelConfig):
         super().__init__()
-        from transformers.audio_utils import mel_filter_bank
+        from ..audio import slaney_mel_filters
 
         self.config = config
-        basis = mel_filter_bank(
-            num_frequency_bins=config.n_fft // 2 + 1,
-            num_mel_filters=config.n_mels,
-            min_frequency=config.fmin,
-            max_frequency=config.fmax,
-            sampling_rate=config.sample_rate,
-            norm="slaney",
-            mel_scale="slaney",
-        )
-        self.register_buffer("mel_basis", torch.tensor(basis.T, dtype=torch.float32), persistent=False)
+        basis = slaney_mel_filters(config.sample_rate, config.n_fft, config.n_mels, config.fmin, config.fmax)
+        self.register_buffer("mel_basis", torch.from_numpy(basis), persistent=False)
         self.register_buffer("window", torch.hann_window(config.win_length), persistent=False)
 
     def forward(self, waveforms: torch.Tensor) -> torch.Tensor:

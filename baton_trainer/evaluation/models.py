@@ -29,6 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.audio_utils import mel_filter_bank
 
+from ..audio import slaney_mel_filters
+
 from baton_trainer.audio import check_waveform, resample
 
 PANNS_CNN14_16K_FILE = "Cnn14_16k_mAP=0.438.pth"
@@ -168,16 +170,7 @@ class _LogMel(nn.Module):
     def __init__(self, config: Cnn14Config):
         super().__init__()
         # Slaney-style mel bank as librosa builds it (PANNs used librosa.filters.mel).
-        bank = mel_filter_bank(
-            num_frequency_bins=config.window_size // 2 + 1,
-            num_mel_filters=config.mel_bins,
-            min_frequency=config.fmin,
-            max_frequency=config.fmax,
-            sampling_rate=config.sample_rate,
-            norm="slaney",
-            mel_scale="slaney",
-            dtype=np.float32,
-        )
+        bank = slaney_mel_filters(config.sample_rate, config.window_size, config.mel_bins, config.fmin, config.fmax).T
         self.melW = nn.Parameter(torch.from_numpy(np.ascontiguousarray(bank)), requires_grad=False)
 
     def forward(self, power: torch.Tensor) -> torch.Tensor:

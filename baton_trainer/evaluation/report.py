@@ -247,7 +247,9 @@ def _plot_clap_scatter(per_caption: Sequence[Mapping[str, Any]], models: list[st
 
 def _log_mel(entry: Any, name: str) -> np.ndarray:
     """A (mels, frames) dB image from `(waveform, sample_rate)`, or a given 2-d array as is."""
-    from transformers.audio_utils import mel_filter_bank, spectrogram, window_function
+    from transformers.audio_utils import spectrogram, window_function
+
+    from ..audio import slaney_mel_filters
 
     if isinstance(entry, np.ndarray) and entry.ndim == 2:
         return entry
@@ -256,7 +258,7 @@ def _log_mel(entry: Any, name: str) -> np.ndarray:
     waveform, sample_rate = np.asarray(entry[0], dtype=np.float64), int(entry[1])
     if waveform.ndim != 1 or waveform.size < 1024:
         raise ReportInputError(f"spectrograms[{name}]: waveform must be mono with at least 1024 samples")
-    bank = mel_filter_bank(513, 64, 0.0, sample_rate / 2, sample_rate, norm="slaney", mel_scale="slaney")
+    bank = slaney_mel_filters(sample_rate, 1024, 64, 0.0, sample_rate / 2).T.astype(np.float64)
     return spectrogram(
         waveform, window_function(1024, "hann"), frame_length=1024, hop_length=max(1, sample_rate // 100),
         power=2.0, mel_filters=bank, log_mel="dB", db_range=80.0,

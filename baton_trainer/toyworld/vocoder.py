@@ -18,7 +18,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
-from transformers.audio_utils import mel_filter_bank
+
+from ..audio import slaney_mel_filters
 
 LOG_MEL_FLOOR = 1e-5  # TANGO's dynamic-range compression clamps magnitudes here before the log
 
@@ -54,16 +55,7 @@ class MelConfig:
 
 def mel_filters(config: MelConfig) -> np.ndarray:
     """The (n_mels, n_fft // 2 + 1) Slaney filter bank librosa builds by default (TANGO's)."""
-    bank = mel_filter_bank(
-        num_frequency_bins=config.n_fft // 2 + 1,
-        num_mel_filters=config.n_mels,
-        min_frequency=config.f_min,
-        max_frequency=config.f_max,
-        sampling_rate=config.sample_rate,
-        norm="slaney",
-        mel_scale="slaney",
-    )
-    return bank.T.astype(np.float32)
+    return slaney_mel_filters(config.sample_rate, config.n_fft, config.n_mels, config.f_min, config.f_max)
 
 
 def mel_center_frequencies(config: MelConfig) -> np.ndarray:
