@@ -88,11 +88,6 @@ def toy_clap():
     return ClapEmbedder(str(TOY_CLAP_PATH), batch_size=16)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the shipped toy CLAP is a short CPU run that did not learn yet (held-out top-1 1 %); "
-    "retrain with scripts/train_toy_clap.py (3000 steps at batch 64 reached 100 % here) and remove this mark",
-)
 def test_toy_clap_prefers_the_caption_in_the_right_order(toy_clap):
     rng = np.random.default_rng(11)
     wins, clips, right, reversed_ = 0, [], [], []
@@ -109,11 +104,6 @@ def test_toy_clap_prefers_the_caption_in_the_right_order(toy_clap):
     assert wins >= 12  # chance is 8/16; P(>= 12 | chance) < 4 %
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the shipped toy CLAP is a short CPU run that did not learn yet (held-out top-1 1 %); "
-    "retrain with scripts/train_toy_clap.py (3000 steps at batch 64 reached 100 % here) and remove this mark",
-)
 def test_toy_clap_retrieves_the_events_of_a_clip(toy_clap):
     rng = np.random.default_rng(5)
     names = list(EVENT_NAMES)
