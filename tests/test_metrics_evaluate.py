@@ -1,6 +1,6 @@
 """The `evaluate` CLAP score module loads from its local folder (offline) and equals clap_score.
 
-`evaluate` is an optional extra (`pip install evaluate`); without it this test is skipped.
+`evaluate` is an optional extra for users (`pip install baton-trainer[evaluate]`) and part of the test extra.
 """
 
 import numpy as np
@@ -8,7 +8,7 @@ import pytest
 
 
 def test_evaluate_clap_score_module_loads_from_a_local_path(tmp_path):
-    evaluate = pytest.importorskip("evaluate")
+    import evaluate
     from baton_trainer.evaluation import clap_score
     from baton_trainer.evaluation.clap_score_metric import METRIC_PATH
     from reward_hub.clap import ClapEmbedder, save_tiny_clap
