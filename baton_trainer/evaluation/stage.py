@@ -191,6 +191,10 @@ def evaluate(config: EvaluateConfig, backends: dict[str, Any] | None = None) -> 
                  "steps": config.num_inference_steps, "guidance": config.guidance_scale, "model": config.model, "aligned": config.aligned})
     reward_metrics = Path(config.run_dir) / "reward_model" / "metrics.json"
     extra: dict[str, Any] = {}
+    histogram = reward_metrics.with_name("reward_histogram.png")
+    if histogram.is_file():  # the reward model's held-out rewards by human label (the paper's Figure 4)
+        atomic_write_bytes(out / "reward_histogram.png", histogram.read_bytes())
+        info["reward_histogram"] = "reward_histogram.png (held-out rewards of the run's reward model, by rating)"
     if reward_metrics.is_file():
         overall = json.loads(reward_metrics.read_text()).get("validation", {}).get("overall", {})
         if overall.get("accuracy") is not None:
