@@ -20,7 +20,8 @@ def test_tiny_default_run_end_to_end_and_resume(tmp_path, capsys):
     ]
     assert main(args) == 0
     for path in ("captions.jsonl", "generations/metadata.jsonl", "annotations.sqlite", "feedback", "reward_model/config.json",
-                 "reward_labeled", "aligned/baton_export.json", "eval/report.md", "eval/metrics.png", "eval/spectrograms.png"):
+                 "reward_labeled", "aligned/baton_export.json", "eval/report.md", "eval/metrics.png", "eval/spectrograms.png",
+                 "eval/reward_histogram.png"):
         assert (run_dir / path).exists(), path
     metrics = json.loads((run_dir / "eval" / "metrics.json").read_text())
     for model in ("base", "aligned"):
