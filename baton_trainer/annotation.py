@@ -26,7 +26,6 @@ import datetime as _dt
 import itertools
 import json
 import math
-import shutil
 import sqlite3
 import threading
 import time
@@ -174,30 +173,19 @@ class AnnotationStore:
         Re-registering is safe: ratings are kept, clip fields are updated, and a clip previously
         marked unplayable is handed out again (its file may have been fixed).
         """
-        generations_dir = Path(generations_dir)
-        metadata = generations_dir / "metadata.jsonl"
-        if not metadata.is_file():
-            raise AnnotationError(f"{metadata}: not found (run the generate stage first)")
-        rows = []
-        for number, line in enumerate(metadata.read_text(encoding="utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise AnnotationError(f"{metadata}: line {number} is not valid JSON ({exc.msg})") from None
-            for key in ("file_name", "clip_id", "caption", "task", "labels", "caption_id", "clip_index"):
-                if key not in row:
-                    raise AnnotationError(f"{metadata}: line {number} lacks the key '{key}'")
-            file_name = str(row["file_name"])
-            if Path(file_name).is_absolute() or ".." in Path(file_name).parts:
-                raise AnnotationError(f"{metadata}: line {number}: file_name {file_name!r} must be relative to the generations folder")
-            rows.append(
-                (
-                    str(row["clip_id"]), file_name, str(row["caption"]), str(row["task"]),
-                    json.dumps(list(row["labels"]), ensure_ascii=False), int(row["caption_id"]), int(row["clip_index"]),
-                )
+        from .generate import GenerationError, read_generations
+
+        try:
+            generated = read_generations(generations_dir)
+        except GenerationError as exc:
+            raise AnnotationError(str(exc)) from None
+        rows = [
+            (
+                str(row["clip_id"]), str(row["file_name"]), str(row["caption"]), str(row["task"]),
+                json.dumps(list(row["labels"]), ensure_ascii=False), int(row["caption_id"]), int(row["clip_index"]),
             )
+            for row in generated
+        ]
         conn = self._conn()
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -532,15 +520,7 @@ def export_feedback(config: ExportConfig) -> Path:
         columns["annotator"].append(",".join(sorted(r["annotator"] for r in votes)))
     dataset = build_dataset(columns, PREFERENCE_FEATURES)  # builds audio without torchcodec
     validate_preference_dataset(dataset, name=str(out))
-    if len(dataset):
-        save_dataset_atomic(dataset, out)
-    else:
-        # save_to_disk picks 0 shards for 0 rows and load_from_disk then fails: ask for one shard.
-        tmp = out.with_name(f".{out.name}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        dataset.save_to_disk(str(tmp), num_shards=1)
-        shutil.rmtree(out, ignore_errors=True)
-        tmp.rename(out)
+    save_dataset_atomic(dataset, out)  # also writes an empty export loadably
 
     stats = agreement_statistics(ratings)
     stats.update(

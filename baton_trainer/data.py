@@ -357,15 +357,10 @@ def import_baton_release(config: ImportBatonConfig) -> Path:
 
 def save_dataset_atomic(ds: Dataset, out: Path) -> None:
     """save_to_disk into a temporary folder, then rename: a killed import leaves no half dataset."""
-    import shutil
+    from .audio import atomic_folder
 
-    out = Path(out)
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    # datasets 5 writes zero shards for an empty dataset, which load_from_disk cannot read back.
-    ds.save_to_disk(str(tmp), num_shards=1 if len(ds) == 0 else None)
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    with atomic_folder(out) as tmp:
+        # datasets 5 writes zero shards for an empty dataset, which load_from_disk cannot read back.
+        ds.save_to_disk(str(tmp), num_shards=1 if len(ds) == 0 else None)
 
 

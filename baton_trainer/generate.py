@@ -142,6 +142,33 @@ def metadata_row(caption_row: dict[str, Any], clip_index: int, seed: int, model:
     }
 
 
+GENERATION_KEYS = ("file_name", "clip_id", "caption", "task", "labels", "caption_id", "clip_index")
+
+
+def read_generations(folder: str | Path) -> list[dict[str, Any]]:
+    """The rows of `folder/metadata.jsonl`, checked against the generations contract; errors name
+    the file and line. Every stage that reads generated clips reads them through this."""
+    metadata = Path(folder) / METADATA
+    if not metadata.is_file():
+        raise GenerationError(f"{metadata}: not found (run the generate stage first)")
+    rows = []
+    for number, line in enumerate(metadata.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise GenerationError(f"{metadata}: line {number} is not valid JSON ({exc.msg})") from None
+        for key in GENERATION_KEYS:
+            if key not in row:
+                raise GenerationError(f"{metadata}: line {number} lacks the key '{key}'")
+        file_name = Path(str(row["file_name"]))
+        if file_name.is_absolute() or ".." in file_name.parts:
+            raise GenerationError(f"{metadata}: line {number}: file_name {str(file_name)!r} must be relative to the generations folder")
+        rows.append(row)
+    return rows
+
+
 def rebuild_metadata(out_dir: Path, captions: list[dict[str, Any]], seed: int, model: str) -> set[str]:
     """Rewrite metadata.jsonl from the complete wav files; returns the clip ids that are done.
 

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from .audio import atomic_folder
+
 KINDS = ("auto", "reward_model", "model", "dataset")
 
 
@@ -325,13 +327,8 @@ def push(config: PushConfig) -> str:
         (staging / "README.md").write_text(str(card), encoding="utf-8")
 
         if destination is not None:
-            destination.parent.mkdir(parents=True, exist_ok=True)
-            partial = destination.with_name(f".{destination.name}.partial")
-            shutil.rmtree(partial, ignore_errors=True)
-            shutil.copytree(staging, partial)
-            if destination.exists():
-                shutil.rmtree(destination)
-            partial.rename(destination)
+            with atomic_folder(destination) as partial:
+                shutil.copytree(staging, partial, dirs_exist_ok=True)
             print(f"{kind} from {folder} written to {destination}")
             return str(destination)
 

@@ -126,8 +126,9 @@ def _oracle_ratings(config: RunConfig, generations: Path) -> dict[str, int]:
     from .annotation import AnnotationStore
     from .toyworld.oracle import OracleAnnotator, annotate_store
 
-    rows = [json.loads(line) for line in (generations / "metadata.jsonl").read_text().splitlines() if line.strip()]
-    ids = sorted(r["clip_id"] for r in rows)
+    from .generate import read_generations
+
+    ids = sorted(r["clip_id"] for r in read_generations(generations))
     picked = np.random.default_rng(config.seed).permutation(len(ids))[: int(round(config.rated_fraction * len(ids)))]
     store = AnnotationStore(Path(config.run_dir) / "annotations.sqlite")
     try:

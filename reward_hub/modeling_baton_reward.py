@@ -10,7 +10,6 @@ windowed-sinc resampler written here keeps it working with transformers alone).
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 from dataclasses import dataclass

@@ -69,10 +69,10 @@ def synthetic_rating_rows(
 
 def save_synthetic_ratings(path: str | os.PathLike, **kwargs) -> Path:
     """A preference dataset folder (save_to_disk) of synthetic human ratings."""
-    from .training import preference_dataset
+    from baton_trainer.data import build_dataset
 
     path = Path(path)
-    preference_dataset(synthetic_rating_rows(**kwargs)).save_to_disk(str(path))
+    build_dataset(synthetic_rating_rows(**kwargs)).save_to_disk(str(path))
     return path
 
 

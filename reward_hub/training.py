@@ -14,7 +14,6 @@ import hashlib
 import json
 import math
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from baton_trainer.audio import load_audio
+from baton_trainer.audio import atomic_folder, load_audio
 from baton_trainer.config import config_to_dict
 
 from .clap import CLAP_SAMPLE_RATE, ClapEmbedder
@@ -355,19 +354,15 @@ def train_reward_model(config: RewardTrainingConfig) -> Path:
         "versions": _versions(),
     }
 
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
-    (tmp / "training_config.json").write_text(json.dumps(config_to_dict(config), indent=2), encoding="utf-8")
     held = val_rows if len(val_rows) else train_rows
-    plot_reward_histogram(
-        rewards[held], y[held], tmp / "reward_histogram.png",
-        title=f"Predicted rewards on {'held-out' if len(val_rows) else 'training'} clips ({len(held)})",
-    )
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    with atomic_folder(out) as tmp:
+        model.save_pretrained(tmp)
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+        (tmp / "training_config.json").write_text(json.dumps(config_to_dict(config), indent=2), encoding="utf-8")
+        plot_reward_histogram(
+            rewards[held], y[held], tmp / "reward_histogram.png",
+            title=f"Predicted rewards on {'held-out' if len(val_rows) else 'training'} clips ({len(held)})",
+        )
     val = metrics["validation"]["overall"]
     print(
         f"reward model saved to {out}: validation accuracy {_fmt(val['accuracy'])}, AUC {_fmt(val['auc'])}, "
@@ -410,42 +405,10 @@ def _rated_keys(feedback: Path) -> set[tuple[int, int]]:
     }
 
 
-def _read_generations(folder: Path) -> list[dict[str, Any]]:
-    meta = folder / "metadata.jsonl"
-    if not meta.is_file():
-        raise RewardDataError(f"{meta}: generations metadata not found (run the generate stage first)")
-    rows = []
-    for n, line in enumerate(meta.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise RewardDataError(f"{meta}: line {n} is not valid JSON ({exc.msg})") from None
-        for key in ("file_name", "caption", "caption_id", "clip_index"):
-            if key not in row:
-                raise RewardDataError(f"{meta}: line {n} has no '{key}'")
-        rows.append(row)
-    return rows
-
-
-def preference_dataset(columns: dict[str, list[Any]]):
-    """A Dataset with PREFERENCE_FEATURES from plain columns (audio as {"bytes", "path"} dicts).
-
-    Built untyped and then cast: datasets' Audio encoder imports torchcodec even for raw bytes,
-    while an Arrow cast of the struct does not."""
-    import datasets
-
-    from baton_trainer.data import PREFERENCE_FEATURES
-
-    if not columns.get("caption"):
-        return datasets.Dataset.from_dict({k: [] for k in PREFERENCE_FEATURES}, features=PREFERENCE_FEATURES)
-    return datasets.Dataset.from_dict(columns).cast(PREFERENCE_FEATURES)
-
-
 def label_unrated(config: LabelConfig) -> Path:
     """The `label` stage: reward-model scores for every generated clip without a human rating."""
-    from baton_trainer.data import PREFERENCE_FEATURES, save_dataset_atomic
+    from baton_trainer.data import PREFERENCE_FEATURES, build_dataset, save_dataset_atomic
+    from baton_trainer.generate import read_generations
 
     from . import load
 
@@ -454,7 +417,7 @@ def label_unrated(config: LabelConfig) -> Path:
     model_path = _default(config.reward_model, config.run_dir, "reward_model")
     out = _default(config.output_dir, config.run_dir, "reward_labeled")
 
-    rows = _read_generations(generations)
+    rows = read_generations(generations)
     rated = _rated_keys(feedback)
     todo = [r for r in rows if (int(r["caption_id"]), int(r["clip_index"])) not in rated]
     print(f"{len(rows)} generated clips, {len(rows) - len(todo)} rated by people, {len(todo)} to score")
@@ -498,7 +461,7 @@ def label_unrated(config: LabelConfig) -> Path:
         columns["caption_id"].append(int(r["caption_id"]))
         columns["clip_index"].append(int(r["clip_index"]))
         columns["annotator"].append(f"reward_model:{model_path}")
-    ds = preference_dataset(columns)
+    ds = build_dataset(columns)
     save_dataset_atomic(ds, out)
     progress_file.unlink(missing_ok=True)
     if len(ds):

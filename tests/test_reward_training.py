@@ -8,7 +8,7 @@ import torch
 
 import reward_hub
 from baton_trainer.audio import load_audio
-from baton_trainer.data import load_preference_dataset
+from baton_trainer.data import build_dataset, load_preference_dataset
 from reward_hub.clap import save_tiny_clap
 from reward_hub.testing import save_synthetic_generations, save_synthetic_ratings, synthetic_rating_rows
 from reward_hub.training import (
@@ -17,7 +17,6 @@ from reward_hub.training import (
     RewardTrainingConfig,
     classification_metrics,
     label_unrated,
-    preference_dataset,
     split_by_caption,
     train_reward_model,
 )
@@ -86,7 +85,7 @@ def test_cached_and_uncached_embeddings_give_the_same_rewards(tmp_path, clap_dir
 def test_one_class_rating_set_is_refused(tmp_path, clap_dir):
     rows = synthetic_rating_rows(n_captions=3, clips_per_caption=2)
     rows["feedback"] = [1] * len(rows["feedback"])
-    preference_dataset(rows).save_to_disk(str(tmp_path / "feedback"))
+    build_dataset(rows).save_to_disk(str(tmp_path / "feedback"))
     with pytest.raises(RewardDataError, match="all 6 human ratings are 1"):
         train_reward_model(RewardTrainingConfig(run_dir=str(tmp_path), clap_model=str(clap_dir)))
 
@@ -119,7 +118,7 @@ def test_label_scores_only_unrated_clips_and_resumes(trained, tmp_path):
         columns["caption_id"].append(r["caption_id"])
         columns["clip_index"].append(r["clip_index"])
         columns["annotator"].append("a")
-    preference_dataset(columns).save_to_disk(str(tmp_path / "feedback"))
+    build_dataset(columns).save_to_disk(str(tmp_path / "feedback"))
 
     # A killed earlier run left one score behind: it must be reused, not recomputed.
     unrated = [r for r in rows if r["caption_id"] != 0]

@@ -25,13 +25,13 @@ those win over the kept ones.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from ..audio import atomic_folder
 
 CONFIG_DIR = Path(__file__).parent / "tango_configs"
 MAIN_CONFIG = "main_config.json"
@@ -496,19 +496,11 @@ def convert_tango(config: ConvertTangoConfig) -> Path:
         raise TangoCheckpointError(f"{dst}: exists and is not empty; set overwrite=true to replace it")
     model = load_original_tango(src, text_encoder=config.text_encoder)
     model.name_or_path = config.src
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
-    try:
+    with atomic_folder(dst) as tmp:
         model.save_pretrained(tmp)
         (tmp / "conversion.json").write_text(
             json.dumps({"source": config.src, "revision": config.revision, "text_encoder": config.text_encoder}, indent=2)
         )
-        if dst.exists():
-            shutil.rmtree(dst)
-        tmp.replace(dst)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     assert (dst / MODEL_FILE).is_file()
     print(f"converted {config.src} -> {dst}")
     return dst

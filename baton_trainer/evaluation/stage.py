@@ -103,7 +103,9 @@ def _generate(config: EvaluateConfig, captions_file: Path, split: str, out: Path
 
 
 def read_clips(folder: Path, sample_rate: int = 16000) -> tuple[list[dict[str, Any]], list[np.ndarray]]:
-    rows = [json.loads(line) for line in (folder / "metadata.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]
+    from ..generate import read_generations
+
+    rows = read_generations(folder)
     rows.sort(key=lambda r: (r["caption_id"], r["clip_index"]))
     clips = [load_audio(folder / r["file_name"], sample_rate, what=str(folder / r["file_name"]))[0] for r in rows]
     return rows, clips
