@@ -101,7 +101,7 @@ def _write_toy_inputs(config: RunConfig) -> None:
     from .data import PRETRAIN_FEATURES, build_dataset, save_dataset_atomic
     from .audio import save_wav, wav_bytes
     from .toyworld.events import EVENT_NAMES
-    from .toyworld.render import iter_dataset
+    from .toyworld.render import PRETRAIN_WORLD, iter_dataset
 
     run = Path(config.run_dir)
     labels = run / "toy_labels.txt"
@@ -110,12 +110,12 @@ def _write_toy_inputs(config: RunConfig) -> None:
     settings = json.loads((Path(config.model) / "baton_model.json").read_text())
     duration = float(settings.get("duration_s", 2.56))
     if not (run / "pretrain").is_dir():
-        items = list(iter_dataset(config.pretrain_clips, seed=config.seed + 7, duration_s=duration))
+        items = list(iter_dataset(config.pretrain_clips, seed=config.seed + 7, duration_s=duration, **PRETRAIN_WORLD))
         columns = {"caption": [i["caption"] for i in items], "audio": [{"bytes": wav_bytes(i["audio"], 16000), "path": f"pretrain_{i['index']}.wav"} for i in items]}
         save_dataset_atomic(build_dataset(columns, PRETRAIN_FEATURES), run / "pretrain")
     reference = run / "reference"
     if not (reference / "done").is_file():
-        for item in iter_dataset(config.reference_clips, seed=config.seed + 11, duration_s=duration):
+        for item in iter_dataset(config.reference_clips, seed=config.seed + 11, duration_s=duration, **PRETRAIN_WORLD):
             save_wav(reference / f"reference_{item['index']:05d}.wav", item["audio"], 16000)
         (reference / "done").write_text("rendered\n")
 

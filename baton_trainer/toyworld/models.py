@@ -165,20 +165,20 @@ def toy_unet(seed: int = 0, channels: tuple[int, ...] = (32, 64, 96), cross_atte
     )
 
 
-def toy_text_encoder(vocab_size: int, seed: int = 0, d_model: int = 64):
+def toy_text_encoder(vocab_size: int, seed: int = 0, d_model: int = 64, num_layers: int = 2):
     from transformers import T5Config, T5EncoderModel
 
     torch.manual_seed(seed)
     return T5EncoderModel(
         T5Config(
-            vocab_size=vocab_size, d_model=d_model, d_kv=16, d_ff=128, num_layers=2, num_heads=4,
+            vocab_size=vocab_size, d_model=d_model, d_kv=16, d_ff=2 * d_model, num_layers=num_layers, num_heads=4,
             relative_attention_num_buckets=16, relative_attention_max_distance=32,
             dropout_rate=0.0, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
         )
     )
 
 
-def build_toy_tango(seed: int = 0, unet_channels: tuple[int, ...] = (32, 64, 96), n_iter: int = 32):
+def build_toy_tango(seed: int = 0, unet_channels: tuple[int, ...] = (32, 64, 96), n_iter: int = 32, text_layers: int = 2):
     """A randomly initialised toy TANGO (the starting point of `scripts/train_toy_tango.py`)."""
     from ..backends.tango import TangoModel, TangoSettings
     from ..testing import tiny_scheduler
@@ -196,7 +196,7 @@ def build_toy_tango(seed: int = 0, unet_channels: tuple[int, ...] = (32, 64, 96)
     model = TangoModel(
         unet=toy_unet(seed, unet_channels),
         vae=toy_vae(seed),
-        text_encoder=toy_text_encoder(len(tokenizer), seed),
+        text_encoder=toy_text_encoder(len(tokenizer), seed, num_layers=text_layers),
         tokenizer=tokenizer,
         vocoder=vocoder,
         scheduler=tiny_scheduler(),  # TANGO's schedule: scaled_linear 0.00085-0.012, v-prediction

@@ -24,6 +24,14 @@ DEFAULT_SAMPLE_RATE = 16000
 DEFAULT_NOISE_RMS = 0.002  # about 45 dB below the events' level on the log-mel
 
 
+# How the toy TANGO's pretraining captions describe their clips: loosely, as crowd-written
+# captions do. A quarter of 3-event clips ignore the caption's order and each named event is
+# missing with probability 0.3, so the base model learns to drop events and to mix up order
+# sometimes, the failures BATON's feedback corrects. `scripts/train_toy_tango.py` trains on this
+# world and the default run's pretraining term (beta) and FD reference clips draw from it.
+PRETRAIN_WORLD = {"order_noise": 0.25, "event_dropout": 0.3, "gap_concentration": 8.0}
+
+
 class RenderError(ValueError):
     """Events that do not fit the clip, or an unusable render setting; the message says which."""
 
@@ -65,12 +73,14 @@ def render_sequence(
     noise_rms: float = DEFAULT_NOISE_RMS,
     min_gap_s: float = 0.1,
     margin_s: float = 0.05,
+    gap_concentration: float = 1.0,
     return_events: bool = False,
 ) -> np.ndarray | tuple[np.ndarray, list[PlacedEvent]]:
     """Events one after another, in the given order, with random gaps (at least `min_gap_s`).
 
     The free time is split at random between the lead-in, the gaps and the tail, each also keeping
-    `margin_s` from the clip's ends. Returns a float32 waveform of `duration_s * sample_rate`
+    `margin_s` from the clip's ends. The split is Dirichlet with `gap_concentration`: 1 spreads it
+    uniformly, larger values even it out, so events sit nearer fixed places. Returns a float32 waveform of `duration_s * sample_rate`
     samples, and with `return_events` also the placed events (name, onset, offset in seconds).
     An empty `event_names` gives background noise only.
     """
@@ -88,7 +98,7 @@ def render_sequence(
                 f"events {list(event_names)} need {busy / sample_rate:.2f} s with gaps, "
                 f"more than the {duration_s} s clip"
             )
-        shares = np.floor(rng.dirichlet(np.ones(len(sounds) + 1)) * slack).astype(int)
+        shares = np.floor(rng.dirichlet(np.full(len(sounds) + 1, gap_concentration)) * slack).astype(int)
         position = margin + shares[0]
         for name, sound, share in zip(event_names, sounds, shares[1:]):
             wav[position : position + len(sound)] += sound
@@ -134,8 +144,10 @@ def _caption_item(
     event_count_probs: Sequence[float],
     ordered_pair_prob: float,
     order_noise: float,
+    event_dropout: float = 0.0,
 ) -> tuple[str, str, list[str], list[str]]:
-    """Draw labels and a caption: returns (caption, task, labels in caption order, render order)."""
+    """Draw labels and a caption: returns (caption, task, labels in caption order, rendered events
+    in time order)."""
     count = int(rng.choice(np.arange(1, len(event_count_probs) + 1), p=np.asarray(event_count_probs) / np.sum(event_count_probs)))
     labels = [str(x) for x in rng.choice(events, size=count, replace=False)]
     if count == 1:
@@ -153,6 +165,11 @@ def _caption_item(
     order = list(labels)
     if not ordered or rng.random() < order_noise:
         order = [order[i] for i in rng.permutation(len(order))]
+    if count > 1 and event_dropout > 0:
+        # Loose captions, as crowd-written ones are: a named event may be missing from the audio.
+        # At least one event always sounds.
+        kept = [name for name in order if rng.random() >= event_dropout]
+        order = kept or [order[int(rng.integers(len(order)))]]
     return caption, task, labels, order
 
 
@@ -166,6 +183,8 @@ def iter_dataset(
     event_count_probs: Sequence[float] = (0.2, 0.4, 0.4),
     ordered_pair_prob: float = 0.5,
     order_noise: float = 0.0,
+    event_dropout: float = 0.0,
+    gap_concentration: float = 1.0,
     noise_rms: float = DEFAULT_NOISE_RMS,
 ) -> Iterator[dict]:
     """Yield captioned clips `start .. start + n - 1`; item i depends only on (seed, i).
@@ -174,7 +193,9 @@ def iter_dataset(
     (placed (name, onset_s, offset_s) in time order)}. 3-event clips get temporal captions and
     sound in the stated order; 2-event clips get an ordered caption ("X followed by Y") with
     probability `ordered_pair_prob`, else an order-free one ("X with Y") and a random order.
-    `order_noise` is the chance that a clip ignores its caption's order, as loose real captions do.
+    Loose captions, as real ones are: `order_noise` is the chance that a clip ignores its
+    caption's order, and `event_dropout` the chance that each event a multi-event caption names is
+    missing from the clip (one always stays). `gap_concentration` goes to `render_sequence`.
     """
     if n < 0 or start < 0:
         raise RenderError(f"n and start must be >= 0, got n={n}, start={start}")
@@ -185,8 +206,10 @@ def iter_dataset(
         raise RenderError(f"event_count_probs has {len(event_count_probs)} entries; at most min(3, number of events)")
     for index in range(start, start + n):
         rng = np.random.default_rng([seed, index])
-        caption, task, labels, order = _caption_item(rng, events, event_count_probs, ordered_pair_prob, order_noise)
-        wav, placed = render_sequence(order, rng, duration_s, sample_rate, noise_rms=noise_rms, return_events=True)
+        caption, task, labels, order = _caption_item(rng, events, event_count_probs, ordered_pair_prob, order_noise, event_dropout)
+        wav, placed = render_sequence(
+            order, rng, duration_s, sample_rate, noise_rms=noise_rms, gap_concentration=gap_concentration, return_events=True
+        )
         yield {
             "index": index,
             "audio": wav,
