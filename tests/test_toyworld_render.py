@@ -105,3 +105,24 @@ def test_order_noise_breaks_stated_order():
     data = render_dataset(40, seed=1, event_count_probs=(0, 0, 1), order_noise=1.0)
     shuffled = sum([e[0] for e in events] != labels for labels, events in zip(data["labels"], data["events"]))
     assert shuffled >= 25  # 5 of 6 permutations differ from the stated order
+
+
+def test_event_dropout_leaves_named_events_out_of_the_audio():
+    """Each named event goes missing with the given chance; one always sounds; nothing unnamed sounds."""
+    data = render_dataset(300, seed=2, event_count_probs=(0, 0, 1), event_dropout=0.3)
+    counts = [len(events) for events in data["events"]]
+    assert min(counts) >= 1
+    for labels, events in zip(data["labels"], data["events"]):
+        assert {e[0] for e in events} <= set(labels)
+    # P(all 3 kept | at least one kept) = 0.7^3 / (1 - 0.3^3) = 0.353; 300 clips: se 0.028
+    assert abs(np.mean([c == 3 for c in counts]) - 0.353) < 0.09
+    clean = render_dataset(50, seed=2, event_count_probs=(0, 0, 1))
+    assert all(len(events) == 3 for events in clean["events"])
+
+
+def test_gap_concentration_puts_events_nearer_fixed_places():
+    def first_onsets(concentration):
+        return [render_sequence(["beep", "hum", "hiss"], seed=s, gap_concentration=concentration, return_events=True)[1][0].onset_s
+                for s in range(60)]
+
+    assert np.std(first_onsets(20.0)) < 0.5 * np.std(first_onsets(1.0))
