@@ -8,6 +8,12 @@ ratings:
 Each is evaluated on the same held-out captions and seeds as the base. Prints and writes a table
 (mean over seeds, with the standard error of each accuracy) to benchmarks/results/toy_alignment.{json,md}.
 
+Every model is judged on the same clips' captions and seeds, so the comparisons also come paired:
+the oracle re-judges each saved clip, and the difference between two models is the mean over
+clips of (this model's outcome - that model's outcome), with the paired standard error
+std(differences) / sqrt(clips), pooled over seeds. Both the paired and the unpaired standard
+errors are reported.
+
     python benchmarks/toy_alignment.py [--seeds 0 1 2] [--root runs/toy_alignment] [--ablations all|none]
 """
 
@@ -64,6 +70,48 @@ def run_seed(root: Path, seed: int, overrides: list[str], ablations: list[str]) 
     return results
 
 
+def clip_outcomes(clips_dir: Path) -> dict[str, dict[str, bool]]:
+    """task -> {clip_id: aligned?} for the saved evaluation clips in `clips_dir`, by the noise-free oracle."""
+    from baton_trainer.audio import load_audio
+    from baton_trainer.generate import read_generations
+    from baton_trainer.toyworld.oracle import alignment_outcomes
+
+    rows = read_generations(clips_dir)
+    outcomes: dict[str, dict[str, bool]] = {}
+    for task in ("integrity", "temporal"):
+        chosen = [r for r in rows if r["task"] == task]
+        wavs = [load_audio(clips_dir / r["file_name"], target_sr=16000)[0] for r in chosen]
+        judged = alignment_outcomes(wavs, [r["labels"] for r in chosen], task)
+        outcomes[task] = {r["clip_id"]: bool(ok) for r, ok in zip(chosen, judged)}
+    return outcomes
+
+
+def paired_differences(root: Path, seeds: list[int], ablations: list[str]) -> dict:
+    """BATON minus each other model, clip by clip on the same captions and seeds, pooled over seeds."""
+    differences: dict[str, dict[str, list[int]]] = {}
+    for seed in seeds:
+        run_dir = root / f"seed{seed}"
+        models = {"base": run_dir / "eval" / "clips" / "base", "baton": run_dir / "eval" / "clips" / "aligned"}
+        models.update({name: run_dir / f"eval_{name}" / "clips" / "aligned" for name in ablations})
+        judged = {name: clip_outcomes(folder) for name, folder in models.items()}
+        for name in models:
+            if name == "baton":
+                continue
+            for task in ("integrity", "temporal"):
+                ours, theirs = judged["baton"][task], judged[name][task]
+                if set(ours) != set(theirs):
+                    raise SystemExit(f"seed {seed}: {name} was judged on other clips than BATON ({task})")
+                differences.setdefault(name, {}).setdefault(task, []).extend(int(ours[c]) - int(theirs[c]) for c in sorted(ours))
+    result = {}
+    for name, tasks in differences.items():
+        result[name] = {}
+        for task, d in tasks.items():
+            mean = sum(d) / len(d)
+            variance = sum((x - mean) ** 2 for x in d) / max(len(d) - 1, 1)
+            result[name][task] = {"difference": mean, "paired_se": math.sqrt(variance / len(d)), "clips": len(d)}
+    return result
+
+
 def summarise(per_seed: dict[int, dict]) -> dict:
     models = [m for m in next(iter(per_seed.values())) if isinstance(next(iter(per_seed.values()))[m], dict)]
     table = {}
@@ -109,13 +157,18 @@ def main() -> None:
         Path(args.out + ".json").parent.mkdir(parents=True, exist_ok=True)
         Path(args.out + ".json").write_text(json.dumps({"per_seed": per_seed, "summary": summarise(per_seed)}, indent=2))
     table = summarise(per_seed)
+    paired = paired_differences(root, args.seeds, ablations)
+    Path(args.out + ".json").write_text(json.dumps({"per_seed": per_seed, "summary": table, "paired": paired}, indent=2))
     text = markdown(table, args.seeds)
-    gain = table["baton"]["temporal_accuracy"] - table["base"]["temporal_accuracy"]
-    text += f"\nTemporal accuracy, BATON - base: {100 * gain:+.1f} points.\n"
-    for name in ablations:
+    text += "\nBATON minus each model, mean over seeds. Unpaired SE: from the two accuracies' standard errors; "
+    text += "paired SE: clip by clip on the same captions and seeds.\n\n"
+    text += "| BATON minus | temporal, points | unpaired SEs | paired SEs | integrity, points | paired SEs |\n|---|---|---|---|---|---|\n"
+    for name in ["base", *ablations]:
         diff = table["baton"]["temporal_accuracy"] - table[name]["temporal_accuracy"]
         se = math.sqrt(table["baton"].get("temporal_accuracy_se", 0) ** 2 + table[name].get("temporal_accuracy_se", 0) ** 2)
-        text += f"BATON - {name}: {100 * diff:+.1f} points ({diff / se if se else float('nan'):.1f} standard errors).\n"
+        pt, pi = paired[name]["temporal"], paired[name]["integrity"]
+        text += (f"| {name} | {100 * diff:+.1f} | {diff / se if se else float('nan'):.1f} | {pt['difference'] / pt['paired_se']:.1f} | "
+                 f"{100 * pi['difference']:+.1f} | {pi['difference'] / pi['paired_se'] if pi['paired_se'] else float('nan'):.1f} |\n")
     Path(args.out + ".md").write_text(text)
     print(text)
 

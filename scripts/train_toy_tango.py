@@ -29,8 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-
-from baton_trainer.toyworld.render import PRETRAIN_WORLD  # noqa: E402  (the world the shipped base learned from)
+from baton_trainer.toyworld.render import PRETRAIN_WORLD  # the loose world the shipped base learned from
 
 
 def parse_args(argv=None):
