@@ -44,7 +44,8 @@ def run_seed(root: Path, seed: int, overrides: list[str], ablations: list[str]) 
     run_dir = root / f"seed{seed}"
     config = parse_config(RunConfig, ["--config", str(CONFIG_DIR / "toy.yaml"), "--run_dir", str(run_dir), "--seed", str(seed), *overrides])
     started = time.time()
-    run(config)
+    if not (run_dir / "eval" / "metrics.json").is_file():  # a finished seed is read back, not re-evaluated
+        run(config)
     results = {"seconds_default_run": round(time.time() - started, 1)}
     metrics = json.loads((run_dir / "eval" / "metrics.json").read_text())
     results["base"], results["baton"] = metrics["base"], metrics["aligned"]
@@ -65,7 +66,8 @@ def run_seed(root: Path, seed: int, overrides: list[str], ablations: list[str]) 
             shutil.copytree(base_clips, eval_dir / "clips" / "base")
         ev = stage_configs["evaluate"]
         ev_values = {**ev.__dict__, "aligned": str(out), "out_dir": str(eval_dir)}
-        evaluate(EvaluateConfig(**{k: v for k, v in ev_values.items() if k in EvaluateConfig.__dataclass_fields__}))
+        if not (eval_dir / "metrics.json").is_file():
+            evaluate(EvaluateConfig(**{k: v for k, v in ev_values.items() if k in EvaluateConfig.__dataclass_fields__}))
         results[name] = json.loads((eval_dir / "metrics.json").read_text())["aligned"]
     return results
 

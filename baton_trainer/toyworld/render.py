@@ -80,8 +80,9 @@ def render_sequence(
 
     The free time is split at random between the lead-in, the gaps and the tail, each also keeping
     `margin_s` from the clip's ends. The split is Dirichlet with `gap_concentration`: 1 spreads it
-    uniformly, larger values even it out, so events sit nearer fixed places. Returns a float32 waveform of `duration_s * sample_rate`
-    samples, and with `return_events` also the placed events (name, onset, offset in seconds).
+    uniformly, larger values even it out, so events sit nearer fixed places. Returns a float32
+    waveform of `duration_s * sample_rate` samples, and with `return_events` also the placed
+    events (name, onset, offset in seconds).
     An empty `event_names` gives background noise only.
     """
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
