@@ -222,7 +222,7 @@ def build_annotation_app(config: AnnotateConfig, store: AnnotationStore | None =
         )
         with gr.Row():
             annotator_box = gr.Textbox(
-                label="Your name", placeholder="e.g. alice", scale=3, interactive=not logins,
+                label="Your name", placeholder="e.g. alice", scale=3, interactive=not logins, elem_id="baton-annotator",
                 info="logged in" if logins else "ratings are stored under this name",
             )
             start_button = gr.Button("Start", variant="primary", scale=1, elem_id="baton-start")

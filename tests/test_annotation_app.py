@@ -158,7 +158,8 @@ def test_keyboard_shortcuts_rate_in_a_browser(tmp_path):
             browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=flags)
             page = browser.new_page()
             page.goto(f"http://127.0.0.1:{config.server_port}/")
-            page.locator("input, textarea").first.fill("kim")
+            # by id: the page's first text field is not always the name box while Gradio renders
+            page.locator("#baton-annotator textarea, #baton-annotator input").first.fill("kim")
             page.locator("#baton-start").click()
             clip_box = page.locator("#baton-clip-id textarea, #baton-clip-id input").first
             sync_api.expect(clip_box).to_have_value("00000_0", timeout=20000)
