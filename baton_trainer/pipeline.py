@@ -33,6 +33,9 @@ class RunConfig:
     seed: int = 0
     stages: list[str] = field(default_factory=lambda: list(STAGE_ORDER), metadata={"help": "stages to run, in order"})
     rated_fraction: float = field(default=0.5, metadata={"help": "toy: share of generated clips the oracle rates (the rest get reward labels)"})
+    rate_by: Literal["clip", "caption"] = field(
+        default="clip", metadata={"help": "toy: rate a random share of all clips, or all clips of a random share of the captions"}
+    )
     oracle_error_rate: float = field(default=0.0, metadata={"help": "toy: chance that the oracle answers wrongly"})
     oracle_skip_rate: float = field(default=0.0, metadata={"help": "toy: chance that the oracle skips a clip"})
     pretrain_clips: int = field(default=512, metadata={"help": "toy: rendered (caption, audio) clips for the beta term"})
@@ -128,12 +131,19 @@ def _oracle_ratings(config: RunConfig, generations: Path) -> dict[str, int]:
 
     from .generate import read_generations
 
-    ids = sorted(r["clip_id"] for r in read_generations(generations))
-    picked = np.random.default_rng(config.seed).permutation(len(ids))[: int(round(config.rated_fraction * len(ids)))]
+    rows = read_generations(generations)
+    rng = np.random.default_rng(config.seed)
+    if config.rate_by == "caption":  # reward labels then reach captions nobody rated
+        captions = sorted({r["caption_id"] for r in rows})
+        chosen = {captions[i] for i in rng.permutation(len(captions))[: int(round(config.rated_fraction * len(captions)))]}
+        clip_ids = sorted(r["clip_id"] for r in rows if r["caption_id"] in chosen)
+    else:
+        ids = sorted(r["clip_id"] for r in rows)
+        clip_ids = [ids[i] for i in sorted(rng.permutation(len(ids))[: int(round(config.rated_fraction * len(ids)))])]
     store = AnnotationStore(Path(config.run_dir) / "annotations.sqlite")
     try:
         oracle = OracleAnnotator(error_rate=config.oracle_error_rate, skip_rate=config.oracle_skip_rate, seed=config.seed)
-        return annotate_store(store, generations, annotator="oracle", oracle=oracle, clip_ids=[ids[i] for i in sorted(picked)])
+        return annotate_store(store, generations, annotator="oracle", oracle=oracle, clip_ids=clip_ids)
     finally:
         store.close()
 

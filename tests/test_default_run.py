@@ -40,3 +40,26 @@ def test_tiny_default_run_end_to_end_and_resume(tmp_path, capsys):
     assert "'already_done': 9" in out or "already_done" in out
     again = json.loads((run_dir / "eval" / "metrics.json").read_text())
     assert again["aligned"] == metrics["aligned"]
+
+
+@pytest.mark.parametrize("rate_by", ["clip", "caption"])
+def test_oracle_rates_a_share_of_the_clips_or_of_the_captions(tmp_path, rate_by):
+    from collections import Counter
+
+    from test_annotation import make_generations
+
+    from baton_trainer.annotation import AnnotationStore
+    from baton_trainer.pipeline import RunConfig, _oracle_ratings
+
+    generations = make_generations(tmp_path / "generations", num_captions=6, clips_per_caption=4)
+    metadata = generations / "metadata.jsonl"
+    metadata.write_text(metadata.read_text().replace("whoosh", "hum"))  # toy events only
+    _oracle_ratings(RunConfig(run_dir=str(tmp_path), rated_fraction=0.5, rate_by=rate_by), generations)
+    with AnnotationStore(tmp_path / "annotations.sqlite") as store:
+        rated = {r["clip_id"] for r in store.ratings()}
+    per_caption = Counter(clip_id.split("_")[0] for clip_id in rated)
+    assert len(rated) == 12
+    if rate_by == "caption":  # every clip of half the captions, none of the others
+        assert sorted(per_caption.values()) == [4, 4, 4]
+    else:
+        assert len(per_caption) > 3
