@@ -132,14 +132,12 @@ def _oracle_ratings(config: RunConfig, generations: Path) -> dict[str, int]:
     from .generate import read_generations
 
     rows = read_generations(generations)
-    rng = np.random.default_rng(config.seed)
-    if config.rate_by == "caption":  # reward labels then reach captions nobody rated
-        captions = sorted({r["caption_id"] for r in rows})
-        chosen = {captions[i] for i in rng.permutation(len(captions))[: int(round(config.rated_fraction * len(captions)))]}
-        clip_ids = sorted(r["clip_id"] for r in rows if r["caption_id"] in chosen)
-    else:
-        ids = sorted(r["clip_id"] for r in rows)
-        clip_ids = [ids[i] for i in sorted(rng.permutation(len(ids))[: int(round(config.rated_fraction * len(ids)))])]
+    # The unit drawn is a clip, or a caption with all its clips (reward labels then reach captions nobody rated).
+    unit = "caption_id" if config.rate_by == "caption" else "clip_id"
+    units = sorted({r[unit] for r in rows})
+    picked = np.random.default_rng(config.seed).permutation(len(units))[: int(round(config.rated_fraction * len(units)))]
+    chosen = {units[i] for i in picked}
+    clip_ids = sorted(r["clip_id"] for r in rows if r[unit] in chosen)
     store = AnnotationStore(Path(config.run_dir) / "annotations.sqlite")
     try:
         oracle = OracleAnnotator(error_rate=config.oracle_error_rate, skip_rate=config.oracle_skip_rate, seed=config.seed)
