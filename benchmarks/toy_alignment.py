@@ -4,7 +4,10 @@ For each seed: the whole loop (`run` with configs/toy.yaml), then on the same ge
 ratings:
   - Table 5, "no feedback weights": the same clips with every weight 1 (plus the pretrain term);
   - Table 5, "pretrain term alone": beta * pretraining loss only;
-  - Table 6, "human only" and "reward only": one source of feedback each.
+  - Table 6, "human only" and "reward only": one source of feedback each;
+  - and, when asked for (`--ablations all,oracle_rewards`), a diagnostic that is not in the paper:
+    BATON with the oracle's answers in place of the reward model's labels, the most a better
+    reward model could give.
 Each is evaluated on the same held-out captions and seeds as the base. Prints and writes a table
 (mean over seeds, with the standard error of each accuracy) to benchmarks/results/toy_alignment.{json,md}.
 
@@ -12,9 +15,12 @@ Every model is judged on the same clips' captions and seeds, so the comparisons 
 the oracle re-judges each saved clip, and the difference between two models is the mean over
 clips of (this model's outcome - that model's outcome), with the paired standard error
 std(differences) / sqrt(clips), pooled over seeds. Both the paired and the unpaired standard
-errors are reported.
+errors are reported. They count only the sampling of evaluation clips; a model trained again gives
+other numbers as well, so the table also gives the spread over seeds: the standard deviation of
+the per-seed differences over sqrt(seeds), which holds both sources of noise (with 3 seeds it
+is itself a rough estimate).
 
-    python benchmarks/toy_alignment.py [--seeds 0 1 2] [--root runs/toy_alignment] [--ablations all|none]
+    python benchmarks/toy_alignment.py [--seeds 0 1 2] [--root runs/toy_alignment] [--ablations all|none|a,b]
 """
 
 from __future__ import annotations
@@ -38,6 +44,29 @@ ABLATIONS = {
     "human_only": {"reward_dataset": "none"},
     "reward_only": {"feedback_dataset": "none"},
 }
+DIAGNOSTICS = {"oracle_rewards": {}}  # reward_dataset: RUN/reward_labeled_oracle, written by oracle_labeled
+
+
+def oracle_labeled(run_dir: Path) -> Path:
+    """RUN/reward_labeled with each clip's reward set to the noise-free oracle's answer (1 or 0)."""
+    from baton_trainer.audio import load_audio
+    from baton_trainer.data import load_preference_dataset, save_dataset_atomic
+    from baton_trainer.toyworld.oracle import alignment_outcomes
+
+    out = run_dir / "reward_labeled_oracle"
+    if out.is_dir():
+        return out
+    ds = load_preference_dataset(run_dir / "reward_labeled")
+    audio = ds.with_format("arrow")["audio"].to_pylist()
+    wavs = [load_audio(a, 16000, what=f"reward_labeled row {i}")[0] for i, a in enumerate(audio)]
+    truth = [False] * len(ds)
+    for task in ("integrity", "temporal"):
+        rows = [i for i, t in enumerate(ds["task"]) if t == task]
+        for i, ok in zip(rows, alignment_outcomes([wavs[i] for i in rows], [ds[i]["labels"] for i in rows], task)):
+            truth[i] = ok
+    ds = ds.map(lambda _, i: {"reward": float(truth[i]), "feedback": int(truth[i])}, with_indices=True)
+    save_dataset_atomic(ds, out)
+    return out
 
 
 def run_seed(root: Path, seed: int, overrides: list[str], ablations: list[str]) -> dict:
@@ -54,9 +83,11 @@ def run_seed(root: Path, seed: int, overrides: list[str], ablations: list[str]) 
     for name in ablations:
         out = run_dir / f"ablation_{name}"
         ft = stage_configs["finetune"]
-        values = {**ft.__dict__, **ABLATIONS[name], "output_dir": str(out), "resume_from_checkpoint": "latest"}
+        values = {**ft.__dict__, **{**ABLATIONS, **DIAGNOSTICS}[name], "output_dir": str(out), "resume_from_checkpoint": "latest"}
         if name == "reward_only":
             values["reward_dataset"] = str(run_dir / "reward_labeled")
+        if name == "oracle_rewards":
+            values["reward_dataset"] = str(oracle_labeled(run_dir))
         ft_config = type(ft)(**{k: v for k, v in values.items() if k in type(ft).__dataclass_fields__})
         if not (out / "baton_export.json").is_file():
             finetune(ft_config)
@@ -89,8 +120,10 @@ def clip_outcomes(clips_dir: Path) -> dict[str, dict[str, bool]]:
 
 
 def paired_differences(root: Path, seeds: list[int], ablations: list[str]) -> dict:
-    """BATON minus each other model, clip by clip on the same captions and seeds, pooled over seeds."""
+    """BATON minus each other model, clip by clip on the same captions and seeds, pooled over seeds,
+    and the spread of the per-seed mean differences."""
     differences: dict[str, dict[str, list[int]]] = {}
+    per_seed: dict[str, dict[str, list[float]]] = {}
     for seed in seeds:
         run_dir = root / f"seed{seed}"
         models = {"base": run_dir / "eval" / "clips" / "base", "baton": run_dir / "eval" / "clips" / "aligned"}
@@ -103,14 +136,20 @@ def paired_differences(root: Path, seeds: list[int], ablations: list[str]) -> di
                 ours, theirs = judged["baton"][task], judged[name][task]
                 if set(ours) != set(theirs):
                     raise SystemExit(f"seed {seed}: {name} was judged on other clips than BATON ({task})")
-                differences.setdefault(name, {}).setdefault(task, []).extend(int(ours[c]) - int(theirs[c]) for c in sorted(ours))
+                d = [int(ours[c]) - int(theirs[c]) for c in sorted(ours)]
+                differences.setdefault(name, {}).setdefault(task, []).extend(d)
+                per_seed.setdefault(name, {}).setdefault(task, []).append(sum(d) / len(d))
     result = {}
     for name, tasks in differences.items():
         result[name] = {}
         for task, d in tasks.items():
             mean = sum(d) / len(d)
             variance = sum((x - mean) ** 2 for x in d) / max(len(d) - 1, 1)
-            result[name][task] = {"difference": mean, "paired_se": math.sqrt(variance / len(d)), "clips": len(d)}
+            seeds_d = per_seed[name][task]
+            seed_mean = sum(seeds_d) / len(seeds_d)
+            seed_se = math.sqrt(sum((x - seed_mean) ** 2 for x in seeds_d) / (len(seeds_d) - 1) / len(seeds_d)) if len(seeds_d) > 1 else None
+            result[name][task] = {"difference": mean, "paired_se": math.sqrt(variance / len(d)), "clips": len(d),
+                                  "per_seed": seeds_d, "seed_se": seed_se}
     return result
 
 
@@ -147,11 +186,18 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--root", default="runs/toy_alignment")
-    parser.add_argument("--ablations", default="all", help="all, none, or a comma list of " + ",".join(ABLATIONS))
+    parser.add_argument("--ablations", default="all", help="all, none, or a comma list of " + ",".join([*ABLATIONS, *DIAGNOSTICS]))
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "toy_alignment"))
     parser.add_argument("overrides", nargs="*", help="extra RunConfig overrides, e.g. --finetune.max_train_steps=300")
     args, extra = parser.parse_known_args()
-    ablations = list(ABLATIONS) if args.ablations == "all" else [] if args.ablations == "none" else args.ablations.split(",")
+    ablations = []
+    for name in args.ablations.split(","):
+        if name == "all":
+            ablations += list(ABLATIONS)
+        elif name in ABLATIONS or name in DIAGNOSTICS:
+            ablations.append(name)
+        elif name != "none":
+            raise SystemExit(f"unknown ablation '{name}' (known: all, none, {', '.join([*ABLATIONS, *DIAGNOSTICS])})")
     root = Path(args.root)
     per_seed = {}
     for seed in args.seeds:
@@ -163,13 +209,17 @@ def main() -> None:
     Path(args.out + ".json").write_text(json.dumps({"per_seed": per_seed, "summary": table, "paired": paired}, indent=2))
     text = markdown(table, args.seeds)
     text += "\nBATON minus each model, mean over seeds. Unpaired SE: from the two accuracies' standard errors; "
-    text += "paired SE: clip by clip on the same captions and seeds.\n\n"
-    text += "| BATON minus | temporal, points | unpaired SEs | paired SEs | integrity, points | paired SEs |\n|---|---|---|---|---|---|\n"
+    text += "paired SE: clip by clip on the same captions and seeds; across seeds: the spread of the per-seed differences "
+    text += "(training noise included).\n\n"
+    text += ("| BATON minus | temporal, points | unpaired SEs | paired SEs | per seed | across-seed SEs | integrity, points | paired SEs |\n"
+             "|---|---|---|---|---|---|---|---|\n")
     for name in ["base", *ablations]:
         diff = table["baton"]["temporal_accuracy"] - table[name]["temporal_accuracy"]
         se = math.sqrt(table["baton"].get("temporal_accuracy_se", 0) ** 2 + table[name].get("temporal_accuracy_se", 0) ** 2)
         pt, pi = paired[name]["temporal"], paired[name]["integrity"]
+        seeds_text = " / ".join(f"{100 * x:+.1f}" for x in pt["per_seed"])
         text += (f"| {name} | {100 * diff:+.1f} | {diff / se if se else float('nan'):.1f} | {pt['difference'] / pt['paired_se']:.1f} | "
+                 f"{seeds_text} | {pt['difference'] / pt['seed_se'] if pt['seed_se'] else float('nan'):.1f} | "
                  f"{100 * pi['difference']:+.1f} | {pi['difference'] / pi['paired_se'] if pi['paired_se'] else float('nan'):.1f} |\n")
     Path(args.out + ".md").write_text(text)
     print(text)
