@@ -44,7 +44,7 @@ ABLATIONS = {
     "human_only": {"reward_dataset": "none"},
     "reward_only": {"feedback_dataset": "none"},
 }
-DIAGNOSTICS = {"oracle_rewards": {}}  # reward_dataset: RUN/reward_labeled_oracle, written by oracle_labeled
+DIAGNOSTICS = ("oracle_rewards",)  # BATON on RUN/reward_labeled_oracle, written by oracle_labeled
 
 
 def oracle_labeled(run_dir: Path) -> Path:
@@ -59,11 +59,7 @@ def oracle_labeled(run_dir: Path) -> Path:
     ds = load_preference_dataset(run_dir / "reward_labeled")
     audio = ds.with_format("arrow")["audio"].to_pylist()
     wavs = [load_audio(a, 16000, what=f"reward_labeled row {i}")[0] for i, a in enumerate(audio)]
-    truth = [False] * len(ds)
-    for task in ("integrity", "temporal"):
-        rows = [i for i, t in enumerate(ds["task"]) if t == task]
-        for i, ok in zip(rows, alignment_outcomes([wavs[i] for i in rows], [ds[i]["labels"] for i in rows], task)):
-            truth[i] = ok
+    truth = alignment_outcomes(wavs, ds["labels"], ds["task"])
     ds = ds.map(lambda _, i: {"reward": float(truth[i]), "feedback": int(truth[i])}, with_indices=True)
     save_dataset_atomic(ds, out)
     return out
@@ -83,7 +79,7 @@ def run_seed(root: Path, seed: int, overrides: list[str], ablations: list[str]) 
     for name in ablations:
         out = run_dir / f"ablation_{name}"
         ft = stage_configs["finetune"]
-        values = {**ft.__dict__, **{**ABLATIONS, **DIAGNOSTICS}[name], "output_dir": str(out), "resume_from_checkpoint": "latest"}
+        values = {**ft.__dict__, **ABLATIONS.get(name, {}), "output_dir": str(out), "resume_from_checkpoint": "latest"}
         if name == "reward_only":
             values["reward_dataset"] = str(run_dir / "reward_labeled")
         if name == "oracle_rewards":
@@ -109,13 +105,12 @@ def clip_outcomes(clips_dir: Path) -> dict[str, dict[str, bool]]:
     from baton_trainer.generate import read_generations
     from baton_trainer.toyworld.oracle import alignment_outcomes
 
-    rows = read_generations(clips_dir)
-    outcomes: dict[str, dict[str, bool]] = {}
-    for task in ("integrity", "temporal"):
-        chosen = [r for r in rows if r["task"] == task]
-        wavs = [load_audio(clips_dir / r["file_name"], target_sr=16000)[0] for r in chosen]
-        judged = alignment_outcomes(wavs, [r["labels"] for r in chosen], task)
-        outcomes[task] = {r["clip_id"]: bool(ok) for r, ok in zip(chosen, judged)}
+    rows = [r for r in read_generations(clips_dir) if r["task"] in ("integrity", "temporal")]
+    wavs = [load_audio(clips_dir / r["file_name"], target_sr=16000)[0] for r in rows]
+    judged = alignment_outcomes(wavs, [r["labels"] for r in rows], [r["task"] for r in rows])
+    outcomes: dict[str, dict[str, bool]] = {"integrity": {}, "temporal": {}}
+    for r, ok in zip(rows, judged):
+        outcomes[r["task"]][r["clip_id"]] = bool(ok)
     return outcomes
 
 

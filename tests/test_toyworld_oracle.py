@@ -122,6 +122,17 @@ def test_accuracy_helpers_give_mean_and_standard_error():
         integrity_accuracy([], [])
 
 
+def test_alignment_outcomes_takes_a_task_per_clip():
+    """A swapped clip fails the temporal question and passes the integrity one, in one call."""
+    from baton_trainer.toyworld import alignment_outcomes
+
+    swapped = render_sequence(["knock", "chirp", "hiss"], seed=3)
+    labels = [["chirp", "knock", "hiss"]] * 2
+    assert alignment_outcomes([swapped, swapped], labels, ["temporal", "integrity"]) == [False, True]
+    with pytest.raises(OracleError, match="1 tasks"):
+        alignment_outcomes([swapped, swapped], labels, ["temporal"])
+
+
 def test_judge_resamples_other_rates():
     from baton_trainer.audio import resample
 

@@ -252,14 +252,16 @@ def _mean_and_stderr(outcomes: Sequence[bool]) -> tuple[float, float]:
 
 
 def alignment_outcomes(
-    wavs: Sequence[np.ndarray], labels: Sequence[Sequence[str]], task: str, sample_rate: int = 16000,
+    wavs: Sequence[np.ndarray], labels: Sequence[Sequence[str]], task: str | Sequence[str], sample_rate: int = 16000,
     oracle: OracleAnnotator | None = None,
 ) -> list[bool]:
-    """Per clip, whether it is aligned with its labels under the noise-free oracle's rule."""
+    """Per clip, whether it is aligned with its labels under the noise-free oracle's rule.
+    `task` is one task for every clip, or one per clip."""
     oracle = oracle or _default_judge()
-    if len(wavs) != len(labels):
-        raise OracleError(f"{len(wavs)} clips but {len(labels)} label lists")
-    return [oracle.is_aligned(d, l, task) for d, l in zip(oracle.detect_batch(wavs, sample_rate), labels)]
+    tasks = [task] * len(wavs) if isinstance(task, str) else list(task)
+    if not len(wavs) == len(labels) == len(tasks):
+        raise OracleError(f"{len(wavs)} clips but {len(labels)} label lists and {len(tasks)} tasks")
+    return [oracle.is_aligned(d, l, t) for d, l, t in zip(oracle.detect_batch(wavs, sample_rate), labels, tasks)]
 
 
 def alignment_accuracy(
