@@ -36,16 +36,21 @@ def build_reward_model(
     clap: str | os.PathLike | ClapEmbedder = "laion/clap-htsat-unfused",
     head_hidden_size: int = 512,
     seed: int = 0,
+    head_type: str = "mlp",
 ) -> BatonRewardModel:
     """A fresh reward model around a CLAP checkpoint (Hub id, folder, or a ClapEmbedder's model):
-    CLAP weights copied in and frozen, head initialised from `seed`, processor attached."""
+    CLAP weights copied in and frozen, head (`head_type` "mlp" or "cosine_logistic") initialised
+    from `seed`, processor attached."""
     if isinstance(clap, ClapEmbedder):
         clap_model, processor, source = clap.model, clap.processor, clap.name_or_path
     else:
         source = str(clap)
         clap_model, processor = ClapModel.from_pretrained(source), ClapProcessor.from_pretrained(source)
     config = BatonRewardConfig(
-        clap_config=clap_model.config.to_dict(), clap_model_name_or_path=source, head_hidden_size=head_hidden_size
+        clap_config=clap_model.config.to_dict(),
+        clap_model_name_or_path=source,
+        head_hidden_size=head_hidden_size,
+        head_type=head_type,
     )
     torch.manual_seed(seed)
     model = BatonRewardModel(config)

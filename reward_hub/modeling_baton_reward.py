@@ -28,6 +28,9 @@ PIPELINE_TASK = "text-audio-reward"
 PIPELINE_FILE = "pipeline_baton_reward.py"
 
 
+HEAD_TYPES = ("mlp", "cosine_logistic")
+
+
 class RewardInputError(ValueError):
     """Audio or captions the reward model cannot score; the message names the input."""
 
@@ -100,14 +103,18 @@ class BatonRewardConfig(PretrainedConfig):
         clap_model_name_or_path: str | None = None,
         head_hidden_size: int = 512,
         clip_seconds: float = 10.0,
+        head_type: str = "mlp",
         **kwargs,
     ):
+        if head_type not in HEAD_TYPES:
+            raise ValueError(f"head_type must be one of {', '.join(HEAD_TYPES)}, got {head_type!r}")
         if isinstance(clap_config, PretrainedConfig):
             clap_config = clap_config.to_dict()
         self.clap_config = dict(clap_config or {})
         self.clap_model_name_or_path = clap_model_name_or_path
         self.head_hidden_size = int(head_hidden_size)
         self.clip_seconds = float(clip_seconds)
+        self.head_type = head_type
         kwargs.setdefault(
             "custom_pipelines",
             {PIPELINE_TASK: {"impl": "pipeline_baton_reward.TextAudioRewardPipeline", "pt": ["AutoModel"], "type": "multimodal"}},
@@ -117,6 +124,27 @@ class BatonRewardConfig(PretrainedConfig):
     @property
     def clip_samples(self) -> int:
         return int(round(self.clip_seconds * CLAP_SAMPLE_RATE))
+
+
+class CosineLogisticHead(nn.Module):
+    """w * cos(a, t) + b on concatenated [a, t] (L2-normalised halves): a logistic calibration of
+    CLAP's own match score (Platt scaling). Starts with the threshold at cosine 0.5; training fits
+    w and b (a convex problem, so the start only saves iterations)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dim = dim
+        self.linear = nn.Linear(1, 1)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        with torch.no_grad():
+            self.linear.weight.fill_(10.0)
+            self.linear.bias.fill_(-5.0)
+
+    def forward(self, pair: torch.Tensor) -> torch.Tensor:
+        cosine = (pair[..., : self.dim] * pair[..., self.dim :]).sum(-1, keepdim=True)
+        return self.linear(cosine)
 
 
 @dataclass
@@ -138,17 +166,23 @@ class BatonRewardModel(PreTrainedModel):
         super().__init__(config)
         self.clap = ClapModel(ClapConfig.from_dict(config.clap_config))
         dim = self.clap.config.projection_dim
-        self.head = nn.Sequential(
-            nn.Linear(2 * dim, config.head_hidden_size), nn.ReLU(), nn.Linear(config.head_hidden_size, 1)
-        )
+        if config.head_type == "cosine_logistic":
+            self.head = CosineLogisticHead(dim)
+        else:
+            self.head = nn.Sequential(
+                nn.Linear(2 * dim, config.head_hidden_size), nn.ReLU(), nn.Linear(config.head_hidden_size, 1)
+            )
         self.clap.requires_grad_(False)
         self.processor = None  # a ClapProcessor, set by reward_hub.load / from_clap for `score`
         self.post_init()
 
     def _init_weights(self, module):
         # CLAP's own weights come from its checkpoint; the head uses PyTorch's default init.
-        if isinstance(module, nn.Linear) and any(module is m for m in self.head):
+        if isinstance(module, CosineLogisticHead):
             module.reset_parameters()
+        elif isinstance(module, nn.Linear) and any(module is m for m in self.head.modules()):
+            if not isinstance(self.head, CosineLogisticHead):
+                module.reset_parameters()
         elif isinstance(module, ClapModel) or module is self:
             return
         else:

@@ -28,7 +28,7 @@ from baton_trainer.audio import atomic_folder, load_audio
 from baton_trainer.config import config_to_dict
 
 from .clap import CLAP_SAMPLE_RATE, ClapEmbedder
-from .modeling_baton_reward import BatonRewardModel
+from .modeling_baton_reward import HEAD_TYPES, BatonRewardModel
 
 EMBEDDING_CACHE_VERSION = 1
 
@@ -47,7 +47,12 @@ class RewardTrainingConfig:
     feedback: str | None = field(default=None, metadata={"help": "preference dataset: folder or Hub id (default RUN/feedback)"})
     output_dir: str | None = field(default=None, metadata={"help": "where the model is saved (default RUN/reward_model)"})
     clap_model: str = field(default="laion/clap-htsat-unfused", metadata={"help": "CLAP checkpoint (Hub id or folder)"})
-    head_hidden_size: int = field(default=512, metadata={"help": "hidden width of the head (paper: 512)"})
+    head_type: str = field(
+        default="mlp",
+        metadata={"help": "mlp: the paper's MLP on [audio, text]; cosine_logistic: sigmoid(w * CLAP cosine + b), fit to "
+                  "convergence, for a few hundred ratings or fewer"},
+    )
+    head_hidden_size: int = field(default=512, metadata={"help": "hidden width of the mlp head (paper: 512)"})
     learning_rate: float = field(default=0.01, metadata={"help": "Adam learning rate (paper: 0.01)"})
     weight_decay: float = field(default=1e-5, metadata={"help": "Adam weight decay (paper: 1e-5)"})
     batch_size: int = field(default=64, metadata={"help": "training batch size (paper: 64)"})
@@ -268,6 +273,8 @@ def fit_head(
 ) -> list[dict[str, float]]:
     """Train the head with BCE; `embed_batch(rows)` gives the CLAP embeddings of those rows
     (from the cache, or encoded afresh every epoch). Returns per-epoch mean losses."""
+    if model.config.head_type == "cosine_logistic":
+        return fit_cosine_logistic(model, embed_batch, labels, train_rows, config, device)
     torch.manual_seed(config.seed)
     optimizer = torch.optim.Adam(model.head.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     generator = torch.Generator().manual_seed(config.seed)
@@ -291,12 +298,48 @@ def fit_head(
     return history
 
 
+def fit_cosine_logistic(
+    model: BatonRewardModel,
+    embed_batch: Callable[[np.ndarray], tuple[torch.Tensor, torch.Tensor]],
+    labels: torch.Tensor,
+    train_rows: np.ndarray,
+    config: RewardTrainingConfig,
+    device: torch.device,
+) -> list[dict[str, float]]:
+    """The two-parameter head fit to its optimum by full-batch L-BFGS (BCE plus the same L2
+    weight decay): a convex problem with one answer, so epochs, batches and learning rate do not
+    apply. Returns the loss before and after, in fit_head's format."""
+    audio, text = embed_batch(train_rows)
+    pair = torch.cat([F.normalize(audio.float(), dim=-1), F.normalize(text.float(), dim=-1)], dim=-1).to(device)
+    target = labels[train_rows].to(device)
+    params = list(model.head.parameters())
+    optimizer = torch.optim.LBFGS(params, lr=1.0, max_iter=200, tolerance_grad=1e-9, line_search_fn="strong_wolfe")
+
+    def objective():
+        optimizer.zero_grad(set_to_none=True)
+        bce = F.binary_cross_entropy_with_logits(model.head(pair).squeeze(-1), target)
+        loss = bce + 0.5 * config.weight_decay * sum((p**2).sum() for p in params)
+        loss.backward()
+        return loss
+
+    model.train()
+    with torch.no_grad():
+        before = F.binary_cross_entropy_with_logits(model.head(pair).squeeze(-1), target).item()
+    optimizer.step(objective)
+    model.eval()
+    with torch.no_grad():
+        after = F.binary_cross_entropy_with_logits(model.head(pair).squeeze(-1), target).item()
+    return [{"epoch": 0, "train_bce": before}, {"epoch": 1, "train_bce": after}]
+
+
 def train_reward_model(config: RewardTrainingConfig) -> Path:
     """The `reward` stage: human ratings -> a saved BatonRewardModel with metrics and a histogram."""
     from . import build_reward_model
 
     if config.epochs < 1 or config.batch_size < 1:
         raise RewardDataError(f"epochs and batch_size must be >= 1, got {config.epochs} and {config.batch_size}")
+    if config.head_type not in HEAD_TYPES:
+        raise RewardDataError(f"head_type must be one of {', '.join(HEAD_TYPES)}, got {config.head_type!r}")
     feedback = _default(config.feedback, config.run_dir, "feedback")
     out = _default(config.output_dir, config.run_dir, "reward_model")
     cache_dir = _default(config.cache_dir, config.run_dir, "cache/clap_embeddings")
@@ -322,7 +365,9 @@ def train_reward_model(config: RewardTrainingConfig) -> Path:
             return embed_rows(embedder, ds, rows, progress=False)
 
     embed_seconds = time.perf_counter() - started
-    model = build_reward_model(embedder, head_hidden_size=config.head_hidden_size, seed=config.seed).to(device)
+    model = build_reward_model(
+        embedder, head_hidden_size=config.head_hidden_size, seed=config.seed, head_type=config.head_type
+    ).to(device)
     started = time.perf_counter()
     history = fit_head(model, embed_batch, labels, train_rows, config, device)
     train_seconds = time.perf_counter() - started

@@ -145,8 +145,42 @@ PIPELINE_SCRIPT = textwrap.dedent(
 )
 
 
+def test_cosine_logistic_head_scores_the_clap_cosine_and_round_trips(clap_dir, tmp_path):
+    from transformers import AutoModel
+
+    model = build_reward_model(str(clap_dir), head_type="cosine_logistic")
+    with torch.no_grad():
+        model.head.linear.weight.fill_(7.0)
+        model.head.linear.bias.fill_(-2.0)
+    captions = ["a low hum outside", "a high hiss nearby", "a low drone at night"]
+    clips = [synthetic_clip("low", 0), synthetic_clip("high", 1), synthetic_clip("low", 2)]
+    embedder = ClapEmbedder(str(clap_dir))
+    cosine = (embedder.embed_audio(clips, 16_000) * embedder.embed_text(captions)).sum(-1)
+    rewards = model.score(captions, clips, sampling_rate=16_000)
+    torch.testing.assert_close(rewards, torch.sigmoid(7.0 * cosine - 2.0), atol=1e-5, rtol=0)
+    assert sum(p.numel() for p in model.head.parameters()) == 2
+
+    model.save_pretrained(tmp_path / "rm")
+    assert json.loads((tmp_path / "rm" / "config.json").read_text())["head_type"] == "cosine_logistic"
+    for loaded in (reward_hub.load(tmp_path / "rm"), AutoModel.from_pretrained(tmp_path / "rm")):
+        assert loaded.config.head_type == "cosine_logistic"
+        torch.testing.assert_close(loaded.head.linear.weight, model.head.linear.weight)
+    torch.testing.assert_close(reward_hub.load(tmp_path / "rm").score(captions, clips, 16_000), rewards)
+
+
+def test_unknown_head_type_is_refused(clap_dir):
+    with pytest.raises(ValueError, match="head_type must be one of mlp, cosine_logistic"):
+        build_reward_model(str(clap_dir), head_type="attention")
+
+
 @pytest.mark.slow
-def test_pipeline_with_remote_code_in_a_clean_process_matches_reward_hub_load(model, tmp_path):
+@pytest.mark.parametrize("head_type", ["mlp", "cosine_logistic"])
+def test_pipeline_with_remote_code_in_a_clean_process_matches_reward_hub_load(model, clap_dir, head_type, tmp_path):
+    if head_type != "mlp":
+        model = build_reward_model(str(clap_dir), head_type=head_type)
+        with torch.no_grad():
+            model.head.linear.weight.fill_(40.0)  # a steep slope, so the tiny CLAP's cosines spread the scores
+            model.head.linear.bias.fill_(-20.0)
     model.save_pretrained(tmp_path / "rm")
     a48 = resample(synthetic_clip("low", 11), 16_000, 48_000)
     b48 = resample(synthetic_clip("high", 12), 16_000, 48_000)

@@ -82,6 +82,34 @@ def test_cached_and_uncached_embeddings_give_the_same_rewards(tmp_path, clap_dir
     torch.testing.assert_close(a.score(list(ds["caption"])[:3], clips, 16_000), b.score(list(ds["caption"])[:3], clips, 16_000), atol=1e-5, rtol=0)
 
 
+def test_cosine_logistic_fit_recovers_the_logistic_that_made_the_ratings(clap_dir):
+    """Ratings drawn from sigmoid(12 * cosine - 6): the fitted head must find those two numbers."""
+    from reward_hub.training import fit_cosine_logistic
+
+    model = reward_hub.build_reward_model(str(clap_dir), head_type="cosine_logistic")
+    dim = model.embedding_dim
+    gen = torch.Generator().manual_seed(0)
+    n = 4000
+    cosine = torch.rand(n, generator=gen)
+    # unit vectors with the drawn cosine: audio = cos * text + sin * (a direction orthogonal to text)
+    text = torch.nn.functional.normalize(torch.randn(n, dim, generator=gen), dim=-1)
+    other = torch.randn(n, dim, generator=gen)
+    other = torch.nn.functional.normalize(other - (other * text).sum(-1, keepdim=True) * text, dim=-1)
+    audio = cosine[:, None] * text + torch.sqrt(1 - cosine[:, None] ** 2) * other
+    labels = torch.bernoulli(torch.sigmoid(12.0 * cosine - 6.0), generator=gen)
+    config = RewardTrainingConfig(head_type="cosine_logistic", weight_decay=0.0)
+    history = fit_cosine_logistic(model, lambda rows: (audio[rows], text[rows]), labels, np.arange(n), config, torch.device("cpu"))
+    assert history[-1]["train_bce"] < history[0]["train_bce"]
+    assert abs(model.head.linear.weight.item() - 12.0) < 1.5 and abs(model.head.linear.bias.item() + 6.0) < 0.8
+
+
+def test_unknown_head_type_is_refused_before_any_embedding(tmp_path, clap_dir):
+    save_synthetic_ratings(tmp_path / "feedback", n_captions=4, clips_per_caption=2, seed=2)
+    with pytest.raises(RewardDataError, match="head_type must be one of"):
+        train_reward_model(RewardTrainingConfig(run_dir=str(tmp_path), clap_model=str(clap_dir), head_type="attention"))
+    assert not (tmp_path / "cache").exists()
+
+
 def test_one_class_rating_set_is_refused(tmp_path, clap_dir):
     rows = synthetic_rating_rows(n_captions=3, clips_per_caption=2)
     rows["feedback"] = [1] * len(rows["feedback"])
