@@ -32,7 +32,7 @@ class RunConfig:
     clap_model: str | None = field(default=None, metadata={"help": "CLAP for the reward model and CLAP score (default: the toy CLAP)"})
     seed: int = 0
     stages: list[str] = field(default_factory=lambda: list(STAGE_ORDER), metadata={"help": "stages to run, in order"})
-    rated_fraction: float = field(default=0.5, metadata={"help": "toy: share of generated clips the oracle rates (the rest get reward labels)"})
+    rated_fraction: float = field(default=0.25, metadata={"help": "toy: share of generated clips the oracle rates (the rest get reward labels)"})
     rate_by: Literal["clip", "caption"] = field(
         default="clip", metadata={"help": "toy: rate a random share of all clips, or all clips of a random share of the captions"}
     )

@@ -177,12 +177,12 @@ class BatonRewardModel(PreTrainedModel):
         self.post_init()
 
     def _init_weights(self, module):
-        # CLAP's own weights come from its checkpoint; the head uses PyTorch's default init.
+        # CLAP's own weights come from its checkpoint; the MLP head uses PyTorch's default init,
+        # the cosine head its own start.
         if isinstance(module, CosineLogisticHead):
             module.reset_parameters()
-        elif isinstance(module, nn.Linear) and any(module is m for m in self.head.modules()):
-            if not isinstance(self.head, CosineLogisticHead):
-                module.reset_parameters()
+        elif isinstance(module, nn.Linear) and isinstance(self.head, nn.Sequential) and any(module is m for m in self.head):
+            module.reset_parameters()
         elif isinstance(module, ClapModel) or module is self:
             return
         else:
