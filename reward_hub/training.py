@@ -309,26 +309,27 @@ def fit_cosine_logistic(
     """The two-parameter head fit to its optimum by full-batch L-BFGS (BCE plus the same L2
     weight decay): a convex problem with one answer, so epochs, batches and learning rate do not
     apply. Returns the loss before and after, in fit_head's format."""
-    audio, text = embed_batch(train_rows)
-    pair = torch.cat([F.normalize(audio.float(), dim=-1), F.normalize(text.float(), dim=-1)], dim=-1).to(device)
+    audio, text = (x.to(device) for x in embed_batch(train_rows))
     target = labels[train_rows].to(device)
     params = list(model.head.parameters())
     optimizer = torch.optim.LBFGS(params, lr=1.0, max_iter=200, tolerance_grad=1e-9, line_search_fn="strong_wolfe")
 
+    def bce() -> torch.Tensor:
+        return F.binary_cross_entropy_with_logits(model.logits_from_embeddings(audio, text), target)
+
     def objective():
         optimizer.zero_grad(set_to_none=True)
-        bce = F.binary_cross_entropy_with_logits(model.head(pair).squeeze(-1), target)
-        loss = bce + 0.5 * config.weight_decay * sum((p**2).sum() for p in params)
+        loss = bce() + 0.5 * config.weight_decay * sum((p**2).sum() for p in params)
         loss.backward()
         return loss
 
     model.train()
     with torch.no_grad():
-        before = F.binary_cross_entropy_with_logits(model.head(pair).squeeze(-1), target).item()
+        before = bce().item()
     optimizer.step(objective)
     model.eval()
     with torch.no_grad():
-        after = F.binary_cross_entropy_with_logits(model.head(pair).squeeze(-1), target).item()
+        after = bce().item()
     return [{"epoch": 0, "train_bce": before}, {"epoch": 1, "train_bce": after}]
 
 
