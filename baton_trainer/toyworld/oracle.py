@@ -223,6 +223,21 @@ class OracleAnnotator:
         """
         return self._answer(self.is_aligned(self.detect(wav, sample_rate), labels, task), clip_id)
 
+    def aligned_batch(
+        self,
+        wavs: Sequence[np.ndarray],
+        labels: Sequence[Sequence[str]],
+        tasks: Sequence[str] | str,
+        sample_rate: int = 16000,
+    ) -> list[bool]:
+        """Per clip, whether it is aligned with its labels (no noise); `tasks` is one task for
+        every clip, or one per clip."""
+        tasks = [tasks] * len(wavs) if isinstance(tasks, str) else list(tasks)
+        if not len(wavs) == len(labels) == len(tasks):
+            raise OracleError(f"{len(wavs)} clips but {len(labels)} label lists and {len(tasks)} tasks")
+        detections = self.detect_batch(wavs, sample_rate)
+        return [self.is_aligned(d, l, t) for d, l, t in zip(detections, labels, tasks)]
+
     def judge_batch(
         self,
         wavs: Sequence[np.ndarray],
@@ -231,12 +246,11 @@ class OracleAnnotator:
         sample_rate: int = 16000,
         clip_ids: Sequence[str] | None = None,
     ) -> list[int | None]:
-        tasks = [tasks] * len(wavs) if isinstance(tasks, str) else list(tasks)
-        if not len(wavs) == len(labels) == len(tasks) or (clip_ids is not None and len(clip_ids) != len(wavs)):
-            raise OracleError(f"judge_batch: {len(wavs)} clips but {len(labels)} label lists and {len(tasks)} tasks")
-        detections = self.detect_batch(wavs, sample_rate)
+        if clip_ids is not None and len(clip_ids) != len(wavs):
+            raise OracleError(f"judge_batch: {len(wavs)} clips but {len(clip_ids)} clip ids")
+        aligned = self.aligned_batch(wavs, labels, tasks, sample_rate)
         ids = list(clip_ids) if clip_ids is not None else [None] * len(wavs)
-        return [self._answer(self.is_aligned(d, l, t), i) for d, l, t, i in zip(detections, labels, tasks, ids)]
+        return [self._answer(a, i) for a, i in zip(aligned, ids)]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -257,11 +271,7 @@ def alignment_outcomes(
 ) -> list[bool]:
     """Per clip, whether it is aligned with its labels under the noise-free oracle's rule.
     `task` is one task for every clip, or one per clip."""
-    oracle = oracle or _default_judge()
-    tasks = [task] * len(wavs) if isinstance(task, str) else list(task)
-    if not len(wavs) == len(labels) == len(tasks):
-        raise OracleError(f"{len(wavs)} clips but {len(labels)} label lists and {len(tasks)} tasks")
-    return [oracle.is_aligned(d, l, t) for d, l, t in zip(oracle.detect_batch(wavs, sample_rate), labels, tasks)]
+    return (oracle or _default_judge()).aligned_batch(wavs, labels, task, sample_rate)
 
 
 def alignment_accuracy(
