@@ -146,6 +146,49 @@ def _oracle_ratings(config: RunConfig, generations: Path) -> dict[str, int]:
         store.close()
 
 
+def check_reward_labels(run_dir: Path) -> dict[str, Any]:
+    """Toy world: the noise-free oracle judges every clip the reward model labelled (none of which
+    it was trained on), the largest held-out test a reward model gets here.
+
+    Writes RUN/reward_labeled_oracle (the same rows with the oracle's 1/0 as their reward: the
+    benchmark's `oracle_rewards` diagnostic trains on it), RUN/reward_label_check.json (accuracy
+    of reward > 0.5, and the share of the rows' total reward that sits on misaligned clips, the
+    part of the reward-weighted loss that teaches the wrong thing; overall and by task) and
+    RUN/reward_label_check.png (the rewards by the oracle's answer).
+    """
+    import numpy as np
+    from reward_hub.training import plot_reward_histogram
+
+    from .audio import load_audio
+    from .data import load_preference_dataset, save_dataset_atomic
+    from .toyworld.oracle import alignment_outcomes
+
+    out, report, plot = run_dir / "reward_labeled_oracle", run_dir / "reward_label_check.json", run_dir / "reward_label_check.png"
+    if out.is_dir() and report.is_file() and plot.is_file():
+        return json.loads(report.read_text())
+    ds = load_preference_dataset(run_dir / "reward_labeled")
+    audio = ds.with_format("arrow")["audio"].to_pylist()
+    wavs = [load_audio(a, 16000, what=f"reward_labeled row {i}")[0] for i, a in enumerate(audio)]
+    truth = alignment_outcomes(wavs, ds["labels"], ds["task"])
+    rewards = ds["reward"]
+
+    def summary(rows: list[int]) -> dict[str, Any]:
+        total = sum(rewards[i] for i in rows)
+        return {
+            "clips": len(rows),
+            "accuracy": sum((rewards[i] > 0.5) == truth[i] for i in rows) / len(rows) if rows else None,
+            "aligned_share": sum(truth[i] for i in rows) / len(rows) if rows else None,
+            "reward_share_on_misaligned": sum(rewards[i] for i in rows if not truth[i]) / total if total > 0 else None,
+        }
+
+    result = {**summary(list(range(len(ds)))), "by_task": {task: summary([i for i, t in enumerate(ds["task"]) if t == task])
+                                                          for task in sorted(set(ds["task"]))}}
+    save_dataset_atomic(ds.map(lambda _, i: {"reward": float(truth[i]), "feedback": int(truth[i])}, with_indices=True), out)
+    plot_reward_histogram(np.array(rewards), np.array(truth, dtype=int), plot, title=f"Reward labels on the {len(ds)} clips nobody rated", judge="oracle")
+    atomic_write_bytes(report, json.dumps(result, indent=2).encode())
+    return result
+
+
 def run(config: RunConfig) -> Path:
     from reward_hub.training import label_unrated, train_reward_model
 
@@ -191,6 +234,10 @@ def run(config: RunConfig) -> Path:
             result = reward_dir if (reward_dir / "config.json").is_file() else train_reward_model(configs["reward"])
         elif stage == "label":
             result = label_unrated(configs["label"])
+            if config.world == "toy":
+                check = check_reward_labels(run_dir)
+                if check["accuracy"] is not None:
+                    result = f"{result} (the oracle agrees with {100 * check['accuracy']:.1f}% of {check['clips']} reward labels)"
         elif stage == "finetune":
             finetune_config = configs["finetune"]
             if (Path(finetune_config.output_dir) / "baton_export.json").is_file():

@@ -35,7 +35,7 @@ from pathlib import Path
 from baton_trainer.__main__ import CONFIG_DIR
 from baton_trainer.config import parse_config
 from baton_trainer.evaluation.stage import EvaluateConfig, evaluate
-from baton_trainer.pipeline import RunConfig, run
+from baton_trainer.pipeline import RunConfig, check_reward_labels, run
 from baton_trainer.trainer import finetune
 
 ABLATIONS = {
@@ -44,25 +44,7 @@ ABLATIONS = {
     "human_only": {"reward_dataset": "none"},
     "reward_only": {"feedback_dataset": "none"},
 }
-DIAGNOSTICS = ("oracle_rewards",)  # BATON on RUN/reward_labeled_oracle, written by oracle_labeled
-
-
-def oracle_labeled(run_dir: Path) -> Path:
-    """RUN/reward_labeled with each clip's reward set to the noise-free oracle's answer (1 or 0)."""
-    from baton_trainer.audio import load_audio
-    from baton_trainer.data import load_preference_dataset, save_dataset_atomic
-    from baton_trainer.toyworld.oracle import alignment_outcomes
-
-    out = run_dir / "reward_labeled_oracle"
-    if out.is_dir():
-        return out
-    ds = load_preference_dataset(run_dir / "reward_labeled")
-    audio = ds.with_format("arrow")["audio"].to_pylist()
-    wavs = [load_audio(a, 16000, what=f"reward_labeled row {i}")[0] for i, a in enumerate(audio)]
-    truth = alignment_outcomes(wavs, ds["labels"], ds["task"])
-    ds = ds.map(lambda _, i: {"reward": float(truth[i]), "feedback": int(truth[i])}, with_indices=True)
-    save_dataset_atomic(ds, out)
-    return out
+DIAGNOSTICS = ("oracle_rewards",)  # BATON on RUN/reward_labeled_oracle, written by the run's label stage
 
 
 def run_seed(root: Path, seed: int, overrides: list[str], ablations: list[str]) -> dict:
@@ -75,6 +57,7 @@ def run_seed(root: Path, seed: int, overrides: list[str], ablations: list[str]) 
     metrics = json.loads((run_dir / "eval" / "metrics.json").read_text())
     results["base"], results["baton"] = metrics["base"], metrics["aligned"]
     results["reward_model_accuracy"] = metrics.get("reward_model_accuracy")
+    results["reward_label_check"] = check_reward_labels(run_dir)
     stage_configs = config.stage_configs()
     for name in ablations:
         out = run_dir / f"ablation_{name}"
@@ -83,7 +66,8 @@ def run_seed(root: Path, seed: int, overrides: list[str], ablations: list[str]) 
         if name == "reward_only":
             values["reward_dataset"] = str(run_dir / "reward_labeled")
         if name == "oracle_rewards":
-            values["reward_dataset"] = str(oracle_labeled(run_dir))
+            check_reward_labels(run_dir)  # a run from before the label stage wrote it
+            values["reward_dataset"] = str(run_dir / "reward_labeled_oracle")
         ft_config = type(ft)(**{k: v for k, v in values.items() if k in type(ft).__dataclass_fields__})
         if not (out / "baton_export.json").is_file():
             finetune(ft_config)
@@ -216,6 +200,12 @@ def main() -> None:
         text += (f"| {name} | {100 * diff:+.1f} | {diff / se if se else float('nan'):.1f} | {pt['difference'] / pt['paired_se']:.1f} | "
                  f"{seeds_text} | {pt['difference'] / pt['seed_se'] if pt['seed_se'] else float('nan'):.1f} | "
                  f"{100 * pi['difference']:+.1f} | {pi['difference'] / pi['paired_se'] if pi['paired_se'] else float('nan'):.1f} |\n")
+    checks = [per_seed[seed]["reward_label_check"] for seed in args.seeds]
+    by_seed = lambda values: " / ".join(f"{100 * v:.1f}" for v in values)  # noqa: E731
+    text += (f"\nReward labels, judged by the oracle on the {' / '.join(str(c['clips']) for c in checks)} clips no rating reached "
+             f"(seeds {', '.join(map(str, args.seeds))}): right on {by_seed(c['accuracy'] for c in checks)} %; share of the reward "
+             f"weight on misaligned clips {by_seed(c['reward_share_on_misaligned'] for c in checks)} % "
+             f"(temporal clips: {by_seed(c['by_task']['temporal']['reward_share_on_misaligned'] for c in checks)} %).\n")
     Path(args.out + ".md").write_text(text)
     print(text)
 

@@ -236,8 +236,8 @@ def metrics_by_task(rewards: np.ndarray, labels: np.ndarray, tasks: list[str]) -
     return out
 
 
-def plot_reward_histogram(rewards: np.ndarray, labels: np.ndarray, path: Path, title: str) -> None:
-    """Predicted rewards on held-out clips split by the human label (the paper's Figure 4)."""
+def plot_reward_histogram(rewards: np.ndarray, labels: np.ndarray, path: Path, title: str, judge: str = "human") -> None:
+    """Predicted rewards on held-out clips split by the `judge`'s label (the paper's Figure 4)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -245,7 +245,7 @@ def plot_reward_histogram(rewards: np.ndarray, labels: np.ndarray, path: Path, t
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
     bins = np.linspace(0, 1, 21)
-    for value, name, color in ((1, "human: aligned (1)", "tab:green"), (0, "human: not aligned (0)", "tab:red")):
+    for value, name, color in ((1, f"{judge}: aligned (1)", "tab:green"), (0, f"{judge}: not aligned (0)", "tab:red")):
         ax.hist(rewards[labels == value], bins=bins, alpha=0.6, label=name, color=color)
     ax.set_xlabel("predicted reward")
     ax.set_ylabel("clips")

@@ -28,7 +28,11 @@ def test_tiny_default_run_end_to_end_and_resume(tmp_path, capsys):
         for key in ("integrity_accuracy", "temporal_accuracy", "clap_score", "fd"):
             assert key in metrics[model], (model, key)
         assert 0.0 <= metrics[model]["temporal_accuracy"] <= 1.0
-    assert 0.0 <= metrics["reward_model_accuracy"] <= 1.0
+    # the oracle judged every reward-labelled clip, and that is the accuracy reported
+    check = json.loads((run_dir / "reward_label_check.json").read_text())
+    assert metrics["reward_model_accuracy"] == check["accuracy"] and 0.0 <= check["accuracy"] <= 1.0
+    assert check["clips"] == 3  # 12 generated clips, 9 rated
+    assert "reward_model_validation_accuracy" in metrics
     summary = json.loads((run_dir / "run_summary.json").read_text())
     assert list(summary["stages"]) == ["prompts", "generate", "ratings", "export", "reward", "label", "finetune", "evaluate"]
 
@@ -63,3 +67,36 @@ def test_oracle_rates_a_share_of_the_clips_or_of_the_captions(tmp_path, rate_by)
         assert sorted(per_caption.values()) == [4, 4, 4]
     else:
         assert len(per_caption) > 3
+
+
+def test_check_reward_labels_scores_every_reward_label_against_the_oracle(tmp_path):
+    from baton_trainer.audio import wav_bytes
+    from baton_trainer.data import PREFERENCE_FEATURES, build_dataset, load_preference_dataset
+    from baton_trainer.pipeline import check_reward_labels
+    from baton_trainer.toyworld import render_sequence
+
+    labels = [["chirp", "knock", "hiss"]] * 4 + [["whistle", "rumble"]] * 2
+    played = [["chirp", "knock", "hiss"], ["chirp", "knock", "hiss"], ["knock", "chirp", "hiss"], ["hiss", "knock", "chirp"],
+              ["whistle", "rumble"], ["whistle"]]
+    truth = [1, 1, 0, 0, 1, 0]
+    rewards = [0.9, 0.4, 0.8, 0.1, 0.7, 0.2]  # wrong on the second and third clip
+    columns = {
+        "caption": [" then ".join(x) for x in labels],
+        "audio": [{"bytes": wav_bytes(render_sequence(p, seed=i), 16000), "path": f"clip_{i}.wav"} for i, p in enumerate(played)],
+        "feedback": [-1] * 6, "reward": rewards, "source": ["reward_model"] * 6,
+        "task": ["temporal"] * 4 + ["integrity"] * 2, "labels": labels,
+        "caption_id": list(range(6)), "clip_index": [0] * 6, "annotator": [""] * 6,
+    }
+    build_dataset(columns, PREFERENCE_FEATURES).save_to_disk(str(tmp_path / "reward_labeled"))
+
+    check = check_reward_labels(tmp_path)
+    assert check["clips"] == 6
+    assert check["accuracy"] == pytest.approx(4 / 6)
+    assert check["aligned_share"] == pytest.approx(0.5)
+    assert check["reward_share_on_misaligned"] == pytest.approx((0.8 + 0.1 + 0.2) / sum(rewards))
+    assert check["by_task"]["temporal"]["accuracy"] == pytest.approx(0.5)
+    assert check["by_task"]["integrity"]["accuracy"] == pytest.approx(1.0)
+    oracle = load_preference_dataset(tmp_path / "reward_labeled_oracle")
+    assert oracle["reward"] == truth and oracle["feedback"] == truth
+    assert json.loads((tmp_path / "reward_label_check.json").read_text()) == check
+    assert (tmp_path / "reward_label_check.png").stat().st_size > 0

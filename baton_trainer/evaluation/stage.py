@@ -194,13 +194,29 @@ def evaluate(config: EvaluateConfig, backends: dict[str, Any] | None = None) -> 
     reward_metrics = Path(config.run_dir) / "reward_model" / "metrics.json"
     extra: dict[str, Any] = {}
     histogram = reward_metrics.with_name("reward_histogram.png")
-    if histogram.is_file():  # the reward model's held-out rewards by human label (the paper's Figure 4)
+    label_check_plot = Path(config.run_dir) / "reward_label_check.png"
+    if label_check_plot.is_file():  # toy world: every reward label by the oracle's answer
+        atomic_write_bytes(out / "reward_histogram.png", label_check_plot.read_bytes())
+        info["reward_histogram"] = "reward_histogram.png (the reward labels of the clips nobody rated, by the oracle's answer)"
+    elif histogram.is_file():  # the reward model's held-out rewards by human label (the paper's Figure 4)
         atomic_write_bytes(out / "reward_histogram.png", histogram.read_bytes())
         info["reward_histogram"] = "reward_histogram.png (held-out rewards of the run's reward model, by rating)"
     if reward_metrics.is_file():
         overall = json.loads(reward_metrics.read_text()).get("validation", {}).get("overall", {})
         if overall.get("accuracy") is not None:
             extra["reward_model_accuracy"] = overall["accuracy"]
+            info["reward_model_accuracy"] = f"{100 * overall['accuracy']:.1f}% on {overall.get('count', '?')} held-out validation ratings"
+    label_check = Path(config.run_dir) / "reward_label_check.json"
+    check = json.loads(label_check.read_text()) if label_check.is_file() else {}
+    if check.get("accuracy") is not None:
+        # Toy world: the oracle judged every clip the reward model labelled; with few ratings this
+        # held-out set is far larger than the validation split, so it is the accuracy reported.
+        if "reward_model_accuracy" in extra:
+            extra["reward_model_validation_accuracy"] = extra["reward_model_accuracy"]
+        extra["reward_model_accuracy"] = check["accuracy"]
+        extra["reward_label_check"] = check
+        info["reward_model_accuracy"] = (f"{100 * check['accuracy']:.1f}% of {check['clips']} reward labels agree with the oracle"
+                                         + (f" ({info['reward_model_accuracy']})" if "reward_model_accuracy" in info else ""))
     spectrograms = {}
     for i in np.linspace(0, len(rows) - 1, min(config.spectrogram_examples, len(rows))).astype(int).tolist():
         spectrograms[rows[i]["caption"]] = {name: (clips_by_model[name][i], sample_rate) for name in models}
