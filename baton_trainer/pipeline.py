@@ -11,6 +11,7 @@ killed run resumes where it stopped: rerun the same command.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -164,13 +165,16 @@ def check_reward_labels(run_dir: Path) -> dict[str, Any]:
     from .toyworld.oracle import alignment_outcomes
 
     out, report, plot = run_dir / "reward_labeled_oracle", run_dir / "reward_label_check.json", run_dir / "reward_label_check.png"
-    if out.is_dir() and report.is_file() and plot.is_file():
-        return json.loads(report.read_text())
     ds = load_preference_dataset(run_dir / "reward_labeled")
+    labels_digest = hashlib.sha256(json.dumps([list(ds["caption"]), list(ds["reward"])]).encode()).hexdigest()[:16]
+    if out.is_dir() and report.is_file() and plot.is_file():
+        done = json.loads(report.read_text())
+        if done.get("reward_labels") == labels_digest:  # else the reward labels were made again: judge them again
+            return done
     audio = ds.with_format("arrow")["audio"].to_pylist()
     wavs = [load_audio(a, 16000, what=f"reward_labeled row {i}")[0] for i, a in enumerate(audio)]
     truth = alignment_outcomes(wavs, ds["labels"], ds["task"])
-    rewards = ds["reward"]
+    rewards = list(ds["reward"])
 
     def summary(rows: list[int]) -> dict[str, Any]:
         total = sum(rewards[i] for i in rows)
@@ -181,7 +185,7 @@ def check_reward_labels(run_dir: Path) -> dict[str, Any]:
             "reward_share_on_misaligned": sum(rewards[i] for i in rows if not truth[i]) / total if total > 0 else None,
         }
 
-    result = {**summary(list(range(len(ds)))), "by_task": {task: summary([i for i, t in enumerate(ds["task"]) if t == task])
+    result = {"reward_labels": labels_digest, **summary(list(range(len(ds)))), "by_task": {task: summary([i for i, t in enumerate(ds["task"]) if t == task])
                                                           for task in sorted(set(ds["task"]))}}
     save_dataset_atomic(ds.map(lambda _, i: {"reward": float(truth[i]), "feedback": int(truth[i])}, with_indices=True), out)
     plot_reward_histogram(np.array(rewards), np.array(truth, dtype=int), plot, title=f"Reward labels on the {len(ds)} clips nobody rated", judge="oracle")

@@ -100,3 +100,9 @@ def test_check_reward_labels_scores_every_reward_label_against_the_oracle(tmp_pa
     assert oracle["reward"] == truth and oracle["feedback"] == truth
     assert json.loads((tmp_path / "reward_label_check.json").read_text()) == check
     assert (tmp_path / "reward_label_check.png").stat().st_size > 0
+    # new reward labels are judged again, not read back
+    relabelled = build_dataset({**columns, "reward": [1.0 - r for r in rewards]}, PREFERENCE_FEATURES)
+    relabelled.save_to_disk(str(tmp_path / "reward_labeled_new"))
+    (tmp_path / "reward_labeled").rename(tmp_path / "reward_labeled_old")
+    (tmp_path / "reward_labeled_new").rename(tmp_path / "reward_labeled")
+    assert check_reward_labels(tmp_path)["accuracy"] == pytest.approx(2 / 6)
