@@ -4,10 +4,13 @@ For each seed: the whole loop (`run` with configs/toy.yaml), then on the same ge
 ratings:
   - Table 5, "no feedback weights": the same clips with every weight 1 (plus the pretrain term);
   - Table 5, "pretrain term alone": beta * pretraining loss only;
-  - Table 6, "human only" and "reward only": one source of feedback each;
-  - and, when asked for (`--ablations all,oracle_rewards`), a diagnostic that is not in the paper:
-    BATON with the oracle's answers in place of the reward model's labels, the most a better
-    reward model could give.
+  - Table 6, "human only" and "reward only": one source of feedback each, the human-rated rows
+    and the reward-labelled rows of BATON's own training set (its mix draws `mix_ratio`
+    reward-labelled rows per human-rated one);
+  - and, when asked for (`--ablations all,oracle_rewards,all_reward_labels`), diagnostics that are
+    not in the paper: `oracle_rewards`, BATON with the oracle's answers in place of the reward
+    model's labels, the most a better reward model could give; `all_reward_labels`, reward-only
+    feedback on every reward label, also those the mix leaves out.
 Each is evaluated on the same held-out captions and seeds as the base. Prints and writes a table
 (mean over seeds, with the standard error of each accuracy) to benchmarks/results/toy_alignment.{json,md}.
 
@@ -42,9 +45,26 @@ ABLATIONS = {
     "no_feedback_weights": {"weighting": "ones"},
     "pretrain_term_alone": {"weighting": "none"},
     "human_only": {"reward_dataset": "none"},
-    "reward_only": {"feedback_dataset": "none"},
+    "reward_only": {"feedback_dataset": "none"},  # on the reward-labelled rows BATON's mix draws
 }
-DIAGNOSTICS = ("oracle_rewards",)  # BATON on RUN/reward_labeled_oracle, written by the run's label stage
+DIAGNOSTICS = (
+    "oracle_rewards",  # BATON on RUN/reward_labeled_oracle, written by the run's label stage
+    "all_reward_labels",  # reward-only feedback on every reward label, not just those BATON's mix draws
+)
+
+
+def reward_rows_in_mix(run_dir: Path, ft) -> Path:
+    """The reward-labelled rows that BATON's mix draws (`mix_ratio` per human-rated row). Table 6's
+    reward-only feedback trains on these, so that human-only, reward-only and BATON split one
+    training set, as the paper's human-rated and reward-rated sets make up its BATON set."""
+    from baton_trainer.data import load_preference_dataset, mix_feedback, save_dataset_atomic
+
+    out = run_dir / "reward_labeled_in_mix"
+    if not out.is_dir():
+        human, reward = load_preference_dataset(ft.feedback_dataset), load_preference_dataset(ft.reward_dataset)
+        mixed = mix_feedback(human, reward, ft.mix_ratio, ft.seed)
+        save_dataset_atomic(mixed.filter(lambda source: source == "reward_model", input_columns="source"), out)
+    return out
 
 
 def run_seed(root: Path, seed: int, overrides: list[str], ablations: list[str]) -> dict:
@@ -64,7 +84,9 @@ def run_seed(root: Path, seed: int, overrides: list[str], ablations: list[str]) 
         ft = stage_configs["finetune"]
         values = {**ft.__dict__, **ABLATIONS.get(name, {}), "output_dir": str(out), "resume_from_checkpoint": "latest"}
         if name == "reward_only":
-            values["reward_dataset"] = str(run_dir / "reward_labeled")
+            values["reward_dataset"] = str(reward_rows_in_mix(run_dir, ft))
+        if name == "all_reward_labels":
+            values.update(feedback_dataset="none", reward_dataset=str(run_dir / "reward_labeled"))
         if name == "oracle_rewards":
             check_reward_labels(run_dir)  # a run from before the label stage wrote it
             values["reward_dataset"] = str(run_dir / "reward_labeled_oracle")
