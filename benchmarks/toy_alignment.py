@@ -155,7 +155,8 @@ def paired_differences(root: Path, seeds: list[int], ablations: list[str]) -> di
 
 
 def summarise(per_seed: dict[int, dict]) -> dict:
-    models = [m for m in next(iter(per_seed.values())) if isinstance(next(iter(per_seed.values()))[m], dict)]
+    first = next(iter(per_seed.values()))
+    models = [m for m, r in first.items() if isinstance(r, dict) and "temporal_accuracy" in r]
     table = {}
     for model in models:
         row = {}
