@@ -88,7 +88,6 @@ def run_seed(root: Path, seed: int, overrides: list[str], ablations: list[str]) 
         if name == "all_reward_labels":
             values.update(feedback_dataset="none", reward_dataset=str(run_dir / "reward_labeled"))
         if name == "oracle_rewards":
-            check_reward_labels(run_dir)  # a run from before the label stage wrote it
             values["reward_dataset"] = str(run_dir / "reward_labeled_oracle")
         ft_config = type(ft)(**{k: v for k, v in values.items() if k in type(ft).__dataclass_fields__})
         if not (out / "baton_export.json").is_file():
