@@ -7,10 +7,14 @@ ratings:
   - Table 6, "human only" and "reward only": one source of feedback each, the human-rated rows
     and the reward-labelled rows of BATON's own training set (its mix draws `mix_ratio`
     reward-labelled rows per human-rated one);
-  - and, when asked for (`--ablations all,oracle_rewards,all_reward_labels`), diagnostics that are
-    not in the paper: `oracle_rewards`, BATON with the oracle's answers in place of the reward
-    model's labels, the most a better reward model could give; `all_reward_labels`, reward-only
-    feedback on every reward label, also those the mix leaves out.
+  - and, when asked for (`--ablations all,oracle_rewards,all_reward_labels,human_only_equal_steps`),
+    diagnostics that are not in the paper: `oracle_rewards`, BATON with the oracle's answers in
+    place of the reward model's labels, the most a better reward model could give;
+    `all_reward_labels`, reward-only feedback on every reward label, also those the mix leaves out;
+    `human_only_equal_steps`, human-only trained for as many steps as BATON (equal compute, twice
+    the passes over its data).
+Every model trains `finetune.num_epochs` passes over its own feedback rows (the paper's way of
+counting), except the pretrain term alone, which keeps BATON's schedule with the feedback term off.
 Each is evaluated on the same held-out captions and seeds as the base. Prints and writes a table
 (mean over seeds, with the standard error of each accuracy) to benchmarks/results/toy_alignment.{json,md}.
 
@@ -41,16 +45,20 @@ from baton_trainer.evaluation.stage import EvaluateConfig, evaluate
 from baton_trainer.pipeline import RunConfig, check_reward_labels, run
 from baton_trainer.trainer import finetune
 
+# Every model trains `finetune.num_epochs` passes over its own feedback rows, as the paper counts
+# training, so human-only and reward-only (half of BATON's rows) take half of BATON's steps.
 ABLATIONS = {
     "no_feedback_weights": {"weighting": "ones"},
-    "pretrain_term_alone": {"weighting": "none"},
+    "pretrain_term_alone": {"weighting": "none"},  # BATON's schedule with the feedback term off
     "human_only": {"reward_dataset": "none"},
     "reward_only": {"feedback_dataset": "none"},  # on the reward-labelled rows BATON's mix draws
 }
-DIAGNOSTICS = (
-    "oracle_rewards",  # BATON on RUN/reward_labeled_oracle, written by the run's label stage
-    "all_reward_labels",  # reward-only feedback on every reward label, not just those BATON's mix draws
-)
+DIAGNOSTICS = {
+    "oracle_rewards": {},  # BATON on RUN/reward_labeled_oracle, written by the run's label stage
+    "all_reward_labels": {"feedback_dataset": "none"},  # reward-only on every reward label, not just those BATON's mix draws
+    "human_only_equal_steps": {"reward_dataset": "none"},  # human-only trained as many steps as BATON: equal compute
+}
+SAME_STEPS_AS_BATON = ("pretrain_term_alone", "human_only_equal_steps")
 
 
 def reward_rows_in_mix(run_dir: Path, ft) -> Path:
@@ -79,14 +87,17 @@ def run_seed(root: Path, seed: int, overrides: list[str], ablations: list[str]) 
     results["reward_model_accuracy"] = metrics.get("reward_model_accuracy")
     results["reward_label_check"] = check_reward_labels(run_dir)
     stage_configs = config.stage_configs()
+    baton_steps = json.loads((run_dir / "aligned" / "train_summary.json").read_text())["global_step"]
     for name in ablations:
         out = run_dir / f"ablation_{name}"
         ft = stage_configs["finetune"]
-        values = {**ft.__dict__, **ABLATIONS.get(name, {}), "output_dir": str(out), "resume_from_checkpoint": "latest"}
+        values = {**ft.__dict__, **ABLATIONS.get(name, {}), **DIAGNOSTICS.get(name, {}), "output_dir": str(out), "resume_from_checkpoint": "latest"}
+        if name in SAME_STEPS_AS_BATON:
+            values["max_train_steps"] = baton_steps
         if name == "reward_only":
             values["reward_dataset"] = str(reward_rows_in_mix(run_dir, ft))
         if name == "all_reward_labels":
-            values.update(feedback_dataset="none", reward_dataset=str(run_dir / "reward_labeled"))
+            values["reward_dataset"] = str(run_dir / "reward_labeled")
         if name == "oracle_rewards":
             values["reward_dataset"] = str(run_dir / "reward_labeled_oracle")
         ft_config = type(ft)(**{k: v for k, v in values.items() if k in type(ft).__dataclass_fields__})

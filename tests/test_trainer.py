@@ -107,6 +107,22 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(world, tmp_path, 
         torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=1e-5)
 
 
+def test_epochs_count_passes_over_the_feedback_mix(world, tmp_path):
+    # The paper trains a fixed number of epochs: BATON's 1:1 mix of human and reward rows takes
+    # twice the steps of human-only feedback; without feedback the epochs count the pretrain set.
+    reward = save_preference(tmp_path / "reward", n=12, seed=5, source=["reward_model"] * 12)
+    steps = {}
+    for name, overrides in {
+        "human_only": {},
+        "baton": {"reward_dataset": str(reward)},
+        "pretrain_term_alone": {"reward_dataset": str(reward), "weighting": "none"},
+    }.items():
+        config = make_config(world, tmp_path / name, max_train_steps=None, num_epochs=3, train_batch_size=2, pretrain_batch_size=4, **overrides)
+        trainer = RewardWeightedDiffusionTrainer(config)
+        steps[name] = trainer.num_training_steps(*trainer.load_data())
+    assert steps == {"human_only": 3 * 8 // 2, "baton": 3 * 16 // 2, "pretrain_term_alone": 3 * 8 // 4}
+
+
 def test_checkpoint_limit_keeps_last_n(world, tmp_path):
     trainer = RewardWeightedDiffusionTrainer(make_config(world, tmp_path / "ck", max_train_steps=4, checkpointing_steps=1, checkpoints_total_limit=2))
     trainer.train()
