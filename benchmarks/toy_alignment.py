@@ -45,8 +45,6 @@ from baton_trainer.evaluation.stage import EvaluateConfig, evaluate
 from baton_trainer.pipeline import RunConfig, check_reward_labels, run
 from baton_trainer.trainer import finetune
 
-# Every model trains `finetune.num_epochs` passes over its own feedback rows, as the paper counts
-# training, so human-only and reward-only (half of BATON's rows) take half of BATON's steps.
 ABLATIONS = {
     "no_feedback_weights": {"weighting": "ones"},
     "pretrain_term_alone": {"weighting": "none"},  # BATON's schedule with the feedback term off
