@@ -33,9 +33,9 @@ class RunConfig:
     clap_model: str | None = field(default=None, metadata={"help": "CLAP for the reward model and CLAP score (default: the toy CLAP)"})
     seed: int = 0
     stages: list[str] = field(default_factory=lambda: list(STAGE_ORDER), metadata={"help": "stages to run, in order"})
-    rated_fraction: float = field(default=0.25, metadata={"help": "toy: share of generated clips the oracle rates (the rest get reward labels)"})
+    rated_fraction: float = field(default=0.1, metadata={"help": "toy: share of the clips or captions the oracle rates (the rest get reward labels)"})
     rate_by: Literal["clip", "caption"] = field(
-        default="clip", metadata={"help": "toy: rate a random share of all clips, or all clips of a random share of the captions"}
+        default="caption", metadata={"help": "toy: rate a random share of all clips, or all clips of a random share of the captions"}
     )
     oracle_error_rate: float = field(default=0.0, metadata={"help": "toy: chance that the oracle answers wrongly"})
     oracle_skip_rate: float = field(default=0.0, metadata={"help": "toy: chance that the oracle skips a clip"})
