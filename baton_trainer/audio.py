@@ -7,17 +7,16 @@ needs FFmpeg and a torch-matching build, so the project reads audio bytes itself
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import soundfile as sf
 import soxr
+
+from .atomic import atomic_write_bytes
 
 
 class AudioError(ValueError):
@@ -111,45 +110,6 @@ def slaney_mel_filters(sample_rate: int, n_fft: int, n_mels: int, fmin: float, f
         mel_scale="slaney",
     )
     return np.ascontiguousarray(bank.T, dtype=np.float32)
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write a file so that readers see either the old content or the whole new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-@contextlib.contextmanager
-def atomic_folder(path: str | os.PathLike):
-    """Build a folder under a temporary name beside `path`, then swap it in, so that readers and a
-    rerun after a kill see the old folder or the whole new one, never half of it.
-
-        with atomic_folder(out) as tmp:
-            model.save_pretrained(tmp)
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)  # left by a killed run
-    tmp.mkdir()
-    try:
-        yield tmp
-        if path.exists():
-            shutil.rmtree(path)
-        tmp.rename(path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def wav_bytes(wav: np.ndarray, sample_rate: int) -> bytes:

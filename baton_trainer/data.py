@@ -1,5 +1,4 @@
-"""Preference data: the schema, loading from the Hub or a folder, validation, 1:1 mixing, and the
-importer for the data released with the BATON paper.
+"""Preference data: the schema, loading from the Hub or a folder, validation and 1:1 mixing.
 
 A preference dataset is a `datasets.Dataset` with the columns of `PREFERENCE_FEATURES`. Audio is
 kept undecoded (`Audio(decode=False)`: a dict of bytes and path) and read with soundfile, because
@@ -11,9 +10,8 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import datasets
 import numpy as np
@@ -201,166 +199,19 @@ def mix_feedback(human: Dataset, reward_rated: Dataset | None, ratio: float = 1.
     return datasets.concatenate_datasets(parts).shuffle(seed=seed).flatten_indices()
 
 
-# ----------------------------------------------------------------------------------------------
-# BATON release importer
-
-
-@dataclass
-class ImportBatonConfig:
-    files: list[str] = field(default_factory=list, metadata={"positional": True, "help": "release JSON files"})
-    audio_root: str | None = field(default=None, metadata={"help": "folder searched (recursively) for the wav files by name"})
-    out: str = field(default="baton_release_dataset", metadata={"help": "output folder (datasets save_to_disk)"})
-    missing_audio: Literal["drop", "keep", "error"] = field(
-        default="drop", metadata={"help": "rows whose wav is not found: drop them (reported), keep them without audio, or stop"}
-    )
-
-
-_FILE_NAME = re.compile(r"^(?P<caption_id>\d+)_(?P<caption>.*)_(?P<clip>\d+)\.wav$")
-
-
-def _read_json_records(path: Path) -> Any:
-    text = path.read_text(encoding="utf-8").strip()
-    if not text:
-        raise PreferenceDataError(f"{path}: empty file")
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        pass
-    rows = []
-    for line_no, line in enumerate(text.splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise PreferenceDataError(f"{path}: line {line_no} is not JSON ({exc.msg})") from None
-    return rows
-
-
-def _release_rows(path: Path) -> tuple[str, list[dict[str, Any]]]:
-    """Normalise one release file to rows: (kind, rows) with kind 'preference' or 'pretrain'."""
-    data = _read_json_records(path)
-    if isinstance(data, dict) and "grouped_ratings" in data:
-        task = "temporal" if "3label" in path.name else "integrity"
-        rows = [
-            {"location": name, "captions": caption, "feedback": int(score), "dataset": f"{task}_grouped"}
-            for caption, clips in data["grouped_ratings"].items()
-            for name, score in clips.items()
-        ]
-        return "preference", rows
-    if not isinstance(data, list):
-        raise PreferenceDataError(f"{path}: expected a JSON list, JSON lines, or a grouped_ratings object")
-    if data and all("feedback" not in r and "SED" not in r for r in data):
-        return "pretrain", data
-    return "preference", data
-
-
-def _task_of(dataset_field: str, path: Path) -> str:
-    text = f"{dataset_field} {path.name}"
-    if "3label" in text or "temporal" in text:
-        return "temporal"
-    return "integrity"
-
-
-def import_baton_release(config: ImportBatonConfig) -> Path:
-    """Turn release JSON files into a preference dataset (or a pretrain dataset for AudioCaps lists)."""
-    from tqdm.auto import tqdm
-
-    if not config.files:
-        raise PreferenceDataError("import-baton needs at least one release JSON file")
-    audio_index: dict[str, Path] = {}
-    if config.audio_root:
-        root = Path(config.audio_root)
-        if not root.is_dir():
-            raise PreferenceDataError(f"--audio_root {root} is not a folder")
-        audio_index = {p.name: p for p in root.rglob("*.wav")}
-    out = Path(config.out)
-    report: dict[str, Any] = {"files": {}, "missing_audio": [], "inconsistencies": [], "duplicates": 0}
-    seen: set[tuple[str, str]] = set()  # the grouped_ratings files repeat the *_HA ratings
-    preference: dict[str, list[Any]] = {k: [] for k in PREFERENCE_FEATURES}
-    pretrain: dict[str, list[Any]] = {"caption": [], "audio": []}
-    for file_name in config.files:
-        path = Path(file_name)
-        if not path.is_file():
-            raise PreferenceDataError(f"release file not found: {path}")
-        kind, rows = _release_rows(path)
-        counts = {"rows": len(rows), "imported": 0, "missing_audio": 0, "duplicates": 0, "kind": kind}
-        for i, row in enumerate(tqdm(rows, desc=f"import {path.name}", leave=False)):
-            caption = row.get("captions") or row.get("caption")
-            location = str(row.get("location", ""))
-            base = Path(location).name
-            if not isinstance(caption, str) or not caption.strip():
-                raise PreferenceDataError(f"{path}: row {i}: empty caption")
-            key = (kind, base if kind == "preference" else location)
-            if key in seen:
-                counts["duplicates"] += 1
-                report["duplicates"] += 1
-                continue
-            seen.add(key)
-            dataset_field = str(row.get("dataset", ""))
-            folder = Path(location).parent.name
-            if dataset_field[:6] in ("2label", "3label") and folder and not folder.startswith(dataset_field[:6]):
-                report["inconsistencies"].append(f"{path.name} row {i}: dataset '{dataset_field}' but folder '{folder}'")
-            found = audio_index.get(base)
-            if found is None:
-                counts["missing_audio"] += 1
-                report["missing_audio"].append(f"{path.name} row {i}: {base}")
-                if config.missing_audio == "error":
-                    raise PreferenceDataError(f"{path}: row {i}: audio file '{base}' not found under {config.audio_root}")
-                if config.missing_audio == "drop":
-                    continue
-            audio = {"path": str(found), "bytes": found.read_bytes()} if found else None
-            counts["imported"] += 1
-            if kind == "pretrain":
-                pretrain["caption"].append(caption)
-                pretrain["audio"].append(audio)
-                continue
-            if "feedback" in row:
-                feedback = int(row["feedback"])
-                reward, source = float(feedback), "human"
-            else:
-                feedback, reward, source = -1, float(row["SED"]), "reward_model"
-            match = _FILE_NAME.match(base)
-            preference["caption"].append(caption)
-            preference["audio"].append(audio)
-            preference["feedback"].append(feedback)
-            preference["reward"].append(reward)
-            preference["source"].append(source)
-            preference["task"].append(_task_of(dataset_field, path))
-            preference["labels"].append([])
-            preference["caption_id"].append(int(match["caption_id"]) if match else -1)
-            preference["clip_index"].append(int(match["clip"]) if match else 0)
-            preference["annotator"].append("baton_release" if source == "human" else "")
-        report["files"][path.name] = counts
-    written = []
-    if any(preference["caption"]) or not any(pretrain["caption"]):
-        ds = build_dataset(preference, PREFERENCE_FEATURES)
-        if config.missing_audio != "keep":
-            validate_preference_dataset(ds, name=str(out))
-        save_dataset_atomic(ds, out)
-        written.append(str(out))
-    if pretrain["caption"]:
-        pretrain_out = out if not preference["caption"] else out.with_name(out.name + "_pretrain")
-        save_dataset_atomic(build_dataset(pretrain, PRETRAIN_FEATURES), pretrain_out)
-        written.append(str(pretrain_out))
-    report["written"] = written
-    out.parent.mkdir(parents=True, exist_ok=True)
-    (out.parent / f"{out.name}_import_report.json").write_text(json.dumps(report, indent=2))
-    for name, counts in report["files"].items():
-        print(
-            f"{name}: {counts['imported']}/{counts['rows']} rows imported, {counts['missing_audio']} audio files not found, "
-            f"{counts['duplicates']} already imported from an earlier file"
-        )
-    if report["inconsistencies"]:
-        print(f"{len(report['inconsistencies'])} rows whose folder disagrees with their dataset field (see the import report)")
-    return out
+def human_rated_keys(ds: Dataset) -> set[tuple[int, int]]:
+    """(caption_id, clip_index) of every human-rated row (feedback 0 or 1)."""
+    return {
+        (int(c), int(k))
+        for c, k, fb, src in zip(list(ds["caption_id"]), list(ds["clip_index"]), list(ds["feedback"]), list(ds["source"]))
+        if src == "human" and fb in (0, 1)
+    }
 
 
 def save_dataset_atomic(ds: Dataset, out: Path) -> None:
-    """save_to_disk into a temporary folder, then rename: a killed import leaves no half dataset."""
-    from .audio import atomic_folder
+    """save_to_disk into a temporary folder, then rename: a killed stage leaves no half dataset."""
+    from .atomic import atomic_folder
 
     with atomic_folder(out) as tmp:
         # datasets 5 writes zero shards for an empty dataset, which load_from_disk cannot read back.
         ds.save_to_disk(str(tmp), num_shards=1 if len(ds) == 0 else None)
-
-

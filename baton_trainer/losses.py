@@ -30,13 +30,6 @@ def denoising_target(scheduler, latents: torch.Tensor, noise: torch.Tensor, time
     raise ValueError(f"unsupported scheduler prediction_type '{prediction_type}' (expected epsilon or v_prediction)")
 
 
-def snr(scheduler, timesteps: torch.Tensor) -> torch.Tensor:
-    """Signal-to-noise ratio abar_t / (1 - abar_t) of each timestep, in float32."""
-    alphas_cumprod = scheduler.alphas_cumprod.to(device=timesteps.device, dtype=torch.float32)
-    abar = alphas_cumprod[timesteps.long()]
-    return abar / (1.0 - abar)
-
-
 def snr_weights(scheduler, timesteps: torch.Tensor, gamma: float = 5.0, mode: SnrMode = "min_snr") -> torch.Tensor:
     """Per-sample loss weights from the timestep's SNR.
 
@@ -48,7 +41,9 @@ def snr_weights(scheduler, timesteps: torch.Tensor, gamma: float = 5.0, mode: Sn
     """
     if mode == "none":
         return torch.ones(timesteps.shape[0], dtype=torch.float32, device=timesteps.device)
-    ratio = snr(scheduler, timesteps)
+    from diffusers.training_utils import compute_snr
+
+    ratio = compute_snr(scheduler, timesteps)  # abar_t / (1 - abar_t), in float32
     clipped = torch.clamp(ratio, max=gamma)
     if mode == "tango":
         return clipped / ratio

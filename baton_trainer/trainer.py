@@ -1,116 +1,39 @@
 """Reward-weighted diffusion fine-tuning (BATON stage 3) on accelerate.
 
 The whole loop is `RewardWeightedDiffusionTrainer.train`: the loss is formed in `training_loss`
-(Eq. 7 through `losses.baton_loss`), the optimiser step and the checkpoint are in `train`.
+(Eq. 7 through `losses.baton_loss`), the optimiser step and the checkpoint are in `train`. Its
+config is `baton_trainer.stages.finetune.FinetuneConfig`; latents come from `latent_cache`.
 
 Data order, timesteps and noise are drawn from generators seeded by (seed, step), not from the
 global RNG, so a run resumed from a checkpoint takes exactly the steps an uninterrupted run takes,
 and N processes with batch B take the same steps as one process with batch N * B.
+
+One process trains at one precision: accelerate keeps its state process-wide (`AcceleratorState`
+is a singleton) and offers no public way to reset it, so a second trainer in the same process that
+asks for another `mixed_precision` gets accelerate's own error. Run trainings of different
+precisions in separate processes, as `accelerate launch` does.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
 import re
 import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING
 
 import torch
 
-from .audio import load_audio
-from .backends.base import EXPORT_FILE, TextConditioning, TextToAudioBackend
+from .backends.base import TextToAudioBackend
 from .config import config_to_dict
-from .losses import SnrMode, baton_loss, denoising_target, snr_weights
+from .latent_cache import EncodedSet, LatentCache
+from .losses import baton_loss, denoising_target, snr_weights
 
-
-@dataclass
-class FinetuneConfig:
-    run_dir: str = field(default="runs/baton", metadata={"help": "run folder; the other paths default inside it"})
-    model: str = field(default="declare-lab/tango-full-ft-audiocaps", metadata={"help": "base model: folder or Hub id"})
-    feedback_dataset: str | None = field(default=None, metadata={"help": "human-rated preference data (default RUN/feedback)"})
-    reward_dataset: str | None = field(default=None, metadata={"help": "reward-rated data (default RUN/reward_labeled if it exists)"})
-    pretrain_dataset: str | None = field(default=None, metadata={"help": "(caption, audio) data for the beta term"})
-    output_dir: str | None = field(default=None, metadata={"help": "export folder (default RUN/aligned)"})
-    mix_ratio: float = field(default=1.0, metadata={"help": "reward-rated rows per human-rated row (paper: 1)"})
-    weighting: Literal["reward", "ones", "none"] = field(
-        default="reward", metadata={"help": "feedback weights w_i: the rewards, all ones (ablation), or no feedback term"}
-    )
-    beta: float = field(default=0.5, metadata={"help": "weight of the pretraining term (paper 0.5)"})
-    snr_mode: SnrMode = field(default="tango", metadata={"help": "none | min_snr | tango (TANGO's own weighting)"})
-    snr_gamma: float = 5.0
-    learning_rate: float = 1e-5
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_weight_decay: float = 1e-2
-    adam_epsilon: float = 1e-8
-    lr_scheduler: str = field(default="constant_with_warmup", metadata={"help": "a diffusers.optimization schedule name"})
-    lr_warmup_steps: int = 0
-    train_batch_size: int = field(default=6, metadata={"help": "feedback clips per process per micro-step"})
-    pretrain_batch_size: int | None = field(default=None, metadata={"help": "pretrain clips per micro-step (default: train_batch_size)"})
-    num_epochs: int = 10
-    max_train_steps: int | None = field(default=None, metadata={"help": "stop after this many optimiser steps"})
-    gradient_accumulation_steps: int = 1
-    max_grad_norm: float = 1.0
-    mixed_precision: Literal["no", "fp16", "bf16"] | None = field(
-        default=None, metadata={"help": "default: what `accelerate launch` was configured with"}
-    )
-    gradient_checkpointing: bool = False
-    use_lora: bool = False
-    lora_rank: int = 8
-    lora_alpha: int | None = None
-    lora_target_modules: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
-    duration_s: float | None = field(default=None, metadata={"help": "clip length for training (default: the model's)"})
-    cache_embeddings: bool = field(default=True, metadata={"help": "encode latents and captions once, cache on disk"})
-    cache_dir: str | None = field(default=None, metadata={"help": "default RUN/cache"})
-    checkpointing_steps: int = 500
-    checkpoints_total_limit: int | None = 3
-    resume_from_checkpoint: str | None = field(default=None, metadata={"help": "'latest' or a checkpoint folder"})
-    report_to: str | None = field(default="tensorboard", metadata={"help": "accelerate tracker, or none"})
-    logging_steps: int = 1
-    seed: int = 0
-
-    def __post_init__(self):
-        run = Path(self.run_dir)
-        # "none" switches a source off (the human-only and reward-only ablations of Table 6).
-        if self.feedback_dataset is None:
-            self.feedback_dataset = str(run / "feedback")
-        if self.reward_dataset is None and (run / "reward_labeled").exists():
-            self.reward_dataset = str(run / "reward_labeled")
-        self.feedback_dataset = None if self.feedback_dataset == "none" else self.feedback_dataset
-        self.reward_dataset = None if self.reward_dataset == "none" else self.reward_dataset
-        self.output_dir = self.output_dir or str(run / "aligned")
-        self.cache_dir = self.cache_dir or str(run / "cache")
-        self.pretrain_batch_size = self.pretrain_batch_size or self.train_batch_size
-        if self.report_to in ("none", ""):
-            self.report_to = None
-        for name in ("learning_rate", "beta", "mix_ratio", "snr_gamma"):
-            value = getattr(self, name)
-            if not math.isfinite(value) or value < 0:
-                raise ValueError(f"config key '{name}' must be a finite number >= 0, got {value}")
-        for name in ("train_batch_size", "gradient_accumulation_steps", "num_epochs", "checkpointing_steps"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"config key '{name}' must be >= 1, got {getattr(self, name)}")
-
-
-@dataclass
-class EncodedSet:
-    """Training examples ready for the UNet: latents and caption conditioning (or raw audio when
-    `cache_embeddings` is off and every step encodes), plus the feedback weights."""
-
-    captions: list[str]
-    weights: torch.Tensor  # (N,)
-    latents: torch.Tensor | None = None  # (N, C, H, W)
-    text: TextConditioning | None = None
-    waveforms: torch.Tensor | None = None  # (N, samples), only without the cache
-
-    def __len__(self) -> int:
-        return len(self.captions)
+if TYPE_CHECKING:
+    from .stages.finetune import FinetuneConfig
 
 
 def _step_generator(seed: int, step: int, stream: int) -> torch.Generator:
@@ -122,32 +45,30 @@ def _step_generator(seed: int, step: int, stream: int) -> torch.Generator:
 class RewardWeightedDiffusionTrainer:
     """Fine-tunes a backend's UNet with the BATON objective. One `Accelerator`, one loop."""
 
-    def __init__(self, config: FinetuneConfig, backend: TextToAudioBackend | None = None, accelerator=None):
+    def __init__(self, config: "FinetuneConfig", backend: TextToAudioBackend | None = None, accelerator=None):
         from accelerate import Accelerator
         from accelerate.utils import ProjectConfiguration
 
         self.config = config
-        out = Path(config.output_dir)
-        if accelerator is None:
-            from accelerate.state import AcceleratorState
-
-            # Several trainers in one process (the run stage, ablations) may ask for different
-            # precisions; the process group (PartialState) is kept.
-            AcceleratorState._reset_state()
+        layout = config.layout()
+        self.output_dir = layout.aligned
         self.accelerator = accelerator or Accelerator(
             gradient_accumulation_steps=config.gradient_accumulation_steps,
             mixed_precision=config.mixed_precision,
             log_with=config.report_to,
-            project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
+            project_config=ProjectConfiguration(project_dir=str(self.output_dir), logging_dir=str(self.output_dir / "logs")),
         )
         if backend is None:
-            from .backends.tango import TangoModel
+            from .backends import load_backend
 
-            backend = TangoModel.from_pretrained(config.model)
+            backend = load_backend(config.model)
         self.backend = backend
         self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.accelerator.mixed_precision, torch.float32)
+        duration = config.duration_s or getattr(getattr(backend, "settings", None), "duration_s", 10.0)
+        self.latent_cache = LatentCache(backend, self.accelerator, layout.cache, duration, enabled=config.cache_embeddings)
         self._setup_model()
         self.global_step = 0
+        self.last_logs: dict[str, float] = {}
 
     # -- model -----------------------------------------------------------------------------------
 
@@ -178,9 +99,9 @@ class RewardWeightedDiffusionTrainer:
                 )
             # Trained parameters stay fp32 whatever the mixed precision: fp16 LoRA weights make
             # the GradScaler fail with "Attempting to unscale FP16 gradients".
-            for param in unet.parameters():
-                if param.requires_grad:
-                    param.data = param.data.float()
+            from diffusers.training_utils import cast_training_params
+
+            cast_training_params(unet, dtype=torch.float32)
         else:
             unet.requires_grad_(True)
             unet.to(acc.device, dtype=torch.float32)
@@ -227,71 +148,18 @@ class RewardWeightedDiffusionTrainer:
 
     # -- data ------------------------------------------------------------------------------------
 
-    def _duration(self) -> float:
-        return self.config.duration_s or getattr(getattr(self.backend, "settings", None), "duration_s", 10.0)
-
-    def _read_audio(self, ds, name: str) -> torch.Tensor:
-        sr = self.backend.sample_rate
-        samples = int(round(self._duration() * sr))
-        from .audio import crop_or_pad
-
-        rows = ds.with_format("arrow")["audio"].to_pylist()
-        return torch.stack(
-            [torch.from_numpy(crop_or_pad(load_audio(a, sr, what=f"{name}: row {i}, column 'audio'")[0], samples)) for i, a in enumerate(rows)]
-        )
-
-    def _cache_key(self, captions: list[str], ds) -> str:
-        h = hashlib.sha256()
-        h.update(self.backend.fingerprint().encode())
-        h.update(json.dumps([self._duration(), captions]).encode())
-        h.update(str(getattr(ds, "_fingerprint", "")).encode())
-        return h.hexdigest()[:20]
-
-    def encode_set(self, ds, weights: torch.Tensor, name: str) -> EncodedSet:
-        """Latents and caption embeddings for `ds`, from the disk cache when they are there."""
-        captions = list(ds["caption"])
-        if not self.config.cache_embeddings:
-            return EncodedSet(captions, weights, waveforms=self._read_audio(ds, name))
-        from safetensors.torch import load_file, save_file
-
-        acc = self.accelerator
-        path = Path(self.config.cache_dir) / f"{name}-{self._cache_key(captions, ds)}.safetensors"
-        if acc.is_main_process and not path.is_file():
-            waveforms = self._read_audio(ds, name)
-            latents, hidden, masks = [], [], []
-            from tqdm.auto import tqdm
-
-            for start in tqdm(range(0, len(captions), 16), desc=f"encoding {name}", disable=not acc.is_local_main_process):
-                chunk = waveforms[start : start + 16].to(acc.device)
-                latents.append(self.backend.encode_audio(chunk).float().cpu())
-                cond = self.backend.encode_text(captions[start : start + 16])
-                hidden.append(cond.hidden_states.float().cpu())
-                masks.append(cond.attention_mask.cpu())
-            length = max(h.shape[1] for h in hidden)
-            pad = lambda t, v: torch.nn.functional.pad(t, (0, 0, 0, length - t.shape[1]) if t.ndim == 3 else (0, length - t.shape[1]), value=v)  # noqa: E731
-            tensors = {
-                "latents": torch.cat(latents),
-                "text_hidden": torch.cat([pad(h, 0.0) for h in hidden]),
-                "text_mask": torch.cat([pad(m, False) for m in masks]),
-            }
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
-            os.replace(tmp, path)
-        acc.wait_for_everyone()
-        tensors = load_file(str(path))
-        return EncodedSet(captions, weights, tensors["latents"], TextConditioning(tensors["text_hidden"], tensors["text_mask"]))
-
     def load_data(self) -> tuple[EncodedSet | None, EncodedSet | None]:
+        """The feedback mix (human-rated + reward-rated rows, weights w_i) and the pretraining set, encoded."""
         from .data import load_preference_dataset, load_pretrain_dataset, mix_feedback
 
         cfg = self.config
         feedback = None
         if cfg.weighting != "none":
-            human = load_preference_dataset(cfg.feedback_dataset) if cfg.feedback_dataset else None
-            reward = load_preference_dataset(cfg.reward_dataset) if cfg.reward_dataset else None
+            human_source, reward_source = cfg.feedback_sources()
+            human = load_preference_dataset(human_source) if human_source else None
+            reward = load_preference_dataset(reward_source) if reward_source else None
             if human is None and reward is None:
-                raise FileNotFoundError(f"no feedback data: {cfg.feedback_dataset} does not exist and no reward_dataset is set")
+                raise FileNotFoundError("no feedback data: feedback_dataset is 'none' and no reward_dataset is there")
             if human is None:
                 mixed = reward
             else:
@@ -299,11 +167,11 @@ class RewardWeightedDiffusionTrainer:
             weights = torch.tensor(mixed["reward"], dtype=torch.float32)
             if cfg.weighting == "ones":
                 weights = torch.ones_like(weights)
-            feedback = self.encode_set(mixed, weights, "feedback")
+            feedback = self.latent_cache.encode(mixed, weights, "feedback")
         pretrain = None
         if cfg.beta > 0 and cfg.pretrain_dataset:
             ds = load_pretrain_dataset(cfg.pretrain_dataset)
-            pretrain = self.encode_set(ds, torch.ones(len(ds)), "pretrain")
+            pretrain = self.latent_cache.encode(ds, torch.ones(len(ds)), "pretrain")
         if feedback is None and pretrain is None:
             raise ValueError("nothing to train on: weighting 'none' needs a pretrain_dataset and beta > 0")
         return feedback, pretrain
@@ -370,7 +238,7 @@ class RewardWeightedDiffusionTrainer:
 
     @property
     def checkpoint_root(self) -> Path:
-        return Path(self.config.output_dir) / "checkpoints"
+        return self.output_dir / "checkpoints"
 
     def latest_checkpoint(self) -> Path | None:
         found = [(int(m.group(1)), p) for p in self.checkpoint_root.glob("checkpoint-*") if (m := re.fullmatch(r"checkpoint-(\d+)", p.name))]
@@ -386,7 +254,7 @@ class RewardWeightedDiffusionTrainer:
         acc.save_state(str(tmp))  # every rank calls it: a rank-gated save_state hangs DDP/DeepSpeed
         acc.wait_for_everyone()
         if acc.is_main_process:
-            (tmp / "trainer_state.json").write_text(json.dumps({"global_step": self.global_step}))
+            (tmp / "trainer_state.json").write_text(json.dumps({"global_step": self.global_step, "logs": self.last_logs}))
             shutil.rmtree(final, ignore_errors=True)
             tmp.rename(final)  # a run killed mid-save leaves only a .tmp folder, never a bad checkpoint
             limit = self.config.checkpoints_total_limit
@@ -408,7 +276,8 @@ class RewardWeightedDiffusionTrainer:
         if not path.is_dir():
             raise FileNotFoundError(f"checkpoint folder not found: {path}")
         self.accelerator.load_state(str(path))
-        self.global_step = json.loads((path / "trainer_state.json").read_text())["global_step"]
+        state = json.loads((path / "trainer_state.json").read_text())
+        self.global_step, self.last_logs = state["global_step"], state.get("logs", {})
         self.accelerator.print(f"resumed from {path} at step {self.global_step}")
 
     # -- the loop --------------------------------------------------------------------------------
@@ -426,6 +295,8 @@ class RewardWeightedDiffusionTrainer:
         from diffusers.optimization import get_scheduler
         from tqdm.auto import tqdm
 
+        from .atomic import atomic_write_json
+
         cfg, acc = self.config, self.accelerator
         if feedback is None and pretrain is None:
             feedback, pretrain = self.load_data()
@@ -440,6 +311,7 @@ class RewardWeightedDiffusionTrainer:
         bar = tqdm(total=total, initial=self.global_step, desc="fine-tuning", disable=not acc.is_local_main_process)
         started = time.time()
         while self.global_step < total:
+            step_logs: list[dict[str, float]] = []
             for micro in range(cfg.gradient_accumulation_steps):
                 with acc.accumulate(self.unet):
                     loss, logs = self.training_loss(feedback, pretrain, self.global_step, micro)
@@ -453,51 +325,42 @@ class RewardWeightedDiffusionTrainer:
                     self.optimizer.step()
                     self.lr_scheduler.step()
                     self.optimizer.zero_grad(set_to_none=True)
+                step_logs.append(logs)
             self.global_step += 1
+            self.last_logs = self._mean_over_processes(step_logs)
             bar.update(1)
-            bar.set_postfix(loss=f"{logs['loss']:.4f}")
+            bar.set_postfix(loss=f"{self.last_logs['loss']:.4f}")
             if cfg.report_to and self.global_step % cfg.logging_steps == 0:
-                acc.log({**logs, "lr": self.lr_scheduler.get_last_lr()[0]}, step=self.global_step)
+                acc.log({**self.last_logs, "lr": self.lr_scheduler.get_last_lr()[0]}, step=self.global_step)
             if self.global_step % cfg.checkpointing_steps == 0:
                 self.save_checkpoint()
         bar.close()
         out = self.export()
         if acc.is_main_process:
-            summary = {"global_step": self.global_step, "seconds": round(time.time() - started, 1), "final_loss": logs["loss"]}
-            (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
+            summary = {"global_step": self.global_step, "seconds": round(time.time() - started, 1), "final_loss": self.last_logs.get("loss")}
+            atomic_write_json(out / "train_summary.json", summary)
         acc.end_training()
         return out
 
+    def _mean_over_processes(self, step_logs: list[dict[str, float]]) -> dict[str, float]:
+        """Each logged value averaged over the step's micro-steps and over every process, as
+        diffusers' training scripts log their loss. A collective: every rank calls it each step."""
+        keys = sorted(step_logs[0])
+        local = torch.tensor([sum(logs[k] for logs in step_logs) / len(step_logs) for k in keys], device=self.accelerator.device)
+        return dict(zip(keys, self.accelerator.reduce(local, reduction="mean").tolist()))
+
     def export(self) -> Path:
         """The trained part (adapter or UNet) in safetensors, with the config and library versions."""
+        from .atomic import atomic_write_json
+        from .runtime import library_versions
+
         acc, cfg = self.accelerator, self.config
-        out = Path(cfg.output_dir)
+        out = self.output_dir
         acc.wait_for_everyone()
         if acc.is_main_process:
             self.backend.unet = acc.unwrap_model(self.unet)
             self.backend.save_trained(out, "lora" if cfg.use_lora else "full", base=cfg.model)
-            (out / "finetune_config.json").write_text(json.dumps(config_to_dict(cfg), indent=2))
-            (out / "versions.json").write_text(json.dumps(library_versions(), indent=2))
+            atomic_write_json(out / "finetune_config.json", config_to_dict(cfg))
+            atomic_write_json(out / "versions.json", library_versions())
         acc.wait_for_everyone()
         return out
-
-
-def library_versions() -> dict[str, str]:
-    """Versions of the libraries that shape numbers (diffusers/TANGO users hit version skew)."""
-    import importlib.metadata as md
-
-    versions = {}
-    for name in ("baton-trainer", "torch", "diffusers", "transformers", "accelerate", "peft", "datasets", "numpy"):
-        try:
-            versions[name] = md.version(name)
-        except md.PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions
-
-
-def finetune(config: FinetuneConfig) -> Path:
-    """The `finetune` stage: feedback (+ reward-rated) clips and a pretrain set -> RUN/aligned/."""
-    trainer = RewardWeightedDiffusionTrainer(config)
-    out = trainer.train()
-    trainer.accelerator.print(f"aligned model written to {out} ({EXPORT_FILE}: base {config.model})")
-    return out

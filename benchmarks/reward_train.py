@@ -17,9 +17,8 @@ from pathlib import Path
 
 import torch
 
-from reward_hub.clap import save_tiny_clap
-from reward_hub.testing import save_synthetic_ratings
-from reward_hub.training import RewardTrainingConfig, train_reward_model
+from baton_trainer.stages.reward import RewardTrainingConfig, train_reward_model
+from baton_trainer.testing import save_synthetic_ratings, save_tiny_clap
 
 
 def main() -> None:
@@ -52,7 +51,7 @@ def main() -> None:
 
     ratio = results["cached"]["epochs_per_second"] / results["encode_every_epoch"]["epochs_per_second"]
     report = {
-        "clap": args.clap or "tiny random ClapModel (reward_hub.clap.save_tiny_clap)",
+        "clap": args.clap or "tiny random ClapModel (baton_trainer.testing.save_tiny_clap)",
         "clips": args.captions * args.clips,
         "epochs": args.epochs,
         "batch_size": 64,

@@ -41,9 +41,11 @@ from pathlib import Path
 
 from baton_trainer.__main__ import CONFIG_DIR
 from baton_trainer.config import parse_config
-from baton_trainer.evaluation.stage import EvaluateConfig, evaluate
-from baton_trainer.pipeline import RunConfig, check_reward_labels, run
-from baton_trainer.trainer import finetune
+from baton_trainer.layout import RunLayout
+from baton_trainer.stages.evaluate import EvaluateConfig, evaluate
+from baton_trainer.stages.finetune import finetune
+from baton_trainer.stages.run import RunConfig, run
+from baton_trainer.toyworld.loop import check_reward_labels
 
 ABLATIONS = {
     "no_feedback_weights": {"weighting": "ones"},
@@ -67,7 +69,8 @@ def reward_rows_in_mix(run_dir: Path, ft) -> Path:
 
     out = run_dir / "reward_labeled_in_mix"
     if not out.is_dir():
-        human, reward = load_preference_dataset(ft.feedback_dataset), load_preference_dataset(ft.reward_dataset)
+        human_source, reward_source = ft.feedback_sources()
+        human, reward = load_preference_dataset(human_source), load_preference_dataset(reward_source)
         mixed = mix_feedback(human, reward, ft.mix_ratio, ft.seed)
         save_dataset_atomic(mixed.filter(lambda source: source == "reward_model", input_columns="source"), out)
     return out
@@ -83,7 +86,7 @@ def run_seed(root: Path, seed: int, overrides: list[str], ablations: list[str]) 
     metrics = json.loads((run_dir / "eval" / "metrics.json").read_text())
     results["base"], results["baton"] = metrics["base"], metrics["aligned"]
     results["reward_model_accuracy"] = metrics.get("reward_model_accuracy")
-    results["reward_label_check"] = check_reward_labels(run_dir)
+    results["reward_label_check"] = check_reward_labels(RunLayout.of(run_dir))
     stage_configs = config.stage_configs()
     baton_steps = json.loads((run_dir / "aligned" / "train_summary.json").read_text())["global_step"]
     for name in ablations:
@@ -116,7 +119,7 @@ def run_seed(root: Path, seed: int, overrides: list[str], ablations: list[str]) 
 def clip_outcomes(clips_dir: Path) -> dict[str, dict[str, bool]]:
     """task -> {clip_id: aligned?} for the saved evaluation clips in `clips_dir`, by the noise-free oracle."""
     from baton_trainer.audio import load_audio
-    from baton_trainer.generate import read_generations
+    from baton_trainer.generations import read_generations
     from baton_trainer.toyworld.oracle import alignment_outcomes
 
     rows = [r for r in read_generations(clips_dir) if r["task"] in ("integrity", "temporal")]

@@ -21,7 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from helpers import save_preference  # noqa: E402
 
 from baton_trainer.testing import save_tiny_tango  # noqa: E402
-from baton_trainer.trainer import FinetuneConfig, RewardWeightedDiffusionTrainer  # noqa: E402
+from baton_trainer.stages.finetune import FinetuneConfig  # noqa: E402
+from baton_trainer.trainer import RewardWeightedDiffusionTrainer  # noqa: E402
 
 
 def steps_per_second(root: Path, cache: bool, steps: int, batch: int) -> float:

@@ -4,8 +4,11 @@
     model = reward_hub.load("RUN/reward_model")          # no remote code needed
     model.score(["a dog barks then a bell rings"], [wav], sampling_rate=16000)
 
-    from transformers import pipeline                      # only transformers needed
+    from transformers import pipeline                      # only transformers (and soxr) needed
     pipe = pipeline("text-audio-reward", model="RUN/reward_model", trust_remote_code=True)
+
+This package is what a Hub user needs and nothing else: it imports torch, numpy, soxr and
+transformers only, never `baton_trainer` (training and labelling are baton_trainer's stages).
 """
 
 from __future__ import annotations
@@ -16,8 +19,9 @@ import torch
 from transformers import AutoConfig, AutoModel, ClapModel, ClapProcessor
 from transformers.pipelines import PIPELINE_REGISTRY
 
-from .clap import ClapEmbedder, save_tiny_clap
 from .modeling_baton_reward import (
+    CLAP_SAMPLE_RATE,
+    HEAD_TYPES,
     PIPELINE_TASK,
     BatonRewardConfig,
     BatonRewardModel,
@@ -33,19 +37,24 @@ PIPELINE_REGISTRY.register_pipeline(PIPELINE_TASK, pipeline_class=TextAudioRewar
 
 
 def build_reward_model(
-    clap: str | os.PathLike | ClapEmbedder = "laion/clap-htsat-unfused",
+    clap: str | os.PathLike | ClapModel = "laion/clap-htsat-unfused",
     head_hidden_size: int = 512,
     seed: int = 0,
     head_type: str = "mlp",
+    processor: ClapProcessor | None = None,
 ) -> BatonRewardModel:
-    """A fresh reward model around a CLAP checkpoint (Hub id, folder, or a ClapEmbedder's model):
-    CLAP weights copied in and frozen, head (`head_type` "mlp" or "cosine_logistic") initialised
-    from `seed`, processor attached."""
-    if isinstance(clap, ClapEmbedder):
-        clap_model, processor, source = clap.model, clap.processor, clap.name_or_path
+    """A fresh reward model around a CLAP checkpoint (Hub id, folder, or a loaded `ClapModel` with
+    its `processor`): CLAP weights copied in and frozen, head (`head_type` "mlp" or
+    "cosine_logistic") initialised from `seed`, processor attached."""
+    if isinstance(clap, ClapModel):
+        clap_model, source = clap, clap.name_or_path
+        if processor is None:
+            if not source:
+                raise ValueError("build_reward_model: a ClapModel built in memory needs an explicit `processor`")
+            processor = ClapProcessor.from_pretrained(source)
     else:
         source = str(clap)
-        clap_model, processor = ClapModel.from_pretrained(source), ClapProcessor.from_pretrained(source)
+        clap_model, processor = ClapModel.from_pretrained(source), processor or ClapProcessor.from_pretrained(source)
     config = BatonRewardConfig(
         clap_config=clap_model.config.to_dict(),
         clap_model_name_or_path=source,
@@ -71,14 +80,14 @@ def load(path_or_repo: str | os.PathLike, device: str | torch.device | None = No
 
 
 __all__ = [
+    "CLAP_SAMPLE_RATE",
+    "HEAD_TYPES",
     "BatonRewardConfig",
     "BatonRewardModel",
     "BatonRewardOutput",
-    "ClapEmbedder",
     "RewardInputError",
     "TextAudioRewardPipeline",
     "build_reward_model",
     "load",
     "prepare_waveform",
-    "save_tiny_clap",
 ]

@@ -4,13 +4,12 @@ Frozen CLAP text and audio encoders give L2-normalised embeddings; [audio, text]
 Linear(2D, 512) -> ReLU -> Linear(512, 1) -> sigmoid (D = 512 for LAION CLAP).
 
 This file is saved next to the weights and runs as Hub remote code, so it imports only torch,
-numpy and transformers (soxr is used when present, as the training cache does; otherwise a
-windowed-sinc resampler written here keeps it working with transformers alone).
+numpy, soxr and transformers. soxr is required, as transformers' own audio code requires it: a
+fallback resampler would give the same model a second score wherever soxr is missing.
 """
 
 from __future__ import annotations
 
-import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,11 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import ClapConfig, ClapModel, PretrainedConfig, PreTrainedModel
 from transformers.utils import ModelOutput
+
+try:
+    import soxr
+except ImportError as exc:  # one score per model: no fallback resampler that would score differently
+    raise ImportError("the BATON reward model resamples audio with soxr, which is not installed: pip install soxr") from exc
 
 CLAP_SAMPLE_RATE = 48_000
 PIPELINE_TASK = "text-audio-reward"
@@ -47,33 +51,11 @@ def check_audio(waveform: Any, name: str = "audio") -> np.ndarray:
     return wav
 
 
-def _sinc_resample(wav: np.ndarray, orig_sr: int, target_sr: int, zero_crossings: int = 32) -> np.ndarray:
-    """Band-limited polyphase resampling with a Kaiser-windowed sinc (used only without soxr)."""
-    g = math.gcd(orig_sr, target_sr)
-    orig, new = orig_sr // g, target_sr // g
-    cutoff = min(orig, new) * 0.97  # a little below Nyquist of the lower rate
-    width = math.ceil(zero_crossings * orig / cutoff)
-    taps = torch.arange(-width, width + orig, dtype=torch.float64) / orig
-    phases = -torch.arange(new, dtype=torch.float64)[:, None] / new
-    t = (phases + taps[None, :]) * cutoff
-    t = t.clamp(-zero_crossings, zero_crossings)
-    window = torch.special.i0(14.0 * torch.sqrt(1 - (t / zero_crossings) ** 2)) / torch.special.i0(torch.tensor(14.0))
-    kernels = torch.sinc(t) * window * cutoff / orig
-    x = torch.from_numpy(np.asarray(wav, dtype=np.float64))[None, None]
-    x = F.pad(x, (width, width + orig))
-    y = F.conv1d(x, kernels[:, None, :], stride=orig)  # (1, new, frames)
-    y = y[0].t().reshape(-1)
-    return y[: math.ceil(new * len(wav) / orig)].numpy().astype(np.float32)
-
-
 def resample_audio(wav: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
+    """soxr's high-quality resampler: the same call as `baton_trainer.audio.resample`, so cached
+    training embeddings and the Hub pipeline see the same samples."""
     if orig_sr == target_sr:
         return np.asarray(wav, dtype=np.float32)
-    try:
-        import soxr
-    except ImportError:
-        return _sinc_resample(wav, orig_sr, target_sr)
-    # Same call as baton_trainer.audio.resample, so cached training embeddings match exactly.
     return soxr.resample(np.asarray(wav, dtype=np.float32), orig_sr, target_sr, quality="HQ").astype(np.float32)
 
 
@@ -89,8 +71,9 @@ def prepare_waveform(waveform: Any, sampling_rate: int, num_samples: int, name: 
     return np.pad(wav, (0, num_samples - wav.shape[0]))
 
 
-def _pooled(output: Any) -> torch.Tensor:
-    # transformers 5 returns an output object with the projected embedding as pooler_output.
+def pooled_embedding(output: Any) -> torch.Tensor:
+    """The projected embedding of `ClapModel.get_*_features`: transformers 5 returns an output
+    object with it as `pooler_output`, older releases the tensor itself."""
     return output if isinstance(output, torch.Tensor) else output.pooler_output
 
 
@@ -200,12 +183,12 @@ class BatonRewardModel(PreTrainedModel):
     def embed_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         with torch.no_grad():
             out = self.clap.get_text_features(input_ids=input_ids, attention_mask=attention_mask)
-        return F.normalize(_pooled(out).float(), dim=-1)
+        return F.normalize(pooled_embedding(out).float(), dim=-1)
 
     def embed_audio(self, input_features: torch.Tensor, is_longer: torch.Tensor | None = None) -> torch.Tensor:
         with torch.no_grad():
             out = self.clap.get_audio_features(input_features=input_features, is_longer=is_longer)
-        return F.normalize(_pooled(out).float(), dim=-1)
+        return F.normalize(pooled_embedding(out).float(), dim=-1)
 
     def logits_from_embeddings(self, audio_embeds: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
         """Pre-sigmoid scores (N,) from cached CLAP embeddings; renormalised, so raw embeddings work too."""

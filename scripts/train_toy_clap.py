@@ -20,7 +20,7 @@ the augmentation stayed at chance on its held-out clips for its first 900 steps 
     python scripts/train_toy_clap.py --init /tmp/toy_clap_rendered --augment 0.7 --num-clips 3000 \
         --steps 600 --lr 3e-4 --warmup 20 --workers 2 --out baton_trainer/toyworld/checkpoints/toy_clap
 
-Audio goes through `reward_hub.clap.prepare_clap_audio` and the ClapFeatureExtractor exactly as
+Audio goes through `reward_hub.prepare_waveform` and the ClapFeatureExtractor exactly as
 `ClapEmbedder` feeds it (48 kHz, padded to 10 s), so training and use see the same input.
 Writes ClapModel + ClapProcessor (save_pretrained) and training_report.json.
 """
@@ -64,7 +64,7 @@ def log(message: str) -> None:
 
 def draw_item(rng: np.random.Generator) -> dict:
     """One clip with its caption, and a hard negative caption (other order, or a wrong event)."""
-    from baton_trainer.prompts import INTEGRITY_CONJUNCTIONS, TEMPORAL_CONJUNCTIONS, make_caption
+    from baton_trainer.captions import INTEGRITY_CONJUNCTIONS, TEMPORAL_CONJUNCTIONS, make_caption
     from baton_trainer.toyworld.events import EVENT_NAMES
     from baton_trainer.toyworld.models import TOY_DURATION_S
     from baton_trainer.toyworld.render import ORDERED_PAIR_CONJUNCTIONS, render_sequence
@@ -121,12 +121,12 @@ def decode_like_generated(items: list[dict], fraction: float, rng: np.random.Gen
 
 
 def _features_chunk(wavs) -> torch.Tensor:
-    from baton_trainer.toyworld.models import toy_clap_feature_extractor
-    from reward_hub.clap import CLAP_SAMPLE_RATE, prepare_clap_audio
+    from baton_trainer.clap import CLAP_CLIP_SAMPLES, CLAP_SAMPLE_RATE, clap_feature_extractor
+    from reward_hub import prepare_waveform
 
     torch.set_num_threads(1)
-    prepared = [prepare_clap_audio(w, 16000) for w in wavs]
-    return toy_clap_feature_extractor()(prepared, sampling_rate=CLAP_SAMPLE_RATE, return_tensors="pt")["input_features"]
+    prepared = [prepare_waveform(w, 16000, CLAP_CLIP_SAMPLES) for w in wavs]
+    return clap_feature_extractor()(prepared, sampling_rate=CLAP_SAMPLE_RATE, return_tensors="pt")["input_features"]
 
 
 def features(wavs, workers: int = 1, batch: int = 32) -> torch.Tensor:
@@ -164,7 +164,7 @@ def evaluate(model, processor, items, feats) -> dict:
     matched, hard = (audio * text).sum(-1), (audio * negative).sum(-1)
     temporal = [i for i, it in enumerate(items) if it["count"] == 3]
     # For 3-event clips compare against the caption in a different order only.
-    from baton_trainer.prompts import make_caption
+    from baton_trainer.captions import make_caption
 
     swapped_wins = []
     for i in temporal:
@@ -252,7 +252,7 @@ def main(argv=None) -> int:
     model.save_pretrained(out)
     processor.save_pretrained(out)
     # Speed as the reward stage sees it: ClapEmbedder on 16 kHz toy clips.
-    from reward_hub.clap import ClapEmbedder
+    from baton_trainer.clap import ClapEmbedder
 
     embedder = ClapEmbedder(str(out), batch_size=32)
     t1 = time.time()

@@ -182,7 +182,7 @@ def train_unet(model, latents: torch.Tensor, captions: list[str], args, on_step=
 def heldout_captions(n: int, task: str, seed: int) -> list[tuple[str, list[str]]]:
     """Captions as the prompts stage makes them (toy event names as labels), drawn apart from
     the pretraining captions' random stream."""
-    from baton_trainer.prompts import make_caption
+    from baton_trainer.captions import make_caption
     from baton_trainer.toyworld.events import EVENT_NAMES
 
     rng = np.random.default_rng([seed, 991, 0 if task == "integrity" else 1])

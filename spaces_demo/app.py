@@ -7,7 +7,8 @@ Each setting also reads an environment variable (a Space's "Variables"): BATON_B
 BATON_ALIGNED_EXPORT, BATON_REWARD_MODEL, BATON_OUTPUT_DIR, BATON_DEVICE. With none set it runs
 offline on the toy world shipped in the package: the toy TANGO as baseline, the aligned export of
 a local toy run (`runs/toy/aligned`) or a shipped one, and the matching reward model. Without an
-aligned export it shows the baseline alone and says so.
+aligned export it shows the baseline alone and says so. Which models, and loading them, is
+`spaces_demo/models.py`; this file is the page.
 
 Visitors type a prompt and pick a seed, steps and guidance; both models sample from the same seed,
 the page plays both clips, draws their spectrograms and shows the reward model's score of each.
@@ -19,27 +20,26 @@ which is the only folder the app serves (`allowed_paths`). The generate event is
 from __future__ import annotations
 
 import argparse
-import copy
-import json
 import os
 import re
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# gradio at module level, as in baton_trainer.annotation_app: Gradio resolves the handler's
+# gradio at module level, as in baton_trainer.annotation.app: Gradio resolves the handler's
 # `gr.Progress` annotation (a string under `from __future__ import annotations`) through this
 # module's globals to inject the progress tracker.
 import gradio as gr
 import numpy as np
 
-from baton_trainer.annotation_app import spectrogram_image
 from baton_trainer.audio import save_wav
-from baton_trainer.backends.base import EXPORT_FILE
 from baton_trainer.backends.tango import TangoModel
+from baton_trainer.formatting import display_path
+from baton_trainer.spectrogram import spectrogram_image
+from spaces_demo.models import SpaceConfig, load_models
 
 MAX_PROMPT_CHARS = 300
 MAX_SEED = 2**31 - 1
@@ -47,223 +47,10 @@ STEPS_RANGE = (1, 200)
 GUIDANCE_RANGE = (1.0, 10.0)
 MIN_DURATION_S = 0.1
 OUTPUT_MAX_AGE_S = 3600.0  # clips older than this are deleted from the output folder
-NONE_VALUES = {"none", "off", ""}
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-class SpaceError(ValueError):
-    """A model or setting the Space cannot use; the message names it."""
 
 
 class SpaceInputError(ValueError):
     """A visitor's input out of range (empty or overlong prompt, bad seed, steps, guidance, length)."""
-
-
-@dataclass
-class SpaceConfig:
-    base_model: str | None = field(
-        default=None, metadata={"help": "baseline model: a TangoModel folder, a TANGO Hub id or original checkpoint (env BATON_BASE_MODEL; default: the aligned export's base, else the toy TANGO)"}
-    )
-    aligned_export: str | None = field(
-        default=None, metadata={"help": "trainer export (LoRA adapter or UNet) folder or Hub id (env BATON_ALIGNED_EXPORT; default: runs/toy/aligned or a shipped toy export; 'none': baseline only)"}
-    )
-    reward_model: str | None = field(
-        default=None, metadata={"help": "reward model folder or Hub id (env BATON_REWARD_MODEL; default: the toy run's or a shipped one; 'none': no scores)"}
-    )
-    output_dir: str | None = field(default=None, metadata={"help": "folder for generated clips, the only one served (env BATON_OUTPUT_DIR)"})
-    device: str | None = field(default=None, metadata={"help": "torch device (env BATON_DEVICE; default cuda when available, else cpu)"})
-    default_steps: int | None = field(default=None, metadata={"help": "sampling steps the page starts with (env BATON_DEFAULT_STEPS; default 25 for the toy model, else 50)"})
-    host: str | None = field(default=None, metadata={"help": "address to listen on (default: Gradio's, 0.0.0.0 on Spaces)"})
-    port: int | None = field(default=None, metadata={"help": "port (default: Gradio's, 7860)"})
-    share: bool = field(default=False, metadata={"help": "open a public gradio.live link"})
-
-    @classmethod
-    def from_env(cls, **overrides: Any) -> "SpaceConfig":
-        """Environment variables first, then non-None `overrides` (CLI arguments) on top."""
-        env = {
-            "base_model": os.environ.get("BATON_BASE_MODEL"),
-            "aligned_export": os.environ.get("BATON_ALIGNED_EXPORT"),
-            "reward_model": os.environ.get("BATON_REWARD_MODEL"),
-            "output_dir": os.environ.get("BATON_OUTPUT_DIR"),
-            "device": os.environ.get("BATON_DEVICE"),
-            "default_steps": os.environ.get("BATON_DEFAULT_STEPS"),
-        }
-        values = {k: v for k, v in env.items() if v is not None}
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        for key in ("port", "default_steps"):
-            if values.get(key) is not None:
-                try:
-                    values[key] = int(values[key])
-                except ValueError:
-                    raise SpaceError(f"setting '{key}' must be a whole number, got {values[key]!r}") from None
-        return cls(**values)
-
-
-# -- finding and loading the models --------------------------------------------------------------
-
-
-def _toy_checkpoints() -> Path:
-    from baton_trainer.toyworld.models import CHECKPOINTS_DIR
-
-    return CHECKPOINTS_DIR
-
-
-def _toy_run_dirs() -> list[Path]:
-    """`runs/toy` of the default run, relative to the working directory or this checkout."""
-    seen: list[Path] = []
-    for root in (Path.cwd(), REPO_ROOT):
-        run = (root / "runs" / "toy").resolve()
-        if run not in seen:
-            seen.append(run)
-    return seen
-
-
-def _is_export(folder: Path) -> bool:
-    return (folder / EXPORT_FILE).is_file()
-
-
-def _is_reward_model(folder: Path) -> bool:
-    try:
-        return json.loads((folder / "config.json").read_text(encoding="utf-8")).get("model_type") == "baton_reward"
-    except (OSError, json.JSONDecodeError):
-        return False
-
-
-def _shipped(predicate) -> list[Path]:
-    folder = _toy_checkpoints()
-    return sorted(p for p in folder.iterdir() if p.is_dir() and predicate(p)) if folder.is_dir() else []
-
-
-def default_aligned_exports() -> list[Path]:
-    """Candidate aligned exports, best first: the local toy run's, then any shipped in the package."""
-    return [run / "aligned" for run in _toy_run_dirs() if _is_export(run / "aligned")] + _shipped(_is_export)
-
-
-def default_reward_models() -> list[Path]:
-    return [run / "reward_model" for run in _toy_run_dirs() if _is_reward_model(run / "reward_model")] + _shipped(_is_reward_model)
-
-
-def export_base(export: Path) -> str | None:
-    """The base model an export was trained from, as recorded by `save_trained`."""
-    try:
-        return json.loads((export / EXPORT_FILE).read_text(encoding="utf-8")).get("base")
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
-def _same_model(a: str | None, b: str | None) -> bool:
-    if not a or not b:
-        return False
-    pa, pb = Path(a), Path(b)
-    if pa.exists() and pb.exists():
-        return pa.resolve() == pb.resolve()
-    return a.rstrip("/") == b.rstrip("/")
-
-
-def _local_folder(name_or_repo: str, what: str) -> Path:
-    folder = Path(name_or_repo)
-    if folder.is_dir():
-        return folder
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(snapshot_download(name_or_repo))
-    except Exception as exc:  # missing folder, offline, unknown repo: one line that names it
-        raise SpaceError(f"{what} '{name_or_repo}': not a folder and not loadable from the Hub ({type(exc).__name__})") from None
-
-
-@dataclass
-class ResolvedModels:
-    """Which model, export and reward model the Space uses, and why (notes shown on the page)."""
-
-    base_model: str
-    aligned_export: str | None
-    reward_model: str | None
-    notes: list[str] = field(default_factory=list)
-
-
-def resolve_models(config: SpaceConfig) -> ResolvedModels:
-    """Fill in the defaults: an aligned export is only taken by default if it was trained from the
-    base model in use (a toy adapter does not fit a real TANGO UNet)."""
-    notes: list[str] = []
-    base = config.base_model
-    aligned = config.aligned_export
-    if aligned is not None and aligned.strip().lower() in NONE_VALUES:
-        aligned = None
-        notes.append("No aligned model (turned off): only the baseline is shown.")
-    elif aligned is None:
-        for candidate in default_aligned_exports():
-            recorded = export_base(candidate)
-            if base is None or _same_model(recorded, base):
-                aligned = str(candidate)
-                base = base or recorded
-                break
-        if aligned is None:
-            notes.append(
-                "No aligned model found (set BATON_ALIGNED_EXPORT, or run `python -m baton_trainer` to train the toy "
-                "world's): only the baseline is shown."
-            )
-    elif base is None:
-        base = export_base(_local_folder(aligned, "aligned export"))
-    if base is None:
-        from baton_trainer.toyworld.models import TOY_TANGO_PATH
-
-        base = str(TOY_TANGO_PATH)
-
-    reward = config.reward_model
-    if reward is not None and reward.strip().lower() in NONE_VALUES:
-        reward = None
-        notes.append("No reward model (turned off): clips are not scored.")
-    elif reward is None:
-        found = default_reward_models()
-        reward = str(found[0]) if found else None
-        if reward is None:
-            notes.append("No reward model found (set BATON_REWARD_MODEL): clips are not scored.")
-    return ResolvedModels(base, aligned, reward, notes)
-
-
-def load_aligned(base: TangoModel, export: str | Path) -> TangoModel:
-    """The base model with a trainer export applied, sharing the base's VAE, text encoder and
-    vocoder (the export changes the UNet only), so the Space holds one copy of the frozen parts."""
-    folder = _local_folder(str(export), "aligned export")
-    if not _is_export(folder):
-        raise SpaceError(f"aligned export '{export}': no {EXPORT_FILE} (expected a folder written by the finetune stage)")
-    mode = json.loads((folder / EXPORT_FILE).read_text(encoding="utf-8")).get("mode")
-    aligned = copy.copy(base)
-    if mode == "lora":
-        # The adapter is injected into the UNet in place: give the aligned model its own UNet.
-        aligned.unet = copy.deepcopy(base.unet)
-    try:
-        aligned.load_trained(folder)
-    except (OSError, ValueError, RuntimeError) as exc:  # e.g. an export trained from another base model
-        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise SpaceError(f"aligned export '{export}' does not load onto base '{base.name_or_path}': {message}") from None
-    aligned.name_or_path = str(export)
-    return aligned.eval()
-
-
-def load_models(config: SpaceConfig) -> tuple[TangoModel, TangoModel | None, Any, list[str]]:
-    """(baseline, aligned or None, reward model or None, notes) for `config`."""
-    import torch
-
-    resolved = resolve_models(config)
-    device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        base = TangoModel.from_pretrained(resolved.base_model, device=device)
-    except (OSError, ValueError) as exc:
-        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise SpaceError(f"base model '{resolved.base_model}': {message} (set BATON_BASE_MODEL or --base_model)") from None
-    aligned = load_aligned(base, resolved.aligned_export) if resolved.aligned_export else None
-    reward = None
-    if resolved.reward_model:
-        import reward_hub
-
-        try:
-            reward = reward_hub.load(resolved.reward_model, device=device)
-        except (OSError, ValueError) as exc:
-            raise SpaceError(f"reward model '{resolved.reward_model}': {exc}".splitlines()[0]) from None
-    return base, aligned, reward, resolved.notes
 
 
 # -- one comparison ------------------------------------------------------------------------------
@@ -331,21 +118,13 @@ def prune_outputs(output_dir: Path, max_age_s: float = OUTPUT_MAX_AGE_S) -> None
             pass  # removed by a concurrent prune
 
 
-def _display_name(name_or_path: str) -> str:
-    """A Hub id as is; a local folder by its last two parts (no server paths on a public page)."""
-    path = Path(name_or_path) if name_or_path else None
-    if path is None or not path.exists():
-        return name_or_path or ""
-    return "/".join(path.resolve().parts[-2:])
-
-
 def _is_toy(model: TangoModel) -> bool:
     return type(model.vocoder).__name__ == "ToyGriffinLimVocoder"
 
 
 def toy_example_captions() -> list[str]:
     """A few captions of the toy world's events, in the forms the toy model was trained on."""
-    from baton_trainer.prompts import make_caption
+    from baton_trainer.captions import make_caption
     from baton_trainer.toyworld.events import EVENT_NAMES
 
     n = EVENT_NAMES
@@ -430,15 +209,15 @@ def build_demo(
             scores["baseline"], scores["aligned"], "\n\n".join(lines),
         )
 
-    aligned_name = _display_name(aligned.name_or_path) if aligned is not None else "none"
-    reward_name = _display_name(getattr(getattr(reward_model, "config", None), "_name_or_path", "")) or ("loaded" if reward_model is not None else "none")
+    aligned_name = display_path(aligned.name_or_path) if aligned is not None else "none"
+    reward_name = display_path(getattr(getattr(reward_model, "config", None), "_name_or_path", "")) or ("loaded" if reward_model is not None else "none")
     with gr.Blocks(title="BATON: baseline vs aligned", delete_cache=(1800, int(OUTPUT_MAX_AGE_S))) as demo:
         gr.Markdown(
             "# BATON: baseline vs aligned text-to-audio\n"
             "Type a prompt: the baseline model and the BATON-aligned model (fine-tuned with human feedback) "
             "sample from the **same seed**, so differences come from the alignment. The reward model, trained "
             "on human ratings, scores how well each clip matches the prompt (0 to 1).\n\n"
-            f"Baseline: `{_display_name(base.name_or_path)}` · aligned: `{aligned_name}` · reward model: `{reward_name}`"
+            f"Baseline: `{display_path(base.name_or_path)}` · aligned: `{aligned_name}` · reward model: `{reward_name}`"
             + "".join(f"\n\n> {note}" for note in notes)
         )
         with gr.Row():
@@ -511,10 +290,7 @@ def main(argv: list[str] | None = None, prevent_thread_lock: bool = False) -> gr
     return launch(demo, output_dir, host=config.host, port=config.port, share=bool(config.share), prevent_thread_lock=prevent_thread_lock)
 
 
-__all__ = [
-    "SpaceConfig", "SpaceError", "SpaceInputError", "build_demo", "check_inputs", "launch", "load_aligned",
-    "load_models", "main", "resolve_models",
-]
+__all__ = ["SpaceInputError", "build_demo", "check_inputs", "launch", "main"]
 
 if __name__ == "__main__":
     main()

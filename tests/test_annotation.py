@@ -19,13 +19,12 @@ from baton_trainer.annotation import (
     AnnotationError,
     AnnotationStore,
     DuplicateRatingError,
-    ExportConfig,
     UnknownClipError,
     cohen_kappa,
-    export_feedback,
     fleiss_kappa,
     majority_vote,
 )
+from baton_trainer.stages.export import ExportConfig, export_feedback
 from baton_trainer.audio import save_wav
 
 

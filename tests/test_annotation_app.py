@@ -7,8 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from baton_trainer.annotation import AnnotationError, AnnotationStore, ExportConfig, export_feedback
-from baton_trainer.annotation_app import AnnotateConfig, ClipServer, annotate, read_users_file, spectrogram_image
+from baton_trainer.annotation import AnnotationError, AnnotationStore
+from baton_trainer.annotation.app import ClipServer, read_users_file
+from baton_trainer.spectrogram import spectrogram_image
+from baton_trainer.stages.annotate import AnnotateConfig, annotate
+from baton_trainer.stages.export import ExportConfig, export_feedback
 from baton_trainer.audio import AudioError
 
 from test_annotation import make_generations
@@ -114,7 +117,7 @@ def test_clip_server_refuses_paths_outside_the_generations_folder(tmp_path):
     run = tmp_path / "run"
     make_generations(run / "generations", num_captions=1, clips_per_caption=1)
     config = AnnotateConfig(run_dir=str(run))
-    with AnnotationStore(config.store_path) as store:
+    with AnnotationStore(config.layout().annotations) as store:
         server = ClipServer(config, store)
         inside = server.clip_path({"clip_id": "x", "file_name": "clips/00000_0.wav"})
         assert inside.is_file()

@@ -9,12 +9,11 @@ from baton_trainer.audio import AudioError, load_audio, save_wav
 from baton_trainer.data import (
     PreferenceDataError,
     build_dataset,
-    import_baton_release,
-    ImportBatonConfig,
     load_preference_dataset,
     mix_feedback,
     validate_preference_dataset,
 )
+from baton_trainer.stages.import_baton import ImportBatonConfig, import_baton_release
 
 RELEASE = Path(__file__).resolve().parents[2] / "shared" / "baton_release"
 
@@ -72,7 +71,8 @@ def test_unicode_captions_are_fine():
 
 def test_unreadable_audio_names_the_row(tmp_path):
     from baton_trainer.testing import save_tiny_tango
-    from baton_trainer.trainer import FinetuneConfig, RewardWeightedDiffusionTrainer
+    from baton_trainer.stages.finetune import FinetuneConfig
+    from baton_trainer.trainer import RewardWeightedDiffusionTrainer
 
     rows = preference_rows(4)
     rows["audio"][1] = {"bytes": b"definitely not a wav file", "path": "broken.wav"}

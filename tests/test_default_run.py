@@ -53,12 +53,13 @@ def test_oracle_rates_a_share_of_the_clips_or_of_the_captions(tmp_path, rate_by)
     from test_annotation import make_generations
 
     from baton_trainer.annotation import AnnotationStore
-    from baton_trainer.pipeline import RunConfig, _oracle_ratings
+    from baton_trainer.layout import RunLayout
+    from baton_trainer.toyworld.loop import oracle_ratings
 
     generations = make_generations(tmp_path / "generations", num_captions=6, clips_per_caption=4)
     metadata = generations / "metadata.jsonl"
     metadata.write_text(metadata.read_text().replace("whoosh", "hum"))  # toy events only
-    _oracle_ratings(RunConfig(run_dir=str(tmp_path), rated_fraction=0.5, rate_by=rate_by), generations)
+    oracle_ratings(RunLayout.of(tmp_path, generations=generations), rated_fraction=0.5, rate_by=rate_by, error_rate=0.0, skip_rate=0.0, seed=0)
     with AnnotationStore(tmp_path / "annotations.sqlite") as store:
         rated = {r["clip_id"] for r in store.ratings()}
     per_caption = Counter(clip_id.split("_")[0] for clip_id in rated)
@@ -72,7 +73,8 @@ def test_oracle_rates_a_share_of_the_clips_or_of_the_captions(tmp_path, rate_by)
 def test_check_reward_labels_scores_every_reward_label_against_the_oracle(tmp_path):
     from baton_trainer.audio import wav_bytes
     from baton_trainer.data import PREFERENCE_FEATURES, build_dataset, load_preference_dataset
-    from baton_trainer.pipeline import check_reward_labels
+    from baton_trainer.layout import RunLayout
+    from baton_trainer.toyworld.loop import check_reward_labels
     from baton_trainer.toyworld import render_sequence
 
     labels = [["chirp", "knock", "hiss"]] * 4 + [["whistle", "rumble"]] * 2
@@ -89,7 +91,7 @@ def test_check_reward_labels_scores_every_reward_label_against_the_oracle(tmp_pa
     }
     build_dataset(columns, PREFERENCE_FEATURES).save_to_disk(str(tmp_path / "reward_labeled"))
 
-    check = check_reward_labels(tmp_path)
+    check = check_reward_labels(RunLayout.of(tmp_path))
     assert check["clips"] == 6
     assert check["accuracy"] == pytest.approx(4 / 6)
     assert check["aligned_share"] == pytest.approx(0.5)
@@ -105,4 +107,4 @@ def test_check_reward_labels_scores_every_reward_label_against_the_oracle(tmp_pa
     relabelled.save_to_disk(str(tmp_path / "reward_labeled_new"))
     (tmp_path / "reward_labeled").rename(tmp_path / "reward_labeled_old")
     (tmp_path / "reward_labeled_new").rename(tmp_path / "reward_labeled")
-    assert check_reward_labels(tmp_path)["accuracy"] == pytest.approx(2 / 6)
+    assert check_reward_labels(RunLayout.of(tmp_path))["accuracy"] == pytest.approx(2 / 6)

@@ -4,9 +4,8 @@ import pytest
 import torch
 
 from baton_trainer.evaluation.report import REPORT_FILES
-from baton_trainer.evaluation.stage import EvaluateConfig, evaluate
-from baton_trainer.testing import save_tiny_tango, tiny_tango
-from reward_hub.clap import save_tiny_clap
+from baton_trainer.stages.evaluate import EvaluateConfig, evaluate
+from baton_trainer.testing import save_tiny_clap, save_tiny_tango, tiny_tango
 
 
 @pytest.fixture(scope="module")

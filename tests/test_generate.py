@@ -15,7 +15,8 @@ import pytest
 import soundfile as sf
 
 from baton_trainer.backends.tango import TangoModel
-from baton_trainer.generate import GenerateConfig, GenerationError, clip_seed, generate, read_caption_rows
+from baton_trainer.generations import GenerationError, clip_seed, read_caption_rows
+from baton_trainer.stages.generate import GenerateConfig, generate
 from baton_trainer.testing import save_tiny_tango
 
 CAPTIONS = [

@@ -11,7 +11,8 @@ def test_evaluate_clap_score_module_loads_from_a_local_path(tmp_path):
     import evaluate
     from baton_trainer.evaluation import clap_score
     from baton_trainer.evaluation.clap_score_metric import METRIC_PATH
-    from reward_hub.clap import ClapEmbedder, save_tiny_clap
+    from baton_trainer.clap import ClapEmbedder
+    from baton_trainer.testing import save_tiny_clap
 
     embedder = ClapEmbedder(save_tiny_clap(tmp_path / "clap"))
     t = np.arange(160000) / 16000

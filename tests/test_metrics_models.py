@@ -149,7 +149,7 @@ def test_vggish_examples_and_fad_embeddings(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_clap(tmp_path_factory):
-    from reward_hub.clap import save_tiny_clap
+    from baton_trainer.testing import save_tiny_clap
 
     return save_tiny_clap(tmp_path_factory.mktemp("clap") / "tiny_clap", seed=0)
 
@@ -162,7 +162,7 @@ def _tone_mix(sample_rate: int, seconds: float, freqs=(440.0, 1300.0, 3100.0)) -
 def test_clap_score_equals_a_direct_clap_computation(tiny_clap):
     from transformers import ClapModel, ClapProcessor
 
-    from reward_hub.clap import ClapEmbedder
+    from baton_trainer.clap import ClapEmbedder
 
     texts = ["a dog barks while a car passes by", "rain falls on a roof"]
     clips_48k = [_tone_mix(48000, 10.0), np.random.default_rng(3).normal(size=480000).astype(np.float32) * 0.1]
@@ -183,7 +183,7 @@ def test_clap_score_equals_a_direct_clap_computation(tiny_clap):
 
 
 def test_clap_score_is_the_same_at_16_and_48_khz_and_for_long_clips(tiny_clap):
-    from reward_hub.clap import ClapEmbedder
+    from baton_trainer.clap import ClapEmbedder
 
     embedder = ClapEmbedder(tiny_clap)
     texts = ["birds chirp followed by a man speaking"]
@@ -205,7 +205,7 @@ def test_clap_score_refuses_unpaired_inputs(tiny_clap):
 
 def test_compute_metrics_scores_every_model_and_lists_what_it_skipped(tmp_path, tiny_clap):
     from baton_trainer.evaluation import compute_metrics, write_report
-    from reward_hub.clap import ClapEmbedder
+    from baton_trainer.clap import ClapEmbedder
 
     rng = np.random.default_rng(5)
     captions = [f"a dog barks then a car passes {i}" for i in range(10)]

@@ -5,18 +5,17 @@ import numpy as np
 import pytest
 
 from baton_trainer.config import ConfigError, parse_config
-from baton_trainer.prompts import (
+from baton_trainer.captions import (
     INTEGRITY_CONJUNCTIONS,
     TEMPORAL_CONJUNCTIONS,
     CaptionError,
-    PromptsConfig,
-    build_captions,
     caption_keeps_labels,
     generate_captions,
     load_labels,
     make_caption,
     read_captions,
 )
+from baton_trainer.stages.prompts import PromptsConfig, build_captions
 
 
 def _read_jsonl(path):
@@ -153,7 +152,7 @@ def test_rewriter_falls_back_when_a_label_is_dropped(tmp_path):
     """A tiny random GPT-2 (offline) writes nonsense: every caption must fall back to the template."""
     transformers = pytest.importorskip("transformers")
     tokenizers = pytest.importorskip("tokenizers")
-    from baton_trainer.prompts import CaptionRewriter
+    from baton_trainer.captions import CaptionRewriter
 
     words = sorted({w for label in load_labels() for w in label.split()} | {"Rewrite", "the", "sound", "Sentence:", "Description:"})
     vocab = {"[UNK]": 0, "[EOS]": 1, **{w: i + 2 for i, w in enumerate(words)}}

@@ -8,9 +8,10 @@ import torch
 import reward_hub
 from baton_trainer.__main__ import main
 from baton_trainer.data import load_preference_dataset
-from baton_trainer.hub import PushConfig, PushError, detect_kind, push
-from reward_hub import build_reward_model, save_tiny_clap
-from reward_hub.testing import save_synthetic_ratings, synthetic_clip
+from baton_trainer.hub import PushError, detect_kind
+from baton_trainer.stages.push import PushConfig, push
+from baton_trainer.testing import save_synthetic_ratings, save_tiny_clap, synthetic_clip
+from reward_hub import build_reward_model
 
 
 @pytest.fixture(scope="module")
@@ -45,15 +46,34 @@ def test_dataset_push_writes_parquet_that_loads_as_a_preference_dataset(tmp_path
     assert list(back["caption"]) == list(original["caption"]) and list(back["feedback"]) == list(original["feedback"])
 
 
-def test_aligned_model_card_names_the_base_model(tmp_path):
-    folder = tmp_path / "aligned"
-    folder.mkdir()
-    (folder / "training_config.json").write_text(json.dumps({"base_model": "declare-lab/tango-full-ft-audiocaps"}))
+def test_aligned_model_card_names_the_base_model_and_carries_the_evaluation(tmp_path):
+    from huggingface_hub import ModelCard
+
+    run = tmp_path / "run"
+    folder = run / "aligned"
+    folder.mkdir(parents=True)
+    # What the finetune stage writes beside the weights, and what the evaluate stage writes.
+    (folder / "baton_export.json").write_text(json.dumps({"mode": "full", "base": "declare-lab/tango-full-ft-audiocaps"}))
+    (folder / "finetune_config.json").write_text(json.dumps({"model": "declare-lab/tango-full-ft-audiocaps", "feedback_dataset": "runs/x/feedback"}))
     (folder / "unet.safetensors").write_bytes(b"0")
-    push(PushConfig(path=str(folder), repo_id=f"file://{tmp_path / 'out'}"))
-    card = (tmp_path / "out" / "README.md").read_text()
-    assert "base_model: declare-lab/tango-full-ft-audiocaps" in card
-    assert (tmp_path / "out" / "unet.safetensors").is_file()
+    (folder / "checkpoints" / "checkpoint-5").mkdir(parents=True)
+    (run / "eval").mkdir()
+    (run / "eval" / "metrics.json").write_text(json.dumps({
+        "base": {"temporal_accuracy": 0.3, "clap_score": 0.35}, "aligned": {"temporal_accuracy": 0.6, "clap_score": 0.41},
+        "info": {"captions": "paper", "clips_per_model": 313, "steps": 200, "guidance": 3.0, "seed": 1000},
+    }))
+    push(PushConfig(path=str(folder), repo_id=f"file://{tmp_path / 'out'}", run_dir=str(run)))
+    text = (tmp_path / "out" / "README.md").read_text()
+    card = ModelCard(text)
+    assert card.data.base_model == "declare-lab/tango-full-ft-audiocaps"
+    results = {r.metric_type: r.metric_value for r in card.data.eval_results}
+    assert results == {"temporal_accuracy": 0.6, "clap_score": 0.41}
+    assert "| temporal accuracy (%) | 30.00 | 60.00 |" in text
+    commands = text.split("```bash\n", 1)[1].split("```", 1)[0]  # shell commands in a shell block
+    assert f"python -m baton_trainer evaluate --model declare-lab/tango-full-ft-audiocaps --aligned {tmp_path / 'out'}" in commands
+    assert "```python\npython -m" not in text
+    assert "finetune_config.json" in text and "training_config.json" not in text
+    assert (tmp_path / "out" / "unet.safetensors").is_file() and not (tmp_path / "out" / "checkpoints").exists()
 
 
 def test_missing_token_is_a_clear_error(reward_dir, monkeypatch):

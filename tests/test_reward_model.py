@@ -12,8 +12,9 @@ import torch
 
 import reward_hub
 from baton_trainer.audio import resample
-from reward_hub import ClapEmbedder, RewardInputError, build_reward_model, save_tiny_clap
-from reward_hub.testing import synthetic_clip
+from baton_trainer.clap import ClapEmbedder
+from baton_trainer.testing import save_tiny_clap, synthetic_clip
+from reward_hub import RewardInputError, build_reward_model
 
 
 @pytest.fixture(scope="module")
@@ -127,8 +128,9 @@ PIPELINE_SCRIPT = textwrap.dedent(
     """
     import json, sys
     import numpy as np
-    # Make reward_hub, baton_trainer and soxr unimportable: the Hub code must run on transformers alone.
-    for name in ("reward_hub", "baton_trainer", "soxr"):
+    # Make reward_hub and baton_trainer unimportable (and soxr too, when asked): the Hub code must
+    # run on transformers and soxr alone.
+    for name in ("reward_hub", "baton_trainer", *sys.argv[3:]):
         sys.modules[name] = None
     from transformers import pipeline
 
@@ -202,17 +204,23 @@ def test_pipeline_with_remote_code_in_a_clean_process_matches_reward_hub_load(mo
     loaded = reward_hub.load(tmp_path / "rm")
     expected48 = loaded.score(["a low hum outside", "a high hiss nearby"], [a48, b48], 48_000)
     np.testing.assert_allclose(out["scores"][:2], expected48.numpy(), atol=1e-5)
-    # At 16 kHz the pipeline resampled without soxr (its own windowed sinc): close, not identical.
+    # At 16 kHz too: the pipeline resamples with soxr, as reward_hub does, so the scores are the same.
     expected16 = loaded.score(["a tone and a hiss"], [c16], 16_000)
-    np.testing.assert_allclose(out["scores"][2], float(expected16), atol=5e-3)
+    np.testing.assert_allclose(out["scores"][2], float(expected16), atol=1e-5)
 
 
-def test_fallback_resampler_agrees_with_soxr():
-    from reward_hub.modeling_baton_reward import _sinc_resample
-
-    clip16 = resample(band_limited_clip(seconds=2.0), 48_000, 16_000)
-    ours = _sinc_resample(clip16, 16_000, 48_000)
-    ref = resample(clip16, 16_000, 48_000)
-    assert ours.shape == ref.shape
-    inner = slice(2000, -2000)  # edges differ by filter start-up only
-    assert np.max(np.abs(ours[inner] - ref[inner])) < 1e-2
+@pytest.mark.slow
+def test_pipeline_without_soxr_refuses_to_score_instead_of_scoring_differently(model, tmp_path):
+    model.save_pretrained(tmp_path / "rm")
+    np.savez(tmp_path / "clips.npz", a48=np.zeros(48_000, np.float32), b48=np.zeros(48_000, np.float32), c16=np.zeros(16_000, np.float32))
+    script = tmp_path / "elsewhere" / "score.py"
+    script.parent.mkdir()
+    script.write_text(PIPELINE_SCRIPT)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["HF_MODULES_CACHE"] = str(tmp_path / "hf_modules")
+    result = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "rm"), str(tmp_path / "clips.npz"), "soxr"],
+        cwd=script.parent, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode != 0 and not result.stdout.strip()
+    assert "pip install soxr" in result.stderr.splitlines()[-1]  # one line that names what is missing

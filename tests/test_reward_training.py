@@ -9,17 +9,10 @@ import torch
 import reward_hub
 from baton_trainer.audio import load_audio
 from baton_trainer.data import build_dataset, load_preference_dataset
-from reward_hub.clap import save_tiny_clap
-from reward_hub.testing import save_synthetic_generations, save_synthetic_ratings, synthetic_rating_rows
-from reward_hub.training import (
-    LabelConfig,
-    RewardDataError,
-    RewardTrainingConfig,
-    classification_metrics,
-    label_unrated,
-    split_by_caption,
-    train_reward_model,
-)
+from baton_trainer.reward_training import RewardDataError, classification_metrics, split_by_caption
+from baton_trainer.stages.label import LabelConfig, label_unrated
+from baton_trainer.stages.reward import RewardTrainingConfig, train_reward_model
+from baton_trainer.testing import save_synthetic_generations, save_synthetic_ratings, save_tiny_clap, synthetic_rating_rows
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +77,7 @@ def test_cached_and_uncached_embeddings_give_the_same_rewards(tmp_path, clap_dir
 
 def test_cosine_logistic_fit_recovers_the_logistic_that_made_the_ratings(clap_dir):
     """Ratings drawn from sigmoid(12 * cosine - 6): the fitted head must find those two numbers."""
-    from reward_hub.training import fit_cosine_logistic
+    from baton_trainer.reward_training import fit_cosine_logistic
 
     model = reward_hub.build_reward_model(str(clap_dir), head_type="cosine_logistic")
     dim = model.embedding_dim
@@ -105,7 +98,7 @@ def test_cosine_logistic_fit_recovers_the_logistic_that_made_the_ratings(clap_di
 
 def test_unknown_head_type_is_refused_before_any_embedding(tmp_path, clap_dir):
     save_synthetic_ratings(tmp_path / "feedback", n_captions=4, clips_per_caption=2, seed=2)
-    with pytest.raises(RewardDataError, match="head_type must be one of"):
+    with pytest.raises(ValueError, match="config key 'head_type' must be one of"):
         train_reward_model(RewardTrainingConfig(run_dir=str(tmp_path), clap_model=str(clap_dir), head_type="attention"))
     assert not (tmp_path / "cache").exists()
 

@@ -18,6 +18,7 @@ import torch
 from baton_trainer.backends.tango import TangoModel
 from baton_trainer.testing import save_tiny_tango
 from spaces_demo import app as space
+from spaces_demo import models as space_models
 
 gradio_client = pytest.importorskip("gradio_client")
 
@@ -36,7 +37,8 @@ def make_models(root: Path) -> dict[str, Path]:
     tiny reward model: the real classes, saved the way the trainer and reward stages save them."""
     from peft import LoraConfig
 
-    from reward_hub import build_reward_model, save_tiny_clap
+    from baton_trainer.testing import save_tiny_clap
+    from reward_hub import build_reward_model
 
     base = save_tiny_tango(root / "base")
     full = TangoModel.from_pretrained(base)
@@ -181,18 +183,18 @@ def test_check_inputs_names_each_setting():
 def test_lora_export_shares_frozen_parts_and_leaves_the_base_unchanged(models):
     base = TangoModel.from_pretrained(models["base"])
     before = base.generate([PROMPT], [5], num_inference_steps=2, guidance_scale=3.0)
-    aligned = space.load_aligned(base, models["lora"])
+    aligned = space_models.load_aligned(base, models["lora"])
     assert aligned.vae is base.vae and aligned.text_encoder is base.text_encoder and aligned.vocoder is base.vocoder
     assert aligned.unet is not base.unet and not getattr(base.unet, "peft_config", None)
     after = base.generate([PROMPT], [5], num_inference_steps=2, guidance_scale=3.0)
     lora = aligned.generate([PROMPT], [5], num_inference_steps=2, guidance_scale=3.0)
     assert np.array_equal(before, after) and not np.allclose(before, lora)
-    with pytest.raises(space.SpaceError, match="no baton_export.json"):
-        space.load_aligned(base, models["base"])
+    with pytest.raises(space_models.SpaceError, match="no baton_export.json"):
+        space_models.load_aligned(base, models["base"])
     other_base = TangoModel.from_pretrained(save_tiny_tango(models["base"].parent / "other_base", seed=1))
     other_base.unet = type(other_base.unet)(**{**other_base.unet.config, "block_out_channels": (8, 16), "norm_num_groups": 4})
-    with pytest.raises(space.SpaceError, match="does not load onto base"):
-        space.load_aligned(other_base, models["lora"])
+    with pytest.raises(space_models.SpaceError, match="does not load onto base"):
+        space_models.load_aligned(other_base, models["lora"])
 
 
 def _toy_layout(root: Path, models) -> tuple[Path, Path]:
@@ -211,12 +213,12 @@ def _toy_layout(root: Path, models) -> tuple[Path, Path]:
 def test_defaults_find_the_toy_run_then_shipped_exports(models, tmp_path, monkeypatch):
     work, checkpoints = _toy_layout(tmp_path, models)
     monkeypatch.chdir(work)
-    monkeypatch.setattr(space, "REPO_ROOT", tmp_path / "elsewhere")
-    monkeypatch.setattr(space, "_toy_checkpoints", lambda: checkpoints)
+    monkeypatch.setattr(space_models, "REPO_ROOT", tmp_path / "elsewhere")
+    monkeypatch.setattr(space_models, "_toy_checkpoints", lambda: checkpoints)
     for name in ("BATON_BASE_MODEL", "BATON_ALIGNED_EXPORT", "BATON_REWARD_MODEL"):
         monkeypatch.delenv(name, raising=False)
 
-    resolved = space.resolve_models(space.SpaceConfig.from_env())
+    resolved = space_models.resolve_models(space_models.SpaceConfig.from_env())
     assert Path(resolved.aligned_export).resolve() == (work / "runs" / "toy" / "aligned").resolve()
     assert Path(resolved.base_model) == models["base"]  # read from the export's baton_export.json
     assert Path(resolved.reward_model).resolve() == (work / "runs" / "toy" / "reward_model").resolve()
@@ -225,36 +227,36 @@ def test_defaults_find_the_toy_run_then_shipped_exports(models, tmp_path, monkey
     import shutil
 
     shutil.rmtree(work / "runs")  # no local run: the shipped export and reward model
-    resolved = space.resolve_models(space.SpaceConfig.from_env())
+    resolved = space_models.resolve_models(space_models.SpaceConfig.from_env())
     assert Path(resolved.aligned_export) == checkpoints / "toy_aligned"
     assert Path(resolved.reward_model) == checkpoints / "toy_reward"
 
     # another base model: the toy exports do not fit it, so the page shows the baseline alone
     monkeypatch.setenv("BATON_BASE_MODEL", str(tmp_path / "some_other_model"))
-    resolved = space.resolve_models(space.SpaceConfig.from_env())
+    resolved = space_models.resolve_models(space_models.SpaceConfig.from_env())
     assert resolved.aligned_export is None and "only the baseline" in resolved.notes[0]
 
     monkeypatch.setenv("BATON_BASE_MODEL", str(models["base"]))
     monkeypatch.setenv("BATON_ALIGNED_EXPORT", "none")
     monkeypatch.setenv("BATON_REWARD_MODEL", "none")
-    resolved = space.resolve_models(space.SpaceConfig.from_env())
+    resolved = space_models.resolve_models(space_models.SpaceConfig.from_env())
     assert (resolved.aligned_export, resolved.reward_model) == (None, None)
     assert any("turned off" in n and "baseline" in n for n in resolved.notes)
     assert any("not scored" in n for n in resolved.notes)
 
     # CLI arguments win over the environment
-    config = space.SpaceConfig.from_env(aligned_export=str(models["full"]), port=1234)
+    config = space_models.SpaceConfig.from_env(aligned_export=str(models["full"]), port=1234)
     assert config.aligned_export == str(models["full"]) and config.base_model == str(models["base"]) and config.port == 1234
     monkeypatch.setenv("BATON_DEFAULT_STEPS", "many")
-    with pytest.raises(space.SpaceError, match="default_steps"):
-        space.SpaceConfig.from_env()
+    with pytest.raises(space_models.SpaceError, match="default_steps"):
+        space_models.SpaceConfig.from_env()
 
 
 def test_missing_models_fail_with_one_line_naming_them(models, tmp_path):
-    with pytest.raises(space.SpaceError, match="aligned export '.*nowhere'"):
-        space.load_models(space.SpaceConfig(base_model=str(models["base"]), aligned_export=str(tmp_path / "nowhere"), reward_model="none"))
-    with pytest.raises(space.SpaceError, match="base model '.*missing'"):
-        space.load_models(space.SpaceConfig(base_model=str(tmp_path / "missing"), aligned_export="none", reward_model="none"))
+    with pytest.raises(space_models.SpaceError, match="aligned export '.*nowhere'"):
+        space_models.load_models(space_models.SpaceConfig(base_model=str(models["base"]), aligned_export=str(tmp_path / "nowhere"), reward_model="none"))
+    with pytest.raises(space_models.SpaceError, match="base model '.*missing'"):
+        space_models.load_models(space_models.SpaceConfig(base_model=str(tmp_path / "missing"), aligned_export="none", reward_model="none"))
 
 
 def test_baseline_only_page_and_examples(models, tmp_path):

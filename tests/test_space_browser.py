@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from spaces_demo import app as space
+from spaces_demo import models as space_models
 
 from test_space import free_port, make_models
 
@@ -29,7 +30,7 @@ def test_generate_in_a_browser_and_bad_inputs_show_messages(tmp_path):
 
     models = make_models(tmp_path / "models")
     base = TangoModel.from_pretrained(models["base"])
-    aligned = space.load_aligned(base, models["full"])
+    aligned = space_models.load_aligned(base, models["full"])
     output_dir = tmp_path / "outputs"
     demo = space.build_demo(base, aligned, reward_hub.load(models["reward"]), output_dir, default_steps=3)
     port = free_port()

@@ -15,13 +15,9 @@ import pytest
 import torch
 
 from baton_trainer.backends.tango import TangoModel
-from baton_trainer.backends.tango_original import (
-    ConvertTangoConfig,
-    TangoCheckpointError,
-    convert_tango,
-    is_original_tango_folder,
-    load_original_tango,
-)
+from baton_trainer.backends import load_backend
+from baton_trainer.backends.tango_original import TangoCheckpointError, is_original_tango_folder, load_original_tango
+from baton_trainer.stages.convert_tango import ConvertTangoConfig, convert_tango
 from baton_trainer.testing import tiny_tokenizer
 
 N_MELS = 16
@@ -131,7 +127,7 @@ def original(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model(original):
-    return TangoModel.from_pretrained(original[0])
+    return load_backend(original[0])
 
 
 def _assert_same_state(module, source, name):
@@ -281,7 +277,7 @@ def test_loads_through_a_hub_id_from_the_local_cache(original, tmp_path, monkeyp
     (repo / "refs").mkdir(parents=True)
     (repo / "refs" / "main").write_text(commit)
     monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    loaded = TangoModel.from_pretrained("declare-lab/tango-tiny")
+    loaded = load_backend("declare-lab/tango-tiny")
     assert loaded.name_or_path == "declare-lab/tango-tiny"
     _assert_same_state(loaded.unet, original[1]["unet"], "unet")
 

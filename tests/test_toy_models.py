@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from baton_trainer.backends.tango import TangoModel
-from baton_trainer.prompts import generate_captions, make_caption
+from baton_trainer.captions import generate_captions, make_caption
 from baton_trainer.toyworld.events import EVENT_NAMES
 from baton_trainer.toyworld.models import (
     CHECKPOINTS_DIR,
@@ -107,7 +107,7 @@ def test_toy_tango_latents_match_its_unet(toy_tango):
 
 @pytest.fixture(scope="module")
 def toy_clap():
-    from reward_hub.clap import ClapEmbedder
+    from baton_trainer.clap import ClapEmbedder
 
     return ClapEmbedder(str(TOY_CLAP_PATH), batch_size=16)
 
@@ -142,7 +142,7 @@ def test_toy_clap_judges_decoded_clips(toy_clap, toy_tango):
     """The reward model scores generated clips, which come out of the toy VAE and vocoder: through
     that round trip the CLAP must still rank the right clip above one missing an event or with two
     events swapped (the reason its second training run decodes clips, docs/toy_models.md)."""
-    from reward_hub.training import classification_metrics
+    from baton_trainer.reward_training import classification_metrics
 
     rng = np.random.default_rng(21)
     captions, clips, aligned = [], [], []

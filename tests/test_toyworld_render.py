@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from baton_trainer.prompts import caption_keeps_labels
+from baton_trainer.captions import caption_keeps_labels
 from baton_trainer.toyworld import (
     EVENT_NAMES,
     EVENTS,

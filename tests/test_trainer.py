@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 
 from baton_trainer.backends.tango import TangoModel
 from baton_trainer.testing import save_tiny_tango
-from baton_trainer.trainer import FinetuneConfig, RewardWeightedDiffusionTrainer
+from baton_trainer.stages.finetune import FinetuneConfig
+from baton_trainer.trainer import RewardWeightedDiffusionTrainer
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +130,19 @@ def test_checkpoint_limit_keeps_last_n(world, tmp_path):
     assert sorted(p.name for p in (tmp_path / "ck" / "checkpoints").iterdir()) == ["checkpoint-3", "checkpoint-4"]
 
 
-def test_bf16_autocast_runs_on_cpu(world, tmp_path):
+@pytest.fixture
+def own_accelerator_state():
+    """A test that trains at another precision than the rest of the suite: accelerate keeps one
+    precision per process and has no public reset, so the test clears its state before and after
+    (its own tests do the same)."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state()
+    yield
+    AcceleratorState._reset_state()
+
+
+def test_bf16_autocast_runs_on_cpu(world, tmp_path, own_accelerator_state):
     trainer = RewardWeightedDiffusionTrainer(make_config(world, tmp_path / "bf16", mixed_precision="bf16", use_lora=True, max_train_steps=2))
     out = trainer.train()
     summary = json.loads((out / "train_summary.json").read_text())

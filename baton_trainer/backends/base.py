@@ -107,12 +107,14 @@ class TextToAudioBackend(ABC):
         (folder / EXPORT_FILE).write_text(json.dumps({"mode": mode, "base": base}, indent=2))
 
     def load_trained(self, folder: str | Path) -> None:
-        """Apply an export written by `save_trained` on top of this (base) model."""
+        """Apply an export written by `save_trained` (a folder or Hub id) on top of this (base) model."""
         from peft import LoraConfig
         from peft.utils import set_peft_model_state_dict
         from safetensors.torch import load_file
 
-        folder = Path(folder)
+        from ..hub import resolve_folder
+
+        folder = resolve_folder(folder, "trained export")
         info_file = folder / EXPORT_FILE
         if not info_file.is_file():
             raise FileNotFoundError(f"{folder}: not a trained export (no {EXPORT_FILE})")

@@ -132,41 +132,36 @@ class TangoModel(TextToAudioBackend):
         torch_dtype: torch.dtype | None = None,
         revision: str | None = None,
     ) -> "TangoModel":
-        """Load a saved folder, a Hub id of one, or TANGO's original checkpoint layout (either kind),
-        then apply a trained export (LoRA adapter or full UNet) when given."""
-        folder = Path(name_or_path)
-        if not folder.is_dir():
-            if str(name_or_path).startswith(("/", ".", "~")) or folder.exists():
-                raise FileNotFoundError(f"model folder not found: {name_or_path}")
-            folder = _download(str(name_or_path), revision)
-        if not (folder / MODEL_FILE).is_file():
-            from .tango_original import is_original_tango_folder, load_original_tango
+        """Load a folder written by `save_pretrained` (or a Hub id of one), then apply a trained
+        export (LoRA adapter or full UNet, a folder or Hub id) when given. TANGO's original Hub
+        layout loads through `baton_trainer.backends.load_backend`."""
+        from ..hub import resolve_folder
 
-            if is_original_tango_folder(folder):
-                model = load_original_tango(folder)
-            else:
-                raise FileNotFoundError(
-                    f"{folder}: neither a baton-trainer model ({MODEL_FILE}) nor an original TANGO checkpoint (main_config.json)"
-                )
-        else:
-            settings = TangoSettings.from_dict(json.loads((folder / MODEL_FILE).read_text()))
-            vocoder_cls = _load_vocoder_class(settings.vocoder_class)
-            model = cls(
-                unet=UNet2DConditionModel.from_pretrained(str(folder / "unet")),
-                vae=AutoencoderKL.from_pretrained(str(folder / "vae")),
-                text_encoder=T5EncoderModel.from_pretrained(str(folder / "text_encoder")),
-                tokenizer=AutoTokenizer.from_pretrained(str(folder / "tokenizer")),
-                vocoder=vocoder_cls.from_pretrained(str(folder / "vocoder")),
-                scheduler=DDPMScheduler.from_pretrained(str(folder / "scheduler")),
-                settings=settings,
-            )
+        folder = resolve_folder(name_or_path, "model", revision)
+        if not (folder / MODEL_FILE).is_file():
+            raise FileNotFoundError(f"{folder}: not a baton-trainer TANGO folder (no {MODEL_FILE})")
+        settings = TangoSettings.from_dict(json.loads((folder / MODEL_FILE).read_text()))
+        vocoder_cls = _load_vocoder_class(settings.vocoder_class)
+        model = cls(
+            unet=UNet2DConditionModel.from_pretrained(str(folder / "unet")),
+            vae=AutoencoderKL.from_pretrained(str(folder / "vae")),
+            text_encoder=T5EncoderModel.from_pretrained(str(folder / "text_encoder")),
+            tokenizer=AutoTokenizer.from_pretrained(str(folder / "tokenizer")),
+            vocoder=vocoder_cls.from_pretrained(str(folder / "vocoder")),
+            scheduler=DDPMScheduler.from_pretrained(str(folder / "scheduler")),
+            settings=settings,
+        )
         model.name_or_path = str(name_or_path)
-        model.eval()
+        return model.prepare(export, device, torch_dtype)
+
+    def prepare(self, export: str | Path | None = None, device=None, torch_dtype=None) -> "TangoModel":
+        """Eval mode, device and dtype, then the trained export (a folder or Hub id) on top."""
+        self.eval()
         if device is not None or torch_dtype is not None:
-            model.to(device=device, dtype=torch_dtype)
+            self.to(device=device, dtype=torch_dtype)
         if export is not None:
-            model.load_trained(export)
-        return model
+            self.load_trained(export)
+        return self
 
     def save_pretrained(self, folder: str | Path) -> None:
         folder = Path(folder)
@@ -334,13 +329,3 @@ class TangoModel(TextToAudioBackend):
         if audio.shape[-1] < samples:
             audio = F.pad(audio, (0, samples - audio.shape[-1]))
         return audio.cpu().numpy().astype(np.float32)
-
-
-def _download(repo_id: str, revision: str | None) -> Path:
-    """Fetch a model repo (either layout) from the Hub; offline, this reads the local cache only."""
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=["*.json", "*.safetensors", "*.bin", "*.model", "*.txt", "*/*"]))
-    except Exception as exc:  # network, auth, missing repo: say which id failed and why
-        raise FileNotFoundError(f"could not load model '{repo_id}': {type(exc).__name__}: {exc}".splitlines()[0]) from None

@@ -25,13 +25,13 @@ those win over the kept ones.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..audio import atomic_folder
+from ..checkpoints import CheckpointFormatError, first_keys, load_state_dict_file, load_state_strict
+from .tango import MelConfig, MelFrontEnd, TangoModel, TangoSettings
 
 CONFIG_DIR = Path(__file__).parent / "tango_configs"
 MAIN_CONFIG = "main_config.json"
@@ -44,7 +44,7 @@ VOCODER_CONFIG = "vocoder_config.json"
 SD21_SCHEDULERS = {"stabilityai/stable-diffusion-2-1", "stabilityai/stable-diffusion-2-1-base"}
 
 
-class TangoCheckpointError(ValueError):
+class TangoCheckpointError(CheckpointFormatError):
     """An original TANGO checkpoint that cannot be loaded; the message names the file, key or setting."""
 
 
@@ -71,15 +71,7 @@ def _read_json(path: Path) -> dict[str, Any]:
 def _load_bin(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise TangoCheckpointError(f"{path}: not found (an original TANGO checkpoint needs it)")
-    try:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # unpickling refused or corrupt file
-        raise TangoCheckpointError(f"{path}: cannot be read as a weights-only state dict ({type(exc).__name__}: {exc})".splitlines()[0]) from None
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise TangoCheckpointError(f"{path}: expected a state dict of tensors")
-    return state
+    return load_state_dict_file(path, "TANGO", error=TangoCheckpointError)
 
 
 def _split_prefix(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
@@ -99,36 +91,6 @@ def _fold_weight_norm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
             out[base] = g * v / norm
             del out[key_g], out[key_v]
     return out
-
-
-def _first(keys, n: int = 5) -> str:
-    keys = sorted(keys)
-    more = f" (+{len(keys) - n} more)" if len(keys) > n else ""
-    return ", ".join(keys[:n]) + more
-
-
-def load_state_strict(
-    module: torch.nn.Module, state: dict[str, torch.Tensor], what: str, optional: set[str] = frozenset(), assign: bool = False
-) -> None:
-    """`load_state_dict` that names the first missing, unexpected or mis-shaped keys in one line.
-
-    `optional` keys may be absent (tied weights). `assign=True` replaces meta-device parameters."""
-    expected = module.state_dict()
-    missing = [k for k in expected if k not in state and k not in optional]
-    unexpected = [k for k in state if k not in expected]
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing keys: {_first(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys: {_first(unexpected)}")
-        raise TangoCheckpointError(f"{what}: {'; '.join(parts)}")
-    for key, value in state.items():
-        if tuple(value.shape) != tuple(expected[key].shape):
-            raise TangoCheckpointError(
-                f"{what}: key {key} has shape {tuple(value.shape)}, the model expects {tuple(expected[key].shape)} (config mismatch?)"
-            )
-    module.load_state_dict(state, strict=False, assign=assign)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -228,7 +190,7 @@ def convert_vae_state(ldm_state: dict[str, torch.Tensor], vae, where: str = VAE_
         used.add(source)
     unexpected = [k for k in ldm_state if k not in used]
     if missing or unexpected:
-        parts = ([f"missing keys: {_first(missing)}"] if missing else []) + ([f"unexpected keys: {_first(unexpected)}"] if unexpected else [])
+        parts = ([f"missing keys: {first_keys(missing)}"] if missing else []) + ([f"unexpected keys: {first_keys(unexpected)}"] if unexpected else [])
         raise TangoCheckpointError(f"{where} (VAE): {'; '.join(parts)}")
     return converted
 
@@ -260,7 +222,7 @@ def convert_vocoder_state(hifigan_state: dict[str, torch.Tensor], vocoder, where
         used.add(source)
     unexpected = ["vocoder." + k for k in hifigan_state if k not in used]
     if missing or unexpected:
-        parts = ([f"missing keys: {_first(missing)}"] if missing else []) + ([f"unexpected keys: {_first(unexpected)}"] if unexpected else [])
+        parts = ([f"missing keys: {first_keys(missing)}"] if missing else []) + ([f"unexpected keys: {first_keys(unexpected)}"] if unexpected else [])
         raise TangoCheckpointError(f"{where} (vocoder): {'; '.join(parts)}")
     for key, value in converted.items():
         if tuple(value.shape) != tuple(expected[key].shape):
@@ -343,9 +305,7 @@ def _check_stft(folder: Path, mel) -> None:
         )
 
 
-def mel_config_from_stft(stft_config: dict[str, Any], where: str = STFT_CONFIG):
-    from .tango import MelConfig
-
+def mel_config_from_stft(stft_config: dict[str, Any], where: str = STFT_CONFIG) -> MelConfig:
     names = {
         "sample_rate": "sampling_rate",
         "n_fft": "filter_length",
@@ -372,10 +332,10 @@ def _empty_init(build):
 def _assign(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str, optional: set[str] = frozenset()):
     # fp32 like a freshly built module; `TangoModel.to(dtype=...)` casts later
     state = {k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}
-    load_state_strict(module, state, what, optional, assign=True)
+    load_state_strict(module, state, what, optional, assign=True, error=TangoCheckpointError)
     meta = [n for n, p in list(module.named_parameters()) + list(module.named_buffers()) if p.is_meta]
     if meta:
-        raise TangoCheckpointError(f"{what}: no weights for {_first(meta)}")
+        raise TangoCheckpointError(f"{what}: no weights for {first_keys(meta)}")
     return module
 
 
@@ -393,8 +353,6 @@ def load_original_tango(
     """
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import AutoConfig, AutoTokenizer, SpeechT5HifiGan, SpeechT5HifiGanConfig, T5EncoderModel
-
-    from .tango import MelFrontEnd, TangoModel, TangoSettings
 
     folder = Path(folder)
     main_config = _read_json(folder / MAIN_CONFIG)
@@ -452,7 +410,7 @@ def load_original_tango(
     voc_cfg = SpeechT5HifiGanConfig(**{k: v for k, v in _read_json(voc_path).items() if not k.startswith("_")})
     voc_cfg.normalize_before = False
     vocoder = SpeechT5HifiGan(voc_cfg)
-    load_state_strict(vocoder, convert_vocoder_state(hifigan_state, vocoder, str(folder / VAE_WEIGHTS)), f"{folder / VAE_WEIGHTS} (vocoder)")
+    load_state_strict(vocoder, convert_vocoder_state(hifigan_state, vocoder, str(folder / VAE_WEIGHTS)), f"{folder / VAE_WEIGHTS} (vocoder)", error=TangoCheckpointError)
     del vae_state
 
     # Mel front end and schedule
@@ -465,55 +423,3 @@ def load_original_tango(
     model = TangoModel(unet, vae, t5, tokenizer, vocoder, scheduler, settings)
     model.name_or_path = str(folder)
     return model.eval()
-
-
-# ----------------------------------------------------------------------------------------------
-# The `convert-tango` stage
-
-
-@dataclass
-class ConvertTangoConfig:
-    src: str = field(default="", metadata={"positional": True, "help": "original TANGO checkpoint: a folder or Hub id (e.g. declare-lab/tango-full-ft-audiocaps)"})
-    dst: str = field(default="", metadata={"positional": True, "help": "output folder (diffusers-style, safetensors), loadable with TangoModel.from_pretrained"})
-    text_encoder: str | None = field(default=None, metadata={"help": "T5 folder or Hub id for config and tokenizer; default: main_config's text_encoder_name"})
-    revision: str | None = field(default=None, metadata={"help": "Hub revision of src"})
-    overwrite: bool = field(default=False, metadata={"help": "replace an existing dst"})
-
-
-def convert_tango(config: ConvertTangoConfig) -> Path:
-    """Original TANGO checkpoint -> a diffusers-style folder (`TangoModel.save_pretrained`), atomically."""
-    from .tango import MODEL_FILE, _download
-
-    if not config.src or not config.dst:
-        raise TangoCheckpointError("convert-tango needs SRC and DST (python -m baton_trainer convert-tango SRC DST)")
-    src = Path(config.src)
-    if not src.is_dir():
-        src = _download(config.src, config.revision)
-    if not is_original_tango_folder(src):
-        raise TangoCheckpointError(f"{src}: not an original TANGO checkpoint ({MAIN_CONFIG} missing)")
-    dst = Path(config.dst)
-    if dst.exists() and any(dst.iterdir()) and not config.overwrite:
-        raise TangoCheckpointError(f"{dst}: exists and is not empty; set overwrite=true to replace it")
-    model = load_original_tango(src, text_encoder=config.text_encoder)
-    model.name_or_path = config.src
-    with atomic_folder(dst) as tmp:
-        model.save_pretrained(tmp)
-        (tmp / "conversion.json").write_text(
-            json.dumps({"source": config.src, "revision": config.revision, "text_encoder": config.text_encoder}, indent=2)
-        )
-    assert (dst / MODEL_FILE).is_file()
-    print(f"converted {config.src} -> {dst}")
-    return dst
-
-
-__all__ = [
-    "ConvertTangoConfig",
-    "TangoCheckpointError",
-    "convert_tango",
-    "convert_vae_state",
-    "convert_vocoder_state",
-    "is_original_tango_folder",
-    "ldm_vae_key",
-    "load_original_tango",
-    "vae_config_to_diffusers",
-]

@@ -1,10 +1,11 @@
 """Evaluation: metrics comparable with published text-to-audio numbers, and the report writer.
 
 Metrics are plain functions on arrays (`metrics`); the models that produce those arrays (PANNs
-Cnn14, VGGish, CLAP) are injected and loaded from local files (`models`, `reward_hub.clap`).
+Cnn14, VGGish, CLAP) are injected and loaded from local files (`models`, `baton_trainer.clap`).
 See docs/evaluation.md for definitions and how the numbers compare with the BATON paper.
 """
 
+from ..checkpoints import CheckpointFormatError
 from .metrics import (
     MetricInputError,
     clap_score,
@@ -20,7 +21,6 @@ from .models import (
     PANNS_CNN14_16K_URL,
     VGGISH_FILE,
     VGGISH_URL,
-    CheckpointFormatError,
     Cnn14Config,
     MissingCheckpointError,
     PannsCnn14,

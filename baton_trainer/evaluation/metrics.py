@@ -246,7 +246,7 @@ def kl_divergence(
 
 
 def _as_embedder(model: Any):
-    from reward_hub.clap import ClapEmbedder
+    from ..clap import ClapEmbedder
 
     if isinstance(model, ClapEmbedder):
         return model
@@ -262,7 +262,7 @@ def clap_score(
     """CLAP score: cosine between the L2-normalised CLAP embeddings of each caption and its clip.
 
     Returns `(mean, per_pair)`; papers print the mean x100 (BATON: "35.9%" is 0.359). `model` is
-    a `reward_hub.clap.ClapEmbedder`, a `ClapModel`, a folder or a Hub id (default LAION's
+    a `baton_trainer.clap.ClapEmbedder`, a `ClapModel`, a folder or a Hub id (default LAION's
     `630k-audioset-best`, the checkpoint BATON uses). Audio is resampled to 48 kHz and cropped
     deterministically to 10 s by the embedder, so the score does not depend on CLAP's random
     crop or on the clip's sample rate.

@@ -18,7 +18,6 @@ Checkpoints (the user downloads them once and points the evaluate stage at them)
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -29,9 +28,9 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.audio_utils import mel_filter_bank
 
-from ..audio import slaney_mel_filters
-
-from baton_trainer.audio import check_waveform, resample
+from ..audio import check_waveform, resample, slaney_mel_filters
+from ..checkpoints import load_state_dict_file, load_state_strict
+from ..runtime import pick_device
 
 PANNS_CNN14_16K_FILE = "Cnn14_16k_mAP=0.438.pth"
 PANNS_CNN14_16K_URL = "https://zenodo.org/record/3987831/files/Cnn14_16k_mAP%3D0.438.pth"
@@ -41,42 +40,6 @@ VGGISH_URL = "https://github.com/harritaylor/torchvggish/releases/download/v0.1/
 
 class MissingCheckpointError(FileNotFoundError):
     """A metric's model checkpoint is not where the config says; the message says where to get it."""
-
-
-class CheckpointFormatError(ValueError):
-    """A checkpoint file that does not hold the expected model's weights."""
-
-
-def _resolve_global(name: str) -> Any:
-    module_name, _, attribute = name.rpartition(".")
-    return getattr(importlib.import_module(module_name), attribute)
-
-
-def load_state_dict_file(path: str | os.PathLike, what: str) -> dict[str, torch.Tensor]:
-    """Read a pickled PyTorch checkpoint with `weights_only=True`.
-
-    Training checkpoints sometimes carry NumPy arrays beside the weights (PANNs saved sampler
-    state); those NumPy reconstructors, and nothing else, are allowed on a second try.
-    """
-    path = Path(path)
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as first_error:  # UnpicklingError for globals outside the weights-only allowlist
-        try:
-            unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
-        except Exception:
-            unsafe = []
-        if not unsafe or not all(name.startswith("numpy.") for name in unsafe):
-            raise CheckpointFormatError(f"{path}: cannot be read as {what} weights ({first_error})".splitlines()[0]) from None
-        # dtype objects pickle through their numpy.dtypes.*DType classes, which the scan does not list.
-        dtype_classes = [getattr(np.dtypes, name) for name in dir(np.dtypes) if name.endswith("DType")]
-        with torch.serialization.safe_globals([_resolve_global(name) for name in unsafe] + dtype_classes):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
-        obj = obj["model"]  # PANNs training checkpoints: {"iteration", "model", ...}
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointFormatError(f"{path}: expected a state dict (or {{'model': state dict}}) of {what} tensors")
-    return obj
 
 
 def _check_checkpoint(path: str | os.PathLike | None, filename: str, url: str, metrics: str, what: str) -> Path:
@@ -91,30 +54,6 @@ def _check_checkpoint(path: str | os.PathLike | None, filename: str, url: str, m
     if not path.is_file():
         raise MissingCheckpointError(f"{metrics} need(s) the {what} checkpoint {filename}, not found at {path}; download it from {url}")
     return path
-
-
-def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], path: Path, what: str) -> None:
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    wrong = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
-    if missing or unexpected or wrong:
-        details = []
-        if missing:
-            details.append(f"missing {missing[:4]}")
-        if unexpected:
-            details.append(f"unexpected {unexpected[:4]}")
-        if wrong:
-            k = wrong[0]
-            details.append(f"shape of {k}: {tuple(state[k].shape)} in file, {tuple(own[k].shape)} expected")
-        raise CheckpointFormatError(f"{path}: not a {what} checkpoint ({'; '.join(details)})")
-    model.load_state_dict(state, strict=True)
-
-
-def _default_device(device: str | torch.device | None) -> torch.device:
-    if device is not None:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -234,8 +173,8 @@ class PannsCnn14(nn.Module):
         """Load `Cnn14_16k_mAP=0.438.pth` (a file, or a folder holding it)."""
         path = _check_checkpoint(path, PANNS_CNN14_16K_FILE, PANNS_CNN14_16K_URL, "FD, KL and IS", "PANNs Cnn14 16 kHz")
         model = cls(config)
-        _load_strict(model, load_state_dict_file(path, "PANNs Cnn14"), path, "PANNs Cnn14")
-        return model.to(_default_device(device)).eval().requires_grad_(False)
+        load_state_strict(model, load_state_dict_file(path, "PANNs Cnn14"), f"{path} (not a PANNs Cnn14 checkpoint)")
+        return model.to(pick_device(device)).eval().requires_grad_(False)
 
     def prepare(self, waveform: np.ndarray, sample_rate: int, name: str = "audio") -> np.ndarray:
         """As audioldm_eval reads a clip: remove the mean, resample, zero-pad to at least 2 s."""
@@ -358,8 +297,8 @@ class VGGish(nn.Module):
         """Load `vggish-10086976.pth` (a file, or a folder holding it)."""
         path = _check_checkpoint(path, VGGISH_FILE, VGGISH_URL, "FAD", "VGGish (PyTorch port)")
         model = cls(config)
-        _load_strict(model, load_state_dict_file(path, "VGGish"), path, "VGGish")
-        return model.to(_default_device(device)).eval().requires_grad_(False)
+        load_state_strict(model, load_state_dict_file(path, "VGGish"), f"{path} (not a VGGish checkpoint)")
+        return model.to(pick_device(device)).eval().requires_grad_(False)
 
     @torch.no_grad()
     def embed(self, waveforms: Sequence[np.ndarray], sample_rate: int, batch_size: int = 64) -> list[np.ndarray]:

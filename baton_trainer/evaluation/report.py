@@ -5,18 +5,16 @@ the whole new one."""
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
-import platform
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from baton_trainer.audio import atomic_write_bytes
+from ..atomic import atomic_save_figure, atomic_write_text
+from ..runtime import library_versions
 
 FD_DEFINITION = (
     "FD: Fréchet distance between Gaussians fitted to PANNs Cnn14 (16 kHz, Cnn14_16k_mAP=0.438) 2048-d "
@@ -121,10 +119,6 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-def _write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
 def _format(key: str, value: float | None) -> str:
     if value is None:
         return "—"
@@ -135,16 +129,6 @@ def _format(key: str, value: float | None) -> str:
 def _format_delta(key: str, delta: float) -> str:
     scale = METRIC_INFO.get(key, ("", True, 1.0, ""))[2]
     return f"{delta * scale:+.2f}" if scale != 1.0 else f"{delta:+.4f}"
-
-
-def _versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for package in ("baton-trainer", "torch", "transformers", "numpy"):
-        try:
-            out[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
 
 
 def _metric_keys(metrics: Mapping[str, Mapping[str, Any]]) -> list[str]:
@@ -179,12 +163,6 @@ def _table(metrics: Mapping[str, Mapping[str, Any]], keys: list[str]) -> list[st
     return lines
 
 
-def _save_figure(fig, path: Path) -> None:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    atomic_write_bytes(path, buffer.getvalue())
-
-
 def _pyplot():
     import matplotlib
 
@@ -211,7 +189,7 @@ def _plot_metric_bars(metrics: Mapping[str, Mapping[str, Any]], keys: list[str],
         for i, v in enumerate(values):
             ax.annotate(f"{v:.3g}", (i, v), ha="center", va="bottom", fontsize=8)
     fig.tight_layout()
-    _save_figure(fig, path)
+    atomic_save_figure(fig, path)
     plt.close(fig)
     return True
 
@@ -236,33 +214,25 @@ def _plot_clap_scatter(per_caption: Sequence[Mapping[str, Any]], models: list[st
     ax.set_xlabel(f"{x_name} CLAP score (x100)")
     ax.set_ylabel(f"{y_name} CLAP score (x100)")
     above = sum(y > x for x, y, _ in points)
-    ax.set_title(f"per caption: {above}/{len(points)} above the diagonal", fontsize=9)
+    ax.set_title(f"per clip: {above}/{len(points)} above the diagonal", fontsize=9)
     if any(t for *_, t in points):
         ax.legend(fontsize=8)
     fig.tight_layout()
-    _save_figure(fig, path)
+    atomic_save_figure(fig, path)
     plt.close(fig)
     return True
 
 
-def _log_mel(entry: Any, name: str) -> np.ndarray:
-    """A (mels, frames) dB image from `(waveform, sample_rate)`, or a given 2-d array as is."""
-    from transformers.audio_utils import spectrogram, window_function
-
-    from ..audio import slaney_mel_filters
-
+def _spectrogram_input(entry: Any, name: str) -> tuple[np.ndarray | None, int, np.ndarray | None]:
+    """(waveform, sample_rate, image) from `(waveform, sample_rate)` or a given 2-d (bands, frames) array."""
     if isinstance(entry, np.ndarray) and entry.ndim == 2:
-        return entry
+        return None, 0, entry
     if not (isinstance(entry, (tuple, list)) and len(entry) == 2):
         raise ReportInputError(f"spectrograms[{name}]: expected (waveform, sample_rate) or a 2-d array")
     waveform, sample_rate = np.asarray(entry[0], dtype=np.float64), int(entry[1])
     if waveform.ndim != 1 or waveform.size < 1024:
         raise ReportInputError(f"spectrograms[{name}]: waveform must be mono with at least 1024 samples")
-    bank = slaney_mel_filters(sample_rate, 1024, 64, 0.0, sample_rate / 2).T.astype(np.float64)
-    return spectrogram(
-        waveform, window_function(1024, "hann"), frame_length=1024, hop_length=max(1, sample_rate // 100),
-        power=2.0, mel_filters=bank, log_mel="dB", db_range=80.0,
-    )  # fmt: skip
+    return waveform, sample_rate, None
 
 
 def _plot_spectrograms(spectrograms: Mapping[str, Mapping[str, Any]], path: Path) -> bool:
@@ -274,23 +244,29 @@ def _plot_spectrograms(spectrograms: Mapping[str, Mapping[str, Any]], path: Path
         if not isinstance(spectrograms[row], Mapping):
             raise ReportInputError(f"spectrograms[{row!r}]: expected a mapping of model name -> audio")
         columns += [c for c in spectrograms[row] if c not in columns]
+    from ..spectrogram import draw_spectrogram
+
     plt = _pyplot()
-    fig, axes = plt.subplots(len(rows), len(columns), figsize=(3.4 * len(columns), 2.0 * len(rows) + 0.4), squeeze=False)
+    fig, axes = plt.subplots(len(rows), len(columns), figsize=(3.6 * len(columns), 2.3 * len(rows) + 0.4), squeeze=False)
     for i, row in enumerate(rows):
         for j, column in enumerate(columns):
             ax = axes[i][j]
-            ax.set_xticks([])
-            ax.set_yticks([])
             if column in spectrograms[row]:
-                image = _log_mel(spectrograms[row][column], f"{row!r}][{column!r}")
-                ax.imshow(image, origin="lower", aspect="auto", cmap="magma")
+                waveform, sample_rate, image = _spectrogram_input(spectrograms[row][column], f"{row!r}][{column!r}")
+                draw_spectrogram(ax, waveform, sample_rate, image=image)
+                ax.tick_params(labelsize=7)
+                ax.xaxis.label.set_size(7)
+                ax.yaxis.label.set_size(7)
+            else:
+                ax.axis("off")
             if i == 0:
                 ax.set_title(column, fontsize=9)
             if j == 0:
                 text = str(row)
-                ax.set_ylabel(text if len(text) <= 40 else text[:37] + "...", fontsize=7)
+                ax.annotate(text if len(text) <= 60 else text[:57] + "...", (0, 1), xycoords="axes fraction",
+                            xytext=(0, 2), textcoords="offset points", fontsize=7, va="bottom")
     fig.tight_layout()
-    _save_figure(fig, path)
+    atomic_save_figure(fig, path)
     plt.close(fig)
     return True
 
@@ -309,7 +285,7 @@ def _caption_changes(per_caption: Sequence[Mapping[str, Any]], models: list[str]
     diffs.sort(key=lambda d: d[0])
     better = sum(d > 0 for d, *_ in diffs)
     lines = [
-        f"{better} of {len(diffs)} captions score higher with {b} than with {a} "
+        f"{better} of {len(diffs)} clips score higher with {b} than with {a} (the same caption and seed) "
         f"(mean change {100 * float(np.mean([d for d, *_ in diffs])):+.2f} CLAP x100).",
         "",
         f"| caption | {a} | {b} | change |",
@@ -368,7 +344,7 @@ def write_report(
 
     if per_caption:
         text = "".join(json.dumps(_jsonable(row), ensure_ascii=False) + "\n" for row in per_caption)
-        _write_text(out / "per_caption.jsonl", text)
+        atomic_write_text(out / "per_caption.jsonl", text)
         written["per_caption.jsonl"] = out / "per_caption.jsonl"
 
     definitions = {k: METRIC_INFO[k][3] for k in [*keys, *skipped] if k in METRIC_INFO}
@@ -381,10 +357,10 @@ def write_report(
         "skipped": _jsonable(skipped),
         "definitions": definitions,
         "info": _jsonable(dict(info or {})),
-        "versions": _versions(),
+        "versions": library_versions(),
         "files": sorted([*written, "report.md", "metrics.json"]),
     }
-    _write_text(out / "metrics.json", json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
+    atomic_write_text(out / "metrics.json", json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
     written["metrics.json"] = out / "metrics.json"
 
     lines = [f"# {title}", ""]
@@ -406,12 +382,20 @@ def write_report(
     lines.append("")
     changes = _caption_changes(per_caption or [], models)
     if changes:
-        lines += ["## Per caption (CLAP)", "", *changes, ""]
+        lines += ["## Per clip (CLAP)", "", *changes, ""]
     if written.keys() & set(plots):
         lines += ["## Plots", ""]
-        captions = {"metrics.png": "Metrics", "clap_per_caption.png": "CLAP score per caption", "spectrograms.png": "Spectrograms"}
+        captions = {"metrics.png": "Metrics", "clap_per_caption.png": "CLAP score per clip", "spectrograms.png": "Spectrograms"}
         lines += [f"![{captions[name]}]({name})" for name in plots if name in written]
         lines.append("")
-    _write_text(out / "report.md", "\n".join(lines))
+    atomic_write_text(out / "report.md", "\n".join(lines))
     written["report.md"] = out / "report.md"
     return written
+
+
+def print_table(metrics: Mapping[str, Mapping[str, float]]) -> None:
+    """The metrics of each model as a plain-text table on stdout (standard errors and counts left out)."""
+    keys = [k for k in next(iter(metrics.values())) if not _is_companion(k) and not k.endswith("_std")]
+    print("metric".ljust(22) + "".join(name.rjust(12) for name in metrics))
+    for key in keys:
+        print(key.ljust(22) + "".join(f"{metrics[name].get(key, float('nan')):12.4f}" for name in metrics))

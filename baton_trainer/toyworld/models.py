@@ -2,7 +2,7 @@
 
     tango = load_toy_tango()                     # TangoModel.from_pretrained(TOY_TANGO_PATH)
     clips = tango.generate(["Beep, then hum, then hiss"], seeds=[0], num_inference_steps=25)
-    embedder = ClapEmbedder(TOY_CLAP_PATH)       # reward_hub.clap, unchanged
+    embedder = ClapEmbedder(TOY_CLAP_PATH)       # baton_trainer.clap, unchanged
 
 Toy TANGO is a `TangoModel` (AutoencoderKL, UNet2DConditionModel with cross-attention,
 T5EncoderModel, DDPMScheduler with TANGO's schedule and v-prediction) whose vocoder is
@@ -11,7 +11,7 @@ TANGO's own mel front end (64 mels, n_fft 1024) at a 20 ms hop on 2.56 s clips (
 VAE downsamples by 8 (latents 8 x 16 x 8) so the UNet stays cheap on a CPU.
 
 Toy CLAP is a `ClapModel` with a tiny config and a `ClapProcessor` whose feature extractor has
-real CLAP's settings (48 kHz, 64 mels, 10 s), so `reward_hub.clap.ClapEmbedder` loads it as is.
+real CLAP's settings (48 kHz, 64 mels, 10 s), so `baton_trainer.clap.ClapEmbedder` loads it as is.
 
 Both are trained by `scripts/train_toy_tango.py` and `scripts/train_toy_clap.py` and shipped in
 `checkpoints/`.
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from ..prompts import INTEGRITY_CONJUNCTIONS, TEMPORAL_CONJUNCTIONS
+from ..captions import INTEGRITY_CONJUNCTIONS, TEMPORAL_CONJUNCTIONS
 from .events import EVENT_NAMES
 from .render import DEFAULT_DURATION_S, ORDERED_PAIR_CONJUNCTIONS
 from .vocoder import GriffinLimVocoder
@@ -216,12 +216,9 @@ def load_toy_tango(path: str | Path | None = None):
 # ----------------------------------------------------------------------------------------------
 # Toy CLAP
 
-CLAP_SAMPLE_RATE = 48_000
-
-
 def toy_caption_corpus() -> list[str]:
     """Captions covering every toy word, for training the toy CLAP's BPE tokenizer."""
-    from ..prompts import make_caption
+    from ..captions import make_caption
 
     lines = [name for name in EVENT_NAMES]
     names = list(EVENT_NAMES)
@@ -237,22 +234,10 @@ def toy_caption_corpus() -> list[str]:
 def toy_clap_tokenizer(vocab_size: int = 400):
     """A RoBERTa byte-level BPE tokenizer (what ClapProcessor takes) trained on toy captions, so
     that every toy word is one or two tokens."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import RobertaTokenizer
+    from ..clap import train_clap_tokenizer
 
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],  # RoBERTa's ids 0..4
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
     corpus = toy_caption_corpus()
-    bpe.train_from_iterator(corpus + [line.lower() for line in corpus], trainer=trainer)
-    state = json.loads(bpe.to_str())["model"]
-    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in state["merges"]]
-    return RobertaTokenizer(vocab=state["vocab"], merges=merges, model_max_length=40)
+    return train_clap_tokenizer(corpus + [line.lower() for line in corpus], vocab_size=vocab_size, model_max_length=40)
 
 
 def toy_clap_config(vocab_size: int, projection_dim: int = 64):
@@ -277,24 +262,16 @@ def toy_clap_config(vocab_size: int, projection_dim: int = 64):
     return ClapConfig(text_config=text.to_dict(), audio_config=audio.to_dict(), projection_dim=projection_dim)
 
 
-def toy_clap_feature_extractor():
-    """laion/clap-htsat-unfused's preprocessing settings (48 kHz, 64 mels, hop 480, 10 s)."""
-    from transformers import ClapFeatureExtractor
-
-    return ClapFeatureExtractor(
-        feature_size=64, sampling_rate=CLAP_SAMPLE_RATE, hop_length=480, max_length_s=10, fft_window_size=1024,
-        frequency_min=50, frequency_max=14_000, truncation="rand_trunc", padding="repeatpad",
-    )
-
-
 def build_toy_clap(seed: int = 0):
     """A randomly initialised toy (ClapModel, ClapProcessor) pair."""
     from transformers import ClapModel, ClapProcessor
 
+    from ..clap import clap_feature_extractor
+
     tokenizer = toy_clap_tokenizer()
     torch.manual_seed(seed)
     model = ClapModel(toy_clap_config(len(tokenizer)))
-    processor = ClapProcessor(feature_extractor=toy_clap_feature_extractor(), tokenizer=tokenizer)
+    processor = ClapProcessor(feature_extractor=clap_feature_extractor(), tokenizer=tokenizer)
     return model, processor
 
 

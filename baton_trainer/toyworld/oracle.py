@@ -368,7 +368,7 @@ def annotate_store(
     model labelled the rest). Skips are stored as skips. Resumable: a rerun rates only what is
     left. Returns counts {"rated", "aligned", "not_aligned", "skipped", "already_done"}.
     """
-    from ..annotation import ALIGNED, NOT_ALIGNED, SKIP
+    from ..annotation.store import ALIGNED, NOT_ALIGNED, SKIP
 
     generations_dir = Path(generations_dir)
     oracle = oracle or OracleAnnotator()

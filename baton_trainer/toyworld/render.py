@@ -16,7 +16,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from ..prompts import make_caption
+from ..captions import make_caption
 from .events import EVENT_NAMES, get_event
 
 DEFAULT_DURATION_S = 2.56

@@ -27,7 +27,7 @@ Args:
     references: list of captions (str).
     sample_rate: sample rate of the waveforms in Hz (default 16000).
     model: a CLAP model folder or Hub id, a `transformers.ClapModel`, or a
-        `reward_hub.clap.ClapEmbedder` (default "laion/clap-htsat-unfused", LAION 630k-audioset-best).
+        `baton_trainer.clap.ClapEmbedder` (default "laion/clap-htsat-unfused", LAION 630k-audioset-best).
 Returns:
     clap_score: mean cosine similarity in [-1, 1].
     clap_score_x100: the same x100, as papers print it.

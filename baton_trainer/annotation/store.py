@@ -1,4 +1,7 @@
-"""Durable store of human ratings (SQLite) and the `export` stage (store -> preference dataset).
+"""The durable store of ratings (SQLite): which clip each person is shown, and what they answered.
+
+SQLite rather than a dataset or files: one file, transactions that several rating processes share
+safely, and an fsync per rating; no server to run.
 
     store = AnnotationStore("RUN/annotations.sqlite")
     store.register_clips("RUN/generations")          # reads generations/metadata.jsonl
@@ -23,16 +26,13 @@ A skip counts as "seen" (the annotator is not shown the clip again) but not as a
 from __future__ import annotations
 
 import datetime as _dt
-import itertools
 import json
-import math
 import sqlite3
 import threading
 import time
-from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from collections import Counter
 from pathlib import Path
-from typing import Any, Iterable, Literal
+from typing import Any
 
 ALIGNED = 1
 NOT_ALIGNED = 0
@@ -173,7 +173,7 @@ class AnnotationStore:
         Re-registering is safe: ratings are kept, clip fields are updated, and a clip previously
         marked unplayable is handed out again (its file may have been fixed).
         """
-        from .generate import GenerationError, read_generations
+        from ..generations import GenerationError, read_generations
 
         try:
             generated = read_generations(generations_dir)
@@ -336,239 +336,3 @@ class AnnotationStore:
         if not include_skips:
             query += " WHERE label IN (0, 1)"
         return [dict(r) for r in self._conn().execute(query + " ORDER BY rating_id")]
-
-
-# ----------------------------------------------------------------------------------------------
-# Agreement statistics
-
-
-def fleiss_kappa(counts: Iterable[Iterable[int]]) -> float | None:
-    """Fleiss' kappa from per-item category counts (items with >= 2 raters; raters may vary).
-
-    Each item i has n_i >= 2 ratings; its agreement is P_i = (sum_j n_ij^2 - n_i) / (n_i (n_i - 1)).
-    P_bar is their mean, P_e = sum_j p_j^2 with p_j the share of all ratings in category j, and
-    kappa = (P_bar - P_e) / (1 - P_e). With a constant number of raters this is Fleiss (1971); with a
-    varying number it is the usual extension. None when undefined (no items, or one category only).
-    """
-    items = [list(map(int, row)) for row in counts if sum(row) >= 2]
-    if not items:
-        return None
-    totals = [0] * max(len(row) for row in items)
-    agreements = []
-    for row in items:
-        n = sum(row)
-        agreements.append((sum(c * c for c in row) - n) / (n * (n - 1)))
-        for j, c in enumerate(row):
-            totals[j] += c
-    all_ratings = sum(totals)
-    p_e = sum((t / all_ratings) ** 2 for t in totals)
-    if math.isclose(p_e, 1.0):
-        return None
-    p_bar = sum(agreements) / len(agreements)
-    return (p_bar - p_e) / (1.0 - p_e)
-
-
-def cohen_kappa(first: list[int], second: list[int]) -> float | None:
-    """Cohen's kappa of two raters over the same items; None when chance agreement is 1."""
-    if len(first) != len(second):
-        raise AnnotationError(f"cohen_kappa needs two equally long rating lists ({len(first)} != {len(second)})")
-    if not first:
-        return None
-    n = len(first)
-    categories = sorted(set(first) | set(second))
-    p_o = sum(a == b for a, b in zip(first, second)) / n
-    count_a, count_b = Counter(first), Counter(second)
-    p_e = sum(count_a[c] * count_b[c] for c in categories) / (n * n)
-    if math.isclose(p_e, 1.0):
-        return None
-    return (p_o - p_e) / (1.0 - p_e)
-
-
-def agreement_statistics(ratings: list[dict[str, Any]]) -> dict[str, Any]:
-    """Fleiss' kappa over clips with >= 2 ratings, Cohen's kappa per annotator pair, raw agreement."""
-    by_clip: dict[str, dict[str, int]] = defaultdict(dict)
-    skips = 0
-    for r in ratings:
-        if r["label"] == SKIP:
-            skips += 1
-            continue
-        by_clip[r["clip_id"]][r["annotator"]] = int(r["label"])
-    multi = {clip: votes for clip, votes in by_clip.items() if len(votes) >= 2}
-    counts = [[sum(v == 0 for v in votes.values()), sum(v == 1 for v in votes.values())] for votes in multi.values()]
-    unanimous = sum(1 for c in counts if min(c) == 0)
-    annotators = sorted({a for votes in by_clip.values() for a in votes})
-    pairs = []
-    for a, b in itertools.combinations(annotators, 2):
-        shared = [clip for clip, votes in by_clip.items() if a in votes and b in votes]
-        if not shared:
-            continue
-        first = [by_clip[c][a] for c in shared]
-        second = [by_clip[c][b] for c in shared]
-        pairs.append(
-            {
-                "annotators": [a, b],
-                "clips": len(shared),
-                "cohen_kappa": cohen_kappa(first, second),
-                "percent_agreement": sum(x == y for x, y in zip(first, second)) / len(shared),
-            }
-        )
-    return {
-        "clips_rated": len(by_clip),
-        "ratings": sum(len(v) for v in by_clip.values()),
-        "skips": skips,
-        "annotators": annotators,
-        "ratings_per_clip_histogram": {str(k): v for k, v in sorted(Counter(len(v) for v in by_clip.values()).items())},
-        "clips_with_2plus_ratings": len(multi),
-        "fleiss_kappa": fleiss_kappa(counts),
-        "unanimous_fraction": (unanimous / len(multi)) if multi else None,
-        "cohen_kappa_pairs": pairs,
-    }
-
-
-# ----------------------------------------------------------------------------------------------
-# The export stage
-
-
-@dataclass
-class ExportConfig:
-    run_dir: str = field(default="run", metadata={"help": "run folder: reads RUN/annotations.sqlite and RUN/generations/, writes RUN/feedback/"})
-    store: str | None = field(default=None, metadata={"help": "annotation store; default RUN/annotations.sqlite"})
-    generations_dir: str | None = field(default=None, metadata={"help": "folder the clips' file names are relative to; default RUN/generations"})
-    out: str | None = field(default=None, metadata={"help": "output preference dataset folder; default RUN/feedback"})
-    ties: Literal["drop", "positive", "negative"] = field(
-        default="drop", metadata={"help": "a clip with as many 'aligned' as 'not aligned' votes: leave it out, or count it as 1 or 0"}
-    )
-    min_ratings: int = field(default=1, metadata={"help": "leave out clips with fewer (non-skip) ratings than this"})
-
-    def __post_init__(self) -> None:
-        if self.min_ratings < 1:
-            raise AnnotationError(f"config key 'min_ratings' must be >= 1, got {self.min_ratings}")
-
-
-def majority_vote(labels: list[int], ties: str = "drop") -> int | None:
-    """1 or 0 by majority of non-skip labels; a tie follows `ties`; None when dropped or no votes."""
-    votes = [label for label in labels if label in (ALIGNED, NOT_ALIGNED)]
-    if not votes:
-        return None
-    positive = sum(votes)
-    negative = len(votes) - positive
-    if positive != negative:
-        return ALIGNED if positive > negative else NOT_ALIGNED
-    return {"drop": None, "positive": ALIGNED, "negative": NOT_ALIGNED}[ties]
-
-
-def export_feedback(config: ExportConfig) -> Path:
-    """Run the `export` stage: majority-voted human ratings -> RUN/feedback/ (a saved Dataset).
-
-    One row per clip with at least `min_ratings` non-skip ratings (skips never reach training
-    data); feedback and reward are the majority label; annotator lists the raters, comma-separated.
-    Agreement statistics go to RUN/feedback_agreement.json and are printed.
-    """
-    from .audio import atomic_write_bytes
-    from .data import PREFERENCE_FEATURES, build_dataset, save_dataset_atomic, validate_preference_dataset
-
-    run_dir = Path(config.run_dir)
-    store_path = Path(config.store) if config.store else run_dir / "annotations.sqlite"
-    if not store_path.is_file():
-        raise AnnotationError(f"{store_path}: annotation store not found (run the annotate stage first)")
-    out = Path(config.out) if config.out else run_dir / "feedback"
-    store = AnnotationStore(store_path)
-    try:
-        generations_dir = Path(
-            config.generations_dir or store.get_meta("generations_dir") or run_dir / "generations"
-        )
-        if config.generations_dir is None and not generations_dir.is_dir():
-            generations_dir = run_dir / "generations"
-        clips = {c["clip_id"]: c for c in store.clips()}
-        ratings = store.ratings()
-    finally:
-        store.close()
-
-    by_clip: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for r in ratings:
-        by_clip[r["clip_id"]].append(r)
-    columns: dict[str, list[Any]] = {name: [] for name in PREFERENCE_FEATURES}
-    ties = dropped_ties = too_few = 0
-    root = generations_dir.resolve()
-    for clip_id in sorted(by_clip, key=lambda c: (clips[c]["caption_id"], clips[c]["clip_index"], c)):
-        clip = clips[clip_id]
-        votes = [r for r in by_clip[clip_id] if r["label"] in (ALIGNED, NOT_ALIGNED)]
-        if len(votes) < config.min_ratings:
-            too_few += 1
-            continue
-        labels = [r["label"] for r in votes]
-        if 2 * sum(labels) == len(labels):
-            ties += 1
-        feedback = majority_vote(labels, config.ties)
-        if feedback is None:
-            dropped_ties += 1
-            continue
-        path = (generations_dir / clip["file_name"]).resolve()
-        if not path.is_relative_to(root):
-            raise AnnotationError(f"clip {clip_id}: file {clip['file_name']!r} resolves outside {generations_dir}")
-        if not path.is_file():
-            raise AnnotationError(f"clip {clip_id}: rated audio file {path} not found")
-        columns["caption"].append(clip["caption"])
-        columns["audio"].append({"bytes": path.read_bytes(), "path": clip["file_name"]})
-        columns["feedback"].append(feedback)
-        columns["reward"].append(float(feedback))
-        columns["source"].append("human")
-        columns["task"].append(clip["task"])
-        columns["labels"].append(clip["labels"])
-        columns["caption_id"].append(clip["caption_id"])
-        columns["clip_index"].append(clip["clip_index"])
-        columns["annotator"].append(",".join(sorted(r["annotator"] for r in votes)))
-    dataset = build_dataset(columns, PREFERENCE_FEATURES)  # builds audio without torchcodec
-    validate_preference_dataset(dataset, name=str(out))
-    save_dataset_atomic(dataset, out)  # also writes an empty export loadably
-
-    stats = agreement_statistics(ratings)
-    stats.update(
-        {
-            "exported_rows": len(dataset),
-            "exported_positive": int(sum(columns["feedback"])),
-            "exported_negative": len(dataset) - int(sum(columns["feedback"])),
-            "exported_by_task": dict(Counter(columns["task"])),
-            "tie_policy": config.ties,
-            "tied_clips": ties,
-            "dropped_ties": dropped_ties,
-            "below_min_ratings": too_few,
-            "min_ratings": config.min_ratings,
-        }
-    )
-    report = run_dir / "feedback_agreement.json"
-    atomic_write_bytes(report, (json.dumps(stats, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
-
-    def fmt(value: float | None) -> str:
-        return "n/a" if value is None else f"{value:.3f}"
-
-    print(
-        f"exported {len(dataset)} rated clips to {out} ({stats['exported_positive']} aligned, "
-        f"{stats['exported_negative']} not aligned; {ties} ties, {dropped_ties} dropped; {stats['skips']} skips left out)"
-    )
-    print(
-        f"agreement: Fleiss' kappa {fmt(stats['fleiss_kappa'])} over {stats['clips_with_2plus_ratings']} clips "
-        f"with >= 2 ratings; {len(stats['annotators'])} annotators"
-    )
-    for pair in stats["cohen_kappa_pairs"]:
-        a, b = pair["annotators"]
-        print(f"  Cohen's kappa {a} / {b}: {fmt(pair['cohen_kappa'])} over {pair['clips']} shared clips")
-    print(f"statistics saved to {report}")
-    return out
-
-
-__all__ = [
-    "ALIGNED",
-    "NOT_ALIGNED",
-    "SKIP",
-    "AnnotationError",
-    "AnnotationStore",
-    "DuplicateRatingError",
-    "ExportConfig",
-    "UnknownClipError",
-    "agreement_statistics",
-    "cohen_kappa",
-    "export_feedback",
-    "fleiss_kappa",
-    "majority_vote",
-]

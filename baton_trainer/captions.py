@@ -1,4 +1,5 @@
-"""The `prompts` stage: label groups x conjunctions -> RUN/captions.jsonl.
+"""Captions from label groups: the templates, the label vocabulary, an optional rewriter, and the
+captions.jsonl format (the `prompts` stage writes it, `baton_trainer.stages.prompts`).
 
 BATON's captions come from label groups: 2 sound-event labels for the integrity task ("are both
 events there?") and 3 for the temporal task ("do they come in this order?"), joined into one
@@ -16,13 +17,12 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from .audio import atomic_write_bytes
+from .textfiles import TextFileError, numbered_lines, read_jsonl
 
 DEFAULT_LABELS_FILE = Path(__file__).parent / "assets" / "audiocaps_labels.txt"
 TASK_LABEL_COUNTS = {"integrity": 2, "temporal": 3}
@@ -168,7 +168,7 @@ def load_labels(path: str | Path | None = None) -> list[str]:
         raise CaptionError(f"labels file not found: {path}")
     labels: list[str] = []
     seen: set[str] = set()
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in numbered_lines(path, "labels file"):
         label = " ".join(line.split("#", 1)[0].split())
         if not label:
             continue
@@ -219,34 +219,6 @@ class CaptionRewriter:
 
 # ----------------------------------------------------------------------------------------------
 # The stage
-
-
-@dataclass
-class PromptsConfig:
-    run_dir: str = field(default="run", metadata={"help": "run folder; writes RUN/captions.jsonl"})
-    labels_file: str | None = field(
-        default=None, metadata={"help": "label vocabulary, one label per line ('#' comments); default: the shipped top-200 AudioCaps labels"}
-    )
-    num_integrity: int = field(default=481, metadata={"help": "2-label (integrity task) captions; the paper made 962 captions in all"})
-    num_temporal: int = field(default=481, metadata={"help": "3-label (temporal task) captions"})
-    heldout_fraction: float = field(
-        default=0.1, metadata={"help": "fraction of each task's captions marked split 'heldout' (for evaluation), drawn with the seed"}
-    )
-    seed: int = field(default=0, metadata={"help": "seed for label groups, conjunctions and the held-out draw"})
-    rewrite_model: str | None = field(
-        default=None, metadata={"help": "optional transformers text-generation model (Hub id or folder) that paraphrases template captions"}
-    )
-    rewrite_device: str | None = field(default=None, metadata={"help": "device for the rewrite model (e.g. 'cuda:0'); default: transformers' choice"})
-    overwrite: bool = field(
-        default=False, metadata={"help": "replace an existing captions.jsonl whose content differs (downstream clips then no longer match)"}
-    )
-
-    def __post_init__(self) -> None:
-        for name in ("num_integrity", "num_temporal"):
-            if getattr(self, name) < 0:
-                raise CaptionError(f"config key '{name}' must be >= 0, got {getattr(self, name)}")
-        if not 0.0 <= self.heldout_fraction < 1.0:
-            raise CaptionError(f"config key 'heldout_fraction' must be in [0, 1), got {self.heldout_fraction}")
 
 
 def _group_key(labels: Sequence[str], task: str) -> tuple:
@@ -313,55 +285,26 @@ def generate_captions(
     return [{"caption_id": i, **row} for i, row in enumerate(rows)]
 
 
-def build_captions(config: PromptsConfig) -> Path:
-    """Run the `prompts` stage: write RUN/captions.jsonl (atomically) and return its path.
-
-    Rerunning with the same config writes the same file. A different existing file is refused
-    unless `overwrite` is set, since clips generated from it would no longer match their captions.
-    """
-    labels = load_labels(config.labels_file)
-    rewriter = CaptionRewriter(config.rewrite_model, device=config.rewrite_device) if config.rewrite_model else None
-    rows = generate_captions(
-        labels,
-        config.num_integrity,
-        config.num_temporal,
-        seed=config.seed,
-        heldout_fraction=config.heldout_fraction,
-        rewriter=rewriter,
-    )
-    data = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode("utf-8")
-    out = Path(config.run_dir) / "captions.jsonl"
-    if out.is_file() and out.read_bytes() != data and not config.overwrite:
-        raise CaptionError(
-            f"{out} exists with other captions; set overwrite=true to replace it (clips made from it would no longer match)"
-        )
-    atomic_write_bytes(out, data)
-    counts = {task: sum(r["task"] == task for r in rows) for task in TASK_LABEL_COUNTS}
-    heldout = sum(r["split"] == "heldout" for r in rows)
-    print(f"wrote {len(rows)} captions to {out} ({counts['integrity']} integrity, {counts['temporal']} temporal, {heldout} held out)")
-    return out
-
-
 def read_captions(path: str | Path) -> list[dict[str, Any]]:
     """Read captions.jsonl, checking each row; errors name the file and line."""
     path = Path(path)
     if not path.is_file():
         raise CaptionError(f"captions file not found: {path}")
     rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise CaptionError(f"{path}: line {number} is not valid JSON ({exc.msg})") from None
+    try:
+        numbered = read_jsonl(path, "captions file")
+    except TextFileError as exc:
+        raise CaptionError(str(exc)) from None
+    for number, row in numbered:
         for key in ("caption_id", "caption", "task", "labels", "split"):
             if key not in row:
                 raise CaptionError(f"{path}: line {number} lacks the key '{key}'")
+        if not isinstance(row["caption"], str) or not row["caption"].strip():
+            raise CaptionError(f"{path}: line {number}: 'caption' must be non-empty text, got {row['caption']!r}")
+        if not isinstance(row["labels"], list):
+            raise CaptionError(f"{path}: line {number}: 'labels' must be a list, got {row['labels']!r}")
         if row["labels"]:  # captions from elsewhere (the AudioCaps test lists) have no labels
             _check_labels(row["labels"], row["task"], where=f"{path}: line {number}")
-        if not str(row["caption"]).strip():
-            raise CaptionError(f"{path}: line {number}: empty caption")
         if row["split"] not in ("train", "heldout"):
             raise CaptionError(f"{path}: line {number}: split must be 'train' or 'heldout', got {row['split']!r}")
         rows.append(row)
@@ -374,8 +317,6 @@ __all__ = [
     "TEMPORAL_CONJUNCTIONS",
     "CaptionError",
     "CaptionRewriter",
-    "PromptsConfig",
-    "build_captions",
     "caption_keeps_labels",
     "generate_captions",
     "load_labels",

@@ -1,6 +1,5 @@
-"""The `annotate` stage: a Gradio app where people rate generated clips against their captions.
-
-    python -m baton_trainer annotate --run_dir RUN --ratings_per_clip 3 [--users_file users.txt]
+"""The rating app (Gradio) that the `annotate` stage serves: people rate generated clips against
+their captions (`baton_trainer.stages.annotate` launches it).
 
 It serves RUN/generations/ (registered into RUN/annotations.sqlite on start): each person enters a
 name (or logs in, with a users file), hears a clip, sees its caption and spectrogram, and answers
@@ -15,17 +14,21 @@ be driven with `gradio_client` as well as in a browser.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 # gradio at module level: it resolves the handlers' `gr.Request` annotation (a string here, under
 # `from __future__ import annotations`) through this module's globals to inject the login.
 import gradio as gr
 import numpy as np
 
-from .annotation import ALIGNED, NOT_ALIGNED, SKIP, AnnotationError, AnnotationStore, DuplicateRatingError
-from .audio import AudioError, load_audio
+from ..audio import AudioError, load_audio
+from ..spectrogram import spectrogram_image
+from ..textfiles import numbered_lines
+from .store import ALIGNED, NOT_ALIGNED, SKIP, AnnotationError, AnnotationStore, DuplicateRatingError
+
+if TYPE_CHECKING:
+    from ..stages.annotate import AnnotateConfig
 
 KEYBOARD_JS = """
 () => {
@@ -44,45 +47,15 @@ KEYBOARD_JS = """
 """
 
 
-@dataclass
-class AnnotateConfig:
-    run_dir: str = field(default="run", metadata={"help": "run folder: serves RUN/generations/, stores ratings in RUN/annotations.sqlite"})
-    generations_dir: str | None = field(default=None, metadata={"help": "folder with metadata.jsonl and the clips; default RUN/generations"})
-    store: str | None = field(default=None, metadata={"help": "annotation store; default RUN/annotations.sqlite"})
-    ratings_per_clip: int = field(
-        default=3, metadata={"help": "how many different people rate each clip (3 gives a majority without ties; 1 rates the most clips, as the paper)"}
-    )
-    users_file: str | None = field(
-        default=None, metadata={"help": "optional login list, one 'name:password' per line; the login name becomes the annotator name"}
-    )
-    server_name: str = field(default="127.0.0.1", metadata={"help": "address to listen on (0.0.0.0 for a shared machine)"})
-    server_port: int | None = field(default=None, metadata={"help": "port; default: Gradio's (7860 or the next free one)"})
-    share: bool = field(default=False, metadata={"help": "open a public gradio.live link"})
-    lease_seconds: float = field(default=600.0, metadata={"help": "a shown clip is reserved for its annotator this long, so people rating at once hear different clips"})
-    spectrogram: bool = field(default=True, metadata={"help": "draw each clip's spectrogram"})
-
-    def __post_init__(self) -> None:
-        if self.ratings_per_clip < 1:
-            raise AnnotationError(f"config key 'ratings_per_clip' must be >= 1, got {self.ratings_per_clip}")
-
-    @property
-    def generations_path(self) -> Path:
-        return Path(self.generations_dir) if self.generations_dir else Path(self.run_dir) / "generations"
-
-    @property
-    def store_path(self) -> Path:
-        return Path(self.store) if self.store else Path(self.run_dir) / "annotations.sqlite"
-
-
 def read_users_file(path: str | Path) -> list[tuple[str, str]]:
     """Logins for Gradio auth: one `name:password` per line, `#` comments and blank lines ignored."""
     path = Path(path)
     if not path.is_file():
         raise AnnotationError(f"users file not found: {path}")
     users = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in numbered_lines(path, "users file"):
         line = line.strip()
-        if not line or line.startswith("#"):
+        if line.startswith("#"):
             continue
         name, sep, password = line.partition(":")
         if not sep or not name.strip() or not password:
@@ -93,34 +66,13 @@ def read_users_file(path: str | Path) -> list[tuple[str, str]]:
     return users
 
 
-def spectrogram_image(wav: np.ndarray, sample_rate: int, title: str = "") -> np.ndarray:
-    """A log-magnitude spectrogram drawn with matplotlib, as an RGB uint8 array."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    # Figure + Agg canvas, not pyplot: pyplot's global state is not safe in Gradio's worker threads.
-    figure = Figure(figsize=(8, 2.6), dpi=80)
-    canvas = FigureCanvasAgg(figure)
-    axes = figure.add_subplot(1, 1, 1)
-    nfft = 512 if len(wav) >= 512 else max(16, 1 << (len(wav).bit_length() - 1))
-    with np.errstate(divide="ignore"):  # silent stretches give log10(0); they draw as the floor colour
-        axes.specgram(wav, NFFT=nfft, Fs=sample_rate, noverlap=nfft // 2, cmap="magma", scale="dB")
-    axes.set_xlabel("time (s)")
-    axes.set_ylabel("Hz")
-    if title:
-        axes.set_title(title, fontsize=9)
-    figure.tight_layout()
-    canvas.draw()
-    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
-
-
 class ClipServer:
     """The app's logic, apart from Gradio: hands out clips, checks paths and audio, stores ratings."""
 
-    def __init__(self, config: AnnotateConfig, store: AnnotationStore):
+    def __init__(self, config: "AnnotateConfig", store: AnnotationStore):
         self.config = config
         self.store = store
-        self.root = config.generations_path.resolve()
+        self.root = config.layout().generations.resolve()
 
     def clip_path(self, clip: dict[str, Any]) -> Path:
         """The clip's file, refused if it resolves outside the generations folder."""
@@ -163,11 +115,12 @@ def _annotator_name(name: str | None, request: Any, logins: bool) -> str:
     return " ".join(str(name or "").split())
 
 
-def build_annotation_app(config: AnnotateConfig, store: AnnotationStore | None = None) -> gr.Blocks:
+def build_annotation_app(config: "AnnotateConfig", store: AnnotationStore | None = None) -> gr.Blocks:
     """The annotation app over an existing store (registers the generations folder's clips)."""
+    layout = config.layout()
     if store is None:
-        store = AnnotationStore(config.store_path, lease_seconds=config.lease_seconds)
-    store.register_clips(config.generations_path)
+        store = AnnotationStore(layout.annotations, lease_seconds=config.lease_seconds)
+    store.register_clips(layout.generations)
     server = ClipServer(config, store)
     logins = config.users_file is not None
 
@@ -253,35 +206,4 @@ def build_annotation_app(config: AnnotateConfig, store: AnnotationStore | None =
     return app
 
 
-def annotate(config: AnnotateConfig, prevent_thread_lock: bool = False) -> gr.Blocks:
-    """Run the `annotate` stage: register the clips, launch the app, and serve until stopped.
-
-    Only the generations folder is served (`allowed_paths`); with `prevent_thread_lock` the call
-    returns the running app (for tests and notebooks; call `.close()` to stop it).
-    """
-    generations = config.generations_path
-    if not (generations / "metadata.jsonl").is_file():
-        raise AnnotationError(f"{generations / 'metadata.jsonl'}: not found (run the generate stage first)")
-    app = build_annotation_app(config)
-    auth = read_users_file(config.users_file) if config.users_file else None
-    progress = app.annotation_store.progress("-", config.ratings_per_clip)
-    print(
-        f"annotating {progress['total_clips']} clips from {generations} ({config.ratings_per_clip} rating(s) per clip, "
-        f"{progress['clips_complete']} complete); ratings go to {config.store_path}"
-    )
-    app.queue(default_concurrency_limit=8)
-    app.launch(
-        server_name=config.server_name,
-        server_port=config.server_port,
-        share=config.share,
-        auth=auth,
-        auth_message="Log in with the name and password you were given." if auth else None,
-        allowed_paths=[str(generations.resolve())],
-        prevent_thread_lock=prevent_thread_lock,
-        js=KEYBOARD_JS,
-        footer_links=["api"],
-    )
-    return app
-
-
-__all__ = ["AnnotateConfig", "ClipServer", "annotate", "build_annotation_app", "read_users_file", "spectrogram_image"]
+__all__ = ["KEYBOARD_JS", "ClipServer", "build_annotation_app", "read_users_file"]

@@ -1,6 +1,5 @@
-"""The `generate` stage: k clips per caption -> RUN/generations/ (wav files + metadata.jsonl).
-
-    python -m baton_trainer generate --run_dir RUN --model declare-lab/tango-full-ft-audiocaps
+"""The generations folder: how clips are named, seeded and listed (the `generate` stage writes it,
+`baton_trainer.stages.generate`; annotate, export, label and evaluate read it through here).
 
 Every clip has its own recorded seed, derived from (seed, caption_id, clip_index) alone, so any
 clip can be regenerated on its own and a clip does not depend on its batch neighbours. The stage
@@ -22,12 +21,11 @@ import hashlib
 import json
 import os
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from .audio import atomic_write_bytes, save_wav
-from .config import config_to_dict
+from .atomic import atomic_write_bytes
+from .textfiles import read_jsonl, read_text
 
 METADATA = "metadata.jsonl"
 SETTINGS_FILE = "generation_config.json"
@@ -39,26 +37,6 @@ CONTENT_KEYS = ("model", "export", "num_inference_steps", "guidance_scale", "dur
 
 class GenerationError(ValueError):
     """A captions file, output folder or setting that cannot be used; the message names it."""
-
-
-@dataclass
-class GenerateConfig:
-    run_dir: str = field(default="run", metadata={"help": "run folder: reads RUN/captions.jsonl, writes RUN/generations/"})
-    model: str = field(default="declare-lab/tango-full-ft-audiocaps", metadata={"help": "model folder or Hub id (baton-trainer folder or original TANGO layout)"})
-    export: str | None = field(default=None, metadata={"help": "trained export (LoRA adapter or full UNet) applied on top of the model, e.g. RUN/aligned"})
-    captions_file: str | None = field(default=None, metadata={"help": "captions JSONL (the prompts stage's format) or a plain text file, one caption per line; default RUN/captions.jsonl"})
-    out_dir: str | None = field(default=None, metadata={"help": "output folder; default RUN/generations"})
-    split: Literal["train", "heldout", "all"] = field(default="train", metadata={"help": "which captions to generate for (plain text captions count as train)"})
-    clips_per_caption: int = field(default=5, metadata={"help": "clips per caption (the paper: 5)"})
-    num_inference_steps: int = field(default=200, metadata={"help": "sampling steps (the paper: 200)"})
-    guidance_scale: float = field(default=3.0, metadata={"help": "classifier-free guidance scale (the paper: 3; 1 = no guidance)"})
-    duration_s: float | None = field(default=None, metadata={"help": "clip length in seconds; default the model's own (TANGO: 10, the paper's)"})
-    sampler: Literal["ddpm", "ddim"] | None = field(default=None, metadata={"help": "sampler; default the model's own (TANGO: ddpm)"})
-    batch_size: int = field(default=8, metadata={"help": "clips per sampling batch (does not change any clip)"})
-    seed: int = field(default=0, metadata={"help": "base seed; each clip's seed derives from (seed, caption_id, clip_index)"})
-    device: str | None = field(default=None, metadata={"help": "torch device; default cuda if available, else cpu"})
-    dtype: Literal["fp32", "bf16", "fp16"] = field(default="fp32", metadata={"help": "weights dtype for sampling"})
-    max_captions: int | None = field(default=None, metadata={"help": "only the first N selected captions (smoke runs)"})
 
 
 def clip_seed(seed: int, caption_id: int, clip_index: int) -> int:
@@ -76,19 +54,20 @@ def read_caption_rows(path: str | Path) -> list[dict[str, Any]]:
 
     Plain text rows get caption_id = their line number - 1, task "", labels [], split "train".
     Errors name the file and line."""
-    from .prompts import CaptionError, read_captions
+    from .captions import CaptionError, read_captions
+    from .textfiles import TextFileError
 
     path = Path(path)
     if not path.is_file():
         raise GenerationError(f"captions file not found: {path}")
-    lines = path.read_text(encoding="utf-8").splitlines()
+    lines = read_text(path, "captions file").splitlines()
     first = next((line.strip() for line in lines if line.strip()), None)
     if first is None:
         raise GenerationError(f"{path}: no captions (the file is empty)")
     if path.suffix in (".jsonl", ".json") or first.startswith("{"):
         try:
             rows = read_captions(path)
-        except CaptionError as exc:
+        except (CaptionError, TextFileError) as exc:
             raise GenerationError(str(exc)) from None
         seen: dict[int, int] = {}
         numbered = [(n, line) for n, line in enumerate(lines, start=1) if line.strip()]
@@ -110,12 +89,12 @@ def read_caption_rows(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _check_settings(out_dir: Path, settings: dict[str, Any]) -> None:
+def check_settings(out_dir: Path, settings: dict[str, Any]) -> None:
     path = out_dir / SETTINGS_FILE
     if path.is_file():
         try:
             previous = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, UnicodeDecodeError):  # a damaged settings file is rewritten below
             previous = None
         if isinstance(previous, dict):
             for key in CONTENT_KEYS:
@@ -152,13 +131,7 @@ def read_generations(folder: str | Path) -> list[dict[str, Any]]:
     if not metadata.is_file():
         raise GenerationError(f"{metadata}: not found (run the generate stage first)")
     rows = []
-    for number, line in enumerate(metadata.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise GenerationError(f"{metadata}: line {number} is not valid JSON ({exc.msg})") from None
+    for number, row in read_jsonl(metadata, "generations metadata"):
         for key in GENERATION_KEYS:
             if key not in row:
                 raise GenerationError(f"{metadata}: line {number} lacks the key '{key}'")
@@ -190,85 +163,8 @@ def rebuild_metadata(out_dir: Path, captions: list[dict[str, Any]], seed: int, m
     return {r["clip_id"] for r in rows}
 
 
-def _append_row(path: Path, row: dict[str, Any]) -> None:
+def append_row(path: Path, row: dict[str, Any]) -> None:
     with open(path, "a", encoding="utf-8") as handle:
         handle.write(json.dumps(row, ensure_ascii=False) + "\n")
         handle.flush()
         os.fsync(handle.fileno())
-
-
-def _select_device(name: str | None):
-    import torch
-
-    return torch.device(name) if name else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
-
-
-def load_backend(config: GenerateConfig):
-    import torch
-
-    from .backends.tango import TangoModel
-
-    device = _select_device(config.device)
-    return TangoModel.from_pretrained(config.model, export=config.export, device=device, torch_dtype=getattr(torch, DTYPES[config.dtype]))
-
-
-def generate(config: GenerateConfig, backend=None) -> Path:
-    """Run the `generate` stage; returns the output folder. `backend` skips loading `config.model`."""
-    from tqdm.auto import tqdm
-
-    for key in ("clips_per_caption", "num_inference_steps", "batch_size"):
-        if getattr(config, key) < 1:
-            raise GenerationError(f"config key '{key}' must be at least 1, got {getattr(config, key)}")
-    if config.duration_s is not None and config.duration_s <= 0:
-        raise GenerationError(f"config key 'duration_s' must be positive, got {config.duration_s}")
-    run_dir = Path(config.run_dir)
-    captions_path = Path(config.captions_file) if config.captions_file else run_dir / "captions.jsonl"
-    captions = read_caption_rows(captions_path)
-    selected = [r for r in captions if config.split == "all" or r["split"] == config.split]
-    if config.max_captions is not None:
-        selected = selected[: config.max_captions]
-    if not selected:
-        raise GenerationError(f"{captions_path}: no captions in split '{config.split}'")
-    out_dir = Path(config.out_dir) if config.out_dir else run_dir / "generations"
-    (out_dir / CLIP_DIR).mkdir(parents=True, exist_ok=True)
-
-    model_name = config.model if not config.export else f"{config.model} + {config.export}"
-    settings = {**config_to_dict(config), "captions_file": str(captions_path), "model": config.model}
-    _check_settings(out_dir, settings)
-    done = rebuild_metadata(out_dir, captions, config.seed, model_name)
-    todo = [(row, k) for row in selected for k in range(config.clips_per_caption) if clip_id(row["caption_id"], k) not in done]
-    total = len(selected) * config.clips_per_caption
-    if not todo:
-        print(f"all {total} clips already in {out_dir}")
-        return out_dir
-
-    if backend is None:
-        backend = load_backend(config)
-    progress = tqdm(total=total, initial=total - len(todo), desc="generating clips", unit="clip")
-    metadata_path = out_dir / METADATA
-    try:
-        for start in range(0, len(todo), config.batch_size):
-            batch = todo[start : start + config.batch_size]
-            rows = [metadata_row(row, k, config.seed, model_name) for row, k in batch]
-            audio = backend.generate(
-                [r["caption"] for r in rows],
-                [r["seed"] for r in rows],
-                num_inference_steps=config.num_inference_steps,
-                guidance_scale=config.guidance_scale,
-                duration_s=config.duration_s,
-                **({"sampler": config.sampler} if config.sampler else {}),
-            )
-            for row, wav in zip(rows, audio):
-                save_wav(out_dir / row["file_name"], wav, backend.sample_rate)  # atomic: complete or absent
-                _append_row(metadata_path, row)
-                progress.update(1)
-    finally:
-        progress.close()
-    print(f"wrote {total} clips ({len(todo)} new) to {out_dir}")
-    return out_dir
-
-
-__all__ = ["GenerateConfig", "GenerationError", "clip_id", "clip_seed", "generate", "read_caption_rows", "rebuild_metadata"]

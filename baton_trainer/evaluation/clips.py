@@ -1,0 +1,89 @@
+"""The clips an evaluation judges: each model's clips of the same captions under the same seeds
+(made by the generate stage, so they resume and never mix settings), and reading them back."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..atomic import atomic_write_bytes
+from ..audio import load_audio
+
+if TYPE_CHECKING:
+    from ..layout import RunLayout
+    from ..stages.evaluate import EvaluateConfig
+
+
+def captions_file(config: "EvaluateConfig", layout: "RunLayout") -> tuple[Path, str]:
+    """The captions to evaluate as a JSONL file the generate stage reads, and its split filter."""
+    if config.captions == "paper":
+        from .test_captions import load_test_captions
+
+        rows = [{**r, "labels": r.get("labels", []), "split": "heldout"} for r in load_test_captions()]
+        path = layout.eval / "captions.jsonl"
+        atomic_write_bytes(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode())
+        return path, "all"
+    if config.captions == "heldout":
+        if not layout.captions.is_file():
+            raise FileNotFoundError(f"captions=heldout needs {layout.captions} (run the prompts stage first)")
+        return layout.captions, "heldout"
+    path = Path(config.captions)
+    if not path.is_file():
+        raise FileNotFoundError(f"captions file not found: {path}")
+    return path, "all"
+
+
+def generate_clips(config: "EvaluateConfig", captions: Path, split: str, out: Path, export: str | None, backend=None) -> Path:
+    """One model's clips (base: `export` None) of the evaluation captions, in `out`."""
+    from ..stages.generate import GenerateConfig, generate
+
+    gen = GenerateConfig(
+        run_dir=config.run_dir,
+        model=config.model,
+        export=export,
+        captions_file=str(captions),
+        out_dir=str(out),
+        split=split,
+        clips_per_caption=config.clips_per_caption,
+        num_inference_steps=config.num_inference_steps,
+        guidance_scale=config.guidance_scale,
+        duration_s=config.duration_s,
+        sampler=config.sampler,
+        batch_size=config.batch_size,
+        seed=config.seed,
+        device=config.device,
+        dtype=config.dtype,
+    )
+    return generate(gen, backend=backend)
+
+
+def read_clips(folder: Path, sample_rate: int = 16000) -> tuple[list[dict[str, Any]], list[np.ndarray]]:
+    """A generations folder's rows (by caption, then clip) and their waveforms at `sample_rate`."""
+    from ..generations import read_generations
+
+    rows = read_generations(folder)
+    rows.sort(key=lambda r: (r["caption_id"], r["clip_index"]))
+    clips = [load_audio(folder / r["file_name"], sample_rate, what=str(folder / r["file_name"]))[0] for r in rows]
+    return rows, clips
+
+
+def oracle_metrics(rows: list[dict[str, Any]], clips: list[np.ndarray], sample_rate: int) -> dict[str, float]:
+    """Integrity accuracy on 2-label (integrity-task) captions, temporal accuracy on 3-label
+    (temporal-task) captions, as the toy world's oracle judges them, each with its standard error."""
+    from ..toyworld.oracle import alignment_outcomes
+
+    result: dict[str, float] = {}
+    for task in ("integrity", "temporal"):
+        picked = [i for i, r in enumerate(rows) if r.get("task") == task]
+        if not picked:
+            continue
+        outcomes = alignment_outcomes([clips[i] for i in picked], [rows[i]["labels"] for i in picked], task, sample_rate)
+        p, n = float(np.mean(outcomes)), len(outcomes)
+        result[f"{task}_accuracy"] = p
+        result[f"{task}_accuracy_se"] = math.sqrt(p * (1 - p) / n)
+        result[f"{task}_clips"] = n
+    return result

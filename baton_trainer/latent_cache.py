@@ -1,0 +1,101 @@
+"""Training examples ready for the denoiser: latents and caption conditioning, encoded once and
+cached on disk, so epochs 2..N skip the VAE and the text encoder.
+
+The cache key holds everything that changes an encoding: the backend's fingerprint (encoders, their
+dtypes, the mel front end), the clip length, the captions and the data's fingerprint. Cached
+latents made at another precision or from other preprocessing are never reused (kohya-ss 1413 had
+NaNs from exactly that; PITFALLS.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .audio import crop_or_pad, load_audio
+from .backends.base import TextConditioning, TextToAudioBackend
+
+
+@dataclass
+class EncodedSet:
+    """Training examples: latents and caption conditioning (or raw audio when the cache is off and
+    every step encodes), plus the feedback weights."""
+
+    captions: list[str]
+    weights: torch.Tensor  # (N,)
+    latents: torch.Tensor | None = None  # (N, C, H, W)
+    text: TextConditioning | None = None
+    waveforms: torch.Tensor | None = None  # (N, samples), only without the cache
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+
+class LatentCache:
+    """Encodes preference or pretraining datasets with a backend's encoders, through a disk cache.
+
+    Only the main process encodes and writes; the others wait at a barrier and read the file, so
+    every collective runs on every rank (a rank-gated collective hangs DDP: PITFALLS.md)."""
+
+    def __init__(self, backend: TextToAudioBackend, accelerator, folder: str | os.PathLike, duration_s: float, enabled: bool = True):
+        self.backend = backend
+        self.accelerator = accelerator
+        self.folder = Path(folder)
+        self.duration_s = float(duration_s)
+        self.enabled = enabled
+
+    def read_audio(self, ds, name: str) -> torch.Tensor:
+        """(N, samples) waveforms at the backend's rate, cut or zero-padded to the clip length."""
+        sr = self.backend.sample_rate
+        samples = int(round(self.duration_s * sr))
+        rows = ds.with_format("arrow")["audio"].to_pylist()
+        return torch.stack(
+            [torch.from_numpy(crop_or_pad(load_audio(a, sr, what=f"{name}: row {i}, column 'audio'")[0], samples)) for i, a in enumerate(rows)]
+        )
+
+    def key(self, captions: list[str], ds) -> str:
+        h = hashlib.sha256()
+        h.update(self.backend.fingerprint().encode())
+        h.update(json.dumps([self.duration_s, captions]).encode())
+        h.update(str(getattr(ds, "_fingerprint", "")).encode())
+        return h.hexdigest()[:20]
+
+    def encode(self, ds, weights: torch.Tensor, name: str) -> EncodedSet:
+        """Latents and caption embeddings for `ds`, from the disk cache when they are there."""
+        captions = list(ds["caption"])
+        if not self.enabled:
+            return EncodedSet(captions, weights, waveforms=self.read_audio(ds, name))
+        from safetensors.torch import load_file, save_file
+
+        acc = self.accelerator
+        path = self.folder / f"{name}-{self.key(captions, ds)}.safetensors"
+        if acc.is_main_process and not path.is_file():
+            from tqdm.auto import tqdm
+
+            waveforms = self.read_audio(ds, name)
+            latents, hidden, masks = [], [], []
+            for start in tqdm(range(0, len(captions), 16), desc=f"encoding {name}", disable=not acc.is_local_main_process):
+                chunk = waveforms[start : start + 16].to(acc.device)
+                latents.append(self.backend.encode_audio(chunk).float().cpu())
+                cond = self.backend.encode_text(captions[start : start + 16])
+                hidden.append(cond.hidden_states.float().cpu())
+                masks.append(cond.attention_mask.cpu())
+            length = max(h.shape[1] for h in hidden)
+            pad = lambda t, v: torch.nn.functional.pad(t, (0, 0, 0, length - t.shape[1]) if t.ndim == 3 else (0, length - t.shape[1]), value=v)  # noqa: E731
+            tensors = {
+                "latents": torch.cat(latents),
+                "text_hidden": torch.cat([pad(h, 0.0) for h in hidden]),
+                "text_mask": torch.cat([pad(m, False) for m in masks]),
+            }
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
+            os.replace(tmp, path)  # readers see no file or a whole one
+        acc.wait_for_everyone()
+        tensors = load_file(str(path))
+        return EncodedSet(captions, weights, tensors["latents"], TextConditioning(tensors["text_hidden"], tensors["text_mask"]))

@@ -1,0 +1,113 @@
+"""The run folder: the one object that names every path inside it.
+
+    RUN/captions.jsonl        prompts      the captions, with their labels, task and split
+    RUN/generations/          generate     clips (wav) + metadata.jsonl + generation_config.json
+    RUN/annotations.sqlite    annotate     every rating people (or the toy oracle) gave
+    RUN/feedback/             export       human-rated preference dataset
+    RUN/feedback_agreement.json export     rater agreement statistics
+    RUN/reward_model/         reward       the reward model (Hub format) with metrics.json and a histogram
+    RUN/reward_labeled/       label        the unrated clips with reward-model scores
+    RUN/aligned/              finetune     the trained export, its checkpoints and logs
+    RUN/eval/                 evaluate     report.md, metrics.json, plots, the clips it judged
+    RUN/cache/                finetune, reward  latents, text and CLAP embeddings (keyed by fingerprint)
+    RUN/run_summary.json      run          each stage's time and result
+
+The toy world adds its own inputs (`toy_labels.txt`, `pretrain/`, `reference/`) and the oracle's
+check of the reward labels (`reward_label_check.json`, `.png`, `reward_labeled_oracle/`).
+
+A stage's outputs can be moved (`--reward.output_dir X`); a layout built with the moved paths
+gives every later stage the new place:
+
+    layout = RunLayout.of("runs/toy", reward_model="elsewhere/rm")
+    layout.reward_model  # Path("elsewhere/rm"); layout.feedback stays Path("runs/toy/feedback")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+# The paths a stage config may move, and where they are by default.
+MOVABLE = {
+    "captions": "captions.jsonl",
+    "generations": "generations",
+    "annotations": "annotations.sqlite",
+    "feedback": "feedback",
+    "reward_model": "reward_model",
+    "reward_labeled": "reward_labeled",
+    "aligned": "aligned",
+    "eval": "eval",
+    "cache": "cache",
+}
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    root: Path
+    captions: Path
+    generations: Path
+    annotations: Path
+    feedback: Path
+    reward_model: Path
+    reward_labeled: Path
+    aligned: Path
+    eval: Path
+    cache: Path
+
+    @classmethod
+    def of(cls, run_dir: str | os.PathLike, **moved: str | os.PathLike | None) -> "RunLayout":
+        """The layout of `run_dir`, with the movable paths given in `moved` (None keeps the default)."""
+        unknown = sorted(set(moved) - set(MOVABLE))
+        if unknown:
+            raise ValueError(f"RunLayout: '{unknown[0]}' is not a movable run path (movable: {', '.join(MOVABLE)})")
+        root = Path(run_dir)
+        paths = {name: Path(moved[name]) if moved.get(name) else root / default for name, default in MOVABLE.items()}
+        return cls(root=root, **paths)
+
+    def moved(self, **paths: str | os.PathLike | None) -> "RunLayout":
+        """This layout with some paths moved (None keeps the current one)."""
+        unknown = sorted(set(paths) - set(MOVABLE))
+        if unknown:
+            raise ValueError(f"RunLayout: '{unknown[0]}' is not a movable run path (movable: {', '.join(MOVABLE)})")
+        return dataclasses.replace(self, **{k: Path(v) for k, v in paths.items() if v})
+
+    # -- files with a fixed place ------------------------------------------------------------------
+
+    @property
+    def feedback_agreement(self) -> Path:
+        return self.root / "feedback_agreement.json"
+
+    @property
+    def clap_embeddings(self) -> Path:
+        return self.cache / "clap_embeddings"
+
+    @property
+    def run_summary(self) -> Path:
+        return self.root / "run_summary.json"
+
+    # the toy world's inputs and checks
+    @property
+    def toy_labels(self) -> Path:
+        return self.root / "toy_labels.txt"
+
+    @property
+    def pretrain(self) -> Path:
+        return self.root / "pretrain"
+
+    @property
+    def reference(self) -> Path:
+        return self.root / "reference"
+
+    @property
+    def reward_label_check(self) -> Path:
+        return self.root / "reward_label_check.json"
+
+    @property
+    def reward_label_check_plot(self) -> Path:
+        return self.root / "reward_label_check.png"
+
+    @property
+    def reward_labeled_oracle(self) -> Path:
+        return self.root / "reward_labeled_oracle"

@@ -1,0 +1,106 @@
+"""The `finetune` stage: reward-weighted denoising fine-tuning (BATON's Stage 3) -> RUN/aligned/.
+
+    accelerate launch -m baton_trainer finetune --run_dir RUN --model declare-lab/tango-full-ft-audiocaps
+
+Human-rated clips (RUN/feedback) mixed 1:1 with reward-labelled ones (RUN/reward_labeled) weight
+the model's own denoising loss, and beta times the same loss on pretraining clips keeps it close to
+its data (Eq. 7, `baton_trainer.losses.baton_loss`). The loop is
+`RewardWeightedDiffusionTrainer.train` in `baton_trainer.trainer`. RUN/aligned holds the export
+(LoRA adapter or UNet), its checkpoints, logs, `finetune_config.json` and `versions.json`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from ..layout import RunLayout
+from ..losses import SnrMode
+
+
+@dataclass
+class FinetuneConfig:
+    run_dir: str = field(default="runs/baton", metadata={"help": "run folder; the other paths default inside it"})
+    model: str = field(default="declare-lab/tango-full-ft-audiocaps", metadata={"help": "base model: folder or Hub id"})
+    feedback_dataset: str | None = field(default=None, metadata={"help": "human-rated preference data (default RUN/feedback; 'none': no human-rated rows)"})
+    reward_dataset: str | None = field(default=None, metadata={"help": "reward-rated data (default RUN/reward_labeled if it exists; 'none': no reward-rated rows)"})
+    pretrain_dataset: str | None = field(default=None, metadata={"help": "(caption, audio) data for the beta term"})
+    output_dir: str | None = field(default=None, metadata={"help": "export folder (default RUN/aligned)"})
+    mix_ratio: float = field(default=1.0, metadata={"help": "reward-rated rows per human-rated row (paper: 1)"})
+    weighting: Literal["reward", "ones", "none"] = field(
+        default="reward", metadata={"help": "feedback weights w_i: the rewards, all ones (ablation), or no feedback term"}
+    )
+    beta: float = field(default=0.5, metadata={"help": "weight of the pretraining term (paper 0.5)"})
+    snr_mode: SnrMode = field(default="tango", metadata={"help": "none | min_snr | tango (TANGO's own weighting)"})
+    snr_gamma: float = 5.0
+    learning_rate: float = 1e-5
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_weight_decay: float = 1e-2
+    adam_epsilon: float = 1e-8
+    lr_scheduler: str = field(default="constant_with_warmup", metadata={"help": "a diffusers.optimization schedule name"})
+    lr_warmup_steps: int = 0
+    train_batch_size: int = field(default=6, metadata={"help": "feedback clips per process per micro-step"})
+    pretrain_batch_size: int | None = field(default=None, metadata={"help": "pretrain clips per micro-step (default: train_batch_size)"})
+    num_epochs: int = 10
+    max_train_steps: int | None = field(default=None, metadata={"help": "stop after this many optimiser steps"})
+    gradient_accumulation_steps: int = 1
+    max_grad_norm: float = 1.0
+    mixed_precision: Literal["no", "fp16", "bf16"] | None = field(
+        default=None, metadata={"help": "default: what `accelerate launch` was configured with"}
+    )
+    gradient_checkpointing: bool = False
+    use_lora: bool = False
+    lora_rank: int = 8
+    lora_alpha: int | None = None
+    lora_target_modules: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
+    duration_s: float | None = field(default=None, metadata={"help": "clip length for training (default: the model's)"})
+    cache_embeddings: bool = field(default=True, metadata={"help": "encode latents and captions once, cache on disk"})
+    cache_dir: str | None = field(default=None, metadata={"help": "default RUN/cache"})
+    checkpointing_steps: int = 500
+    checkpoints_total_limit: int | None = 3
+    resume_from_checkpoint: str | None = field(default=None, metadata={"help": "'latest' or a checkpoint folder"})
+    report_to: str | None = field(default="tensorboard", metadata={"help": "accelerate tracker, or none"})
+    logging_steps: int = 1
+    seed: int = 0
+
+    def __post_init__(self):
+        self.pretrain_batch_size = self.pretrain_batch_size or self.train_batch_size
+        if self.report_to in ("none", ""):
+            self.report_to = None
+        for name in ("learning_rate", "beta", "mix_ratio", "snr_gamma"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"config key '{name}' must be a finite number >= 0, got {value}")
+        for name in ("train_batch_size", "gradient_accumulation_steps", "num_epochs", "checkpointing_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"config key '{name}' must be >= 1, got {getattr(self, name)}")
+
+    def layout(self) -> RunLayout:
+        return RunLayout.of(self.run_dir, aligned=self.output_dir, cache=self.cache_dir)
+
+    def feedback_sources(self) -> tuple[str | None, str | None]:
+        """(human-rated data, reward-rated data) to train on; None where a source is off or, for
+        the reward-rated data by default, not there (a run without a label stage)."""
+        layout = self.layout()
+        human = None if self.feedback_dataset == "none" else str(self.feedback_dataset or layout.feedback)
+        if self.reward_dataset == "none":
+            reward = None
+        elif self.reward_dataset:
+            reward = self.reward_dataset
+        else:
+            reward = str(layout.reward_labeled) if layout.reward_labeled.exists() else None
+        return human, reward
+
+
+def finetune(config: FinetuneConfig) -> Path:
+    """Feedback (+ reward-rated) clips and a pretrain set -> RUN/aligned/."""
+    from ..backends import EXPORT_FILE
+    from ..trainer import RewardWeightedDiffusionTrainer
+
+    trainer = RewardWeightedDiffusionTrainer(config)
+    out = trainer.train()
+    trainer.accelerator.print(f"aligned model written to {out} ({EXPORT_FILE}: base {config.model})")
+    return out

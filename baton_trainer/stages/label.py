@@ -1,0 +1,108 @@
+"""The `label` stage: the reward model scores every generated clip no person rated ->
+RUN/reward_labeled/ (a preference dataset: feedback -1, reward = the score, source "reward_model").
+
+    python -m baton_trainer label --run_dir RUN [--reward_model RUN/reward_model or a Hub id]
+
+Resumable: each scored clip is appended to a progress file (flushed per batch), so a killed run
+scores only the clips that are left.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..layout import RunLayout
+
+
+@dataclass
+class LabelConfig:
+    run_dir: str = field(default="run", metadata={"help": "run folder"})
+    generations: str | None = field(default=None, metadata={"help": "generations folder with metadata.jsonl (default RUN/generations)"})
+    feedback: str | None = field(default=None, metadata={"help": "human ratings dataset (default RUN/feedback; missing = none rated)"})
+    reward_model: str | None = field(default=None, metadata={"help": "reward model folder or Hub id (default RUN/reward_model)"})
+    output_dir: str | None = field(default=None, metadata={"help": "output preference dataset (default RUN/reward_labeled)"})
+    batch_size: int = field(default=16, metadata={"help": "clips scored per forward pass"})
+    device: str | None = field(default=None, metadata={"help": "torch device (default: cuda if available, else cpu)"})
+
+
+def label_unrated(config: LabelConfig) -> Path:
+    """Reward-model scores for every generated clip without a human rating."""
+    import numpy as np
+    from tqdm.auto import tqdm
+
+    import reward_hub
+
+    from ..audio import load_audio
+    from ..clap import CLAP_SAMPLE_RATE
+    from ..data import PREFERENCE_FEATURES, build_dataset, human_rated_keys, load_preference_dataset, save_dataset_atomic
+    from ..generations import read_generations
+    from ..hub import resolve_folder
+    from ..runtime import pick_device
+
+    layout = RunLayout.of(
+        config.run_dir, generations=config.generations, feedback=config.feedback, reward_model=config.reward_model,
+        reward_labeled=config.output_dir,
+    )
+    generations, feedback, out = layout.generations, layout.feedback, layout.reward_labeled
+
+    rows = read_generations(generations)
+    if feedback.exists():
+        rated = human_rated_keys(load_preference_dataset(str(feedback), validate=False))
+    else:
+        print(f"{feedback} not found: treating every generated clip as unrated")
+        rated = set()
+    todo = [r for r in rows if (int(r["caption_id"]), int(r["clip_index"])) not in rated]
+    print(f"{len(rows)} generated clips, {len(rows) - len(todo)} rated by people, {len(todo)} to score")
+
+    # Progress survives a kill: one JSON line per scored clip, appended and flushed per batch.
+    progress_file = out.with_name(f".{out.name}.scores.jsonl")
+    scores: dict[str, float] = {}
+    if progress_file.is_file():
+        for line in progress_file.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                item = json.loads(line)
+                scores[item["file_name"]] = float(item["reward"])
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                continue  # a torn last line from a kill: that clip is scored again
+    pending = [r for r in todo if r["file_name"] not in scores]
+    if pending:
+        if config.reward_model is None and not layout.reward_model.exists():
+            raise FileNotFoundError(f"{layout.reward_model}: reward model not found (run the reward stage first)")
+        model = reward_hub.load(str(resolve_folder(layout.reward_model, "reward model")), device=pick_device(config.device))
+        progress_file.parent.mkdir(parents=True, exist_ok=True)
+        with open(progress_file, "a", encoding="utf-8") as handle:
+            for start in tqdm(range(0, len(pending), config.batch_size), desc="reward labels"):
+                batch = pending[start : start + config.batch_size]
+                clips = [load_audio(generations / r["file_name"], target_sr=CLAP_SAMPLE_RATE, what=str(generations / r["file_name"]))[0] for r in batch]
+                rewards = model.score([r["caption"] for r in batch], clips, CLAP_SAMPLE_RATE, batch_size=config.batch_size)
+                for r, value in zip(batch, rewards.tolist()):
+                    scores[r["file_name"]] = value
+                    handle.write(json.dumps({"file_name": r["file_name"], "reward": value}) + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+
+    columns: dict[str, list[Any]] = {name: [] for name in PREFERENCE_FEATURES}
+    for r in todo:
+        columns["caption"].append(r["caption"])
+        columns["audio"].append({"bytes": (generations / r["file_name"]).read_bytes(), "path": r["file_name"]})
+        columns["feedback"].append(-1)
+        columns["reward"].append(float(min(max(scores[r["file_name"]], 0.0), 1.0)))
+        columns["source"].append("reward_model")
+        columns["task"].append(r.get("task", "integrity"))
+        columns["labels"].append(list(r.get("labels", [])))
+        columns["caption_id"].append(int(r["caption_id"]))
+        columns["clip_index"].append(int(r["clip_index"]))
+        columns["annotator"].append(f"reward_model:{layout.reward_model}")
+    ds = build_dataset(columns)
+    save_dataset_atomic(ds, out)
+    progress_file.unlink(missing_ok=True)
+    if len(ds):
+        r = np.asarray(columns["reward"])
+        print(f"{len(ds)} clips labeled -> {out} (mean reward {r.mean():.3f}, {np.mean(r >= 0.5):.0%} >= 0.5)")
+    else:
+        print(f"no unrated clips: wrote an empty dataset to {out}")
+    return out
