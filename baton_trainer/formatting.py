@@ -19,12 +19,10 @@ def format_number(value: Any, digits: int = 3) -> str:
 
 
 def display_path(name_or_path: Any) -> str:
-    """A model or file name for reports and public pages: a Hub id as is, a local path by its last
-    two parts, so no absolute path of the machine that ran it is printed."""
+    """A model or file name for reports and public pages: a Hub id or relative path as given, an
+    absolute path by its last two parts, so no absolute path of the machine that ran it is printed."""
     if name_or_path is None:
         return "none"
     text = str(name_or_path)
     path = Path(text)
-    if not path.is_absolute() and not path.exists():
-        return text  # a Hub id, or a name
-    return "/".join(path.resolve().parts[-2:])
+    return "/".join(path.parts[-2:]) if path.is_absolute() else text

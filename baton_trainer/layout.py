@@ -24,7 +24,6 @@ gives every later stage the new place:
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +40,17 @@ MOVABLE = {
     "eval": "eval",
     "cache": "cache",
 }
+# Files with a fixed place in the run folder (the last five are the toy world's).
+FIXED = {
+    "feedback_agreement": "feedback_agreement.json",
+    "run_summary": "run_summary.json",
+    "toy_labels": "toy_labels.txt",
+    "pretrain": "pretrain",
+    "reference": "reference",
+    "reward_label_check": "reward_label_check.json",
+    "reward_label_check_plot": "reward_label_check.png",
+    "reward_labeled_oracle": "reward_labeled_oracle",
+}
 
 
 @dataclass(frozen=True)
@@ -55,6 +65,15 @@ class RunLayout:
     aligned: Path
     eval: Path
     cache: Path
+    clap_embeddings: Path  # inside `cache`
+    feedback_agreement: Path
+    run_summary: Path
+    toy_labels: Path
+    pretrain: Path
+    reference: Path
+    reward_label_check: Path
+    reward_label_check_plot: Path
+    reward_labeled_oracle: Path
 
     @classmethod
     def of(cls, run_dir: str | os.PathLike, **moved: str | os.PathLike | None) -> "RunLayout":
@@ -64,50 +83,5 @@ class RunLayout:
             raise ValueError(f"RunLayout: '{unknown[0]}' is not a movable run path (movable: {', '.join(MOVABLE)})")
         root = Path(run_dir)
         paths = {name: Path(moved[name]) if moved.get(name) else root / default for name, default in MOVABLE.items()}
-        return cls(root=root, **paths)
-
-    def moved(self, **paths: str | os.PathLike | None) -> "RunLayout":
-        """This layout with some paths moved (None keeps the current one)."""
-        unknown = sorted(set(paths) - set(MOVABLE))
-        if unknown:
-            raise ValueError(f"RunLayout: '{unknown[0]}' is not a movable run path (movable: {', '.join(MOVABLE)})")
-        return dataclasses.replace(self, **{k: Path(v) for k, v in paths.items() if v})
-
-    # -- files with a fixed place ------------------------------------------------------------------
-
-    @property
-    def feedback_agreement(self) -> Path:
-        return self.root / "feedback_agreement.json"
-
-    @property
-    def clap_embeddings(self) -> Path:
-        return self.cache / "clap_embeddings"
-
-    @property
-    def run_summary(self) -> Path:
-        return self.root / "run_summary.json"
-
-    # the toy world's inputs and checks
-    @property
-    def toy_labels(self) -> Path:
-        return self.root / "toy_labels.txt"
-
-    @property
-    def pretrain(self) -> Path:
-        return self.root / "pretrain"
-
-    @property
-    def reference(self) -> Path:
-        return self.root / "reference"
-
-    @property
-    def reward_label_check(self) -> Path:
-        return self.root / "reward_label_check.json"
-
-    @property
-    def reward_label_check_plot(self) -> Path:
-        return self.root / "reward_label_check.png"
-
-    @property
-    def reward_labeled_oracle(self) -> Path:
-        return self.root / "reward_labeled_oracle"
+        paths.update({name: root / default for name, default in FIXED.items()})
+        return cls(root=root, clap_embeddings=paths["cache"] / "clap_embeddings", **paths)

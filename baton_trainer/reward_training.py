@@ -207,7 +207,8 @@ def fit_head(
     """Train the head with BCE; `embed_batch(rows)` gives the CLAP embeddings of those rows
     (from the cache, or encoded afresh every epoch). Returns per-epoch mean losses."""
     if model.config.head_type == "cosine_logistic":
-        return fit_cosine_logistic(model, embed_batch, labels, train_rows, config, device)
+        audio, text = embed_batch(train_rows)
+        return fit_cosine_logistic(model, audio.to(device), text.to(device), labels[train_rows].to(device), config.weight_decay)
     torch.manual_seed(config.seed)
     optimizer = torch.optim.Adam(model.head.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     generator = torch.Generator().manual_seed(config.seed)
@@ -231,19 +232,10 @@ def fit_head(
     return history
 
 
-def fit_cosine_logistic(
-    model: BatonRewardModel,
-    embed_batch: Callable[[np.ndarray], tuple[torch.Tensor, torch.Tensor]],
-    labels: torch.Tensor,
-    train_rows: np.ndarray,
-    config: "RewardTrainingConfig",
-    device: torch.device,
-) -> list[dict[str, float]]:
-    """The two-parameter head fit to its optimum by full-batch L-BFGS (BCE plus the same L2
-    weight decay): a convex problem with one answer, so epochs, batches and learning rate do not
-    apply. Returns the loss before and after, in fit_head's format."""
-    audio, text = (x.to(device) for x in embed_batch(train_rows))
-    target = labels[train_rows].to(device)
+def fit_cosine_logistic(model: BatonRewardModel, audio: torch.Tensor, text: torch.Tensor, target: torch.Tensor, weight_decay: float) -> list[dict[str, float]]:
+    """The two-parameter head fit to its optimum on the training rows' embeddings by full-batch
+    L-BFGS (BCE plus the same L2 weight decay): a convex problem with one answer, so epochs,
+    batches and learning rate do not apply. Returns the loss before and after, in fit_head's format."""
     params = list(model.head.parameters())
     optimizer = torch.optim.LBFGS(params, lr=1.0, max_iter=200, tolerance_grad=1e-9, line_search_fn="strong_wolfe")
 
@@ -252,7 +244,7 @@ def fit_cosine_logistic(
 
     def objective():
         optimizer.zero_grad(set_to_none=True)
-        loss = bce() + 0.5 * config.weight_decay * sum((p**2).sum() for p in params)
+        loss = bce() + 0.5 * weight_decay * sum((p**2).sum() for p in params)
         loss.backward()
         return loss
 

@@ -245,6 +245,8 @@ class RewardWeightedDiffusionTrainer:
         return max(found)[1] if found else None
 
     def save_checkpoint(self) -> Path:
+        # Built under a temporary name and renamed, not saved into its final folder as accelerate's
+        # own checkpointing does: a run killed mid-save leaves no half checkpoint for "latest" to pick.
         acc = self.accelerator
         final = self.checkpoint_root / f"checkpoint-{self.global_step}"
         tmp = self.checkpoint_root / f".checkpoint-{self.global_step}.tmp"

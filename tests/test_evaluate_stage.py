@@ -46,6 +46,8 @@ def test_evaluate_stage_writes_every_file(models, tmp_path):
     assert "fd" in metrics["skipped"] and "Cnn14" in metrics["skipped"]["fd"]
     report = (out / "report.md").read_text()
     assert "Skipped" in report and "fad" in report.lower()
+    assert str(tmp_path) not in report and str(models) not in report  # no absolute path of this machine
+    assert "of 6 clips score higher" in report
     base_rows = [json.loads(line) for line in (out / "clips" / "base" / "metadata.jsonl").read_text().splitlines()]
     aligned_rows = [json.loads(line) for line in (out / "clips" / "aligned" / "metadata.jsonl").read_text().splitlines()]
     assert len(base_rows) == 6 and [r["seed"] for r in base_rows] == [r["seed"] for r in aligned_rows]

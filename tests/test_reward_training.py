@@ -91,7 +91,7 @@ def test_cosine_logistic_fit_recovers_the_logistic_that_made_the_ratings(clap_di
     audio = cosine[:, None] * text + torch.sqrt(1 - cosine[:, None] ** 2) * other
     labels = torch.bernoulli(torch.sigmoid(12.0 * cosine - 6.0), generator=gen)
     config = RewardTrainingConfig(head_type="cosine_logistic", weight_decay=0.0)
-    history = fit_cosine_logistic(model, lambda rows: (audio[rows], text[rows]), labels, np.arange(n), config, torch.device("cpu"))
+    history = fit_cosine_logistic(model, audio, text, labels, config.weight_decay)
     assert history[-1]["train_bce"] < history[0]["train_bce"]
     assert abs(model.head.linear.weight.item() - 12.0) < 1.5 and abs(model.head.linear.bias.item() + 6.0) < 0.8
 

@@ -124,6 +124,16 @@ def test_epochs_count_passes_over_the_feedback_mix(world, tmp_path):
     assert steps == {"human_only": 3 * 8 // 2, "baton": 3 * 16 // 2, "pretrain_term_alone": 3 * 8 // 4}
 
 
+def test_a_run_resumed_at_its_final_step_finishes_and_reports_its_last_loss(world, tmp_path):
+    first = RewardWeightedDiffusionTrainer(make_config(world, tmp_path / "done", max_train_steps=2, checkpointing_steps=1))
+    first.train()
+    summary = json.loads((tmp_path / "done" / "train_summary.json").read_text())
+    again = RewardWeightedDiffusionTrainer(make_config(world, tmp_path / "done", max_train_steps=2, checkpointing_steps=1, resume_from_checkpoint="latest"))
+    again.train()  # no step is left to take
+    resumed = json.loads((tmp_path / "done" / "train_summary.json").read_text())
+    assert resumed["global_step"] == 2 and resumed["final_loss"] == summary["final_loss"] and np.isfinite(resumed["final_loss"])
+
+
 def test_checkpoint_limit_keeps_last_n(world, tmp_path):
     trainer = RewardWeightedDiffusionTrainer(make_config(world, tmp_path / "ck", max_train_steps=4, checkpointing_steps=1, checkpoints_total_limit=2))
     trainer.train()

@@ -42,18 +42,20 @@ class MissingCheckpointError(FileNotFoundError):
     """A metric's model checkpoint is not where the config says; the message says where to get it."""
 
 
-def _check_checkpoint(path: str | os.PathLike | None, filename: str, url: str, metrics: str, what: str) -> Path:
+def load_metric_model(cls, path: str | os.PathLike | None, config: Any, device: Any, filename: str, url: str, metrics: str, what: str):
+    """`cls(config)` with the weights of its published checkpoint (a file, or a folder holding
+    `filename`), frozen, in eval mode, on `device`; a missing file says where to download it."""
     if path is None or str(path) == "":
-        raise MissingCheckpointError(
-            f"{metrics} need(s) the {what} checkpoint {filename}; none was given. Download it from {url} "
-            "and pass its path"
-        )
+        raise MissingCheckpointError(f"{metrics} need(s) the {what} checkpoint {filename}; none was given. Download it from {url} and pass its path")
     path = Path(path)
     if path.is_dir():
         path = path / filename
     if not path.is_file():
         raise MissingCheckpointError(f"{metrics} need(s) the {what} checkpoint {filename}, not found at {path}; download it from {url}")
-    return path
+    model = cls(config)
+    name = what.split(" (")[0]
+    load_state_strict(model, load_state_dict_file(path, name), f"{path} (not a {name} checkpoint)")
+    return model.to(pick_device(device)).eval().requires_grad_(False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -171,10 +173,7 @@ class PannsCnn14(nn.Module):
         cls, path: str | os.PathLike | None, config: Cnn14Config | None = None, device: str | torch.device | None = None
     ) -> "PannsCnn14":
         """Load `Cnn14_16k_mAP=0.438.pth` (a file, or a folder holding it)."""
-        path = _check_checkpoint(path, PANNS_CNN14_16K_FILE, PANNS_CNN14_16K_URL, "FD, KL and IS", "PANNs Cnn14 16 kHz")
-        model = cls(config)
-        load_state_strict(model, load_state_dict_file(path, "PANNs Cnn14"), f"{path} (not a PANNs Cnn14 checkpoint)")
-        return model.to(pick_device(device)).eval().requires_grad_(False)
+        return load_metric_model(cls, path, config, device, PANNS_CNN14_16K_FILE, PANNS_CNN14_16K_URL, "FD, KL and IS", "PANNs Cnn14 (16 kHz)")
 
     def prepare(self, waveform: np.ndarray, sample_rate: int, name: str = "audio") -> np.ndarray:
         """As audioldm_eval reads a clip: remove the mean, resample, zero-pad to at least 2 s."""
@@ -295,10 +294,7 @@ class VGGish(nn.Module):
         cls, path: str | os.PathLike | None, config: VGGishConfig | None = None, device: str | torch.device | None = None
     ) -> "VGGish":
         """Load `vggish-10086976.pth` (a file, or a folder holding it)."""
-        path = _check_checkpoint(path, VGGISH_FILE, VGGISH_URL, "FAD", "VGGish (PyTorch port)")
-        model = cls(config)
-        load_state_strict(model, load_state_dict_file(path, "VGGish"), f"{path} (not a VGGish checkpoint)")
-        return model.to(pick_device(device)).eval().requires_grad_(False)
+        return load_metric_model(cls, path, config, device, VGGISH_FILE, VGGISH_URL, "FAD", "VGGish (PyTorch port)")
 
     @torch.no_grad()
     def embed(self, waveforms: Sequence[np.ndarray], sample_rate: int, batch_size: int = 64) -> list[np.ndarray]:

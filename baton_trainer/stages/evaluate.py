@@ -130,7 +130,7 @@ def evaluate(config: EvaluateConfig, backends: dict[str, Any] | None = None) -> 
     if config.oracle:
         for name in models:
             metrics[name].update(oracle_metrics(rows_by_model[name], clips_by_model[name], sample_rate))
-    info.update({"captions": str(config.captions), "clips_per_model": len(rows), "seed": config.seed,
+    info.update({"captions": display_path(config.captions), "clips_per_model": len(rows), "seed": config.seed,
                  "steps": config.num_inference_steps, "guidance": config.guidance_scale,
                  "model": display_path(config.model), "aligned": display_path(models.get("aligned"))})
     extra, reward_info = reward_model_summary(layout, out)
