@@ -208,10 +208,33 @@ def human_rated_keys(ds: Dataset) -> set[tuple[int, int]]:
     }
 
 
-def save_dataset_atomic(ds: Dataset, out: Path) -> None:
-    """save_to_disk into a temporary folder, then rename: a killed stage leaves no half dataset."""
+class EmptyOutputError(PreferenceDataError):
+    """A stage found nothing to write; the output it would have replaced is kept."""
+
+
+def save_dataset_atomic(ds: Dataset, out: Path, allow_empty: bool = False, why: str = "0 rows") -> None:
+    """save_to_disk into a temporary folder, then rename: a killed stage leaves no half dataset.
+
+    An empty dataset is written only with `allow_empty` (and then never over a non-empty one): a
+    stage that found nothing must say so, not replace good data with nothing."""
     from .atomic import atomic_folder
+
+    if len(ds) == 0:
+        previous = _saved_rows(Path(out))
+        if not allow_empty or previous:
+            kept = f"the {previous} rows already in {out} are kept" if previous else f"{out} is not written"
+            raise EmptyOutputError(f"{out}: nothing to write ({why}); {kept}")
 
     with atomic_folder(out) as tmp:
         # datasets 5 writes zero shards for an empty dataset, which load_from_disk cannot read back.
         ds.save_to_disk(str(tmp), num_shards=1 if len(ds) == 0 else None)
+
+
+def _saved_rows(folder: Path) -> int:
+    """Rows of the dataset saved in `folder`, 0 when there is none."""
+    if not (folder / "state.json").is_file() and not (folder / "dataset_info.json").is_file():
+        return 0
+    try:
+        return len(datasets.load_from_disk(str(folder)))
+    except Exception:  # an unreadable folder holds nothing worth keeping
+        return 0

@@ -311,13 +311,121 @@ def test_store_survives_reopen_and_plain_sqlite_reads_it(store, tmp_path):
     conn.close()
 
 
-def test_export_with_nothing_decided_writes_a_loadable_empty_dataset(tmp_path):
-    make_generations(tmp_path / "generations", num_captions=1, clips_per_caption=2)
-    with AnnotationStore(tmp_path / "annotations.sqlite") as s:
-        s.register_clips(tmp_path / "generations")
-        s.add_rating("00000_0", "ann", SKIP)
+def test_export_with_nothing_to_export_or_a_broken_rated_clip_keeps_the_feedback_it_had(tmp_path):
     from baton_trainer.data import load_preference_dataset
 
-    out = export_feedback(ExportConfig(run_dir=str(tmp_path)))
-    assert len(load_preference_dataset(out)) == 0
-    assert json.loads((tmp_path / "feedback_agreement.json").read_text())["fleiss_kappa"] is None
+    make_generations(tmp_path / "generations", num_captions=1, clips_per_caption=3)
+    with AnnotationStore(tmp_path / "annotations.sqlite") as s:
+        s.register_clips(tmp_path / "generations")
+        s.add_rating("00000_0", "ann", ALIGNED)
+        s.add_rating("00000_1", "ann", NOT_ALIGNED)
+    good = export_feedback(ExportConfig(run_dir=str(tmp_path)))
+    assert len(load_preference_dataset(good)) == 2
+
+    # A store with no decided rating (only a skip): an error, and RUN/feedback is not emptied.
+    empty = tmp_path / "empty.sqlite"
+    with AnnotationStore(empty) as s:
+        s.register_clips(tmp_path / "generations")
+        s.add_rating("00000_2", "ann", SKIP)
+    with pytest.raises(AnnotationError, match="no clip has a rating to export .*1 of them skips.*feedback is left as it was"):
+        export_feedback(ExportConfig(run_dir=str(tmp_path), store=str(empty)))
+    assert len(load_preference_dataset(good)) == 2
+
+    # A rated clip whose wav is corrupt: named, and RUN/feedback is not replaced.
+    with AnnotationStore(tmp_path / "annotations.sqlite") as s:
+        s.add_rating("00000_2", "ann", ALIGNED)
+    (tmp_path / "generations" / "clips" / "00000_2.wav").write_bytes(b"RIFF garbage, not a wav")
+    with pytest.raises(AnnotationError, match=r"clip 00000_2 .*00000_2\.wav.*unreadable audio.*left as it was"):
+        export_feedback(ExportConfig(run_dir=str(tmp_path)))
+    assert len(load_preference_dataset(good)) == 2
+    assert json.loads((tmp_path / "feedback_agreement.json").read_text())["exported_rows"] == 2
+
+
+RATER_SCRIPT = r"""
+import sys, time
+from pathlib import Path
+from baton_trainer.annotation.store import ALIGNED, NOT_ALIGNED, AnnotationStore, ClipCompleteError
+
+store_path, name, per_clip, go = sys.argv[1], sys.argv[2], int(sys.argv[3]), Path(sys.argv[4])
+store = AnnotationStore(store_path, timeout=120)
+while not go.exists():  # every rater starts at the same moment
+    time.sleep(0.005)
+rated = refused = 0
+while True:
+    clip = store.next_clip_for(name, ratings_per_clip=per_clip)
+    if clip is None:
+        if store.progress(name, per_clip)["remaining"] == 0:
+            break
+        time.sleep(0.01)  # the clips left are held by others: ask again
+        continue
+    try:
+        store.add_rating(clip["clip_id"], name, ALIGNED if hash(clip["clip_id"]) % 2 else NOT_ALIGNED, ratings_per_clip=per_clip)
+        rated += 1
+    except ClipCompleteError:
+        refused += 1
+print(rated, refused)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ratings_per_clip", [1, 2])
+def test_eight_rating_processes_give_each_clip_exactly_the_ratings_it_asks_for(tmp_path, ratings_per_clip):
+    import subprocess
+    import sys
+    import time
+    from collections import Counter
+
+    make_generations(tmp_path / "generations", num_captions=30, clips_per_caption=4, samples=160)
+    with AnnotationStore(tmp_path / "annotations.sqlite") as store:
+        store.register_clips(str(tmp_path / "generations"))  # a str, as the module docstring shows
+    script = tmp_path / "rater.py"
+    script.write_text(RATER_SCRIPT)
+    go = tmp_path / "go"
+    raters = [
+        subprocess.Popen([sys.executable, str(script), str(tmp_path / "annotations.sqlite"), f"rater{i}", str(ratings_per_clip), str(go)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for i in range(8)
+    ]
+    time.sleep(3.0)  # let every interpreter start and wait at the gate
+    go.touch()
+    outputs = [r.communicate(timeout=300) for r in raters]
+    assert all(r.returncode == 0 for r in raters), [err[-2000:] for _, err in outputs]
+    counts = [tuple(map(int, out.split())) for out, _ in outputs]
+    with AnnotationStore(tmp_path / "annotations.sqlite") as store:
+        per_clip = Counter(r["clip_id"] for r in store.ratings())
+        assert len(store.clips()) == 120
+    assert set(per_clip.values()) == {ratings_per_clip} and len(per_clip) == 120  # every clip, never more
+    assert sum(rated for rated, _ in counts) == 120 * ratings_per_clip
+    assert sum(refused for _, refused in counts) == 0  # nobody was handed a clip that others covered
+    assert sum(1 for rated, _ in counts if rated) > 1  # the work was shared
+
+
+def test_a_rating_beyond_the_clips_count_is_refused_after_a_lease_runs_out(tmp_path):
+    from baton_trainer.annotation import ClipCompleteError
+
+    make_generations(tmp_path / "generations", num_captions=1, clips_per_caption=1)
+    with AnnotationStore(tmp_path / "annotations.sqlite", lease_seconds=0.0) as store:
+        store.register_clips(tmp_path / "generations")
+        assert store.next_clip_for("a")["clip_id"] == "00000_0"
+        assert store.next_clip_for("b")["clip_id"] == "00000_0"  # a's lease has run out: b gets it too
+        store.add_rating("00000_0", "b", ALIGNED, ratings_per_clip=1)
+        with pytest.raises(ClipCompleteError, match="already has its 1 rating"):
+            store.add_rating("00000_0", "a", NOT_ALIGNED, ratings_per_clip=1)
+        store.add_rating("00000_0", "a", SKIP, ratings_per_clip=1)  # a skip is stored: a has seen it
+        assert [(r["annotator"], r["label"]) for r in store.ratings()] == [("b", ALIGNED), ("a", SKIP)]
+        assert store.next_clip_for("c") is None
+
+
+@pytest.mark.parametrize("name, code", [("ali\x00ce", "0000"), ("\x1b[31mbob", "001B"), ("bell\x07", "0007"), ("del\x7f", "007F"), ("evil\u202egnp.exe", "202E")])
+def test_annotator_names_with_control_characters_are_refused(store, name, code):
+    with pytest.raises(AnnotationError, match=f"control character U\\+{code}"):
+        store.next_clip_for(name)
+    with pytest.raises(AnnotationError, match=f"control character U\\+{code}"):
+        store.add_rating("00000_0", name, ALIGNED)
+    assert store.ratings() == [] and store._conn().execute("SELECT COUNT(*) FROM leases").fetchone()[0] == 0
+
+
+def test_annotator_names_in_any_script_are_kept(store):
+    for name in ("Zoë", "علی‌رضا", "山田 太郎", "👩‍🔬 Ana"):  # the Persian name holds a zero-width non-joiner
+        store.add_rating("00000_0", name, ALIGNED)
+    assert len(store.ratings()) == 4

@@ -2,7 +2,7 @@
 (`agreement`), and the Gradio rating app (`app`, imported on its own since it needs gradio)."""
 
 from .agreement import agreement_statistics, cohen_kappa, fleiss_kappa, majority_vote
-from .store import ALIGNED, LABELS, NOT_ALIGNED, SKIP, AnnotationError, AnnotationStore, DuplicateRatingError, UnknownClipError
+from .store import ALIGNED, LABELS, NOT_ALIGNED, SKIP, AnnotationError, AnnotationStore, ClipCompleteError, DuplicateRatingError, UnknownClipError
 
 __all__ = [
     "ALIGNED",
@@ -11,6 +11,7 @@ __all__ = [
     "SKIP",
     "AnnotationError",
     "AnnotationStore",
+    "ClipCompleteError",
     "DuplicateRatingError",
     "UnknownClipError",
     "agreement_statistics",

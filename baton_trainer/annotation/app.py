@@ -25,7 +25,7 @@ import numpy as np
 from ..audio import AudioError, load_audio
 from ..spectrogram import spectrogram_image
 from ..textfiles import numbered_lines
-from .store import ALIGNED, NOT_ALIGNED, SKIP, AnnotationError, AnnotationStore, DuplicateRatingError
+from .store import ALIGNED, NOT_ALIGNED, SKIP, AnnotationError, AnnotationStore, ClipCompleteError, DuplicateRatingError
 
 if TYPE_CHECKING:
     from ..stages.annotate import AnnotateConfig
@@ -128,7 +128,10 @@ def build_annotation_app(config: "AnnotateConfig", store: AnnotationStore | None
         clip, path, wav, sr, problems = server.next_playable(annotator)
         status = "\n\n".join(notes + problems)
         if clip is None:
-            done = "No clips left for you: thank you!"
+            if server.store.progress(annotator, config.ratings_per_clip)["remaining"]:
+                done = "Every clip left is being rated by someone else right now: press Start again in a minute."
+            else:
+                done = "No clips left for you: thank you!"
             return "", f"### {done}", None, None, server.progress_text(annotator), (status + "\n\n" + done).strip()
         image = spectrogram_image(wav, sr) if config.spectrogram else None
         caption = f"### {clip['caption']}\n\n*{clip['task']} task; clip {clip['clip_id']}*"
@@ -154,9 +157,11 @@ def build_annotation_app(config: "AnnotateConfig", store: AnnotationStore | None
             notes = []
             if clip_id:
                 try:
-                    server.store.add_rating(clip_id, annotator, label)
+                    server.store.add_rating(clip_id, annotator, label, ratings_per_clip=config.ratings_per_clip)
                 except DuplicateRatingError:
                     notes.append(f"You had already rated clip {clip_id}; the first answer is kept.")
+                except ClipCompleteError:
+                    notes.append(f"Clip {clip_id} got its last rating from someone else while you listened; here is another one.")
                 except AnnotationError as exc:
                     return blank(str(exc))
             try:

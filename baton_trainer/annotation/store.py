@@ -30,6 +30,7 @@ import json
 import sqlite3
 import threading
 import time
+import unicodedata
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -82,8 +83,17 @@ class UnknownClipError(AnnotationError):
     """No clip with this id is registered."""
 
 
+class ClipCompleteError(AnnotationError):
+    """The clip already has all the ratings it asked for; this one was not stored."""
+
+
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+# Bidirectional overrides and isolates can make one name display as another; other format
+# characters (the zero-width joiners of Persian or Hindi names, emoji sequences) are part of names.
+_BIDI_CONTROLS = set("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 
 def _clean_annotator(annotator: Any) -> str:
@@ -92,6 +102,9 @@ def _clean_annotator(annotator: Any) -> str:
         raise AnnotationError("annotator name is empty: enter a name before rating")
     if len(name) > 100:
         raise AnnotationError(f"annotator name is longer than 100 characters: {name[:20]!r}...")
+    for char in name:
+        if unicodedata.category(char) in ("Cc", "Cs", "Co", "Cn") or char in _BIDI_CONTROLS:
+            raise AnnotationError(f"annotator name {name!r} holds the control character U+{ord(char):04X}; use letters, digits and spaces")
     return name
 
 
@@ -175,6 +188,7 @@ class AnnotationStore:
         """
         from ..generations import GenerationError, read_generations
 
+        generations_dir = Path(generations_dir)
         try:
             generated = read_generations(generations_dir)
         except GenerationError as exc:
@@ -228,69 +242,85 @@ class AnnotationStore:
 
     # -- ratings -------------------------------------------------------------------------------
 
-    def add_rating(self, clip_id: str, annotator: str, label: int) -> int:
+    def add_rating(self, clip_id: str, annotator: str, label: int, ratings_per_clip: int | None = None) -> int:
         """Store one rating and return its id once it is committed to disk.
 
         `label`: 1 aligned, 0 not aligned, -2 skip. Raises DuplicateRatingError if this annotator
-        already rated the clip, UnknownClipError for an unregistered clip.
+        already rated the clip, UnknownClipError for an unregistered clip, and, with
+        `ratings_per_clip`, ClipCompleteError when the clip already has that many ratings (a lease
+        that ran out while its holder listened: the clip went to someone else in the meantime).
         """
         annotator = _clean_annotator(annotator)
         if isinstance(label, bool) or label not in LABELS:
             raise AnnotationError(f"rating label must be 1 (aligned), 0 (not aligned) or -2 (skip), got {label!r}")
         conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")  # the count and the insert are one step for every process
         try:
+            if ratings_per_clip is not None and label != SKIP:
+                done = conn.execute("SELECT COUNT(*) FROM ratings WHERE clip_id = ? AND label IN (0, 1)", (str(clip_id),)).fetchone()[0]
+                if done >= ratings_per_clip:
+                    raise ClipCompleteError(f"clip {clip_id!r} already has its {ratings_per_clip} rating(s); {annotator!r}'s was not needed")
             cursor = conn.execute(
                 "INSERT INTO ratings(clip_id, annotator, label, created_at) VALUES (?, ?, ?, ?)",
                 (str(clip_id), annotator, int(label), _now()),
             )
-        except sqlite3.IntegrityError as exc:
-            message = str(exc)
-            if "UNIQUE" in message:
-                raise DuplicateRatingError(f"{annotator!r} has already rated clip {clip_id!r}") from None
-            if "FOREIGN KEY" in message:
-                raise UnknownClipError(f"{self.path}: no clip with id {clip_id!r}") from None
+            conn.execute("DELETE FROM leases WHERE clip_id = ? AND annotator = ?", (str(clip_id), annotator))
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.IntegrityError):
+                if "UNIQUE" in str(exc):
+                    raise DuplicateRatingError(f"{annotator!r} has already rated clip {clip_id!r}") from None
+                if "FOREIGN KEY" in str(exc):
+                    raise UnknownClipError(f"{self.path}: no clip with id {clip_id!r}") from None
             raise
-        conn.execute("DELETE FROM leases WHERE clip_id = ? AND annotator = ?", (str(clip_id), annotator))
         return int(cursor.lastrowid)
 
     def next_clip_for(self, annotator: str, ratings_per_clip: int = 1, lease: bool = True) -> dict[str, Any] | None:
-        """The next clip this annotator should rate, or None when there is nothing left for them.
+        """The next clip this annotator should rate, or None when there is nothing for them now.
 
-        Candidates: playable clips this annotator has neither rated nor skipped, with fewer than
-        `ratings_per_clip` ratings (skips do not count). Fair order: clips with the fewest ratings
-        plus others' live leases first (every clip gets a first rating before any gets a second),
-        then by caption and clip index, so a person hears a caption's clips one after another. The
-        clip is leased to the annotator (`lease_seconds`) so that others are handed different ones.
+        Candidates: playable clips this annotator has neither rated nor skipped whose ratings plus
+        the live leases other annotators hold stay below `ratings_per_clip` (skips do not count), so
+        a clip is never handed to more people than it needs. Fair order: the clip this annotator
+        already holds first, then clips with the fewest ratings (every clip gets a first rating
+        before any gets a second), then by caption and clip index, so a person hears a caption's
+        clips one after another. Choosing the clip and leasing it (`lease_seconds`) are one
+        transaction: two processes asking at once get different clips. None while clips remain but
+        others hold them: ask again later (`progress` tells whether the campaign is complete).
         """
         annotator = _clean_annotator(annotator)
         if ratings_per_clip < 1:
             raise AnnotationError(f"ratings_per_clip must be >= 1, got {ratings_per_clip}")
         now = time.time()
         conn = self._conn()
-        row = conn.execute(
-            """
-            SELECT c.*,
-                   (SELECT COUNT(*) FROM ratings r WHERE r.clip_id = c.clip_id AND r.label IN (0, 1)) AS n_ratings,
-                   (SELECT COUNT(*) FROM leases l WHERE l.clip_id = c.clip_id AND l.annotator != :who
-                        AND l.leased_at > :fresh) AS n_leases,
-                   (SELECT COUNT(*) FROM leases l WHERE l.clip_id = c.clip_id AND l.annotator = :who
-                        AND l.leased_at > :fresh) AS mine
-            FROM clips c
-            WHERE c.error IS NULL
-              AND NOT EXISTS (SELECT 1 FROM ratings r WHERE r.clip_id = c.clip_id AND r.annotator = :who)
-              AND (SELECT COUNT(*) FROM ratings r WHERE r.clip_id = c.clip_id AND r.label IN (0, 1)) < :n
-            ORDER BY mine DESC, MIN(n_ratings + n_leases, :n) ASC, n_ratings DESC, c.caption_id, c.clip_index, c.clip_id
-            LIMIT 1
-            """,
-            {"who": annotator, "n": int(ratings_per_clip), "fresh": now - self.lease_seconds},
-        ).fetchone()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            row = conn.execute(
+                """
+                SELECT * FROM (
+                    SELECT c.*,
+                           (SELECT COUNT(*) FROM ratings r WHERE r.clip_id = c.clip_id AND r.label IN (0, 1)) AS n_ratings,
+                           (SELECT COUNT(*) FROM leases l WHERE l.clip_id = c.clip_id AND l.annotator != :who
+                                AND l.leased_at > :fresh) AS n_leases,
+                           (SELECT COUNT(*) FROM leases l WHERE l.clip_id = c.clip_id AND l.annotator = :who
+                                AND l.leased_at > :fresh) AS mine
+                    FROM clips c
+                    WHERE c.error IS NULL
+                      AND NOT EXISTS (SELECT 1 FROM ratings r WHERE r.clip_id = c.clip_id AND r.annotator = :who)
+                ) WHERE n_ratings + n_leases < :n
+                ORDER BY mine DESC, n_ratings + n_leases ASC, n_ratings DESC, caption_id, clip_index, clip_id
+                LIMIT 1
+                """,
+                {"who": annotator, "n": int(ratings_per_clip), "fresh": now - self.lease_seconds},
+            ).fetchone()
+            if row is not None and lease:
+                conn.execute("INSERT OR REPLACE INTO leases(clip_id, annotator, leased_at) VALUES (?, ?, ?)", (row["clip_id"], annotator, now))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
         if row is None:
             return None
-        if lease:
-            conn.execute(
-                "INSERT OR REPLACE INTO leases(clip_id, annotator, leased_at) VALUES (?, ?, ?)",
-                (row["clip_id"], annotator, now),
-            )
         clip = self._clip_dict(row)
         for key in ("n_leases", "mine"):
             clip.pop(key, None)

@@ -45,6 +45,7 @@ def export_feedback(config: ExportConfig) -> Path:
     from ..annotation.agreement import agreement_statistics, majority_vote
     from ..annotation.store import ALIGNED, NOT_ALIGNED, AnnotationStore
     from ..atomic import atomic_write_json
+    from ..audio import AudioError, load_audio
     from ..data import PREFERENCE_FEATURES, build_dataset, save_dataset_atomic, validate_preference_dataset
     from ..formatting import format_number
 
@@ -87,9 +88,14 @@ def export_feedback(config: ExportConfig) -> Path:
         if not path.is_relative_to(root):
             raise AnnotationError(f"clip {clip_id}: file {clip['file_name']!r} resolves outside {generations_dir}")
         if not path.is_file():
-            raise AnnotationError(f"clip {clip_id}: rated audio file {path} not found")
+            raise AnnotationError(f"clip {clip_id}: rated audio file {path} not found; {out} is left as it was")
+        data = path.read_bytes()
+        try:
+            load_audio(data, what=f"clip {clip_id} ({path})")
+        except AudioError as exc:
+            raise AnnotationError(f"{exc}; a rated clip must play, so {out} is left as it was (fix or regenerate the clip)") from None
         columns["caption"].append(clip["caption"])
-        columns["audio"].append({"bytes": path.read_bytes(), "path": clip["file_name"]})
+        columns["audio"].append({"bytes": data, "path": clip["file_name"]})
         columns["feedback"].append(feedback)
         columns["reward"].append(float(feedback))
         columns["source"].append("human")
@@ -98,9 +104,15 @@ def export_feedback(config: ExportConfig) -> Path:
         columns["caption_id"].append(clip["caption_id"])
         columns["clip_index"].append(clip["clip_index"])
         columns["annotator"].append(",".join(sorted(r["annotator"] for r in votes)))
+    if not columns["caption"]:
+        skips = sum(r["label"] not in (ALIGNED, NOT_ALIGNED) for r in ratings)
+        raise AnnotationError(
+            f"{store_path}: no clip has a rating to export ({len(ratings)} ratings, {skips} of them skips; {dropped_ties} ties dropped, "
+            f"{too_few} clips below min_ratings); {out} is left as it was"
+        )
     dataset = build_dataset(columns, PREFERENCE_FEATURES)  # builds audio without torchcodec
     validate_preference_dataset(dataset, name=str(out))
-    save_dataset_atomic(dataset, out)  # also writes an empty export loadably
+    save_dataset_atomic(dataset, out)
 
     stats = agreement_statistics(ratings)
     stats.update(

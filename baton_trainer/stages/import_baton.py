@@ -41,6 +41,12 @@ def import_baton_release(config: ImportBatonConfig) -> Path:
         audio_index = {p.name: p for p in root.rglob("*.wav")}
     out = Path(config.out)
     preference, pretrain, report = read_release(config.files, audio_index, config.missing_audio)
+    if not preference["caption"] and not pretrain["caption"]:
+        missing = sum(counts["missing_audio"] for counts in report["files"].values())
+        raise PreferenceDataError(
+            f"no row could be imported from {len(config.files)} file(s): {missing} rows' audio was not found under "
+            f"--audio_root {config.audio_root} (give the folder that holds the wav files, or --missing_audio keep); {out} is left as it was"
+        )
     written = []
     if any(preference["caption"]) or not any(pretrain["caption"]):
         ds = build_dataset(preference, PREFERENCE_FEATURES)

@@ -98,7 +98,8 @@ def label_unrated(config: LabelConfig) -> Path:
         columns["clip_index"].append(int(r["clip_index"]))
         columns["annotator"].append(f"reward_model:{layout.reward_model}")
     ds = build_dataset(columns)
-    save_dataset_atomic(ds, out)
+    # Every clip rated by people: an empty set, written where no labelled set with rows would be lost.
+    save_dataset_atomic(ds, out, allow_empty=True, why=f"every one of the {len(rows)} generated clips is rated by people")
     progress_file.unlink(missing_ok=True)
     if len(ds):
         r = np.asarray(columns["reward"])

@@ -98,7 +98,7 @@ def check_reward_labels(layout: RunLayout) -> dict[str, Any]:
 
     result = {"reward_labels": labels_digest, **summary(list(range(len(ds)))),
               "by_task": {task: summary([i for i, t in enumerate(ds["task"]) if t == task]) for task in sorted(set(ds["task"]))}}
-    save_dataset_atomic(ds.map(lambda _, i: {"reward": float(truth[i]), "feedback": int(truth[i])}, with_indices=True), out)
+    save_dataset_atomic(ds.map(lambda _, i: {"reward": float(truth[i]), "feedback": int(truth[i])}, with_indices=True), out, allow_empty=True)
     plot_reward_histogram(np.array(rewards), np.array(truth, dtype=int), plot, title=f"Reward labels on the {len(ds)} clips nobody rated", judge="oracle")
     atomic_write_json(report, result)
     return result
