@@ -7,7 +7,7 @@ from __future__ import annotations
 import importlib
 import os
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, TypeVar
 
 import numpy as np
 import torch
@@ -15,6 +15,19 @@ import torch
 
 class CheckpointFormatError(ValueError):
     """A checkpoint file that does not hold the expected weights; the message names the file and key."""
+
+
+T = TypeVar("T")
+
+
+def load_pretrained(load: Callable[[str], T], folder: str | os.PathLike, what: str) -> T:
+    """`load(folder)` (a `from_pretrained`), with a missing or malformed folder turned into one line
+    naming it instead of the library's traceback (a SafetensorError, a JSONDecodeError, ...)."""
+    try:
+        return load(str(folder))
+    except Exception as exc:  # whatever the library raises for a bad file: name the folder and the reason
+        reason = (str(exc).splitlines() or [""])[0]
+        raise CheckpointFormatError(f"{folder}: cannot be loaded as {what} ({type(exc).__name__}: {reason})") from None
 
 
 def _resolve_global(name: str) -> Any:

@@ -41,16 +41,18 @@ class ClapEmbedder:
         device: str | torch.device | None = None,
         batch_size: int = 16,
     ):
+        from .checkpoints import load_pretrained
+
         if isinstance(model, ClapModel):
             self.model = model
             source = model.name_or_path
         else:
             source = str(model)
-            self.model = ClapModel.from_pretrained(source)
+            self.model = load_pretrained(ClapModel.from_pretrained, source, "a CLAP model")
         if processor is None:
             if not source:
                 raise ValueError("ClapEmbedder: a ClapModel built in memory needs an explicit `processor`")
-            processor = ClapProcessor.from_pretrained(source)
+            processor = load_pretrained(ClapProcessor.from_pretrained, source, "a CLAP processor")
         self.processor = processor
         self.name_or_path = source
         self.device = torch.device(device) if device is not None else next(self.model.parameters()).device

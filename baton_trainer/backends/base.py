@@ -110,21 +110,21 @@ class TextToAudioBackend(ABC):
         """Apply an export written by `save_trained` (a folder or Hub id) on top of this (base) model."""
         from peft import LoraConfig
         from peft.utils import set_peft_model_state_dict
-        from safetensors.torch import load_file
 
+        from ..checkpoints import load_pretrained, load_state_dict_file
         from ..hub import resolve_folder
 
         folder = resolve_folder(folder, "trained export")
         info_file = folder / EXPORT_FILE
         if not info_file.is_file():
             raise FileNotFoundError(f"{folder}: not a trained export (no {EXPORT_FILE})")
-        mode = json.loads(info_file.read_text())["mode"]
+        mode = load_pretrained(lambda f: json.loads(Path(f).read_text(encoding="utf-8"))["mode"], info_file, "an export description")
         if mode == "lora":
-            config = json.loads((folder / "unet_lora_config.json").read_text())
+            config = load_pretrained(lambda f: json.loads(Path(f).read_text(encoding="utf-8")), folder / "unet_lora_config.json", "a LoRA config")
             known = set(LoraConfig.__dataclass_fields__)
             lora = LoraConfig(**{k: v for k, v in config.items() if k in known and k not in ("peft_type", "task_type", "auto_mapping", "revision")})
             self.unet.add_adapter(lora)
-            state = load_file(str(folder / "unet_lora.safetensors"))
+            state = load_state_dict_file(folder / "unet_lora.safetensors", "LoRA adapter")
             result = set_peft_model_state_dict(self.unet, state)
             unexpected = getattr(result, "unexpected_keys", None)
             if unexpected:
@@ -133,6 +133,6 @@ class TextToAudioBackend(ABC):
             from diffusers import UNet2DConditionModel
 
             device, dtype = self.device, next(self.unet.parameters()).dtype
-            self.unet = UNet2DConditionModel.from_pretrained(str(folder / "unet")).to(device=device, dtype=dtype)
+            self.unet = load_pretrained(UNet2DConditionModel.from_pretrained, folder / "unet", "a UNet2DConditionModel").to(device=device, dtype=dtype)
         else:
             raise ValueError(f"{info_file}: unknown export mode '{mode}'")

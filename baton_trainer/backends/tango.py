@@ -135,20 +135,21 @@ class TangoModel(TextToAudioBackend):
         """Load a folder written by `save_pretrained` (or a Hub id of one), then apply a trained
         export (LoRA adapter or full UNet, a folder or Hub id) when given. TANGO's original Hub
         layout loads through `baton_trainer.backends.load_backend`."""
+        from ..checkpoints import load_pretrained
         from ..hub import resolve_folder
 
         folder = resolve_folder(name_or_path, "model", revision)
         if not (folder / MODEL_FILE).is_file():
             raise FileNotFoundError(f"{folder}: not a baton-trainer TANGO folder (no {MODEL_FILE})")
-        settings = TangoSettings.from_dict(json.loads((folder / MODEL_FILE).read_text()))
+        settings = load_pretrained(lambda f: TangoSettings.from_dict(json.loads(Path(f).read_text(encoding="utf-8"))), folder / MODEL_FILE, "model settings")
         vocoder_cls = _load_vocoder_class(settings.vocoder_class)
         model = cls(
-            unet=UNet2DConditionModel.from_pretrained(str(folder / "unet")),
-            vae=AutoencoderKL.from_pretrained(str(folder / "vae")),
-            text_encoder=T5EncoderModel.from_pretrained(str(folder / "text_encoder")),
-            tokenizer=AutoTokenizer.from_pretrained(str(folder / "tokenizer")),
-            vocoder=vocoder_cls.from_pretrained(str(folder / "vocoder")),
-            scheduler=DDPMScheduler.from_pretrained(str(folder / "scheduler")),
+            unet=load_pretrained(UNet2DConditionModel.from_pretrained, folder / "unet", "a UNet2DConditionModel"),
+            vae=load_pretrained(AutoencoderKL.from_pretrained, folder / "vae", "an AutoencoderKL"),
+            text_encoder=load_pretrained(T5EncoderModel.from_pretrained, folder / "text_encoder", "a T5EncoderModel"),
+            tokenizer=load_pretrained(AutoTokenizer.from_pretrained, folder / "tokenizer", "a tokenizer"),
+            vocoder=load_pretrained(vocoder_cls.from_pretrained, folder / "vocoder", f"a {settings.vocoder_class}"),
+            scheduler=load_pretrained(DDPMScheduler.from_pretrained, folder / "scheduler", "a DDPMScheduler"),
             settings=settings,
         )
         model.name_or_path = str(name_or_path)

@@ -12,6 +12,7 @@ folder's contract (file names, metadata keys, settings checked on resume) is in
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -50,8 +51,10 @@ def generate(config: GenerateConfig, backend=None) -> Path:
     for key in ("clips_per_caption", "num_inference_steps", "batch_size"):
         if getattr(config, key) < 1:
             raise GenerationError(f"config key '{key}' must be at least 1, got {getattr(config, key)}")
-    if config.duration_s is not None and config.duration_s <= 0:
-        raise GenerationError(f"config key 'duration_s' must be positive, got {config.duration_s}")
+    if not math.isfinite(config.guidance_scale):
+        raise GenerationError(f"config key 'guidance_scale' must be a finite number, got {config.guidance_scale}")
+    if config.duration_s is not None and not (math.isfinite(config.duration_s) and config.duration_s > 0):
+        raise GenerationError(f"config key 'duration_s' must be a positive number, got {config.duration_s}")
     layout = RunLayout.of(config.run_dir, captions=config.captions_file, generations=config.out_dir)
     captions_path, out_dir = layout.captions, layout.generations
     captions = read_caption_rows(captions_path)
