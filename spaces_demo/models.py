@@ -107,11 +107,15 @@ def default_reward_models() -> list[Path]:
 
 
 def export_base(export: Path) -> str | None:
-    """The base model an export was trained from, as recorded by `save_trained`."""
+    """The base model an export was trained from, as recorded by `save_trained`; a relative path
+    that names a folder beside the export (the shipped toy export's "../toy_tango") is resolved."""
     try:
-        return json.loads((export / EXPORT_FILE).read_text(encoding="utf-8")).get("base")
+        base = json.loads((export / EXPORT_FILE).read_text(encoding="utf-8")).get("base")
     except (OSError, json.JSONDecodeError):
         return None
+    if base and not Path(base).is_absolute() and (export / base).is_dir():
+        return str((export / base).resolve())
+    return base
 
 
 def _same_model(a: str | None, b: str | None) -> bool:

@@ -2,6 +2,7 @@
 gradio_client (clips, seeds, scores, error messages, which files it serves)."""
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -302,3 +303,57 @@ def test_script_starts_the_app(models, tmp_path):
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_the_space_folder_installs_and_compares_in_a_fresh_venv(tmp_path):
+    """The Space as it deploys: app.py, README.md and requirements.txt alone in a folder, the
+    requirements installed into a fresh virtual environment (baton-trainer from a wheel of this
+    checkout, which is what `baton-trainer==0.1.0` resolves to once published), then the page built
+    on the models the package ships, with no run folder and no network to the Hub."""
+    import shutil
+    import venv
+
+    repo = Path(__file__).resolve().parents[1]
+    wheels = tmp_path / "wheels"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(repo)],
+                   check=True, capture_output=True, timeout=600)
+    space_dir = tmp_path / "space"
+    space_dir.mkdir()
+    for name in ("app.py", "README.md", "requirements.txt"):
+        shutil.copy(repo / "spaces_demo" / name, space_dir / name)
+    # download.pytorch.org is out of reach of the build machines; the other lines install as written.
+    requirements = [line for line in (space_dir / "requirements.txt").read_text().splitlines() if not line.startswith("--extra-index-url")]
+    (tmp_path / "requirements-reachable.txt").write_text("\n".join(requirements) + "\n")
+    venv.create(tmp_path / "venv", with_pip=True)
+    python = tmp_path / "venv" / "bin" / "python"
+    install = subprocess.run(
+        [str(python), "-m", "pip", "install", "-q", "--find-links", str(wheels), "-r", str(tmp_path / "requirements-reachable.txt"), "gradio==6.31.0"],
+        capture_output=True, text=True, timeout=900,
+    )
+    assert install.returncode == 0, install.stderr[-3000:]
+    script = (
+        "import app\n"
+        "from spaces_demo.models import SpaceConfig, load_models\n"
+        "base, aligned, reward, notes = load_models(SpaceConfig())\n"
+        "demo = app.build_demo(base, aligned, reward, 'clips', notes=notes)\n"
+        "print('aligned' if aligned is not None else 'baseline only', 'scored' if reward is not None else 'unscored', notes)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    run = subprocess.run([str(python), "-c", script], cwd=space_dir, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.strip().splitlines()[-1].startswith("aligned scored")
+
+
+def test_the_package_ships_a_toy_aligned_export_and_reward_model_that_fit_the_toy_tango():
+    """The Space compares baseline and aligned from its first start (a local runs/toy wins when there)."""
+    from baton_trainer.toyworld.models import CHECKPOINTS_DIR, TOY_TANGO_PATH
+
+    exports = [p for p in space_models.default_aligned_exports() if p.parent == CHECKPOINTS_DIR]
+    assert [p.name for p in exports] == ["toy_aligned"]
+    assert Path(space_models.export_base(exports[0])) == TOY_TANGO_PATH.resolve()
+    rewards = [p for p in space_models.default_reward_models() if p.parent == CHECKPOINTS_DIR]
+    assert [p.name for p in rewards] == ["toy_reward"]
+    repo = Path(__file__).resolve().parents[1]
+    for code in ("modeling_baton_reward.py", "pipeline_baton_reward.py"):  # the Hub code travels with the shipped model
+        assert (rewards[0] / code).read_text() == (repo / "reward_hub" / code).read_text(), code
