@@ -8,12 +8,14 @@ from pathlib import Path
 from typing import Any
 
 
-def format_number(value: Any, digits: int = 3) -> str:
+def format_number(value: Any, digits: int | None = 3) -> str:
     """`value` with `digits` decimals if it is a float, as is if it is another number or text, and
-    "n/a" for None or NaN."""
+    "n/a" for None or NaN. `digits=None` writes a float as short as it reads (2, 2.5, 2147483647)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
     if isinstance(value, float):
+        if digits is None:
+            return str(int(value)) if value.is_integer() else f"{value:g}"
         return f"{value:.{digits}f}"
     return str(value)
 

@@ -37,7 +37,7 @@ import numpy as np
 
 from baton_trainer.audio import save_wav
 from baton_trainer.backends.tango import TangoModel
-from baton_trainer.formatting import display_path
+from baton_trainer.formatting import display_path, format_number
 from baton_trainer.spectrogram import spectrogram_image
 from spaces_demo.models import SpaceConfig, load_models
 
@@ -65,10 +65,6 @@ class Settings:
     duration_s: float
 
 
-def _plain(x: float) -> str:
-    return str(int(x)) if float(x).is_integer() else f"{x:g}"
-
-
 def check_inputs(prompt: Any, seed: Any, steps: Any, guidance: Any, duration_s: Any, max_duration_s: float) -> Settings:
     """Validated settings, or SpaceInputError with a message for the visitor."""
     prompt = " ".join(str(prompt or "").split())
@@ -84,7 +80,7 @@ def check_inputs(prompt: Any, seed: Any, steps: Any, guidance: Any, duration_s: 
             x = float("nan")
         if not np.isfinite(x) or (integer and x != int(x)) or not low <= x <= high:
             kind = "a whole number" if integer else "a number"
-            raise SpaceInputError(f"{name} must be {kind} from {_plain(low)} to {_plain(high)}, got {value!r}.")
+            raise SpaceInputError(f"{name} must be {kind} from {format_number(float(low), None)} to {format_number(float(high), None)}, got {value!r}.")
         return int(x) if integer else x
 
     return Settings(
@@ -200,7 +196,7 @@ def build_demo(
         lines = [f"Seed {s.seed}, {s.steps} steps, guidance {s.guidance:g}, {s.duration_s:g} s."]
         if scores["baseline"] is not None and scores["aligned"] is not None:
             delta = scores["aligned"] - scores["baseline"]
-            lines.append(f"Reward: baseline **{scores['baseline']:.3f}**, aligned **{scores['aligned']:.3f}** ({delta:+.3f}).")
+            lines.append(f"Reward: baseline **{format_number(scores['baseline'])}**, aligned **{format_number(scores['aligned'])}** ({delta:+.3f}).")
         unknown = unknown_words(base.tokenizer, s.prompt)
         if unknown:
             lines.append(f"The models do not know these words and ignore them: {', '.join(unknown)}.")

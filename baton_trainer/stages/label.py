@@ -38,6 +38,7 @@ def label_unrated(config: LabelConfig) -> Path:
 
     from ..audio import load_audio
     from ..clap import CLAP_SAMPLE_RATE
+    from ..formatting import format_number
     from ..data import PREFERENCE_FEATURES, build_dataset, human_rated_keys, load_preference_dataset, save_dataset_atomic
     from ..generations import read_generations
     from ..hub import resolve_folder
@@ -103,7 +104,7 @@ def label_unrated(config: LabelConfig) -> Path:
     progress_file.unlink(missing_ok=True)
     if len(ds):
         r = np.asarray(columns["reward"])
-        print(f"{len(ds)} clips labeled -> {out} (mean reward {r.mean():.3f}, {np.mean(r >= 0.5):.0%} >= 0.5)")
+        print(f"{len(ds)} clips labeled -> {out} (mean reward {format_number(float(r.mean()))}, {np.mean(r >= 0.5):.0%} >= 0.5)")
     else:
         print(f"no unrated clips: wrote an empty dataset to {out}")
     return out
