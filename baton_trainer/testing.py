@@ -66,7 +66,10 @@ def tiny_tango(seed: int = 0, n_mels: int = 16, duration_s: float = 0.32):
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import SpeechT5HifiGan, SpeechT5HifiGanConfig, T5Config, T5EncoderModel
 
-    from .backends.tango import MelConfig, TangoModel, TangoSettings
+    from diffusers import DDIMScheduler
+
+    from .backends.pipeline_tango import TangoPipeline
+    from .backends.tango import TangoModel
 
     torch.manual_seed(seed)
     tokenizer = tiny_tokenizer()
@@ -110,8 +113,11 @@ def tiny_tango(seed: int = 0, n_mels: int = 16, duration_s: float = 0.32):
             normalize_before=False,
         )
     )
-    settings = TangoSettings(mel=MelConfig(n_fft=512, win_length=512, n_mels=n_mels), duration_s=duration_s, sampler="ddim", text_max_length=32)
-    model = TangoModel(unet, vae, text_encoder, tokenizer, vocoder, tiny_scheduler(), settings)
+    pipe = TangoPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=DDIMScheduler.from_config(tiny_scheduler().config),
+        vocoder=vocoder, n_fft=512, win_length=512, n_mels=n_mels, duration_s=duration_s, text_max_length=32,
+    )
+    model = TangoModel(pipe)
     model.name_or_path = f"tiny-tango-seed{seed}"
     return model.eval()
 

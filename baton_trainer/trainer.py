@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import shutil
 import time
@@ -64,7 +63,7 @@ class RewardWeightedDiffusionTrainer:
             backend = load_backend(config.model)
         self.backend = backend
         self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.accelerator.mixed_precision, torch.float32)
-        duration = config.duration_s or getattr(getattr(backend, "settings", None), "duration_s", 10.0)
+        duration = config.duration_s or backend.duration_s
         self.latent_cache = LatentCache(backend, self.accelerator, layout.cache, duration, enabled=config.cache_embeddings)
         self._setup_model()
         self.global_step = 0
@@ -131,19 +130,8 @@ class RewardWeightedDiffusionTrainer:
             weights.pop()
 
     def _load_model_hook(self, models, input_dir):
-        from peft.utils import set_peft_model_state_dict
-        from safetensors.torch import load_file
-
         unet = self.accelerator.unwrap_model(models.pop()) if models else self.backend.unet
-        if self.config.use_lora:
-            state = load_file(os.path.join(input_dir, "unet_lora.safetensors"))
-            result = set_peft_model_state_dict(unet, state)
-            if getattr(result, "unexpected_keys", None):
-                raise RuntimeError(f"{input_dir}: adapter keys not found in the UNet: {result.unexpected_keys[:5]}")
-        else:
-            folder = Path(input_dir) / "unet"
-            state = load_file(str(next(folder.glob("*.safetensors"))))
-            unet.load_state_dict(state)
+        self.backend.restore_trained(unet, input_dir)
         models.clear()
 
     # -- data ------------------------------------------------------------------------------------

@@ -70,6 +70,7 @@ def build_frozen(device: torch.device, dtype: torch.dtype):
     from diffusers import AutoencoderKL
     from transformers import SpeechT5HifiGan, SpeechT5HifiGanConfig, T5Config, T5EncoderModel
 
+    from baton_trainer.backends.pipeline_tango import TangoPipeline
     from baton_trainer.backends.tango import TangoModel
     from baton_trainer.backends.tango_original import CONFIG_DIR, _load_scheduler, vae_config_to_diffusers
     from baton_trainer.testing import TINY_WORDS, tiny_tokenizer
@@ -80,7 +81,7 @@ def build_frozen(device: torch.device, dtype: torch.dtype):
         vocoder = SpeechT5HifiGan(SpeechT5HifiGanConfig(**json.loads((CONFIG_DIR / "vocoder_config.json").read_text())))
     # Token ids only need to be valid for T5's vocabulary; no tokenizer download.
     tokenizer = tiny_tokenizer(TINY_WORDS, model_max_length=512)
-    model = TangoModel(None, vae, text_encoder, tokenizer, vocoder, _load_scheduler(Path("."), None))
+    model = TangoModel(TangoPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=None, scheduler=_load_scheduler(Path("."), None), vocoder=vocoder))
     for module in (vae, text_encoder, vocoder):
         module.requires_grad_(False).eval().to(device=device, dtype=dtype)
     model.mel.to(device)
@@ -200,11 +201,11 @@ def main(argv=None) -> int:
     began = time.perf_counter()
     model = build_frozen(device, torch.bfloat16)
     # Mel frames must divide by the VAE's (4) and the UNet's (8) downsampling: TangoModel.num_frames.
-    frames = math.ceil(args.seconds * model.sample_rate / model.settings.mel.hop_length / 32) * 32
-    samples = frames * model.settings.mel.hop_length
+    frames = math.ceil(args.seconds * model.sample_rate / model.mel_config.hop_length / 32) * 32
+    samples = frames * model.mel_config.hop_length
     waveforms = 0.1 * torch.randn(args.batch, samples, device=device)
     captions = [CAPTIONS[i % len(CAPTIONS)] for i in range(args.batch)]
-    latent_shape = [8, frames // 4, model.settings.mel.n_mels // 4]
+    latent_shape = [8, frames // 4, model.mel_config.n_mels // 4]
     print(f"device {device_name(device)}; batch {args.batch}; {args.seconds} s -> latents {tuple(latent_shape)}; "
           f"{args.steps} timed step(s) after 1 warm-up", flush=True)
 

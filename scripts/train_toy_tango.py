@@ -115,7 +115,7 @@ def pretrain_text_encoder(model, captions: list[str], args) -> dict:
     encoder.train()
     for step in range(args.text_pretrain_steps):
         index = torch.randint(0, len(captions), (64,), generator=gen).tolist()
-        tokens = tokenizer([captions[i] for i in index], max_length=model.settings.text_max_length, padding=True, truncation=True, return_tensors="pt")
+        tokens = tokenizer([captions[i] for i in index], max_length=model.pipe.config.text_max_length, padding=True, truncation=True, return_tensors="pt")
         ids = tokens.input_ids
         event = torch.zeros_like(ids)
         for token_id, k in event_ids.items():
@@ -152,7 +152,7 @@ def train_unet(model, latents: torch.Tensor, captions: list[str], args, on_step=
         index = torch.randint(0, len(latents), (args.unet_batch,), generator=gen)
         drop = torch.rand(args.unet_batch, generator=gen) < 0.1  # classifier-free guidance
         batch_captions = ["" if d else captions[i] for i, d in zip(index.tolist(), drop.tolist())]
-        tokens = tokenizer(batch_captions, max_length=model.settings.text_max_length, padding=True, truncation=True, return_tensors="pt")
+        tokens = tokenizer(batch_captions, max_length=model.pipe.config.text_max_length, padding=True, truncation=True, return_tensors="pt")
         z0 = latents[index]
         noise = torch.randn(z0.shape, generator=gen)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (args.unet_batch,), generator=gen)
@@ -232,7 +232,6 @@ def main(argv=None) -> int:
     torch.manual_seed(args.seed)
     from baton_trainer.toyworld.models import build_toy_tango, TOY_DURATION_S
     from baton_trainer.toyworld.render import render_dataset
-    from baton_trainer.toyworld.vocoder import MelConfig  # noqa: F401  (the vocoder's module must import)
 
     out = Path(args.out)
     started = time.time()

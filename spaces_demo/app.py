@@ -115,7 +115,7 @@ def prune_outputs(output_dir: Path, max_age_s: float = OUTPUT_MAX_AGE_S) -> None
 
 
 def _is_toy(model: TangoModel) -> bool:
-    return type(model.vocoder).__name__ == "ToyGriffinLimVocoder"
+    return type(model.vocoder).__name__ == "GriffinLimVocoder"
 
 
 def toy_example_captions() -> list[str]:
@@ -161,7 +161,7 @@ def build_demo(
     if reward_model is None and not any("reward" in n for n in notes):
         notes.append("No reward model loaded: clips are not scored.")
     toy = _is_toy(base) if toy_examples is None else toy_examples
-    max_duration = float(base.settings.duration_s)
+    max_duration = float(base.duration_s)
     steps_default = default_steps or (25 if toy else 50)
     sample_rate = base.sample_rate
 

@@ -191,10 +191,9 @@ def load_aligned(base: TangoModel, export: str | Path) -> TangoModel:
     if not _is_export(folder):
         raise SpaceError(f"aligned export '{export}': no {EXPORT_FILE} (expected a folder written by the finetune stage)")
     mode = json.loads((folder / EXPORT_FILE).read_text(encoding="utf-8")).get("mode")
-    aligned = copy.copy(base)
-    if mode == "lora":
-        # The adapter is injected into the UNet in place: give the aligned model its own UNet.
-        aligned.unet = copy.deepcopy(base.unet)
+    # A second pipeline over the same components (diffusers' from_pipe); the adapter is injected
+    # into the UNet in place, so under LoRA the aligned model gets its own copy of the UNet.
+    aligned = base.with_unet(copy.deepcopy(base.unet) if mode == "lora" else base.unet)
     try:
         aligned.load_trained(folder)
     except (OSError, ValueError, RuntimeError) as exc:  # e.g. an export trained from another base model

@@ -98,7 +98,7 @@ def test_a_config_file_that_is_not_utf8_names_its_line(tmp_path, capsys):
     "stage, model_key, folder, message",
     [
         ("generate", "--model", "broken_tango", "broken_tango/unet: cannot be loaded as a UNet2DConditionModel ("),
-        ("generate", "--model", "empty", "neither a baton-trainer model (baton_model.json) nor an original TANGO checkpoint"),
+        ("generate", "--model", "empty", "neither a diffusers pipeline folder (model_index.json), a baton-trainer model (baton_model.json), nor an original TANGO checkpoint"),
         ("generate", "--model", "nowhere", "model '{root}/nowhere': not found"),
         ("generate", "--export", "broken_tango", "not a trained export (no baton_export.json)"),
         ("label", "--reward_model", "broken_clap", "broken_clap: cannot be loaded as a BATON reward model"),

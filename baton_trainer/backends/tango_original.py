@@ -10,7 +10,8 @@ The original layout (declare-lab/tango, tango-full, tango-full-ft-audiocaps, tan
     pytorch_model_stft.bin  the STFT's buffers (only its mel filter bank is read, as a consistency check)
 
 Everything is mapped by name onto diffusers' `AutoencoderKL` and `UNet2DConditionModel`,
-transformers' `T5EncoderModel` and `SpeechT5HifiGan`, and a `DDPMScheduler`. Loading is strict: a
+transformers' `T5EncoderModel` and `SpeechT5HifiGan`, and a `DDPMScheduler`, and assembled into a
+`TangoPipeline` with TANGO's own mel framing (`framing="tango"`). Loading is strict: a
 key the checkpoint lacks, or one nothing consumes, is an error that names it. The `.bin` files are
 pickles and are read with `torch.load(weights_only=True)` only.
 
@@ -31,7 +32,9 @@ from typing import Any
 import torch
 
 from ..checkpoints import CheckpointFormatError, first_keys, load_state_dict_file, load_state_strict
-from .tango import MelConfig, MelFrontEnd, TangoModel, TangoSettings
+from .mel import MelConfig, MelFrontEnd
+from .pipeline_tango import TangoPipeline
+from .tango import TangoModel
 
 CONFIG_DIR = Path(__file__).parent / "tango_configs"
 MAIN_CONFIG = "main_config.json"
@@ -419,7 +422,11 @@ def load_original_tango(
         raise TangoCheckpointError(f"{folder / STFT_CONFIG}: {mel.n_mels} mels but the vocoder ({voc_path}) takes {voc_cfg.model_in_dim}")
     _check_stft(folder, MelFrontEnd(mel))
     scheduler = _load_scheduler(folder, main_config.get("scheduler_name"))
-    settings = TangoSettings(mel=mel, vocoder_class="SpeechT5HifiGan", duration_s=10.0, sampler="ddpm")
-    model = TangoModel(unet, vae, t5, tokenizer, vocoder, scheduler, settings)
+    # TANGO's own front end (centred frames, read_wav_file's normalisation), its 10 s clips, DDPM sampling.
+    pipe = TangoPipeline(
+        vae=vae, text_encoder=t5, tokenizer=tokenizer, unet=unet, scheduler=scheduler, vocoder=vocoder,
+        **{k: v for k, v in mel.to_dict().items() if k != "framing"}, mel_framing="tango", duration_s=10.0,
+    )
+    model = TangoModel(pipe)
     model.name_or_path = str(folder)
     return model.eval()

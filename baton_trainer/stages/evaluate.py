@@ -32,7 +32,7 @@ class EvaluateConfig:
     num_inference_steps: int = field(default=200, metadata={"help": "sampling steps (paper: 200)"})
     guidance_scale: float = field(default=3.0, metadata={"help": "classifier-free guidance (paper: 3)"})
     duration_s: float | None = field(default=None, metadata={"help": "clip length (default: the model's)"})
-    sampler: Literal["ddpm", "ddim"] | None = None
+    sampler: Literal["ddpm", "ddim", "dpmsolver++", "unipc"] | None = field(default=None, metadata={"help": "solver; default the model's own scheduler"})
     batch_size: int = 8
     seed: int = field(default=0, metadata={"help": "both models use the same per-clip seeds"})
     device: str | None = None

@@ -32,7 +32,9 @@ class GenerateConfig:
     num_inference_steps: int = field(default=200, metadata={"help": "sampling steps (the paper: 200)"})
     guidance_scale: float = field(default=3.0, metadata={"help": "classifier-free guidance scale (the paper: 3; 1 = no guidance)"})
     duration_s: float | None = field(default=None, metadata={"help": "clip length in seconds; default the model's own (TANGO: 10, the paper's)"})
-    sampler: Literal["ddpm", "ddim"] | None = field(default=None, metadata={"help": "sampler; default the model's own (TANGO: ddpm)"})
+    sampler: Literal["ddpm", "ddim", "dpmsolver++", "unipc"] | None = field(
+        default=None, metadata={"help": "solver built from the model's scheduler config; default the model's own scheduler (TANGO: ddpm, the paper's)"}
+    )
     batch_size: int = field(default=8, metadata={"help": "clips per sampling batch (does not change any clip)"})
     seed: int = field(default=0, metadata={"help": "base seed; each clip's seed derives from (seed, caption_id, clip_index)"})
     device: str | None = field(default=None, metadata={"help": "torch device; default cuda if available, else cpu"})

@@ -26,7 +26,8 @@ from .render import (
     render_mixture,
     render_sequence,
 )
-from .vocoder import GriffinLimVocoder, LogMelSpectrogram, MelConfig, log_mel_spectrogram, mel_filters
+from .griffin_lim_vocoder import GriffinLimVocoder
+from .mel import LogMelSpectrogram, MelConfig, log_mel_spectrogram, mel_filters
 
 __all__ = [
     "DEFAULT_DURATION_S",

@@ -23,8 +23,7 @@ def write_toy_inputs(layout: RunLayout, model: str, pretrain_clips: int, referen
 
     if not layout.toy_labels.is_file():
         atomic_write_bytes(layout.toy_labels, ("# the toy world's sound events (baton_trainer.toyworld.events)\n" + "\n".join(EVENT_NAMES) + "\n").encode())
-    settings = json.loads((Path(model) / "baton_model.json").read_text())
-    duration = float(settings.get("duration_s", 2.56))
+    duration = float(json.loads((Path(model) / "model_index.json").read_text(encoding="utf-8")).get("duration_s", 2.56))
     if not layout.pretrain.is_dir():
         items = list(iter_dataset(pretrain_clips, seed=seed + 7, duration_s=duration, **PRETRAIN_WORLD))
         columns = {"caption": [i["caption"] for i in items], "audio": [{"bytes": wav_bytes(i["audio"], 16000), "path": f"pretrain_{i['index']}.wav"} for i in items]}

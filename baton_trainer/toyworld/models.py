@@ -4,11 +4,12 @@
     clips = tango.generate(["Beep, then hum, then hiss"], seeds=[0], num_inference_steps=25)
     embedder = ClapEmbedder(TOY_CLAP_PATH)       # baton_trainer.clap, unchanged
 
-Toy TANGO is a `TangoModel` (AutoencoderKL, UNet2DConditionModel with cross-attention,
-T5EncoderModel, DDPMScheduler with TANGO's schedule and v-prediction) whose vocoder is
-`ToyGriffinLimVocoder`, the toy world's Griffin-Lim behind the interface TangoModel calls. It uses
-TANGO's own mel front end (64 mels, n_fft 1024) at a 20 ms hop on 2.56 s clips (128 frames); the
-VAE downsamples by 8 (latents 8 x 16 x 8) so the UNet stays cheap on a CPU.
+Toy TANGO is a `TangoPipeline` (AutoencoderKL, UNet2DConditionModel with cross-attention,
+T5EncoderModel, TANGO's noise schedule with v-prediction, sampled with DDIM) whose vocoder is the
+toy world's `GriffinLimVocoder`, seen by the trainer through `TangoModel`. It uses TANGO's mel
+front end (64 mels, n_fft 1024) at a 20 ms hop on 2.56 s clips (128 frames), with the half-hop
+framing it was trained with; the VAE downsamples by 8 (latents 8 x 16 x 8) so the UNet stays cheap
+on a CPU.
 
 Toy CLAP is a `ClapModel` with a tiny config and a `ClapProcessor` whose feature extractor has
 real CLAP's settings (48 kHz, 64 mels, 10 s), so `baton_trainer.clap.ClapEmbedder` loads it as is.
@@ -27,8 +28,6 @@ import torch
 from ..captions import INTEGRITY_CONJUNCTIONS, TEMPORAL_CONJUNCTIONS
 from .events import EVENT_NAMES
 from .render import DEFAULT_DURATION_S, ORDERED_PAIR_CONJUNCTIONS
-from .vocoder import GriffinLimVocoder
-from .vocoder import MelConfig as VocoderMelConfig
 
 CHECKPOINTS_DIR = Path(__file__).parent / "checkpoints"
 TOY_TANGO_PATH = CHECKPOINTS_DIR / "toy_tango"
@@ -57,71 +56,15 @@ def toy_tokenizer():
 
 
 # ----------------------------------------------------------------------------------------------
-# The vocoder TangoModel calls
-
-
-class ToyGriffinLimVocoder(torch.nn.Module):
-    """`GriffinLimVocoder` behind the interface TangoModel uses for its vocoder.
-
-    `forward(mel)` takes TANGO log-mels (B, frames, n_mels), as `TangoModel.decode_latents` passes
-    them, and returns waveforms (B, frames * hop). No weights: `save_pretrained` writes only a
-    config.json, and `from_pretrained` reads it back.
-    """
-
-    config_name = "config.json"
-
-    def __init__(self, n_fft: int = 1024, hop_length: int = 160, win_length: int = 1024, n_mels: int = 64,
-                 sample_rate: int = 16000, fmin: float = 0.0, fmax: float = 8000.0, n_iter: int = 32, momentum: float = 0.99):
-        super().__init__()
-        self.config = {
-            "n_fft": n_fft, "hop_length": hop_length, "win_length": win_length, "n_mels": n_mels,
-            "sample_rate": sample_rate, "fmin": fmin, "fmax": fmax, "n_iter": n_iter, "momentum": momentum,
-        }
-        self.griffin_lim = GriffinLimVocoder(
-            VocoderMelConfig(
-                sample_rate=sample_rate, n_fft=n_fft, hop_length=hop_length, win_length=win_length,
-                n_mels=n_mels, f_min=fmin, f_max=fmax, n_iter=n_iter, momentum=momentum,
-            )
-        )
-
-    @property
-    def sample_rate(self) -> int:
-        return self.config["sample_rate"]
-
-    @torch.no_grad()
-    def forward(self, mel: torch.Tensor) -> torch.Tensor:
-        if mel.dim() != 3 or mel.shape[-1] != self.config["n_mels"]:
-            raise ValueError(f"ToyGriffinLimVocoder expects log-mels (B, frames, {self.config['n_mels']}), got {tuple(mel.shape)}")
-        return self.griffin_lim(mel.float().transpose(1, 2))
-
-    def save_pretrained(self, folder: str | Path, safe_serialization: bool = True) -> None:
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / self.config_name).write_text(json.dumps({"vocoder_class": type(self).__name__, **self.config}, indent=2))
-
-    @classmethod
-    def from_pretrained(cls, folder: str | Path) -> "ToyGriffinLimVocoder":
-        path = Path(folder) / cls.config_name
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no vocoder config")
-        config = json.loads(path.read_text())
-        config.pop("vocoder_class", None)
-        known = {"n_fft", "hop_length", "win_length", "n_mels", "sample_rate", "fmin", "fmax", "n_iter", "momentum"}
-        unknown = sorted(set(config) - known)
-        if unknown:
-            raise ValueError(f"{path}: unknown vocoder settings {unknown}")
-        return cls(**config)
-
-
-# ----------------------------------------------------------------------------------------------
 # Toy TANGO
 
 
 def toy_mel_config():
-    from ..backends.tango import MelConfig
+    from ..backends.mel import MelConfig
 
-    # TANGO's front end (16 kHz, n_fft 1024, 64 Slaney mels, 0-8 kHz) at a 20 ms hop.
-    return MelConfig(hop_length=TOY_HOP_LENGTH)
+    # TANGO's front end (16 kHz, n_fft 1024, 64 Slaney mels, 0-8 kHz) at a 20 ms hop, framed as
+    # the shipped toy models were trained (retraining them for TANGO's centred frames is open).
+    return MelConfig(hop_length=TOY_HOP_LENGTH, framing="half_hop")
 
 
 def toy_vae(seed: int = 0):
@@ -180,28 +123,35 @@ def toy_text_encoder(vocab_size: int, seed: int = 0, d_model: int = 64, num_laye
 
 def build_toy_tango(seed: int = 0, unet_channels: tuple[int, ...] = (32, 64, 96), n_iter: int = 32, text_layers: int = 2):
     """A randomly initialised toy TANGO (the starting point of `scripts/train_toy_tango.py`)."""
-    from ..backends.tango import TangoModel, TangoSettings
+    from diffusers import DDIMScheduler
+
+    from ..backends.pipeline_tango import TangoPipeline
+    from ..backends.tango import TangoModel
     from ..testing import tiny_scheduler
+    from .griffin_lim_vocoder import GriffinLimVocoder
 
     tokenizer = toy_tokenizer()
     mel = toy_mel_config()
-    vocoder = ToyGriffinLimVocoder(
+    vocoder = GriffinLimVocoder(
         n_fft=mel.n_fft, hop_length=mel.hop_length, win_length=mel.win_length, n_mels=mel.n_mels,
         sample_rate=mel.sample_rate, fmin=mel.fmin, fmax=mel.fmax, n_iter=n_iter,
     )
-    settings = TangoSettings(
-        model_type="toy-tango", mel=mel, vocoder_class=type(vocoder).__name__, duration_s=TOY_DURATION_S,
-        sampler="ddim", text_max_length=TEXT_MAX_LENGTH,
-    )
-    model = TangoModel(
-        unet=toy_unet(seed, unet_channels),
-        vae=toy_vae(seed),
-        text_encoder=toy_text_encoder(len(tokenizer), seed, num_layers=text_layers),
+    # Built in this order (each seeds itself): the global RNG state afterwards, which the training
+    # script's first draws depend on, is the one the shipped toy was trained from.
+    unet = toy_unet(seed, unet_channels)
+    vae = toy_vae(seed)
+    text_encoder = toy_text_encoder(len(tokenizer), seed, num_layers=text_layers)
+    pipe = TangoPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
         tokenizer=tokenizer,
+        unet=unet,
+        scheduler=DDIMScheduler.from_config(tiny_scheduler().config),  # TANGO's schedule, v-prediction; sampled with DDIM
         vocoder=vocoder,
-        scheduler=tiny_scheduler(),  # TANGO's schedule: scaled_linear 0.00085-0.012, v-prediction
-        settings=settings,
+        **{k: v for k, v in mel.to_dict().items() if k != "framing"}, mel_framing=mel.framing,
+        duration_s=TOY_DURATION_S, text_max_length=TEXT_MAX_LENGTH,
     )
+    model = TangoModel(pipe)
     model.name_or_path = f"toy-tango-init-seed{seed}"
     return model
 
@@ -280,7 +230,6 @@ __all__ = [
     "TOY_CLAP_PATH",
     "TOY_DURATION_S",
     "TOY_TANGO_PATH",
-    "ToyGriffinLimVocoder",
     "build_toy_clap",
     "build_toy_tango",
     "load_toy_tango",

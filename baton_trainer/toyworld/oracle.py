@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from ..audio import check_waveform, load_audio, resample
 from .events import EVENT_NAMES, EVENTS, UnknownEventError
-from .vocoder import MelConfig, _cached_front_end, mel_center_frequencies
+from .mel import MelConfig, cached_front_end, mel_center_frequencies
 
 TASKS = ("integrity", "temporal")
 Detection = tuple[str, float, float]  # (event name, onset_s, offset_s)
@@ -113,7 +113,7 @@ class OracleAnnotator:
         self.allow_extra = bool(allow_extra)
         self.mel_config = mel_config or MelConfig()
         self.sample_rate = self.mel_config.sample_rate
-        self._front_end = _cached_front_end(self.mel_config)  # shared: stateless, and costly to build
+        self._front_end = cached_front_end(self.mel_config)
         centres = mel_center_frequencies(self.mel_config)
         self._bands: dict[str, np.ndarray] = {}
         for name, spec in EVENTS.items():
