@@ -147,6 +147,19 @@ PIPELINE_SCRIPT = textwrap.dedent(
 )
 
 
+def _run_pipeline_script(tmp_path, *extra_args):
+    """Run PIPELINE_SCRIPT on tmp_path/rm from a folder outside the repository, without baton_trainer on the path."""
+    script = tmp_path / "elsewhere" / "score.py"
+    script.parent.mkdir()
+    script.write_text(PIPELINE_SCRIPT)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["HF_MODULES_CACHE"] = str(tmp_path / "hf_modules")
+    return subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "rm"), str(tmp_path / "clips.npz"), *extra_args],
+        cwd=script.parent, env=env, capture_output=True, text=True, timeout=300,
+    )
+
+
 def test_cosine_logistic_head_scores_the_clap_cosine_and_round_trips(clap_dir, tmp_path):
     from transformers import AutoModel
 
@@ -188,15 +201,7 @@ def test_pipeline_with_remote_code_in_a_clean_process_matches_reward_hub_load(mo
     b48 = resample(synthetic_clip("high", 12), 16_000, 48_000)
     c16 = resample(band_limited_clip(seed=1), 48_000, 16_000)
     np.savez(tmp_path / "clips.npz", a48=a48, b48=b48, c16=c16)
-    script = tmp_path / "elsewhere" / "score.py"
-    script.parent.mkdir()
-    script.write_text(PIPELINE_SCRIPT)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env["HF_MODULES_CACHE"] = str(tmp_path / "hf_modules")
-    result = subprocess.run(
-        [sys.executable, str(script), str(tmp_path / "rm"), str(tmp_path / "clips.npz")],
-        cwd=script.parent, env=env, capture_output=True, text=True, timeout=300,
-    )
+    result = _run_pipeline_script(tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     out = json.loads(result.stdout.strip().splitlines()[-1])
     assert out["module"].startswith("transformers_modules")  # the code stored in the folder ran
@@ -213,14 +218,6 @@ def test_pipeline_with_remote_code_in_a_clean_process_matches_reward_hub_load(mo
 def test_pipeline_without_soxr_refuses_to_score_instead_of_scoring_differently(model, tmp_path):
     model.save_pretrained(tmp_path / "rm")
     np.savez(tmp_path / "clips.npz", a48=np.zeros(48_000, np.float32), b48=np.zeros(48_000, np.float32), c16=np.zeros(16_000, np.float32))
-    script = tmp_path / "elsewhere" / "score.py"
-    script.parent.mkdir()
-    script.write_text(PIPELINE_SCRIPT)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env["HF_MODULES_CACHE"] = str(tmp_path / "hf_modules")
-    result = subprocess.run(
-        [sys.executable, str(script), str(tmp_path / "rm"), str(tmp_path / "clips.npz"), "soxr"],
-        cwd=script.parent, env=env, capture_output=True, text=True, timeout=300,
-    )
+    result = _run_pipeline_script(tmp_path, "soxr")
     assert result.returncode != 0 and not result.stdout.strip()
     assert "pip install soxr" in result.stderr.splitlines()[-1]  # one line that names what is missing
