@@ -20,6 +20,9 @@ import torch
 from .audio import crop_or_pad, load_audio
 from .backends.base import TextConditioning, TextToAudioBackend
 
+CACHE_FORMAT = 2  # 2: the conditioning stored under the denoiser's own keyword names
+TEXT_PREFIX = "text."
+
 
 @dataclass
 class EncodedSet:
@@ -60,7 +63,7 @@ class LatentCache:
 
     def key(self, captions: list[str], ds) -> str:
         h = hashlib.sha256()
-        h.update(self.backend.fingerprint().encode())
+        h.update(f"{CACHE_FORMAT}:{self.backend.fingerprint()}".encode())
         h.update(json.dumps([self.duration_s, captions]).encode())
         h.update(str(getattr(ds, "_fingerprint", "")).encode())
         return h.hexdigest()[:20]
@@ -78,24 +81,18 @@ class LatentCache:
             from tqdm.auto import tqdm
 
             waveforms = self.read_audio(ds, name)
-            latents, hidden, masks = [], [], []
+            latents, texts = [], []
             for start in tqdm(range(0, len(captions), 16), desc=f"encoding {name}", disable=not acc.is_local_main_process):
                 chunk = waveforms[start : start + 16].to(acc.device)
                 latents.append(self.backend.encode_audio(chunk).float().cpu())
-                cond = self.backend.encode_text(captions[start : start + 16])
-                hidden.append(cond.hidden_states.float().cpu())
-                masks.append(cond.attention_mask.cpu())
-            length = max(h.shape[1] for h in hidden)
-            pad = lambda t, v: torch.nn.functional.pad(t, (0, 0, 0, length - t.shape[1]) if t.ndim == 3 else (0, length - t.shape[1]), value=v)  # noqa: E731
-            tensors = {
-                "latents": torch.cat(latents),
-                "text_hidden": torch.cat([pad(h, 0.0) for h in hidden]),
-                "text_mask": torch.cat([pad(m, False) for m in masks]),
-            }
+                texts.append(self.backend.encode_text(captions[start : start + 16]).to("cpu", torch.float32))
+            text = TextConditioning.cat(texts)
+            tensors = {"latents": torch.cat(latents), **{f"{TEXT_PREFIX}{k}": v for k, v in text.tensors.items()}}
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".tmp")
             save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
             os.replace(tmp, path)  # readers see no file or a whole one
         acc.wait_for_everyone()
         tensors = load_file(str(path))
-        return EncodedSet(captions, weights, tensors["latents"], TextConditioning(tensors["text_hidden"], tensors["text_mask"]))
+        text = TextConditioning(**{k.removeprefix(TEXT_PREFIX): v for k, v in tensors.items() if k.startswith(TEXT_PREFIX)})
+        return EncodedSet(captions, weights, tensors["latents"], text)

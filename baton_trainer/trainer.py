@@ -88,7 +88,7 @@ class RewardWeightedDiffusionTrainer:
             unet.requires_grad_(False)
             unet.to(acc.device, dtype=self.weight_dtype)
             if not getattr(unet, "peft_config", None):
-                unet.add_adapter(
+                backend.add_lora(
                     LoraConfig(
                         r=cfg.lora_rank,
                         lora_alpha=cfg.lora_alpha or cfg.lora_rank,

@@ -36,7 +36,7 @@ import gradio as gr
 import numpy as np
 
 from baton_trainer.audio import save_wav
-from baton_trainer.backends.tango import TangoModel
+from baton_trainer.backends.base import TextToAudioBackend
 from baton_trainer.formatting import display_path, format_number
 from baton_trainer.spectrogram import spectrogram_image
 from spaces_demo.models import SpaceConfig, load_models
@@ -114,7 +114,7 @@ def prune_outputs(output_dir: Path, max_age_s: float = OUTPUT_MAX_AGE_S) -> None
             pass  # removed by a concurrent prune
 
 
-def _is_toy(model: TangoModel) -> bool:
+def _is_toy(model: TextToAudioBackend) -> bool:
     return type(model.vocoder).__name__ == "GriffinLimVocoder"
 
 
@@ -140,8 +140,8 @@ def paper_example_captions(per_task: int = 3) -> list[str]:
 
 
 def build_demo(
-    base: TangoModel,
-    aligned: TangoModel | None,
+    base: TextToAudioBackend,
+    aligned: TextToAudioBackend | None,
     reward_model: Any,
     output_dir: str | os.PathLike,
     notes: list[str] | None = None,

@@ -12,8 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from baton_trainer.backends import EXPORT_FILE, load_backend
-from baton_trainer.backends.tango import TangoModel
+from baton_trainer.backends import EXPORT_FILE, TextToAudioBackend, load_backend
 from baton_trainer.hub import resolve_folder
 from baton_trainer.runtime import pick_device
 
@@ -28,7 +27,7 @@ class SpaceError(ValueError):
 @dataclass
 class SpaceConfig:
     base_model: str | None = field(
-        default=None, metadata={"help": "baseline model: a TangoModel folder, a TANGO Hub id or original checkpoint (env BATON_BASE_MODEL; default: the aligned export's base, else the toy TANGO)"}
+        default=None, metadata={"help": "baseline model: a folder or Hub id of any model the trainer aligns (TANGO, AudioLDM 2), or an original TANGO checkpoint (env BATON_BASE_MODEL; default: the aligned export's base, else the toy TANGO)"}
     )
     aligned_export: str | None = field(
         default=None, metadata={"help": "trainer export (LoRA adapter or UNet) folder or Hub id (env BATON_ALIGNED_EXPORT; default: runs/toy/aligned or a shipped toy export; 'none': baseline only)"}
@@ -184,7 +183,7 @@ def resolve_models(config: SpaceConfig) -> ResolvedModels:
     return ResolvedModels(base, aligned, reward, notes)
 
 
-def load_aligned(base: TangoModel, export: str | Path) -> TangoModel:
+def load_aligned(base: TextToAudioBackend, export: str | Path) -> TextToAudioBackend:
     """The base model with a trainer export applied, sharing the base's VAE, text encoder and
     vocoder (the export changes the UNet only), so the Space holds one copy of the frozen parts."""
     folder = _local_folder(str(export), "aligned export")
@@ -203,7 +202,7 @@ def load_aligned(base: TangoModel, export: str | Path) -> TangoModel:
     return aligned.eval()
 
 
-def load_models(config: SpaceConfig) -> tuple[TangoModel, TangoModel | None, Any, list[str]]:
+def load_models(config: SpaceConfig) -> tuple[TextToAudioBackend, TextToAudioBackend | None, Any, list[str]]:
     """(baseline, aligned or None, reward model or None, notes) for `config`."""
     resolved = resolve_models(config)
     device = pick_device(config.device)

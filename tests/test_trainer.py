@@ -11,7 +11,7 @@ from helpers import save_preference, save_pretrain
 from safetensors.torch import load_file
 
 from baton_trainer.backends.tango import TangoModel
-from baton_trainer.testing import save_tiny_tango
+from baton_trainer.testing import save_tiny_audioldm2, save_tiny_tango
 from baton_trainer.stages.finetune import FinetuneConfig
 from baton_trainer.trainer import RewardWeightedDiffusionTrainer
 
@@ -20,6 +20,7 @@ from baton_trainer.trainer import RewardWeightedDiffusionTrainer
 def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("trainer")
     save_tiny_tango(root / "model")
+    save_tiny_audioldm2(root / "audioldm2")
     save_preference(root / "feedback", n=8)
     save_pretrain(root / "pretrain", n=8)
     return root
@@ -140,18 +141,6 @@ def test_checkpoint_limit_keeps_last_n(world, tmp_path):
     assert sorted(p.name for p in (tmp_path / "ck" / "checkpoints").iterdir()) == ["checkpoint-3", "checkpoint-4"]
 
 
-@pytest.fixture
-def own_accelerator_state():
-    """A test that trains at another precision than the rest of the suite: accelerate keeps one
-    precision per process and has no public reset, so the test clears its state before and after
-    (its own tests do the same)."""
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state()
-    yield
-    AcceleratorState._reset_state()
-
-
 def test_bf16_autocast_runs_on_cpu(world, tmp_path, own_accelerator_state):
     trainer = RewardWeightedDiffusionTrainer(make_config(world, tmp_path / "bf16", mixed_precision="bf16", use_lora=True, max_train_steps=2))
     out = trainer.train()
@@ -181,9 +170,10 @@ def run_cli(args, env_extra=None, torchrun=None):
 
 
 @pytest.mark.slow
-def test_two_processes_match_one_process_with_the_same_global_batch(world, tmp_path):
+@pytest.mark.parametrize("model_name", ["model", "audioldm2"])
+def test_two_processes_match_one_process_with_the_same_global_batch(world, tmp_path, model_name):
     common = [
-        "--model", str(world / "model"), "--feedback_dataset", str(world / "feedback"),
+        "--model", str(world / model_name), "--feedback_dataset", str(world / "feedback"),
         "--pretrain_dataset", str(world / "pretrain"), "--max_train_steps", "3", "--learning_rate", "1e-3",
         "--report_to", "none", "--run_dir", str(tmp_path),
     ]
@@ -196,7 +186,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(world, tmp_p
     )
     assert two.returncode == 0, two.stderr[-3000:]
     a, b = unet_state(tmp_path / "one"), unet_state(tmp_path / "two")
-    start = load_file(str(next((world / "model" / "unet").glob("*.safetensors"))))
+    start = load_file(str(next((world / model_name / "unet").glob("*.safetensors"))))
     moved = max((a[k] - start[k]).abs().max().item() for k in a)
     gap = max((a[k] - b[k]).abs().max().item() for k in a)
     print(f"weights moved up to {moved:.2e}; one vs two processes differ by up to {gap:.2e}")

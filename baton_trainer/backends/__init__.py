@@ -20,6 +20,7 @@ _MODEL_FILES = ["*.json", "*.safetensors", "*.bin", "*.model", "*.txt", "*.py", 
 # diffusers pipeline class (model_index.json's _class_name) -> "module:adapter class"
 BACKENDS = {
     "TangoPipeline": "baton_trainer.backends.tango:TangoModel",
+    "AudioLDM2Pipeline": "baton_trainer.backends.audioldm2:AudioLDM2Model",
 }
 
 

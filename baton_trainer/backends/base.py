@@ -7,18 +7,20 @@ The trainer only ever touches a backend through them:
     cond = backend.encode_text(captions)               # TextConditioning
     pred = backend.unet(noisy_latents, t, **cond.unet_kwargs()).sample
     backend.noise_scheduler.add_noise(...)             # a diffusers DDPMScheduler
+    backend.add_lora(lora_config)                      # a peft adapter on the denoiser
     backend.save_trained(folder, mode) / backend.load_trained(folder)
     clips = backend.generate(captions, seeds, ...)     # (B, samples) float32 numpy, through backend.pipe
 
 `unet` is the module that is trained (fully or through a LoRA adapter); everything returned by
-`frozen_modules()` stays frozen and may be cast to the training dtype.
+`frozen_modules()` stays frozen and may be cast to the training dtype. The rest (components by
+their diffusers names, device and dtype moves, `with_unet`, exports in diffusers' formats) is
+written once here, over `self.pipe`.
 """
 
 from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,29 +29,57 @@ import torch
 EXPORT_FILE = "baton_export.json"
 
 
-@dataclass
 class TextConditioning:
-    """Encoder hidden states and their boolean padding mask, as the UNet's cross-attention takes them."""
+    """The denoiser's caption conditioning: its keyword arguments (`encoder_hidden_states`,
+    `encoder_attention_mask`, ... as the model's own pipeline passes them), each batch-first, padded
+    along dim 1 where captions differ in length."""
 
-    hidden_states: torch.Tensor  # (B, L, D)
-    attention_mask: torch.Tensor  # (B, L) bool
+    def __init__(self, **tensors: torch.Tensor):
+        if not tensors:
+            raise ValueError("TextConditioning needs at least one tensor")
+        self.tensors = dict(tensors)
 
     def unet_kwargs(self) -> dict[str, torch.Tensor]:
-        return {"encoder_hidden_states": self.hidden_states, "encoder_attention_mask": self.attention_mask}
+        return dict(self.tensors)
 
     def to(self, device=None, dtype=None) -> "TextConditioning":
-        return TextConditioning(self.hidden_states.to(device=device, dtype=dtype), self.attention_mask.to(device))
+        """Move every tensor; `dtype` applies to the floating ones (masks keep theirs)."""
+        return TextConditioning(**{k: v.to(device=device, dtype=dtype if v.is_floating_point() else None) for k, v in self.tensors.items()})
 
     def __getitem__(self, index) -> "TextConditioning":
-        return TextConditioning(self.hidden_states[index], self.attention_mask[index])
+        return TextConditioning(**{k: v[index] for k, v in self.tensors.items()})
+
+    def __len__(self) -> int:
+        return next(iter(self.tensors.values())).shape[0]
+
+    @classmethod
+    def cat(cls, parts: list["TextConditioning"]) -> "TextConditioning":
+        """Concatenate along the batch, padding dim 1 to the longest (zeros; False in masks)."""
+        joined = {}
+        for key in parts[0].tensors:
+            tensors = [p.tensors[key] for p in parts]
+            length = max(t.shape[1] for t in tensors) if tensors[0].ndim > 1 else None
+            padded = []
+            for t in tensors:
+                if length is not None and t.shape[1] < length:
+                    pad = [0, 0] * (t.ndim - 2) + [0, length - t.shape[1]]
+                    t = torch.nn.functional.pad(t, pad, value=False if t.dtype == torch.bool else 0)
+                padded.append(t)
+            joined[key] = torch.cat(padded)
+        return cls(**joined)
 
 
 class TextToAudioBackend(ABC):
+    """A diffusers pipeline (`self.pipe`) as the trainer sees it. Its components stay the
+    pipeline's: `unet` is `pipe.unet`, and a second model over the same frozen parts is `with_unet`."""
+
     sample_rate: int
-    duration_s: float  # the clip length it makes and trains on by default
-    unet: torch.nn.Module
     noise_scheduler: object  # diffusers DDPMScheduler (training noise schedule)
     pipe: object  # the diffusers pipeline whose components these are
+    name_or_path: str = ""
+
+    def __init__(self, pipe):
+        self.pipe = pipe
 
     @abstractmethod
     def encode_audio(self, waveforms: torch.Tensor) -> torch.Tensor:
@@ -57,11 +87,12 @@ class TextToAudioBackend(ABC):
 
     @abstractmethod
     def encode_text(self, captions: list[str]) -> TextConditioning:
-        """Captions -> the UNet's cross-attention conditioning."""
+        """Captions -> the UNet's conditioning, as the pipeline builds it; a caption's conditioning
+        does not depend on the other captions of the batch."""
 
     @abstractmethod
     def frozen_modules(self) -> list[torch.nn.Module]:
-        """Modules that are never trained (VAE, text encoder, vocoder, ...)."""
+        """Modules that are never trained (VAE, text encoders, vocoder, ...)."""
 
     @abstractmethod
     def generate(
@@ -72,6 +103,7 @@ class TextToAudioBackend(ABC):
         guidance_scale: float,
         duration_s: float | None = None,
         progress: bool = False,
+        sampler: str | None = None,
     ) -> np.ndarray:
         """One clip per caption, each from its own seed, as float32 (B, samples)."""
 
@@ -79,29 +111,117 @@ class TextToAudioBackend(ABC):
     def fingerprint(self) -> str:
         """Identifies the encoders and preprocessing, for cache keys of latents and text embeddings."""
 
+    @property
     @abstractmethod
+    def duration_s(self) -> float:
+        """The clip length the model makes and trains on by default."""
+
+    @classmethod
+    @abstractmethod
+    def from_pretrained(cls, name_or_path: str | Path, export: str | Path | None = None, device=None, torch_dtype=None, revision: str | None = None):
+        """The model saved at `name_or_path` (a folder or Hub id), with a trained export on top."""
+
     def save_pretrained(self, folder: str | Path) -> None:
-        """Write the whole model so that `from_pretrained(folder)` restores it."""
+        """Write the whole pipeline so that `from_pretrained(folder)` restores it."""
+        if getattr(self.unet, "peft_config", None):
+            raise ValueError("save_pretrained on a model with a LoRA adapter: use save_trained(folder, 'lora') for the adapter")
+        self.pipe.save_pretrained(Path(folder), safe_serialization=True)
+
+    # -- the pipeline's components ---------------------------------------------------------------
+
+    @property
+    def unet(self) -> torch.nn.Module:
+        """The denoiser that is trained (a UNet or a transformer, as the pipeline names it `unet`
+        or `transformer`)."""
+        return getattr(self.pipe, self.denoiser_name)
+
+    @unet.setter
+    def unet(self, module: torch.nn.Module) -> None:
+        setattr(self.pipe, self.denoiser_name, module)
+
+    denoiser_name = "unet"
+
+    # The pipeline's other components, by diffusers' names (None where a pipeline has none).
+    vae = property(lambda self: getattr(self.pipe, "vae", None))
+    text_encoder = property(lambda self: getattr(self.pipe, "text_encoder", None))
+    tokenizer = property(lambda self: getattr(self.pipe, "tokenizer", None))
+    vocoder = property(lambda self: getattr(self.pipe, "vocoder", None))
 
     @property
     def device(self) -> torch.device:
         return next(self.unet.parameters()).device
 
+    def modules(self) -> dict[str, torch.nn.Module]:
+        """Every module by name: the denoiser, the frozen ones and any front end."""
+        found = {self.denoiser_name: self.unet}
+        for name, component in self.pipe.components.items():
+            if isinstance(component, torch.nn.Module) and name != self.denoiser_name:
+                found[name] = component
+        if isinstance(getattr(self, "mel", None), torch.nn.Module):
+            found["mel"] = self.mel
+        return found
+
+    def to(self, device=None, dtype=None):
+        """Move the model; `dtype` applies to the networks, the mel front end stays float32."""
+        for name, module in self.modules().items():
+            kwargs = {"device": device} if device is not None else {}
+            if dtype is not None and name != "mel":
+                kwargs["dtype"] = dtype
+            if kwargs:
+                module.to(**kwargs)
+        return self
+
+    def eval(self):
+        for module in self.modules().values():
+            module.eval()
+        return self
+
+    def prepare(self, export: str | Path | None = None, device=None, torch_dtype=None):
+        """Eval mode, device and dtype, then the trained export (a folder or Hub id) on top."""
+        self.eval()
+        if device is not None or torch_dtype is not None:
+            self.to(device=device, dtype=torch_dtype)
+        if export is not None:
+            self.load_trained(export)
+        return self
+
+    def with_unet(self, unet: torch.nn.Module):
+        """A second model over this one's frozen components, with `unet` as its denoiser (diffusers' `from_pipe`)."""
+        model = type(self)(type(self.pipe).from_pipe(self.pipe, **{**self.pipe.components, self.denoiser_name: unet}))
+        model.name_or_path = self.name_or_path
+        return model
+
+    def add_lora(self, config) -> None:
+        """Inject a peft `LoraConfig` adapter named "default" into the denoiser. diffusers' own
+        `add_adapter` where the model class has it; peft's `inject_adapter_in_model` otherwise
+        (AudioLDM 2's UNet), keeping `peft_config` as diffusers does so both save alike."""
+        if hasattr(self.unet, "add_adapter"):
+            self.unet.add_adapter(config)
+            return
+        from peft import inject_adapter_in_model
+
+        inject_adapter_in_model(config, self.unet, adapter_name="default")
+        self.unet.peft_config = {"default": config}
+
     # -- the trained part ------------------------------------------------------------------------
     # The export is what a diffusers user loads on the base pipeline: a LoRA adapter in diffusers'
-    # format (`pipe.load_lora_weights(FOLDER)`), or the full UNet (`unet/`, passed to
-    # `from_pretrained(BASE, unet=...)`), with `baton_export.json` naming the mode and the base.
+    # format (`pipe.load_lora_weights(FOLDER)` where the pipeline has it), or the full denoiser
+    # (`unet/`, passed to `from_pretrained(BASE, unet=...)`), with `baton_export.json` naming the
+    # mode and the base.
 
     def save_trained(self, folder: str | Path, mode: str, base: str | None = None) -> None:
-        """Export what was trained: a LoRA adapter (`mode="lora"`) or the full UNet (`"full"`)."""
+        """Export what was trained: a LoRA adapter (`mode="lora"`) or the full denoiser (`"full"`)."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         if mode == "lora":
+            from diffusers.loaders import StableDiffusionLoraLoaderMixin
             from diffusers.utils import convert_state_dict_to_diffusers
             from peft.utils import get_peft_model_state_dict
 
             layers = convert_state_dict_to_diffusers({k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(self.unet).items()})
-            type(self.pipe).save_lora_weights(folder, unet_lora_layers=layers, unet_lora_adapter_metadata=self.unet.peft_config["default"].to_dict())
+            # Pipelines without a LoRA loader (AudioLDM 2) get the same file format.
+            saver = getattr(type(self.pipe), "save_lora_weights", StableDiffusionLoraLoaderMixin.save_lora_weights)
+            saver(folder, unet_lora_layers=layers, unet_lora_adapter_metadata=self.unet.peft_config["default"].to_dict())
         elif mode == "full":
             self.unet.save_pretrained(str(folder / "unet"), safe_serialization=True)
         else:
@@ -126,14 +246,28 @@ class TextToAudioBackend(ABC):
 
         folder = resolve_folder(folder, "trained export")
         if self._export_mode(folder) == "lora":
-            load_pretrained(lambda f: self.pipe.load_lora_weights(f, adapter_name="default"), folder, "a LoRA adapter")
+            if hasattr(self.pipe, "load_lora_weights"):
+                load_pretrained(lambda f: self.pipe.load_lora_weights(f, adapter_name="default"), folder, "a LoRA adapter")
+            else:
+                load_pretrained(self._inject_saved_lora, folder, "a LoRA adapter")
         else:
-            from diffusers import UNet2DConditionModel
-
             device, dtype = self.device, next(self.unet.parameters()).dtype
-            self.unet = load_pretrained(UNet2DConditionModel.from_pretrained, folder / "unet", "a UNet2DConditionModel").to(device=device, dtype=dtype)
+            denoiser_class = type(self.unet)
+            self.unet = load_pretrained(denoiser_class.from_pretrained, folder / "unet", f"a {denoiser_class.__name__}").to(device=device, dtype=dtype)
 
-    def restore_trained(self, unet: torch.nn.Module, folder: str | Path) -> None:
+    def _inject_saved_lora(self, folder: Path) -> None:
+        """A diffusers-format adapter on a denoiser whose pipeline has no `load_lora_weights`: the
+        adapter's config from the file's metadata, then its weights (what peft users do by hand)."""
+        import dataclasses
+
+        from peft import LoraConfig
+
+        state, metadata = lora_file_contents(folder)
+        fields = {f.name for f in dataclasses.fields(LoraConfig) if f.init}
+        self.add_lora(LoraConfig(**{k: v for k, v in metadata.items() if k in fields}))
+        self.restore_trained(self.unet, folder, state)
+
+    def restore_trained(self, unet: torch.nn.Module, folder: str | Path, lora_state: dict | None = None) -> None:
         """Load a checkpoint's trained part into `unet` in place (resuming: the adapter or the
         weights go into the module the optimiser holds)."""
         from ..checkpoints import load_state_dict_file
@@ -143,10 +277,20 @@ class TextToAudioBackend(ABC):
             from diffusers.utils import convert_unet_state_dict_to_peft
             from peft.utils import set_peft_model_state_dict
 
-            state = type(self.pipe).lora_state_dict(str(folder))[0]
-            state = convert_unet_state_dict_to_peft({k.removeprefix("unet."): v for k, v in state.items() if k.startswith("unet.")})
-            result = set_peft_model_state_dict(unet, state, adapter_name="default")
+            state = lora_state if lora_state is not None else lora_file_contents(folder)[0]
+            result = set_peft_model_state_dict(unet, convert_unet_state_dict_to_peft(state), adapter_name="default")
             if getattr(result, "unexpected_keys", None):
-                raise RuntimeError(f"{folder}: adapter keys not found in the UNet: {result.unexpected_keys[:5]}")
+                raise RuntimeError(f"{folder}: adapter keys not found in the denoiser: {result.unexpected_keys[:5]}")
         else:
             unet.load_state_dict(load_state_dict_file(next((folder / "unet").glob("*.safetensors")), "UNet"))
+
+
+def lora_file_contents(folder: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """A diffusers-format LoRA file's denoiser weights (the `unet.` prefix removed) and the
+    adapter's `LoraConfig` fields from its metadata."""
+    from diffusers.loaders import StableDiffusionLoraLoaderMixin
+
+    state, _network_alphas, metadata = StableDiffusionLoraLoaderMixin.lora_state_dict(str(folder), return_lora_metadata=True)
+    state = {k.removeprefix("unet."): v for k, v in state.items() if k.startswith("unet.")}
+    config = {k.removeprefix("unet."): v for k, v in (metadata or {}).items() if k.startswith("unet.")}
+    return state, config

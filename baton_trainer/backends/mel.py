@@ -8,9 +8,11 @@ centred STFT (reflect-pad n_fft/2, periodic Hann, n_fft 1024, hop 160 at 16 kHz)
 That is `framing="tango"`: frame k is centred on sample k * hop, and the frames are cut to the
 clip length (`_pad_spec`).
 
-`framing="half_hop"` is this project's first front end: reflect-pad (n_fft - hop) / 2 and an
-STFT without centring, so frame k is centred half a hop later, and the peak is scaled once. The
-shipped toy models were trained with it and keep it; real TANGO checkpoints use "tango".
+`framing="half_hop"` is AudioLDM's training front end (`mel_spectrogram_train` in its authors'
+AudioLDM-training-finetuning code, which AudioLDM 2 shares): reflect-pad (n_fft - hop) / 2 and an
+STFT without centring, so frame k is centred half a hop later, and the peak is scaled once. AudioLDM
+2 checkpoints use it; so do the shipped toy models, which were trained with it; real TANGO
+checkpoints use "tango".
 """
 
 from __future__ import annotations
@@ -99,3 +101,21 @@ class MelFrontEnd(torch.nn.Module):
         if self.config.framing == "tango":  # read_wav_file scales the peak again after the cut
             x = 0.5 * x / (x.abs().amax(dim=-1, keepdim=True) + 1e-12)
         return self(x)[:, :num_frames]
+
+
+class MelLatents:
+    """Audio -> latents for models whose VAE encodes log-mels (TANGO, AudioLDM 2): the backend
+    holds `mel` (a `MelFrontEnd` with the model's settings), `vae`, `sample_rate` and `num_frames`."""
+
+    @torch.no_grad()
+    def waveform_to_mel(self, waveforms: torch.Tensor, num_frames: int | None = None) -> torch.Tensor:
+        """(B, samples) -> (B, 1, frames, n_mels), prepared the way the model was trained."""
+        num_frames = num_frames or self.num_frames(waveforms.shape[-1] / self.sample_rate)
+        return self.mel.waveform_to_mel(waveforms, num_frames).unsqueeze(1)
+
+    @torch.no_grad()
+    def encode_audio(self, waveforms: torch.Tensor, num_frames: int | None = None) -> torch.Tensor:
+        """Waveforms -> scaled latents. Uses the posterior mean, so cached latents are deterministic."""
+        mel = self.waveform_to_mel(waveforms, num_frames).to(dtype=self.vae.dtype)
+        posterior = self.vae.encode(mel).latent_dist
+        return posterior.mean * self.vae.config.scaling_factor

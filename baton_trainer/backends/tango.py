@@ -24,7 +24,7 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 
 from .base import TextConditioning, TextToAudioBackend
-from .mel import MelConfig, MelFrontEnd
+from .mel import MelConfig, MelFrontEnd, MelLatents
 from .pipeline_tango import TangoPipeline
 
 PIPELINE_FILE = Path(__file__).with_name("pipeline_tango.py")
@@ -98,11 +98,11 @@ def _legacy_pipeline(folder: Path, settings: dict) -> TangoPipeline:
     )
 
 
-class TangoModel(TextToAudioBackend):
+class TangoModel(MelLatents, TextToAudioBackend):
     """A TangoPipeline as the trainer sees it; every component stays the pipeline's."""
 
     def __init__(self, pipe: TangoPipeline):
-        self.pipe = pipe
+        super().__init__(pipe)
         config = pipe.config
         self.mel_config = MelConfig(
             sample_rate=config.sample_rate, n_fft=config.n_fft, hop_length=config.hop_length, win_length=config.win_length,
@@ -115,30 +115,6 @@ class TangoModel(TextToAudioBackend):
         self.name_or_path = str(config.get("_name_or_path", "") or "")
 
     # -- the pipeline's components ---------------------------------------------------------------
-
-    @property
-    def unet(self):
-        return self.pipe.unet
-
-    @unet.setter
-    def unet(self, module) -> None:
-        self.pipe.unet = module
-
-    @property
-    def vae(self):
-        return self.pipe.vae
-
-    @property
-    def text_encoder(self):
-        return self.pipe.text_encoder
-
-    @property
-    def tokenizer(self):
-        return self.pipe.tokenizer
-
-    @property
-    def vocoder(self):
-        return self.pipe.vocoder
 
     @property
     def duration_s(self) -> float:
@@ -160,23 +136,12 @@ class TangoModel(TextToAudioBackend):
         model.name_or_path = str(name_or_path)
         return model.prepare(export, device, torch_dtype)
 
-    def prepare(self, export: str | Path | None = None, device=None, torch_dtype=None) -> "TangoModel":
-        """Eval mode, device and dtype, then the trained export (a folder or Hub id) on top."""
-        self.eval()
-        if device is not None or torch_dtype is not None:
-            self.to(device=device, dtype=torch_dtype)
-        if export is not None:
-            self.load_trained(export)
-        return self
-
     def save_pretrained(self, folder: str | Path) -> None:
         """A diffusers pipeline folder that loads with this package, with `TangoPipeline`, and with
         plain diffusers (`trust_remote_code=True`): the pipeline file and the modules of custom
         components travel with it."""
         folder = Path(folder)
-        if getattr(self.unet, "peft_config", None):
-            raise ValueError("save_pretrained on a model with a LoRA adapter: use save_trained(folder, 'lora') for the adapter")
-        self.pipe.save_pretrained(folder, safe_serialization=True)
+        super().save_pretrained(folder)
         index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
         index["_class_name"] = [PIPELINE_FILE.stem, type(self.pipe).__name__]
         shutil.copyfile(PIPELINE_FILE, folder / PIPELINE_FILE.name)
@@ -187,29 +152,6 @@ class TangoModel(TextToAudioBackend):
                     shutil.copyfile(source, folder / name / f"{short}.py")
                     index[name] = [short, class_name]
         (folder / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-
-    def with_unet(self, unet: torch.nn.Module) -> "TangoModel":
-        """A second model over this one's frozen components, with `unet` as its denoiser (diffusers' `from_pipe`)."""
-        model = type(self)(type(self.pipe).from_pipe(self.pipe, **{**self.pipe.components, "unet": unet}))
-        model.name_or_path = self.name_or_path
-        return model
-
-    def modules(self) -> dict[str, torch.nn.Module]:
-        return {"unet": self.unet, "vae": self.vae, "text_encoder": self.text_encoder, "vocoder": self.vocoder, "mel": self.mel}
-
-    def to(self, device=None, dtype=None) -> "TangoModel":
-        for name, module in self.modules().items():
-            kwargs = {"device": device} if device is not None else {}
-            if dtype is not None and name != "mel":
-                kwargs["dtype"] = dtype
-            if kwargs:
-                module.to(**kwargs)
-        return self
-
-    def eval(self) -> "TangoModel":
-        for module in self.modules().values():
-            module.eval()
-        return self
 
     def frozen_modules(self) -> list[torch.nn.Module]:
         return [self.vae, self.text_encoder, self.vocoder]
@@ -232,26 +174,13 @@ class TangoModel(TextToAudioBackend):
         return self.pipe.num_frames(duration_s)
 
     @torch.no_grad()
-    def waveform_to_mel(self, waveforms: torch.Tensor, num_frames: int | None = None) -> torch.Tensor:
-        """(B, samples) -> (B, 1, frames, n_mels), prepared the way the model was trained."""
-        num_frames = num_frames or self.num_frames(waveforms.shape[-1] / self.sample_rate)
-        return self.mel.waveform_to_mel(waveforms, num_frames).unsqueeze(1)
-
-    @torch.no_grad()
-    def encode_audio(self, waveforms: torch.Tensor, num_frames: int | None = None) -> torch.Tensor:
-        """Waveforms -> scaled latents. Uses the posterior mean, so cached latents are deterministic."""
-        mel = self.waveform_to_mel(waveforms, num_frames).to(dtype=self.vae.dtype)
-        posterior = self.vae.encode(mel).latent_dist
-        return posterior.mean * self.vae.config.scaling_factor
-
-    @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         return self.pipe.decode_latents(latents)
 
     @torch.no_grad()
     def encode_text(self, captions: list[str]) -> TextConditioning:
         hidden, mask = self.pipe.encode_prompt(list(captions), self.text_encoder.device)
-        return TextConditioning(hidden, mask)
+        return TextConditioning(encoder_hidden_states=hidden, encoder_attention_mask=mask)
 
     # -- sampling --------------------------------------------------------------------------------
 

@@ -1,0 +1,165 @@
+"""AudioLDM 2 (Liu et al. 2024, arXiv 2308.05734) for the trainer: `AudioLDM2Model` is the thin
+adapter from diffusers' own `AudioLDM2Pipeline` to what the trainer needs (`TextToAudioBackend`).
+
+    latents = model.encode_audio(waveforms)   # AudioLDM's training mel ("half_hop" framing), then the VAE
+    cond = model.encode_text(captions)        # the pipeline's encode_prompt: CLAP + T5 -> projection -> GPT-2
+    model.pipe(...)                           # generation is diffusers' pipeline
+
+The UNet is trained as AudioLDM 2 was: epsilon prediction on the DDPM schedule of its scheduler
+config (scaled_linear 0.0015 -> 0.0195), conditioned by cross-attention on GPT-2's 8 generated
+states (`encoder_hidden_states`) and on the T5 states with their mask (`encoder_hidden_states_1`,
+`encoder_attention_mask_1`), exactly the arguments the pipeline passes.
+
+Each caption is encoded on its own. In diffusers' pipeline a batch pads T5 to its longest caption
+and GPT-2 reads the padded sequence with absolute positions, so a clip's conditioning, and its
+audio, would change with its batch neighbours; encoded alone and padded afterwards (the padding
+masked in the UNet), clip i of a batch is what `pipe(caption_i, generator=g_i)` gives.
+
+The pipeline has no LoRA loader; exports are in diffusers' LoRA file format all the same, and
+`docs/backends.md` shows the three lines of peft that load one on a plain `AudioLDM2Pipeline`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import AudioLDM2Pipeline, DDPMScheduler
+
+from .base import TextConditioning, TextToAudioBackend
+from .mel import MelConfig, MelFrontEnd, MelLatents
+from .pipeline_tango import SAMPLERS
+
+# AudioLDM's STFT per sample rate (its authors' preprocessing configs): 16 kHz: filter and window
+# 1024, hop 160, 64 mels, 0-8 kHz. The hop and the mel count are read from the vocoder.
+STFT_BY_SAMPLE_RATE = {16_000: 1024}
+
+
+class AudioLDM2Model(MelLatents, TextToAudioBackend):
+    """An AudioLDM2Pipeline as the trainer sees it; every component stays the pipeline's."""
+
+    def __init__(self, pipe: AudioLDM2Pipeline):
+        super().__init__(pipe)
+        vocoder = pipe.vocoder.config
+        sample_rate = int(vocoder.sampling_rate)
+        if sample_rate not in STFT_BY_SAMPLE_RATE:
+            raise ValueError(f"AudioLDM 2 at {sample_rate} Hz: no known mel front end (known: {sorted(STFT_BY_SAMPLE_RATE)} Hz)")
+        n_fft = STFT_BY_SAMPLE_RATE[sample_rate]
+        self.mel_config = MelConfig(
+            sample_rate=sample_rate, n_fft=n_fft, win_length=n_fft, hop_length=int(np.prod(vocoder.upsample_rates)),
+            n_mels=int(vocoder.model_in_dim), fmin=0.0, fmax=sample_rate / 2, framing="half_hop",
+        )
+        self.mel = MelFrontEnd(self.mel_config)
+        self.noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+        self.sample_rate = sample_rate
+        self.name_or_path = str(pipe.config.get("_name_or_path", "") or "")
+
+    @property
+    def duration_s(self) -> float:
+        """The pipeline's default clip length (the UNet's sample size in mel frames); 10.24 s when the UNet does not say."""
+        frames = (self.pipe.unet.config.sample_size or 256) * self.pipe.vae_scale_factor
+        return frames * self.mel_config.hop_length / self.sample_rate
+
+    # -- loading ---------------------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path, export: str | Path | None = None, device=None, torch_dtype=None, revision: str | None = None) -> "AudioLDM2Model":
+        """An AudioLDM 2 pipeline folder or Hub id (`cvssp/audioldm2`), with a trained export on top."""
+        from ..checkpoints import load_pretrained
+        from ..hub import resolve_folder
+
+        folder = resolve_folder(name_or_path, "model", revision)
+        index = load_pretrained(lambda f: json.loads(Path(f).read_text(encoding="utf-8")), folder / "model_index.json", "a pipeline index")
+        components = {}
+        if index.get("language_model", [None, None])[1] == "GPT2Model":
+            # The published checkpoints name GPT2Model, which has no generation helpers in
+            # transformers 5; the pipeline needs GPT2LMHeadModel, whose body is the same weights.
+            from transformers import GPT2LMHeadModel
+
+            components["language_model"] = load_pretrained(GPT2LMHeadModel.from_pretrained, folder / "language_model", "a GPT-2 language model")
+        pipe = load_pretrained(lambda f: AudioLDM2Pipeline.from_pretrained(f, torch_dtype=torch_dtype, **components), folder, "an AudioLDM2Pipeline")
+        model = cls(pipe)
+        model.name_or_path = str(name_or_path)
+        return model.prepare(export, device, torch_dtype)
+
+    def frozen_modules(self) -> list[torch.nn.Module]:
+        p = self.pipe
+        return [p.vae, p.text_encoder, p.text_encoder_2, p.projection_model, p.language_model, p.vocoder]
+
+    def fingerprint(self) -> str:
+        p = self.pipe
+        payload = {
+            "model": self.name_or_path,
+            "vae": dict(p.vae.config),
+            "text_encoder": p.text_encoder.config.to_dict(),
+            "text_encoder_2": p.text_encoder_2.config.to_dict(),
+            "projection_model": dict(p.projection_model.config),
+            "language_model": p.language_model.config.to_dict(),
+            "mel": self.mel_config.to_dict(),
+            "dtypes": [str(next(m.parameters()).dtype) for m in (p.vae, p.text_encoder, p.text_encoder_2, p.language_model)],
+        }
+        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    # -- encoding --------------------------------------------------------------------------------
+
+    def num_frames(self, duration_s: float) -> int:
+        """Mel frames of a clip, as the pipeline sizes its latents: duration / hop, rounded up to the VAE's factor."""
+        factor = self.pipe.vae_scale_factor
+        frames = int(duration_s * self.sample_rate / self.mel_config.hop_length)
+        return math.ceil(frames / factor) * factor
+
+    def _encode_one(self, caption: str, guidance: bool) -> tuple[TextConditioning, TextConditioning | None]:
+        """One caption through the pipeline's own `encode_prompt`; with guidance also the empty
+        caption, padded to the caption's T5 length as the pipeline does at batch size 1."""
+        embeds, mask, generated = self.pipe.encode_prompt([caption], self.pipe.text_encoder_2.device, 1, guidance)
+        conds = [
+            TextConditioning(encoder_hidden_states=generated[i : i + 1], encoder_hidden_states_1=embeds[i : i + 1], encoder_attention_mask_1=mask[i : i + 1].bool())
+            for i in range(embeds.shape[0])
+        ]
+        return (conds[1], conds[0]) if guidance else (conds[0], None)  # encode_prompt puts the negative first
+
+    @torch.no_grad()
+    def encode_text(self, captions: list[str]) -> TextConditioning:
+        return TextConditioning.cat([self._encode_one(c, guidance=False)[0] for c in captions])
+
+    # -- sampling --------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def generate(self, captions, seeds, num_inference_steps=200, guidance_scale=3.5, duration_s=None, progress=False, sampler=None):
+        if len(captions) != len(seeds):
+            raise ValueError(f"{len(captions)} captions but {len(seeds)} seeds")
+        if not math.isfinite(guidance_scale):
+            raise ValueError(f"guidance_scale must be a finite number, got {guidance_scale}")
+        guidance = guidance_scale > 1.0  # the pipeline's own rule
+        encoded = [self._encode_one(c, guidance) for c in captions]
+        # Conditional and unconditional padded together: the pipeline wants them the same shape.
+        joined = TextConditioning.cat([c for c, _ in encoded] + ([u for _, u in encoded] if guidance else []))
+        n = len(captions)
+        kwargs = {
+            "prompt_embeds": joined.tensors["encoder_hidden_states_1"][:n],
+            "attention_mask": joined.tensors["encoder_attention_mask_1"][:n].long(),
+            "generated_prompt_embeds": joined.tensors["encoder_hidden_states"][:n],
+        }
+        if guidance:
+            kwargs.update(
+                negative_prompt_embeds=joined.tensors["encoder_hidden_states_1"][n:],
+                negative_attention_mask=joined.tensors["encoder_attention_mask_1"][n:].long(),
+                negative_generated_prompt_embeds=joined.tensors["encoder_hidden_states"][n:],
+            )
+        pipe = self.pipe
+        if sampler is not None:
+            if sampler not in SAMPLERS:
+                raise ValueError(f"unknown sampler {sampler!r} (known: {', '.join(SAMPLERS)})")
+            pipe = type(pipe).from_pipe(pipe, scheduler=SAMPLERS[sampler].from_config(pipe.scheduler.config))
+        pipe.set_progress_bar_config(disable=not progress, desc="sampling", leave=False)
+        # One generator per clip: a clip depends on its seed only, not on its batch neighbours.
+        generators = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
+        audio = pipe(
+            num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, audio_length_in_s=duration_s or self.duration_s,
+            generator=generators, output_type="np", **kwargs,
+        ).audios
+        return np.asarray(audio, dtype=np.float32)
