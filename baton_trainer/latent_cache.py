@@ -85,7 +85,7 @@ class LatentCache:
             for start in tqdm(range(0, len(captions), 16), desc=f"encoding {name}", disable=not acc.is_local_main_process):
                 chunk = waveforms[start : start + 16].to(acc.device)
                 latents.append(self.backend.encode_audio(chunk).float().cpu())
-                texts.append(self.backend.encode_text(captions[start : start + 16]).to("cpu", torch.float32))
+                texts.append(self.backend.encode_text(captions[start : start + 16], self.duration_s).to("cpu", torch.float32))
             text = TextConditioning.cat(texts)
             tensors = {"latents": torch.cat(latents), **{f"{TEXT_PREFIX}{k}": v for k, v in text.tensors.items()}}
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -10,11 +10,13 @@ w_i is the human label (0/1) for human-rated clips and the reward model's score 
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
 
 SnrMode = Literal["none", "min_snr", "tango"]
+Objective = Literal["ddpm", "v_cosine", "flow"]
 
 
 def denoising_target(scheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
@@ -28,6 +30,26 @@ def denoising_target(scheduler, latents: torch.Tensor, noise: torch.Tensor, time
     if prediction_type == "v_prediction":
         return scheduler.get_velocity(latents, noise, timesteps)
     raise ValueError(f"unsupported scheduler prediction_type '{prediction_type}' (expected epsilon or v_prediction)")
+
+
+def noised_latents_and_target(objective: Objective, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor, scheduler=None):
+    """The denoiser's input x_t and its regression target, for the objective the model was trained with.
+
+    - "ddpm" (TANGO, AudioLDM 2): integer t of the DDPM `scheduler`;
+      x_t = sqrt(abar_t) z0 + sqrt(1 - abar_t) eps, target eps or v (`denoising_target`).
+    - "v_cosine" (Stable Audio; stable-audio-tools' "v" objective): t in [0, 1],
+      alpha = cos(pi t / 2), sigma = sin(pi t / 2); x_t = alpha z0 + sigma eps, target v = alpha eps - sigma z0.
+    - "flow" (rectified flow): t in [0, 1]; x_t = (1 - t) z0 + t eps, target the velocity eps - z0.
+    """
+    if objective == "ddpm":
+        return scheduler.add_noise(latents, noise, timesteps), denoising_target(scheduler, latents, noise, timesteps)
+    t = timesteps.to(torch.float32).reshape(-1, *[1] * (latents.ndim - 1))
+    if objective == "v_cosine":
+        alpha, sigma = torch.cos(t * math.pi / 2), torch.sin(t * math.pi / 2)
+        return alpha * latents + sigma * noise, alpha * noise - sigma * latents
+    if objective == "flow":
+        return (1 - t) * latents + t * noise, noise - latents
+    raise ValueError(f"unknown training objective {objective!r} (expected ddpm, v_cosine or flow)")
 
 
 def snr_weights(scheduler, timesteps: torch.Tensor, gamma: float = 5.0, mode: SnrMode = "min_snr") -> torch.Tensor:

@@ -3,7 +3,8 @@
 - `tiny_tango()`: a TangoModel with a few thousand parameters per component: the same
   AutoencoderKL, UNet2DConditionModel (with cross-attention), T5EncoderModel, tokenizer,
   SpeechT5HifiGan and DDPMScheduler types as real TANGO, at toy sizes.
-- `tiny_audioldm2()`: the same for AudioLDM 2 (diffusers' AudioLDM2Pipeline, every component class real).
+- `tiny_audioldm2()`, `tiny_stable_audio()`: the same for AudioLDM 2 and Stable Audio Open
+  (diffusers' own pipelines, every component class real).
 - `save_tiny_clap()`: a tiny random `ClapModel` + `ClapProcessor` (a real byte-level BPE tokenizer
   and the real feature extractor) that takes 10 s clips at 48 kHz.
 - `synthetic_rating_rows()` and friends: rating data for the reward stages. Clips are a low tone
@@ -197,6 +198,41 @@ def save_tiny_audioldm2(folder: str | Path | None = None, seed: int = 0) -> Path
     index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
     index["language_model"] = ["transformers", "GPT2Model"]
     (folder / "model_index.json").write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+    return folder
+
+
+def tiny_stable_audio(seed: int = 0, window_frames: int = 64):
+    """A randomly initialised StableAudioModel: diffusers' StableAudioPipeline with tiny components
+    of every real class (AutoencoderOobleck at 44.1 kHz stereo, T5, StableAudioProjectionModel,
+    StableAudioDiTModel) and Stable Audio Open's sampler (cosine DPM-Solver, v-prediction).
+    The window is `window_frames` latent frames of 256 samples (0.37 s)."""
+    from diffusers import AutoencoderOobleck, CosineDPMSolverMultistepScheduler, StableAudioDiTModel, StableAudioPipeline, StableAudioProjectionModel
+    from transformers import T5Config, T5EncoderModel
+
+    from .backends.stable_audio import StableAudioModel
+
+    torch.manual_seed(seed)
+    tokenizer = tiny_t5_tokenizer(model_max_length=16)
+    text_encoder = T5EncoderModel(T5Config(vocab_size=len(tokenizer), d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=2, pad_token_id=0, eos_token_id=1))
+    vae = AutoencoderOobleck(
+        encoder_hidden_size=8, downsampling_ratios=[4, 8, 8], channel_multiples=[1, 2, 2], decoder_channels=4, decoder_input_channels=4,
+        audio_channels=2, sampling_rate=44100,
+    )
+    projection = StableAudioProjectionModel(text_encoder_dim=16, conditioning_dim=8, min_value=0, max_value=512)
+    transformer = StableAudioDiTModel(
+        sample_size=window_frames, in_channels=4, out_channels=4, num_layers=1, attention_head_dim=8, num_attention_heads=2,
+        num_key_value_attention_heads=1, cross_attention_dim=16, time_proj_dim=8, global_states_input_dim=16, cross_attention_input_dim=8,
+    )
+    scheduler = CosineDPMSolverMultistepScheduler(sigma_min=0.3, sigma_max=500, sigma_data=1.0, sigma_schedule="exponential", solver_order=2, prediction_type="v_prediction")
+    pipe = StableAudioPipeline(vae=vae, text_encoder=text_encoder, projection_model=projection, tokenizer=tokenizer, transformer=transformer, scheduler=scheduler)
+    model = StableAudioModel(pipe)
+    model.name_or_path = f"tiny-stable-audio-seed{seed}"
+    return model.eval()
+
+
+def save_tiny_stable_audio(folder: str | Path | None = None, seed: int = 0) -> Path:
+    folder = Path(folder or tempfile.mkdtemp(prefix="tiny-stable-audio-"))
+    tiny_stable_audio(seed).save_pretrained(folder)
     return folder
 
 

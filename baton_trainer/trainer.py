@@ -29,7 +29,7 @@ import torch
 from .backends.base import TextToAudioBackend
 from .config import config_to_dict
 from .latent_cache import EncodedSet, LatentCache
-from .losses import baton_loss, denoising_target, snr_weights
+from .losses import baton_loss, noised_latents_and_target, snr_weights
 
 if TYPE_CHECKING:
     from .stages.finetune import FinetuneConfig
@@ -62,6 +62,9 @@ class RewardWeightedDiffusionTrainer:
 
             backend = load_backend(config.model)
         self.backend = backend
+        self.snr_mode = config.snr_mode or backend.default_snr_mode
+        if self.snr_mode != "none" and backend.objective != "ddpm":
+            raise ValueError(f"snr_mode {self.snr_mode!r} weights DDPM timesteps; {type(backend).__name__} trains with the {backend.objective} objective: use snr_mode none")
         self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.accelerator.mixed_precision, torch.float32)
         duration = config.duration_s or backend.duration_s
         self.latent_cache = LatentCache(backend, self.accelerator, layout.cache, duration, enabled=config.cache_embeddings)
@@ -182,25 +185,27 @@ class RewardWeightedDiffusionTrainer:
         else:
             with torch.no_grad():
                 latents = self.backend.encode_audio(data.waveforms[mine].to(acc.device)).float()
-                text = self.backend.encode_text([data.captions[i] for i in mine.tolist()])
+                text = self.backend.encode_text([data.captions[i] for i in mine.tolist()], self.latent_cache.duration_s)
         return latents.to(acc.device), text.to(acc.device, self.weight_dtype), data.weights[mine].to(acc.device)
 
     # -- the loss --------------------------------------------------------------------------------
 
     def _noisy_prediction(self, latents, text, step, micro, stream):
-        """Add noise at random timesteps and run the UNet; returns (prediction, target, snr weight)."""
-        acc, scheduler = self.accelerator, self.backend.noise_scheduler
+        """Noise the latents at timesteps from the model's training distribution and run the
+        denoiser; returns (prediction, target, snr weight or None)."""
+        acc, backend = self.accelerator, self.backend
         n_global = latents.shape[0] * acc.num_processes
         gen = _step_generator(self.config.seed + 1, step * self.config.gradient_accumulation_steps + micro, stream)
         noise = torch.randn((n_global, *latents.shape[1:]), generator=gen)
-        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (n_global,), generator=gen)
+        timesteps = backend.draw_timesteps(n_global, gen)
         rank = slice(acc.process_index * latents.shape[0], (acc.process_index + 1) * latents.shape[0])
         noise, timesteps = noise[rank].to(latents.device), timesteps[rank].to(latents.device)
-        noisy = scheduler.add_noise(latents, noise, timesteps)
-        target = denoising_target(scheduler, latents, noise, timesteps)
+        noisy, target = noised_latents_and_target(backend.objective, latents, noise, timesteps, backend.noise_scheduler)
         with acc.autocast():
-            pred = self.unet(noisy.to(self.unet_input_dtype), timesteps, **text.unet_kwargs()).sample
-        weight = snr_weights(scheduler, timesteps, self.config.snr_gamma, self.config.snr_mode)
+            pred = self.unet(
+                noisy.to(self.unet_input_dtype), backend.denoiser_timestep(timesteps), **text.unet_kwargs(), **backend.denoiser_kwargs(noisy)
+            ).sample
+        weight = None if self.snr_mode == "none" else snr_weights(backend.noise_scheduler, timesteps, self.config.snr_gamma, self.snr_mode)
         return pred, target, weight
 
     @property

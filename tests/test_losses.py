@@ -85,3 +85,27 @@ def test_zero_weight_sample_contributes_zero_gradient():
 def test_weights_shape_checked():
     with pytest.raises(ValueError, match="weights must have shape"):
         baton_loss(torch.zeros(3, 2), torch.zeros(3, 2), torch.ones(2))
+
+
+def test_the_flow_objective_is_what_diffusers_flow_matching_sampler_integrates():
+    """Rectified flow: x_t = (1 - t) z0 + t eps is diffusers' `scale_noise`, and the sampler's Euler
+    steps, handed the true velocity eps - z0, carry x_t to z0 (no flow backend yet: the objective
+    stands alone)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from baton_trainer.losses import noised_latents_and_target
+
+    z0 = torch.randn(2, 4, 16, generator=torch.Generator().manual_seed(0))
+    noise = torch.randn(z0.shape, generator=torch.Generator().manual_seed(1))
+    for i in (0, 3, 6):
+        scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0)
+        scheduler.set_timesteps(8)
+        sigma = scheduler.sigmas[i]
+        noisy, target = noised_latents_and_target("flow", z0, noise, torch.full((2,), float(sigma)))
+        torch.testing.assert_close(noisy, scheduler.scale_noise(z0, scheduler.timesteps[i][None], noise), rtol=1e-5, atol=1e-5)
+        sample = noisy
+        for timestep in scheduler.timesteps[i:]:
+            sample = scheduler.step(target, timestep, sample).prev_sample
+        torch.testing.assert_close(sample, z0, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="unknown training objective"):
+        noised_latents_and_target("x0", z0, noise, torch.zeros(2))

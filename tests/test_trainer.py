@@ -11,7 +11,7 @@ from helpers import save_preference, save_pretrain
 from safetensors.torch import load_file
 
 from baton_trainer.backends.tango import TangoModel
-from baton_trainer.testing import save_tiny_audioldm2, save_tiny_tango
+from baton_trainer.testing import save_tiny_audioldm2, save_tiny_stable_audio, save_tiny_tango
 from baton_trainer.stages.finetune import FinetuneConfig
 from baton_trainer.trainer import RewardWeightedDiffusionTrainer
 
@@ -21,6 +21,7 @@ def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("trainer")
     save_tiny_tango(root / "model")
     save_tiny_audioldm2(root / "audioldm2")
+    save_tiny_stable_audio(root / "stable_audio")
     save_preference(root / "feedback", n=8)
     save_pretrain(root / "pretrain", n=8)
     return root
@@ -45,8 +46,8 @@ def make_config(world, out, **overrides):
     return FinetuneConfig(**values)
 
 
-def unet_state(folder: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(next((folder / "unet").glob("*.safetensors"))))
+def unet_state(folder: Path, denoiser: str = "unet") -> dict[str, torch.Tensor]:
+    return load_file(str(next((folder / denoiser).glob("*.safetensors"))))
 
 
 def test_training_lowers_loss_on_fixed_batch(world, tmp_path):
@@ -170,7 +171,7 @@ def run_cli(args, env_extra=None, torchrun=None):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model_name", ["model", "audioldm2"])
+@pytest.mark.parametrize("model_name", ["model", "audioldm2", "stable_audio"])
 def test_two_processes_match_one_process_with_the_same_global_batch(world, tmp_path, model_name):
     common = [
         "--model", str(world / model_name), "--feedback_dataset", str(world / "feedback"),
@@ -185,8 +186,9 @@ def test_two_processes_match_one_process_with_the_same_global_batch(world, tmp_p
         torchrun=2,
     )
     assert two.returncode == 0, two.stderr[-3000:]
-    a, b = unet_state(tmp_path / "one"), unet_state(tmp_path / "two")
-    start = load_file(str(next((world / model_name / "unet").glob("*.safetensors"))))
+    denoiser = "transformer" if model_name == "stable_audio" else "unet"
+    a, b = unet_state(tmp_path / "one", denoiser), unet_state(tmp_path / "two", denoiser)
+    start = unet_state(world / model_name, denoiser)
     moved = max((a[k] - start[k]).abs().max().item() for k in a)
     gap = max((a[k] - b[k]).abs().max().item() for k in a)
     print(f"weights moved up to {moved:.2e}; one vs two processes differ by up to {gap:.2e}")

@@ -21,6 +21,7 @@ _MODEL_FILES = ["*.json", "*.safetensors", "*.bin", "*.model", "*.txt", "*.py", 
 BACKENDS = {
     "TangoPipeline": "baton_trainer.backends.tango:TangoModel",
     "AudioLDM2Pipeline": "baton_trainer.backends.audioldm2:AudioLDM2Model",
+    "StableAudioPipeline": "baton_trainer.backends.stable_audio:StableAudioModel",
 }
 
 

@@ -123,7 +123,7 @@ class AudioLDM2Model(MelLatents, TextToAudioBackend):
         return (conds[1], conds[0]) if guidance else (conds[0], None)  # encode_prompt puts the negative first
 
     @torch.no_grad()
-    def encode_text(self, captions: list[str]) -> TextConditioning:
+    def encode_text(self, captions: list[str], duration_s: float | None = None) -> TextConditioning:
         return TextConditioning.cat([self._encode_one(c, guidance=False)[0] for c in captions])
 
     # -- sampling --------------------------------------------------------------------------------

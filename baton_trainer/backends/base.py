@@ -86,9 +86,10 @@ class TextToAudioBackend(ABC):
         """Waveforms (B, samples) at `sample_rate` -> scaled latents z0 for the UNet."""
 
     @abstractmethod
-    def encode_text(self, captions: list[str]) -> TextConditioning:
-        """Captions -> the UNet's conditioning, as the pipeline builds it; a caption's conditioning
-        does not depend on the other captions of the batch."""
+    def encode_text(self, captions: list[str], duration_s: float | None = None) -> TextConditioning:
+        """Captions -> the denoiser's conditioning, as the pipeline builds it, for clips of
+        `duration_s` (models conditioned on the length use it); a caption's conditioning does not
+        depend on the other captions of the batch."""
 
     @abstractmethod
     def frozen_modules(self) -> list[torch.nn.Module]:
@@ -140,6 +141,24 @@ class TextToAudioBackend(ABC):
         setattr(self.pipe, self.denoiser_name, module)
 
     denoiser_name = "unet"
+
+    # How the denoiser was trained (`losses.noised_latents_and_target`): "ddpm" draws integer
+    # timesteps of `noise_scheduler` (epsilon or v from its config); "v_cosine" and "flow" draw
+    # continuous t in [0, 1].
+    objective = "ddpm"
+    default_snr_mode = "none"  # the loss weighting the model was trained with
+
+    def draw_timesteps(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """Training timesteps for `n` clips, from the model's own training distribution."""
+        return torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (n,), generator=generator)
+
+    def denoiser_timestep(self, timesteps: torch.Tensor) -> torch.Tensor:
+        """What the denoiser is given as its timestep for training timesteps `timesteps`."""
+        return timesteps
+
+    def denoiser_kwargs(self, latents: torch.Tensor) -> dict:
+        """Arguments of the denoiser call that are not per clip (rotary embeddings, ...)."""
+        return {}
 
     # The pipeline's other components, by diffusers' names (None where a pipeline has none).
     vae = property(lambda self: getattr(self.pipe, "vae", None))
@@ -214,16 +233,20 @@ class TextToAudioBackend(ABC):
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         if mode == "lora":
-            from diffusers.loaders import StableDiffusionLoraLoaderMixin
+            from diffusers.loaders.lora_base import LoraBaseMixin
             from diffusers.utils import convert_state_dict_to_diffusers
             from peft.utils import get_peft_model_state_dict
 
             layers = convert_state_dict_to_diffusers({k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(self.unet).items()})
-            # Pipelines without a LoRA loader (AudioLDM 2) get the same file format.
-            saver = getattr(type(self.pipe), "save_lora_weights", StableDiffusionLoraLoaderMixin.save_lora_weights)
-            saver(folder, unet_lora_layers=layers, unet_lora_adapter_metadata=self.unet.peft_config["default"].to_dict())
+            # diffusers' LoRA file: keys and adapter config under the denoiser's name ("unet." as
+            # `save_lora_weights` writes for TANGO's pipeline, "transformer." for DiT pipelines).
+            prefix = self.denoiser_name
+            LoraBaseMixin.write_lora_layers(
+                LoraBaseMixin.pack_weights(layers, prefix), str(folder), is_main_process=True, weight_name=None, save_function=None,
+                safe_serialization=True, lora_adapter_metadata={f"{prefix}.{k}": v for k, v in self.unet.peft_config["default"].to_dict().items()},
+            )
         elif mode == "full":
-            self.unet.save_pretrained(str(folder / "unet"), safe_serialization=True)
+            self.unet.save_pretrained(str(folder / self.denoiser_name), safe_serialization=True)
         else:
             raise ValueError(f"unknown export mode '{mode}' (expected lora or full)")
         (folder / EXPORT_FILE).write_text(json.dumps({"mode": mode, "base": base}, indent=2))
@@ -253,7 +276,7 @@ class TextToAudioBackend(ABC):
         else:
             device, dtype = self.device, next(self.unet.parameters()).dtype
             denoiser_class = type(self.unet)
-            self.unet = load_pretrained(denoiser_class.from_pretrained, folder / "unet", f"a {denoiser_class.__name__}").to(device=device, dtype=dtype)
+            self.unet = load_pretrained(denoiser_class.from_pretrained, folder / self.denoiser_name, f"a {denoiser_class.__name__}").to(device=device, dtype=dtype)
 
     def _inject_saved_lora(self, folder: Path) -> None:
         """A diffusers-format adapter on a denoiser whose pipeline has no `load_lora_weights`: the
@@ -262,7 +285,7 @@ class TextToAudioBackend(ABC):
 
         from peft import LoraConfig
 
-        state, metadata = lora_file_contents(folder)
+        state, metadata = lora_file_contents(folder, self.denoiser_name)
         fields = {f.name for f in dataclasses.fields(LoraConfig) if f.init}
         self.add_lora(LoraConfig(**{k: v for k, v in metadata.items() if k in fields}))
         self.restore_trained(self.unet, folder, state)
@@ -277,20 +300,25 @@ class TextToAudioBackend(ABC):
             from diffusers.utils import convert_unet_state_dict_to_peft
             from peft.utils import set_peft_model_state_dict
 
-            state = lora_state if lora_state is not None else lora_file_contents(folder)[0]
+            state = lora_state if lora_state is not None else lora_file_contents(folder, self.denoiser_name)[0]
             result = set_peft_model_state_dict(unet, convert_unet_state_dict_to_peft(state), adapter_name="default")
             if getattr(result, "unexpected_keys", None):
                 raise RuntimeError(f"{folder}: adapter keys not found in the denoiser: {result.unexpected_keys[:5]}")
         else:
-            unet.load_state_dict(load_state_dict_file(next((folder / "unet").glob("*.safetensors")), "UNet"))
+            unet.load_state_dict(load_state_dict_file(next((folder / self.denoiser_name).glob("*.safetensors")), self.denoiser_name))
 
 
-def lora_file_contents(folder: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
-    """A diffusers-format LoRA file's denoiser weights (the `unet.` prefix removed) and the
-    adapter's `LoraConfig` fields from its metadata."""
-    from diffusers.loaders import StableDiffusionLoraLoaderMixin
+def lora_file_contents(folder: str | Path, prefix: str = "unet") -> tuple[dict[str, torch.Tensor], dict]:
+    """A diffusers-format LoRA file's denoiser weights (`prefix.` removed) and the adapter's
+    `LoraConfig` fields from its metadata. Read with safetensors: diffusers' readers are per
+    pipeline family, and this file is always the one `save_trained` writes."""
+    from safetensors import safe_open
 
-    state, _network_alphas, metadata = StableDiffusionLoraLoaderMixin.lora_state_dict(str(folder), return_lora_metadata=True)
-    state = {k.removeprefix("unet."): v for k, v in state.items() if k.startswith("unet.")}
-    config = {k.removeprefix("unet."): v for k, v in (metadata or {}).items() if k.startswith("unet.")}
+    path = Path(folder) / "pytorch_lora_weights.safetensors"
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder}: no pytorch_lora_weights.safetensors")
+    with safe_open(str(path), framework="pt") as f:
+        metadata = json.loads((f.metadata() or {}).get("lora_adapter_metadata", "{}"))
+        state = {k.removeprefix(f"{prefix}."): f.get_tensor(k) for k in f.keys() if k.startswith(f"{prefix}.")}
+    config = {k.removeprefix(f"{prefix}."): v for k, v in metadata.items() if k.startswith(f"{prefix}.")}
     return state, config

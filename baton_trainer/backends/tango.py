@@ -101,6 +101,8 @@ def _legacy_pipeline(folder: Path, settings: dict) -> TangoPipeline:
 class TangoModel(MelLatents, TextToAudioBackend):
     """A TangoPipeline as the trainer sees it; every component stays the pipeline's."""
 
+    default_snr_mode = "tango"  # TANGO's own min(snr, 5) / snr on its v-prediction loss
+
     def __init__(self, pipe: TangoPipeline):
         super().__init__(pipe)
         config = pipe.config
@@ -178,7 +180,7 @@ class TangoModel(MelLatents, TextToAudioBackend):
         return self.pipe.decode_latents(latents)
 
     @torch.no_grad()
-    def encode_text(self, captions: list[str]) -> TextConditioning:
+    def encode_text(self, captions: list[str], duration_s: float | None = None) -> TextConditioning:
         hidden, mask = self.pipe.encode_prompt(list(captions), self.text_encoder.device)
         return TextConditioning(encoder_hidden_states=hidden, encoder_attention_mask=mask)
 

@@ -33,7 +33,7 @@ class FinetuneConfig:
         default="reward", metadata={"help": "feedback weights w_i: the rewards, all ones (ablation), or no feedback term"}
     )
     beta: float = field(default=0.5, metadata={"help": "weight of the pretraining term (paper 0.5)"})
-    snr_mode: SnrMode = field(default="tango", metadata={"help": "none | min_snr | tango (TANGO's own weighting)"})
+    snr_mode: SnrMode | None = field(default=None, metadata={"help": "none | min_snr | tango (TANGO's own weighting); default the model's own (TANGO: tango, others: none)"})
     snr_gamma: float = 5.0
     learning_rate: float = 1e-5
     adam_beta1: float = 0.9

@@ -1,0 +1,147 @@
+"""Stable Audio Open (Evans et al. 2024, arXiv 2407.14358) for the trainer: `StableAudioModel` is
+the thin adapter from diffusers' own `StableAudioPipeline` to what the trainer needs.
+
+    latents = model.encode_audio(waveforms)   # mono -> both channels, zero-padded to the model's window, Oobleck VAE
+    cond = model.encode_text(captions, 10.0)  # the pipeline's T5 + projection, and its seconds_start/seconds_total
+    model.pipe(...)                           # generation is diffusers' pipeline (its cosine DPM-Solver, v-prediction)
+
+The DiT is trained as stable-audio-tools trains it (its "v" objective): t ~ U[0, 1], alpha =
+cos(pi t / 2), sigma = sin(pi t / 2), x_t = alpha z0 + sigma eps, target v = alpha eps - sigma z0,
+and the DiT is given t itself (`losses.noised_latents_and_target`, objective "v_cosine"). The
+pipeline's `CosineDPMSolverMultistepScheduler` samples the same model: its timestep is
+atan(sigma_edm) * 2 / pi = t, its input scaling 1 / sqrt(sigma_edm^2 + 1) = alpha, and its v
+preconditioning returns z0 from the true target (`tests/test_stable_audio.py`).
+
+Like stable-audio-tools' training data, every clip fills the model's whole window (47.55 s for
+Stable Audio Open 1.0): a 10 s clip is zero-padded after its end and conditioned on
+seconds_total = 10, which is also how the pipeline generates it (the full window, cropped).
+
+The project works in mono (ratings, reward model and metrics): mono training audio goes into both
+channels, as stable-audio-tools does with mono files, and generated stereo is mixed down when it
+leaves the backend. The pipeline's scheduler needs `torchsde` (`pip install baton-trainer[stable-audio]`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .base import TextConditioning, TextToAudioBackend
+
+
+class StableAudioModel(TextToAudioBackend):
+    """A StableAudioPipeline as the trainer sees it; every component stays the pipeline's."""
+
+    denoiser_name = "transformer"
+    objective = "v_cosine"
+    default_snr_mode = "none"
+
+    def __init__(self, pipe):
+        super().__init__(pipe)
+        self.sample_rate = int(pipe.vae.config.sampling_rate)
+        self.noise_scheduler = pipe.scheduler  # sampling only: training draws continuous t itself
+        self.name_or_path = str(pipe.config.get("_name_or_path", "") or "")
+
+    @property
+    def window_samples(self) -> int:
+        """The samples every clip is padded to: the DiT's latent length times the VAE's hop."""
+        return int(self.pipe.transformer.config.sample_size) * int(self.pipe.vae.hop_length)
+
+    @property
+    def duration_s(self) -> float:
+        """The pipeline's default (and longest) clip: the whole window."""
+        return self.window_samples / self.sample_rate
+
+    # -- loading ---------------------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path, export: str | Path | None = None, device=None, torch_dtype=None, revision: str | None = None) -> "StableAudioModel":
+        """A Stable Audio pipeline folder or Hub id (`stabilityai/stable-audio-open-1.0`), with a trained export on top."""
+        from diffusers import StableAudioPipeline
+
+        from ..checkpoints import load_pretrained
+        from ..hub import resolve_folder
+
+        folder = resolve_folder(name_or_path, "model", revision)
+        if importlib.util.find_spec("torchsde") is None:
+            raise ImportError(f"{name_or_path}: Stable Audio's sampler needs torchsde: pip install 'baton-trainer[stable-audio]'")
+        pipe = load_pretrained(lambda f: StableAudioPipeline.from_pretrained(f, torch_dtype=torch_dtype), folder, "a StableAudioPipeline")
+        model = cls(pipe)
+        model.name_or_path = str(name_or_path)
+        return model.prepare(export, device, torch_dtype)
+
+    def frozen_modules(self) -> list[torch.nn.Module]:
+        return [self.pipe.vae, self.pipe.text_encoder, self.pipe.projection_model]
+
+    def fingerprint(self) -> str:
+        p = self.pipe
+        payload = {
+            "model": self.name_or_path,
+            "vae": dict(p.vae.config),
+            "text_encoder": p.text_encoder.config.to_dict(),
+            "projection_model": dict(p.projection_model.config),
+            "window": self.window_samples,
+            "tokenizer_max_length": p.tokenizer.model_max_length,
+            "dtypes": [str(next(m.parameters()).dtype) for m in (p.vae, p.text_encoder, p.projection_model)],
+        }
+        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    # -- training --------------------------------------------------------------------------------
+
+    def draw_timesteps(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """t ~ U[0, 1], stable-audio-tools' default timestep sampler."""
+        return torch.rand(n, generator=generator)
+
+    def denoiser_kwargs(self, latents: torch.Tensor) -> dict:
+        """The rotary embedding the pipeline builds: over the latent frames and the one global token."""
+        from diffusers.models.embeddings import get_1d_rotary_pos_embed
+
+        return {"rotary_embedding": get_1d_rotary_pos_embed(self.pipe.rotary_embed_dim, latents.shape[2] + 1, use_real=True, repeat_interleave_real=False)}
+
+    @torch.no_grad()
+    def encode_audio(self, waveforms: torch.Tensor) -> torch.Tensor:
+        """Mono waveforms (B, samples) -> latents (B, C, frames): both channels, the whole window
+        (zeros after the clip), the VAE's posterior mean (so cached latents are deterministic)."""
+        vae = self.pipe.vae
+        x = waveforms.float()[:, :self.window_samples]
+        x = torch.nn.functional.pad(x, (0, self.window_samples - x.shape[-1]))
+        x = x[:, None].expand(-1, int(vae.config.audio_channels), -1).to(device=vae.device, dtype=vae.dtype)
+        return vae.encode(x).latent_dist.mean
+
+    @torch.no_grad()
+    def encode_text(self, captions: list[str], duration_s: float | None = None) -> TextConditioning:
+        """The DiT's cross-attention states (projected T5 states, padding zeroed, then the
+        seconds_start and seconds_total embeddings) and its global states, as the pipeline builds them."""
+        p = self.pipe
+        device = p.text_encoder.device
+        duration = float(duration_s or self.duration_s)
+        text = p.encode_prompt(list(captions), device, False)
+        start, end = p.encode_duration(0.0, duration, device, False, len(captions))
+        return TextConditioning(
+            encoder_hidden_states=torch.cat([text, start, end], dim=1), global_hidden_states=torch.cat([start, end], dim=2)
+        )
+
+    # -- sampling --------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def generate(self, captions, seeds, num_inference_steps=100, guidance_scale=7.0, duration_s=None, progress=False, sampler=None):
+        if sampler is not None:
+            raise ValueError(f"sampler {sampler!r}: Stable Audio samples with its own scheduler ({type(self.pipe.scheduler).__name__})")
+        if len(captions) != len(seeds):
+            raise ValueError(f"{len(captions)} captions but {len(seeds)} seeds")
+        if not math.isfinite(guidance_scale):
+            raise ValueError(f"guidance_scale must be a finite number, got {guidance_scale}")
+        self.pipe.set_progress_bar_config(disable=not progress, desc="sampling", leave=False)
+        # One generator per clip: a clip depends on its seed only, not on its batch neighbours.
+        generators = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
+        audio = self.pipe(
+            list(captions), num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, audio_start_in_s=0.0,
+            audio_end_in_s=float(duration_s or self.duration_s), generator=generators, output_type="np",
+        ).audios
+        return np.asarray(audio, dtype=np.float32).mean(axis=1)  # stereo -> mono, where the project's audio is mono

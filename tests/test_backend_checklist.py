@@ -1,0 +1,259 @@
+"""The checklist every backend passes (docs/backends.md), on tiny pipelines of the real diffusers
+and transformers classes: TANGO, AudioLDM 2 and Stable Audio Open. `--model` picks the backend
+from the folder; training, exports, generation, evaluation and the Space run unchanged on each."""
+
+import inspect
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import save_preference, save_pretrain
+
+from baton_trainer.backends import load_backend
+from baton_trainer.backends.audioldm2 import AudioLDM2Model
+from baton_trainer.backends.stable_audio import StableAudioModel
+from baton_trainer.backends.tango import TangoModel
+from baton_trainer.losses import baton_loss, noised_latents_and_target
+from baton_trainer.testing import save_tiny_audioldm2, save_tiny_stable_audio, save_tiny_tango
+
+PROMPTS = ["a dog barks then beep", "rain falls with hum"]
+SEEDS = [3, 4]
+DURATION_S = 0.32
+BACKENDS = {
+    "tango": (save_tiny_tango, TangoModel),
+    "audioldm2": (save_tiny_audioldm2, AudioLDM2Model),
+    "stable_audio": (save_tiny_stable_audio, StableAudioModel),
+}
+
+
+def finetune_config(root, mode, **overrides):
+    from baton_trainer.stages.finetune import FinetuneConfig
+
+    values = dict(
+        run_dir=str(root / "run"), model=str(root / "base"), feedback_dataset=str(root / "feedback"), pretrain_dataset=str(root / "pretrain"),
+        output_dir=str(root / mode), cache_dir=str(root / "cache"), train_batch_size=4, learning_rate=5e-2, max_train_steps=3,
+        report_to="none", use_lora=mode == "lora", lora_rank=4, seed=1, duration_s=DURATION_S,
+    )
+    values.update(overrides)
+    return FinetuneConfig(**values)
+
+
+class BackendRoot(type(Path())):
+    """The trained models' folder, knowing which backend it holds."""
+
+    def __new__(cls, path, backend):
+        self = super().__new__(cls, path)
+        self.name_of_backend = backend
+        return self
+
+
+@pytest.fixture(scope="module", params=list(BACKENDS))
+def trained(request, tmp_path_factory):
+    """A tiny base model of one backend and, trained from it, a LoRA export and a full export."""
+    from baton_trainer.trainer import RewardWeightedDiffusionTrainer
+
+    root = tmp_path_factory.mktemp(request.param)
+    BACKENDS[request.param][0](root / "base")
+    save_preference(root / "feedback", n=8)
+    save_pretrain(root / "pretrain", n=8)
+    for mode in ("lora", "full"):
+        RewardWeightedDiffusionTrainer(finetune_config(root, mode)).train()
+    return BackendRoot(root, request.param)
+
+
+def clips(model, prompts=PROMPTS, seeds=SEEDS):
+    return model.generate(prompts, seeds, num_inference_steps=3, guidance_scale=3.0, duration_s=DURATION_S)
+
+
+def test_model_flag_picks_the_backend_and_a_clip_depends_on_its_seed_only(trained):
+    model = load_backend(trained / "base")
+    assert type(model) is BACKENDS[trained.name_of_backend][1]
+    both = clips(model)
+    assert both.shape == (2, int(round(DURATION_S * model.sample_rate))) and both.dtype == np.float32
+    scale = np.abs(both).max()
+    assert scale > 0 and np.array_equal(clips(model), both)
+    alone = clips(model, PROMPTS[1:], SEEDS[1:])
+    np.testing.assert_allclose(both[1], alone[0], rtol=0, atol=1e-4 * scale)  # not on its batch neighbours
+    other = clips(model, PROMPTS, [SEEDS[0] + 1, SEEDS[1]])
+    assert np.abs(other[0] - both[0]).max() > 1e-2 * scale
+    with pytest.raises(ValueError, match="finite"):
+        model.generate(PROMPTS[:1], [0], num_inference_steps=1, guidance_scale=float("nan"))
+
+
+def test_the_training_target_is_what_the_pipelines_sampler_inverts(trained):
+    """A latent noised to t and handed the true target comes back to x0 through the pipeline's own
+    scheduler; the loss at the exact target is zero."""
+    model = load_backend(trained / "base")
+    scheduler = model.pipe.scheduler
+    scheduler.set_timesteps(10)
+    x0 = torch.randn(2, 4, 16, 4, generator=torch.Generator().manual_seed(0))
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(1))
+    for i in range(0, 10, 3):
+        if model.objective == "ddpm":
+            t = torch.full((2,), int(scheduler.timesteps[i]))
+            noisy, target = noised_latents_and_target("ddpm", x0, noise, t, model.noise_scheduler)
+            recovered = scheduler.step(target, int(t[0]), noisy).pred_original_sample
+        else:  # the EDM-form sampler of Stable Audio: sample = x0 + sigma eps, t = atan(sigma) * 2 / pi
+            sigma = scheduler.sigmas[i]
+            t = torch.full((2,), float(scheduler.timesteps[i]))
+            assert math.isclose(float(t[0]), math.atan(float(sigma)) * 2 / math.pi, rel_tol=1e-5)
+            noisy, target = noised_latents_and_target(model.objective, x0, noise, t)
+            sample = x0 + sigma * noise
+            torch.testing.assert_close(scheduler.precondition_inputs(sample, sigma), noisy, rtol=1e-4, atol=1e-5)  # what the DiT sees
+            recovered = scheduler.precondition_outputs(sample, target, sigma)
+        torch.testing.assert_close(recovered, x0, rtol=1e-4, atol=1e-4)
+        assert baton_loss(target, target, torch.ones(2))[0].item() == 0.0
+
+
+def test_a_step_on_a_fixed_batch_lowers_the_loss(trained, tmp_path):
+    from baton_trainer.trainer import RewardWeightedDiffusionTrainer
+
+    trainer = RewardWeightedDiffusionTrainer(finetune_config(trained, "step", output_dir=str(tmp_path / "out"), learning_rate=1e-2))
+    feedback, pretrain = trainer.load_data()
+    losses = []
+    for _ in range(6):
+        loss, _ = trainer.training_loss(feedback, pretrain, step=0, micro=0)  # the same batch, noise and timesteps
+        losses.append(loss.item())
+        trainer.accelerator.backward(loss)
+        trainer.optimizer.step()
+        trainer.optimizer.zero_grad()
+    assert losses[-1] < losses[0]
+
+
+def latents_of(pipe):
+    """Latents from the pipeline's own call, one caption at a time."""
+    length = "audio_end_in_s" if "audio_end_in_s" in inspect.signature(pipe.__call__).parameters else "audio_length_in_s"
+    kwargs = {length: DURATION_S}
+    return torch.cat([
+        torch.as_tensor(pipe(p, num_inference_steps=3, guidance_scale=2.0, generator=[torch.Generator().manual_seed(s)], output_type="latent", **kwargs).audios)
+        for p, s in zip(PROMPTS, SEEDS)
+    ])
+
+
+def plain_pipeline(folder, **components):
+    """The base pipeline as a diffusers user loads it, with this project's classes nowhere."""
+    import diffusers
+
+    index = json.loads((folder / "model_index.json").read_text())
+    if index["_class_name"] == ["pipeline_tango", "TangoPipeline"]:
+        from baton_trainer.backends.pipeline_tango import TangoPipeline  # the class the folder carries as remote code
+
+        return TangoPipeline.from_pretrained(folder, **components)
+    if index.get("language_model", [None, None])[1] == "GPT2Model":  # AudioLDM 2's published layout (docs/backends.md)
+        from transformers import GPT2LMHeadModel
+
+        components["language_model"] = GPT2LMHeadModel.from_pretrained(folder / "language_model")
+    return getattr(diffusers, index["_class_name"]).from_pretrained(folder, **components)
+
+
+def load_lora_the_diffusers_way(pipe, export):
+    """`pipe.load_lora_weights` where the pipeline has it; otherwise the peft lines of docs/backends.md."""
+    if hasattr(pipe, "load_lora_weights"):
+        pipe.load_lora_weights(export)
+        return
+    from diffusers.utils import convert_unet_state_dict_to_peft
+    from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
+    from safetensors import safe_open
+
+    name = "transformer" if hasattr(pipe, "transformer") else "unet"
+    with safe_open(str(export / "pytorch_lora_weights.safetensors"), framework="pt") as f:
+        meta = json.loads(f.metadata()["lora_adapter_metadata"])
+        state = {k.removeprefix(f"{name}."): f.get_tensor(k) for k in f.keys()}
+    denoiser = getattr(pipe, name)
+    inject_adapter_in_model(LoraConfig(r=meta[f"{name}.r"], lora_alpha=meta[f"{name}.lora_alpha"], target_modules=meta[f"{name}.target_modules"]), denoiser)
+    set_peft_model_state_dict(denoiser, convert_unet_state_dict_to_peft(state))
+
+
+def test_exports_reload_the_diffusers_way_and_reproduce_the_trainers_model(trained):
+    model_class = BACKENDS[trained.name_of_backend][1]
+    name = model_class.denoiser_name
+    assert (trained / "lora" / "pytorch_lora_weights.safetensors").is_file() and (trained / "full" / name).is_dir()
+    ours_lora = latents_of(model_class.from_pretrained(trained / "base", export=trained / "lora").pipe)
+    pipe = plain_pipeline(trained / "base")
+    load_lora_the_diffusers_way(pipe, trained / "lora")
+    torch.testing.assert_close(latents_of(pipe), ours_lora, rtol=1e-4, atol=1e-5)
+    assert (latents_of(plain_pipeline(trained / "base")) - ours_lora).abs().max() > 1e-3  # the adapter does something
+
+    ours_full = latents_of(model_class.from_pretrained(trained / "base", export=trained / "full").pipe)
+    denoiser = type(getattr(pipe, name)).from_pretrained(trained / "full", subfolder=name)
+    torch.testing.assert_close(latents_of(plain_pipeline(trained / "base", **{name: denoiser})), ours_full, rtol=1e-4, atol=1e-5)
+
+
+def test_a_resumed_lora_run_ends_where_an_uninterrupted_one_does(trained, tmp_path):
+    from safetensors.torch import load_file
+
+    from baton_trainer.trainer import RewardWeightedDiffusionTrainer
+
+    def run(out, steps, resume=None):
+        config = finetune_config(trained, "lora", output_dir=str(out), max_train_steps=steps, checkpointing_steps=2, resume_from_checkpoint=resume)
+        return RewardWeightedDiffusionTrainer(config).train()
+
+    whole = load_file(run(tmp_path / "whole", 4) / "pytorch_lora_weights.safetensors")
+    run(tmp_path / "split", 2)
+    resumed = load_file(run(tmp_path / "split", 4, resume="latest") / "pytorch_lora_weights.safetensors")
+    assert whole.keys() == resumed.keys()
+    for key in whole:
+        torch.testing.assert_close(resumed[key], whole[key], rtol=1e-5, atol=1e-6)
+
+
+def test_bf16_autocast_trains_with_frozen_parts_in_bf16(trained, tmp_path, own_accelerator_state):
+    from baton_trainer.trainer import RewardWeightedDiffusionTrainer
+
+    trainer = RewardWeightedDiffusionTrainer(finetune_config(trained, "lora", output_dir=str(tmp_path / "bf16"), mixed_precision="bf16", max_train_steps=2))
+    summary = json.loads((trainer.train() / "train_summary.json").read_text())
+    assert np.isfinite(summary["final_loss"]) and all(p.dtype == torch.float32 for p in trainer.trainable_params)
+    assert all(next(m.parameters()).dtype == torch.bfloat16 for m in trainer.backend.frozen_modules() if any(True for _ in m.parameters()))
+
+
+def test_generate_evaluate_and_the_space_run_unchanged(trained, tmp_path):
+    from baton_trainer.stages.evaluate import EvaluateConfig, evaluate
+    from baton_trainer.stages.generate import GenerateConfig, generate
+    from spaces_demo import models as space_models
+
+    captions = tmp_path / "captions.jsonl"
+    rows = [{"caption_id": i, "caption": c, "task": "integrity", "labels": [], "split": "heldout"} for i, c in enumerate(PROMPTS)]
+    captions.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = generate(GenerateConfig(run_dir=str(tmp_path / "run"), model=str(trained / "base"), captions_file=str(captions), split="heldout",
+                                  clips_per_caption=2, num_inference_steps=2, batch_size=3, duration_s=DURATION_S, device="cpu"))
+    metadata = [json.loads(line) for line in (out / "metadata.jsonl").read_text().splitlines()]
+    assert len(metadata) == 4 and all((out / r["file_name"]).is_file() for r in metadata)
+
+    report = evaluate(EvaluateConfig(run_dir=str(tmp_path / "run"), model=str(trained / "base"), aligned=str(trained / "lora"), captions=str(captions),
+                                     clips_per_caption=1, num_inference_steps=2, duration_s=DURATION_S, clap_model="none", device="cpu"))
+    assert (report / "metrics.json").is_file()
+
+    base = load_backend(trained / "base")
+    aligned = space_models.load_aligned(base, trained / "lora")
+    assert aligned.vae is base.vae and aligned.text_encoder is base.text_encoder and aligned.unet is not base.unet
+    before = clips(base, PROMPTS[:1], [5])
+    assert not np.allclose(clips(aligned, PROMPTS[:1], [5]), before) and np.array_equal(clips(base, PROMPTS[:1], [5]), before)
+
+
+def test_audioldm2_clips_are_what_diffusers_pipeline_makes_from_each_caption(tmp_path):
+    """AudioLDM 2's backend encodes each caption alone (diffusers' batch padding would make a clip
+    depend on its neighbours): clip i is what `pipe(caption_i, generator=g_i)` makes."""
+    folder = save_tiny_audioldm2(tmp_path / "audioldm2")
+    model = load_backend(folder)
+    both = clips(model)
+    pipe = plain_pipeline(folder)
+    for i in range(2):
+        ref = pipe(PROMPTS[i], num_inference_steps=3, guidance_scale=3.0, audio_length_in_s=DURATION_S, generator=[torch.Generator().manual_seed(SEEDS[i])]).audios[0]
+        np.testing.assert_allclose(both[i], ref, rtol=0, atol=1e-4 * np.abs(both).max())
+    cond = model.encode_text(PROMPTS)
+    embeds, mask, generated = model.pipe.encode_prompt(PROMPTS[:1], "cpu", 1, False)
+    torch.testing.assert_close(cond.tensors["encoder_hidden_states"][:1], generated)
+    torch.testing.assert_close(cond.tensors["encoder_hidden_states_1"][:1, : int(mask.sum())], embeds)
+
+
+def test_stable_audio_trains_on_the_whole_window_conditioned_on_the_clip_length(tmp_path):
+    model = load_backend(save_tiny_stable_audio(tmp_path / "sao"))
+    wav = torch.randn(1, int(DURATION_S * model.sample_rate))
+    latents = model.encode_audio(wav)
+    assert latents.shape[-1] == model.pipe.transformer.config.sample_size  # padded to the window, as generation uses it
+    short, long = model.encode_text(PROMPTS[:1], DURATION_S), model.encode_text(PROMPTS[:1], model.duration_s)
+    assert not torch.equal(short.tensors["global_hidden_states"], long.tensors["global_hidden_states"])  # seconds_total differs
+    with pytest.raises(ValueError, match="own scheduler"):
+        model.generate(PROMPTS[:1], [0], num_inference_steps=2, guidance_scale=3.0, sampler="ddim")
