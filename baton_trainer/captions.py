@@ -15,7 +15,6 @@ with `labels` in their intended order (the order the caption states for temporal
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 from typing import Any, Sequence

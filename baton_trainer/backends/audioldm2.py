@@ -21,7 +21,6 @@ The pipeline has no LoRA loader; exports are in diffusers' LoRA file format all 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from pathlib import Path
@@ -90,19 +89,8 @@ class AudioLDM2Model(MelLatents, TextToAudioBackend):
         p = self.pipe
         return [p.vae, p.text_encoder, p.text_encoder_2, p.projection_model, p.language_model, p.vocoder]
 
-    def fingerprint(self) -> str:
-        p = self.pipe
-        payload = {
-            "model": self.name_or_path,
-            "vae": dict(p.vae.config),
-            "text_encoder": p.text_encoder.config.to_dict(),
-            "text_encoder_2": p.text_encoder_2.config.to_dict(),
-            "projection_model": dict(p.projection_model.config),
-            "language_model": p.language_model.config.to_dict(),
-            "mel": self.mel_config.to_dict(),
-            "dtypes": [str(next(m.parameters()).dtype) for m in (p.vae, p.text_encoder, p.text_encoder_2, p.language_model)],
-        }
-        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    def preprocessing(self) -> dict:
+        return {"mel": self.mel_config.to_dict()}
 
     # -- encoding --------------------------------------------------------------------------------
 

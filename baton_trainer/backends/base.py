@@ -4,9 +4,10 @@ A new model is one file that subclasses `TextToAudioBackend` and implements the 
 The trainer only ever touches a backend through them:
 
     latents = backend.encode_audio(waveforms)          # (B, samples) at backend.sample_rate
-    cond = backend.encode_text(captions)               # TextConditioning
-    pred = backend.unet(noisy_latents, t, **cond.unet_kwargs()).sample
-    backend.noise_scheduler.add_noise(...)             # a diffusers DDPMScheduler
+    cond = backend.encode_text(captions, duration_s)   # TextConditioning
+    t = backend.draw_timesteps(n, generator)           # the model's own training distribution
+    noisy, target = losses.noised_latents_and_target(backend.objective, latents, noise, t, backend.noise_scheduler)
+    pred = backend.unet(noisy, backend.denoiser_timestep(t), **cond.unet_kwargs(), **backend.denoiser_kwargs(noisy)).sample
     backend.add_lora(lora_config)                      # a peft adapter on the denoiser
     backend.save_trained(folder, mode) / backend.load_trained(folder)
     clips = backend.generate(captions, seeds, ...)     # (B, samples) float32 numpy, through backend.pipe
@@ -74,7 +75,7 @@ class TextToAudioBackend(ABC):
     pipeline's: `unet` is `pipe.unet`, and a second model over the same frozen parts is `with_unet`."""
 
     sample_rate: int
-    noise_scheduler: object  # diffusers DDPMScheduler (training noise schedule)
+    noise_scheduler: object  # the DDPM training schedule for objective "ddpm" (add_noise, its betas)
     pipe: object  # the diffusers pipeline whose components these are
     name_or_path: str = ""
 
@@ -109,8 +110,23 @@ class TextToAudioBackend(ABC):
         """One clip per caption, each from its own seed, as float32 (B, samples)."""
 
     @abstractmethod
+    def preprocessing(self) -> dict:
+        """The settings that shape latents and conditioning besides the frozen modules (mel front
+        end, clip window, text length), for `fingerprint`."""
+
     def fingerprint(self) -> str:
-        """Identifies the encoders and preprocessing, for cache keys of latents and text embeddings."""
+        """Identifies the encoders and preprocessing, for cache keys of latents and text embeddings:
+        the model, every frozen module's config and dtype, and `preprocessing()`."""
+        import hashlib
+
+        frozen = []
+        for module in self.frozen_modules():
+            config = getattr(module, "config", {})
+            config = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+            dtype = next((str(p.dtype) for p in module.parameters()), None)
+            frozen.append({"class": type(module).__name__, "config": config, "dtype": dtype})
+        payload = {"model": self.name_or_path, "frozen": frozen, "preprocessing": self.preprocessing()}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     @property
     @abstractmethod

@@ -23,9 +23,7 @@ leaves the backend. The pipeline's scheduler needs `torchsde` (`pip install bato
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
-import json
 import math
 from pathlib import Path
 
@@ -79,18 +77,8 @@ class StableAudioModel(TextToAudioBackend):
     def frozen_modules(self) -> list[torch.nn.Module]:
         return [self.pipe.vae, self.pipe.text_encoder, self.pipe.projection_model]
 
-    def fingerprint(self) -> str:
-        p = self.pipe
-        payload = {
-            "model": self.name_or_path,
-            "vae": dict(p.vae.config),
-            "text_encoder": p.text_encoder.config.to_dict(),
-            "projection_model": dict(p.projection_model.config),
-            "window": self.window_samples,
-            "tokenizer_max_length": p.tokenizer.model_max_length,
-            "dtypes": [str(next(m.parameters()).dtype) for m in (p.vae, p.text_encoder, p.projection_model)],
-        }
-        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    def preprocessing(self) -> dict:
+        return {"window": self.window_samples, "audio_channels": int(self.pipe.vae.config.audio_channels), "tokenizer_max_length": self.pipe.tokenizer.model_max_length}
 
     # -- training --------------------------------------------------------------------------------
 

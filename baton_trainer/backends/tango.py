@@ -14,7 +14,6 @@ Griffin-Lim vocoder that travels in its folder (`vocoder/griffin_lim_vocoder.py`
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -158,17 +157,8 @@ class TangoModel(MelLatents, TextToAudioBackend):
     def frozen_modules(self) -> list[torch.nn.Module]:
         return [self.vae, self.text_encoder, self.vocoder]
 
-    def fingerprint(self) -> str:
-        payload = {
-            "model": self.name_or_path,
-            "vae": dict(self.vae.config),
-            "text_encoder": self.text_encoder.config.to_dict(),
-            "mel": self.mel_config.to_dict(),
-            "text_max_length": self.pipe.config.text_max_length,
-            "vae_dtype": str(next(self.vae.parameters()).dtype),
-            "text_dtype": str(next(self.text_encoder.parameters()).dtype),
-        }
-        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    def preprocessing(self) -> dict:
+        return {"mel": self.mel_config.to_dict(), "text_max_length": self.pipe.config.text_max_length}
 
     # -- encoding --------------------------------------------------------------------------------
 

@@ -20,7 +20,6 @@ Both are trained by `scripts/train_toy_tango.py` and `scripts/train_toy_clap.py`
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
