@@ -348,6 +348,7 @@ from baton_trainer.annotation.store import ALIGNED, NOT_ALIGNED, AnnotationStore
 
 store_path, name, per_clip, go = sys.argv[1], sys.argv[2], int(sys.argv[3]), Path(sys.argv[4])
 store = AnnotationStore(store_path, timeout=120)
+(go.parent / f"ready.{name}").touch()
 while not go.exists():  # every rater starts at the same moment
     time.sleep(0.005)
 rated = refused = 0
@@ -358,6 +359,7 @@ while True:
             break
         time.sleep(0.01)  # the clips left are held by others: ask again
         continue
+    time.sleep(0.002)  # the listening: a lease is held while others ask, as in a real campaign
     try:
         store.add_rating(clip["clip_id"], name, ALIGNED if hash(clip["clip_id"]) % 2 else NOT_ALIGNED, ratings_per_clip=per_clip)
         rated += 1
@@ -386,7 +388,11 @@ def test_eight_rating_processes_give_each_clip_exactly_the_ratings_it_asks_for(t
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for i in range(8)
     ]
-    time.sleep(3.0)  # let every interpreter start and wait at the gate
+    # Open the gate only once every interpreter has started (a slow machine may take many seconds to import).
+    deadline = time.monotonic() + 240
+    while sum(1 for _ in tmp_path.glob("ready.rater*")) < len(raters):
+        assert time.monotonic() < deadline and all(r.poll() is None for r in raters), "a rater did not start"
+        time.sleep(0.05)
     go.touch()
     outputs = [r.communicate(timeout=300) for r in raters]
     assert all(r.returncode == 0 for r in raters), [err[-2000:] for _, err in outputs]
