@@ -96,7 +96,7 @@ class RewardWeightedDiffusionTrainer:
                         r=cfg.lora_rank,
                         lora_alpha=cfg.lora_alpha or cfg.lora_rank,
                         init_lora_weights="gaussian",
-                        target_modules=list(cfg.lora_target_modules),
+                        target_modules=list(cfg.lora_target_modules or backend.lora_target_modules),
                     )
                 )
             # Trained parameters stay fp32 whatever the mixed precision: fp16 LoRA weights make
@@ -106,6 +106,10 @@ class RewardWeightedDiffusionTrainer:
             cast_training_params(unet, dtype=torch.float32)
         else:
             unet.requires_grad_(True)
+            for name, parameter in unet.named_parameters():
+                # Parts text-to-audio never calls (an inpainting input) get no gradient; DDP would stop on them.
+                if any(name.startswith(prefix) or f".{prefix}" in name for prefix in backend.unused_denoiser_parts):
+                    parameter.requires_grad_(False)
             unet.to(acc.device, dtype=torch.float32)
         if cfg.gradient_checkpointing:
             unet.enable_gradient_checkpointing()

@@ -1,4 +1,4 @@
-"""One BATON training step and generation speed for every backend: TANGO, AudioLDM 2, Stable Audio Open.
+"""One BATON training step and generation speed for every backend: TANGO, AudioLDM 2, Stable Audio Open, Stable Audio 3.
 
     python benchmarks/backend_step.py            # GPU: published sizes, random weights, batch 6, bf16
     python benchmarks/backend_step.py --quick    # CPU: the tiny test models, proves every code path
@@ -10,7 +10,9 @@ and the AdamW step, without the latent cache (so the frozen encoders run every s
 epoch), for full fine-tuning and for LoRA (rank 8). Generation is `backend.generate` of one clip per
 caption, one generator per clip. Published sizes are built from the configs of the released
 checkpoints (TANGO: the repo's `tango_configs`; AudioLDM 2: `cvssp/audioldm2`; Stable Audio Open:
-`stabilityai/stable-audio-open-1.0`, which are diffusers' class defaults) with random weights:
+`stabilityai/stable-audio-open-1.0`, which are diffusers' class defaults; Stable Audio 3 Medium:
+diffusers' StableAudio3DiTModel defaults, SAME-L as diffusers documents it, and a T5Gemma encoder of
+base width, 768 x 12 layers) with random weights:
 nothing is downloaded. Peak memory is `torch.cuda.max_memory_allocated` per configuration on a GPU,
 the process's peak RSS on a CPU. Ratios are against full fine-tuning of the same backend and against
 TANGO, both measured in this run. Writes `benchmarks/results/backend_step_<device>[_quick].json`.
@@ -35,7 +37,7 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 from tango_step import CAPTIONS, FLAN_T5_LARGE, build_frozen, device_name, free, sync  # noqa: E402
 
-BACKENDS = ("tango", "audioldm2", "stable_audio")
+BACKENDS = ("tango", "audioldm2", "stable_audio", "stable_audio_3")
 # cvssp/audioldm2's unet/config.json and vae/config.json (the Hub files, values copied as data).
 AUDIOLDM2_UNET = dict(
     sample_size=256, in_channels=8, out_channels=8, block_out_channels=(128, 256, 384, 640), layers_per_block=2, attention_head_dim=8,
@@ -103,12 +105,34 @@ def stable_audio_full(device):
     return StableAudioModel(pipe)
 
 
+def stable_audio_3_full(device):
+    from diffusers import AutoencoderSAME, FlowMatchEulerDiscreteScheduler, StableAudio3DiTModel, StableAudio3Pipeline
+    from diffusers.pipelines.stable_audio_3.modeling_stable_audio_3 import StableAudio3DurationEmbedder
+    from transformers import T5GemmaConfig, T5GemmaEncoderModel
+
+    from baton_trainer.backends.stable_audio_3 import StableAudio3Model
+    from baton_trainer.testing import tiny_tokenizer
+
+    tokenizer = tiny_tokenizer(model_max_length=256)  # token ids only need to be valid for the vocabulary
+    module = dict(vocab_size=256000, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                  num_key_value_heads=12, head_dim=64, query_pre_attn_scalar=64)
+    with torch.device(device):
+        pipe = StableAudio3Pipeline(
+            vae=AutoencoderSAME(encoder_channels=256, encoder_transformer_depths=(12,)),
+            text_encoder=T5GemmaEncoderModel(T5GemmaConfig(encoder=module, decoder=module, is_encoder_decoder=False)),
+            tokenizer=tokenizer, duration_embedder=StableAudio3DurationEmbedder(), transformer=StableAudio3DiTModel(),
+            scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1, shift=1.0),
+        )
+    return StableAudio3Model(pipe)
+
+
 def build(name: str, quick: bool, device):
     from baton_trainer import testing
 
     if quick:
-        return {"tango": testing.tiny_tango, "audioldm2": testing.tiny_audioldm2, "stable_audio": testing.tiny_stable_audio}[name]()
-    return {"tango": tango_full, "audioldm2": audioldm2_full, "stable_audio": stable_audio_full}[name](device)
+        return {"tango": testing.tiny_tango, "audioldm2": testing.tiny_audioldm2, "stable_audio": testing.tiny_stable_audio,
+                "stable_audio_3": testing.tiny_stable_audio_3}[name]()
+    return {"tango": tango_full, "audioldm2": audioldm2_full, "stable_audio": stable_audio_full, "stable_audio_3": stable_audio_3_full}[name](device)
 
 
 def run(name: str, lora: bool, args, device) -> dict:
@@ -211,13 +235,13 @@ def main(argv=None) -> int:
         if tango:
             r["time_ratio_vs_tango"] = r["step_time_s"] / tango["step_time_s"]
 
-    print(f"\n{'backend':<13} {'mode':<5} {'trainable':>13} {'step s':>8} {'x full':>7} {'x tango':>8} {'peak GiB':>9} {'clips/s':>8}")
+    print(f"\n{'backend':<15} {'mode':<5} {'trainable':>13} {'step s':>8} {'x full':>7} {'x tango':>8} {'peak GiB':>9} {'clips/s':>8}")
     for r in results:
         if "error" in r:
-            print(f"{r['backend']:<13} {r['mode']:<5} {r['error']}")
+            print(f"{r['backend']:<15} {r['mode']:<5} {r['error']}")
             continue
         gen = f"{r['generation_clips_per_s']:.2f}" if "generation_clips_per_s" in r else ""
-        print(f"{r['backend']:<13} {r['mode']:<5} {r['trainable_params']:>13,} {r['step_time_s']:>8.3f} {r.get('time_ratio_vs_full', float('nan')):>7.2f} "
+        print(f"{r['backend']:<15} {r['mode']:<5} {r['trainable_params']:>13,} {r['step_time_s']:>8.3f} {r.get('time_ratio_vs_full', float('nan')):>7.2f} "
               f"{r.get('time_ratio_vs_tango', float('nan')):>8.2f} {r['peak_memory_gib']:>9.2f} {gen:>8}")
 
     import diffusers

@@ -1,5 +1,5 @@
 """The checklist every backend passes (docs/backends.md), on tiny pipelines of the real diffusers
-and transformers classes: TANGO, AudioLDM 2 and Stable Audio Open. `--model` picks the backend
+and transformers classes: TANGO, AudioLDM 2, Stable Audio Open and Stable Audio 3 (rectified flow). `--model` picks the backend
 from the folder; training, exports, generation, evaluation and the Space run unchanged on each."""
 
 import inspect
@@ -15,9 +15,10 @@ from helpers import save_preference, save_pretrain
 from baton_trainer.backends import load_backend
 from baton_trainer.backends.audioldm2 import AudioLDM2Model
 from baton_trainer.backends.stable_audio import StableAudioModel
+from baton_trainer.backends.stable_audio_3 import StableAudio3Model
 from baton_trainer.backends.tango import TangoModel
 from baton_trainer.losses import baton_loss, noised_latents_and_target
-from baton_trainer.testing import save_tiny_audioldm2, save_tiny_stable_audio, save_tiny_tango
+from baton_trainer.testing import save_tiny_audioldm2, save_tiny_stable_audio, save_tiny_stable_audio_3, save_tiny_tango
 
 PROMPTS = ["a dog barks then beep", "rain falls with hum"]
 SEEDS = [3, 4]
@@ -26,6 +27,7 @@ BACKENDS = {
     "tango": (save_tiny_tango, TangoModel),
     "audioldm2": (save_tiny_audioldm2, AudioLDM2Model),
     "stable_audio": (save_tiny_stable_audio, StableAudioModel),
+    "stable_audio_3": (save_tiny_stable_audio_3, StableAudio3Model),
 }
 
 
@@ -88,11 +90,28 @@ def test_the_training_target_is_what_the_pipelines_sampler_inverts(trained):
     scheduler; the loss at the exact target is zero."""
     model = load_backend(trained / "base")
     scheduler = model.pipe.scheduler
-    scheduler.set_timesteps(10)
+    if model.objective == "flow":  # the pipeline's own log-SNR schedule
+        from diffusers.pipelines.stable_audio_3.pipeline_stable_audio_3 import logsnr_sigma_schedule
+
+        def restart():
+            scheduler.set_timesteps(sigmas=logsnr_sigma_schedule(10, -6.2, 2.0))
+    else:
+        def restart():
+            scheduler.set_timesteps(10)
+    restart()
     x0 = torch.randn(2, 4, 16, 4, generator=torch.Generator().manual_seed(0))
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(1))
     for i in range(0, 10, 3):
-        if model.objective == "ddpm":
+        if model.objective == "flow":  # an Euler step with the true velocity lands on the latent noised to the next sigma
+            sigma, sigma_next = (scheduler.sigmas[i : i + 2]).tolist()
+            t = torch.full((2,), sigma)
+            torch.testing.assert_close(model.denoiser_timestep(t), torch.full((2,), float(scheduler.timesteps[i])))  # what the DiT is given
+            noisy, target = noised_latents_and_target("flow", x0, noise, t)
+            stepped = scheduler.step(target, scheduler.timesteps[i], noisy).prev_sample
+            torch.testing.assert_close(stepped, noised_latents_and_target("flow", x0, noise, torch.full((2,), sigma_next))[0], rtol=1e-4, atol=1e-5)
+            restart()  # each check walks from its own timestep
+            recovered = noisy - t.reshape(-1, 1, 1, 1) * target
+        elif model.objective == "ddpm":
             t = torch.full((2,), int(scheduler.timesteps[i]))
             noisy, target = noised_latents_and_target("ddpm", x0, noise, t, model.noise_scheduler)
             recovered = scheduler.step(target, int(t[0]), noisy).pred_original_sample
@@ -125,7 +144,8 @@ def test_a_step_on_a_fixed_batch_lowers_the_loss(trained, tmp_path):
 
 def latents_of(pipe):
     """Latents from the pipeline's own call, one caption at a time."""
-    length = "audio_end_in_s" if "audio_end_in_s" in inspect.signature(pipe.__call__).parameters else "audio_length_in_s"
+    parameters = inspect.signature(pipe.__call__).parameters
+    length = next(name for name in ("audio_end_in_s", "audio_length_in_s", "duration") if name in parameters)
     kwargs = {length: DURATION_S}
     return torch.cat([
         torch.as_tensor(pipe(p, num_inference_steps=3, guidance_scale=2.0, generator=[torch.Generator().manual_seed(s)], output_type="latent", **kwargs).audios)

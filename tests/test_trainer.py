@@ -11,7 +11,7 @@ from helpers import save_preference, save_pretrain
 from safetensors.torch import load_file
 
 from baton_trainer.backends.tango import TangoModel
-from baton_trainer.testing import save_tiny_audioldm2, save_tiny_stable_audio, save_tiny_tango
+from baton_trainer.testing import save_tiny_audioldm2, save_tiny_stable_audio, save_tiny_stable_audio_3, save_tiny_tango
 from baton_trainer.stages.finetune import FinetuneConfig
 from baton_trainer.trainer import RewardWeightedDiffusionTrainer
 
@@ -22,6 +22,7 @@ def world(tmp_path_factory):
     save_tiny_tango(root / "model")
     save_tiny_audioldm2(root / "audioldm2")
     save_tiny_stable_audio(root / "stable_audio")
+    save_tiny_stable_audio_3(root / "stable_audio_3")
     save_preference(root / "feedback", n=8)
     save_pretrain(root / "pretrain", n=8)
     return root
@@ -171,7 +172,7 @@ def run_cli(args, env_extra=None, torchrun=None):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model_name", ["model", "audioldm2", "stable_audio"])
+@pytest.mark.parametrize("model_name", ["model", "audioldm2", "stable_audio", "stable_audio_3"])
 def test_two_processes_match_one_process_with_the_same_global_batch(world, tmp_path, model_name):
     common = [
         "--model", str(world / model_name), "--feedback_dataset", str(world / "feedback"),
@@ -186,7 +187,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(world, tmp_p
         torchrun=2,
     )
     assert two.returncode == 0, two.stderr[-3000:]
-    denoiser = "transformer" if model_name == "stable_audio" else "unet"
+    denoiser = "transformer" if model_name.startswith("stable_audio") else "unet"
     a, b = unet_state(tmp_path / "one", denoiser), unet_state(tmp_path / "two", denoiser)
     start = unet_state(world / model_name, denoiser)
     moved = max((a[k] - start[k]).abs().max().item() for k in a)

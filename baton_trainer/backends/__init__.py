@@ -22,6 +22,7 @@ BACKENDS = {
     "TangoPipeline": "baton_trainer.backends.tango:TangoModel",
     "AudioLDM2Pipeline": "baton_trainer.backends.audioldm2:AudioLDM2Model",
     "StableAudioPipeline": "baton_trainer.backends.stable_audio:StableAudioModel",
+    "StableAudio3Pipeline": "baton_trainer.backends.stable_audio_3:StableAudio3Model",
 }
 
 

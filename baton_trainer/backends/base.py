@@ -163,6 +163,8 @@ class TextToAudioBackend(ABC):
     # continuous t in [0, 1].
     objective = "ddpm"
     default_snr_mode = "none"  # the loss weighting the model was trained with
+    lora_target_modules = ("to_q", "to_k", "to_v", "to_out.0")  # the denoiser's attention projections (diffusers' names)
+    unused_denoiser_parts: tuple[str, ...] = ()  # submodules of the denoiser text-to-audio never calls: not trained
 
     def draw_timesteps(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """Training timesteps for `n` clips, from the model's own training distribution."""

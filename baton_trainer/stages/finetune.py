@@ -55,7 +55,7 @@ class FinetuneConfig:
     use_lora: bool = False
     lora_rank: int = 8
     lora_alpha: int | None = None
-    lora_target_modules: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
+    lora_target_modules: list[str] | None = field(default=None, metadata={"help": "default: the model's attention projections"})
     duration_s: float | None = field(default=None, metadata={"help": "clip length for training (default: the model's)"})
     cache_embeddings: bool = field(default=True, metadata={"help": "encode latents and captions once, cache on disk"})
     cache_dir: str | None = field(default=None, metadata={"help": "default RUN/cache"})

@@ -1,0 +1,132 @@
+"""Stable Audio 3 (Stability AI, 2026) for the trainer: `StableAudio3Model` is the thin adapter
+from diffusers' own `StableAudio3Pipeline` to what the trainer needs. It is the project's
+rectified-flow backend.
+
+    latents = model.encode_audio(waveforms)   # mono -> both channels, to a whole latent frame, SAME autoencoder
+    cond = model.encode_text(captions, 10.0)  # the pipeline's T5Gemma states + its duration token and embedding
+    model.pipe(...)                           # generation is diffusers' pipeline (FlowMatchEulerDiscreteScheduler)
+
+The DiT predicts the rectified-flow velocity, as stable-audio-tools trains it (objective
+"rectified_flow"): x_t = (1 - t) z0 + t eps, target eps - z0 (`losses.noised_latents_and_target`,
+objective "flow"), t drawn by stable-audio-tools' "log_snr" sampler (logSNR ~ N(-1.2, 2^2),
+t = sigmoid(-logSNR), clamped to [1e-4, 1 - 1e-4]), which puts the training timesteps where the
+pipeline's log-SNR sampling schedule (-6.2 to 2) spends its steps. The DiT is given t as the
+pipeline's scheduler gives it: t * num_train_timesteps (1 in Stable Audio 3's scheduler config).
+
+Align the non-distilled base checkpoint (`stabilityai/stable-audio-3-medium-base`, Euler
+sampling): the distilled `stable-audio-3-medium` samples in 8 ping-pong steps that the flow loss
+would undo. Unlike Stable Audio Open, a clip is generated at its own length, so it is also
+trained at its own length (rounded up to one latent frame) and conditioned on that duration.
+
+The project works in mono (ratings, reward model and metrics): mono training audio goes into both
+channels, and generated stereo is mixed down when it leaves the backend.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .base import TextConditioning, TextToAudioBackend
+
+# stable-audio-tools' "log_snr" timestep sampler defaults (training/diffusion.py)
+MEAN_LOGSNR, STD_LOGSNR = -1.2, 2.0
+
+
+class StableAudio3Model(TextToAudioBackend):
+    """A StableAudio3Pipeline as the trainer sees it; every component stays the pipeline's."""
+
+    denoiser_name = "transformer"
+    objective = "flow"
+    default_snr_mode = "none"
+    default_duration_s = 10.0  # the pipeline's default `duration`
+    lora_target_modules = ("to_qkv", "to_q", "to_kv", "to_out")  # its fused self- and cross-attention projections
+    unused_denoiser_parts = ("to_local_embed",)  # the inpainting input (local_add_cond) of each block
+
+    def __init__(self, pipe):
+        super().__init__(pipe)
+        self.sample_rate = int(pipe.vae.config.sampling_rate)
+        self.noise_scheduler = pipe.scheduler  # sampling only: training draws continuous t itself
+        self.name_or_path = str(pipe.config.get("_name_or_path", "") or "")
+
+    @property
+    def duration_s(self) -> float:
+        return self.default_duration_s
+
+    # -- loading ---------------------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path, export: str | Path | None = None, device=None, torch_dtype=None, revision: str | None = None) -> "StableAudio3Model":
+        """A Stable Audio 3 pipeline folder or Hub id (`stabilityai/stable-audio-3-medium-base`), with a trained export on top."""
+        from diffusers import StableAudio3Pipeline
+
+        from ..checkpoints import load_pretrained
+        from ..hub import resolve_folder
+
+        folder = resolve_folder(name_or_path, "model", revision)
+        pipe = load_pretrained(lambda f: StableAudio3Pipeline.from_pretrained(f, torch_dtype=torch_dtype), folder, "a StableAudio3Pipeline")
+        model = cls(pipe)
+        model.name_or_path = str(name_or_path)
+        return model.prepare(export, device, torch_dtype)
+
+    def frozen_modules(self) -> list[torch.nn.Module]:
+        return [self.pipe.vae, self.pipe.text_encoder, self.pipe.duration_embedder]
+
+    def preprocessing(self) -> dict:
+        return {"audio_channels": int(self.pipe.vae.config.audio_channels), "downsampling_ratio": int(self.pipe.vae.downsampling_ratio)}
+
+    # -- training --------------------------------------------------------------------------------
+
+    def draw_timesteps(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """stable-audio-tools' log-SNR sampler: t = sigmoid(-logSNR), logSNR ~ N(-1.2, 2^2)."""
+        logsnr = torch.randn(n, generator=generator) * STD_LOGSNR + MEAN_LOGSNR
+        return torch.sigmoid(-logsnr).clamp(1e-4, 1 - 1e-4)
+
+    def denoiser_timestep(self, timesteps: torch.Tensor) -> torch.Tensor:
+        """The pipeline hands the DiT the scheduler's timestep, sigma * num_train_timesteps."""
+        return timesteps * float(self.pipe.scheduler.config.num_train_timesteps)
+
+    @torch.no_grad()
+    def encode_audio(self, waveforms: torch.Tensor) -> torch.Tensor:
+        """Mono waveforms (B, samples) -> latents (B, C, frames): both channels, zero-padded up to a
+        whole latent frame as the pipeline rounds a duration, through the SAME autoencoder."""
+        vae = self.pipe.vae
+        ratio = int(vae.downsampling_ratio)
+        x = waveforms.float()
+        x = torch.nn.functional.pad(x, (0, -x.shape[-1] % ratio))
+        x = x[:, None].expand(-1, int(vae.config.audio_channels), -1).to(device=vae.device, dtype=vae.dtype)
+        return vae.encode(x).latents
+
+    @torch.no_grad()
+    def encode_text(self, captions: list[str], duration_s: float | None = None) -> TextConditioning:
+        """The DiT's cross-attention context (T5Gemma states padded to the tokenizer's length, then the
+        duration token), its mask, and the global duration embedding, as the pipeline builds them."""
+        p = self.pipe
+        device = p.text_encoder.device
+        duration = float(duration_s or self.duration_s)
+        text, mask = p.encode_prompt(list(captions), device, 1)
+        duration_embedding = p.encode_duration(duration, device, 1, len(captions))
+        context, context_mask = p.prepare_cross_attention(text, mask, duration_embedding)
+        return TextConditioning(encoder_hidden_states=context, encoder_attention_mask=context_mask, global_hidden_states=duration_embedding)
+
+    # -- sampling --------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def generate(self, captions, seeds, num_inference_steps=100, guidance_scale=1.0, duration_s=None, progress=False, sampler=None):
+        if sampler is not None:
+            raise ValueError(f"sampler {sampler!r}: Stable Audio 3 samples with its own scheduler ({type(self.pipe.scheduler).__name__})")
+        if len(captions) != len(seeds):
+            raise ValueError(f"{len(captions)} captions but {len(seeds)} seeds")
+        if not math.isfinite(guidance_scale):
+            raise ValueError(f"guidance_scale must be a finite number, got {guidance_scale}")
+        self.pipe.set_progress_bar_config(disable=not progress, desc="sampling", leave=False)
+        # One generator per clip: a clip depends on its seed only, not on its batch neighbours.
+        generators = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
+        audio = self.pipe(
+            list(captions), duration=float(duration_s or self.duration_s), num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale, generator=generators, output_type="np",
+        ).audios
+        return np.asarray(audio, dtype=np.float32).mean(axis=1)  # stereo -> mono, where the project's audio is mono
