@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .backends.base import TextToAudioBackend
+from .backends.base import TextConditioning, TextToAudioBackend
 from .config import config_to_dict
 from .latent_cache import EncodedSet, LatentCache
 from .losses import baton_loss, noised_latents_and_target, snr_weights
@@ -65,10 +65,12 @@ class RewardWeightedDiffusionTrainer:
         self.snr_mode = config.snr_mode or backend.default_snr_mode
         if self.snr_mode != "none" and backend.objective != "ddpm":
             raise ValueError(f"snr_mode {self.snr_mode!r} weights DDPM timesteps; {type(backend).__name__} trains with the {backend.objective} objective: use snr_mode none")
+        self.cfg_dropout = backend.cfg_dropout if config.cfg_dropout is None else config.cfg_dropout
         self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.accelerator.mixed_precision, torch.float32)
         duration = config.duration_s or backend.duration_s
         self.latent_cache = LatentCache(backend, self.accelerator, layout.cache, duration, enabled=config.cache_embeddings)
         self._setup_model()
+        self._null_text: TextConditioning | None = None
         self.global_step = 0
         self.last_logs: dict[str, float] = {}
 
@@ -204,6 +206,9 @@ class RewardWeightedDiffusionTrainer:
         timesteps = backend.draw_timesteps(n_global, gen)
         rank = slice(acc.process_index * latents.shape[0], (acc.process_index + 1) * latents.shape[0])
         noise, timesteps = noise[rank].to(latents.device), timesteps[rank].to(latents.device)
+        if self.cfg_dropout > 0:  # classifier-free-guidance training: some captions become the null conditioning
+            dropped = (torch.rand(n_global, generator=gen) < self.cfg_dropout)[rank]
+            text = self._drop_captions(text, dropped.to(latents.device))
         noisy, target = noised_latents_and_target(backend.objective, latents, noise, timesteps, backend.noise_scheduler)
         with acc.autocast():
             pred = self.unet(
@@ -211,6 +216,17 @@ class RewardWeightedDiffusionTrainer:
             ).sample
         weight = None if self.snr_mode == "none" else snr_weights(backend.noise_scheduler, timesteps, self.config.snr_gamma, self.snr_mode)
         return pred, target, weight
+
+    def _drop_captions(self, text: TextConditioning, dropped: torch.Tensor) -> TextConditioning:
+        """`text` with the rows of `dropped` replaced by the backend's null conditioning."""
+        if not dropped.any():
+            return text
+        if self._null_text is None:
+            with torch.no_grad():
+                self._null_text = self.backend.null_text(self.latent_cache.duration_s)
+        both = TextConditioning.cat([text, self._null_text.to(dropped.device, self.weight_dtype)])
+        rows = torch.where(dropped, len(text), torch.arange(len(text), device=dropped.device))
+        return both[rows]
 
     @property
     def unet_input_dtype(self) -> torch.dtype:

@@ -144,7 +144,7 @@ def run(name: str, lora: bool, args, device) -> dict:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     backend = build(name, args.quick, device)
-    seconds = args.seconds or min(10.0, backend.duration_s)
+    seconds = args.seconds or min(0.32 if args.quick else 10.0, backend.duration_s)  # the tiny models are 0.32 s models
     half = args.batch // 2
     with tempfile.TemporaryDirectory() as tmp:
         config = FinetuneConfig(
@@ -196,7 +196,7 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="the tiny test models (the CPU default)")
     parser.add_argument("--full", action="store_true", help="published sizes even on a CPU (slow; needs ~20 GB)")
     parser.add_argument("--batch", type=int, default=6, help="clips per step: half feedback, half pretrain (the paper's 6)")
-    parser.add_argument("--seconds", type=float, default=None, help="clip length (default 10 s, or the model's window when shorter)")
+    parser.add_argument("--seconds", type=float, default=None, help="clip length (default 10 s, 0.32 s with --quick, or the model's window when shorter)")
     parser.add_argument("--steps", type=int, default=None, help="timed steps after one warm-up (default 5; 2 with --quick)")
     parser.add_argument("--gen_steps", type=int, default=None, help="sampling steps for the generation speed (default 50; 4 with --quick)")
     parser.add_argument("--backends", default=",".join(BACKENDS), help=f"comma-separated subset of {list(BACKENDS)}")

@@ -12,7 +12,7 @@ import pytest
 import torch
 from helpers import save_preference, save_pretrain
 
-from baton_trainer.backends import load_backend
+from baton_trainer.backends import TextConditioning, load_backend
 from baton_trainer.backends.audioldm2 import AudioLDM2Model
 from baton_trainer.backends.stable_audio import StableAudioModel
 from baton_trainer.backends.stable_audio_3 import StableAudio3Model
@@ -140,6 +140,47 @@ def test_a_step_on_a_fixed_batch_lowers_the_loss(trained, tmp_path):
         trainer.optimizer.step()
         trainer.optimizer.zero_grad()
     assert losses[-1] < losses[0]
+
+
+def dropped_as_the_models_training_drops_it(name, model, text, row):
+    """Row `row` of `text` as each model's own training code replaces a dropped caption."""
+    tensors = {k: v[row : row + 1].clone() for k, v in text.tensors.items()}
+    if name == "tango":  # TANGO's train.py --uncondition: the T5 states zeroed, the mask kept
+        tensors["encoder_hidden_states"].zero_()
+    elif name == "audioldm2":  # the empty caption through the pipeline's own encoders, padded to the batch (masked)
+        embeds, mask, generated = model.pipe.encode_prompt([""], "cpu", 1, False)
+        pad = tensors["encoder_hidden_states_1"].shape[1] - embeds.shape[1]
+        return TextConditioning(encoder_hidden_states=generated, encoder_hidden_states_1=torch.nn.functional.pad(embeds, (0, 0, 0, pad)),
+                                encoder_attention_mask_1=torch.nn.functional.pad(mask.bool(), (0, pad)))
+    else:  # stable-audio-tools' cfg_dropout_prob: the whole cross-attention context zeroed
+        tensors["encoder_hidden_states"].zero_()
+        if "encoder_attention_mask" in tensors:
+            tensors["encoder_attention_mask"].fill_(1)
+    return TextConditioning(**tensors)
+
+
+def test_a_dropped_caption_gets_the_null_conditioning_the_models_training_used(trained, tmp_path):
+    from baton_trainer.trainer import RewardWeightedDiffusionTrainer
+
+    trainer = RewardWeightedDiffusionTrainer(finetune_config(trained, "full", output_dir=str(tmp_path / "out"), cfg_dropout=0.5))
+    model = trainer.backend
+    assert 0 <= type(model).cfg_dropout < 1 and (type(model).cfg_dropout > 0) == (trained.name_of_backend != "tango")
+    text = model.encode_text(PROMPTS * 2, DURATION_S)
+    dropped = torch.tensor([True, False, False, True])
+    mixed = trainer._drop_captions(text, dropped)
+    latents = model.encode_audio(torch.randn(4, int(DURATION_S * model.sample_rate), generator=torch.Generator().manual_seed(0)))
+    t = model.draw_timesteps(4, torch.Generator().manual_seed(1))
+    noisy, _ = noised_latents_and_target(model.objective, latents, torch.randn(latents.shape, generator=torch.Generator().manual_seed(2)), t, model.noise_scheduler)
+
+    def predict(cond, rows=slice(None)):
+        with torch.no_grad():
+            return model.unet(noisy[rows], model.denoiser_timestep(t[rows]), **cond.unet_kwargs(), **model.denoiser_kwargs(noisy[rows])).sample
+
+    torch.testing.assert_close(predict(mixed)[~dropped], predict(text)[~dropped], rtol=1e-5, atol=1e-6)
+    for row in (0, 3):
+        reference = predict(dropped_as_the_models_training_drops_it(trained.name_of_backend, model, text, row), slice(row, row + 1))
+        torch.testing.assert_close(predict(mixed)[row : row + 1], reference, rtol=1e-4, atol=1e-5)
+    assert (predict(mixed)[0] - predict(text)[0]).abs().max() > 1e-4  # dropping the caption changes the prediction
 
 
 def latents_of(pipe):

@@ -41,6 +41,11 @@ STFT_BY_SAMPLE_RATE = {16_000: 1024}
 class AudioLDM2Model(MelLatents, TextToAudioBackend):
     """An AudioLDM2Pipeline as the trainer sees it; every component stays the pipeline's."""
 
+    # AudioLDM's training configs (haoheliu/AudioLDM-training-finetuning): unconditional_prob_cfg 0.1.
+    # The null conditioning is the base default: the empty caption through the pipeline's encoders,
+    # encoded alone like every caption here.
+    cfg_dropout = 0.1
+
     def __init__(self, pipe: AudioLDM2Pipeline):
         super().__init__(pipe)
         vocoder = pipe.vocoder.config

@@ -165,6 +165,12 @@ class TextToAudioBackend(ABC):
     default_snr_mode = "none"  # the loss weighting the model was trained with
     lora_target_modules = ("to_q", "to_k", "to_v", "to_out.0")  # the denoiser's attention projections (diffusers' names)
     unused_denoiser_parts: tuple[str, ...] = ()  # submodules of the denoiser text-to-audio never calls: not trained
+    cfg_dropout = 0.0  # how often its training replaced a caption by `null_text` (classifier-free guidance)
+
+    def null_text(self, duration_s: float | None = None) -> TextConditioning:
+        """The conditioning of a dropped caption, one row, as the model's training formed it; by
+        default the pipeline's own unconditional input for guidance, the empty caption."""
+        return self.encode_text([""], duration_s)
 
     def draw_timesteps(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """Training timesteps for `n` clips, from the model's own training distribution."""

@@ -39,6 +39,7 @@ class StableAudioModel(TextToAudioBackend):
     denoiser_name = "transformer"
     objective = "v_cosine"
     default_snr_mode = "none"
+    cfg_dropout = 0.1  # stable-audio-tools' cfg_dropout_prob: the whole cross-attention context zeroed
 
     def __init__(self, pipe):
         super().__init__(pipe)
@@ -114,6 +115,12 @@ class StableAudioModel(TextToAudioBackend):
         return TextConditioning(
             encoder_hidden_states=torch.cat([text, start, end], dim=1), global_hidden_states=torch.cat([start, end], dim=2)
         )
+
+    def null_text(self, duration_s: float | None = None) -> TextConditioning:
+        """A dropped caption as stable-audio-tools trains it: the cross-attention context (text and
+        seconds tokens) all zeros, the global seconds embedding kept."""
+        cond = self.encode_text([""], duration_s)
+        return TextConditioning(encoder_hidden_states=torch.zeros_like(cond.tensors["encoder_hidden_states"]), global_hidden_states=cond.tensors["global_hidden_states"])
 
     # -- sampling --------------------------------------------------------------------------------
 

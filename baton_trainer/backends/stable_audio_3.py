@@ -45,6 +45,7 @@ class StableAudio3Model(TextToAudioBackend):
     default_duration_s = 10.0  # the pipeline's default `duration`
     lora_target_modules = ("to_qkv", "to_q", "to_kv", "to_out")  # its fused self- and cross-attention projections
     unused_denoiser_parts = ("to_local_embed",)  # the inpainting input (local_add_cond) of each block
+    cfg_dropout = 0.1  # stable-audio-tools' cfg_dropout_prob: the whole cross-attention context zeroed
 
     def __init__(self, pipe):
         super().__init__(pipe)
@@ -111,6 +112,15 @@ class StableAudio3Model(TextToAudioBackend):
         duration_embedding = p.encode_duration(duration, device, 1, len(captions))
         context, context_mask = p.prepare_cross_attention(text, mask, duration_embedding)
         return TextConditioning(encoder_hidden_states=context, encoder_attention_mask=context_mask, global_hidden_states=duration_embedding)
+
+    def null_text(self, duration_s: float | None = None) -> TextConditioning:
+        """A dropped caption as stable-audio-tools trains it: the whole cross-attention context
+        (text and duration token) zeros, every position valid (no learned padding), the global
+        duration embedding kept."""
+        cond = self.encode_text([""], duration_s)
+        context, mask = cond.tensors["encoder_hidden_states"], cond.tensors["encoder_attention_mask"]
+        return TextConditioning(encoder_hidden_states=torch.zeros_like(context), encoder_attention_mask=torch.ones_like(mask),
+                                global_hidden_states=cond.tensors["global_hidden_states"])
 
     # -- sampling --------------------------------------------------------------------------------
 

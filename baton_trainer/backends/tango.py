@@ -101,6 +101,7 @@ class TangoModel(MelLatents, TextToAudioBackend):
     """A TangoPipeline as the trainer sees it; every component stays the pipeline's."""
 
     default_snr_mode = "tango"  # TANGO's own min(snr, 5) / snr on its v-prediction loss
+    cfg_dropout = 0.0  # TANGO's train.py drops 10 % of captions only with --uncondition (off by default)
 
     def __init__(self, pipe: TangoPipeline):
         super().__init__(pipe)
@@ -173,6 +174,12 @@ class TangoModel(MelLatents, TextToAudioBackend):
     def encode_text(self, captions: list[str], duration_s: float | None = None) -> TextConditioning:
         hidden, mask = self.pipe.encode_prompt(list(captions), self.text_encoder.device)
         return TextConditioning(encoder_hidden_states=hidden, encoder_attention_mask=mask)
+
+    def null_text(self, duration_s: float | None = None) -> TextConditioning:
+        """TANGO's --uncondition zeroes a caption's T5 states: one zero token acts the same, since
+        zero keys and values give the cross-attention the same output whatever the length."""
+        cond = self.encode_text([""], duration_s)
+        return TextConditioning(encoder_hidden_states=torch.zeros_like(cond.tensors["encoder_hidden_states"]), encoder_attention_mask=cond.tensors["encoder_attention_mask"])
 
     # -- sampling --------------------------------------------------------------------------------
 

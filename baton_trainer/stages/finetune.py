@@ -35,6 +35,10 @@ class FinetuneConfig:
     beta: float = field(default=0.5, metadata={"help": "weight of the pretraining term (paper 0.5)"})
     snr_mode: SnrMode | None = field(default=None, metadata={"help": "none | min_snr | tango (TANGO's own weighting); default the model's own (TANGO: tango, others: none)"})
     snr_gamma: float = 5.0
+    cfg_dropout: float | None = field(
+        default=None,
+        metadata={"help": "chance a clip's caption is replaced by the null conditioning, as classifier-free-guidance training does; default the model's own (TANGO 0, others 0.1)"},
+    )
     learning_rate: float = 1e-5
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
@@ -74,6 +78,8 @@ class FinetuneConfig:
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
                 raise ValueError(f"config key '{name}' must be a finite number >= 0, got {value}")
+        if self.cfg_dropout is not None and not 0 <= self.cfg_dropout < 1:
+            raise ValueError(f"config key 'cfg_dropout' must be a number in [0, 1), got {self.cfg_dropout}")
         for name in ("train_batch_size", "gradient_accumulation_steps", "num_epochs", "checkpointing_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"config key '{name}' must be >= 1, got {getattr(self, name)}")
