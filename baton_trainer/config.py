@@ -124,7 +124,12 @@ def build_config(cls: type[T], values: dict[str, Any], prefix: str = "") -> T:
         raise ConfigError(
             f"unknown config key '{prefix}{unknown[0]}' for {cls.__name__} (known: {', '.join(sorted(names))})"
         )
-    kwargs = {name: _coerce(value, hints[name], prefix + name) for name, value in values.items()}
+    switches = {f.name for f in dataclasses.fields(cls) if f.metadata.get("none_turns_off")}
+    kwargs = {
+        # For these keys 'none' is a value (turn the source off), not an empty setting that falls back to the default.
+        name: "none" if name in switches and isinstance(value, str) and value.strip().lower() == "none" else _coerce(value, hints[name], prefix + name)
+        for name, value in values.items()
+    }
     try:
         config = cls(**kwargs)
     except TypeError as exc:

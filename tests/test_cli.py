@@ -45,6 +45,26 @@ def test_config_errors_name_the_key(argv, message):
         parse_config(Example, argv)
 
 
+def test_none_turns_a_data_source_off_from_the_command_line_and_yaml(tmp_path):
+    """The documented ablations (`--reward_dataset none`, `--feedback_dataset none`, `--aligned
+    none`) switch the source off; they must not fall back to the default path."""
+    from baton_trainer.stages.evaluate import EvaluateConfig
+    from baton_trainer.stages.finetune import FinetuneConfig
+    from baton_trainer.stages.run import RunConfig
+
+    (tmp_path / "reward_labeled").mkdir()  # the default reward data exists
+    human_only = parse_config(FinetuneConfig, ["--run_dir", str(tmp_path), "--reward_dataset", "none"])
+    assert human_only.feedback_sources() == (str(tmp_path / "feedback"), None)
+    assert parse_config(FinetuneConfig, ["--run_dir", str(tmp_path), "--feedback_dataset", "None"]).feedback_sources() == (None, str(tmp_path / "reward_labeled"))
+    assert parse_config(FinetuneConfig, ["--run_dir", str(tmp_path)]).feedback_sources() == (str(tmp_path / "feedback"), str(tmp_path / "reward_labeled"))
+    config_file = tmp_path / "c.yaml"
+    config_file.write_text("reward_dataset: none\n")
+    assert parse_config(FinetuneConfig, ["--config", str(config_file), "--run_dir", str(tmp_path)]).feedback_sources()[1] is None
+    assert parse_config(EvaluateConfig, ["--aligned", "none"]).aligned == "none"
+    run = parse_config(RunConfig, ["--run_dir", str(tmp_path), "--finetune.reward_dataset", "none"])
+    assert run.stage_configs()["finetune"].feedback_sources()[1] is None
+
+
 def test_help_lists_every_stage(capsys):
     assert main(["--help"]) == 0
     out = capsys.readouterr().out

@@ -21,7 +21,7 @@ from ..layout import RunLayout
 class EvaluateConfig:
     run_dir: str = field(default="run", metadata={"help": "run folder: writes RUN/eval/"})
     model: str = field(default="declare-lab/tango-full-ft-audiocaps", metadata={"help": "base model (folder or Hub id)"})
-    aligned: str | None = field(default=None, metadata={"help": "aligned export, a folder or Hub id (default RUN/aligned); 'none' evaluates the base only"})
+    aligned: str | None = field(default=None, metadata={"help": "aligned export, a folder or Hub id (default RUN/aligned); 'none' evaluates the base only", "none_turns_off": True})
     reward_model: str | None = field(default=None, metadata={"help": "the run's reward model, whose accuracy the report shows (default RUN/reward_model)"})
     captions: str = field(
         default="paper",

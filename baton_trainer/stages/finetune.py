@@ -24,8 +24,8 @@ from ..losses import SnrMode
 class FinetuneConfig:
     run_dir: str = field(default="runs/baton", metadata={"help": "run folder; the other paths default inside it"})
     model: str = field(default="declare-lab/tango-full-ft-audiocaps", metadata={"help": "base model: folder or Hub id"})
-    feedback_dataset: str | None = field(default=None, metadata={"help": "human-rated preference data (default RUN/feedback; 'none': no human-rated rows)"})
-    reward_dataset: str | None = field(default=None, metadata={"help": "reward-rated data (default RUN/reward_labeled if it exists; 'none': no reward-rated rows)"})
+    feedback_dataset: str | None = field(default=None, metadata={"help": "human-rated preference data (default RUN/feedback; 'none': no human-rated rows)", "none_turns_off": True})
+    reward_dataset: str | None = field(default=None, metadata={"help": "reward-rated data (default RUN/reward_labeled if it exists; 'none': no reward-rated rows)", "none_turns_off": True})
     pretrain_dataset: str | None = field(default=None, metadata={"help": "(caption, audio) data for the beta term"})
     output_dir: str | None = field(default=None, metadata={"help": "export folder (default RUN/aligned)"})
     mix_ratio: float = field(default=1.0, metadata={"help": "reward-rated rows per human-rated row (paper: 1)"})
