@@ -238,3 +238,99 @@ def _saved_rows(folder: Path) -> int:
         return len(datasets.load_from_disk(str(folder)))
     except Exception:  # an unreadable folder holds nothing worth keeping
         return 0
+
+
+# ----------------------------------------------------------------------------------------------
+# Pairs and selections for the other objectives (DESIGN section 9)
+
+PAIRWISE_COLUMNS = ("prompt", "chosen", "rejected")  # Audio-Alpaca's schema (declare-lab/audio-alpaca), plus "strategy"
+
+
+def preference_pairs(ds: Dataset, max_pairs_per_caption: int = 8, seed: int = 0, min_reward_gap: float | None = None) -> list[tuple[int, int]]:
+    """(chosen row, rejected row) pairs of one caption each, for Diffusion-DPO.
+
+    Every clip rated aligned x every clip rated not aligned of the same caption (the caption text:
+    a pair never spans two captions). With `min_reward_gap`, reward-labelled (unrated) clips of a
+    caption are paired too, the higher reward chosen, where the rewards differ by at least the gap.
+    At most `max_pairs_per_caption` pairs per caption, drawn with `seed`; sorted for a stable order.
+    """
+    if max_pairs_per_caption < 1:
+        raise ValueError(f"max_pairs_per_caption must be >= 1, got {max_pairs_per_caption}")
+    by_caption: dict[str, list[int]] = {}
+    for row, caption in enumerate(ds["caption"]):
+        by_caption.setdefault(caption.strip(), []).append(row)
+    feedback, reward = list(ds["feedback"]), list(ds["reward"])
+    rng = np.random.default_rng(seed)
+    pairs: list[tuple[int, int]] = []
+    for caption in sorted(by_caption):
+        rows = by_caption[caption]
+        candidates = [(w, l) for w in rows if feedback[w] == 1 for l in rows if feedback[l] == 0]
+        if min_reward_gap is not None:
+            unrated = [r for r in rows if feedback[r] == -1]
+            candidates += [(w, l) for w in unrated for l in unrated if reward[w] - reward[l] >= min_reward_gap]
+        if len(candidates) > max_pairs_per_caption:
+            keep = rng.choice(len(candidates), size=max_pairs_per_caption, replace=False)
+            candidates = [candidates[i] for i in sorted(keep.tolist())]
+        pairs.extend(candidates)
+    return pairs
+
+
+def reward_ranked_rows(ds: Dataset, threshold: float | None = 0.5, top_fraction: float | None = None) -> list[int]:
+    """The rows reward-ranked fine-tuning trains on (RAFT, Dong et al. 2023, arXiv 2304.06767):
+    those whose weight (the human label, or the reward) is at least `threshold`, or, with
+    `top_fraction`, the best that fraction of each caption's clips (at least one per caption)."""
+    reward = list(ds["reward"])
+    if top_fraction is None:
+        if threshold is None:
+            raise ValueError("reward-ranked selection needs a threshold or a top_fraction")
+        return [i for i, r in enumerate(reward) if r >= threshold]
+    if not 0 < top_fraction <= 1:
+        raise ValueError(f"top_fraction must be in (0, 1], got {top_fraction}")
+    by_caption: dict[str, list[int]] = {}
+    for row, caption in enumerate(ds["caption"]):
+        by_caption.setdefault(caption.strip(), []).append(row)
+    chosen = []
+    for rows in by_caption.values():
+        ranked = sorted(rows, key=lambda r: (-reward[r], r))
+        chosen.extend(ranked[: max(1, math.floor(top_fraction * len(rows)))])
+    return sorted(chosen)
+
+
+def load_pairwise_dataset(source: str | Path, split: str = "train") -> Dataset:
+    """A pairwise dataset with Audio-Alpaca's schema (`prompt` str, `chosen` audio, `rejected`
+    audio, `strategy` str, optional): a Hub id (`declare-lab/audio-alpaca`), a `save_to_disk`
+    folder or parquet. Audio stays undecoded."""
+    ds = _load_any(source, split)
+    missing = [c for c in PAIRWISE_COLUMNS if c not in ds.column_names]
+    if missing:
+        raise PreferenceDataError(f"{source}: missing column '{missing[0]}' of a pairwise dataset (has {ds.column_names})")
+    for column in ("chosen", "rejected"):
+        ds = ds.cast_column(column, Audio(decode=False))
+    for i, prompt in enumerate(ds["prompt"]):
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise PreferenceDataError(f"{source}: row {i}, column 'prompt': empty prompt")
+    return ds
+
+
+def pairwise_to_preference(ds: Dataset, task: str = "integrity") -> Dataset:
+    """Per-clip preference rows from a pairwise dataset, so BATON and KTO train on it too: each
+    pair's chosen clip rated aligned (feedback 1, reward 1), its rejected clip not (0, 0), both
+    human-rated rows of the pair's prompt. A prompt keeps one caption_id across its pairs."""
+    audio = ds.select_columns(["chosen", "rejected"]).with_format("arrow")[:].to_pylist() if len(ds) else []
+    ids: dict[str, int] = {}
+    columns: dict[str, list[Any]] = {name: [] for name in PREFERENCE_FEATURES}
+    for pair, (prompt, clips) in enumerate(zip(ds["prompt"], audio)):
+        caption_id = ids.setdefault(prompt.strip(), len(ids))
+        for clip_index, (column, label) in enumerate((("chosen", 1), ("rejected", 0))):
+            clip = clips[column]
+            columns["caption"].append(prompt)
+            columns["audio"].append({"bytes": clip.get("bytes"), "path": clip.get("path")})
+            columns["feedback"].append(label)
+            columns["reward"].append(float(label))
+            columns["source"].append("human")
+            columns["task"].append(task)
+            columns["labels"].append([])
+            columns["caption_id"].append(caption_id)
+            columns["clip_index"].append(2 * pair + clip_index)
+            columns["annotator"].append("pairwise")
+    return build_dataset(columns)

@@ -1,4 +1,5 @@
-"""The BATON objective (Liao et al., IJCAI 2024, arXiv 2402.00744, Eq. 7).
+"""The training objectives: BATON (Liao et al., IJCAI 2024, arXiv 2402.00744, Eq. 7), and below it
+Diffusion-DPO and Diffusion-KTO on the same ratings.
 
 For a feedback batch of B clips with weights w_i and a pretrain batch of B' clips:
 
@@ -114,4 +115,69 @@ def baton_loss(
         loss = loss + beta * pretrain_term
         logs["loss_pretrain"] = pretrain_term.detach().item()
     logs["loss"] = loss.detach().item()
+    return loss, logs
+
+
+# -- objectives that learn from the same ratings (DESIGN section 9) --------------------------------
+# Each takes per-sample denoising losses l = per_sample_mse(pred, target) (times the SNR weight
+# where the model trains with one) of the trained model and of a frozen reference (the base model)
+# at the same noise and timestep, and returns (loss, logs). BATON's beta pretraining term is added
+# on top by the caller as for Eq. 7: loss + beta * mean_j l_j.
+
+
+def dpo_loss(model_w: torch.Tensor, model_l: torch.Tensor, ref_w: torch.Tensor, ref_l: torch.Tensor, beta_dpo: float) -> tuple[torch.Tensor, dict[str, float]]:
+    """Diffusion-DPO (Wallace et al. 2023, arXiv 2311.12908) on (preferred w, rejected l) pairs of
+    one caption, both noised with the same eps at the same t:
+
+        inside = -0.5 * beta_dpo * ((l_theta(w) - l_theta(l)) - (l_ref(w) - l_ref(l)))
+        L_DPO  = -mean(log sigmoid(inside))
+
+    Lowering the preferred clip's error relative to the reference lowers the loss. beta_dpo is large
+    (thousands) because the per-sample losses are small.
+    """
+    if not (model_w.shape == model_l.shape == ref_w.shape == ref_l.shape) or model_w.ndim != 1:
+        raise ValueError(f"DPO needs four (pairs,) loss vectors, got {[tuple(t.shape) for t in (model_w, model_l, ref_w, ref_l)]}")
+    model_diff = model_w.float() - model_l.float()
+    ref_diff = (ref_w.float() - ref_l.float()).detach()
+    inside = -0.5 * beta_dpo * (model_diff - ref_diff)
+    loss = -torch.nn.functional.logsigmoid(inside).mean()
+    logs = {
+        "loss_dpo": loss.detach().item(),
+        "dpo_accuracy": (inside > 0).float().mean().item(),  # pairs where the model prefers w more than the reference does
+        "implicit_margin": (ref_diff - model_diff).detach().mean().item(),
+    }
+    return loss, logs
+
+
+def kto_loss(
+    model: torch.Tensor,
+    ref: torch.Tensor,
+    desirable: torch.Tensor,
+    beta_kto: float,
+    lambda_desirable: float = 1.0,
+    lambda_undesirable: float = 1.0,
+    reference_point: torch.Tensor | float | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Diffusion-KTO (Li et al. 2024, arXiv 2404.04465) on clips rated aligned (desirable) or not:
+
+        r_i   = l_ref(x_i) - l_theta(x_i)                (the implicit reward: how much the model improved on x_i)
+        z_ref = max(0, mean_batch r).detach()             (the reference point, the authors' default estimate)
+        h_i   = sigmoid(s_i * beta_kto * (r_i - z_ref)),  s_i = +1 desirable, -1 undesirable
+        L_KTO = mean_i lambda_{y_i} * (1 - h_i)
+
+    `reference_point` overrides z_ref; pass the mean over every process's batch when training on
+    several (the authors all-reduce it), so the loss does not depend on the process count.
+    """
+    if model.shape != ref.shape or model.shape != desirable.shape or model.ndim != 1:
+        raise ValueError(f"KTO needs three (clips,) vectors, got {[tuple(t.shape) for t in (model, ref, desirable)]}")
+    reward = ref.float().detach() - model.float()
+    if reference_point is None:
+        reference_point = reward.mean().detach().clamp(min=0)
+    z_ref = torch.as_tensor(reference_point, dtype=torch.float32, device=reward.device).detach()
+    desirable = desirable.bool()
+    sign = desirable.float() * 2 - 1
+    h = torch.sigmoid(sign * beta_kto * (reward - z_ref))
+    weight = torch.where(desirable, torch.tensor(float(lambda_desirable)), torch.tensor(float(lambda_undesirable))).to(reward.device)
+    loss = (weight * (1 - h)).mean()
+    logs = {"loss_kto": loss.detach().item(), "kto_reference_point": float(z_ref), "implicit_reward": reward.detach().mean().item()}
     return loss, logs

@@ -129,3 +129,90 @@ def test_bad_audio_inputs():
         load_audio("/nonexistent/clip.wav")
     with pytest.raises(AudioError, match="unreadable"):
         load_audio(b"RIFF....garbage")
+
+
+# -- pairs and selections for DPO, KTO and reward-ranked fine-tuning --------------------------------
+
+
+def rated(captions, feedback, rewards=None):
+    """A preference dataset of the given captions, ratings (-1 unrated) and rewards."""
+    n = len(captions)
+    rows = preference_rows(n)
+    rows.update(caption=list(captions), feedback=list(feedback), reward=list(rewards or [max(f, 0) for f in feedback]),
+                source=["human" if f >= 0 else "reward_model" for f in feedback])
+    return build_dataset(rows)
+
+
+def test_pairs_join_every_aligned_clip_with_every_not_aligned_clip_of_its_caption_only():
+    from baton_trainer.data import preference_pairs
+
+    ds = rated(["a dog barks", "a dog barks", "rain", "a dog barks", "rain", "rain", "wind"], [1, 0, 1, 0, 0, 1, 1])
+    pairs = preference_pairs(ds, max_pairs_per_caption=10)
+    assert sorted(pairs) == sorted([(0, 1), (0, 3), (2, 4), (5, 4)])  # wind has no not-aligned clip: no pair
+    captions, feedback = ds["caption"], ds["feedback"]
+    assert all(captions[w] == captions[l] and feedback[w] == 1 and feedback[l] == 0 for w, l in pairs)
+
+
+def test_pairs_are_capped_per_caption_and_reward_labels_rank_the_unrated_clips():
+    import random
+
+    from baton_trainer.data import preference_pairs
+
+    rng = random.Random(0)
+    captions = [rng.choice(["a", "b", "c"]) + " dog barks" for _ in range(60)]
+    feedback = [rng.choice([1, 0]) for _ in range(60)]
+    ds = rated(captions, feedback)
+    pairs = preference_pairs(ds, max_pairs_per_caption=3, seed=1)
+    per_caption = {}
+    for w, l in pairs:
+        assert captions[w] == captions[l] and feedback[w] == 1 and feedback[l] == 0
+        per_caption[captions[w]] = per_caption.get(captions[w], 0) + 1
+    assert per_caption == {c: 3 for c in set(captions)} and pairs == preference_pairs(ds, max_pairs_per_caption=3, seed=1)
+    assert pairs != preference_pairs(ds, max_pairs_per_caption=3, seed=2)
+
+    unrated = rated(["rain"] * 3 + ["wind"] * 2, [-1] * 5, [0.9, 0.5, 0.45, 0.8, 0.2])
+    assert preference_pairs(unrated) == []
+    assert sorted(preference_pairs(unrated, min_reward_gap=0.1)) == [(0, 1), (0, 2), (3, 4)]
+
+
+def test_reward_ranked_rows_by_threshold_or_top_fraction_per_caption():
+    from baton_trainer.data import reward_ranked_rows
+
+    ds = rated(["rain", "rain", "rain", "rain", "wind", "wind"], [-1] * 6, [0.9, 0.2, 0.6, 0.7, 0.1, 0.3])
+    assert reward_ranked_rows(ds, threshold=0.5) == [0, 2, 3]
+    assert reward_ranked_rows(ds, top_fraction=0.5) == [0, 3, 5]  # the best half of each caption, at least one
+    with pytest.raises(ValueError, match="top_fraction"):
+        reward_ranked_rows(ds, top_fraction=0.0)
+
+
+def test_an_audio_alpaca_schema_dataset_loads_as_pairs_and_as_rated_clips(tmp_path):
+    import datasets
+
+    from baton_trainer.audio import wav_bytes
+    from baton_trainer.data import load_pairwise_dataset, pairwise_to_preference, preference_pairs
+    from helpers import tone
+
+    def clip(i):
+        return {"bytes": wav_bytes(tone(300 + 50 * i, seed=i), 16000), "path": f"{i}.wav"}
+
+    prompts = ["a cat meows then a bell rings", "a cat meows then a bell rings", "thunder during rain"]
+    plain = datasets.Features({"prompt": datasets.Value("string"), "chosen": {"bytes": datasets.Value("binary"), "path": datasets.Value("string")},
+                               "rejected": {"bytes": datasets.Value("binary"), "path": datasets.Value("string")}, "strategy": datasets.Value("string")})
+    hub_like = datasets.Dataset.from_dict(
+        {"prompt": prompts, "chosen": [clip(i) for i in range(3)], "rejected": [clip(10 + i) for i in range(3)], "strategy": ["Multiple Inference"] * 3},
+        features=plain,
+    ).cast_column("chosen", datasets.Audio(decode=False)).cast_column("rejected", datasets.Audio(decode=False))
+    hub_like.save_to_disk(str(tmp_path / "alpaca"))
+
+    pairs = load_pairwise_dataset(tmp_path / "alpaca")
+    assert len(pairs) == 3 and pairs["strategy"][0] == "Multiple Inference"
+    clips = pairwise_to_preference(pairs)
+    validate_preference_dataset(clips)
+    assert clips["feedback"] == [1, 0, 1, 0, 1, 0] and clips["caption_id"] == [0, 0, 0, 0, 1, 1]
+    assert clips.with_format("arrow")["audio"].to_pylist()[1]["bytes"] == clip(10)["bytes"]
+    rebuilt = preference_pairs(clips, max_pairs_per_caption=10)
+    assert sorted(rebuilt) == [(0, 1), (0, 3), (2, 1), (2, 3), (4, 5)]  # within a prompt every chosen x every rejected
+
+    hub_like.remove_columns(["rejected"]).save_to_disk(str(tmp_path / "broken"))
+    with pytest.raises(PreferenceDataError, match="missing column 'rejected'"):
+        load_pairwise_dataset(tmp_path / "broken")

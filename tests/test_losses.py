@@ -109,3 +109,69 @@ def test_the_flow_objective_is_what_diffusers_flow_matching_sampler_integrates()
         torch.testing.assert_close(sample, z0, rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="unknown training objective"):
         noised_latents_and_target("x0", z0, noise, torch.zeros(2))
+
+
+# -- DPO and KTO ---------------------------------------------------------------------------------
+
+
+def test_dpo_loss_is_the_papers_equation_on_hand_made_losses():
+    import math
+
+    from baton_trainer.losses import dpo_loss
+
+    model_w, model_l, ref_w, ref_l = [0.10, 0.30], [0.20, 0.10], [0.15, 0.20], [0.12, 0.25]
+    beta = 40.0
+    expected = 0.0
+    for mw, ml, rw, rl in zip(model_w, model_l, ref_w, ref_l):
+        inside = -0.5 * beta * ((mw - ml) - (rw - rl))
+        expected += math.log1p(math.exp(-inside)) / 2  # -log sigmoid(inside), averaged over the two pairs
+    loss, logs = dpo_loss(*(torch.tensor(v) for v in (model_w, model_l, ref_w, ref_l)), beta_dpo=beta)
+    assert math.isclose(loss.item(), expected, rel_tol=1e-6)
+    assert logs["dpo_accuracy"] == 0.5  # the first pair moved towards w, the second away
+
+
+def test_dpo_lowering_the_preferred_clips_error_lowers_the_loss():
+    from baton_trainer.losses import dpo_loss
+
+    ref = torch.tensor([0.2, 0.2])
+    base, _ = dpo_loss(torch.tensor([0.2, 0.2]), torch.tensor([0.2, 0.2]), ref, ref, beta_dpo=100.0)
+    better, _ = dpo_loss(torch.tensor([0.19, 0.2]), torch.tensor([0.2, 0.2]), ref, ref, beta_dpo=100.0)
+    worse, _ = dpo_loss(torch.tensor([0.2, 0.2]), torch.tensor([0.19, 0.2]), ref, ref, beta_dpo=100.0)
+    assert better < base < worse
+
+
+def test_dpo_and_kto_gradients_at_initialisation_take_the_documented_form():
+    """With the reference equal to the model (inside = 0, r = z_ref = 0): dL_DPO/dl_theta(w) =
+    +beta / 4 / pairs, dL_DPO/dl_theta(l) = -beta / 4 / pairs; dL_KTO/dl_theta(x) = +lambda beta / 4 / clips
+    for a desirable clip and -lambda beta / 4 / clips for an undesirable one."""
+    from baton_trainer.losses import dpo_loss, kto_loss
+
+    losses = torch.tensor([0.3, 0.1, 0.2])
+    model_w, model_l = losses.clone().requires_grad_(), (losses + 0.05).requires_grad_()
+    loss, _ = dpo_loss(model_w, model_l, losses.clone(), losses + 0.05, beta_dpo=200.0)
+    loss.backward()
+    torch.testing.assert_close(model_w.grad, torch.full((3,), 200.0 / 4 / 3))
+    torch.testing.assert_close(model_l.grad, torch.full((3,), -200.0 / 4 / 3))
+
+    model = losses.clone().requires_grad_()
+    desirable = torch.tensor([True, False, True])
+    loss, logs = kto_loss(model, losses.clone(), desirable, beta_kto=300.0, lambda_desirable=1.0, lambda_undesirable=2.0)
+    assert abs(loss.item() - (0.5 * 1 + 0.5 * 2 + 0.5 * 1) / 3) < 1e-6 and logs["kto_reference_point"] == 0.0
+    loss.backward()
+    torch.testing.assert_close(model.grad, torch.tensor([300.0 / 4 / 3, -2 * 300.0 / 4 / 3, 300.0 / 4 / 3]))
+
+
+def test_kto_loss_is_the_authors_equation_with_its_reference_point():
+    import math
+
+    from baton_trainer.losses import kto_loss
+
+    model, ref, desirable = [0.10, 0.30, 0.25, 0.05], [0.20, 0.20, 0.20, 0.20], [1, 1, 0, 0]
+    beta = 20.0
+    rewards = [r - m for m, r in zip(model, ref)]
+    z = max(0.0, sum(rewards) / 4)
+    expected = sum(1 - 1 / (1 + math.exp(-(1 if d else -1) * beta * (r - z))) for r, d in zip(rewards, desirable)) / 4
+    loss, logs = kto_loss(torch.tensor(model), torch.tensor(ref), torch.tensor(desirable).bool(), beta_kto=beta)
+    assert math.isclose(loss.item(), expected, rel_tol=1e-6) and math.isclose(logs["kto_reference_point"], z, rel_tol=1e-6)
+    given, _ = kto_loss(torch.tensor(model), torch.tensor(ref), torch.tensor(desirable).bool(), beta_kto=beta, reference_point=0.0)
+    assert not math.isclose(given.item(), expected)  # the reference point matters, and a given one is used
