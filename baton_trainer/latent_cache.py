@@ -38,6 +38,22 @@ class EncodedSet:
     def __len__(self) -> int:
         return len(self.captions)
 
+    def subset(self, rows: list[int]) -> "EncodedSet":
+        index = torch.as_tensor(rows, dtype=torch.long)
+        pick = lambda t: None if t is None else t[index]  # noqa: E731
+        return EncodedSet([self.captions[i] for i in rows], self.weights[index], pick(self.latents), pick(self.text), pick(self.waveforms))
+
+
+@dataclass
+class PairedSet:
+    """(preferred, rejected) clips of one caption each, row i of `chosen` against row i of `rejected`."""
+
+    chosen: EncodedSet
+    rejected: EncodedSet
+
+    def __len__(self) -> int:
+        return len(self.chosen)
+
 
 class LatentCache:
     """Encodes preference or pretraining datasets with a backend's encoders, through a disk cache.

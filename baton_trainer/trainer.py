@@ -1,7 +1,8 @@
 """Reward-weighted diffusion fine-tuning (BATON stage 3) on accelerate.
 
 The whole loop is `RewardWeightedDiffusionTrainer.train`: the loss is formed in `training_loss`
-(Eq. 7 through `losses.baton_loss`), the optimiser step and the checkpoint are in `train`. Its
+(Eq. 7 through `losses.baton_loss`, or DPO / KTO against the base model), the optimiser step and the
+checkpoint are in `train`. Its
 config is `baton_trainer.stages.finetune.FinetuneConfig`; latents come from `latent_cache`.
 
 Data order, timesteps and noise are drawn from generators seeded by (seed, step), not from the
@@ -28,8 +29,8 @@ import torch
 
 from .backends.base import TextConditioning, TextToAudioBackend
 from .config import config_to_dict
-from .latent_cache import EncodedSet, LatentCache
-from .losses import baton_loss, noised_latents_and_target, snr_weights
+from .latent_cache import EncodedSet, LatentCache, PairedSet
+from .losses import baton_loss, dpo_loss, kto_loss, noised_latents_and_target, per_sample_mse, snr_weights
 
 if TYPE_CHECKING:
     from .stages.finetune import FinetuneConfig
@@ -113,6 +114,13 @@ class RewardWeightedDiffusionTrainer:
                 if any(name.startswith(prefix) or f".{prefix}" in name for prefix in backend.unused_denoiser_parts):
                     parameter.requires_grad_(False)
             unet.to(acc.device, dtype=torch.float32)
+        # DPO and KTO compare against the base model: under LoRA the same denoiser with its adapter
+        # switched off (`adapters_disabled`, no copy); under full fine-tuning a frozen copy.
+        self.reference_unet = None
+        if cfg.objective in ("dpo", "kto") and not cfg.use_lora:
+            import copy
+
+            self.reference_unet = copy.deepcopy(unet).requires_grad_(False).to(acc.device, dtype=self.weight_dtype).eval()
         if cfg.gradient_checkpointing:
             unet.enable_gradient_checkpointing()
         unet.train()
@@ -147,13 +155,19 @@ class RewardWeightedDiffusionTrainer:
 
     def load_data(self) -> tuple[EncodedSet | None, EncodedSet | None]:
         """The feedback mix (human-rated + reward-rated rows, weights w_i) and the pretraining set, encoded."""
-        from .data import load_preference_dataset, load_pretrain_dataset, mix_feedback
+        from .data import (
+            load_pairwise_dataset, load_preference_dataset, load_pretrain_dataset, mix_feedback, pairwise_to_preference, preference_pairs,
+            reward_ranked_rows,
+        )
 
         cfg = self.config
         feedback = None
         if cfg.weighting != "none":
             human_source, reward_source = cfg.feedback_sources()
-            human = load_preference_dataset(human_source) if human_source else None
+            if cfg.pairwise_dataset:  # Audio-Alpaca-schema pairs: chosen rated aligned, rejected not
+                human = pairwise_to_preference(load_pairwise_dataset(cfg.pairwise_dataset))
+            else:
+                human = load_preference_dataset(human_source) if human_source else None
             reward = load_preference_dataset(reward_source) if reward_source else None
             if human is None and reward is None:
                 raise FileNotFoundError("no feedback data: feedback_dataset is 'none' and no reward_dataset is there")
@@ -161,10 +175,22 @@ class RewardWeightedDiffusionTrainer:
                 mixed = reward
             else:
                 mixed = mix_feedback(human, reward, cfg.mix_ratio, cfg.seed)
+            if cfg.objective == "reward_ranked":  # the plain denoising loss on the best clips only
+                keep = reward_ranked_rows(mixed, cfg.reward_threshold, cfg.reward_top_fraction)
+                if not keep:
+                    raise ValueError(f"reward_ranked: no clip has a weight >= reward_threshold {cfg.reward_threshold}")
+                mixed = mixed.select(keep)
             weights = torch.tensor(mixed["reward"], dtype=torch.float32)
-            if cfg.weighting == "ones":
+            if cfg.weighting == "ones" or cfg.objective == "reward_ranked":
                 weights = torch.ones_like(weights)
+            elif cfg.objective == "kto":  # desirable (1) or undesirable (0)
+                weights = (weights >= cfg.reward_threshold).float()
+            pairs = preference_pairs(mixed, cfg.max_pairs_per_caption, cfg.seed, cfg.min_reward_gap) if cfg.objective == "dpo" else None
+            if pairs == []:
+                raise ValueError("dpo: no caption has both a clip rated aligned and one rated not aligned (min_reward_gap pairs unrated clips too)")
             feedback = self.latent_cache.encode(mixed, weights, "feedback")
+            if pairs:
+                feedback = PairedSet(feedback.subset([w for w, _ in pairs]), feedback.subset([l for _, l in pairs]))
         pretrain = None
         if cfg.beta > 0 and cfg.pretrain_dataset:
             ds = load_pretrain_dataset(cfg.pretrain_dataset)
@@ -196,26 +222,72 @@ class RewardWeightedDiffusionTrainer:
 
     # -- the loss --------------------------------------------------------------------------------
 
-    def _noisy_prediction(self, latents, text, step, micro, stream):
-        """Noise the latents at timesteps from the model's training distribution and run the
-        denoiser; returns (prediction, target, snr weight or None)."""
+    def _noised(self, latents, text, step, micro, stream, pairs=False):
+        """Noise the latents at timesteps from the model's training distribution (drawn over the
+        global batch, so the process count does not change them); with `pairs`, the two halves
+        of the batch (preferred, rejected) share their noise, timestep and caption dropout.
+        Returns (noisy, target, timesteps, text)."""
         acc, backend = self.accelerator, self.backend
-        n_global = latents.shape[0] * acc.num_processes
+        n_local = latents.shape[0] // 2 if pairs else latents.shape[0]
+        n_global = n_local * acc.num_processes
         gen = _step_generator(self.config.seed + 1, step * self.config.gradient_accumulation_steps + micro, stream)
         noise = torch.randn((n_global, *latents.shape[1:]), generator=gen)
         timesteps = backend.draw_timesteps(n_global, gen)
-        rank = slice(acc.process_index * latents.shape[0], (acc.process_index + 1) * latents.shape[0])
+        rank = slice(acc.process_index * n_local, (acc.process_index + 1) * n_local)
         noise, timesteps = noise[rank].to(latents.device), timesteps[rank].to(latents.device)
-        if self.cfg_dropout > 0:  # classifier-free-guidance training: some captions become the null conditioning
-            dropped = (torch.rand(n_global, generator=gen) < self.cfg_dropout)[rank]
+        dropped = (torch.rand(n_global, generator=gen) < self.cfg_dropout)[rank] if self.cfg_dropout > 0 else None
+        if pairs:
+            noise, timesteps = torch.cat([noise, noise]), torch.cat([timesteps, timesteps])
+            dropped = None if dropped is None else torch.cat([dropped, dropped])
+        if dropped is not None:  # classifier-free-guidance training: some captions become the null conditioning
             text = self._drop_captions(text, dropped.to(latents.device))
         noisy, target = noised_latents_and_target(backend.objective, latents, noise, timesteps, backend.noise_scheduler)
-        with acc.autocast():
-            pred = self.unet(
-                noisy.to(self.unet_input_dtype), backend.denoiser_timestep(timesteps), **text.unet_kwargs(), **backend.denoiser_kwargs(noisy)
-            ).sample
-        weight = None if self.snr_mode == "none" else snr_weights(backend.noise_scheduler, timesteps, self.config.snr_gamma, self.snr_mode)
-        return pred, target, weight
+        return noisy, target, timesteps, text
+
+    def _predict(self, unet, noisy, timesteps, text):
+        backend = self.backend
+        with self.accelerator.autocast():
+            return unet(noisy.to(self.unet_input_dtype), backend.denoiser_timestep(timesteps), **text.unet_kwargs(), **backend.denoiser_kwargs(noisy)).sample
+
+    def _snr(self, timesteps):
+        return None if self.snr_mode == "none" else snr_weights(self.backend.noise_scheduler, timesteps, self.config.snr_gamma, self.snr_mode)
+
+    def _noisy_prediction(self, latents, text, step, micro, stream):
+        """The denoiser's prediction on freshly noised latents; returns (prediction, target, snr weight or None)."""
+        noisy, target, timesteps, text = self._noised(latents, text, step, micro, stream)
+        return self._predict(self.unet, noisy, timesteps, text), target, self._snr(timesteps)
+
+    def _model_and_reference_losses(self, latents, text, step, micro, pairs=False):
+        """Per-clip denoising losses (times the SNR weight) of the trained model and of the base
+        model at the same noise and timestep, for DPO and KTO."""
+        noisy, target, timesteps, text = self._noised(latents, text, step, micro, stream=0, pairs=pairs)
+        snr = self._snr(timesteps)
+        with torch.no_grad():  # the reference first: switching the adapter back on re-enables its gradients
+            if self.reference_unet is not None:
+                ref_pred = self._predict(self.reference_unet, noisy, timesteps, text)
+            else:
+                with self.backend.adapters_disabled(self.accelerator.unwrap_model(self.unet)) as base:
+                    ref_pred = self._predict(base, noisy, timesteps, text)
+        model = per_sample_mse(self._predict(self.unet, noisy, timesteps, text), target)
+        ref = per_sample_mse(ref_pred, target)
+        if snr is not None:
+            model, ref = model * snr.float(), ref * snr.float()
+        return model, ref
+
+    def _preference_term(self, feedback, step, micro):
+        """Diffusion-DPO on a batch of pairs, or Diffusion-KTO on a batch of labelled clips."""
+        cfg = self.config
+        if cfg.objective == "dpo":
+            lat_w, text_w, _ = self._batch(feedback.chosen, step, micro, cfg.train_batch_size, stream=0)
+            lat_l, text_l, _ = self._batch(feedback.rejected, step, micro, cfg.train_batch_size, stream=0)  # the same draw: row i against row i
+            model, ref = self._model_and_reference_losses(torch.cat([lat_w, lat_l]), TextConditioning.cat([text_w, text_l]), step, micro, pairs=True)
+            n = lat_w.shape[0]
+            return dpo_loss(model[:n], model[n:], ref[:n], ref[n:], cfg.beta_dpo)
+        latents, text, desirable = self._batch(feedback, step, micro, cfg.train_batch_size, stream=0)
+        model, ref = self._model_and_reference_losses(latents, text, step, micro)
+        # The reference point over every process's batch, as the authors all-reduce it.
+        reference_point = self.accelerator.reduce((ref - model).detach().mean().reshape(1), reduction="mean")[0].clamp(min=0)
+        return kto_loss(model, ref, desirable > 0.5, cfg.beta_kto, cfg.kto_lambda_desirable, cfg.kto_lambda_undesirable, reference_point)
 
     def _drop_captions(self, text: TextConditioning, dropped: torch.Tensor) -> TextConditioning:
         """`text` with the rows of `dropped` replaced by the backend's null conditioning."""
@@ -232,9 +304,22 @@ class RewardWeightedDiffusionTrainer:
     def unet_input_dtype(self) -> torch.dtype:
         return self.weight_dtype if self.config.use_lora else torch.float32
 
-    def training_loss(self, feedback: EncodedSet | None, pretrain: EncodedSet | None, step: int, micro: int):
-        """Eq. 7: mean_i w_i * snr_i * mse_i over feedback clips + beta * mean_j snr_j * mse_j."""
+    def training_loss(self, feedback: EncodedSet | PairedSet | None, pretrain: EncodedSet | None, step: int, micro: int):
+        """The objective's loss on this step's batch, plus beta times the pretraining term.
+        baton (and reward_ranked, its weights all ones on the selected clips), Eq. 7:
+        mean_i w_i * snr_i * mse_i over feedback clips + beta * mean_j snr_j * mse_j;
+        dpo and kto: `losses.dpo_loss` / `losses.kto_loss` against the base model + the same beta term."""
         cfg = self.config
+        if cfg.objective in ("dpo", "kto"):  # the same beta pretraining term on top, for a fair comparison
+            loss, logs = self._preference_term(feedback, step, micro)
+            if pretrain is not None:
+                latents, text, _ = self._batch(pretrain, step, micro, cfg.pretrain_batch_size, stream=1)
+                pred_pt, target_pt, snr_pt = self._noisy_prediction(latents, text, step, micro, stream=1)
+                mse_pt = per_sample_mse(pred_pt, target_pt) * (1 if snr_pt is None else snr_pt.float())
+                loss = loss + cfg.beta * mse_pt.mean()
+                logs["loss_pretrain"] = mse_pt.mean().detach().item()
+            logs["loss"] = loss.detach().item()
+            return loss, logs
         if feedback is not None:
             latents, text, weights = self._batch(feedback, step, micro, cfg.train_batch_size, stream=0)
             pred_fb, target_fb, snr_fb = self._noisy_prediction(latents, text, step, micro, stream=0)

@@ -20,6 +20,7 @@ written once here, over `self.pipe`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -245,6 +246,22 @@ class TextToAudioBackend(ABC):
 
         inject_adapter_in_model(config, self.unet, adapter_name="default")
         self.unet.peft_config = {"default": config}
+
+    @staticmethod
+    @contextlib.contextmanager
+    def adapters_disabled(denoiser: torch.nn.Module):
+        """The denoiser without its LoRA adapter for the block: the base model, with no copy of it
+        (the reference of DPO and KTO). peft's own switch, whichever way the adapter was added."""
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        layers = [m for m in denoiser.modules() if isinstance(m, BaseTunerLayer)]
+        for layer in layers:
+            layer.enable_adapters(False)
+        try:
+            yield denoiser
+        finally:
+            for layer in layers:
+                layer.enable_adapters(True)
 
     # -- the trained part ------------------------------------------------------------------------
     # The export is what a diffusers user loads on the base pipeline: a LoRA adapter in diffusers'

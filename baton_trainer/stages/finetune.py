@@ -32,7 +32,22 @@ class FinetuneConfig:
     weighting: Literal["reward", "ones", "none"] = field(
         default="reward", metadata={"help": "feedback weights w_i: the rewards, all ones (ablation), or no feedback term"}
     )
-    beta: float = field(default=0.5, metadata={"help": "weight of the pretraining term (paper 0.5)"})
+    objective: Literal["baton", "dpo", "kto", "reward_ranked"] = field(
+        default="baton",
+        metadata={"help": "baton (Eq. 7) | dpo (Diffusion-DPO on aligned x not-aligned pairs) | kto (Diffusion-KTO on per-clip labels) | reward_ranked (plain loss on the best clips)"},
+    )
+    beta: float = field(default=0.5, metadata={"help": "weight of the pretraining term (paper 0.5), added to every objective"})
+    beta_dpo: float = field(default=2000.0, metadata={"help": "Diffusion-DPO's beta (Tango 2's 2000)"})
+    beta_kto: float = field(default=1000.0, metadata={"help": "Diffusion-KTO's beta (its authors' default 1000)"})
+    kto_lambda_desirable: float = 1.0
+    kto_lambda_undesirable: float = 1.0
+    max_pairs_per_caption: int = field(default=8, metadata={"help": "DPO: at most this many (aligned, not aligned) pairs per caption"})
+    min_reward_gap: float | None = field(default=None, metadata={"help": "DPO: also pair unrated clips whose rewards differ by this much"})
+    reward_threshold: float = field(default=0.5, metadata={"help": "reward_ranked and kto: a clip counts as good at this weight or above"})
+    reward_top_fraction: float | None = field(default=None, metadata={"help": "reward_ranked: the best fraction of each caption's clips instead of the threshold"})
+    pairwise_dataset: str | None = field(
+        default=None, metadata={"help": "Audio-Alpaca-schema pairs (prompt, chosen, rejected): folder or Hub id; used as the human-rated data"}
+    )
     snr_mode: SnrMode | None = field(default=None, metadata={"help": "none | min_snr | tango (TANGO's own weighting); default the model's own (TANGO: tango, others: none)"})
     snr_gamma: float = 5.0
     cfg_dropout: float | None = field(
@@ -74,13 +89,15 @@ class FinetuneConfig:
         self.pretrain_batch_size = self.pretrain_batch_size or self.train_batch_size
         if self.report_to in ("none", ""):
             self.report_to = None
-        for name in ("learning_rate", "beta", "mix_ratio", "snr_gamma"):
+        for name in ("learning_rate", "beta", "mix_ratio", "snr_gamma", "beta_dpo", "beta_kto", "kto_lambda_desirable", "kto_lambda_undesirable"):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
                 raise ValueError(f"config key '{name}' must be a finite number >= 0, got {value}")
         if self.cfg_dropout is not None and not 0 <= self.cfg_dropout < 1:
             raise ValueError(f"config key 'cfg_dropout' must be a number in [0, 1), got {self.cfg_dropout}")
-        for name in ("train_batch_size", "gradient_accumulation_steps", "num_epochs", "checkpointing_steps"):
+        if self.objective != "baton" and self.weighting == "none":
+            raise ValueError(f"objective {self.objective!r} learns from the ratings: weighting 'none' leaves it nothing to learn from")
+        for name in ("train_batch_size", "gradient_accumulation_steps", "num_epochs", "checkpointing_steps", "max_pairs_per_caption"):
             if getattr(self, name) < 1:
                 raise ValueError(f"config key '{name}' must be >= 1, got {getattr(self, name)}")
 
