@@ -57,3 +57,32 @@ def test_evaluate_refuses_a_missing_export(models, tmp_path):
     config = EvaluateConfig(run_dir=str(tmp_path), model=str(models / "base"), captions=str(models / "captions.jsonl"), clap_model="none")
     with pytest.raises(FileNotFoundError, match="aligned export not found"):
         evaluate(config)
+
+
+def test_best_of_n_keeps_the_candidate_the_reward_model_scores_highest(models, tmp_path):
+    import reward_hub
+
+    from baton_trainer.audio import load_audio
+    from baton_trainer.clap import CLAP_SAMPLE_RATE
+    from baton_trainer.stages.run import TOY_CHECKPOINTS
+
+    reward_model = TOY_CHECKPOINTS / "toy_reward"
+    config = EvaluateConfig(run_dir=str(tmp_path), model=str(models / "base"), aligned="none", reward_model=str(reward_model), best_of=3,
+                            captions=str(models / "captions.jsonl"), clips_per_caption=2, num_inference_steps=2, clap_model="none", device="cpu")
+    out = evaluate(config)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert "best_of_3" in metrics and "base" in metrics
+    candidates = out / "clips" / "best_of_3_candidates"
+    rows = [json.loads(line) for line in (candidates / "metadata.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 * 2 * 3
+    scorer = reward_hub.load(str(reward_model), device="cpu")
+    scores = scorer.score([r["caption"] for r in rows], [load_audio(candidates / r["file_name"], CLAP_SAMPLE_RATE)[0] for r in rows], CLAP_SAMPLE_RATE).tolist()
+    picks = [json.loads(line) for line in (out / "clips" / "best_of_3.jsonl").read_text().splitlines()]
+    base = [json.loads(line) for line in (out / "clips" / "base" / "metadata.jsonl").read_text().splitlines()]
+    assert [p["clip_id"] for p in picks] == [r["clip_id"] for r in sorted(base, key=lambda r: (r["caption_id"], r["clip_index"]))]
+    for pick in picks:
+        caption_id, k = (int(x) for x in pick["clip_id"].split("_"))
+        group = [i for i, r in enumerate(rows) if r["caption_id"] == caption_id and r["clip_index"] % 2 == k]
+        assert len(group) == 3 and any(rows[i]["seed"] == next(b["seed"] for b in base if b["clip_id"] == pick["clip_id"]) for i in group)  # the base clip competes
+        best = max(group, key=lambda i: scores[i])
+        assert pick["seed"] == rows[best]["seed"] and abs(pick["reward"] - scores[best]) < 1e-5

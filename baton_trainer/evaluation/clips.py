@@ -61,6 +61,45 @@ def generate_clips(config: "EvaluateConfig", captions: Path, split: str, out: Pa
     return generate(gen, backend=backend)
 
 
+def best_of_n(config: "EvaluateConfig", layout: "RunLayout", captions: Path, split: str, base_rows: list[dict[str, Any]], sample_rate: int, backend=None):
+    """Best-of-N, the training-free baseline: for clip k of a caption, the base model's clips k,
+    k + C, ..., k + (N - 1) C (C clips per caption, so clip k itself is one of them; seeds as the
+    generate stage derives them), and the one the run's reward model scores highest. Returns the
+    base rows (same clip ids, the winner's seed and file) and the winners' waveforms; the choices
+    are written beside the candidates' folder as `best_of_<N>.jsonl`."""
+    import dataclasses
+
+    import reward_hub
+
+    from ..clap import CLAP_SAMPLE_RATE
+    from ..hub import resolve_folder
+    from ..runtime import pick_device
+
+    per_caption, n = config.clips_per_caption, config.best_of
+    if not layout.reward_model.exists() and config.reward_model is None:
+        raise FileNotFoundError(f"best_of {n} needs the run's reward model: {layout.reward_model} not found (run the reward stage, or --reward_model)")
+    wider = dataclasses.replace(config, clips_per_caption=per_caption * n)
+    folder = generate_clips(wider, captions, split, layout.eval / "clips" / f"best_of_{n}_candidates", None, backend)
+    rows, _ = read_clips(folder, sample_rate)
+    model = reward_hub.load(str(resolve_folder(layout.reward_model, "reward model")), device=pick_device(config.device))
+    waves = [load_audio(folder / r["file_name"], CLAP_SAMPLE_RATE, what=str(folder / r["file_name"]))[0] for r in rows]
+    scores = model.score([r["caption"] for r in rows], waves, CLAP_SAMPLE_RATE, batch_size=config.batch_size).tolist()
+    best: dict[tuple[int, int], int] = {}
+    for i, r in enumerate(rows):
+        key = (int(r["caption_id"]), int(r["clip_index"]) % per_caption)
+        if key not in best or scores[i] > scores[best[key]]:
+            best[key] = i
+    picked_rows, picked_clips = [], []
+    for base in base_rows:
+        i = best[(int(base["caption_id"]), int(base["clip_index"]))]
+        winner = rows[i]
+        picked_rows.append({**base, "seed": winner["seed"], "file_name": str(Path(folder.name) / winner["file_name"]), "reward": scores[i]})
+        picked_clips.append(load_audio(folder / winner["file_name"], sample_rate, what=str(folder / winner["file_name"]))[0])
+    lines = [json.dumps({k: r[k] for k in ("clip_id", "caption", "seed", "file_name", "reward")}, ensure_ascii=False) + "\n" for r in picked_rows]
+    atomic_write_bytes(folder.with_name(f"best_of_{n}.jsonl"), "".join(lines).encode())  # which candidate won, and its score
+    return picked_rows, picked_clips
+
+
 def read_clips(folder: Path, sample_rate: int = 16000) -> tuple[list[dict[str, Any]], list[np.ndarray]]:
     """A generations folder's rows (by caption, then clip) and their waveforms at `sample_rate`."""
     from ..generations import read_generations

@@ -44,13 +44,17 @@ class EvaluateConfig:
     fd_embedding: Literal["panns", "clap"] = field(
         default="panns", metadata={"help": "FD on PANNs embeddings (papers) or on CLAP audio embeddings (the toy world)"}
     )
+    best_of: int = field(
+        default=1, metadata={"help": "N > 1 adds the training-free baseline best_of_N: N base clips per clip, the reward model keeps the best"}
+    )
     oracle: bool = field(default=False, metadata={"help": "judge clips with the toy world's oracle (integrity/temporal accuracy)"})
     spectrogram_examples: int = field(default=4, metadata={"help": "captions drawn in the spectrogram grid"})
 
     def __post_init__(self):
         self.clap_model = None if self.clap_model in ("none", "") else self.clap_model
-        if self.clips_per_caption < 1:
-            raise ValueError(f"config key 'clips_per_caption' must be >= 1, got {self.clips_per_caption}")
+        for name in ("clips_per_caption", "best_of"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"config key '{name}' must be >= 1, got {getattr(self, name)}")
 
     def layout(self) -> RunLayout:
         aligned = None if self.aligned == "none" else self.aligned
@@ -87,6 +91,12 @@ def evaluate(config: EvaluateConfig, backends: dict[str, Any] | None = None) -> 
     for name, export in models.items():
         folder = generate_clips(config, captions, split, out / "clips" / name, export, (backends or {}).get(name))
         rows_by_model[name], clips_by_model[name] = read_clips(folder, sample_rate)
+    if config.best_of > 1:
+        from ..evaluation.clips import best_of_n
+
+        name = f"best_of_{config.best_of}"
+        rows_by_model[name], clips_by_model[name] = best_of_n(config, layout, captions, split, rows_by_model["base"], sample_rate, (backends or {}).get("base"))
+        models[name] = f"base, best of {config.best_of} by the reward model"
     rows = rows_by_model["base"]
     for name, other in rows_by_model.items():
         if [r["clip_id"] for r in other] != [r["clip_id"] for r in rows]:
