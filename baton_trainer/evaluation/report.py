@@ -141,9 +141,8 @@ def _metric_keys(metrics: Mapping[str, Mapping[str, Any]]) -> list[str]:
 def _table(metrics: Mapping[str, Mapping[str, Any]], keys: list[str]) -> list[str]:
     models = list(metrics)
     header = ["metric", *models]
-    compare = len(models) == 2
-    if compare:
-        header.append(f"{models[1]} - {models[0]}")
+    others = models[1:]  # each compared with the first (the base model)
+    header += [f"{m} - {models[0]}" for m in others]
     header.append("better")
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 2) + [":---:"]) + "|"]
     for key in keys:
@@ -155,9 +154,8 @@ def _table(metrics: Mapping[str, Mapping[str, Any]], keys: list[str]) -> list[st
             std = _number(metrics[model].get("is_std" if key == "is" else f"{key}_se"))
             scale = METRIC_INFO.get(key, ("", True, 1.0, ""))[2]
             cells.append(f"{cell} ± {std * scale:.4g}" if std is not None and value is not None else cell)
-        if compare:
-            a, b = values
-            cells.append("—" if a is None or b is None else _format_delta(key, b - a))
+        a = values[0]
+        cells += ["—" if a is None or b is None else _format_delta(key, b - a) for b in values[1:]]
         cells.append("↑" if higher else "↓" if key in METRIC_INFO else "")
         lines.append("| " + " | ".join(cells) + " |")
     return lines
