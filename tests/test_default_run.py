@@ -108,3 +108,48 @@ def test_check_reward_labels_scores_every_reward_label_against_the_oracle(tmp_pa
     (tmp_path / "reward_labeled").rename(tmp_path / "reward_labeled_old")
     (tmp_path / "reward_labeled_new").rename(tmp_path / "reward_labeled")
     assert check_reward_labels(RunLayout.of(tmp_path))["accuracy"] == pytest.approx(2 / 6)
+
+
+@pytest.mark.slow
+def test_online_rounds_resume_after_a_kill_in_round_two_without_redoing_round_one(tmp_path):
+    """`run --rounds 2`, SIGKILLed while round 2 generates its clips, then run again: round 1 (the
+    offline fine-tune and its judge) is kept as it was, round 2 finishes without a duplicate clip,
+    and the best round by the held-out judge is what the evaluation calls aligned."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run_dir = tmp_path / "toy"
+    args = [
+        "run", "--run_dir", str(run_dir), "--pretrain_clips", "8", "--reference_clips", "8", "--rated_fraction", "0.75",
+        "--prompts.num_integrity", "4", "--prompts.num_temporal", "4",
+        "--generate.clips_per_caption", "3", "--generate.num_inference_steps", "4", "--generate.batch_size", "1",
+        "--reward.epochs", "3", "--reward.validation_fraction", "0.5",
+        "--finetune.max_train_steps", "2", "--finetune.train_batch_size", "4", "--finetune.report_to", "none",
+        "--evaluate.clips_per_caption", "1", "--evaluate.num_inference_steps", "4", "--rounds", "2", "--round_ratings", "3",
+    ]
+    first = subprocess.Popen([sys.executable, "-m", "baton_trainer", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    round_two = run_dir / "rounds" / "round_2" / "generations" / "clips"
+    deadline = time.monotonic() + 600
+    while not (round_two.is_dir() and any(round_two.glob("*.wav"))):
+        assert first.poll() is None, first.stderr.read()[-3000:]
+        assert time.monotonic() < deadline, "round 2 never started"
+        time.sleep(0.05)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert not (run_dir / "rounds" / "summary.json").exists()
+    kept = {p: p.stat().st_mtime_ns for p in [run_dir / "aligned" / "baton_export.json", run_dir / "rounds" / "round_1" / "judge.json",
+                                               run_dir / "rounds" / "round_1" / "judge_clips" / "metadata.jsonl"]}
+
+    assert main(args) == 0
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept  # round 1 was not redone
+    rows = [json.loads(line) for line in (run_dir / "rounds" / "round_2" / "generations" / "metadata.jsonl").read_text().splitlines()]
+    assert len(rows) == 12 and len({r["clip_id"] for r in rows}) == 12
+    summary = json.loads((run_dir / "rounds" / "summary.json").read_text())
+    assert [r["round"] for r in summary["rounds"]] == [1, 2] and summary["best_round"] in (1, 2)
+    judges = [r["judge"] for r in summary["rounds"]]
+    assert summary["best_round"] == 1 + judges.index(max(judges))
+    assert (run_dir / "rounds" / "round_2" / "aligned" / "baton_export.json").is_file() and (run_dir / "rounds" / "rounds.png").is_file()
+    evaluated = json.loads((run_dir / "eval" / "clips" / "aligned" / "generation_config.json").read_text())["export"]
+    assert evaluated == str(run_dir / summary["best_export"])  # the evaluation's aligned model is the best round

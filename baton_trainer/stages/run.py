@@ -1,6 +1,6 @@
 """The `run` stage: the whole BATON loop, one stage after another, in one run folder.
 
-    prompts -> generate -> ratings -> export -> reward -> label -> finetune -> evaluate
+    prompts -> generate -> ratings -> export -> reward -> label -> finetune [-> online rounds] -> evaluate
 
 In the toy world (`world: toy`, the default of `accelerate launch -m baton_trainer`) the oracle
 annotator rates a share of the clips as people would, through the same annotation store; with a
@@ -37,6 +37,10 @@ class RunConfig:
     )
     oracle_error_rate: float = field(default=0.0, metadata={"help": "toy: chance that the oracle answers wrongly"})
     oracle_skip_rate: float = field(default=0.0, metadata={"help": "toy: chance that the oracle skips a clip"})
+    rounds: int = field(default=1, metadata={"help": "online rounds: after the fine-tune, R - 1 more of fresh clips from the current model, reward labels and a fine-tune from its weights"})
+    round_ratings: int = field(default=0, metadata={"help": "toy: new oracle ratings per online round (the rating budget)"})
+    judge_model: str | None = field(default=None, metadata={"help": "real models: the held-out judge of the rounds, a reward model other than the run's"})
+    judge_captions: int | None = field(default=None, metadata={"help": "held-out captions the rounds' judge hears (default all)"})
     pretrain_clips: int = field(default=512, metadata={"help": "toy: rendered (caption, audio) clips for the beta term"})
     reference_clips: int = field(default=256, metadata={"help": "toy: rendered reference clips for FD"})
     prompts: dict = field(default_factory=dict, metadata={"help": "PromptsConfig keys"})
@@ -51,6 +55,12 @@ class RunConfig:
         unknown = [s for s in self.stages if s not in STAGE_ORDER]
         if unknown:
             raise ValueError(f"config key 'stages': unknown stage '{unknown[0]}' (known: {', '.join(STAGE_ORDER)})")
+        if self.rounds < 1 or self.round_ratings < 0:
+            raise ValueError(f"config keys 'rounds' (>= 1) and 'round_ratings' (>= 0): got {self.rounds} and {self.round_ratings}")
+        if self.world == "real" and self.rounds > 1 and not self.judge_model:
+            raise ValueError("online rounds on a real model need a held-out judge that is not the training reward: --judge_model REWARD_MODEL_FOLDER")
+        if self.world == "real" and self.round_ratings:
+            raise ValueError("round_ratings: new ratings each round come from the toy world's oracle; with a real model, rate with the annotate app between runs")
         if self.world == "toy":
             self.model = self.model or str(TOY_CHECKPOINTS / "toy_tango")
             self.clap_model = self.clap_model or str(TOY_CHECKPOINTS / "toy_clap")
@@ -178,8 +188,15 @@ def run(config: RunConfig) -> Path:
             else:
                 finetune_config.resume_from_checkpoint = finetune_config.resume_from_checkpoint or "latest"
                 result = finetune(finetune_config)
+            if config.rounds > 1:
+                from ..online import run_rounds
+
+                result = f"best of {config.rounds} rounds: {run_rounds(config, configs)}"
         else:
-            result = evaluate(configs["evaluate"])
+            evaluate_config = configs["evaluate"]
+            if config.rounds > 1 and (layout.root / "rounds" / "summary.json").is_file():  # the best round is the aligned model
+                evaluate_config.aligned = str(layout.root / json.loads((layout.root / "rounds" / "summary.json").read_text())["best_export"])
+            result = evaluate(evaluate_config)
         seconds = round(time.time() - started, 1)
         summary["stages"][stage] = {"seconds": seconds, "result": str(result)}
         atomic_write_json(layout.run_summary, summary)

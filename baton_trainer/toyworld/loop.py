@@ -57,6 +57,24 @@ def oracle_ratings(layout: RunLayout, rated_fraction: float, rate_by: str, error
         store.close()
 
 
+def oracle_ratings_of(generations: Path, store_path: Path, count: int, error_rate: float, skip_rate: float, seed: int) -> dict[str, int]:
+    """The oracle rates `count` seeded clips of a generations folder into the store at `store_path`
+    (an online round's rating budget); clips it already rated are not asked again."""
+    import numpy as np
+
+    from ..annotation.store import AnnotationStore
+    from ..generations import read_generations
+    from .oracle import OracleAnnotator, annotate_store
+
+    clip_ids = sorted(r["clip_id"] for r in read_generations(generations))
+    picked = sorted(clip_ids[i] for i in np.random.default_rng(seed).permutation(len(clip_ids))[:count])
+    store = AnnotationStore(store_path)
+    try:
+        return annotate_store(store, generations, annotator="oracle", oracle=OracleAnnotator(error_rate=error_rate, skip_rate=skip_rate, seed=seed), clip_ids=picked)
+    finally:
+        store.close()
+
+
 def check_reward_labels(layout: RunLayout) -> dict[str, Any]:
     """The noise-free oracle judges every clip the reward model labelled (none of which it was
     trained on), the largest held-out test a reward model gets here.
