@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import datasets
 import numpy as np
 from baton_trainer.audio import wav_bytes
 from baton_trainer.data import PRETRAIN_FEATURES, build_dataset
@@ -43,4 +44,20 @@ def save_preference(folder: Path, n: int = 8, seed: int = 0, **overrides) -> Pat
 def save_pretrain(folder: Path, n: int = 8) -> Path:
     rows = preference_rows(n, seed=99)
     build_dataset({"caption": rows["caption"], "audio": rows["audio"]}, PRETRAIN_FEATURES).save_to_disk(str(folder))
+    return folder
+
+
+def save_audio_alpaca(folder, n_prompts=3, pairs_per_prompt=2):
+    """A pairwise dataset with Audio-Alpaca's schema (prompt, chosen, rejected, strategy)."""
+    prompts = ["a dog barks then beep", "rain falls with hum", "birds chirp followed by a siren"][:n_prompts]
+    rows = [(p, k) for p in prompts for k in range(pairs_per_prompt)]
+    clip = lambda i: {"bytes": wav_bytes(tone(250 + 40 * i, seed=i), 16000), "path": f"{i}.wav"}  # noqa: E731
+    struct = {"bytes": datasets.Value("binary"), "path": datasets.Value("string")}
+    features = datasets.Features({"prompt": datasets.Value("string"), "chosen": struct, "rejected": struct, "strategy": datasets.Value("string")})
+    ds = datasets.Dataset.from_dict(
+        {"prompt": [p for p, _ in rows], "chosen": [clip(2 * i) for i in range(len(rows))], "rejected": [clip(2 * i + 1) for i in range(len(rows))],
+         "strategy": ["Multiple Inference"] * len(rows)},
+        features=features,
+    )
+    ds.cast_column("chosen", datasets.Audio(decode=False)).cast_column("rejected", datasets.Audio(decode=False)).save_to_disk(str(folder))
     return folder

@@ -188,31 +188,21 @@ def test_reward_ranked_rows_by_threshold_or_top_fraction_per_caption():
 def test_an_audio_alpaca_schema_dataset_loads_as_pairs_and_as_rated_clips(tmp_path):
     import datasets
 
-    from baton_trainer.audio import wav_bytes
     from baton_trainer.data import load_pairwise_dataset, pairwise_to_preference, preference_pairs
-    from helpers import tone
+    from helpers import save_audio_alpaca
 
-    def clip(i):
-        return {"bytes": wav_bytes(tone(300 + 50 * i, seed=i), 16000), "path": f"{i}.wav"}
-
-    prompts = ["a cat meows then a bell rings", "a cat meows then a bell rings", "thunder during rain"]
-    plain = datasets.Features({"prompt": datasets.Value("string"), "chosen": {"bytes": datasets.Value("binary"), "path": datasets.Value("string")},
-                               "rejected": {"bytes": datasets.Value("binary"), "path": datasets.Value("string")}, "strategy": datasets.Value("string")})
-    hub_like = datasets.Dataset.from_dict(
-        {"prompt": prompts, "chosen": [clip(i) for i in range(3)], "rejected": [clip(10 + i) for i in range(3)], "strategy": ["Multiple Inference"] * 3},
-        features=plain,
-    ).cast_column("chosen", datasets.Audio(decode=False)).cast_column("rejected", datasets.Audio(decode=False))
-    hub_like.save_to_disk(str(tmp_path / "alpaca"))
-
+    save_audio_alpaca(tmp_path / "alpaca", n_prompts=2, pairs_per_prompt=2)
     pairs = load_pairwise_dataset(tmp_path / "alpaca")
-    assert len(pairs) == 3 and pairs["strategy"][0] == "Multiple Inference"
+    assert len(pairs) == 4 and pairs["strategy"][0] == "Multiple Inference"
     clips = pairwise_to_preference(pairs)
     validate_preference_dataset(clips)
-    assert clips["feedback"] == [1, 0, 1, 0, 1, 0] and clips["caption_id"] == [0, 0, 0, 0, 1, 1]
-    assert clips.with_format("arrow")["audio"].to_pylist()[1]["bytes"] == clip(10)["bytes"]
+    assert clips["feedback"] == [1, 0] * 4 and clips["caption_id"] == [0, 0, 0, 0, 1, 1, 1, 1]
+    audio = clips.with_format("arrow")["audio"].to_pylist()
+    source = pairs.with_format("arrow")["rejected"].to_pylist()
+    assert audio[1]["bytes"] == source[0]["bytes"] and audio[7]["bytes"] == source[3]["bytes"]  # rejected clips, in order
     rebuilt = preference_pairs(clips, max_pairs_per_caption=10)
-    assert sorted(rebuilt) == [(0, 1), (0, 3), (2, 1), (2, 3), (4, 5)]  # within a prompt every chosen x every rejected
+    assert sorted(rebuilt) == [(0, 1), (0, 3), (2, 1), (2, 3), (4, 5), (4, 7), (6, 5), (6, 7)]  # within a prompt, every chosen x every rejected
 
-    hub_like.remove_columns(["rejected"]).save_to_disk(str(tmp_path / "broken"))
+    datasets.load_from_disk(str(tmp_path / "alpaca")).remove_columns(["rejected"]).save_to_disk(str(tmp_path / "broken"))
     with pytest.raises(PreferenceDataError, match="missing column 'rejected'"):
         load_pairwise_dataset(tmp_path / "broken")

@@ -5,32 +5,14 @@ import gc
 import json
 import math
 
-import datasets
 import pytest
 import torch
-from helpers import save_pretrain, tone
+from helpers import save_audio_alpaca, save_pretrain
 
-from baton_trainer.audio import wav_bytes
 from baton_trainer.testing import save_tiny_audioldm2, save_tiny_stable_audio, save_tiny_stable_audio_3, save_tiny_tango
 
 OBJECTIVES = ("baton", "dpo", "kto", "reward_ranked")
 BACKENDS = {"tango": save_tiny_tango, "audioldm2": save_tiny_audioldm2, "stable_audio": save_tiny_stable_audio, "stable_audio_3": save_tiny_stable_audio_3}
-
-
-def save_audio_alpaca(folder, n_prompts=3, pairs_per_prompt=2):
-    """A pairwise dataset with Audio-Alpaca's schema (prompt, chosen, rejected, strategy)."""
-    prompts = ["a dog barks then beep", "rain falls with hum", "birds chirp followed by a siren"][:n_prompts]
-    rows = [(p, k) for p in prompts for k in range(pairs_per_prompt)]
-    clip = lambda i: {"bytes": wav_bytes(tone(250 + 40 * i, seed=i), 16000), "path": f"{i}.wav"}  # noqa: E731
-    struct = {"bytes": datasets.Value("binary"), "path": datasets.Value("string")}
-    features = datasets.Features({"prompt": datasets.Value("string"), "chosen": struct, "rejected": struct, "strategy": datasets.Value("string")})
-    ds = datasets.Dataset.from_dict(
-        {"prompt": [p for p, _ in rows], "chosen": [clip(2 * i) for i in range(len(rows))], "rejected": [clip(2 * i + 1) for i in range(len(rows))],
-         "strategy": ["Multiple Inference"] * len(rows)},
-        features=features,
-    )
-    ds.cast_column("chosen", datasets.Audio(decode=False)).cast_column("rejected", datasets.Audio(decode=False)).save_to_disk(str(folder))
-    return folder
 
 
 @pytest.fixture(scope="module")

@@ -198,3 +198,28 @@ def test_two_processes_match_one_process_with_the_same_global_batch(world, tmp_p
     # sqrt(v) enlarges that rounding for parameters whose gradients are near zero (measured: one
     # weight of 13,824 off by 3.3e-5 after 3 steps). A different step would differ by about the lr.
     assert gap < 0.05 * moved
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("objective", ["dpo", "kto"])
+def test_dpo_and_kto_on_two_processes_match_one_process(world, tmp_path, objective):
+    """The pairs' shared noise and KTO's reference point are drawn and averaged over the global
+    batch, so two processes of batch 2 take the steps one process of batch 4 takes."""
+    from helpers import save_audio_alpaca
+
+    save_audio_alpaca(tmp_path / "alpaca", n_prompts=2, pairs_per_prompt=4)
+    common = [
+        "--model", str(world / "model"), "--pairwise_dataset", str(tmp_path / "alpaca"), "--feedback_dataset", "none", "--reward_dataset", "none",
+        "--pretrain_dataset", str(world / "pretrain"), "--objective", objective, "--max_train_steps", "3", "--learning_rate", "1e-3",
+        "--report_to", "none", "--run_dir", str(tmp_path),
+    ]
+    one = run_cli([*common, "--output_dir", str(tmp_path / "one"), "--train_batch_size", "4", "--cache_dir", str(tmp_path / "c1")])
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = run_cli([*common, "--output_dir", str(tmp_path / "two"), "--train_batch_size", "2", "--cache_dir", str(tmp_path / "c2")],
+                  env_extra={"ACCELERATE_USE_CPU": "1"}, torchrun=2)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b, start = unet_state(tmp_path / "one"), unet_state(tmp_path / "two"), unet_state(world / "model")
+    moved = max((a[k] - start[k]).abs().max().item() for k in a)
+    gap = max((a[k] - b[k]).abs().max().item() for k in a)
+    print(f"{objective}: weights moved up to {moved:.2e}; one vs two processes differ by up to {gap:.2e}")
+    assert moved > 1e-4 and gap < 0.05 * moved
