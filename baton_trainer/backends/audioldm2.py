@@ -123,10 +123,7 @@ class AudioLDM2Model(MelLatents, TextToAudioBackend):
 
     @torch.no_grad()
     def generate(self, captions, seeds, num_inference_steps=200, guidance_scale=3.5, duration_s=None, progress=False, sampler=None):
-        if len(captions) != len(seeds):
-            raise ValueError(f"{len(captions)} captions but {len(seeds)} seeds")
-        if not math.isfinite(guidance_scale):
-            raise ValueError(f"guidance_scale must be a finite number, got {guidance_scale}")
+        generators = self.clip_generators(captions, seeds, guidance_scale)
         guidance = guidance_scale > 1.0  # the pipeline's own rule
         encoded = [self._encode_one(c, guidance) for c in captions]
         # Conditional and unconditional padded together: the pipeline wants them the same shape.
@@ -149,8 +146,6 @@ class AudioLDM2Model(MelLatents, TextToAudioBackend):
                 raise ValueError(f"unknown sampler {sampler!r} (known: {', '.join(SAMPLERS)})")
             pipe = type(pipe).from_pipe(pipe, scheduler=SAMPLERS[sampler].from_config(pipe.scheduler.config))
         pipe.set_progress_bar_config(disable=not progress, desc="sampling", leave=False)
-        # One generator per clip: a clip depends on its seed only, not on its batch neighbours.
-        generators = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
         audio = pipe(
             num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, audio_length_in_s=duration_s or self.duration_s,
             generator=generators, output_type="np", **kwargs,

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 from abc import ABC, abstractmethod
 from pathlib import Path
 
@@ -246,6 +247,16 @@ class TextToAudioBackend(ABC):
 
         inject_adapter_in_model(config, self.unet, adapter_name="default")
         self.unet.peft_config = {"default": config}
+
+    @staticmethod
+    def clip_generators(captions: list[str], seeds: list[int], guidance_scale: float) -> list[torch.Generator]:
+        """One CPU generator per clip, after the checks every `generate` makes: a clip depends on
+        its seed only, not on its batch neighbours."""
+        if len(captions) != len(seeds):
+            raise ValueError(f"{len(captions)} captions but {len(seeds)} seeds")
+        if not math.isfinite(guidance_scale):
+            raise ValueError(f"guidance_scale must be a finite number, got {guidance_scale}")
+        return [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
 
     @staticmethod
     @contextlib.contextmanager

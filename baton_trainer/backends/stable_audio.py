@@ -24,7 +24,6 @@ leaves the backend. The pipeline's scheduler needs `torchsde` (`pip install bato
 from __future__ import annotations
 
 import importlib.util
-import math
 from pathlib import Path
 
 import numpy as np
@@ -128,13 +127,8 @@ class StableAudioModel(TextToAudioBackend):
     def generate(self, captions, seeds, num_inference_steps=100, guidance_scale=7.0, duration_s=None, progress=False, sampler=None):
         if sampler is not None:
             raise ValueError(f"sampler {sampler!r}: Stable Audio samples with its own scheduler ({type(self.pipe.scheduler).__name__})")
-        if len(captions) != len(seeds):
-            raise ValueError(f"{len(captions)} captions but {len(seeds)} seeds")
-        if not math.isfinite(guidance_scale):
-            raise ValueError(f"guidance_scale must be a finite number, got {guidance_scale}")
+        generators = self.clip_generators(captions, seeds, guidance_scale)
         self.pipe.set_progress_bar_config(disable=not progress, desc="sampling", leave=False)
-        # One generator per clip: a clip depends on its seed only, not on its batch neighbours.
-        generators = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
         audio = self.pipe(
             list(captions), num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, audio_start_in_s=0.0,
             audio_end_in_s=float(duration_s or self.duration_s), generator=generators, output_type="np",

@@ -192,10 +192,7 @@ class TangoModel(MelLatents, TextToAudioBackend):
         return self._call(captions, seeds, num_inference_steps, guidance_scale, duration_s, sampler, progress, "np").astype(np.float32)
 
     def _call(self, captions, seeds, num_inference_steps, guidance_scale, duration_s, sampler, progress, output_type):
-        if len(captions) != len(seeds):
-            raise ValueError(f"{len(captions)} captions but {len(seeds)} seeds")
-        # One generator per clip: a clip depends on its seed only, not on its batch neighbours.
-        generators = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
+        generators = self.clip_generators(captions, seeds, guidance_scale)
         self.pipe.set_progress_bar_config(disable=not progress, desc="sampling", leave=False)
         return self.pipe(
             list(captions), num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, audio_length_in_s=duration_s,
