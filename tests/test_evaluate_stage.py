@@ -77,7 +77,8 @@ def test_best_of_n_keeps_the_candidate_the_reward_model_scores_highest(models, t
     assert len(rows) == 3 * 2 * 3
     scorer = reward_hub.load(str(reward_model), device="cpu")
     scores = scorer.score([r["caption"] for r in rows], [load_audio(candidates / r["file_name"], CLAP_SAMPLE_RATE)[0] for r in rows], CLAP_SAMPLE_RATE).tolist()
-    picks = [json.loads(line) for line in (out / "clips" / "best_of_3.jsonl").read_text().splitlines()]
+    picks = [json.loads(line) for line in (out / "clips" / "best_of_3" / "metadata.jsonl").read_text().splitlines()]
+    assert all((out / "clips" / "best_of_3" / p["file_name"]).is_file() for p in picks)
     base = [json.loads(line) for line in (out / "clips" / "base" / "metadata.jsonl").read_text().splitlines()]
     assert [p["clip_id"] for p in picks] == [r["clip_id"] for r in sorted(base, key=lambda r: (r["caption_id"], r["clip_index"]))]
     for pick in picks:

@@ -65,8 +65,8 @@ def best_of_n(config: "EvaluateConfig", layout: "RunLayout", captions: Path, spl
     """Best-of-N, the training-free baseline: for clip k of a caption, the base model's clips k,
     k + C, ..., k + (N - 1) C (C clips per caption, so clip k itself is one of them; seeds as the
     generate stage derives them), and the one the run's reward model scores highest. Returns the
-    base rows (same clip ids, the winner's seed and file) and the winners' waveforms; the choices
-    are written beside the candidates' folder as `best_of_<N>.jsonl`."""
+    base rows (same clip ids and file names, the winner's seed, candidate id and score) and the
+    winners' waveforms; the winners are also written as `RUN/eval/clips/best_of_<N>/`."""
     import dataclasses
 
     import reward_hub
@@ -89,14 +89,18 @@ def best_of_n(config: "EvaluateConfig", layout: "RunLayout", captions: Path, spl
         key = (int(r["caption_id"]), int(r["clip_index"]) % per_caption)
         if key not in best or scores[i] > scores[best[key]]:
             best[key] = i
-    picked_rows, picked_clips = [], []
+    # The winners as a generations folder of their own (clips + metadata.jsonl), to listen to and re-judge.
+    winners = layout.eval / "clips" / f"best_of_{n}"
+    (winners / "clips").mkdir(parents=True, exist_ok=True)
+    picked_rows, picked_clips, lines = [], [], []
     for base in base_rows:
         i = best[(int(base["caption_id"]), int(base["clip_index"]))]
         winner = rows[i]
-        picked_rows.append({**base, "seed": winner["seed"], "file_name": str(Path(folder.name) / winner["file_name"]), "reward": scores[i]})
+        atomic_write_bytes(winners / base["file_name"], (folder / winner["file_name"]).read_bytes())
+        picked_rows.append({**base, "seed": winner["seed"], "candidate": winner["clip_id"], "reward": scores[i]})
         picked_clips.append(load_audio(folder / winner["file_name"], sample_rate, what=str(folder / winner["file_name"]))[0])
-    lines = [json.dumps({k: r[k] for k in ("clip_id", "caption", "seed", "file_name", "reward")}, ensure_ascii=False) + "\n" for r in picked_rows]
-    atomic_write_bytes(folder.with_name(f"best_of_{n}.jsonl"), "".join(lines).encode())  # which candidate won, and its score
+        lines.append(json.dumps(picked_rows[-1], ensure_ascii=False) + "\n")
+    atomic_write_bytes(winners / "metadata.jsonl", "".join(lines).encode())
     return picked_rows, picked_clips
 
 
