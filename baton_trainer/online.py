@@ -6,9 +6,11 @@ round r = 2..R
     labels the rest with the run's reward model                      -> round_r/reward_labeled
     fine-tunes from the current weights on them                      -> round_r/aligned
 
-and every round, the first included, is measured by a held-out judge that is not the training
-reward: the toy world's oracle on held-out captions (the mean of integrity and temporal accuracy),
-or for real models a second scorer (`--judge_model`, a reward model folder other than the run's).
+and every round, the first included, is measured by a judge that is not the training reward, on
+fresh clips (their own seeds) of the training captions by default (`--judge_split heldout` for the
+held-out ones, which the final evaluation then no longer sees untouched): the toy world's oracle
+(the mean of integrity and temporal accuracy), or for real models a second scorer
+(`--judge_model`, a reward model folder other than the run's).
 The training reward's mean on the same clips sits beside it. The run keeps the best round by the
 judge and stops early when the judge falls while the reward rises (reward hacking). Every
 round's clips, labels, weights and judge scores stay in its folder; a killed run resumes in the
@@ -49,9 +51,12 @@ def judge_round(config: "RunConfig", configs: dict[str, Any], export: Path, fold
     done = folder / "judge.json"
     if done.is_file():
         return json.loads(done.read_text())
+    # Fresh seeds (not the training clips', not the evaluation's) on the judge's split: by default
+    # the training captions, so that choosing the best round never looks at the held-out captions
+    # the final evaluation reports on.
     gen = dataclasses.replace(
-        configs["generate"], export=str(export), captions_file=str(config.layout().captions), split="heldout", clips_per_caption=1,
-        max_captions=config.judge_captions, seed=config.seed + 1000, out_dir=str(folder / "judge_clips"),
+        configs["generate"], export=str(export), captions_file=str(config.layout().captions), split=config.judge_split,
+        clips_per_caption=config.judge_clips_per_caption, max_captions=config.judge_captions, seed=config.seed + 2000, out_dir=str(folder / "judge_clips"),
     )
     clips_folder = generate(gen)
     rows, clips = read_clips(clips_folder, 16000)

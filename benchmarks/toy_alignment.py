@@ -76,7 +76,10 @@ def reward_rows_in_mix(run_dir: Path, ft) -> Path:
     return out
 
 
-def run_seed(root: Path, seed: int, overrides: list[str], ablations: list[str]) -> dict:
+def run_seed(root: Path, seed: int, overrides: list[str], ablations: list[str], variants: dict | None = None) -> dict:
+    """The default run of one seed, then each named variant (finetune overrides: `variants`, by
+    default the ablations and diagnostics) trained on its clips and ratings and evaluated beside it."""
+    variants = {**ABLATIONS, **DIAGNOSTICS} if variants is None else variants
     run_dir = root / f"seed{seed}"
     config = parse_config(RunConfig, ["--config", str(CONFIG_DIR / "toy.yaml"), "--run_dir", str(run_dir), "--seed", str(seed), *overrides])
     started = time.time()
@@ -92,7 +95,7 @@ def run_seed(root: Path, seed: int, overrides: list[str], ablations: list[str]) 
     for name in ablations:
         out = run_dir / f"ablation_{name}"
         ft = stage_configs["finetune"]
-        values = {**ft.__dict__, **ABLATIONS.get(name, {}), **DIAGNOSTICS.get(name, {}), "output_dir": str(out), "resume_from_checkpoint": "latest"}
+        values = {**ft.__dict__, **variants[name], "output_dir": str(out), "resume_from_checkpoint": "latest"}
         if name in SAME_STEPS_AS_BATON:
             values["max_train_steps"] = baton_steps
         if name == "reward_only":
@@ -131,15 +134,16 @@ def clip_outcomes(clips_dir: Path) -> dict[str, dict[str, bool]]:
     return outcomes
 
 
-def paired_differences(root: Path, seeds: list[int], ablations: list[str]) -> dict:
+def paired_differences(root: Path, seeds: list[int], ablations: list[str], extra_clips=None) -> dict:
     """BATON minus each other model, clip by clip on the same captions and seeds, pooled over seeds,
-    and the spread of the per-seed mean differences."""
+    and the spread of the per-seed mean differences. `extra_clips(seed)` names more models' clip folders."""
     differences: dict[str, dict[str, list[int]]] = {}
     per_seed: dict[str, dict[str, list[float]]] = {}
     for seed in seeds:
         run_dir = root / f"seed{seed}"
         models = {"base": run_dir / "eval" / "clips" / "base", "baton": run_dir / "eval" / "clips" / "aligned"}
         models.update({name: run_dir / f"eval_{name}" / "clips" / "aligned" for name in ablations})
+        models.update(extra_clips(seed) if extra_clips else {})
         judged = {name: clip_outcomes(folder) for name, folder in models.items()}
         for name in models:
             if name == "baton":

@@ -40,7 +40,11 @@ class RunConfig:
     rounds: int = field(default=1, metadata={"help": "online rounds: after the fine-tune, R - 1 more of fresh clips from the current model, reward labels and a fine-tune from its weights"})
     round_ratings: int = field(default=0, metadata={"help": "toy: new oracle ratings per online round (the rating budget)"})
     judge_model: str | None = field(default=None, metadata={"help": "real models: the held-out judge of the rounds, a reward model other than the run's"})
-    judge_captions: int | None = field(default=None, metadata={"help": "held-out captions the rounds' judge hears (default all)"})
+    judge_split: Literal["train", "heldout"] = field(
+        default="train", metadata={"help": "captions the rounds' judge hears, on fresh seeds (train: the held-out ones stay for the final evaluation)"}
+    )
+    judge_clips_per_caption: int = field(default=2, metadata={"help": "clips per caption the rounds' judge hears"})
+    judge_captions: int | None = field(default=None, metadata={"help": "at most this many captions for the rounds' judge (default all)"})
     pretrain_clips: int = field(default=512, metadata={"help": "toy: rendered (caption, audio) clips for the beta term"})
     reference_clips: int = field(default=256, metadata={"help": "toy: rendered reference clips for FD"})
     prompts: dict = field(default_factory=dict, metadata={"help": "PromptsConfig keys"})
