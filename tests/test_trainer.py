@@ -177,7 +177,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(world, tmp_p
     common = [
         "--model", str(world / model_name), "--feedback_dataset", str(world / "feedback"),
         "--pretrain_dataset", str(world / "pretrain"), "--max_train_steps", "3", "--learning_rate", "1e-3",
-        "--report_to", "none", "--run_dir", str(tmp_path),
+        "--report_to", "none", "--run_dir", str(tmp_path), "--duration_s", "0.32",  # the tiny models' length (Stable Audio 3's default is 10 s)
     ]
     one = run_cli([*common, "--output_dir", str(tmp_path / "one"), "--train_batch_size", "4", "--cache_dir", str(tmp_path / "c1")])
     assert one.returncode == 0, one.stderr[-3000:]
