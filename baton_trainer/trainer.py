@@ -1,9 +1,9 @@
 """Reward-weighted diffusion fine-tuning (BATON stage 3) on accelerate.
 
 The whole loop is `RewardWeightedDiffusionTrainer.train`: the loss is formed in `training_loss`
-(Eq. 7 through `losses.baton_loss`, or DPO / KTO against the base model), the optimiser step and the
-checkpoint are in `train`. Its
-config is `baton_trainer.stages.finetune.FinetuneConfig`; latents come from `latent_cache`.
+(Eq. 7 through `losses.baton_loss`, or DPO / KTO against the base model), the optimiser step and
+the checkpoint are in `train`. Its config is `baton_trainer.stages.finetune.FinetuneConfig`;
+latents come from `latent_cache`.
 
 Data order, timesteps and noise are drawn from generators seeded by (seed, step), not from the
 global RNG, so a run resumed from a checkpoint takes exactly the steps an uninterrupted run takes,
@@ -159,8 +159,10 @@ class RewardWeightedDiffusionTrainer:
 
     # -- data ------------------------------------------------------------------------------------
 
-    def load_data(self) -> tuple[EncodedSet | None, EncodedSet | None]:
-        """The feedback mix (human-rated + reward-rated rows, weights w_i) and the pretraining set, encoded."""
+    def load_data(self) -> tuple[EncodedSet | PairedSet | None, EncodedSet | None]:
+        """The feedback mix (human-rated + reward-rated rows, weights w_i; for `reward_ranked` the
+        good rows only, for `kto` weights 1 desirable / 0 not, for `dpo` its pairs) and the
+        pretraining set, encoded."""
         from .data import (
             load_pairwise_dataset, load_preference_dataset, load_pretrain_dataset, mix_feedback, pairwise_to_preference, preference_pairs,
             reward_ranked_rows,
