@@ -4,7 +4,8 @@
 
 Human-rated clips (RUN/feedback) mixed 1:1 with reward-labelled ones (RUN/reward_labeled) weight
 the model's own denoising loss, and beta times the same loss on pretraining clips keeps it close to
-its data (Eq. 7, `baton_trainer.losses.baton_loss`). The loop is
+its data (Eq. 7, `baton_trainer.losses.baton_loss`); `--objective dpo|kto|reward_ranked` trains the
+same ratings with Diffusion-DPO, Diffusion-KTO or reward-ranked fine-tuning instead. The loop is
 `RewardWeightedDiffusionTrainer.train` in `baton_trainer.trainer`. RUN/aligned holds the export
 (LoRA adapter or UNet), its checkpoints, logs, `finetune_config.json` and `versions.json`.
 """
@@ -93,6 +94,12 @@ class FinetuneConfig:
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
                 raise ValueError(f"config key '{name}' must be a finite number >= 0, got {value}")
+        for name in ("min_reward_gap", "reward_top_fraction"):
+            value = getattr(self, name)
+            if value is not None and (not math.isfinite(value) or value < 0):
+                raise ValueError(f"config key '{name}' must be a finite number >= 0, got {value}")
+        if not math.isfinite(self.reward_threshold):
+            raise ValueError(f"config key 'reward_threshold' must be a finite number, got {self.reward_threshold}")
         if self.cfg_dropout is not None and not 0 <= self.cfg_dropout < 1:
             raise ValueError(f"config key 'cfg_dropout' must be a number in [0, 1), got {self.cfg_dropout}")
         if self.objective != "baton" and self.weighting == "none":
