@@ -124,10 +124,11 @@ def test_online_rounds_resume_after_a_kill_in_round_two_without_redoing_round_on
     args = [
         "run", "--run_dir", str(run_dir), "--pretrain_clips", "8", "--reference_clips", "8", "--rated_fraction", "0.75",
         "--prompts.num_integrity", "4", "--prompts.num_temporal", "4",
-        "--generate.clips_per_caption", "3", "--generate.num_inference_steps", "4", "--generate.batch_size", "1",
+        "--generate.clips_per_caption", "3", "--generate.num_inference_steps", "2", "--generate.batch_size", "1",
         "--reward.epochs", "3", "--reward.validation_fraction", "0.5",
-        "--finetune.max_train_steps", "2", "--finetune.train_batch_size", "4", "--finetune.report_to", "none",
-        "--evaluate.clips_per_caption", "1", "--evaluate.num_inference_steps", "4", "--rounds", "2", "--round_ratings", "3",
+        "--finetune.max_train_steps", "1", "--finetune.train_batch_size", "4", "--finetune.report_to", "none",
+        "--evaluate.clips_per_caption", "1", "--evaluate.num_inference_steps", "2", "--rounds", "2", "--round_ratings", "3",
+        "--judge_clips_per_caption", "1",
     ]
     first = subprocess.Popen([sys.executable, "-m", "baton_trainer", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     round_two = run_dir / "rounds" / "round_2" / "generations" / "clips"
