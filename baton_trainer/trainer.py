@@ -94,11 +94,7 @@ class RewardWeightedDiffusionTrainer:
             unet.requires_grad_(False)
             unet.to(acc.device, dtype=self.weight_dtype)
             if getattr(unet, "peft_config", None):  # an adapter loaded from an export (an online round): train it on
-                from peft.tuners.tuners_utils import BaseTunerLayer
-
-                for module in unet.modules():
-                    if isinstance(module, BaseTunerLayer):
-                        module.enable_adapters(True)  # peft's switch also makes the active adapter trainable
+                backend.switch_adapters(unet, True)
             else:
                 backend.add_lora(
                     LoraConfig(

@@ -60,7 +60,6 @@ class AudioLDM2Model(MelLatents, TextToAudioBackend):
         self.mel = MelFrontEnd(self.mel_config)
         self.noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
         self.sample_rate = sample_rate
-        self.name_or_path = str(pipe.config.get("_name_or_path", "") or "")
 
     @property
     def duration_s(self) -> float:

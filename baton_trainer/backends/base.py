@@ -83,6 +83,7 @@ class TextToAudioBackend(ABC):
 
     def __init__(self, pipe):
         self.pipe = pipe
+        self.name_or_path = str(pipe.config.get("_name_or_path", "") or "")  # from_pretrained sets the name it was given
 
     @abstractmethod
     def encode_audio(self, waveforms: torch.Tensor) -> torch.Tensor:
@@ -259,20 +260,25 @@ class TextToAudioBackend(ABC):
         return [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
 
     @staticmethod
-    @contextlib.contextmanager
-    def adapters_disabled(denoiser: torch.nn.Module):
-        """The denoiser without its LoRA adapter for the block: the base model, with no copy of it
-        (the reference of DPO and KTO). peft's own switch, whichever way the adapter was added."""
+    def switch_adapters(denoiser: torch.nn.Module, enabled: bool) -> None:
+        """Turn the denoiser's LoRA adapter on or off with peft's own switch, whichever way it was
+        added; switching it on also makes the active adapter trainable."""
         from peft.tuners.tuners_utils import BaseTunerLayer
 
-        layers = [m for m in denoiser.modules() if isinstance(m, BaseTunerLayer)]
-        for layer in layers:
-            layer.enable_adapters(False)
+        for layer in denoiser.modules():
+            if isinstance(layer, BaseTunerLayer):
+                layer.enable_adapters(enabled)
+
+    @classmethod
+    @contextlib.contextmanager
+    def adapters_disabled(cls, denoiser: torch.nn.Module):
+        """The denoiser without its LoRA adapter for the block: the base model, with no copy of it
+        (the reference of DPO and KTO)."""
+        cls.switch_adapters(denoiser, False)
         try:
             yield denoiser
         finally:
-            for layer in layers:
-                layer.enable_adapters(True)
+            cls.switch_adapters(denoiser, True)
 
     # -- the trained part ------------------------------------------------------------------------
     # The export is what a diffusers user loads on the base pipeline: a LoRA adapter in diffusers'

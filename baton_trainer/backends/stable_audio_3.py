@@ -50,7 +50,6 @@ class StableAudio3Model(TextToAudioBackend):
         super().__init__(pipe)
         self.sample_rate = int(pipe.vae.config.sampling_rate)
         self.noise_scheduler = pipe.scheduler  # sampling only: training draws continuous t itself
-        self.name_or_path = str(pipe.config.get("_name_or_path", "") or "")
 
     @property
     def duration_s(self) -> float:

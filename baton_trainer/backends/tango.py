@@ -114,7 +114,6 @@ class TangoModel(MelLatents, TextToAudioBackend):
         # The training noise schedule is the pipeline scheduler's (DDPM's add_noise and velocity on its betas).
         self.noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
         self.sample_rate = config.sample_rate
-        self.name_or_path = str(config.get("_name_or_path", "") or "")
 
     # -- the pipeline's components ---------------------------------------------------------------
 
