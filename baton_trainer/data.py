@@ -246,6 +246,14 @@ def _saved_rows(folder: Path) -> int:
 PAIRWISE_COLUMNS = ("prompt", "chosen", "rejected")  # Audio-Alpaca's schema (declare-lab/audio-alpaca), plus "strategy"
 
 
+def rows_by_caption(ds: Dataset) -> dict[str, list[int]]:
+    """Row indices by caption text (stripped): the unit pairs and per-caption rankings stay within."""
+    by_caption: dict[str, list[int]] = {}
+    for row, caption in enumerate(ds["caption"]):
+        by_caption.setdefault(caption.strip(), []).append(row)
+    return by_caption
+
+
 def preference_pairs(ds: Dataset, max_pairs_per_caption: int = 8, seed: int = 0, min_reward_gap: float | None = None) -> list[tuple[int, int]]:
     """(chosen row, rejected row) pairs of one caption each, for Diffusion-DPO.
 
@@ -256,9 +264,7 @@ def preference_pairs(ds: Dataset, max_pairs_per_caption: int = 8, seed: int = 0,
     """
     if max_pairs_per_caption < 1:
         raise ValueError(f"max_pairs_per_caption must be >= 1, got {max_pairs_per_caption}")
-    by_caption: dict[str, list[int]] = {}
-    for row, caption in enumerate(ds["caption"]):
-        by_caption.setdefault(caption.strip(), []).append(row)
+    by_caption = rows_by_caption(ds)
     feedback, reward = list(ds["feedback"]), list(ds["reward"])
     rng = np.random.default_rng(seed)
     pairs: list[tuple[int, int]] = []
@@ -286,9 +292,7 @@ def reward_ranked_rows(ds: Dataset, threshold: float | None = 0.5, top_fraction:
         return [i for i, r in enumerate(reward) if r >= threshold]
     if not 0 < top_fraction <= 1:
         raise ValueError(f"top_fraction must be in (0, 1], got {top_fraction}")
-    by_caption: dict[str, list[int]] = {}
-    for row, caption in enumerate(ds["caption"]):
-        by_caption.setdefault(caption.strip(), []).append(row)
+    by_caption = rows_by_caption(ds)
     chosen = []
     for rows in by_caption.values():
         ranked = sorted(rows, key=lambda r: (-reward[r], r))
