@@ -39,13 +39,8 @@ def judge_round(config: "RunConfig", configs: dict[str, Any], export: Path, fold
     """The judge's and the training reward's view of one round's model, on held-out clips."""
     import numpy as np
 
-    import reward_hub
-
-    from .audio import load_audio
     from .clap import CLAP_SAMPLE_RATE
-    from .evaluation.clips import oracle_metrics, read_clips
-    from .hub import resolve_folder
-    from .runtime import pick_device
+    from .evaluation.clips import load_scorer, oracle_metrics, read_clips, read_waves
     from .stages.generate import generate
 
     done = folder / "judge.json"
@@ -60,17 +55,17 @@ def judge_round(config: "RunConfig", configs: dict[str, Any], export: Path, fold
     )
     clips_folder = generate(gen)
     rows, clips = read_clips(clips_folder, 16000)
-    waves = [load_audio(clips_folder / r["file_name"], CLAP_SAMPLE_RATE)[0] for r in rows]
+    waves = read_waves(clips_folder, rows, CLAP_SAMPLE_RATE)
     captions = [r["caption"] for r in rows]
-    device = pick_device(configs["label"].device)
-    reward_model = reward_hub.load(str(resolve_folder(config.layout().reward_model, "reward model")), device=device)
+    device = configs["label"].device
+    reward_model = load_scorer(config.layout().reward_model, "reward model", device)
     result: dict[str, float] = {"reward": float(np.mean(reward_model.score(captions, waves, CLAP_SAMPLE_RATE).tolist()))}
     if config.world == "toy":
         accuracies = oracle_metrics(rows, clips, 16000)
         result.update({k: v for k, v in accuracies.items() if k.endswith("_accuracy")})
         result["judge"] = float(np.mean([v for k, v in accuracies.items() if k.endswith("_accuracy")]))
     else:
-        judge = reward_hub.load(str(resolve_folder(config.judge_model, "judge model")), device=device)
+        judge = load_scorer(config.judge_model, "judge model", device)
         result["judge"] = float(np.mean(judge.score(captions, waves, CLAP_SAMPLE_RATE).tolist()))
     result["clips"] = len(rows)
     atomic_write_json(done, result)
@@ -88,7 +83,8 @@ def train_round(config: "RunConfig", configs: dict[str, Any], r: int, previous: 
     from .stages.label import label_unrated
     from .trainer import RewardWeightedDiffusionTrainer
 
-    layout, folder = config.layout(), round_dir(config.layout().root, r)
+    layout = config.layout()
+    folder = round_dir(layout.root, r)
     aligned = folder / "aligned"
     if (aligned / EXPORT_FILE).is_file():
         return aligned

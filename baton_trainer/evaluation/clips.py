@@ -69,21 +69,16 @@ def best_of_n(config: "EvaluateConfig", layout: "RunLayout", captions: Path, spl
     winners' waveforms; the winners are also written as `RUN/eval/clips/best_of_<N>/`."""
     import dataclasses
 
-    import reward_hub
-
     from ..clap import CLAP_SAMPLE_RATE
-    from ..hub import resolve_folder
-    from ..runtime import pick_device
 
     per_caption, n = config.clips_per_caption, config.best_of
     if not layout.reward_model.exists() and config.reward_model is None:
         raise FileNotFoundError(f"best_of {n} needs the run's reward model: {layout.reward_model} not found (run the reward stage, or --reward_model)")
     wider = dataclasses.replace(config, clips_per_caption=per_caption * n)
     folder = generate_clips(wider, captions, split, layout.eval / "clips" / f"best_of_{n}_candidates", None, backend)
-    rows, _ = read_clips(folder, sample_rate)
-    model = reward_hub.load(str(resolve_folder(layout.reward_model, "reward model")), device=pick_device(config.device))
-    waves = [load_audio(folder / r["file_name"], CLAP_SAMPLE_RATE, what=str(folder / r["file_name"]))[0] for r in rows]
-    scores = model.score([r["caption"] for r in rows], waves, CLAP_SAMPLE_RATE, batch_size=config.batch_size).tolist()
+    rows = sorted_rows(folder)
+    model = load_scorer(layout.reward_model, "reward model", config.device)
+    scores = model.score([r["caption"] for r in rows], read_waves(folder, rows, CLAP_SAMPLE_RATE), CLAP_SAMPLE_RATE, batch_size=config.batch_size).tolist()
     best: dict[tuple[int, int], int] = {}
     for i, r in enumerate(rows):
         key = (int(r["caption_id"]), int(r["clip_index"]) % per_caption)
@@ -104,14 +99,32 @@ def best_of_n(config: "EvaluateConfig", layout: "RunLayout", captions: Path, spl
     return picked_rows, picked_clips
 
 
-def read_clips(folder: Path, sample_rate: int = 16000) -> tuple[list[dict[str, Any]], list[np.ndarray]]:
-    """A generations folder's rows (by caption, then clip) and their waveforms at `sample_rate`."""
+def sorted_rows(folder: Path) -> list[dict[str, Any]]:
+    """A generations folder's rows, by caption, then clip."""
     from ..generations import read_generations
 
-    rows = read_generations(folder)
-    rows.sort(key=lambda r: (r["caption_id"], r["clip_index"]))
-    clips = [load_audio(folder / r["file_name"], sample_rate, what=str(folder / r["file_name"]))[0] for r in rows]
-    return rows, clips
+    return sorted(read_generations(folder), key=lambda r: (r["caption_id"], r["clip_index"]))
+
+
+def read_waves(folder: Path, rows: list[dict[str, Any]], sample_rate: int) -> list[np.ndarray]:
+    """The rows' clips in `folder` as waveforms at `sample_rate`."""
+    return [load_audio(folder / r["file_name"], sample_rate, what=str(folder / r["file_name"]))[0] for r in rows]
+
+
+def read_clips(folder: Path, sample_rate: int = 16000) -> tuple[list[dict[str, Any]], list[np.ndarray]]:
+    """A generations folder's rows (by caption, then clip) and their waveforms at `sample_rate`."""
+    rows = sorted_rows(folder)
+    return rows, read_waves(folder, rows, sample_rate)
+
+
+def load_scorer(path: str | Path, what: str, device: str | None = None):
+    """A reward model (the run's, or a judge) from a folder or Hub id, on `device` (default cuda if there)."""
+    import reward_hub
+
+    from ..hub import resolve_folder
+    from ..runtime import pick_device
+
+    return reward_hub.load(str(resolve_folder(path, what)), device=pick_device(device))
 
 
 def oracle_metrics(rows: list[dict[str, Any]], clips: list[np.ndarray], sample_rate: int) -> dict[str, float]:
