@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import re
 import resource
 import statistics
 import sys
@@ -35,7 +33,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
-from tango_step import CAPTIONS, FLAN_T5_LARGE, build_frozen, device_name, free, sync  # noqa: E402
+from tango_step import CAPTIONS, FLAN_T5_LARGE, build_frozen, device_name, free, library_versions, sync, write_results  # noqa: E402
 
 BACKENDS = ("tango", "audioldm2", "stable_audio", "stable_audio_3")
 # cvssp/audioldm2's unet/config.json and vae/config.json (the Hub files, values copied as data).
@@ -244,22 +242,13 @@ def main(argv=None) -> int:
         print(f"{r['backend']:<15} {r['mode']:<5} {r['trainable_params']:>13,} {r['step_time_s']:>8.3f} {r.get('time_ratio_vs_full', float('nan')):>7.2f} "
               f"{r.get('time_ratio_vs_tango', float('nan')):>8.2f} {r['peak_memory_gib']:>9.2f} {gen:>8}")
 
-    import diffusers
-    import peft
-    import transformers
-
     report = {
         "device": device_name(device), "quick": args.quick, "batch": args.batch, "timed_steps": args.steps,
         "precision": "bf16 autocast, frozen parts bf16" if device.type == "cuda" else "fp32",
         "peak_memory": "torch.cuda.max_memory_allocated per configuration" if device.type == "cuda" else "process peak RSS (monotonic over the run)",
-        "versions": {"python": platform.python_version(), "torch": torch.__version__, "diffusers": diffusers.__version__,
-                     "transformers": transformers.__version__, "peft": peft.__version__, "cuda": torch.version.cuda},
-        "results": results, "total_time_s": time.perf_counter() - began,
+        "versions": library_versions(), "results": results, "total_time_s": time.perf_counter() - began,
     }
-    suffix = re.sub(r"[^A-Za-z0-9]+", "_", device_name(device)).strip("_") + ("_quick" if args.quick else "")
-    out = Path(args.out_dir) / f"backend_step_{suffix}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    out = write_results(report, args.out_dir, "backend_step", device, "_quick" if args.quick else "")
     print(f"\nwrote {out}")
     return 0
 

@@ -54,6 +54,24 @@ def device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
 
+def library_versions() -> dict:
+    """The versions a results file records."""
+    import diffusers
+    import peft
+    import transformers
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "diffusers": diffusers.__version__,
+            "transformers": transformers.__version__, "peft": peft.__version__, "cuda": torch.version.cuda}
+
+
+def write_results(report: dict, out_dir: str | Path, stem: str, device: torch.device, suffix: str = "") -> Path:
+    """`report` as `<out_dir>/<stem>_<device><suffix>.json`."""
+    out = Path(out_dir) / f"{stem}_{re.sub(r'[^A-Za-z0-9]+', '_', device_name(device)).strip('_')}{suffix}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    return out
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -234,10 +252,6 @@ def main(argv=None) -> int:
         ratio = f"{r['time_ratio_vs_full']:.2f}" if "time_ratio_vs_full" in r else "n/a"
         print(f"{r['config']:<10} {r['trainable_params']:>12,} {r['step_time_s']:>9.3f} {ratio:>7} {mem:>9} {mem_ratio:>7}")
 
-    import diffusers
-    import peft
-    import transformers
-
     report = {
         "device": device_name(device),
         "quick": quick,
@@ -250,14 +264,11 @@ def main(argv=None) -> int:
         "optimizer": "AdamW" + (" (fused)" if device.type == "cuda" else ""),
         "unet_params": unet_params,
         "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-        "versions": {"python": platform.python_version(), "torch": torch.__version__, "diffusers": diffusers.__version__,
-                     "transformers": transformers.__version__, "peft": peft.__version__, "cuda": torch.version.cuda},
+        "versions": library_versions(),
         "results": results,
         "total_time_s": time.perf_counter() - began,
     }
-    out = Path(args.out_dir) / f"tango_step_{re.sub(r'[^A-Za-z0-9]+', '_', device_name(device)).strip('_')}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    out = write_results(report, args.out_dir, "tango_step", device)
     print(f"\nwrote {out} (total {report['total_time_s']:.0f} s)")
     return 0
 
