@@ -11,6 +11,7 @@
     RUN/eval/                 evaluate     report.md, metrics.json, plots, the clips it judged
     RUN/cache/                finetune, reward  latents, text and CLAP embeddings (keyed by fingerprint)
     RUN/run_summary.json      run          each stage's time and result
+    RUN/rounds/               run --rounds round_<r>/ (clips, labels, weights, judge.json), summary.json, rounds.png
 
 The toy world adds its own inputs (`toy_labels.txt`, `pretrain/`, `reference/`) and the oracle's
 check of the reward labels (`reward_label_check.json`, `.png`, `reward_labeled_oracle/`).
@@ -44,6 +45,9 @@ MOVABLE = {
 FIXED = {
     "feedback_agreement": "feedback_agreement.json",
     "run_summary": "run_summary.json",
+    "rounds": "rounds",
+    "rounds_summary": "rounds/summary.json",
+    "rounds_plot": "rounds/rounds.png",
     "toy_labels": "toy_labels.txt",
     "pretrain": "pretrain",
     "reference": "reference",
@@ -68,6 +72,9 @@ class RunLayout:
     clap_embeddings: Path  # inside `cache`
     feedback_agreement: Path
     run_summary: Path
+    rounds: Path
+    rounds_summary: Path
+    rounds_plot: Path
     toy_labels: Path
     pretrain: Path
     reference: Path
@@ -85,3 +92,7 @@ class RunLayout:
         paths = {name: Path(moved[name]) if moved.get(name) else root / default for name, default in MOVABLE.items()}
         paths.update({name: root / default for name, default in FIXED.items()})
         return cls(root=root, clap_embeddings=paths["cache"] / "clap_embeddings", **paths)
+
+    def round_folder(self, r: int) -> Path:
+        """Online round r's folder (round 1 is the offline fine-tune: only its judge lives there)."""
+        return self.rounds / f"round_{r}"

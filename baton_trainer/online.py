@@ -31,10 +31,6 @@ if TYPE_CHECKING:
     from .stages.run import RunConfig
 
 
-def round_dir(root: Path, r: int) -> Path:
-    return root / "rounds" / f"round_{r}"
-
-
 def judge_round(config: "RunConfig", configs: dict[str, Any], export: Path, folder: Path) -> dict[str, float]:
     """The judge's and the training reward's view of one round's model, on held-out clips."""
     import numpy as np
@@ -84,7 +80,7 @@ def train_round(config: "RunConfig", configs: dict[str, Any], r: int, previous: 
     from .trainer import RewardWeightedDiffusionTrainer
 
     layout = config.layout()
-    folder = round_dir(layout.root, r)
+    folder = layout.round_folder(r)
     aligned = folder / "aligned"
     if (aligned / EXPORT_FILE).is_file():
         return aligned
@@ -121,7 +117,7 @@ def run_rounds(config: "RunConfig", configs: dict[str, Any]) -> Path:
         if r > 1:
             print(f"--- online round {r}/{config.rounds}: clips from round {r - 1}, reward labels, fine-tune from its weights", flush=True)
             export = train_round(config, configs, r, export)
-        scores = judge_round(config, configs, export, round_dir(layout.root, r))
+        scores = judge_round(config, configs, export, layout.round_folder(r))
         history.append({"round": r, "export": os.path.relpath(export, layout.root), **scores})  # relative: the run folder can move
         print(f"    round {r}: judge {scores['judge']:.4f}, training reward {scores['reward']:.4f}", flush=True)
         if scores["judge"] > history[best - 1]["judge"]:
@@ -131,8 +127,8 @@ def run_rounds(config: "RunConfig", configs: dict[str, Any]) -> Path:
             break
     summary = {"rounds": history, "best_round": best, "best_export": history[best - 1]["export"],
                "judge": "the toy world's oracle (mean of integrity and temporal accuracy)" if config.world == "toy" else f"reward model {config.judge_model}"}
-    atomic_write_json(layout.root / "rounds" / "summary.json", summary)
-    plot_rounds(history, layout.root / "rounds" / "rounds.png")
+    atomic_write_json(layout.rounds_summary, summary)
+    plot_rounds(history, layout.rounds_plot)
     return layout.root / summary["best_export"]
 
 

@@ -40,6 +40,7 @@ from toy_alignment import paired_differences, run_seed, summarise  # noqa: E402
 
 from baton_trainer.__main__ import CONFIG_DIR  # noqa: E402
 from baton_trainer.config import parse_config  # noqa: E402
+from baton_trainer.layout import RunLayout  # noqa: E402
 from baton_trainer.stages.evaluate import evaluate  # noqa: E402
 from baton_trainer.stages.run import TOY_CHECKPOINTS, RunConfig, run  # noqa: E402
 
@@ -95,7 +96,7 @@ def online(root: Path, seed: int, overrides: list[str], rounds: int) -> dict:
     if not (run_dir / "eval" / "metrics.json").is_file():
         run(config)
     result = json.loads((run_dir / "eval" / "metrics.json").read_text())["aligned"]
-    result["rounds"] = json.loads((run_dir / "rounds" / "summary.json").read_text())
+    result["rounds"] = json.loads(RunLayout.of(run_dir).rounds_summary.read_text())
     return result
 
 

@@ -198,8 +198,8 @@ def run(config: RunConfig) -> Path:
                 result = f"best of {config.rounds} rounds: {run_rounds(config, configs)}"
         else:
             evaluate_config = configs["evaluate"]
-            if config.rounds > 1 and (layout.root / "rounds" / "summary.json").is_file():  # the best round is the aligned model
-                evaluate_config.aligned = str(layout.root / json.loads((layout.root / "rounds" / "summary.json").read_text())["best_export"])
+            if config.rounds > 1 and layout.rounds_summary.is_file():  # the best round is the aligned model
+                evaluate_config.aligned = str(layout.root / json.loads(layout.rounds_summary.read_text())["best_export"])
             result = evaluate(evaluate_config)
         seconds = round(time.time() - started, 1)
         summary["stages"][stage] = {"seconds": seconds, "result": str(result)}
