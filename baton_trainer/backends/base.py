@@ -72,6 +72,17 @@ class TextConditioning:
         return cls(**joined)
 
 
+def mono_into_channels(waveforms: torch.Tensor, vae: torch.nn.Module) -> torch.Tensor:
+    """The project's mono waveforms (B, samples) copied into each of the VAE's `audio_channels`, on
+    its device and in its dtype, as stable-audio-tools feeds mono files to a stereo model."""
+    return waveforms[:, None].expand(-1, int(vae.config.audio_channels), -1).to(device=vae.device, dtype=vae.dtype)
+
+
+def mixed_to_mono(audio) -> np.ndarray:
+    """A pipeline's multichannel clips (B, channels, samples) mixed down to the project's mono float32."""
+    return np.asarray(audio, dtype=np.float32).mean(axis=1)
+
+
 class TextToAudioBackend(ABC):
     """A diffusers pipeline (`self.pipe`) as the trainer sees it. Its components stay the
     pipeline's: `unet` is `pipe.unet`, and a second model over the same frozen parts is `with_unet`."""

@@ -26,10 +26,9 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from .base import TextConditioning, TextToAudioBackend
+from .base import TextConditioning, TextToAudioBackend, mixed_to_mono, mono_into_channels
 
 
 class StableAudioModel(TextToAudioBackend):
@@ -98,7 +97,7 @@ class StableAudioModel(TextToAudioBackend):
         vae = self.pipe.vae
         x = waveforms.float()[:, :self.window_samples]
         x = torch.nn.functional.pad(x, (0, self.window_samples - x.shape[-1]))
-        x = x[:, None].expand(-1, int(vae.config.audio_channels), -1).to(device=vae.device, dtype=vae.dtype)
+        x = mono_into_channels(x, vae)
         return vae.encode(x).latent_dist.mean
 
     @torch.no_grad()
@@ -132,4 +131,4 @@ class StableAudioModel(TextToAudioBackend):
             list(captions), num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, audio_start_in_s=0.0,
             audio_end_in_s=float(duration_s or self.duration_s), generator=generators, output_type="np",
         ).audios
-        return np.asarray(audio, dtype=np.float32).mean(axis=1)  # stereo -> mono, where the project's audio is mono
+        return mixed_to_mono(audio)

@@ -26,10 +26,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from .base import TextConditioning, TextToAudioBackend
+from .base import TextConditioning, TextToAudioBackend, mixed_to_mono, mono_into_channels
 
 # stable-audio-tools' "log_snr" timestep sampler defaults (training/diffusion.py)
 MEAN_LOGSNR, STD_LOGSNR = -1.2, 2.0
@@ -96,7 +95,7 @@ class StableAudio3Model(TextToAudioBackend):
         ratio = int(vae.downsampling_ratio)
         x = waveforms.float()
         x = torch.nn.functional.pad(x, (0, -x.shape[-1] % ratio))
-        x = x[:, None].expand(-1, int(vae.config.audio_channels), -1).to(device=vae.device, dtype=vae.dtype)
+        x = mono_into_channels(x, vae)
         return vae.encode(x).latents
 
     @torch.no_grad()
@@ -132,4 +131,4 @@ class StableAudio3Model(TextToAudioBackend):
             list(captions), duration=float(duration_s or self.duration_s), num_inference_steps=num_inference_steps,
             guidance_scale=guidance_scale, generator=generators, output_type="np",
         ).audios
-        return np.asarray(audio, dtype=np.float32).mean(axis=1)  # stereo -> mono, where the project's audio is mono
+        return mixed_to_mono(audio)
