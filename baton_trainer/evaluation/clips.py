@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -129,17 +128,9 @@ def load_scorer(path: str | Path, what: str, device: str | None = None):
 
 def oracle_metrics(rows: list[dict[str, Any]], clips: list[np.ndarray], sample_rate: int) -> dict[str, float]:
     """Integrity accuracy on 2-label (integrity-task) captions, temporal accuracy on 3-label
-    (temporal-task) captions, as the toy world's oracle judges them, each with its standard error."""
-    from ..toyworld.oracle import alignment_outcomes
+    (temporal-task) captions, as the toy world's oracle judges them (through its detector, the
+    evaluation's event path), each with its standard error and clip count."""
+    from .events import ToyEventDetector, event_metrics, score_clips
 
-    result: dict[str, float] = {}
-    for task in ("integrity", "temporal"):
-        picked = [i for i, r in enumerate(rows) if r.get("task") == task]
-        if not picked:
-            continue
-        outcomes = alignment_outcomes([clips[i] for i in picked], [rows[i]["labels"] for i in picked], task, sample_rate)
-        p, n = float(np.mean(outcomes)), len(outcomes)
-        result[f"{task}_accuracy"] = p
-        result[f"{task}_accuracy_se"] = math.sqrt(p * (1 - p) / n)
-        result[f"{task}_clips"] = n
-    return result
+    metrics = event_metrics(score_clips(ToyEventDetector(), rows, clips, sample_rate))
+    return {k: v for k, v in metrics.items() if k.startswith(("integrity_accuracy", "temporal_accuracy"))}

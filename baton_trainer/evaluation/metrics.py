@@ -130,6 +130,27 @@ def frechet_distance_from_embeddings(generated: Any, reference: Any) -> float:
     return frechet_distance(mu_gen, sigma_gen, mu_ref, sigma_ref)
 
 
+def within_caption_spread(embeddings: Any, caption_ids: Sequence[Any]) -> float:
+    """Diversity: the mean over captions (with at least 2 clips) of the mean pairwise cosine
+    distance 1 - cos(e_i, e_j) between the audio embeddings of that caption's clips. Collapse
+    (every seed giving the same clip) shows as a drop towards 0."""
+    e = np.asarray(embeddings, dtype=np.float64)
+    if e.ndim != 2 or e.shape[0] != len(caption_ids):
+        raise MetricInputError(f"within_caption_spread: {e.shape} embeddings for {len(caption_ids)} caption ids")
+    e = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+    groups: dict[str, list[int]] = {}
+    for i, c in enumerate(caption_ids):
+        groups.setdefault(str(c), []).append(i)
+    spreads = []
+    for members in groups.values():
+        if len(members) >= 2:
+            cos = e[members] @ e[members].T
+            spreads.append(float(np.mean(1.0 - cos[np.triu_indices(len(members), 1)])))
+    if not spreads:
+        raise MetricInputError("within_caption_spread: no caption has 2 or more clips")
+    return float(np.mean(spreads))
+
+
 # ---------------------------------------------------------------------------------------------
 # Classifier-based metrics
 # ---------------------------------------------------------------------------------------------

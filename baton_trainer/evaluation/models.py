@@ -34,6 +34,8 @@ from ..runtime import pick_device
 
 PANNS_CNN14_16K_FILE = "Cnn14_16k_mAP=0.438.pth"
 PANNS_CNN14_16K_URL = "https://zenodo.org/record/3987831/files/Cnn14_16k_mAP%3D0.438.pth"
+PANNS_SED_FILE = "Cnn14_DecisionLevelMax_mAP=0.385.pth"
+PANNS_SED_URL = "https://zenodo.org/record/3987831/files/Cnn14_DecisionLevelMax_mAP%3D0.385.pth"
 VGGISH_FILE = "vggish-10086976.pth"
 VGGISH_URL = "https://github.com/harritaylor/torchvggish/releases/download/v0.1/vggish-10086976.pth"
 
@@ -157,13 +159,18 @@ class PannsCnn14(nn.Module):
     def embedding_dim(self) -> int:
         return self.config.channels[-1]
 
-    def forward(self, waveform: torch.Tensor) -> dict[str, torch.Tensor]:
+    def trunk(self, waveform: torch.Tensor) -> torch.Tensor:
+        """(B, samples) -> (B, channels, segments): the conv blocks' output averaged over frequency,
+        one segment per 2^(blocks - 1) log-mel frames."""
         x = self.logmel_extractor(self.spectrogram_extractor(waveform))  # (B, 1, frames, mels)
         x = self.bn0(x.transpose(1, 3)).transpose(1, 3)  # batch norm per mel bin
         blocks = len(self.config.channels)
         for i in range(blocks):
             x = getattr(self, f"conv_block{i + 1}")(x, pool=2 if i < blocks - 1 else 1)
-        x = x.mean(dim=3)  # over frequency
+        return x.mean(dim=3)  # over frequency
+
+    def forward(self, waveform: torch.Tensor) -> dict[str, torch.Tensor]:
+        x = self.trunk(waveform)
         x = x.max(dim=2).values + x.mean(dim=2)  # over time
         embedding = F.relu(self.fc1(x))
         return {"embedding": embedding, "logits": self.fc_audioset(embedding)}
@@ -204,6 +211,61 @@ class PannsCnn14(nn.Module):
                 embeddings[rows] = out["embedding"].float().cpu().numpy()
                 logits[rows] = out["logits"].float().cpu().numpy()
         return embeddings, logits
+
+
+PANNS_SED_CONFIG = Cnn14Config(sample_rate=32_000, window_size=1024, hop_size=320, fmax=14_000.0, min_samples=32_000)
+
+
+class PannsCnn14Sed(PannsCnn14):
+    """PANNs `Cnn14_DecisionLevelMax`, the sound event detection model (Kong et al. 2020): Cnn14's
+    layers and parameter names at 32 kHz (window 1024, hop 320, 64 mels 50-14000 Hz), read out per
+    segment instead of per clip:
+
+        x = trunk(wav)                                   (B, 2048, segments), 1 segment = 32 frames = 0.32 s
+        x = max_pool1d(x, 3, 1, 1) + avg_pool1d(x, 3, 1, 1)
+        p = sigmoid(fc_audioset(relu(fc1(x^T))))          (B, segments, 527) segment-wise probabilities
+        clipwise = max over segments of p
+
+    The published model repeats each segment's row 32 times to give 10 ms "frames"; that adds no
+    resolution, so the segments are returned as they are (`segment_seconds`).
+    """
+
+    def __init__(self, config: Cnn14Config | None = None):
+        super().__init__(config or PANNS_SED_CONFIG)
+
+    @property
+    def segment_seconds(self) -> float:
+        return self.config.hop_size * 2 ** (len(self.config.channels) - 1) / self.config.sample_rate
+
+    def forward(self, waveform: torch.Tensor) -> dict[str, torch.Tensor]:
+        x = self.trunk(waveform)
+        x = F.max_pool1d(x, 3, stride=1, padding=1) + F.avg_pool1d(x, 3, stride=1, padding=1)
+        segments = torch.sigmoid(self.fc_audioset(F.relu(self.fc1(x.transpose(1, 2)))))
+        return {"segmentwise": segments, "clipwise": segments.max(dim=1).values}
+
+    @classmethod
+    def from_checkpoint(
+        cls, path: str | os.PathLike | None, config: Cnn14Config | None = None, device: str | torch.device | None = None
+    ) -> "PannsCnn14Sed":
+        """Load `Cnn14_DecisionLevelMax_mAP=0.385.pth` (a file, or a folder holding it)."""
+        return load_metric_model(cls, path, config, device, PANNS_SED_FILE, PANNS_SED_URL, "Event scores", "PANNs Cnn14_DecisionLevelMax (32 kHz)")
+
+    @torch.no_grad()
+    def segment_probabilities(self, waveforms: Sequence[np.ndarray], sample_rate: int, batch_size: int = 8) -> list[np.ndarray]:
+        """Per clip, (segments, 527) float32 AudioSet probabilities, one row per `segment_seconds`."""
+        clips = [self.prepare(w, sample_rate, name=f"audio {i}") for i, w in enumerate(waveforms)]
+        out: list[np.ndarray | None] = [None] * len(clips)
+        device = next(self.parameters()).device
+        by_length: dict[int, list[int]] = {}
+        for i, clip in enumerate(clips):
+            by_length.setdefault(clip.shape[0], []).append(i)
+        for indices in by_length.values():
+            for start in range(0, len(indices), batch_size):
+                rows = indices[start : start + batch_size]
+                segments = self(torch.from_numpy(np.stack([clips[i] for i in rows])).to(device))["segmentwise"]
+                for i, probs in zip(rows, segments.float().cpu().numpy()):
+                    out[i] = probs
+        return out  # type: ignore[return-value]
 
 
 # ---------------------------------------------------------------------------------------------

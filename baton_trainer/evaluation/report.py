@@ -77,9 +77,37 @@ METRIC_INFO.update(
             "Temporal accuracy: share of clips of 3-label captions with every event present in the stated order "
             "(oracle); ± is the standard error.",
         ),
+        "event_presence": (
+            "Event presence (%)",
+            True,
+            100.0,
+            "Event presence: share of clips in which the sound event detector finds every event the caption names "
+            "(thresholds in the header; clips whose events could not be named are left out and counted).",
+        ),
+        "event_order": (
+            "Event order (%)",
+            True,
+            100.0,
+            "Event order: share of clips of ordered (temporal-task) captions with every named event detected and their "
+            "first onsets in the stated order, each at least the order margin after the previous one.",
+        ),
+        "event_parsimony": (
+            "Event parsimony (%)",
+            True,
+            100.0,
+            "Event parsimony: share of clips with no strong event (above the parsimony threshold) that the caption does "
+            "not name; the event map lists the classes a named event may also fire.",
+        ),
+        "diversity": (
+            "Diversity (CLAP spread)",
+            True,
+            1.0,
+            "Diversity: mean over captions of the mean pairwise cosine distance between the CLAP audio embeddings of "
+            "that caption's clips (different seeds); a drop against the base model is collapse.",
+        ),
     }
 )
-_COMPANION_KEYS = {"is_std"}  # shown inside another metric's cell
+_COMPANION_KEYS = {"is_std", "event_unscored_clips"}  # shown inside another metric's cell
 
 
 def _is_companion(key: str) -> bool:
@@ -138,7 +166,7 @@ def _metric_keys(metrics: Mapping[str, Mapping[str, Any]]) -> list[str]:
     return keys
 
 
-def _table(metrics: Mapping[str, Mapping[str, Any]], keys: list[str]) -> list[str]:
+def _table(metrics: Mapping[str, Mapping[str, Any]], keys: list[str], intervals: Mapping[str, Mapping[str, Any]] | None = None) -> list[str]:
     models = list(metrics)
     header = ["metric", *models]
     others = models[1:]  # each compared with the first (the base model)
@@ -153,9 +181,19 @@ def _table(metrics: Mapping[str, Mapping[str, Any]], keys: list[str]) -> list[st
             cell = _format(key, value)
             std = _number(metrics[model].get("is_std" if key == "is" else f"{key}_se"))
             scale = METRIC_INFO.get(key, ("", True, 1.0, ""))[2]
-            cells.append(f"{cell} ± {std * scale:.4g}" if std is not None and value is not None else cell)
+            ci = (intervals or {}).get(model, {}).get(key, {})
+            if value is not None and _number(ci.get("lo")) is not None:
+                cell += f" [{_format(key, ci['lo'])}, {_format(key, ci['hi'])}]"
+            elif std is not None and value is not None:
+                cell += f" ± {std * scale:.4g}"
+            cells.append(cell)
         a = values[0]
-        cells += ["—" if a is None or b is None else _format_delta(key, b - a) for b in values[1:]]
+        for model, b in zip(models[1:], values[1:]):
+            ci = (intervals or {}).get(model, {}).get(key, {})
+            cell = "—" if a is None or b is None else _format_delta(key, b - a)
+            if cell != "—" and _number(ci.get("difference_lo")) is not None:
+                cell += f" [{_format_delta(key, ci['difference_lo'])}, {_format_delta(key, ci['difference_hi'])}]"
+            cells.append(cell)
         cells.append("↑" if higher else "↓" if key in METRIC_INFO else "")
         lines.append("| " + " | ".join(cells) + " |")
     return lines
@@ -304,6 +342,7 @@ def write_report(
     *,
     skipped: Mapping[str, str] | None = None,
     info: Mapping[str, Any] | None = None,
+    intervals: Mapping[str, Mapping[str, Mapping[str, float]]] | None = None,
     title: str = "Evaluation report",
 ) -> dict[str, Path]:
     """Write the evaluation report into `out_dir` and return the written files by name.
@@ -317,6 +356,8 @@ def write_report(
       (frequency, time) array}; drawn as a grid.
     - `skipped`: metric key -> reason (e.g. a checkpoint that was not given); listed as skipped.
     - `info`: free key/values for the header (task, number of captions, checkpoints, seeds).
+    - `intervals`: model -> metric -> {lo, hi[, difference_lo, difference_hi]} (95 % bootstrap
+      intervals, `intervals.model_intervals`); shown in brackets beside values and differences.
     """
     out = Path(out_dir)
     if not isinstance(metrics, Mapping) or not metrics:
@@ -355,6 +396,7 @@ def write_report(
         "skipped": _jsonable(skipped),
         "definitions": definitions,
         "info": _jsonable(dict(info or {})),
+        "intervals": _jsonable(dict(intervals or {})),
         "versions": library_versions(),
         "files": sorted([*written, "report.md", "metrics.json"]),
     }
@@ -366,8 +408,11 @@ def write_report(
         lines.append(f"- **{key}**: {value}")
     if info:
         lines.append("")
-    lines += ["## Metrics", "", *_table(metrics, keys), ""]
+    lines += ["## Metrics", "", *_table(metrics, keys, intervals), ""]
     lines.append("Arrows say which direction is better. Raw values (CLAP as a cosine, not x100) are in `metrics.json`.")
+    if intervals:
+        lines.append("Brackets: 95% bootstrap intervals over captions; a difference's interval is paired (the same resampled "
+                     "captions for both models), so it can exclude 0 while the two models' intervals overlap.")
     lines.append("")
     if skipped:
         lines += ["## Skipped metrics", ""]

@@ -39,3 +39,34 @@ def reward_model_summary(layout: RunLayout, out: Path) -> tuple[dict[str, Any], 
         info["reward_model_accuracy"] = (f"{100 * check['accuracy']:.1f}% of {check['clips']} reward labels agree with the oracle"
                                          + (f" ({info['reward_model_accuracy']})" if "reward_model_accuracy" in info else ""))
     return extra, info
+
+
+def scorer_lines(layout: RunLayout, clap_model: str | None, detector: str | None) -> dict[str, str]:
+    """Which scorer trained the aligned model and which judged it, for the report header, with a
+    warning when a judge is the training reward's own backbone (it then grades its own homework)."""
+    from ..formatting import display_path
+
+    lines: dict[str, str] = {}
+    backbone = None
+    config_file = layout.reward_model / "config.json"
+    if config_file.is_file():
+        backbone = json.loads(config_file.read_text(encoding="utf-8")).get("clap_model_name_or_path")
+        lines["trained_by"] = f"reward model {display_path(layout.reward_model)} (CLAP backbone: {display_path(backbone) if backbone else 'not recorded'})"
+    judges = []
+    if clap_model:
+        judges.append(f"CLAP score by {display_path(clap_model)}")
+    if detector:
+        judges.append(f"event scores by {detector}")
+    lines["judged_by"] = "; ".join(judges) or "no judge (no CLAP model and no detector)"
+    same = backbone is not None and clap_model is not None and _same_model(backbone, clap_model)
+    if same:
+        lines["warning"] = ("the CLAP score is judged by the CLAP the reward model is built on: it is not an independent judge "
+                            "of the aligned model (pass another --clap_model, or read the event scores" + (")" if detector else ": --detector)"))
+    return lines
+
+
+def _same_model(a: str, b: str) -> bool:
+    pa, pb = Path(a), Path(b)
+    if pa.exists() and pb.exists():
+        return pa.resolve() == pb.resolve()
+    return pa.parts[-2:] == pb.parts[-2:]  # a Hub id, or a folder recorded relative to another working directory

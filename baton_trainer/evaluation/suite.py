@@ -24,6 +24,8 @@ class EvaluationResult:
     per_caption: list[dict[str, Any]]  # caption_id, caption, then CLAP score per model name
     skipped: dict[str, str]  # metric key -> reason
     info: dict[str, Any]
+    # Set-level metrics' inputs, for their bootstrap intervals: metric key -> model (or "reference") -> per-clip rows.
+    embeddings: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
 
 def _load(model: Any, cls: type, device: Any) -> Any:
@@ -75,6 +77,7 @@ def compute_metrics(
     info: dict[str, Any] = {"captions": len(captions), "models": list(generated)}
     ids = list(caption_ids) if caption_ids is not None else list(range(len(captions)))
     per_caption: list[dict[str, Any]] = [{"caption_id": int(i), "caption": c} for i, c in zip(ids, captions)]
+    embeddings: dict[str, dict[str, Any]] = {}
 
     if clap is None:
         skipped["clap_score"] = "no CLAP model given (e.g. laion/clap-htsat-unfused)"
@@ -98,6 +101,7 @@ def compute_metrics(
         panns_model = None
     if panns_model is not None:
         outputs = {m: panns_model.embed(clips, sample_rate) for m, clips in generated.items()}
+        embeddings["is"] = {m: logits for m, (_, logits) in outputs.items()}
         for model_name, (_, logits) in outputs.items():
             if len(captions) < is_splits:
                 skipped["is"] = f"needs at least {is_splits} clips per model ({is_splits} splits), got {len(captions)}"
@@ -110,6 +114,7 @@ def compute_metrics(
             ref_emb, ref_logits = panns_model.embed([reference[n] for n in ref_names], reference_sample_rate or sample_rate)
             paired = [i for i, n in enumerate(names) if n in reference]  # type: ignore[arg-type]
             info["kl_pairs"] = len(paired)
+            embeddings["fd"] = {**{m: emb for m, (emb, _) in outputs.items()}, "reference": ref_emb}
             for model_name, (emb, logits) in outputs.items():
                 metrics[model_name]["fd"] = frechet_distance_from_embeddings(emb, ref_emb)
                 if paired:
@@ -131,8 +136,10 @@ def compute_metrics(
             skipped["fad"] = no_reference
         else:
             ref_frames = vggish_model.embed(list(reference.values()), reference_sample_rate or sample_rate)
+            embeddings["fad"] = {"reference": ref_frames}
             for model_name, clips in generated.items():
-                metrics[model_name]["fad"] = frechet_distance_from_embeddings(vggish_model.embed(clips, sample_rate), ref_frames)
+                embeddings["fad"][model_name] = vggish_model.embed(clips, sample_rate)
+                metrics[model_name]["fad"] = frechet_distance_from_embeddings(embeddings["fad"][model_name], ref_frames)
     if reference is not None:
         info["reference_clips"] = len(reference)
-    return EvaluationResult(metrics=metrics, per_caption=per_caption, skipped=skipped, info=info)
+    return EvaluationResult(metrics=metrics, per_caption=per_caption, skipped=skipped, info=info, embeddings=embeddings)

@@ -47,7 +47,18 @@ class EvaluateConfig:
     best_of: int = field(
         default=1, metadata={"help": "N > 1 adds the training-free baseline best_of_N: N base clips per clip, the reward model keeps the best"}
     )
-    oracle: bool = field(default=False, metadata={"help": "judge clips with the toy world's oracle (integrity/temporal accuracy)"})
+    oracle: bool = field(default=False, metadata={"help": "judge clips with the toy world's oracle (integrity/temporal accuracy; sets detector toy)"})
+    detector: Literal["toy", "panns"] | None = field(
+        default=None, metadata={"help": "sound event detector for event presence/order/parsimony: 'toy' (the oracle) or 'panns' (Cnn14_DecisionLevelMax)", "none_turns_off": True}
+    )
+    detector_checkpoint: str | None = field(default=None, metadata={"help": "Cnn14_DecisionLevelMax_mAP=0.385.pth for detector panns"})
+    event_map: str | None = field(default=None, metadata={"help": "phrase -> AudioSet class table (default assets/audioset_event_map.tsv)"})
+    presence_threshold: float | None = field(default=None, metadata={"help": "frame probability above which an event is active (default: the detector's)"})
+    parsimony_threshold: float | None = field(default=None, metadata={"help": "probability at which an unnamed event counts against parsimony (default: the detector's)"})
+    min_event_s: float | None = field(default=None, metadata={"help": "shortest event, seconds of active frames (default: the detector's)"})
+    order_margin_s: float | None = field(default=None, metadata={"help": "an event's onset must follow the previous one's by this much (default: the detector's)"})
+    bootstrap_resamples: int = field(default=2000, metadata={"help": "caption resamples for the 95% intervals of per-clip metrics (0: none)"})
+    bootstrap_set_resamples: int = field(default=200, metadata={"help": "caption resamples for set-level metrics (FD on CLAP embeddings), each a refit"})
     spectrogram_examples: int = field(default=4, metadata={"help": "captions drawn in the spectrogram grid"})
 
     def __post_init__(self):
@@ -70,10 +81,13 @@ def evaluate(config: EvaluateConfig, backends: dict[str, Any] | None = None) -> 
     from ..atomic import atomic_write_json
     from ..audio import load_audio
     from ..evaluation import compute_metrics, frechet_distance_from_embeddings, write_report
-    from ..evaluation.clips import captions_file, generate_clips, oracle_metrics, read_clips
+    from ..evaluation.clips import captions_file, generate_clips, read_clips
     from ..evaluation.report import print_table
     from ..formatting import display_path
-    from ..evaluation.reward_summary import reward_model_summary
+    from ..evaluation.events import score_models_events
+    from ..evaluation.intervals import model_intervals
+    from ..evaluation.metrics import within_caption_spread
+    from ..evaluation.reward_summary import reward_model_summary, scorer_lines
     from ..hub import is_hub_id
 
     layout = config.layout()
@@ -127,19 +141,38 @@ def evaluate(config: EvaluateConfig, backends: dict[str, Any] | None = None) -> 
         device=config.device,
     )
     metrics, skipped, info = result.metrics, dict(result.skipped), dict(result.info)
+    # Set-level metrics' embeddings (metric key -> model or "reference" -> (clips, d)), for their intervals.
+    embeddings = {key: dict(value) for key, value in result.embeddings.items()}
+    if clap is not None and (config.fd_embedding == "clap" or config.clips_per_caption > 1):
+        embeddings["clap_audio"] = {name: clap.embed_audio(clips, sample_rate).cpu().numpy() for name, clips in clips_by_model.items()}
     if config.fd_embedding == "clap":
         skipped.pop("fd", None)
         if clap is None or reference is None:
             skipped["fd_clap"] = "FD on CLAP embeddings needs clap_model and reference_audio"
         else:
-            ref_emb = clap.embed_audio(list(reference.values()), sample_rate).cpu().numpy()
-            for name, clips in clips_by_model.items():
-                emb = clap.embed_audio(clips, sample_rate).cpu().numpy()
-                metrics[name]["fd_clap"] = frechet_distance_from_embeddings(emb, ref_emb)
+            embeddings["fd_clap"] = {**embeddings["clap_audio"], "reference": clap.embed_audio(list(reference.values()), sample_rate).cpu().numpy()}
+            for name in clips_by_model:
+                metrics[name]["fd_clap"] = frechet_distance_from_embeddings(embeddings["fd_clap"][name], embeddings["fd_clap"]["reference"])
             info["fd_clap"] = f"CLAP audio embeddings ({display_path(config.clap_model)}) against {len(reference)} reference clips"
-    if config.oracle:
+    caption_ids = [r["caption_id"] for r in rows]
+    if "clap_audio" in embeddings:
         for name in models:
-            metrics[name].update(oracle_metrics(rows_by_model[name], clips_by_model[name], sample_rate))
+            metrics[name]["diversity"] = within_caption_spread(embeddings["clap_audio"][name], caption_ids)
+    else:
+        skipped["diversity"] = "needs clap_model and at least 2 clips per caption (--clips_per_caption)"
+    per_clip: dict[str, dict[str, list[float]]] = {name: {} for name in models}  # model -> metric -> per-clip values
+    for name in models:
+        if "clap_score" in metrics[name]:
+            per_clip[name]["clap_score"] = [row[name] for row in result.per_caption]
+    detector_name = config.detector or ("toy" if config.oracle else None)
+    if detector_name:
+        info.update(score_models_events(config, detector_name, rows_by_model, clips_by_model, sample_rate, metrics, per_clip, skipped, out))
+    info.update(scorer_lines(layout, config.clap_model, info.get("event_detector")))
+    intervals = {}
+    if config.bootstrap_resamples > 0:
+        intervals = model_intervals(per_clip, embeddings, caption_ids, config.bootstrap_resamples, config.bootstrap_set_resamples, seed=config.seed)
+        info["intervals"] = (f"95% bootstrap over the {len(set(map(str, caption_ids)))} captions ({config.bootstrap_resamples} resamples; "
+                             f"set-level metrics {config.bootstrap_set_resamples}), paired between models on the same captions and seeds")
     info.update({"captions": display_path(config.captions), "clips_per_model": len(rows), "seed": config.seed,
                  "steps": config.num_inference_steps, "guidance": config.guidance_scale,
                  "model": display_path(config.model), "aligned": display_path(models.get("aligned"))})
@@ -148,7 +181,7 @@ def evaluate(config: EvaluateConfig, backends: dict[str, Any] | None = None) -> 
     spectrograms = {}
     for i in np.linspace(0, len(rows) - 1, min(config.spectrogram_examples, len(rows))).astype(int).tolist():
         spectrograms[rows[i]["caption"]] = {name: (clips_by_model[name][i], sample_rate) for name in models}
-    files = write_report(out, metrics, result.per_caption, spectrograms, skipped=skipped, info=info,
+    files = write_report(out, metrics, result.per_caption, spectrograms, skipped=skipped, info=info, intervals=intervals,
                          title=f"BATON evaluation: {', '.join(models)}")
     # metrics.json also carries each model's numbers at the top level ({"base": ..., "aligned": ...},
     # where the toy world's FD on CLAP embeddings is its `fd`) and the run's own numbers beside them.

@@ -38,6 +38,7 @@ from scipy.ndimage import median_filter
 from tqdm.auto import tqdm
 
 from ..audio import check_waveform, load_audio, resample
+from ..evaluation.events import active_segments
 from .events import EVENT_NAMES, EVENTS, UnknownEventError
 from .mel import MelConfig, cached_front_end, mel_center_frequencies
 
@@ -157,21 +158,7 @@ class OracleAnnotator:
         return {name: excess[bins].max(axis=0) for name, bins in self._bands.items()}
 
     def _segments(self, active: np.ndarray) -> list[tuple[int, int]]:
-        frames_per_s = self.sample_rate / self.mel_config.hop_length
-        max_gap = int(round(self.max_gap_s * frames_per_s))
-        min_len = int(round(self.min_duration_s * frames_per_s))
-        padded = np.concatenate([[False], active, [False]])
-        changes = np.flatnonzero(np.diff(padded.astype(np.int8)))
-        runs = list(zip(changes[::2], changes[1::2]))  # [start, end) of each active run
-        merged: list[list[int]] = []
-        for start, end in runs:
-            if merged and start - merged[-1][1] <= max_gap:
-                merged[-1][1] = end
-            else:
-                merged.append([start, end])
-        # Count only truly active frames, not bridged gaps: a vocoded one-pixel burst lasts about
-        # 0.1 s, and a few of them bridged together must not add up to an event.
-        return [(start, end) for start, end in merged if active[start:end].sum() >= min_len]
+        return active_segments(active, self.mel_config.hop_length / self.sample_rate, self.max_gap_s, self.min_duration_s)
 
     def detect_log_mel(self, log_mel: np.ndarray) -> list[Detection]:
         """Events in a TANGO log-mel (64, frames): (name, onset_s, offset_s), sorted by onset."""
