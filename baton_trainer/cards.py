@@ -22,6 +22,12 @@ CARD_METRICS = {
     "fad": ("FAD", 1.0),
     "kl": ("KL", 1.0),
     "is": ("IS", 1.0),
+    "event_presence": ("event presence (%)", 100.0),
+    "event_order": ("event order (%)", 100.0),
+    "event_parsimony": ("event parsimony (%)", 100.0),
+    "mos_q": ("MOS-Q (1-5)", 1.0),
+    "mos_f": ("MOS-F (1-5)", 1.0),
+    "ab_win_rate": ("A/B win rate (%)", 100.0),
 }
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from . import annotate, convert_tango, evaluate, export, finetune, generate, import_baton, label, prompts, push, reward, run
+from . import annotate, convert_tango, evaluate, export, finetune, generate, import_baton, label, listen, prompts, push, reward, run
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,7 @@ STAGES: dict[str, Stage] = {
     "label": Stage(label.LabelConfig, label.label_unrated, "reward model scores unrated clips -> RUN/reward_labeled/"),
     "finetune": Stage(finetune.FinetuneConfig, finetune.finetune, "reward-weighted denoising fine-tuning -> RUN/aligned/"),
     "evaluate": Stage(evaluate.EvaluateConfig, evaluate.evaluate, "base vs aligned metrics -> RUN/eval/"),
+    "listen": Stage(listen.ListenConfig, listen.listen, "blinded listening test (MOS-Q, MOS-F, A/B) over RUN/eval/clips/"),
     "run": Stage(run.RunConfig, run.run, "the whole loop (default: the toy world)"),
     "push": Stage(push.PushConfig, push.push, "upload a reward model, aligned model or dataset to the Hub"),
     "import-baton": Stage(import_baton.ImportBatonConfig, import_baton.import_baton_release, "BATON release JSON -> preference dataset"),

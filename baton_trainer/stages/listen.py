@@ -1,0 +1,51 @@
+"""The `listen` stage: a blinded listening test over the evaluate stage's clips, and its export.
+
+    python -m baton_trainer listen --run_dir RUN --mode ab --models base,aligned      # serve the test
+    python -m baton_trainer listen --run_dir RUN --mode ab --models base,aligned --export   # the numbers
+
+Modes: `mos_q` (quality, 1-5), `mos_f` (faithfulness to the caption, 1-5), `ab` (which of two
+models' clips of the same caption and seed matches it better). Answers go into the run's
+annotation store (RUN/annotations.sqlite); the export writes RUN/eval/listening/, merges MOS and
+win rates into RUN/eval/metrics.json (and so into the aligned model's card) and saves the trials
+and answers as a dataset folder. The app and the statistics are `baton_trainer.annotation.listening`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from ..layout import RunLayout
+
+
+@dataclass
+class ListenConfig:
+    run_dir: str = field(default="run", metadata={"help": "run folder: serves RUN/eval/clips/, stores answers in RUN/annotations.sqlite"})
+    mode: Literal["mos_q", "mos_f", "ab"] = field(default="ab", metadata={"help": "mos_q (quality), mos_f (faithfulness) or ab (preference)"})
+    models: str = field(default="base,aligned", metadata={"help": "comma list of models in RUN/eval/clips/ (exactly two for ab)"})
+    max_trials: int | None = field(default=None, metadata={"help": "at most this many test trials (a seeded sample of the clips)"})
+    seed: int = field(default=0, metadata={"help": "draws the A/B sides, the sample and the attention checks"})
+    export: bool = field(default=False, metadata={"help": "write the results instead of serving the test"})
+    server_name: str = field(default="127.0.0.1", metadata={"help": "address to listen on (0.0.0.0 for a shared machine)"})
+    server_port: int | None = None
+
+    def layout(self) -> RunLayout:
+        return RunLayout.of(self.run_dir)
+
+
+def listen(config: ListenConfig, prevent_thread_lock: bool = False):
+    from ..annotation.listening import ListeningStore, build_campaign, build_listening_app, export_results
+
+    layout = config.layout()
+    store = ListeningStore(layout.annotations)
+    campaign = build_campaign(store, layout.eval, config.mode, [m.strip() for m in config.models.split(",") if m.strip()],
+                              seed=config.seed, max_trials=config.max_trials)
+    if config.export:
+        path = export_results(store, campaign, layout.eval)
+        print(path.with_suffix(".md").read_text(encoding="utf-8"))
+        return path
+    app = build_listening_app(store, campaign, layout.eval)
+    print(f"listening test {campaign}: {len(store.trials(campaign))} trials; answers go to {layout.annotations}")
+    app.queue(default_concurrency_limit=8)
+    app.launch(server_name=config.server_name, server_port=config.server_port, prevent_thread_lock=prevent_thread_lock)
+    return app
