@@ -52,26 +52,12 @@ OBJECTIVES = {
 
 
 def diversity(clips_dir: Path, clap) -> float:
-    """Mean over captions of the mean pairwise cosine distance of its clips' CLAP audio embeddings."""
-    import numpy as np
+    """The evaluate stage's diversity (`within_caption_spread` of CLAP audio embeddings) of a clips folder."""
+    from baton_trainer.evaluation.clips import read_clips
+    from baton_trainer.evaluation.metrics import within_caption_spread
 
-    from baton_trainer.audio import load_audio
-    from baton_trainer.generations import read_generations
-
-    rows = read_generations(clips_dir)
-    by_caption: dict[int, list[int]] = {}
-    for i, r in enumerate(rows):
-        by_caption.setdefault(int(r["caption_id"]), []).append(i)
-    embeddings = clap.embed_audio([load_audio(clips_dir / r["file_name"], 48000)[0] for r in rows], 48000).cpu().numpy()
-    embeddings = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
-    spreads = []
-    for members in by_caption.values():
-        if len(members) < 2:
-            continue
-        e = embeddings[members]
-        cos = e @ e.T
-        spreads.append(float(np.mean(1 - cos[np.triu_indices(len(members), 1)])))
-    return float(np.mean(spreads))
+    rows, clips = read_clips(clips_dir, 48000)
+    return within_caption_spread(clap.embed_audio(clips, 48000).cpu().numpy(), [r["caption_id"] for r in rows])
 
 
 def best_of(run_dir: Path, config: RunConfig, n: int) -> dict:
