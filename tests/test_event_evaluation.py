@@ -229,3 +229,24 @@ def test_report_names_the_judge_and_warns_when_it_is_the_reward_backbone(tmp_pat
     assert "laion/clap-htsat-unfused" in same["trained_by"] and "not an independent judge" in same["warning"]
     other = scorer_lines(layout, "laion/larger_clap_general", "PANNs Cnn14_DecisionLevelMax")
     assert "warning" not in other and "event scores by PANNs" in other["judged_by"]
+
+
+def test_evaluate_across_seeds_reports_mean_sd_and_each_seed(tmp_path):
+    from baton_trainer.stages.evaluate import EvaluateConfig, evaluate
+
+    folders = []
+    for seed, (base, aligned) in enumerate([(0.30, 0.55), (0.32, 0.61), (0.28, 0.58)]):
+        folder = tmp_path / f"seed{seed}" / "eval"
+        folder.mkdir(parents=True)
+        metrics = {"base": {"temporal_accuracy": base, "temporal_accuracy_se": 0.02}, "aligned": {"temporal_accuracy": aligned}}
+        (folder / "metrics.json").write_text(json.dumps({"metrics": metrics}))
+        folders.append(str(folder))
+    out = evaluate(EvaluateConfig(run_dir=str(tmp_path / "all"), across_seeds=",".join(folders)))
+    data = json.loads((out / "seeds.json").read_text())
+    aligned = data["models"]["aligned"]["temporal_accuracy"]
+    assert aligned["per_seed"] == [0.55, 0.61, 0.58] and aligned["mean"] == pytest.approx(0.58)
+    assert aligned["sd"] == pytest.approx(np.std([0.55, 0.61, 0.58], ddof=1)) and aligned["seeds"] == 3
+    assert "temporal_accuracy_se" not in data["models"]["base"]  # companions are not metrics of their own
+    assert "58.00 ± 1.73" in (out / "seeds.md").read_text()
+    with pytest.raises(Exception, match="not found"):
+        evaluate(EvaluateConfig(run_dir=str(tmp_path / "all"), across_seeds=str(tmp_path / "nowhere")))

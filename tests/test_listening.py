@@ -128,6 +128,11 @@ def test_mos_results_match_a_hand_computation_and_failed_raters_are_left_out(tmp
 
     ds = datasets.load_from_disk(str(eval_dir / "listening" / f"{name}_dataset"))
     assert len(ds) == len(store.answers(name)) and set(ds.column_names) >= {"rater", "answer", "kind", "models_shown"}
+    from baton_trainer.stages.push import PushConfig, push  # the Hub dataset, here to a file:// destination
+
+    push(PushConfig(path=str(eval_dir / "listening" / f"{name}_dataset"), repo_id=f"file://{tmp_path / 'hub'}", license="cc-by-4.0"))
+    back = datasets.load_dataset("parquet", data_files=str(tmp_path / "hub" / "data" / "*.parquet"))["train"]
+    assert back["answer"] == ds["answer"] and back["rater"] == ds["rater"]
 
 
 def test_krippendorff_alpha_known_values():

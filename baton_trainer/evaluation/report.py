@@ -442,3 +442,42 @@ def print_table(metrics: Mapping[str, Mapping[str, float]]) -> None:
     print("metric".ljust(22) + "".join(name.rjust(12) for name in metrics))
     for key in keys:
         print(key.ljust(22) + "".join(f"{metrics[name].get(key, float('nan')):12.4f}" for name in metrics))
+
+
+def write_seed_report(eval_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike) -> Path:
+    """The spread across training seeds: each run's `metrics.json` (one evaluation per seed of
+    training, same captions) -> `seeds.json` and `seeds.md` in `out_dir` with, per model and
+    metric, the mean, the standard deviation and standard error over seeds, and each seed's value."""
+    from .intervals import seed_spread
+
+    runs = []
+    for folder in eval_dirs:
+        path = Path(folder) / "metrics.json"
+        if not path.is_file():
+            raise ReportInputError(f"{path}: not found (run the evaluate stage for that seed first)")
+        runs.append(json.loads(path.read_text(encoding="utf-8"))["metrics"])
+    models = [m for m in runs[0] if all(m in r for r in runs)]
+    table: dict[str, dict[str, Any]] = {}
+    for model in models:
+        keys = [k for k in runs[0][model] if not _is_companion(k) and not k.endswith(("_lo", "_hi", "_std", "_ratings", "_trials", "_wins"))
+                and all(_number(r[model].get(k)) is not None for r in runs)]
+        table[model] = {k: {**seed_spread([r[model][k] for r in runs]), "per_seed": [r[model][k] for r in runs]} for k in keys}
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "seeds.json", json.dumps({"runs": [str(d) for d in eval_dirs], "models": table}, indent=2) + "\n")
+    lines = [f"# Across {len(runs)} training seeds", "", "Mean ± standard error over seeds (sd in brackets).", "",
+             "| metric | " + " | ".join(models) + " |", "|---|" + "---:|" * len(models)]
+    keys = [k for k in _metric_keys({m: {k: 0 for k in table[m]} for m in models})]
+    for key in keys:
+        cells = []
+        for model in models:
+            s = table[model].get(key)
+            if s is None:
+                cells.append("—")
+                continue
+            scale = METRIC_INFO.get(key, ("", True, 1.0, ""))[2]
+            fmt = (lambda v: f"{v * scale:.2f}") if scale != 1.0 else (lambda v: f"{v:.4f}")
+            cells.append(f"{fmt(s['mean'])} ± {fmt(s['se'])} ({fmt(s['sd'])})" if "se" in s else fmt(s["mean"]))
+        lines.append(f"| {METRIC_INFO.get(key, (key,))[0]} | " + " | ".join(cells) + " |")
+    atomic_write_text(out / "seeds.md", "\n".join(lines) + "\n")
+    return out / "seeds.md"

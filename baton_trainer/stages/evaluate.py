@@ -57,6 +57,9 @@ class EvaluateConfig:
     parsimony_threshold: float | None = field(default=None, metadata={"help": "probability at which an unnamed event counts against parsimony (default: the detector's)"})
     min_event_s: float | None = field(default=None, metadata={"help": "shortest event, seconds of active frames (default: the detector's)"})
     order_margin_s: float | None = field(default=None, metadata={"help": "an event's onset must follow the previous one's by this much (default: the detector's)"})
+    across_seeds: str | None = field(
+        default=None, metadata={"help": "comma list of eval folders of the same evaluation for several training seeds: writes only OUT/seeds.md and seeds.json (the spread across seeds)"}
+    )
     bootstrap_resamples: int = field(default=2000, metadata={"help": "caption resamples for the 95% intervals of per-clip metrics (0: none)"})
     bootstrap_set_resamples: int = field(default=200, metadata={"help": "caption resamples for set-level metrics (FD on CLAP embeddings), each a refit"})
     spectrogram_examples: int = field(default=4, metadata={"help": "captions drawn in the spectrogram grid"})
@@ -92,6 +95,12 @@ def evaluate(config: EvaluateConfig, backends: dict[str, Any] | None = None) -> 
 
     layout = config.layout()
     out = layout.eval
+    if config.across_seeds:
+        from ..evaluation.report import write_seed_report
+
+        path = write_seed_report([d.strip() for d in config.across_seeds.split(",") if d.strip()], out)
+        print(path.read_text(encoding="utf-8"))
+        return out
     out.mkdir(parents=True, exist_ok=True)
     captions, split = captions_file(config, layout)
     models: dict[str, str | None] = {"base": None}
