@@ -77,11 +77,13 @@ class EvaluateConfig:
 
 def evaluate(config: EvaluateConfig, backends: dict[str, Any] | None = None) -> Path:
     """Generate with base and aligned models from the same seeds, score both, write the report."""
+    import dataclasses
     import json
 
     import numpy as np
 
     from ..atomic import atomic_write_json
+    from ..runtime import Ranks
     from ..audio import load_audio
     from ..evaluation import compute_metrics, frechet_distance_from_embeddings, write_report
     from ..evaluation.clips import captions_file, generate_clips, read_clips
@@ -110,6 +112,14 @@ def evaluate(config: EvaluateConfig, backends: dict[str, Any] | None = None) -> 
             raise FileNotFoundError(f"aligned export not found: {aligned} (run finetune first, or --aligned none)")
         models["aligned"] = aligned
     sample_rate = 16000
+    ranks = Ranks.current()
+    if not ranks.is_main:  # several processes share the generation; the main process scores and reports
+        for name, export in models.items():
+            generate_clips(config, captions, split, out / "clips" / name, export, (backends or {}).get(name))
+        if config.best_of > 1:
+            generate_clips(dataclasses.replace(config, clips_per_caption=config.clips_per_caption * config.best_of), captions, split,
+                           out / "clips" / f"best_of_{config.best_of}_candidates", None, (backends or {}).get("base"))
+        return out
     rows_by_model, clips_by_model = {}, {}
     for name, export in models.items():
         folder = generate_clips(config, captions, split, out / "clips" / name, export, (backends or {}).get(name))
@@ -164,10 +174,11 @@ def evaluate(config: EvaluateConfig, backends: dict[str, Any] | None = None) -> 
                 metrics[name]["fd_clap"] = frechet_distance_from_embeddings(embeddings["fd_clap"][name], embeddings["fd_clap"]["reference"])
             info["fd_clap"] = f"CLAP audio embeddings ({display_path(config.clap_model)}) against {len(reference)} reference clips"
     caption_ids = [r["caption_id"] for r in rows]
-    if "clap_audio" in embeddings:
+    if "clap_audio" in embeddings and len(set(map(str, caption_ids))) < len(caption_ids):
         for name in models:
             metrics[name]["diversity"] = within_caption_spread(embeddings["clap_audio"][name], caption_ids)
     else:
+        embeddings.pop("clap_audio", None)
         skipped["diversity"] = "needs clap_model and at least 2 clips per caption (--clips_per_caption)"
     per_clip: dict[str, dict[str, list[float]]] = {name: {} for name in models}  # model -> metric -> per-clip values
     for name in models:

@@ -5,8 +5,12 @@
 Every clip has its own recorded seed, derived from (seed, caption_id, clip_index) alone, so any
 clip can be regenerated on its own and a clip does not depend on its batch neighbours. The stage
 resumes after a kill: a wav is written atomically before its metadata row is appended; on restart
-metadata.jsonl is rebuilt from the complete wav files, and only the missing clips are made. The
-folder's contract (file names, metadata keys, settings checked on resume) is in
+metadata.jsonl is rebuilt from the complete wav files, and only the missing clips are made.
+
+Under `accelerate launch --num_processes N` (or torchrun, several nodes included) the missing
+clips are split between the processes, each made once under its recorded seed; the main process
+waits for every rank (naming any that is late, `rank_timeout_s`) and writes metadata.jsonl from the
+complete wavs, the same bytes as a one-process run. The folder's contract (file names, metadata keys, settings checked on resume) is in
 `baton_trainer.generations`.
 """
 
@@ -18,6 +22,8 @@ from pathlib import Path
 from typing import Literal
 
 from ..layout import RunLayout
+
+RANK_MARKERS = ".ranks"  # inside the output folder: each process's progress and finish line
 
 
 @dataclass
@@ -40,6 +46,7 @@ class GenerateConfig:
     device: str | None = field(default=None, metadata={"help": "torch device; default cuda if available, else cpu"})
     dtype: Literal["fp32", "bf16", "fp16"] = field(default="fp32", metadata={"help": "weights dtype for sampling"})
     max_captions: int | None = field(default=None, metadata={"help": "only the first N selected captions (smoke runs)"})
+    rank_timeout_s: float = field(default=3600.0, metadata={"help": "several processes: how long the main process waits for the others to finish before naming them"})
 
 
 def generate(config: GenerateConfig, backend=None) -> Path:
@@ -48,7 +55,8 @@ def generate(config: GenerateConfig, backend=None) -> Path:
 
     from ..audio import save_wav
     from ..config import config_to_dict
-    from ..generations import CLIP_DIR, METADATA, GenerationError, append_row, check_settings, clip_id, metadata_row, read_caption_rows, rebuild_metadata
+    from ..generations import CLIP_DIR, METADATA, GenerationError, append_row, check_settings, clip_id, metadata_row, read_caption_rows, read_generations, rebuild_metadata
+    from ..runtime import Ranks
 
     for key in ("clips_per_caption", "num_inference_steps", "batch_size"):
         if getattr(config, key) < 1:
@@ -69,24 +77,32 @@ def generate(config: GenerateConfig, backend=None) -> Path:
 
     model_name = config.model if not config.export else f"{config.model} + {config.export}"
     settings = {**config_to_dict(config), "captions_file": str(captions_path), "model": config.model}
-    check_settings(out_dir, settings)
-    done = rebuild_metadata(out_dir, captions, config.seed, model_name)
+    ranks = Ranks.current()
+    if ranks.is_main:
+        settings.pop("rank_timeout_s", None)
+        check_settings(out_dir, settings)
+        rebuild_metadata(out_dir, captions, config.seed, model_name)
+        ranks.clear(out_dir / RANK_MARKERS)
+    ranks.barrier()  # every rank now reads the same list of finished clips, and nobody has written yet
+    done = {r["clip_id"] for r in read_generations(out_dir)}
     todo = [(row, k) for row in selected for k in range(config.clips_per_caption) if clip_id(row["caption_id"], k) not in done]
     total = len(selected) * config.clips_per_caption
     if not todo:
-        print(f"all {total} clips already in {out_dir}")
+        if ranks.is_main:
+            print(f"all {total} clips already in {out_dir}")
         return out_dir
+    mine = ranks.shard(todo)  # each missing clip is made by exactly one rank, under its own seed
 
-    if backend is None:
+    if backend is None and mine:
         from ..backends import load_backend
-        from ..runtime import pick_device, torch_dtype
+        from ..runtime import torch_dtype
 
-        backend = load_backend(config.model, export=config.export, device=pick_device(config.device), torch_dtype=torch_dtype(config.dtype))
-    progress = tqdm(total=total, initial=total - len(todo), desc="generating clips", unit="clip")
+        backend = load_backend(config.model, export=config.export, device=ranks.device_for(config.device), torch_dtype=torch_dtype(config.dtype))
+    progress = tqdm(total=total, initial=total - len(todo), desc="generating clips", unit="clip", disable=not ranks.is_main)
     metadata_path = out_dir / METADATA
     try:
-        for start in range(0, len(todo), config.batch_size):
-            batch = todo[start : start + config.batch_size]
+        for start in range(0, len(mine), config.batch_size):
+            batch = mine[start : start + config.batch_size]
             rows = [metadata_row(row, k, config.seed, model_name) for row, k in batch]
             audio = backend.generate(
                 [r["caption"] for r in rows],
@@ -98,9 +114,16 @@ def generate(config: GenerateConfig, backend=None) -> Path:
             )
             for row, wav in zip(rows, audio):
                 save_wav(out_dir / row["file_name"], wav, backend.sample_rate)  # atomic: complete or absent
-                append_row(metadata_path, row)
-                progress.update(1)
+                if ranks.count == 1:  # several ranks: the main process lists the wavs at the end
+                    append_row(metadata_path, row)
+            progress.update(len(batch) * ranks.count)
+            ranks.progress(out_dir / RANK_MARKERS, start + len(batch), len(mine))
     finally:
         progress.close()
-    print(f"wrote {total} clips ({len(todo)} new) to {out_dir}")
+    ranks.finish(out_dir / RANK_MARKERS, len(mine), len(mine), f"generate {out_dir}", config.rank_timeout_s)
+    if ranks.is_main:
+        # One listing of the complete wavs, sorted: byte for byte the same metadata for any number of processes.
+        rebuild_metadata(out_dir, captions, config.seed, model_name)
+        ranks.clear(out_dir / RANK_MARKERS)
+        print(f"wrote {total} clips ({len(todo)} new) to {out_dir}")
     return out_dir

@@ -4,7 +4,8 @@ RUN/reward_labeled/ (a preference dataset: feedback -1, reward = the score, sour
     python -m baton_trainer label --run_dir RUN [--reward_model RUN/reward_model or a Hub id]
 
 Resumable: each scored clip is appended to a progress file (flushed per batch), so a killed run
-scores only the clips that are left.
+scores only the clips that are left. Under `accelerate launch --num_processes N` the clips are
+split between the processes (one progress file each) and the main process writes the dataset.
 """
 
 from __future__ import annotations
@@ -27,6 +28,20 @@ class LabelConfig:
     output_dir: str | None = field(default=None, metadata={"help": "output preference dataset (default RUN/reward_labeled)"})
     batch_size: int = field(default=16, metadata={"help": "clips scored per forward pass"})
     device: str | None = field(default=None, metadata={"help": "torch device (default: cuda if available, else cpu)"})
+    rank_timeout_s: float = field(default=3600.0, metadata={"help": "several processes: how long the main process waits for the others to finish before naming them"})
+
+
+def read_scores(paths) -> dict[str, float]:
+    """file_name -> reward from progress files; a torn last line from a kill is scored again."""
+    scores: dict[str, float] = {}
+    for path in paths:
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                item = json.loads(line)
+                scores[item["file_name"]] = float(item["reward"])
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                continue
+    return scores
 
 
 def label_unrated(config: LabelConfig) -> Path:
@@ -42,7 +57,7 @@ def label_unrated(config: LabelConfig) -> Path:
     from ..data import PREFERENCE_FEATURES, build_dataset, human_rated_keys, load_preference_dataset, save_dataset_atomic
     from ..generations import read_generations
     from ..hub import resolve_folder
-    from ..runtime import pick_device
+    from ..runtime import Ranks
 
     layout = RunLayout.of(
         config.run_dir, generations=config.generations, feedback=config.feedback, reward_model=config.reward_model,
@@ -59,24 +74,29 @@ def label_unrated(config: LabelConfig) -> Path:
     todo = [r for r in rows if (int(r["caption_id"]), int(r["clip_index"])) not in rated]
     print(f"{len(rows)} generated clips, {len(rows) - len(todo)} rated by people, {len(todo)} to score")
 
-    # Progress survives a kill: one JSON line per scored clip, appended and flushed per batch.
-    progress_file = out.with_name(f".{out.name}.scores.jsonl")
-    scores: dict[str, float] = {}
-    if progress_file.is_file():
-        for line in progress_file.read_text(encoding="utf-8", errors="replace").splitlines():
-            try:
-                item = json.loads(line)
-                scores[item["file_name"]] = float(item["reward"])
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-                continue  # a torn last line from a kill: that clip is scored again
-    pending = [r for r in todo if r["file_name"] not in scores]
+    # Progress survives a kill: one JSON line per scored clip, appended and flushed per batch, one
+    # file per process (several processes split the clips; the main process merges the files).
+    ranks = Ranks.current()
+    markers = out.with_name(f".{out.name}.ranks")
+
+    def progress_files():
+        return sorted(out.parent.glob(f".{out.name}.scores*.jsonl"))
+
+    progress_file = out.with_name(f".{out.name}.scores.jsonl" if ranks.index == 0 else f".{out.name}.scores.rank{ranks.index}.jsonl")
+    if ranks.is_main:
+        ranks.clear(markers)
+    scores = read_scores(progress_files())
+    ranks.barrier()  # every rank has read the same scores before any rank appends new ones
+    pending = ranks.shard([r for r in todo if r["file_name"] not in scores])
     if pending:
         if config.reward_model is None and not layout.reward_model.exists():
             raise FileNotFoundError(f"{layout.reward_model}: reward model not found (run the reward stage first)")
-        model = reward_hub.load(str(resolve_folder(layout.reward_model, "reward model")), device=pick_device(config.device))
+        model = reward_hub.load(str(resolve_folder(layout.reward_model, "reward model")), device=ranks.device_for(config.device))
         progress_file.parent.mkdir(parents=True, exist_ok=True)
         with open(progress_file, "a", encoding="utf-8") as handle:
-            for start in tqdm(range(0, len(pending), config.batch_size), desc="reward labels"):
+            if progress_file.stat().st_size and not progress_file.read_bytes().endswith(b"\n"):
+                handle.write("\n")  # a torn last line from a kill stays a line of its own, not the start of the next one
+            for start in tqdm(range(0, len(pending), config.batch_size), desc="reward labels", disable=not ranks.is_main):
                 batch = pending[start : start + config.batch_size]
                 clips = [load_audio(generations / r["file_name"], target_sr=CLAP_SAMPLE_RATE, what=str(generations / r["file_name"]))[0] for r in batch]
                 rewards = model.score([r["caption"] for r in batch], clips, CLAP_SAMPLE_RATE, batch_size=config.batch_size)
@@ -85,6 +105,11 @@ def label_unrated(config: LabelConfig) -> Path:
                     handle.write(json.dumps({"file_name": r["file_name"], "reward": value}) + "\n")
                 handle.flush()
                 os.fsync(handle.fileno())
+                ranks.progress(markers, start + len(batch), len(pending))
+    ranks.finish(markers, len(pending), len(pending), f"label {out}", config.rank_timeout_s)
+    if not ranks.is_main:
+        return out
+    scores = {**read_scores(progress_files()), **scores}  # the other ranks' scores beside this one's
 
     columns: dict[str, list[Any]] = {name: [] for name in PREFERENCE_FEATURES}
     for r in todo:
@@ -101,7 +126,9 @@ def label_unrated(config: LabelConfig) -> Path:
     ds = build_dataset(columns)
     # Every clip rated by people: an empty set, written where no labelled set with rows would be lost.
     save_dataset_atomic(ds, out, allow_empty=True, why=f"every one of the {len(rows)} generated clips is rated by people")
-    progress_file.unlink(missing_ok=True)
+    for path in progress_files():
+        path.unlink(missing_ok=True)
+    ranks.clear(markers)
     if len(ds):
         r = np.asarray(columns["reward"])
         print(f"{len(ds)} clips labeled -> {out} (mean reward {format_number(float(r.mean()))}, {np.mean(r >= 0.5):.0%} >= 0.5)")
