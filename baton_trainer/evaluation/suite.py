@@ -26,6 +26,9 @@ class EvaluationResult:
     info: dict[str, Any]
     # Set-level metrics' inputs, for their bootstrap intervals: metric key -> model (or "reference") -> per-clip rows.
     embeddings: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    # Per-clip values of metrics that are means over clips (beyond the CLAP score), for their intervals:
+    # model -> metric key -> one value per caption row (NaN where the clip has no value, e.g. no KL pair).
+    per_clip: dict[str, dict[str, list[float]]] = dataclasses.field(default_factory=dict)
 
 
 def _load(model: Any, cls: type, device: Any) -> Any:
@@ -78,6 +81,7 @@ def compute_metrics(
     ids = list(caption_ids) if caption_ids is not None else list(range(len(captions)))
     per_caption: list[dict[str, Any]] = [{"caption_id": int(i), "caption": c} for i, c in zip(ids, captions)]
     embeddings: dict[str, dict[str, Any]] = {}
+    per_clip: dict[str, dict[str, list[float]]] = {name: {} for name in generated}
 
     if clap is None:
         skipped["clap_score"] = "no CLAP model given (e.g. laion/clap-htsat-unfused)"
@@ -120,7 +124,11 @@ def compute_metrics(
                 if paired:
                     ref_index = {n: j for j, n in enumerate(ref_names)}
                     rows = [ref_index[names[i]] for i in paired]  # type: ignore[index]
-                    metrics[model_name]["kl"] = kl_divergence(ref_logits[rows], logits[paired])
+                    metrics[model_name]["kl"], per_pair = kl_divergence(ref_logits[rows], logits[paired], return_per_pair=True)
+                    values = [float("nan")] * len(captions)
+                    for i, value in zip(paired, per_pair):
+                        values[i] = float(value)
+                    per_clip[model_name]["kl"] = values
             if not paired:
                 skipped["kl"] = "no generated clip's name matches a reference clip"
 
@@ -142,4 +150,4 @@ def compute_metrics(
                 metrics[model_name]["fad"] = frechet_distance_from_embeddings(embeddings["fad"][model_name], ref_frames)
     if reference is not None:
         info["reference_clips"] = len(reference)
-    return EvaluationResult(metrics=metrics, per_caption=per_caption, skipped=skipped, info=info, embeddings=embeddings)
+    return EvaluationResult(metrics=metrics, per_caption=per_caption, skipped=skipped, info=info, embeddings=embeddings, per_clip=per_clip)

@@ -184,6 +184,7 @@ def evaluate(config: EvaluateConfig, backends: dict[str, Any] | None = None) -> 
     for name in models:
         if "clap_score" in metrics[name]:
             per_clip[name]["clap_score"] = [row[name] for row in result.per_caption]
+        per_clip[name].update(result.per_clip.get(name, {}))
     detector_name = config.detector or ("toy" if config.oracle else None)
     if detector_name:
         info.update(score_models_events(config, detector_name, rows_by_model, clips_by_model, sample_rate, metrics, per_clip, skipped, out))
