@@ -279,6 +279,7 @@ def clap_score(
     audios: Sequence[np.ndarray],
     sample_rate: int,
     model: Any = "laion/clap-htsat-unfused",
+    audio_embeddings: Any = None,
 ) -> tuple[float, np.ndarray]:
     """CLAP score: cosine between the L2-normalised CLAP embeddings of each caption and its clip.
 
@@ -286,7 +287,8 @@ def clap_score(
     a `baton_trainer.clap.ClapEmbedder`, a `ClapModel`, a folder or a Hub id (default LAION's
     `630k-audioset-best`, the checkpoint BATON uses). Audio is resampled to 48 kHz and cropped
     deterministically to 10 s by the embedder, so the score does not depend on CLAP's random
-    crop or on the clip's sample rate.
+    crop or on the clip's sample rate. `audio_embeddings`: the clips' embeddings by the same model,
+    if already computed (they are then not computed again).
     """
     texts = list(texts)
     audios = list(audios)
@@ -296,7 +298,9 @@ def clap_score(
         raise MetricInputError("clap_score: no caption/clip pairs")
     embedder = _as_embedder(model)
     text_emb = np.asarray(embedder.embed_text(texts), dtype=np.float64)
-    audio_emb = np.asarray(embedder.embed_audio(audios, sample_rate), dtype=np.float64)
+    if audio_embeddings is None:
+        audio_embeddings = embedder.embed_audio(audios, sample_rate)
+    audio_emb = np.array(audio_embeddings, dtype=np.float64)
     # The embedder normalises already; normalising again in float64 keeps cosines exact.
     text_emb /= np.linalg.norm(text_emb, axis=1, keepdims=True)
     audio_emb /= np.linalg.norm(audio_emb, axis=1, keepdims=True)

@@ -86,8 +86,12 @@ def compute_metrics(
     if clap is None:
         skipped["clap_score"] = "no CLAP model given (e.g. laion/clap-htsat-unfused)"
     else:
+        from .metrics import _as_embedder
+
+        clap = _as_embedder(clap)
+        embeddings["clap_audio"] = {m: clap.embed_audio(clips, sample_rate).cpu().numpy() for m, clips in generated.items()}
         for model_name, clips in generated.items():
-            mean, per_pair = clap_score(captions, clips, sample_rate, model=clap)
+            mean, per_pair = clap_score(captions, clips, sample_rate, model=clap, audio_embeddings=embeddings["clap_audio"][model_name])
             metrics[model_name]["clap_score"] = mean
             for row, score in zip(per_caption, per_pair):
                 row[model_name] = float(score)

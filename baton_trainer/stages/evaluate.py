@@ -162,8 +162,6 @@ def evaluate(config: EvaluateConfig, backends: dict[str, Any] | None = None) -> 
     metrics, skipped, info = result.metrics, dict(result.skipped), dict(result.info)
     # Set-level metrics' embeddings (metric key -> model or "reference" -> (clips, d)), for their intervals.
     embeddings = {key: dict(value) for key, value in result.embeddings.items()}
-    if clap is not None and (config.fd_embedding == "clap" or config.clips_per_caption > 1):
-        embeddings["clap_audio"] = {name: clap.embed_audio(clips, sample_rate).cpu().numpy() for name, clips in clips_by_model.items()}
     if config.fd_embedding == "clap":
         skipped.pop("fd", None)
         if clap is None or reference is None:

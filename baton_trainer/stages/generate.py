@@ -41,7 +41,7 @@ class GenerateConfig:
     sampler: Literal["ddpm", "ddim", "dpmsolver++", "unipc"] | None = field(
         default=None, metadata={"help": "solver built from the model's scheduler config; default the model's own scheduler (TANGO: ddpm, the paper's)"}
     )
-    batch_size: int = field(default=8, metadata={"help": "clips per sampling batch (does not change any clip)"})
+    batch_size: int = field(default=8, metadata={"help": "clips per sampling batch (changes a clip only by float rounding: batched kernels round by batch shape)"})
     seed: int = field(default=0, metadata={"help": "base seed; each clip's seed derives from (seed, caption_id, clip_index)"})
     device: str | None = field(default=None, metadata={"help": "torch device; default cuda if available, else cpu"})
     dtype: Literal["fp32", "bf16", "fp16"] = field(default="fp32", metadata={"help": "weights dtype for sampling"})
@@ -91,7 +91,10 @@ def generate(config: GenerateConfig, backend=None) -> Path:
         if ranks.is_main:
             print(f"all {total} clips already in {out_dir}")
         return out_dir
-    mine = ranks.shard(todo)  # each missing clip is made by exactly one rank, under its own seed
+    # Whole batches are shared out, so that a clip sits in the same batch under any number of
+    # processes (batched CPU kernels round differently by batch shape): the same wavs, byte for byte.
+    batches = ranks.shard([todo[i : i + config.batch_size] for i in range(0, len(todo), config.batch_size)])
+    mine = [clip for batch in batches for clip in batch]  # each missing clip is made by exactly one rank
 
     if backend is None and mine:
         from ..backends import load_backend
@@ -101,8 +104,8 @@ def generate(config: GenerateConfig, backend=None) -> Path:
     progress = tqdm(total=total, initial=total - len(todo), desc="generating clips", unit="clip", disable=not ranks.is_main)
     metadata_path = out_dir / METADATA
     try:
-        for start in range(0, len(mine), config.batch_size):
-            batch = mine[start : start + config.batch_size]
+        done_here = 0
+        for batch in batches:
             rows = [metadata_row(row, k, config.seed, model_name) for row, k in batch]
             audio = backend.generate(
                 [r["caption"] for r in rows],
@@ -117,7 +120,8 @@ def generate(config: GenerateConfig, backend=None) -> Path:
                 if ranks.count == 1:  # several ranks: the main process lists the wavs at the end
                     append_row(metadata_path, row)
             progress.update(len(batch) * ranks.count)
-            ranks.progress(out_dir / RANK_MARKERS, start + len(batch), len(mine))
+            done_here += len(batch)
+            ranks.progress(out_dir / RANK_MARKERS, done_here, len(mine))
     finally:
         progress.close()
     ranks.finish(out_dir / RANK_MARKERS, len(mine), len(mine), f"generate {out_dir}", config.rank_timeout_s)
