@@ -87,3 +87,23 @@ def test_best_of_n_keeps_the_candidate_the_reward_model_scores_highest(models, t
         assert len(group) == 3 and any(rows[i]["seed"] == next(b["seed"] for b in base if b["clip_id"] == pick["clip_id"]) for i in group)  # the base clip competes
         best = max(group, key=lambda i: scores[i])
         assert pick["seed"] == rows[best]["seed"] and abs(pick["reward"] - scores[best]) < 1e-5
+
+
+def test_event_scores_thresholds_and_intervals_reach_the_report(models, tmp_path):
+    config = EvaluateConfig(
+        run_dir=str(tmp_path), model=str(models / "base"), aligned=str(models / "aligned"), captions=str(models / "captions.jsonl"),
+        clips_per_caption=2, num_inference_steps=2, clap_model=str(models / "clap"), device="cpu",
+        detector="toy", presence_threshold=0.6, max_event_gap_s=0.05, bootstrap_resamples=200,
+    )
+    out = evaluate(config)
+    data = json.loads((out / "metrics.json").read_text())
+    assert "p = 0.6" in data["info"]["event_thresholds"] and "gaps up to 0.05 s" in data["info"]["event_thresholds"]
+    # the captions' labels are empty free text for the toy detector: every clip is unscored, and says so
+    events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
+    assert len(events) == 12 and all("unscored" in e for e in events)
+    assert "event_presence" in data["skipped"]
+    ci = data["intervals"]["aligned"]["clap_score"]
+    assert ci["lo"] <= data["aligned"]["clap_score"] <= ci["hi"] and ci["difference_lo"] <= ci["difference_hi"]
+    assert "diversity" in data["aligned"] and "judged_by" in data["info"]
+    report = (out / "report.md").read_text()
+    assert "95% bootstrap" in report and "[" in report

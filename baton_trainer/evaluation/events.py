@@ -446,7 +446,7 @@ def score_models_events(config, detector_name: str, rows_by_model, clips_by_mode
         return {}
     defaults = detector.thresholds()
     overrides = {"presence": config.presence_threshold, "parsimony": config.parsimony_threshold,
-                 "min_duration_s": config.min_event_s, "order_margin_s": config.order_margin_s}
+                 "min_duration_s": config.min_event_s, "max_gap_s": config.max_event_gap_s, "order_margin_s": config.order_margin_s}
     thresholds = dataclasses.replace(defaults, **{k: v for k, v in overrides.items() if v is not None})
     event_map = EventMap.from_file(config.event_map, detector.classes) if config.event_map else detector.event_map()
     lines = []

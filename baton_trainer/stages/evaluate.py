@@ -56,6 +56,7 @@ class EvaluateConfig:
     presence_threshold: float | None = field(default=None, metadata={"help": "frame probability above which an event is active (default: the detector's)"})
     parsimony_threshold: float | None = field(default=None, metadata={"help": "probability at which an unnamed event counts against parsimony (default: the detector's)"})
     min_event_s: float | None = field(default=None, metadata={"help": "shortest event, seconds of active frames (default: the detector's)"})
+    max_event_gap_s: float | None = field(default=None, metadata={"help": "inactive gaps up to this long are bridged inside one event (default: the detector's)"})
     order_margin_s: float | None = field(default=None, metadata={"help": "an event's onset must follow the previous one's by this much (default: the detector's)"})
     across_seeds: str | None = field(
         default=None, metadata={"help": "comma list of eval folders of the same evaluation for several training seeds: writes only OUT/seeds.md and seeds.json (the spread across seeds)"}
