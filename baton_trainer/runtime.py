@@ -81,6 +81,11 @@ class Ranks:
     def shard(self, items: list) -> list:
         return items[self.index :: self.count]
 
+    def shard_batches(self, items: list, batch_size: int) -> list[list]:
+        """This rank's whole batches of `items`: an item sits in the same batch under any number of
+        processes (batched kernels round by batch shape, so this keeps outputs byte for byte)."""
+        return self.shard([items[i : i + batch_size] for i in range(0, len(items), batch_size)])
+
     def barrier(self) -> None:
         if self._state is not None:
             self._state.wait_for_everyone()
@@ -125,6 +130,10 @@ class Ranks:
         self.progress(markers, done, total, finished=True)
         if not self.is_main:
             return
+        def describe(i: int, records: dict) -> str:
+            r = records[i]
+            return f"rank {i}" + (f" (host {r['host']}, pid {r['pid']}, {r['done']} of {r['total']} done)" if r else " (no progress reported)")
+
         start, last_report = time.time(), time.time()
         while True:
             records = {}
@@ -136,14 +145,11 @@ class Ranks:
             late = [i for i, r in records.items() if not (r and r.get("finished"))]
             if not late:
                 return
-            def describe(i):
-                r = records[i]
-                return f"rank {i}" + (f" (host {r['host']}, pid {r['pid']}, {r['done']} of {r['total']} done)" if r else " (no progress reported)")
             waited = time.time() - start
             if waited > timeout_s:
-                raise RankTimeoutError(f"{what}: {', '.join(describe(i) for i in late)} did not finish within {timeout_s:.0f} s; "
+                raise RankTimeoutError(f"{what}: {', '.join(describe(i, records) for i in late)} did not finish within {timeout_s:.0f} s; "
                                        "what every rank finished is kept: rerun the same command to make the rest")
             if time.time() - last_report > 60:
-                print(f"{what}: waiting for {', '.join(describe(i) for i in late)}", flush=True)
+                print(f"{what}: waiting for {', '.join(describe(i, records) for i in late)}", flush=True)
                 last_report = time.time()
             time.sleep(poll_s)

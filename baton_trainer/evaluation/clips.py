@@ -60,21 +60,26 @@ def generate_clips(config: "EvaluateConfig", captions: Path, split: str, out: Pa
     return generate(gen, backend=backend)
 
 
+def best_of_candidates(config: "EvaluateConfig", layout: "RunLayout", captions: Path, split: str, backend=None) -> Path:
+    """The base model's N clips per evaluated clip that best-of-N picks from (the generate stage's folder)."""
+    import dataclasses
+
+    wider = dataclasses.replace(config, clips_per_caption=config.clips_per_caption * config.best_of)
+    return generate_clips(wider, captions, split, layout.eval / "clips" / f"best_of_{config.best_of}_candidates", None, backend)
+
+
 def best_of_n(config: "EvaluateConfig", layout: "RunLayout", captions: Path, split: str, base_rows: list[dict[str, Any]], sample_rate: int, backend=None):
     """Best-of-N, the training-free baseline: for clip k of a caption, the base model's clips k,
     k + C, ..., k + (N - 1) C (C clips per caption, so clip k itself is one of them; seeds as the
     generate stage derives them), and the one the run's reward model scores highest. Returns the
     base rows (same clip ids and file names, the winner's seed, candidate id and score) and the
     winners' waveforms; the winners are also written as `RUN/eval/clips/best_of_<N>/`."""
-    import dataclasses
-
     from ..clap import CLAP_SAMPLE_RATE
 
     per_caption, n = config.clips_per_caption, config.best_of
     if not layout.reward_model.exists() and config.reward_model is None:
         raise FileNotFoundError(f"best_of {n} needs the run's reward model: {layout.reward_model} not found (run the reward stage, or --reward_model)")
-    wider = dataclasses.replace(config, clips_per_caption=per_caption * n)
-    folder = generate_clips(wider, captions, split, layout.eval / "clips" / f"best_of_{n}_candidates", None, backend)
+    folder = best_of_candidates(config, layout, captions, split, backend)
     rows = sorted_rows(folder)
     model = load_scorer(layout.reward_model, "reward model", config.device)
     scores = model.score([r["caption"] for r in rows], read_waves(folder, rows, CLAP_SAMPLE_RATE), CLAP_SAMPLE_RATE, batch_size=config.batch_size).tolist()

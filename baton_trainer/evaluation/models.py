@@ -190,15 +190,9 @@ class PannsCnn14(nn.Module):
             wav = np.pad(wav, (0, self.config.min_samples - wav.shape[0]))
         return wav.astype(np.float32)
 
-    @torch.no_grad()
-    def embed(self, waveforms: Sequence[np.ndarray], sample_rate: int, batch_size: int = 8) -> tuple[np.ndarray, np.ndarray]:
-        """(embeddings (N, 2048), logits (N, 527)) float32 for mono clips at `sample_rate`.
-
-        Clips of equal length are batched; global pooling makes the result independent of it.
-        """
+    def _batches(self, waveforms: Sequence[np.ndarray], sample_rate: int, batch_size: int):
+        """(clip indices, forward outputs) for the prepared clips, batched among clips of equal length."""
         clips = [self.prepare(w, sample_rate, name=f"audio {i}") for i, w in enumerate(waveforms)]
-        embeddings = np.zeros((len(clips), self.embedding_dim), dtype=np.float32)
-        logits = np.zeros((len(clips), self.config.classes_num), dtype=np.float32)
         device = next(self.parameters()).device
         by_length: dict[int, list[int]] = {}
         for i, clip in enumerate(clips):
@@ -206,10 +200,19 @@ class PannsCnn14(nn.Module):
         for indices in by_length.values():
             for start in range(0, len(indices), batch_size):
                 rows = indices[start : start + batch_size]
-                batch = torch.from_numpy(np.stack([clips[i] for i in rows])).to(device)
-                out = self(batch)
-                embeddings[rows] = out["embedding"].float().cpu().numpy()
-                logits[rows] = out["logits"].float().cpu().numpy()
+                yield rows, self(torch.from_numpy(np.stack([clips[i] for i in rows])).to(device))
+
+    @torch.no_grad()
+    def embed(self, waveforms: Sequence[np.ndarray], sample_rate: int, batch_size: int = 8) -> tuple[np.ndarray, np.ndarray]:
+        """(embeddings (N, 2048), logits (N, 527)) float32 for mono clips at `sample_rate`.
+
+        Clips of equal length are batched; global pooling makes the result independent of it.
+        """
+        embeddings = np.zeros((len(waveforms), self.embedding_dim), dtype=np.float32)
+        logits = np.zeros((len(waveforms), self.config.classes_num), dtype=np.float32)
+        for rows, out in self._batches(waveforms, sample_rate, batch_size):
+            embeddings[rows] = out["embedding"].float().cpu().numpy()
+            logits[rows] = out["logits"].float().cpu().numpy()
         return embeddings, logits
 
 
@@ -253,18 +256,10 @@ class PannsCnn14Sed(PannsCnn14):
     @torch.no_grad()
     def segment_probabilities(self, waveforms: Sequence[np.ndarray], sample_rate: int, batch_size: int = 8) -> list[np.ndarray]:
         """Per clip, (segments, 527) float32 AudioSet probabilities, one row per `segment_seconds`."""
-        clips = [self.prepare(w, sample_rate, name=f"audio {i}") for i, w in enumerate(waveforms)]
-        out: list[np.ndarray | None] = [None] * len(clips)
-        device = next(self.parameters()).device
-        by_length: dict[int, list[int]] = {}
-        for i, clip in enumerate(clips):
-            by_length.setdefault(clip.shape[0], []).append(i)
-        for indices in by_length.values():
-            for start in range(0, len(indices), batch_size):
-                rows = indices[start : start + batch_size]
-                segments = self(torch.from_numpy(np.stack([clips[i] for i in rows])).to(device))["segmentwise"]
-                for i, probs in zip(rows, segments.float().cpu().numpy()):
-                    out[i] = probs
+        out: list[np.ndarray | None] = [None] * len(waveforms)
+        for rows, result in self._batches(waveforms, sample_rate, batch_size):
+            for i, probs in zip(rows, result["segmentwise"].float().cpu().numpy()):
+                out[i] = probs
         return out  # type: ignore[return-value]
 
 

@@ -78,7 +78,6 @@ class EvaluateConfig:
 
 def evaluate(config: EvaluateConfig, backends: dict[str, Any] | None = None) -> Path:
     """Generate with base and aligned models from the same seeds, score both, write the report."""
-    import dataclasses
     import json
 
     import numpy as np
@@ -87,7 +86,7 @@ def evaluate(config: EvaluateConfig, backends: dict[str, Any] | None = None) -> 
     from ..runtime import Ranks
     from ..audio import load_audio
     from ..evaluation import compute_metrics, frechet_distance_from_embeddings, write_report
-    from ..evaluation.clips import captions_file, generate_clips, read_clips
+    from ..evaluation.clips import best_of_candidates, captions_file, generate_clips, read_clips
     from ..evaluation.report import print_table
     from ..formatting import display_path
     from ..evaluation.events import score_models_events
@@ -118,8 +117,7 @@ def evaluate(config: EvaluateConfig, backends: dict[str, Any] | None = None) -> 
         for name, export in models.items():
             generate_clips(config, captions, split, out / "clips" / name, export, (backends or {}).get(name))
         if config.best_of > 1:
-            generate_clips(dataclasses.replace(config, clips_per_caption=config.clips_per_caption * config.best_of), captions, split,
-                           out / "clips" / f"best_of_{config.best_of}_candidates", None, (backends or {}).get("base"))
+            best_of_candidates(config, layout, captions, split, (backends or {}).get("base"))
         return out
     rows_by_model, clips_by_model = {}, {}
     for name, export in models.items():

@@ -3,15 +3,15 @@
     python -m baton_trainer generate --run_dir RUN --model declare-lab/tango-full-ft-audiocaps
 
 Every clip has its own recorded seed, derived from (seed, caption_id, clip_index) alone, so any
-clip can be regenerated on its own and a clip does not depend on its batch neighbours. The stage
+clip can be regenerated on its own (its batch neighbours change it only by float rounding). The stage
 resumes after a kill: a wav is written atomically before its metadata row is appended; on restart
 metadata.jsonl is rebuilt from the complete wav files, and only the missing clips are made.
 
 Under `accelerate launch --num_processes N` (or torchrun, several nodes included) the missing
 clips are split between the processes, each made once under its recorded seed; the main process
 waits for every rank (naming any that is late, `rank_timeout_s`) and writes metadata.jsonl from the
-complete wavs, the same bytes as a one-process run. The folder's contract (file names, metadata keys, settings checked on resume) is in
-`baton_trainer.generations`.
+complete wavs, the same bytes as a one-process run. The folder's contract (file names, metadata
+keys, settings checked on resume) is in `baton_trainer.generations`.
 """
 
 from __future__ import annotations
@@ -91,9 +91,7 @@ def generate(config: GenerateConfig, backend=None) -> Path:
         if ranks.is_main:
             print(f"all {total} clips already in {out_dir}")
         return out_dir
-    # Whole batches are shared out, so that a clip sits in the same batch under any number of
-    # processes (batched CPU kernels round differently by batch shape): the same wavs, byte for byte.
-    batches = ranks.shard([todo[i : i + config.batch_size] for i in range(0, len(todo), config.batch_size)])
+    batches = ranks.shard_batches(todo, config.batch_size)
     mine = [clip for batch in batches for clip in batch]  # each missing clip is made by exactly one rank
 
     if backend is None and mine:

@@ -88,8 +88,7 @@ def label_unrated(config: LabelConfig) -> Path:
     scores = read_scores(progress_files())
     ranks.barrier()  # every rank has read the same scores before any rank appends new ones
     left = [r for r in todo if r["file_name"] not in scores]
-    batches = ranks.shard([left[i : i + config.batch_size] for i in range(0, len(left), config.batch_size)])  # whole batches, as generate
-    pending = [r for batch in batches for r in batch]
+    pending = [r for batch in ranks.shard_batches(left, config.batch_size) for r in batch]
     if pending:
         if config.reward_model is None and not layout.reward_model.exists():
             raise FileNotFoundError(f"{layout.reward_model}: reward model not found (run the reward stage first)")
