@@ -26,9 +26,9 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from baton_trainer.toyworld.pretraining import heldout_report, log, pretrain_text_encoder
 from baton_trainer.toyworld.render import PRETRAIN_WORLD  # the loose world the shipped base learned from
 
 
@@ -63,10 +63,6 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
 def train_vae(model, mels: torch.Tensor, args) -> None:
     vae = model.vae
     vae.train()
@@ -92,49 +88,6 @@ def train_vae(model, mels: torch.Tensor, args) -> None:
         if step % 25 == 0 or step == args.vae_steps - 1:
             log(f"vae step {step + 1}/{args.vae_steps}: reconstruction {rec_loss.item():.4f} kl/dim {kl.item():.4f}")
     vae.eval()
-
-
-def pretrain_text_encoder(model, captions: list[str], args) -> dict:
-    """Teach the toy T5 the toy language before the UNet sees it, as FLAN-T5 is pretrained before TANGO.
-
-    A randomly initialised encoder trained only through the UNet never learns which event a
-    caption names first: the UNet cannot use an order the encoder does not yet carry, and the
-    encoder gets no gradient towards order from a UNet that ignores it. Two linear heads on the
-    last hidden state predict, for every token, which event it names (or none) and its place
-    among the caption's events (none, 1st, 2nd, 3rd); the heads are thrown away afterwards.
-    """
-    from baton_trainer.toyworld.events import EVENT_NAMES
-
-    tokenizer, encoder = model.tokenizer, model.text_encoder
-    event_ids = {tokenizer.convert_tokens_to_ids(name): k + 1 for k, name in enumerate(EVENT_NAMES)}
-    hidden = encoder.config.d_model
-    heads = torch.nn.ModuleDict({"event": torch.nn.Linear(hidden, len(EVENT_NAMES) + 1), "place": torch.nn.Linear(hidden, 4)}).to(args.device)
-    params = list(encoder.parameters()) + list(heads.parameters())
-    opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-2)
-    gen = torch.Generator().manual_seed(args.seed + 3)
-    encoder.train()
-    for step in range(args.text_pretrain_steps):
-        index = torch.randint(0, len(captions), (64,), generator=gen).tolist()
-        tokens = tokenizer([captions[i] for i in index], max_length=model.pipe.config.text_max_length, padding=True, truncation=True, return_tensors="pt")
-        ids = tokens.input_ids
-        event = torch.zeros_like(ids)
-        for token_id, k in event_ids.items():
-            event[ids == token_id] = k
-        place = torch.where(event > 0, (event > 0).long().cumsum(1), torch.zeros_like(ids)).clamp(max=3)
-        mask = tokens.attention_mask.bool()
-        out = encoder(input_ids=ids.to(args.device), attention_mask=tokens.attention_mask.to(args.device)).last_hidden_state[mask.to(args.device)]
-        loss = torch.nn.functional.cross_entropy(heads["event"](out), event[mask].to(args.device)) + torch.nn.functional.cross_entropy(
-            heads["place"](out), place[mask].to(args.device)
-        )
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if step % 50 == 0 or step == args.text_pretrain_steps - 1:
-            with torch.no_grad():
-                accuracy = (heads["place"](out).argmax(-1) == place[mask].to(args.device)).float().mean().item()
-            log(f"text step {step + 1}/{args.text_pretrain_steps}: loss {loss.item():.4f}, place accuracy {accuracy:.3f}")
-    encoder.eval()
-    return {"loss": round(loss.item(), 4), "place_accuracy": round(accuracy, 4)}
 
 
 def train_unet(model, latents: torch.Tensor, captions: list[str], args, on_step=None) -> None:
@@ -179,51 +132,8 @@ def train_unet(model, latents: torch.Tensor, captions: list[str], args, on_step=
     text_encoder.eval()
 
 
-def heldout_captions(n: int, task: str, seed: int) -> list[tuple[str, list[str]]]:
-    """Captions as the prompts stage makes them (toy event names as labels), drawn apart from
-    the pretraining captions' random stream."""
-    from baton_trainer.captions import make_caption
-    from baton_trainer.toyworld.events import EVENT_NAMES
-
-    rng = np.random.default_rng([seed, 991, 0 if task == "integrity" else 1])
-    k = 2 if task == "integrity" else 3
-    rows = []
-    for _ in range(n):
-        labels = [str(x) for x in rng.choice(EVENT_NAMES, size=k, replace=False)]
-        rows.append((make_caption(labels, task, rng), labels))
-    return rows
-
-
-def evaluate(model, n: int, args, batch: int = 50) -> dict:
-    from baton_trainer.toyworld.oracle import OracleAnnotator, is_aligned
-
-    oracle = OracleAnnotator()
-    results = {}
-    for task in ("integrity", "temporal"):
-        rows = heldout_captions(n, task, args.seed)
-        outcomes, present, in_order = [], [], []
-        started = time.time()
-        for start in range(0, n, batch):
-            chunk = rows[start : start + batch]
-            seeds = [10_000 + start + i for i in range(len(chunk))]
-            clips = model.generate([c for c, _ in chunk], seeds, num_inference_steps=args.eval_steps, guidance_scale=args.guidance)
-            for wav, (_, labels) in zip(clips, chunk):
-                detections = oracle.detect(wav, model.sample_rate)
-                outcomes.append(is_aligned(detections, labels, task))
-                present.append(is_aligned(detections, labels, "integrity"))
-                if present[-1]:
-                    in_order.append(is_aligned(detections, labels, "temporal"))
-            log(f"eval {task}: {start + len(chunk)}/{n}, aligned so far {np.mean(outcomes):.3f}")
-        p, q = float(np.mean(outcomes)), float(np.mean(present))
-        results[task] = {
-            "accuracy": round(p, 4),
-            "stderr": round(math.sqrt(p * (1 - p) / n), 4),
-            "all_events_present": round(q, 4),
-            "in_order_when_complete": round(float(np.mean(in_order)), 4) if in_order else None,
-            "clips": n,
-            "seconds": round(time.time() - started, 1),
-        }
-    return results
+def evaluate(model, n: int, args) -> dict:
+    return heldout_report(model, n, args.seed, args.eval_steps, args.guidance)
 
 
 def main(argv=None) -> int:
@@ -288,7 +198,8 @@ def main(argv=None) -> int:
 
     if args.text_pretrain_steps:
         t0 = time.time()
-        report_text = pretrain_text_encoder(model, data["caption"], args)
+        report_text = pretrain_text_encoder(model.tokenizer, model.text_encoder, data["caption"], model.pipe.config.text_max_length,
+                                            args.text_pretrain_steps, args.seed, args.device)
         timings["text_s"] = round(time.time() - t0, 1)
     t0 = time.time()
     train_unet(model, latents, data["caption"], args, on_step)

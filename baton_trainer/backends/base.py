@@ -72,6 +72,20 @@ class TextConditioning:
         return cls(**joined)
 
 
+def import_own_components(folder: str | Path) -> None:
+    """Import the modules of this package that a pipeline folder's model_index.json names as a
+    component's library (the toy flow model's `baton_trainer.toyworld.mel_autoencoder`): diffusers
+    loads a component only from a library it knows or a module already imported, and this
+    package's own modules are not remote code."""
+    import importlib
+
+    index = Path(folder) / "model_index.json"
+    entries = json.loads(index.read_text(encoding="utf-8")).values() if index.is_file() else []
+    for entry in entries:
+        if isinstance(entry, list) and entry and isinstance(entry[0], str) and entry[0].startswith(__package__.split(".")[0] + "."):
+            importlib.import_module(entry[0])
+
+
 def mono_into_channels(waveforms: torch.Tensor, vae: torch.nn.Module) -> torch.Tensor:
     """The project's mono waveforms (B, samples) copied into each of the VAE's `audio_channels`, on
     its device and in its dtype, as stable-audio-tools feeds mono files to a stereo model."""

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from .base import TextConditioning, TextToAudioBackend, mixed_to_mono, mono_into_channels
+from .base import TextConditioning, TextToAudioBackend, import_own_components, mixed_to_mono, mono_into_channels
 
 # stable-audio-tools' "log_snr" timestep sampler defaults (training/diffusion.py)
 MEAN_LOGSNR, STD_LOGSNR = -1.2, 2.0
@@ -65,6 +65,7 @@ class StableAudio3Model(TextToAudioBackend):
         from ..hub import resolve_folder
 
         folder = resolve_folder(name_or_path, "model", revision)
+        import_own_components(folder)
         pipe = load_pretrained(lambda f: StableAudio3Pipeline.from_pretrained(f, torch_dtype=torch_dtype), folder, "a StableAudio3Pipeline")
         model = cls(pipe)
         model.name_or_path = str(name_or_path)

@@ -14,8 +14,12 @@ on a CPU.
 Toy CLAP is a `ClapModel` with a tiny config and a `ClapProcessor` whose feature extractor has
 real CLAP's settings (48 kHz, 64 mels, 10 s), so `baton_trainer.clap.ClapEmbedder` loads it as is.
 
-Both are trained by `scripts/train_toy_tango.py` and `scripts/train_toy_clap.py` and shipped in
-`checkpoints/`.
+The toy flow model (`build_toy_flow`) is a `StableAudio3Pipeline` (StableAudio3DiTModel, rectified
+flow, FlowMatchEulerDiscreteScheduler, T5Gemma's encoder) over the toy TANGO's VAE and vocoder,
+seen by the trainer through `StableAudio3Model`.
+
+All three are trained by `scripts/train_toy_tango.py`, `scripts/train_toy_flow.py` and
+`scripts/train_toy_clap.py` and shipped in `checkpoints/`.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from .render import DEFAULT_DURATION_S, ORDERED_PAIR_CONJUNCTIONS
 CHECKPOINTS_DIR = Path(__file__).parent / "checkpoints"
 TOY_TANGO_PATH = CHECKPOINTS_DIR / "toy_tango"
 TOY_CLAP_PATH = CHECKPOINTS_DIR / "toy_clap"
+TOY_FLOW_PATH = CHECKPOINTS_DIR / "toy_flow"
 TOY_DURATION_S = DEFAULT_DURATION_S  # 2.56 s: 128 mel frames at hop 320
 TOY_HOP_LENGTH = 320  # 20 ms frames: half TANGO's frame rate halves every conv on this CPU
 TEXT_MAX_LENGTH = 24  # the longest toy caption is 16 tokens with </s>
@@ -163,6 +168,44 @@ def load_toy_tango(path: str | Path | None = None):
 
 
 # ----------------------------------------------------------------------------------------------
+# Toy flow model
+
+
+def build_toy_flow(seed: int = 0, autoencoder_from: str | Path = TOY_TANGO_PATH, embed_dim: int = 128, depth: int = 4,
+                   num_heads: int = 4, text_hidden: int = 64, text_layers: int = 2):
+    """A toy Stable Audio 3 (the starting point of `scripts/train_toy_flow.py`): diffusers'
+    StableAudio3Pipeline with a StableAudio3DiTModel, T5Gemma's encoder, the duration embedder and
+    the base checkpoint's FlowMatchEulerDiscreteScheduler, in toy sizes; its autoencoder is the
+    toy TANGO's mel VAE and vocoder (`mel_autoencoder.py` says why), copied with their weights."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, StableAudio3DiTModel, StableAudio3Pipeline
+    from diffusers.pipelines.stable_audio_3.modeling_stable_audio_3 import StableAudio3DurationEmbedder
+    from transformers import T5GemmaConfig, T5GemmaEncoderModel
+
+    from ..backends.stable_audio_3 import StableAudio3Model
+    from .mel_autoencoder import ToyMelAutoencoder
+
+    tokenizer = toy_tokenizer()
+    vae = ToyMelAutoencoder.from_toy_tango(autoencoder_from)
+    torch.manual_seed(seed)
+    module = dict(vocab_size=len(tokenizer), hidden_size=text_hidden, intermediate_size=2 * text_hidden, num_hidden_layers=text_layers,
+                  num_attention_heads=4, num_key_value_heads=4, head_dim=text_hidden // 4, query_pre_attn_scalar=text_hidden // 4,
+                  sliding_window=TEXT_MAX_LENGTH, max_position_embeddings=2 * TEXT_MAX_LENGTH, pad_token_id=0, eos_token_id=1, bos_token_id=1)
+    text_encoder = T5GemmaEncoderModel(T5GemmaConfig(encoder=module, decoder=module, vocab_size=len(tokenizer), is_encoder_decoder=False)).eval()
+    duration_embedder = StableAudio3DurationEmbedder(output_dim=embed_dim // 2, fourier_dim=32, max_val=10.0)
+    transformer = StableAudio3DiTModel(
+        io_channels=vae.config.latent_dim, embed_dim=embed_dim, depth=depth, num_heads=num_heads, cond_token_dim=text_hidden,
+        global_cond_dim=embed_dim // 2, local_add_cond_dim=1, timestep_features_dim=64, ff_mult=2.0, num_memory_tokens=4,
+    )
+    # Stable Audio 3 base's sampler: deterministic Euler over timesteps in [0, 1]
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1, shift=1.0, stochastic_sampling=False)
+    pipe = StableAudio3Pipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, duration_embedder=duration_embedder,
+                                transformer=transformer, scheduler=scheduler)
+    model = StableAudio3Model(pipe)
+    model.name_or_path = f"toy-flow-init-seed{seed}"
+    return model
+
+
+# ----------------------------------------------------------------------------------------------
 # Toy CLAP
 
 def toy_caption_corpus() -> list[str]:
@@ -228,8 +271,10 @@ __all__ = [
     "CHECKPOINTS_DIR",
     "TOY_CLAP_PATH",
     "TOY_DURATION_S",
+    "TOY_FLOW_PATH",
     "TOY_TANGO_PATH",
     "build_toy_clap",
+    "build_toy_flow",
     "build_toy_tango",
     "load_toy_tango",
     "toy_clap_tokenizer",
