@@ -1,6 +1,6 @@
 """Does BATON work in the toy world? The default run over several seeds, plus the paper's ablations.
 
-For each seed: the whole loop (`run` with configs/toy.yaml), then on the same generated clips and
+For each seed: the whole loop (`run` with configs/toy.yaml, or toy_flow.yaml), then on the same generated clips and
 ratings:
   - Table 5, "no feedback weights": the same clips with every weight 1 (plus the pretrain term);
   - Table 5, "pretrain term alone": beta * pretraining loss only;
@@ -27,7 +27,10 @@ other numbers as well, so the table also gives the spread over seeds: the standa
 the per-seed differences over sqrt(seeds), which holds both sources of noise (with 3 seeds it
 is itself a rough estimate).
 
-    python benchmarks/toy_alignment.py [--seeds 0 1 2] [--root runs/toy_alignment] [--ablations all|none|a,b]
+    python benchmarks/toy_alignment.py [--model tango|flow] [--seeds 0 1 2] [--root runs/toy_alignment] [--ablations all|none|a,b]
+
+`--model flow` repeats all of it on the toy flow model (configs/toy_flow.yaml) and writes
+benchmarks/results/toy_alignment_flow.{json,md}.
 """
 
 from __future__ import annotations
@@ -76,12 +79,17 @@ def reward_rows_in_mix(run_dir: Path, ft) -> Path:
     return out
 
 
-def run_seed(root: Path, seed: int, overrides: list[str], ablations: list[str], variants: dict | None = None) -> dict:
-    """The default run of one seed, then each named variant (finetune overrides: `variants`, by
-    default the ablations and diagnostics) trained on its clips and ratings and evaluated beside it."""
+# --model: which toy model the loop aligns, by its run config
+MODEL_CONFIGS = {"tango": "toy.yaml", "flow": "toy_flow.yaml"}
+
+
+def run_seed(root: Path, seed: int, overrides: list[str], ablations: list[str], variants: dict | None = None, config_file: str = "toy.yaml") -> dict:
+    """The default run of one seed (`config_file` in baton_trainer/configs), then each named variant
+    (finetune overrides: `variants`, by default the ablations and diagnostics) trained on its clips
+    and ratings and evaluated beside it."""
     variants = {**ABLATIONS, **DIAGNOSTICS} if variants is None else variants
     run_dir = root / f"seed{seed}"
-    config = parse_config(RunConfig, ["--config", str(CONFIG_DIR / "toy.yaml"), "--run_dir", str(run_dir), "--seed", str(seed), *overrides])
+    config = parse_config(RunConfig, ["--config", str(CONFIG_DIR / config_file), "--run_dir", str(run_dir), "--seed", str(seed), *overrides])
     started = time.time()
     if not (run_dir / "eval" / "metrics.json").is_file():  # a finished seed is read back, not re-evaluated
         run(config)
@@ -188,8 +196,8 @@ def summarise(per_seed: dict[int, dict]) -> dict:
     return table
 
 
-def markdown(table: dict, seeds: list[int]) -> str:
-    lines = [f"Toy world, mean over seeds {seeds} (standard errors in brackets; accuracies judged by the oracle on held-out captions).", ""]
+def markdown(table: dict, seeds: list[int], model: str = "toy TANGO") -> str:
+    lines = [f"Toy world ({model}), mean over seeds {seeds} (standard errors in brackets; accuracies judged by the oracle on held-out captions).", ""]
     lines.append("| model | integrity | temporal | CLAP | FD |")
     lines.append("|---|---|---|---|---|")
     for model, row in table.items():
@@ -202,9 +210,10 @@ def markdown(table: dict, seeds: list[int]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--root", default="runs/toy_alignment")
+    parser.add_argument("--model", choices=list(MODEL_CONFIGS), default="tango", help="tango: the toy TANGO (configs/toy.yaml); flow: the toy flow model (configs/toy_flow.yaml)")
+    parser.add_argument("--root", default=None, help="default runs/toy_alignment, or runs/toy_alignment_flow for --model flow")
     parser.add_argument("--ablations", default="all", help="all, none, or a comma list of " + ",".join([*ABLATIONS, *DIAGNOSTICS]))
-    parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "toy_alignment"))
+    parser.add_argument("--out", default=None, help="results file stem (default benchmarks/results/toy_alignment[_flow])")
     parser.add_argument("overrides", nargs="*", help="extra RunConfig overrides, e.g. --finetune.max_train_steps=300")
     args, extra = parser.parse_known_args()
     ablations = []
@@ -215,16 +224,18 @@ def main() -> None:
             ablations.append(name)
         elif name != "none":
             raise SystemExit(f"unknown ablation '{name}' (known: all, none, {', '.join([*ABLATIONS, *DIAGNOSTICS])})")
-    root = Path(args.root)
+    suffix = "" if args.model == "tango" else f"_{args.model}"
+    root = Path(args.root or f"runs/toy_alignment{suffix}")
+    args.out = args.out or str(Path(__file__).resolve().parent / "results" / f"toy_alignment{suffix}")
     per_seed = {}
     for seed in args.seeds:
-        per_seed[seed] = run_seed(root, seed, [*args.overrides, *extra], ablations)
+        per_seed[seed] = run_seed(root, seed, [*args.overrides, *extra], ablations, config_file=MODEL_CONFIGS[args.model])
         Path(args.out + ".json").parent.mkdir(parents=True, exist_ok=True)
         Path(args.out + ".json").write_text(json.dumps({"per_seed": per_seed, "summary": summarise(per_seed)}, indent=2))
     table = summarise(per_seed)
     paired = paired_differences(root, args.seeds, ablations)
     Path(args.out + ".json").write_text(json.dumps({"per_seed": per_seed, "summary": table, "paired": paired}, indent=2))
-    text = markdown(table, args.seeds)
+    text = markdown(table, args.seeds, {"tango": "toy TANGO", "flow": "toy flow model, configs/toy_flow.yaml"}[args.model])
     text += "\nBATON minus each model, mean over seeds. Unpaired SE: from the two accuracies' standard errors; "
     text += "paired SE: clip by clip on the same captions and seeds; across seeds: the spread of the per-seed differences "
     text += "(training noise included).\n\n"

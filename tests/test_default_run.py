@@ -46,6 +46,33 @@ def test_tiny_default_run_end_to_end_and_resume(tmp_path, capsys):
     assert again["aligned"] == metrics["aligned"]
 
 
+@pytest.mark.slow
+def test_tiny_toy_flow_run_end_to_end(tmp_path):
+    """configs/toy_flow.yaml at tiny counts: the whole loop on the toy flow model, through the Stable
+    Audio 3 backend (its pipeline generates, its flow loss fine-tunes)."""
+    from baton_trainer.__main__ import CONFIG_DIR
+    from baton_trainer.backends import load_backend
+
+    run_dir = tmp_path / "toy_flow"
+    args = [
+        "run", "--config", str(CONFIG_DIR / "toy_flow.yaml"), "--run_dir", str(run_dir), "--pretrain_clips", "8",
+        "--reference_clips", "8", "--rated_fraction", "0.75", "--prompts.num_integrity", "4", "--prompts.num_temporal", "4",
+        "--generate.clips_per_caption", "3", "--generate.num_inference_steps", "4", "--reward.epochs", "3",
+        "--reward.validation_fraction", "0.5", "--finetune.max_train_steps", "2", "--finetune.train_batch_size", "4",
+        "--finetune.report_to", "none", "--evaluate.clips_per_caption", "2", "--evaluate.num_inference_steps", "4",
+    ]
+    assert main(args) == 0
+    export = json.loads((run_dir / "aligned" / "baton_export.json").read_text())
+    assert export["base"].endswith("toy_flow")
+    aligned = load_backend(export["base"], export=run_dir / "aligned")
+    assert type(aligned).__name__ == "StableAudio3Model" and aligned.objective == "flow"
+    metrics = json.loads((run_dir / "eval" / "metrics.json").read_text())
+    for model in ("base", "aligned"):
+        assert 0.0 <= metrics[model]["temporal_accuracy"] <= 1.0 and metrics[model]["fd"] >= 0.0
+    rows = [json.loads(line) for line in (run_dir / "generations" / "metadata.jsonl").read_text().splitlines()]
+    assert len(rows) == 24 and all(abs(r["duration_s"] - 2.56) < 1e-6 for r in rows)
+
+
 @pytest.mark.parametrize("rate_by", ["clip", "caption"])
 def test_oracle_rates_a_share_of_the_clips_or_of_the_captions(tmp_path, rate_by):
     from collections import Counter

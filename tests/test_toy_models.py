@@ -1,5 +1,5 @@
-"""The shipped toy TANGO and toy CLAP: they load offline through the project's own loaders,
-generate clips of the right length, carry event order, and stay small."""
+"""The shipped toy TANGO, toy flow model and toy CLAP: they load offline through the project's own
+loaders, generate clips of the right length, carry event order, and stay small."""
 
 from __future__ import annotations
 
@@ -14,22 +14,29 @@ from baton_trainer.toyworld.models import (
     CHECKPOINTS_DIR,
     TOY_CLAP_PATH,
     TOY_DURATION_S,
+    TOY_FLOW_PATH,
     TOY_TANGO_PATH,
     toy_clap_tokenizer,
     toy_tokenizer,
 )
 from baton_trainer.toyworld.render import render_sequence
 
-MAX_CHECKPOINT_BYTES = 20 * 1024 * 1024
+MB = 1024 * 1024
 
 
-def test_shipped_checkpoints_stay_under_20_mb():
-    files = [p for p in CHECKPOINTS_DIR.rglob("*") if p.is_file()]
-    total = sum(p.stat().st_size for p in files)
-    print(f"shipped toy checkpoints: {total / 1e6:.2f} MB in {len(files)} files")
+def folder_bytes(folder) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def test_shipped_checkpoints_stay_small():
+    """The toy TANGO and toy CLAP 20 MB together at most; the toy flow model 15 MB at most."""
     assert (TOY_TANGO_PATH / "model_index.json").is_file() and (TOY_TANGO_PATH / "pipeline_tango.py").is_file()
-    assert (TOY_CLAP_PATH / "config.json").is_file()
-    assert total <= MAX_CHECKPOINT_BYTES, f"toy checkpoints take {total / 1e6:.1f} MB, over 20 MB"
+    assert (TOY_CLAP_PATH / "config.json").is_file() and (TOY_FLOW_PATH / "model_index.json").is_file()
+    tango_and_clap, flow = folder_bytes(TOY_TANGO_PATH) + folder_bytes(TOY_CLAP_PATH), folder_bytes(TOY_FLOW_PATH)
+    print(f"toy TANGO + toy CLAP {tango_and_clap / 1e6:.2f} MB, toy flow {flow / 1e6:.2f} MB, all of {CHECKPOINTS_DIR}: "
+          f"{folder_bytes(CHECKPOINTS_DIR) / 1e6:.2f} MB")
+    assert tango_and_clap <= 20 * MB, f"toy TANGO and toy CLAP take {tango_and_clap / 1e6:.1f} MB, over 20 MB"
+    assert flow <= 15 * MB, f"the toy flow model takes {flow / 1e6:.1f} MB, over 15 MB"
 
 
 def test_toy_tokenizers_know_every_caption_word():
@@ -104,6 +111,69 @@ def test_toy_tango_latents_match_its_unet(toy_tango):
     assert latents.shape[1] == toy_tango.unet.config.in_channels
     # Trained scaling factor: latents near unit spread, as the diffusion schedule assumes.
     assert 0.3 < latents.std().item() < 3.0
+
+
+@pytest.fixture(scope="module")
+def toy_flow():
+    from baton_trainer.backends import load_backend
+
+    return load_backend(TOY_FLOW_PATH)
+
+
+def test_toy_flow_loads_offline_through_the_flow_backend(toy_flow):
+    from diffusers import FlowMatchEulerDiscreteScheduler, StableAudio3DiTModel, StableAudio3Pipeline
+
+    from baton_trainer.backends.stable_audio_3 import StableAudio3Model
+
+    assert type(toy_flow) is StableAudio3Model and type(toy_flow.pipe) is StableAudio3Pipeline and toy_flow.objective == "flow"
+    assert type(toy_flow.unet) is StableAudio3DiTModel and type(toy_flow.pipe.scheduler) is FlowMatchEulerDiscreteScheduler
+    captions = ["Beep, then hum, then hiss", "Knock with trill"]
+    clips = toy_flow.generate(captions, seeds=[0, 1], num_inference_steps=4, guidance_scale=3.0, duration_s=TOY_DURATION_S)
+    assert clips.shape == (2, int(round(TOY_DURATION_S * 16000))) and clips.dtype == np.float32
+    assert np.isfinite(clips).all() and clips.std(axis=1).min() > 0
+    again = toy_flow.generate(captions[:1], seeds=[0], num_inference_steps=4, guidance_scale=3.0, duration_s=TOY_DURATION_S)
+    assert np.corrcoef(again[0], clips[0])[0, 1] > 0.99
+
+
+def test_toy_flow_autoencoder_is_the_toy_tangos(toy_flow, toy_tango):
+    """The flow model's latents are the toy TANGO's VAE latents, one DiT token per latent frame,
+    and its clips come back through the same VAE decoder and vocoder."""
+    wav = torch.from_numpy(render_sequence(["beep", "hum", "hiss"], seed=0))[None]
+    flow_latents, tango_latents = toy_flow.encode_audio(wav), toy_tango.encode_audio(wav)  # (1, 64, 16), (1, 8, 16, 8)
+    assert flow_latents.shape == (1, toy_flow.unet.config.io_channels, tango_latents.shape[2])
+    assert torch.equal(flow_latents, tango_latents.permute(0, 1, 3, 2).flatten(1, 2))
+    decoded = toy_flow.vae.decode(flow_latents).sample[0, 0]
+    assert torch.allclose(decoded, toy_tango.decode_latents(tango_latents)[0], atol=1e-5)
+
+
+@pytest.mark.slow
+def test_toy_flow_base_fails_as_the_papers_does_but_has_learned_order(toy_flow):
+    """As the toy TANGO, at the sampling settings of configs/toy_flow.yaml: events go missing and
+    order is often wrong, yet complete 3-event clips are in order far more often than chance.
+    Integrity is held to 80 %, not the toy TANGO's 70 %: this flow base makes both events of
+    65.5-76 % of 2-event captions depending on the caption draw (docs/toy_models.md, open)."""
+    import yaml
+
+    from baton_trainer.__main__ import CONFIG_DIR
+    from baton_trainer.toyworld.oracle import OracleAnnotator, is_aligned
+
+    sampling = yaml.safe_load((CONFIG_DIR / "toy_flow.yaml").read_text())["evaluate"]
+    rng = np.random.default_rng([0, 991])
+    oracle = OracleAnnotator()
+    results = {}
+    for task, k, n in (("integrity", 2, 120), ("temporal", 3, 120)):
+        labels = [[str(x) for x in rng.choice(EVENT_NAMES, size=k, replace=False)] for _ in range(n)]
+        captions = [make_caption(group, task, rng) for group in labels]
+        clips = toy_flow.generate(captions, seeds=list(range(5000, 5000 + n)), num_inference_steps=sampling["num_inference_steps"],
+                                  guidance_scale=sampling["guidance_scale"], duration_s=sampling["duration_s"])
+        detections = [oracle.detect(wav, 16000) for wav in clips]
+        complete = [is_aligned(d, group, "integrity") for d, group in zip(detections, labels)]
+        aligned = [is_aligned(d, group, task) for d, group in zip(detections, labels)]
+        results[task] = (np.mean(aligned), sum(aligned) / max(sum(complete), 1))
+    print(results)
+    assert 0.2 <= results["integrity"][0] <= 0.8
+    assert 0.2 <= results["temporal"][0] <= 0.7
+    assert results["temporal"][1] > 0.4
 
 
 @pytest.fixture(scope="module")

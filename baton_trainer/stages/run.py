@@ -20,6 +20,7 @@ from typing import Any, Literal
 from ..layout import RunLayout
 
 TOY_CHECKPOINTS = Path(__file__).resolve().parents[1] / "toyworld" / "checkpoints"
+TOY_MODELS = ("toy_tango", "toy_flow")  # shipped base models a toy run names by folder name
 STAGE_ORDER = ("prompts", "generate", "ratings", "export", "reward", "label", "finetune", "evaluate")
 
 
@@ -27,7 +28,7 @@ STAGE_ORDER = ("prompts", "generate", "ratings", "export", "reward", "label", "f
 class RunConfig:
     run_dir: str = field(default="runs/toy", metadata={"help": "the run folder every stage reads and writes"})
     world: Literal["toy", "real"] = field(default="toy", metadata={"help": "toy: the embedded world with the oracle as annotator"})
-    model: str | None = field(default=None, metadata={"help": "base text-to-audio model (default: the shipped toy TANGO)"})
+    model: str | None = field(default=None, metadata={"help": "base text-to-audio model (default: the shipped toy TANGO; toy_flow: the shipped toy flow model)"})
     clap_model: str | None = field(default=None, metadata={"help": "CLAP for the reward model and CLAP score (default: the toy CLAP)"})
     seed: int = 0
     stages: list[str] = field(default_factory=lambda: list(STAGE_ORDER), metadata={"help": "stages to run, in order"})
@@ -66,7 +67,7 @@ class RunConfig:
         if self.world == "real" and self.round_ratings:
             raise ValueError("round_ratings: new ratings each round come from the toy world's oracle; with a real model, rate with the annotate app between runs")
         if self.world == "toy":
-            self.model = self.model or str(TOY_CHECKPOINTS / "toy_tango")
+            self.model = str(TOY_CHECKPOINTS / (self.model or "toy_tango")) if self.model in (None, *TOY_MODELS) else self.model
             self.clap_model = self.clap_model or str(TOY_CHECKPOINTS / "toy_clap")
         elif not self.model:
             raise ValueError("world 'real' needs a model (e.g. --model declare-lab/tango-full-ft-audiocaps)")
