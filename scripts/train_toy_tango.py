@@ -28,19 +28,14 @@ from pathlib import Path
 
 import torch
 
-from baton_trainer.toyworld.pretraining import heldout_report, log, pretrain_text_encoder
-from baton_trainer.toyworld.render import PRETRAIN_WORLD  # the loose world the shipped base learned from
+from baton_trainer.toyworld.pretraining import add_world_arguments, heldout_report, log, pretrain_text_encoder, render_pretraining_clips
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="baton_trainer/toyworld/checkpoints/toy_tango")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--num-clips", type=int, default=6000, help="rendered pretraining clips")
-    p.add_argument("--order-noise", type=float, default=PRETRAIN_WORLD["order_noise"], help="share of 3-event clips that ignore the caption's order")
-    p.add_argument("--event-dropout", type=float, default=PRETRAIN_WORLD["event_dropout"], help="chance that each event a multi-event caption names is missing from its clip")
-    p.add_argument("--gap-concentration", type=float, default=PRETRAIN_WORLD["gap_concentration"], help="Dirichlet concentration of the gaps between events (larger: more even)")
-    p.add_argument("--event-counts", default="0.2,0.4,0.4", help="probabilities of 1, 2 and 3 events per pretraining clip")
+    add_world_arguments(p)
     p.add_argument("--unet-channels", default="32,64,96", help="UNet block widths; one level per entry")
     p.add_argument("--text-layers", type=int, default=2)
     p.add_argument("--text-pretrain-steps", type=int, default=300,
@@ -141,17 +136,11 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     from baton_trainer.toyworld.models import build_toy_tango, TOY_DURATION_S
-    from baton_trainer.toyworld.render import render_dataset
 
     out = Path(args.out)
     started = time.time()
     timings = {}
-    log(f"rendering {args.num_clips} clips")
-    data = render_dataset(
-        args.num_clips, seed=args.seed, duration_s=TOY_DURATION_S, order_noise=args.order_noise,
-        event_dropout=args.event_dropout, gap_concentration=args.gap_concentration,
-        event_count_probs=[float(x) for x in args.event_counts.split(",")],
-    )
+    data = render_pretraining_clips(args, TOY_DURATION_S)
     timings["render_s"] = round(time.time() - started, 1)
 
     channels = tuple(int(x) for x in args.unet_channels.split(","))

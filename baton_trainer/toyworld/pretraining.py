@@ -19,6 +19,30 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
+def add_world_arguments(parser) -> None:
+    """The pretraining world's options (defaults: `render.PRETRAIN_WORLD`, the loose world both
+    shipped toy models learned from)."""
+    from .render import PRETRAIN_WORLD
+
+    parser.add_argument("--num-clips", type=int, default=6000, help="rendered pretraining clips")
+    parser.add_argument("--order-noise", type=float, default=PRETRAIN_WORLD["order_noise"], help="share of 3-event clips that ignore the caption's order")
+    parser.add_argument("--event-dropout", type=float, default=PRETRAIN_WORLD["event_dropout"], help="chance that each event a multi-event caption names is missing from its clip")
+    parser.add_argument("--gap-concentration", type=float, default=PRETRAIN_WORLD["gap_concentration"], help="Dirichlet concentration of the gaps between events (larger: more even)")
+    parser.add_argument("--event-counts", default="0.2,0.4,0.4", help="probabilities of 1, 2 and 3 events per pretraining clip")
+
+
+def render_pretraining_clips(args, duration_s: float) -> dict:
+    """The captioned clips of the world `add_world_arguments` describes, seeded by `args.seed`."""
+    from .render import render_dataset
+
+    log(f"rendering {args.num_clips} clips")
+    return render_dataset(
+        args.num_clips, seed=args.seed, duration_s=duration_s, order_noise=args.order_noise,
+        event_dropout=args.event_dropout, gap_concentration=args.gap_concentration,
+        event_count_probs=[float(x) for x in args.event_counts.split(",")],
+    )
+
+
 def pretrain_text_encoder(tokenizer, encoder, captions: list[str], max_length: int, steps: int, seed: int, device="cpu") -> dict:
     """Teach a toy text encoder the toy language before the denoiser sees it, as FLAN-T5 and
     T5Gemma are pretrained before TANGO and Stable Audio 3.
