@@ -1,7 +1,9 @@
 """What the toy models' pretraining scripts share (`scripts/train_toy_tango.py`,
-`scripts/train_toy_flow.py`): the log line, teaching a text encoder the toy language, and judging a
-model's generations for held-out captions with the noise-free oracle.
+`scripts/train_toy_flow.py`): the log line, the pretraining world's options and clips, teaching a
+text encoder the toy language, and judging a model's generations for held-out captions with the
+noise-free oracle.
 
+    add_world_arguments(parser); data = render_pretraining_clips(args, duration_s=2.56)
     pretrain_text_encoder(tokenizer, encoder, captions, max_length, steps=300, seed=0)
     report = heldout_report(backend, n=400, seed=0, num_inference_steps=25, guidance_scale=3.0)
 """
