@@ -46,7 +46,7 @@ class ToyMelAutoencoder(ModelMixin, ConfigMixin):
         vae: dict | None = None,
         sampling_rate: int = 16000,
         audio_channels: int = 1,
-        latent_dim: int = 64,
+        latent_dim: int | None = None,
         n_fft: int = 1024,
         hop_length: int = 320,
         win_length: int = 1024,
@@ -62,11 +62,13 @@ class ToyMelAutoencoder(ModelMixin, ConfigMixin):
         self.vocoder = GriffinLimVocoder(sampling_rate, n_fft, hop_length, win_length, n_mels, fmin, fmax, n_iter)
         kl = self.autoencoder.config
         self.mel_downsample = 2 ** (len(kl.block_out_channels) - 1)
-        if n_mels % self.mel_downsample or kl.latent_channels * n_mels // self.mel_downsample != latent_dim:
+        derived = kl.latent_channels * n_mels // self.mel_downsample  # the DiT's channels: VAE channels x mel rows
+        if n_mels % self.mel_downsample or latent_dim not in (None, derived):
             raise ValueError(
                 f"ToyMelAutoencoder: latent_dim {latent_dim} must be the VAE's latent channels x mel rows "
                 f"({kl.latent_channels} x {n_mels} / {self.mel_downsample})"
             )
+        self.register_to_config(latent_dim=derived)  # the pipeline reads config.latent_dim
 
     @classmethod
     def from_toy_tango(cls, folder: str | Path, n_iter: int = 32) -> "ToyMelAutoencoder":
@@ -77,10 +79,8 @@ class ToyMelAutoencoder(ModelMixin, ConfigMixin):
         index = json.loads((folder / "model_index.json").read_text())
         kl = AutoencoderKL.from_pretrained(folder / "vae")
         config = {k: v for k, v in kl.config.items() if not k.startswith("_")}
-        down = 2 ** (len(kl.config.block_out_channels) - 1)
         model = cls(
-            vae=config, sampling_rate=index["sample_rate"], latent_dim=kl.config.latent_channels * index["n_mels"] // down,
-            n_fft=index["n_fft"], hop_length=index["hop_length"], win_length=index["win_length"], n_mels=index["n_mels"],
+            vae=config, sampling_rate=index["sample_rate"], n_fft=index["n_fft"], hop_length=index["hop_length"], win_length=index["win_length"], n_mels=index["n_mels"],
             fmin=index["fmin"], fmax=index["fmax"], framing=index["mel_framing"], n_iter=n_iter,
         )
         model.autoencoder.load_state_dict(kl.state_dict())

@@ -110,6 +110,7 @@ def heldout_report(model, n: int, seed: int, num_inference_steps: int, guidance_
     from .oracle import OracleAnnotator, is_aligned
 
     oracle = OracleAnnotator()
+    extra = {} if duration_s is None else {"duration_s": duration_s}
     results = {}
     for task in ("integrity", "temporal"):
         rows = heldout_captions(n, task, seed)
@@ -118,7 +119,6 @@ def heldout_report(model, n: int, seed: int, num_inference_steps: int, guidance_
         for start in range(0, n, batch):
             chunk = rows[start : start + batch]
             seeds = [10_000 + start + i for i in range(len(chunk))]
-            extra = {} if duration_s is None else {"duration_s": duration_s}
             clips = model.generate([c for c, _ in chunk], seeds, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, **extra)
             for wav, (_, labels) in zip(clips, chunk):
                 detections = oracle.detect(wav, model.sample_rate)
