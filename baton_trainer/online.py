@@ -12,7 +12,8 @@ held-out ones, which the final evaluation then no longer sees untouched): the to
 (the mean of integrity and temporal accuracy), or for real models a second scorer
 (`--judge_model`, a reward model folder other than the run's).
 The training reward's mean on the same clips sits beside it. The run keeps the best round by the
-judge and stops early when the judge falls while the reward rises (reward hacking). Every
+judge and stops early when the judge falls, by more than `stop_margin_se` standard errors of the
+difference, while the reward rises (reward hacking). Every
 round's clips, labels, weights and judge scores stay in its folder; a killed run resumes in the
 round it was in, and a finished round is never redone (its `judge.json` marks it done).
 """
@@ -58,11 +59,14 @@ def judge_round(config: "RunConfig", configs: dict[str, Any], export: Path, fold
     result: dict[str, float] = {"reward": float(np.mean(reward_model.score(captions, waves, CLAP_SAMPLE_RATE).tolist()))}
     if config.world == "toy":
         accuracies = oracle_metrics(rows, clips, 16000)
-        result.update({k: v for k, v in accuracies.items() if k.endswith("_accuracy")})
-        result["judge"] = float(np.mean([v for k, v in accuracies.items() if k.endswith("_accuracy")]))
+        tasks = [k for k in accuracies if k.endswith("_accuracy")]
+        result.update({k: accuracies[k] for k in tasks})
+        result["judge"] = float(np.mean([accuracies[k] for k in tasks]))
+        result["judge_se"] = float(np.sqrt(sum(accuracies[f"{k}_se"] ** 2 for k in tasks)) / len(tasks))  # of a mean of independent accuracies
     else:
         judge = load_scorer(config.judge_model, "judge model", device)
-        result["judge"] = float(np.mean(judge.score(captions, waves, CLAP_SAMPLE_RATE).tolist()))
+        scores = np.asarray(judge.score(captions, waves, CLAP_SAMPLE_RATE).tolist(), dtype=np.float64)
+        result["judge"], result["judge_se"] = float(scores.mean()), float(scores.std(ddof=1) / np.sqrt(len(scores))) if len(scores) > 1 else 0.0
     result["clips"] = len(rows)
     atomic_write_json(done, result)
     return result
@@ -122,7 +126,7 @@ def run_rounds(config: "RunConfig", configs: dict[str, Any]) -> Path:
         print(f"    round {r}: judge {scores['judge']:.4f}, training reward {scores['reward']:.4f}", flush=True)
         if scores["judge"] > history[best - 1]["judge"]:
             best = r
-        if r > 1 and scores["judge"] < history[-2]["judge"] and scores["reward"] > history[-2]["reward"]:
+        if r > 1 and reward_hacking(history[-2], scores, config.stop_margin_se):
             print(f"    stopping: the judge fell while the training reward rose (reward hacking); keeping round {best}", flush=True)
             break
     summary = {"rounds": history, "best_round": best, "best_export": history[best - 1]["export"],
@@ -130,6 +134,13 @@ def run_rounds(config: "RunConfig", configs: dict[str, Any]) -> Path:
     atomic_write_json(layout.rounds_summary, summary)
     plot_rounds(history, layout.rounds_plot)
     return layout.root / summary["best_export"]
+
+
+def reward_hacking(previous: dict[str, float], current: dict[str, float], margin_se: float) -> bool:
+    """The training reward rose while the judge fell by more than `margin_se` standard errors of
+    the difference (0: any fall). A fall inside the judge's own noise is no evidence of hacking."""
+    margin = margin_se * (previous.get("judge_se", 0.0) ** 2 + current.get("judge_se", 0.0) ** 2) ** 0.5
+    return previous["judge"] - current["judge"] > margin and current["reward"] > previous["reward"]
 
 
 def plot_rounds(history: list[dict[str, Any]], path: Path) -> None:

@@ -3,7 +3,8 @@
 The whole loop is `RewardWeightedDiffusionTrainer.train`: the loss is formed in `training_loss`
 (Eq. 7 through `losses.baton_loss`, or DPO / KTO against the base model), the optimiser step and
 the checkpoint are in `train`. Its config is `baton_trainer.stages.finetune.FinetuneConfig`;
-latents come from `latent_cache`.
+latents come from `latent_cache`, DPO's and KTO's reference losses from `reference_losses` once a
+run of the same data has computed them.
 
 Data order, timesteps and noise are drawn from generators seeded by (seed, step), not from the
 global RNG, so a run resumed from a checkpoint takes exactly the steps an uninterrupted run takes,
@@ -31,6 +32,7 @@ from .backends.base import TextConditioning, TextToAudioBackend
 from .config import config_to_dict
 from .latent_cache import EncodedSet, LatentCache, PairedSet
 from .losses import baton_loss, dpo_loss, kto_loss, noised_latents_and_target, per_sample_mse, snr_weights
+from .reference_losses import ReferenceLosses, data_digest, weights_digest
 
 if TYPE_CHECKING:
     from .stages.finetune import FinetuneConfig
@@ -72,6 +74,8 @@ class RewardWeightedDiffusionTrainer:
         self.latent_cache = LatentCache(backend, self.accelerator, layout.cache, duration, enabled=config.cache_embeddings)
         self._setup_model()
         self._null_text: TextConditioning | None = None
+        self.reference_losses: ReferenceLosses | None = None  # DPO/KTO: set by `train`, for `_reference_losses_data`
+        self._reference_losses_data = None
         self.global_step = 0
         self.last_logs: dict[str, float] = {}
 
@@ -261,34 +265,58 @@ class RewardWeightedDiffusionTrainer:
         noisy, target, timesteps, text = self._noised(latents, text, step, micro, stream)
         return self._predict(self.unet, noisy, timesteps, text), target, self._snr(timesteps)
 
-    def _model_and_reference_losses(self, latents, text, step, micro, pairs=False):
+    def _model_and_reference_losses(self, latents, text, step, micro, pairs=False, store: ReferenceLosses | None = None):
         """Per-clip denoising losses (times the SNR weight) of the trained model and of the base
         model at the same noise and timestep, for DPO and KTO."""
         noisy, target, timesteps, text = self._noised(latents, text, step, micro, stream=0, pairs=pairs)
         snr = self._snr(timesteps)
-        with torch.no_grad():  # the reference first: switching the adapter back on re-enables its gradients
-            if self.reference_unet is not None:
-                ref_pred = self._predict(self.reference_unet, noisy, timesteps, text)
-            else:
-                with self.backend.adapters_disabled(self.accelerator.unwrap_model(self.unet)) as base:
-                    ref_pred = self._predict(base, noisy, timesteps, text)
+        index = step * self.config.gradient_accumulation_steps + micro
+        ref = store.get(index, latents.device) if store is not None else None
+        if ref is None:
+            with torch.no_grad():  # the reference first: switching the adapter back on re-enables its gradients
+                if self.reference_unet is not None:
+                    ref = per_sample_mse(self._predict(self.reference_unet, noisy, timesteps, text), target)
+                else:
+                    with self.backend.adapters_disabled(self.accelerator.unwrap_model(self.unet)) as base:
+                        ref = per_sample_mse(self._predict(base, noisy, timesteps, text), target)
+            if store is not None:
+                store.put(index, ref)
         model = per_sample_mse(self._predict(self.unet, noisy, timesteps, text), target)
-        ref = per_sample_mse(ref_pred, target)
         if snr is not None:
             model, ref = model * snr.float(), ref * snr.float()
         return model, ref
 
+    def _reference_losses_for(self, feedback: EncodedSet | PairedSet | None) -> ReferenceLosses | None:
+        """The disk store of the reference's losses for this data, draw and reference (DPO and KTO;
+        `reference_losses.py` says what the key holds)."""
+        cfg, acc = self.config, self.accelerator
+        if cfg.objective not in ("dpo", "kto") or not cfg.cache_reference_losses or feedback is None:
+            return None
+        reference = self.reference_unet if self.reference_unet is not None else acc.unwrap_model(self.unet)
+        key = {
+            "backend": self.backend.fingerprint(), "reference": weights_digest(reference), "data": data_digest(feedback),
+            "objective": cfg.objective, "seed": cfg.seed, "batch": cfg.train_batch_size, "accumulation": cfg.gradient_accumulation_steps,
+            "processes": acc.num_processes, "rank": acc.process_index, "cfg_dropout": self.cfg_dropout,
+            "dtype": str(self.weight_dtype), "input_dtype": str(self.unet_input_dtype), "duration_s": self.latent_cache.duration_s,
+        }
+        store = ReferenceLosses.for_run(self.latent_cache.folder, key)
+        if store.losses:
+            acc.print(f"reference losses of {len(store.losses)} micro-steps read from {store.path}")
+        return store
+
     def _preference_term(self, feedback, step, micro):
         """Diffusion-DPO on a batch of pairs, or Diffusion-KTO on a batch of labelled clips."""
         cfg = self.config
+        # The store answers for the data it was keyed on only (`train` sets both).
+        store = self.reference_losses if feedback is self._reference_losses_data else None
         if cfg.objective == "dpo":
             lat_w, text_w, _ = self._batch(feedback.chosen, step, micro, cfg.train_batch_size, stream=0)
             lat_l, text_l, _ = self._batch(feedback.rejected, step, micro, cfg.train_batch_size, stream=0)  # the same draw: row i against row i
-            model, ref = self._model_and_reference_losses(torch.cat([lat_w, lat_l]), TextConditioning.cat([text_w, text_l]), step, micro, pairs=True)
+            model, ref = self._model_and_reference_losses(torch.cat([lat_w, lat_l]), TextConditioning.cat([text_w, text_l]), step, micro, pairs=True, store=store)
             n = lat_w.shape[0]
             return dpo_loss(model[:n], model[n:], ref[:n], ref[n:], cfg.beta_dpo)
         latents, text, desirable = self._batch(feedback, step, micro, cfg.train_batch_size, stream=0)
-        model, ref = self._model_and_reference_losses(latents, text, step, micro)
+        model, ref = self._model_and_reference_losses(latents, text, step, micro, store=store)
         # The reference point over every process's batch, as the authors all-reduce it.
         reference_point = self.accelerator.reduce((ref - model).detach().mean().reshape(1), reduction="mean")[0].clamp(min=0)
         return kto_loss(model, ref, desirable > 0.5, cfg.beta_kto, cfg.kto_lambda_desirable, cfg.kto_lambda_undesirable, reference_point)
@@ -355,6 +383,8 @@ class RewardWeightedDiffusionTrainer:
         if acc.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
         acc.wait_for_everyone()
+        if self.reference_losses is not None:  # each rank its own file, no collective
+            self.reference_losses.save()
         acc.save_state(str(tmp))  # every rank calls it: a rank-gated save_state hangs DDP/DeepSpeed
         acc.wait_for_everyone()
         if acc.is_main_process:
@@ -405,6 +435,7 @@ class RewardWeightedDiffusionTrainer:
         if feedback is None and pretrain is None:
             feedback, pretrain = self.load_data()
         total = self.num_training_steps(feedback, pretrain)
+        self.reference_losses, self._reference_losses_data = self._reference_losses_for(feedback), feedback
         lr_scheduler = get_scheduler(
             cfg.lr_scheduler, self.optimizer, num_warmup_steps=cfg.lr_warmup_steps * acc.num_processes, num_training_steps=total * acc.num_processes
         )
@@ -439,6 +470,8 @@ class RewardWeightedDiffusionTrainer:
             if self.global_step % cfg.checkpointing_steps == 0:
                 self.save_checkpoint()
         bar.close()
+        if self.reference_losses is not None:
+            self.reference_losses.save()
         out = self.export()
         if acc.is_main_process:
             summary = {"global_step": self.global_step, "seconds": round(time.time() - started, 1), "final_loss": self.last_logs.get("loss")}

@@ -14,6 +14,11 @@ evaluated on the same held-out captions and seeds:
   - baton_online: `run --rounds R` from the seed's own round 1 (its BATON), the best round by the
     held-out oracle judge.
 
+Before the seeds, DPO's and KTO's beta are tuned once (`TUNING`, on `--tune_seed`): each value is
+trained on that seed's clips and ratings and judged by the oracle on fresh clips of the training
+captions, never on the held-out ones; the best value serves every seed. The reference model's
+losses are computed once for all values (`reference_losses`: same data, same draws).
+
 The table (benchmarks/results/toy_objectives.{json,md}) gives integrity and temporal accuracy
 (oracle), CLAP score, FD on toy-CLAP embeddings and diversity (the mean within-caption cosine
 distance between CLAP audio embeddings: collapse shows as a drop), mean and standard error over
@@ -22,7 +27,7 @@ seeds, and each method's paired difference against BATON, clip by clip.
     python benchmarks/toy_objectives.py [--seeds 0 1 2] [--best_of 8] [--rounds 3] [--root runs/toy_objectives]
 
 Cost on the 2-core build CPU, per seed: the default run (~10 min), ~4 min per trained method,
-best-of-8 ~25 min (3,520 candidate clips), online rounds ~6 min a round.
+best-of-8 ~25 min (3,520 candidate clips), online rounds ~6 min a round; the tuning ~4 min a value.
 """
 
 from __future__ import annotations
@@ -49,6 +54,42 @@ OBJECTIVES = {
     "kto": {"objective": "kto"},
     "reward_ranked": {"objective": "reward_ranked"},
 }
+
+
+# One honest attempt to tune DPO's and KTO's beta: each value trained on one seed's clips and
+# ratings and judged by the oracle on fresh clips of the *training* captions (online.judge_round,
+# the rounds' validation judge), never on the held-out captions the table reports.
+TUNING = {"dpo": ("beta_dpo", [200.0, 2000.0, 20000.0]), "kto": ("beta_kto", [100.0, 1000.0, 10000.0])}
+
+
+def tune(root: Path, seed: int, overrides: list[str], methods: list[str], clips_per_caption: int) -> dict:
+    """{method: {"key", "chosen", "judged": {value: judge scores}}} for the tuned methods in `methods`,
+    on seed `seed`'s default run; the chosen values are written into OBJECTIVES."""
+    import dataclasses
+
+    from baton_trainer.online import judge_round
+    from baton_trainer.stages.finetune import finetune
+
+    run_seed(root, seed, overrides, [], variants=OBJECTIVES)  # the seed's default run: its clips, ratings and labels
+    run_dir = root / f"seed{seed}"
+    config = parse_config(RunConfig, ["--config", str(CONFIG_DIR / "toy.yaml"), "--run_dir", str(run_dir), "--seed", str(seed), *overrides])
+    config = dataclasses.replace(config, judge_clips_per_caption=clips_per_caption, judge_split="train")
+    stage_configs = config.stage_configs()
+    found = {}
+    for method in [m for m in methods if m in TUNING]:
+        key, values = TUNING[method]
+        judged = {}
+        for value in values:
+            out = run_dir / f"tune_{method}_{key}_{value:g}"
+            ft = dataclasses.replace(stage_configs["finetune"], **OBJECTIVES[method], **{key: value}, output_dir=str(out), resume_from_checkpoint="latest")
+            if not (out / "baton_export.json").is_file():
+                finetune(ft)
+            judged[value] = judge_round(config, stage_configs, out, out / "judge")
+            print(f"tuning {method}: {key} {value:g} -> judge {judged[value]['judge']:.4f} ({judged[value]['clips']} clips)", flush=True)
+        chosen = max(values, key=lambda v: judged[v]["judge"])
+        OBJECTIVES[method][key] = chosen
+        found[method] = {"key": key, "chosen": chosen, "judged": judged}
+    return found
 
 
 def diversity(clips_dir: Path, clap) -> float:
@@ -99,6 +140,16 @@ def markdown(table: dict, paired: dict, seeds: list[int]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def tuning_markdown(tuning: dict) -> str:
+    if not tuning:
+        return ""
+    lines = ["", "Tuning on the training captions (fresh seeds, the oracle; integrity / temporal %):", ""]
+    for method, found in tuning.items():
+        cells = [f"{value:g}: {100 * j['integrity_accuracy']:.1f} / {100 * j['temporal_accuracy']:.1f} ({j['clips']} clips)" for value, j in found["judged"].items()]
+        lines.append(f"- {method} {found['key']}: " + "; ".join(cells) + f"; chosen {found['chosen']:g}")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -106,6 +157,9 @@ def main() -> None:
     parser.add_argument("--best_of", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--methods", default="dpo,kto,reward_ranked,best_of,online", help="comma list of dpo,kto,reward_ranked,best_of,online")
+    parser.add_argument("--tune_seed", type=int, default=0, help="tune DPO's and KTO's beta on this seed's training captions (fresh seeds) first")
+    parser.add_argument("--no_tune", action="store_true", help="keep the config's betas")
+    parser.add_argument("--tune_clips_per_caption", type=int, default=5)
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "toy_objectives"))
     args, overrides = parser.parse_known_args()
     methods = [m for m in args.methods.split(",") if m]
@@ -115,6 +169,7 @@ def main() -> None:
 
     clap = ClapEmbedder(str(TOY_CHECKPOINTS / "toy_clap"))
     per_seed, began = {}, time.time()
+    tuning = {} if args.no_tune else tune(root, args.tune_seed, overrides, trained, args.tune_clips_per_caption)
     for seed in args.seeds:
         results = run_seed(root, seed, overrides, trained, variants=OBJECTIVES)
         run_dir = root / f"seed{seed}"
@@ -150,10 +205,11 @@ def main() -> None:
 
     paired = paired_differences(root, args.seeds, trained, extra)
     report = {"per_seed": per_seed, "summary": table, "paired_vs_baton": paired, "seconds": round(time.time() - began), "seeds": args.seeds,
-              "best_of": args.best_of, "rounds": args.rounds, "overrides": overrides}
+              "best_of": args.best_of, "rounds": args.rounds, "overrides": overrides,
+              "tuning": tuning, "objectives": OBJECTIVES}
     Path(args.out + ".json").parent.mkdir(parents=True, exist_ok=True)
     Path(args.out + ".json").write_text(json.dumps(report, indent=2, default=str))
-    text = markdown(table, paired, args.seeds)
+    text = markdown(table, paired, args.seeds) + tuning_markdown(tuning)
     Path(args.out + ".md").write_text(text)
     print(text)
 

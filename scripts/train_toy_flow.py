@@ -53,7 +53,8 @@ def parse_args(argv=None):
                    help="save the exponential moving average of the DiT's weights, as stable-audio-tools keeps an EMA copy (0: the raw weights)")
     p.add_argument("--eval-clips", type=int, default=400, help="held-out clips per task for the report (0: skip)")
     p.add_argument("--eval-steps", type=int, default=25)
-    p.add_argument("--guidance", type=float, default=3.0)
+    p.add_argument("--guidance", type=float, default=3.0, help="guidance of the snapshot and held-out reports")
+    p.add_argument("--report-guidance", default="2.5,2", help="more guidance scales for the final model's report (heldout_by_guidance)")
     p.add_argument("--snapshots", default="", help="comma-separated DiT steps at which to save OUT-stepN and evaluate it")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=2)
@@ -178,6 +179,10 @@ def main(argv=None) -> int:
         report["heldout"] = heldout_report(loaded, args.eval_clips, args.seed, args.eval_steps, args.guidance, duration_s=TOY_DURATION_S)
         timings["eval_s"] = round(time.time() - t0, 1)
         log(f"held-out: {json.dumps(report['heldout'])}")
+        report["heldout_by_guidance"] = {str(args.guidance): report["heldout"]}
+        for guidance in [float(g) for g in args.report_guidance.split(",") if g]:
+            report["heldout_by_guidance"][str(guidance)] = heldout_report(loaded, args.eval_clips, args.seed, args.eval_steps, guidance, duration_s=TOY_DURATION_S)
+            log(f"held-out at guidance {guidance}: {json.dumps(report['heldout_by_guidance'][str(guidance)])}")
     (out / "training_report.json").write_text(json.dumps(report, indent=2))
     return 0
 

@@ -142,6 +142,18 @@ def test_check_reward_labels_scores_every_reward_label_against_the_oracle(tmp_pa
     assert check_reward_labels(RunLayout.of(tmp_path))["accuracy"] == pytest.approx(2 / 6)
 
 
+def test_online_rounds_stop_on_a_judge_fall_beyond_its_noise_while_the_reward_rises():
+    from baton_trainer.online import reward_hacking
+
+    before = {"judge": 0.70, "judge_se": 0.03, "reward": 0.60}
+    noise = 0.03 * 2**0.5  # one standard error of the difference
+    assert reward_hacking(before, {"judge": 0.70 - 1.2 * noise, "judge_se": 0.03, "reward": 0.65}, margin_se=1.0)
+    assert not reward_hacking(before, {"judge": 0.70 - 0.8 * noise, "judge_se": 0.03, "reward": 0.65}, margin_se=1.0)  # inside the noise
+    assert reward_hacking(before, {"judge": 0.70 - 0.8 * noise, "judge_se": 0.03, "reward": 0.65}, margin_se=0.0)  # any fall
+    assert not reward_hacking(before, {"judge": 0.50, "judge_se": 0.03, "reward": 0.55}, margin_se=1.0)  # both fell: not hacking
+    assert reward_hacking({"judge": 0.7, "reward": 0.6}, {"judge": 0.69, "reward": 0.61}, margin_se=1.0)  # a judge.json without judge_se
+
+
 @pytest.mark.slow
 def test_online_rounds_resume_after_a_kill_in_round_two_without_redoing_round_one(tmp_path):
     """`run --rounds 2`, SIGKILLed while round 2 generates its clips, then run again: round 1 (the

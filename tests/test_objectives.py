@@ -1,12 +1,14 @@
 """The objectives that learn from the same ratings (`--objective`): Diffusion-DPO, Diffusion-KTO and
 reward-ranked fine-tuning beside BATON, on tiny models of every backend."""
 
-import gc
 import json
 import math
+import weakref
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 from helpers import save_audio_alpaca, save_pretrain
 
 from baton_trainer.testing import save_tiny_audioldm2, save_tiny_stable_audio, save_tiny_stable_audio_3, save_tiny_tango
@@ -82,27 +84,93 @@ def test_dpo_gives_the_preferred_and_the_rejected_clip_the_same_noise_and_timest
     assert same["loss_dpo"] == pytest.approx(math.log(2), abs=1e-6) and same["implicit_margin"] == pytest.approx(0.0, abs=1e-9)
 
 
-def live_modules_of(kind):
-    gc.collect()
-    return sum(1 for obj in gc.get_objects() if type(obj) is kind)
+@pytest.mark.parametrize("objective,use_lora,beta_key", [("dpo", True, "beta_dpo"), ("kto", False, "beta_kto")])
+def test_a_rerun_of_the_same_data_reads_the_reference_losses_and_trains_the_same_weights(world, tmp_path, objective, use_lora, beta_key):
+    """The first run computes each step's reference loss; a second run of the same data and seed
+    (another beta, as a sweep does) computes none and trains exactly what a run without the store
+    trains; another seed draws other noise and computes them afresh."""
+    from safetensors.torch import load_file
 
-
-def test_lora_dpo_never_copies_the_denoiser_and_full_dpo_keeps_one_frozen_copy(world, tmp_path):
     from baton_trainer.trainer import RewardWeightedDiffusionTrainer
 
     save_tiny_tango(world / "tango") if not (world / "tango").exists() else None
-    lora = RewardWeightedDiffusionTrainer(config(world, world / "tango", tmp_path / "lora", objective="dpo", max_train_steps=2))
-    kind = type(lora.backend.unet)
-    before = live_modules_of(kind)
-    lora.train()
-    assert lora.reference_unet is None and live_modules_of(kind) == before  # the base is the same module, adapter off
-    del lora
-    gc.collect()
-    full = RewardWeightedDiffusionTrainer(config(world, world / "tango", tmp_path / "full", objective="dpo", use_lora=False, max_train_steps=2))
-    assert full.reference_unet is not None and not any(p.requires_grad for p in full.reference_unet.parameters())
-    start = {k: v.clone() for k, v in full.reference_unet.state_dict().items()}
-    full.train()
-    assert all(torch.equal(v, start[k]) for k, v in full.reference_unet.state_dict().items())  # the reference never trains
+    export = "pytorch_lora_weights.safetensors" if use_lora else "unet/diffusion_pytorch_model.safetensors"
+
+    def run(name, **overrides):
+        values = dict(objective=objective, use_lora=use_lora, max_train_steps=3, cache_dir=str(tmp_path / "cache"), **overrides)
+        trainer = RewardWeightedDiffusionTrainer(config(world, world / "tango", tmp_path / name, **values))
+        out = trainer.train()
+        store = trainer.reference_losses
+        return (None if store is None else (store.computed, store.read)), load_file(out / export)
+
+    first, _ = run("first", **{beta_key: 2000.0})
+    assert first == (3, 0)
+    second, weights = run("second", **{beta_key: 500.0})
+    assert second == (0, 3)
+    off, expected = run("off", cache_reference_losses=False, **{beta_key: 500.0})
+    assert off is None and weights.keys() == expected.keys() and all(torch.equal(weights[k], expected[k]) for k in weights)
+    assert run("other_seed", seed=4, **{beta_key: 500.0})[0] == (3, 0)
+
+
+class PeakTensorBytes(TorchDispatchMode):
+    """The peak bytes of tensor storage allocated while the mode is on and still alive. torch keeps
+    peak-memory statistics for CUDA only (`torch.cuda.max_memory_allocated`), so on CPU every
+    operator's outputs are counted here until their storage is freed."""
+
+    def __init__(self):
+        super().__init__()
+        self.live = self.peak = 0
+        self._storages: set[int] = set()
+
+    def _freed(self, key, nbytes):
+        self._storages.discard(key)
+        self.live -= nbytes
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for tensor in tree_leaves(out):
+            if isinstance(tensor, torch.Tensor) and tensor.device.type == "cpu":
+                storage = tensor.untyped_storage()
+                key, nbytes = storage.data_ptr(), storage.nbytes()
+                if nbytes and key not in self._storages:  # a view or an in-place result adds nothing
+                    self._storages.add(key)
+                    self.live += nbytes
+                    self.peak = max(self.peak, self.live)
+                    weakref.finalize(storage, self._freed, key, nbytes)
+        return out
+
+
+def test_lora_dpo_needs_no_more_memory_than_lora_baton_and_full_dpo_one_frozen_copy_more(world, tmp_path):
+    """Peak tensor memory of a trainer's setup and of two steps, DPO against BATON on the same clips
+    per step: under LoRA the reference is the denoiser with its adapter off (no copy, at setup or
+    in a step), under full fine-tuning one frozen copy, made once, that never trains."""
+    from baton_trainer.trainer import RewardWeightedDiffusionTrainer
+
+    save_tiny_tango(world / "tango") if not (world / "tango").exists() else None
+    setup, steps, trainers = {}, {}, {}
+    for objective, use_lora in (("baton", True), ("dpo", True), ("baton", False), ("dpo", False)):
+        with PeakTensorBytes() as memory:
+            trainer = RewardWeightedDiffusionTrainer(config(
+                world, world / "tango", tmp_path / f"{objective}{use_lora}", objective=objective, use_lora=use_lora,
+                train_batch_size=1 if objective == "dpo" else 2, pretrain_batch_size=2,  # DPO's pair is 2 clips
+                max_train_steps=2, cache_reference_losses=False,
+            ))
+        setup[objective, use_lora] = memory.peak
+        reference = None if trainer.reference_unet is None else {k: v.clone() for k, v in trainer.reference_unet.state_dict().items()}
+        with PeakTensorBytes() as memory:
+            trainer.train()
+        steps[objective, use_lora] = memory.peak
+        if reference is not None:
+            assert all(torch.equal(v, reference[k]) for k, v in trainer.reference_unet.state_dict().items())  # the reference never trains
+        trainers[objective, use_lora] = trainer
+    unet = trainers["baton", True].accelerator.unwrap_model(trainers["baton", True].unet)
+    unet_bytes = sum(p.numel() * p.element_size() for name, p in unet.named_parameters() if "lora_" not in name)
+    print(setup, steps, unet_bytes)
+    assert trainers["dpo", True].reference_unet is None
+    assert setup["dpo", True] - setup["baton", True] < 0.25 * unet_bytes
+    assert setup["dpo", False] - setup["baton", False] > 0.9 * unet_bytes  # the measure sees a copy
+    assert steps["dpo", True] - steps["baton", True] < 0.5 * unet_bytes
+    assert steps["dpo", False] - steps["baton", False] < 0.5 * unet_bytes  # the copy is made once, at setup
 
 
 def test_reward_ranked_trains_on_the_good_clips_only_and_dpo_needs_pairs(world, tmp_path):

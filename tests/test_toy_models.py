@@ -3,6 +3,8 @@ loaders, generate clips of the right length, carry event order, and stay small."
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -170,6 +172,17 @@ def test_toy_flow_base_fails_as_the_papers_does_but_has_learned_order(toy_flow):
     assert 0.2 <= results["integrity"][0] <= 0.8
     assert 0.2 <= results["temporal"][0] <= 0.7
     assert results["temporal"][1] > 0.4
+
+
+def test_a_toy_run_renders_its_beta_term_and_fd_clips_from_the_world_its_model_learned(tmp_path):
+    """A model trained in another world (its training_report.json says which) gets that world's
+    clips; a model without a report, and the toy TANGO, PRETRAIN_WORLD."""
+    from baton_trainer.toyworld.loop import model_world
+    from baton_trainer.toyworld.render import PRETRAIN_WORLD
+
+    (tmp_path / "training_report.json").write_text(json.dumps({"args": {"event_dropout": 0.3, "pair_event_dropout": 0.4, "order_noise": None}}))
+    assert model_world(tmp_path) == {**PRETRAIN_WORLD, "pair_event_dropout": 0.4}
+    assert model_world(tmp_path / "no_report") == PRETRAIN_WORLD == model_world(TOY_TANGO_PATH)
 
 
 @pytest.fixture(scope="module")

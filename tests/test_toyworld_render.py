@@ -120,6 +120,15 @@ def test_event_dropout_leaves_named_events_out_of_the_audio():
     assert all(len(events) == 3 for events in clean["events"])
 
 
+def test_pair_event_dropout_applies_to_two_event_captions_only():
+    data = render_dataset(400, seed=3, event_count_probs=(0, 1, 1), event_dropout=0.0, pair_event_dropout=0.5)
+    pairs = [len(e) for labels, e in zip(data["labels"], data["events"]) if len(labels) == 2]
+    triples = [len(e) for labels, e in zip(data["labels"], data["events"]) if len(labels) == 3]
+    assert all(c == 3 for c in triples)
+    # P(both kept | at least one kept) = 0.25 / 0.75; about 200 pairs: se 0.033
+    assert min(pairs) >= 1 and abs(np.mean([c == 2 for c in pairs]) - 1 / 3) < 0.1
+
+
 def test_gap_concentration_puts_events_nearer_fixed_places():
     def first_onsets(concentration):
         return [render_sequence(["beep", "hum", "hiss"], seed=s, gap_concentration=concentration, return_events=True)[1][0].onset_s

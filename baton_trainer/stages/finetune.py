@@ -79,6 +79,9 @@ class FinetuneConfig:
     duration_s: float | None = field(default=None, metadata={"help": "clip length for training (default: the model's)"})
     cache_embeddings: bool = field(default=True, metadata={"help": "encode latents and captions once, cache on disk"})
     cache_dir: str | None = field(default=None, metadata={"help": "default RUN/cache"})
+    cache_reference_losses: bool = field(
+        default=True, metadata={"help": "DPO/KTO: keep the reference model's per-step losses in the cache, so a rerun of the same data (a beta sweep) skips its forward pass"}
+    )
     checkpointing_steps: int = 500
     checkpoints_total_limit: int | None = 3
     resume_from_checkpoint: str | None = field(default=None, metadata={"help": "'latest' or a checkpoint folder"})

@@ -44,7 +44,10 @@ class RunConfig:
     judge_split: Literal["train", "heldout"] = field(
         default="train", metadata={"help": "captions the rounds' judge hears, on fresh seeds (train: the held-out ones stay for the final evaluation)"}
     )
-    judge_clips_per_caption: int = field(default=2, metadata={"help": "clips per caption the rounds' judge hears"})
+    judge_clips_per_caption: int = field(default=4, metadata={"help": "clips per caption the rounds' judge hears"})
+    stop_margin_se: float = field(
+        default=1.0, metadata={"help": "online rounds stop when the judge falls by more than this many standard errors while the training reward rises (0: any fall)"}
+    )
     judge_captions: int | None = field(default=None, metadata={"help": "at most this many captions for the rounds' judge (default all)"})
     pretrain_clips: int = field(default=512, metadata={"help": "toy: rendered (caption, audio) clips for the beta term"})
     reference_clips: int = field(default=256, metadata={"help": "toy: rendered reference clips for FD"})

@@ -13,23 +13,42 @@ from ..atomic import atomic_write_bytes, atomic_write_json
 from ..layout import RunLayout
 
 
+WORLD_KEYS = ("order_noise", "event_dropout", "pair_event_dropout", "gap_concentration")
+
+
+def model_world(model: str | Path) -> dict[str, Any]:
+    """The loose world a shipped toy model learned from, as its `training_report.json` records it
+    (`render.PRETRAIN_WORLD` for a model without one), so that the beta term keeps the model close
+    to its own pretraining data."""
+    from .render import PRETRAIN_WORLD
+
+    world = dict(PRETRAIN_WORLD)
+    report = Path(model) / "training_report.json"
+    if report.is_file():
+        args = json.loads(report.read_text(encoding="utf-8")).get("args", {})
+        world.update({k: args[k] for k in WORLD_KEYS if args.get(k) is not None})
+    return world
+
+
 def write_toy_inputs(layout: RunLayout, model: str, pretrain_clips: int, reference_clips: int, seed: int) -> None:
     """The toy world's label vocabulary, rendered pretraining clips (the beta term's data) and
-    reference clips (for FD), each written once."""
+    reference clips (for FD) from the world the model learned from, each written once."""
     from ..audio import save_wav, wav_bytes
     from ..data import PRETRAIN_FEATURES, build_dataset, save_dataset_atomic
     from .events import EVENT_NAMES
-    from .render import PRETRAIN_WORLD, iter_dataset
+    from .render import iter_dataset
+
+    world = model_world(model)
 
     if not layout.toy_labels.is_file():
         atomic_write_bytes(layout.toy_labels, ("# the toy world's sound events (baton_trainer.toyworld.events)\n" + "\n".join(EVENT_NAMES) + "\n").encode())
     duration = float(json.loads((Path(model) / "model_index.json").read_text(encoding="utf-8")).get("duration_s", 2.56))
     if not layout.pretrain.is_dir():
-        items = list(iter_dataset(pretrain_clips, seed=seed + 7, duration_s=duration, **PRETRAIN_WORLD))
+        items = list(iter_dataset(pretrain_clips, seed=seed + 7, duration_s=duration, **world))
         columns = {"caption": [i["caption"] for i in items], "audio": [{"bytes": wav_bytes(i["audio"], 16000), "path": f"pretrain_{i['index']}.wav"} for i in items]}
         save_dataset_atomic(build_dataset(columns, PRETRAIN_FEATURES), layout.pretrain)
     if not (layout.reference / "done").is_file():
-        for item in iter_dataset(reference_clips, seed=seed + 11, duration_s=duration, **PRETRAIN_WORLD):
+        for item in iter_dataset(reference_clips, seed=seed + 11, duration_s=duration, **world):
             save_wav(layout.reference / f"reference_{item['index']:05d}.wav", item["audio"], 16000)
         (layout.reference / "done").write_text("rendered\n")
 

@@ -146,6 +146,7 @@ def _caption_item(
     ordered_pair_prob: float,
     order_noise: float,
     event_dropout: float = 0.0,
+    pair_event_dropout: float | None = None,
 ) -> tuple[str, str, list[str], list[str]]:
     """Draw labels and a caption: returns (caption, task, labels in caption order, rendered events
     in time order)."""
@@ -166,10 +167,11 @@ def _caption_item(
     order = list(labels)
     if not ordered or rng.random() < order_noise:
         order = [order[i] for i in rng.permutation(len(order))]
-    if count > 1 and event_dropout > 0:
+    dropout = pair_event_dropout if count == 2 and pair_event_dropout is not None else event_dropout
+    if count > 1 and dropout > 0:
         # Loose captions, as crowd-written ones are: a named event may be missing from the audio.
         # At least one event always sounds.
-        kept = [name for name in order if rng.random() >= event_dropout]
+        kept = [name for name in order if rng.random() >= dropout]
         order = kept or [order[int(rng.integers(len(order)))]]
     return caption, task, labels, order
 
@@ -187,6 +189,7 @@ def iter_dataset(
     event_dropout: float = 0.0,
     gap_concentration: float = 1.0,
     noise_rms: float = DEFAULT_NOISE_RMS,
+    pair_event_dropout: float | None = None,
 ) -> Iterator[dict]:
     """Yield captioned clips `start .. start + n - 1`; item i depends only on (seed, i).
 
@@ -196,7 +199,8 @@ def iter_dataset(
     probability `ordered_pair_prob`, else an order-free one ("X with Y") and a random order.
     Loose captions, as real ones are: `order_noise` is the chance that a clip ignores its
     caption's order, and `event_dropout` the chance that each event a multi-event caption names is
-    missing from the clip (one always stays). `gap_concentration` goes to `render_sequence`.
+    missing from the clip (one always stays; `pair_event_dropout`, when given, replaces it for
+    2-event captions). `gap_concentration` goes to `render_sequence`.
     """
     if n < 0 or start < 0:
         raise RenderError(f"n and start must be >= 0, got n={n}, start={start}")
@@ -207,7 +211,7 @@ def iter_dataset(
         raise RenderError(f"event_count_probs has {len(event_count_probs)} entries; at most min(3, number of events)")
     for index in range(start, start + n):
         rng = np.random.default_rng([seed, index])
-        caption, task, labels, order = _caption_item(rng, events, event_count_probs, ordered_pair_prob, order_noise, event_dropout)
+        caption, task, labels, order = _caption_item(rng, events, event_count_probs, ordered_pair_prob, order_noise, event_dropout, pair_event_dropout)
         wav, placed = render_sequence(
             order, rng, duration_s, sample_rate, noise_rms=noise_rms, gap_concentration=gap_concentration, return_events=True
         )
