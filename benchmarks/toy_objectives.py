@@ -88,6 +88,12 @@ def tune(root: Path, seed: int, overrides: list[str], methods: list[str], clips_
             print(f"tuning {method}: {key} {value:g} -> judge {judged[value]['judge']:.4f} ({judged[value]['clips']} clips)", flush=True)
         chosen = max(values, key=lambda v: judged[v]["judge"])
         OBJECTIVES[method][key] = chosen
+        # The chosen run is exactly what run_seed trains for this seed's table row (same data, seed
+        # and settings): hand it over rather than train it again.
+        row = run_dir / f"ablation_{method}"
+        if not (row / "baton_export.json").is_file():
+            shutil.rmtree(row, ignore_errors=True)
+            shutil.copytree(run_dir / f"tune_{method}_{key}_{chosen:g}", row, ignore=shutil.ignore_patterns("judge"))
         found[method] = {"key": key, "chosen": chosen, "judged": judged}
     return found
 
