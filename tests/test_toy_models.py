@@ -159,17 +159,16 @@ def test_toy_flow_autoencoder_is_the_toy_tangos(toy_flow, toy_tango):
 @pytest.mark.slow
 def test_toy_flow_base_fails_as_the_papers_does_but_has_learned_order(toy_flow):
     """As the toy TANGO, at the sampling settings of configs/toy_flow.yaml: events go missing and
-    order is often wrong, yet complete 3-event clips are in order far more often than chance.
-    Integrity is held to 80 %, not the toy TANGO's 70 %: this flow base makes both events of
-    65.5-76 % of 2-event captions depending on the caption draw (docs/toy_models.md, open)."""
+    order is often wrong (accuracies inside 20-70 %), yet complete 3-event clips are in order far
+    more often than chance. 300 captions per task: a draw of 120 swings integrity by ~10 points."""
     import yaml
 
     from baton_trainer.__main__ import CONFIG_DIR
 
     sampling = yaml.safe_load((CONFIG_DIR / "toy_flow.yaml").read_text())["evaluate"]
-    results = oracle_accuracies(toy_flow, {"integrity": 120, "temporal": 120}, num_inference_steps=sampling["num_inference_steps"],
+    results = oracle_accuracies(toy_flow, {"integrity": 300, "temporal": 300}, num_inference_steps=sampling["num_inference_steps"],
                                 guidance_scale=sampling["guidance_scale"], duration_s=sampling["duration_s"])
-    assert 0.2 <= results["integrity"][0] <= 0.8
+    assert 0.2 <= results["integrity"][0] <= 0.7
     assert 0.2 <= results["temporal"][0] <= 0.7
     assert results["temporal"][1] > 0.4
 
