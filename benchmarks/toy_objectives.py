@@ -12,7 +12,9 @@ evaluated on the same held-out captions and seeds:
   - reward_ranked: `--objective reward_ranked`, the plain loss on clips with weight >= 0.5;
   - best_of_N: no training, N base clips per clip, the reward model keeps the best (`evaluate --best_of`);
   - baton_online: `run --rounds R` from the seed's own round 1 (its BATON), the best round by the
-    held-out oracle judge.
+    held-out oracle judge;
+  - baton_online_rated_N (`--methods online_rated`, not by default: it spends more ratings than the
+    others): the same with N new oracle ratings of each round's clips (`--round_ratings N`).
 
 Before the seeds, DPO's and KTO's beta are tuned once (`TUNING`, on `--tune_seed`): each value is
 trained on that seed's clips and ratings and judged by the oracle on fresh clips of the training
@@ -122,14 +124,19 @@ def best_of(run_dir: Path, config: RunConfig, n: int) -> dict:
     return json.loads((out / "metrics.json").read_text())[f"best_of_{n}"]
 
 
-def online(root: Path, seed: int, overrides: list[str], rounds: int) -> dict:
-    """The seed's run folder up to its BATON (round 1), continued for `rounds` rounds."""
-    source, run_dir = root / f"seed{seed}", root / f"seed{seed}_online"
+def online_folder(root: Path, seed: int, round_ratings: int = 0) -> Path:
+    return root / (f"seed{seed}_online" + (f"_rated_{round_ratings}" if round_ratings else ""))
+
+
+def online(root: Path, seed: int, overrides: list[str], rounds: int, round_ratings: int = 0) -> dict:
+    """The seed's run folder up to its BATON (round 1), continued for `rounds` rounds (with
+    `round_ratings` new oracle ratings each)."""
+    source, run_dir = root / f"seed{seed}", online_folder(root, seed, round_ratings)
     if not run_dir.exists():
         shutil.copytree(source, run_dir, ignore=shutil.ignore_patterns("eval*", "ablation_*", "rounds"))
         shutil.copytree(source / "eval" / "clips" / "base", run_dir / "eval" / "clips" / "base")
     config = parse_config(RunConfig, ["--config", str(CONFIG_DIR / "toy.yaml"), "--run_dir", str(run_dir), "--seed", str(seed),
-                                      "--rounds", str(rounds), "--stages", "finetune,evaluate", *overrides])
+                                      "--rounds", str(rounds), "--round_ratings", str(round_ratings), "--stages", "finetune,evaluate", *overrides])
     if not (run_dir / "eval" / "metrics.json").is_file():
         run(config)
     result = json.loads((run_dir / "eval" / "metrics.json").read_text())["aligned"]
@@ -166,7 +173,8 @@ def main() -> None:
     parser.add_argument("--root", default="runs/toy_objectives")
     parser.add_argument("--best_of", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--methods", default="dpo,kto,reward_ranked,best_of,online", help="comma list of dpo,kto,reward_ranked,best_of,online")
+    parser.add_argument("--methods", default="dpo,kto,reward_ranked,best_of,online", help="comma list of dpo,kto,reward_ranked,best_of,online,online_rated")
+    parser.add_argument("--round_ratings", type=int, default=16, help="online_rated: new oracle ratings per round")
     parser.add_argument("--tune_seed", type=int, default=0, help="tune DPO's and KTO's beta on this seed's training captions (fresh seeds) first")
     parser.add_argument("--no_tune", action="store_true", help="keep the config's betas")
     parser.add_argument("--tune_clips_per_caption", type=int, default=5)
@@ -191,7 +199,11 @@ def main() -> None:
             folders[f"best_of_{args.best_of}"] = run_dir / f"eval_best_of_{args.best_of}" / "clips" / f"best_of_{args.best_of}"
         if "online" in methods:
             results["baton_online"] = online(root, seed, overrides, args.rounds)
-            folders["baton_online"] = root / f"seed{seed}_online" / "eval" / "clips" / "aligned"
+            folders["baton_online"] = online_folder(root, seed) / "eval" / "clips" / "aligned"
+        if "online_rated" in methods:
+            rated = f"baton_online_rated_{args.round_ratings}"
+            results[rated] = online(root, seed, overrides, args.rounds, args.round_ratings)
+            folders[rated] = online_folder(root, seed, args.round_ratings) / "eval" / "clips" / "aligned"
         for name, folder in folders.items():
             results[name]["diversity"] = diversity(folder, clap)
         per_seed[seed] = results
@@ -210,7 +222,9 @@ def main() -> None:
         if "best_of" in methods:
             found[f"best_of_{args.best_of}"] = run_dir / f"eval_best_of_{args.best_of}" / "clips" / f"best_of_{args.best_of}"
         if "online" in methods:
-            found["baton_online"] = root / f"seed{seed}_online" / "eval" / "clips" / "aligned"
+            found["baton_online"] = online_folder(root, seed) / "eval" / "clips" / "aligned"
+        if "online_rated" in methods:
+            found[f"baton_online_rated_{args.round_ratings}"] = online_folder(root, seed, args.round_ratings) / "eval" / "clips" / "aligned"
         return found
 
     paired = paired_differences(root, args.seeds, trained, extra)
