@@ -181,29 +181,41 @@ def main() -> None:
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "toy_objectives"))
     args, overrides = parser.parse_known_args()
     methods = [m for m in args.methods.split(",") if m]
+    unknown = sorted(set(methods) - {*OBJECTIVES, "best_of", "online", "online_rated"})
+    if unknown:
+        parser.error(f"--methods: unknown {', '.join(unknown)} (known: dpo,kto,reward_ranked,best_of,online,online_rated; '' for base and BATON only)")
     trained = [m for m in methods if m in OBJECTIVES]
     root = Path(args.root)
     from baton_trainer.clap import ClapEmbedder
 
     clap = ClapEmbedder(str(TOY_CHECKPOINTS / "toy_clap"))
+    best_of_name, rated_name = f"best_of_{args.best_of}", f"baton_online_rated_{args.round_ratings}"
+
+    def untrained_folders(seed: int) -> dict[str, Path]:
+        """The clips of the methods run_seed does not train: the table's diversity and paired_differences read them."""
+        found = {}
+        if "best_of" in methods:
+            found[best_of_name] = root / f"seed{seed}" / f"eval_best_of_{args.best_of}" / "clips" / best_of_name
+        if "online" in methods:
+            found["baton_online"] = online_folder(root, seed) / "eval" / "clips" / "aligned"
+        if "online_rated" in methods:
+            found[rated_name] = online_folder(root, seed, args.round_ratings) / "eval" / "clips" / "aligned"
+        return found
+
     per_seed, began = {}, time.time()
     tuning = {} if args.no_tune else tune(root, args.tune_seed, overrides, trained, args.tune_clips_per_caption)
     for seed in args.seeds:
         results = run_seed(root, seed, overrides, trained, variants=OBJECTIVES)
         run_dir = root / f"seed{seed}"
         config = parse_config(RunConfig, ["--config", str(CONFIG_DIR / "toy.yaml"), "--run_dir", str(run_dir), "--seed", str(seed), *overrides])
-        folders = {"base": run_dir / "eval" / "clips" / "base", "baton": run_dir / "eval" / "clips" / "aligned",
-                   **{m: run_dir / f"eval_{m}" / "clips" / "aligned" for m in trained}}
         if "best_of" in methods:
-            results[f"best_of_{args.best_of}"] = best_of(run_dir, config, args.best_of)
-            folders[f"best_of_{args.best_of}"] = run_dir / f"eval_best_of_{args.best_of}" / "clips" / f"best_of_{args.best_of}"
+            results[best_of_name] = best_of(run_dir, config, args.best_of)
         if "online" in methods:
             results["baton_online"] = online(root, seed, overrides, args.rounds)
-            folders["baton_online"] = online_folder(root, seed) / "eval" / "clips" / "aligned"
         if "online_rated" in methods:
-            rated = f"baton_online_rated_{args.round_ratings}"
-            results[rated] = online(root, seed, overrides, args.rounds, args.round_ratings)
-            folders[rated] = online_folder(root, seed, args.round_ratings) / "eval" / "clips" / "aligned"
+            results[rated_name] = online(root, seed, overrides, args.rounds, args.round_ratings)
+        folders = {"base": run_dir / "eval" / "clips" / "base", "baton": run_dir / "eval" / "clips" / "aligned",
+                   **{m: run_dir / f"eval_{m}" / "clips" / "aligned" for m in trained}, **untrained_folders(seed)}
         for name, folder in folders.items():
             results[name]["diversity"] = diversity(folder, clap)
         per_seed[seed] = results
@@ -216,18 +228,7 @@ def main() -> None:
             mean = table[model]["diversity"]
             table[model]["diversity_se"] = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1) / len(values))
 
-    def extra(seed):
-        run_dir = root / f"seed{seed}"
-        found = {}
-        if "best_of" in methods:
-            found[f"best_of_{args.best_of}"] = run_dir / f"eval_best_of_{args.best_of}" / "clips" / f"best_of_{args.best_of}"
-        if "online" in methods:
-            found["baton_online"] = online_folder(root, seed) / "eval" / "clips" / "aligned"
-        if "online_rated" in methods:
-            found[f"baton_online_rated_{args.round_ratings}"] = online_folder(root, seed, args.round_ratings) / "eval" / "clips" / "aligned"
-        return found
-
-    paired = paired_differences(root, args.seeds, trained, extra)
+    paired = paired_differences(root, args.seeds, trained, untrained_folders)
     report = {"per_seed": per_seed, "summary": table, "paired_vs_baton": paired, "seconds": round(time.time() - began), "seeds": args.seeds,
               "best_of": args.best_of, "rounds": args.rounds, "overrides": overrides,
               "tuning": tuning, "objectives": OBJECTIVES}
