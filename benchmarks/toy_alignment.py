@@ -142,9 +142,10 @@ def clip_outcomes(clips_dir: Path) -> dict[str, dict[str, bool]]:
     return outcomes
 
 
-def paired_differences(root: Path, seeds: list[int], ablations: list[str], extra_clips=None) -> dict:
-    """BATON minus each other model, clip by clip on the same captions and seeds, pooled over seeds,
-    and the spread of the per-seed mean differences. `extra_clips(seed)` names more models' clip folders."""
+def paired_differences(root: Path, seeds: list[int], ablations: list[str], extra_clips=None, reference: str = "baton") -> dict:
+    """`reference` (BATON by default) minus each other model, clip by clip on the same captions and
+    seeds, pooled over seeds, and the spread of the per-seed mean differences. `extra_clips(seed)`
+    names more models' clip folders."""
     differences: dict[str, dict[str, list[int]]] = {}
     per_seed: dict[str, dict[str, list[float]]] = {}
     for seed in seeds:
@@ -154,12 +155,12 @@ def paired_differences(root: Path, seeds: list[int], ablations: list[str], extra
         models.update(extra_clips(seed) if extra_clips else {})
         judged = {name: clip_outcomes(folder) for name, folder in models.items()}
         for name in models:
-            if name == "baton":
+            if name == reference:
                 continue
             for task in ("integrity", "temporal"):
-                ours, theirs = judged["baton"][task], judged[name][task]
+                ours, theirs = judged[reference][task], judged[name][task]
                 if set(ours) != set(theirs):
-                    raise SystemExit(f"seed {seed}: {name} was judged on other clips than BATON ({task})")
+                    raise SystemExit(f"seed {seed}: {name} was judged on other clips than {reference} ({task})")
                 d = [int(ours[c]) - int(theirs[c]) for c in sorted(ours)]
                 differences.setdefault(name, {}).setdefault(task, []).extend(d)
                 per_seed.setdefault(name, {}).setdefault(task, []).append(sum(d) / len(d))

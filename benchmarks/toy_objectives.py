@@ -144,16 +144,32 @@ def online(root: Path, seed: int, overrides: list[str], rounds: int, round_ratin
     return result
 
 
-def markdown(table: dict, paired: dict, seeds: list[int]) -> str:
-    lines = [f"Toy world, mean over seeds {seeds} (standard errors in brackets; accuracies by the oracle on held-out captions).", "",
-             "| method | integrity | temporal | CLAP | FD | diversity | temporal vs BATON, points (paired SEs) |", "|---|---|---|---|---|---|---|"]
+def versus_cell(versus: dict | None) -> str:
+    """'+x.x (a; b)': the model minus the reference in points (paired_differences gives the reference
+    minus the model), then in paired SEs over clips and in SEs of the per-seed differences."""
+    if versus is None:
+        return "-"
+    gain = 0.0 - versus["difference"]  # 0.0 - x: no "-0.0"
+    over_clips = f"{gain / versus['paired_se']:.1f}" if versus["paired_se"] else "-"
+    over_seeds = f"{gain / versus['seed_se']:.1f}" if versus.get("seed_se") else "-"
+    return f"{100 * gain:+.1f} ({over_clips}; {over_seeds})"
+
+
+def markdown(table: dict, paired: dict, seeds: list[int], control: dict | None = None, control_name: str = "") -> str:
+    lines = [f"Toy world, mean over seeds {seeds} (standard errors in brackets; accuracies by the oracle on held-out captions).",
+             "Against BATON: the method minus BATON in points (in paired SEs over clips; in SEs over the per-seed differences).", "",
+             "| method | integrity | temporal | CLAP | FD | diversity | temporal vs BATON |", "|---|---|---|---|---|---|---|"]
     for model, row in table.items():
         cell = lambda k: f"{100 * row[k]:.1f} ({100 * row.get(k + '_se', float('nan')):.1f})" if k in row else "-"  # noqa: E731
-        versus = paired.get(model, {}).get("temporal")
-        gain = 0.0 - (versus or {}).get("difference", 0.0)  # the method minus BATON (0.0 - x: no "-0.0")
-        vs = "-" if model == "baton" or versus is None else f"{100 * gain:+.1f} ({gain / versus['paired_se']:.1f})" if versus["paired_se"] else f"{100 * gain:+.1f}"
+        vs = "-" if model == "baton" else versus_cell(paired.get(model, {}).get("temporal"))
         lines.append(f"| {model} | {cell('integrity_accuracy')} | {cell('temporal_accuracy')} | {row.get('clap_score', float('nan')):.3f} | "
                      f"{row.get('fd', float('nan')):.3f} | {row.get('diversity', float('nan')):.4f} | {vs} |")
+    if control:
+        lines += ["", f"Against the control {control_name} (the method minus it, clip by clip; per seed in points):", "",
+                  "| method | integrity | temporal | temporal per seed |", "|---|---|---|---|"]
+        for model, tasks in control.items():
+            per_seed = ", ".join(f"{-100 * d:+.1f}" for d in tasks["temporal"]["per_seed"])
+            lines.append(f"| {model} | {versus_cell(tasks['integrity'])} | {versus_cell(tasks['temporal'])} | {per_seed} |")
     return "\n".join(lines) + "\n"
 
 
@@ -178,6 +194,9 @@ def main() -> None:
     parser.add_argument("--tune_seed", type=int, default=0, help="tune DPO's and KTO's beta on this seed's training captions (fresh seeds) first")
     parser.add_argument("--no_tune", action="store_true", help="keep the config's betas")
     parser.add_argument("--tune_clips_per_caption", type=int, default=5)
+    parser.add_argument("--control", help="root of another toy_objectives run (e.g. BATON on more ratings, --rated_fraction): "
+                        "its BATON joins the table as --control_name, and every method is compared with it clip by clip")
+    parser.add_argument("--control_name", default="baton_control")
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "toy_objectives"))
     args, overrides = parser.parse_known_args()
     methods = [m for m in args.methods.split(",") if m]
@@ -200,6 +219,8 @@ def main() -> None:
             found["baton_online"] = online_folder(root, seed) / "eval" / "clips" / "aligned"
         if "online_rated" in methods:
             found[rated_name] = online_folder(root, seed, args.round_ratings) / "eval" / "clips" / "aligned"
+        if args.control:
+            found[args.control_name] = Path(args.control) / f"seed{seed}" / "eval" / "clips" / "aligned"
         return found
 
     per_seed, began = {}, time.time()
@@ -214,6 +235,11 @@ def main() -> None:
             results["baton_online"] = online(root, seed, overrides, args.rounds)
         if "online_rated" in methods:
             results[rated_name] = online(root, seed, overrides, args.rounds, args.round_ratings)
+        if args.control:
+            metrics = Path(args.control) / f"seed{seed}" / "eval" / "metrics.json"
+            if not metrics.is_file():
+                raise SystemExit(f"--control: {metrics} is missing; run this benchmark with --root {args.control} (and its settings) for seed {seed} first")
+            results[args.control_name] = json.loads(metrics.read_text())["aligned"]
         folders = {"base": run_dir / "eval" / "clips" / "base", "baton": run_dir / "eval" / "clips" / "aligned",
                    **{m: run_dir / f"eval_{m}" / "clips" / "aligned" for m in trained}, **untrained_folders(seed)}
         for name, folder in folders.items():
@@ -229,12 +255,13 @@ def main() -> None:
             table[model]["diversity_se"] = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1) / len(values))
 
     paired = paired_differences(root, args.seeds, trained, untrained_folders)
-    report = {"per_seed": per_seed, "summary": table, "paired_vs_baton": paired, "seconds": round(time.time() - began), "seeds": args.seeds,
+    control = paired_differences(root, args.seeds, trained, untrained_folders, reference=args.control_name) if args.control else {}
+    report = {"per_seed": per_seed, "summary": table, "paired_vs_baton": paired, "paired_vs_control": control, "control": args.control, "seconds": round(time.time() - began), "seeds": args.seeds,
               "best_of": args.best_of, "rounds": args.rounds, "overrides": overrides,
               "tuning": tuning, "objectives": OBJECTIVES}
     Path(args.out + ".json").parent.mkdir(parents=True, exist_ok=True)
     Path(args.out + ".json").write_text(json.dumps(report, indent=2, default=str))
-    text = markdown(table, paired, args.seeds) + tuning_markdown(tuning)
+    text = markdown(table, paired, args.seeds, control, args.control_name) + tuning_markdown(tuning)
     Path(args.out + ".md").write_text(text)
     print(text)
 
