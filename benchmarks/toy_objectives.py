@@ -30,7 +30,8 @@ seeds, and each method's paired difference against BATON, clip by clip.
 
 Cost on the 2-core build CPU: ~27 min a seed (the default run ~4 min, ~2 min per trained method
 with its evaluation, best-of-8 ~10 min for 3,520 candidate clips, online rounds ~3 min a round),
-the tuning ~1.5 min a value; 134 min for 3 seeds and the tuning of 10 values (measured with other work on the cores).
+the tuning ~1.5 min a value; 134 min for 3 seeds and the tuning of 10 values (measured with
+other work on the cores).
 """
 
 from __future__ import annotations
