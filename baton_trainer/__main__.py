@@ -8,12 +8,38 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 from .config import ConfigError, config_help, parse_config
-from .stages import STAGES
+from .stages import annotate, convert_tango, evaluate, export, finetune, generate, import_baton, label, listen, prompts, push, reward, run
 
 CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+@dataclass(frozen=True)
+class Stage:
+    config: type
+    function: Callable[[Any], Any]
+    summary: str
+
+
+STAGES: dict[str, Stage] = {
+    "prompts": Stage(prompts.PromptsConfig, prompts.build_captions, "label groups x conjunctions -> RUN/captions.jsonl"),
+    "generate": Stage(generate.GenerateConfig, generate.generate, "k clips per caption -> RUN/generations/"),
+    "annotate": Stage(annotate.AnnotateConfig, annotate.annotate, "Gradio app for human ratings -> RUN/annotations.sqlite"),
+    "export": Stage(export.ExportConfig, export.export_feedback, "annotation store -> RUN/feedback/ preference dataset"),
+    "reward": Stage(reward.RewardTrainingConfig, reward.train_reward_model, "human-rated clips -> RUN/reward_model/"),
+    "label": Stage(label.LabelConfig, label.label_unrated, "reward model scores unrated clips -> RUN/reward_labeled/"),
+    "finetune": Stage(finetune.FinetuneConfig, finetune.finetune, "reward-weighted denoising fine-tuning -> RUN/aligned/"),
+    "evaluate": Stage(evaluate.EvaluateConfig, evaluate.evaluate, "base vs aligned metrics -> RUN/eval/"),
+    "listen": Stage(listen.ListenConfig, listen.listen, "blinded listening test (MOS-Q, MOS-F, A/B) over RUN/eval/clips/"),
+    "run": Stage(run.RunConfig, run.run, "the whole loop (default: the toy world)"),
+    "push": Stage(push.PushConfig, push.push, "upload a reward model, aligned model or dataset to the Hub"),
+    "import-baton": Stage(import_baton.ImportBatonConfig, import_baton.import_baton_release, "BATON release JSON -> preference dataset"),
+    "convert-tango": Stage(convert_tango.ConvertTangoConfig, convert_tango.convert_tango, "original TANGO checkpoint -> diffusers-style folder"),
+}
 
 
 def _usage() -> str:

@@ -4,12 +4,12 @@ entries in the card metadata (the Hub's model-index), so leaderboards and search
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from .formatting import format_number
 from .hub import is_hub_id
+from .textfiles import read_json
 
 TEMPLATES = Path(__file__).parent / "card_templates"
 
@@ -29,15 +29,6 @@ CARD_METRICS = {
     "mos_f": ("MOS-F (1-5)", 1.0),
     "ab_win_rate": ("A/B win rate (%)", 100.0),
 }
-
-
-def read_json(path: Path) -> dict[str, Any]:
-    """A JSON object from `path`, or {} when it is missing or unreadable (a card is written anyway)."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def _hub_id(value: Any) -> str | None:

@@ -51,7 +51,7 @@ class PushError(ValueError):
 
 def detect_kind(folder: Path) -> str:
     """What a folder to upload holds: "reward_model", "dataset" or "model"."""
-    from .cards import read_json
+    from .textfiles import read_json
 
     if read_json(folder / "config.json").get("model_type") == "baton_reward":
         return "reward_model"

@@ -24,15 +24,34 @@ import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from .atomic import atomic_write_json
 
 if TYPE_CHECKING:
-    from .stages.run import RunConfig
+    from .layout import RunLayout
 
 
-def judge_round(config: "RunConfig", configs: dict[str, Any], export: Path, folder: Path) -> dict[str, float]:
+class RoundsConfig(Protocol):
+    """What the rounds read of the run's config: the `run` stage's `RunConfig` (which calls them)
+    has every key, and is not imported here, so that this module does not import the stage back."""
+
+    world: Literal["toy", "real"]
+    seed: int
+    rounds: int
+    round_ratings: int
+    oracle_error_rate: float
+    oracle_skip_rate: float
+    judge_model: str | None
+    judge_split: Literal["train", "heldout"]
+    judge_clips_per_caption: int
+    judge_captions: int | None
+    stop_margin_se: float
+
+    def layout(self) -> RunLayout: ...
+
+
+def judge_round(config: RoundsConfig, configs: dict[str, Any], export: Path, folder: Path) -> dict[str, float]:
     """The judge's and the training reward's view of one round's model, on held-out clips."""
     import numpy as np
 
@@ -72,7 +91,7 @@ def judge_round(config: "RunConfig", configs: dict[str, Any], export: Path, fold
     return result
 
 
-def train_round(config: "RunConfig", configs: dict[str, Any], r: int, previous: Path) -> Path:
+def train_round(config: RoundsConfig, configs: dict[str, Any], r: int, previous: Path) -> Path:
     """Round r's clips from the model of round r - 1, their labels, and the fine-tune from its weights."""
     import datasets
 
@@ -81,7 +100,7 @@ def train_round(config: "RunConfig", configs: dict[str, Any], r: int, previous: 
     from .stages.export import export_feedback
     from .stages.generate import generate
     from .stages.label import label_unrated
-    from .trainer import RewardWeightedDiffusionTrainer
+    from .stages.finetune import finetune as finetune_stage
 
     layout = config.layout()
     folder = layout.round_folder(r)
@@ -107,11 +126,11 @@ def train_round(config: "RunConfig", configs: dict[str, Any], r: int, previous: 
         configs["finetune"], output_dir=str(aligned), cache_dir=str(folder / "cache"), reward_dataset=str(folder / "reward_labeled"),
         feedback_dataset=str(feedback) if human else "none", resume_from_checkpoint="latest",
     )
-    RewardWeightedDiffusionTrainer(finetune, backend=load_backend(finetune.model, export=previous)).train()
+    finetune_stage(finetune, backend=load_backend(finetune.model, export=previous))
     return aligned
 
 
-def run_rounds(config: "RunConfig", configs: dict[str, Any]) -> Path:
+def run_rounds(config: RoundsConfig, configs: dict[str, Any]) -> Path:
     """Rounds 1..R (round 1 is the offline fine-tune in RUN/aligned); returns the best round's export."""
     layout = config.layout()
     history: list[dict[str, Any]] = []

@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -23,9 +23,6 @@ from reward_hub.modeling_baton_reward import BatonRewardModel
 from .atomic import atomic_save_figure
 from .audio import load_audio
 from .clap import CLAP_SAMPLE_RATE, ClapEmbedder
-
-if TYPE_CHECKING:
-    from .stages.reward import RewardTrainingConfig
 
 EMBEDDING_CACHE_VERSION = 1
 
@@ -200,25 +197,31 @@ def fit_head(
     embed_batch: Callable[[np.ndarray], tuple[torch.Tensor, torch.Tensor]],
     labels: torch.Tensor,
     train_rows: np.ndarray,
-    config: "RewardTrainingConfig",
     device: torch.device,
+    *,
+    epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    weight_decay: float,
+    seed: int,
     progress: bool = True,
 ) -> list[dict[str, float]]:
-    """Train the head with BCE; `embed_batch(rows)` gives the CLAP embeddings of those rows
-    (from the cache, or encoded afresh every epoch). Returns per-epoch mean losses."""
+    """Train the head with BCE (Adam; the reward stage's settings); `embed_batch(rows)` gives the
+    CLAP embeddings of those rows (from the cache, or encoded afresh every epoch). Returns
+    per-epoch mean losses."""
     if model.config.head_type == "cosine_logistic":
         audio, text = embed_batch(train_rows)
-        return fit_cosine_logistic(model, audio.to(device), text.to(device), labels[train_rows].to(device), config.weight_decay)
-    torch.manual_seed(config.seed)
-    optimizer = torch.optim.Adam(model.head.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-    generator = torch.Generator().manual_seed(config.seed)
+        return fit_cosine_logistic(model, audio.to(device), text.to(device), labels[train_rows].to(device), weight_decay)
+    torch.manual_seed(seed)
+    optimizer = torch.optim.Adam(model.head.parameters(), lr=learning_rate, weight_decay=weight_decay)
+    generator = torch.Generator().manual_seed(seed)
     history = []
     model.train()
-    for epoch in tqdm(range(config.epochs), desc="reward head", disable=not progress):
+    for epoch in tqdm(range(epochs), desc="reward head", disable=not progress):
         order = train_rows[torch.randperm(len(train_rows), generator=generator).numpy()]
         total, seen = 0.0, 0
-        for start in range(0, len(order), config.batch_size):
-            rows = order[start : start + config.batch_size]
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
             audio, text = embed_batch(rows)
             logits = model.logits_from_embeddings(audio.to(device), text.to(device))
             loss = F.binary_cross_entropy_with_logits(logits, labels[rows].to(device))

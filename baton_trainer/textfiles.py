@@ -45,3 +45,14 @@ def read_jsonl(path: str | os.PathLike, what: str = "file") -> list[tuple[int, d
             raise TextFileError(f"{path}: line {number} is not a JSON object")
         rows.append((number, row))
     return rows
+
+
+def read_json(path: str | os.PathLike) -> dict[str, Any]:
+    """A JSON object from `path`, or {} when it is missing or unreadable: for optional side files
+    (a card, a folder's kind) that are written or decided anyway without them."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}

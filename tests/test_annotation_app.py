@@ -118,7 +118,7 @@ def test_clip_server_refuses_paths_outside_the_generations_folder(tmp_path):
     make_generations(run / "generations", num_captions=1, clips_per_caption=1)
     config = AnnotateConfig(run_dir=str(run))
     with AnnotationStore(config.layout().annotations) as store:
-        server = ClipServer(config, store)
+        server = ClipServer(config.layout().generations, store, config.ratings_per_clip)
         inside = server.clip_path({"clip_id": "x", "file_name": "clips/00000_0.wav"})
         assert inside.is_file()
         with pytest.raises(AudioError, match="resolves outside"):

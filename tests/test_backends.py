@@ -161,7 +161,7 @@ def test_the_code_shipped_in_the_toy_folder_is_the_packages():
     from pathlib import Path
 
     import baton_trainer.backends.pipeline_tango as pipeline_module
-    import baton_trainer.toyworld.griffin_lim_vocoder as vocoder_module
+    import baton_trainer.backends.griffin_lim_vocoder as vocoder_module
 
     assert (TOY_TANGO_PATH / "pipeline_tango.py").read_text() == Path(pipeline_module.__file__).read_text()
     assert (TOY_TANGO_PATH / "vocoder" / "griffin_lim_vocoder.py").read_text() == Path(vocoder_module.__file__).read_text()

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from baton_trainer.evaluation.events import (
+from baton_trainer.evaluation.event_scores import (
     EventMap,
     EventMapError,
     EventThresholds,
@@ -105,7 +105,7 @@ def test_segments_onsets_and_order_on_hand_made_probabilities():
 def test_event_map_names_labels_and_free_text_events_in_order():
     classes = load_audioset_classes()
     assert len(classes) == 527 and classes[0] == "Speech" and classes[-1] == "Field recording" and classes[74] == "Dog"
-    event_map = EventMap.from_file(__import__("baton_trainer.evaluation.events", fromlist=["x"]).AUDIOSET_EVENT_MAP_FILE, classes)
+    event_map = EventMap.from_file(__import__("baton_trainer.evaluation.event_scores", fromlist=["x"]).AUDIOSET_EVENT_MAP_FILE, classes)
     # free text: phrases found in the order they occur, stems matched, words between allowed
     events = event_map.find("A dog is barking, then a man speaks while rain falls")
     assert [e[0] for e in events] == ["Dog", "Speech", "Rain"]

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from baton_trainer.layout import MOVABLE, RunLayout
-from baton_trainer.stages import STAGES
+from baton_trainer.__main__ import STAGES
 from baton_trainer.stages.run import RunConfig
 
 

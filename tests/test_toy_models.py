@@ -51,7 +51,7 @@ def test_toy_tokenizers_know_every_caption_word():
 
 
 def test_vocoder_takes_tango_mels_and_round_trips_its_config(tmp_path):
-    from baton_trainer.toyworld.griffin_lim_vocoder import GriffinLimVocoder
+    from baton_trainer.backends.griffin_lim_vocoder import GriffinLimVocoder
 
     vocoder = GriffinLimVocoder(hop_length=320, n_iter=2)
     mel = torch.full((2, 10, 64), -11.5)

@@ -15,7 +15,7 @@ be driven with `gradio_client` as well as in a browser.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 # gradio at module level: it resolves the handlers' `gr.Request` annotation (a string here, under
 # `from __future__ import annotations`) through this module's globals to inject the login.
@@ -26,9 +26,6 @@ from ..audio import AudioError, load_audio
 from ..spectrogram import spectrogram_image
 from ..textfiles import numbered_lines
 from .store import ALIGNED, NOT_ALIGNED, SKIP, AnnotationError, AnnotationStore, ClipCompleteError, DuplicateRatingError
-
-if TYPE_CHECKING:
-    from ..stages.annotate import AnnotateConfig
 
 KEYBOARD_JS = """
 () => {
@@ -69,10 +66,10 @@ def read_users_file(path: str | Path) -> list[tuple[str, str]]:
 class ClipServer:
     """The app's logic, apart from Gradio: hands out clips, checks paths and audio, stores ratings."""
 
-    def __init__(self, config: "AnnotateConfig", store: AnnotationStore):
-        self.config = config
+    def __init__(self, generations: str | Path, store: AnnotationStore, ratings_per_clip: int):
         self.store = store
-        self.root = config.layout().generations.resolve()
+        self.ratings_per_clip = ratings_per_clip
+        self.root = Path(generations).resolve()
 
     def clip_path(self, clip: dict[str, Any]) -> Path:
         """The clip's file, refused if it resolves outside the generations folder."""
@@ -85,7 +82,7 @@ class ClipServer:
         """The next clip for `annotator` whose audio loads; broken clips are marked and reported."""
         problems: list[str] = []
         while True:
-            clip = self.store.next_clip_for(annotator, self.config.ratings_per_clip)
+            clip = self.store.next_clip_for(annotator, self.ratings_per_clip)
             if clip is None:
                 return None, None, None, 0, problems
             try:
@@ -98,7 +95,7 @@ class ClipServer:
             return clip, path, wav, sr, problems
 
     def progress_text(self, annotator: str) -> str:
-        p = self.store.progress(annotator, self.config.ratings_per_clip)
+        p = self.store.progress(annotator, self.ratings_per_clip)
         return (
             f"**{p['annotator']}**: rated {p['rated']} ({p['aligned']} aligned, {p['not_aligned']} not aligned), "
             f"skipped {p['skipped']}; {p['remaining']} clips left for you. "
@@ -115,25 +112,24 @@ def _annotator_name(name: str | None, request: Any, logins: bool) -> str:
     return " ".join(str(name or "").split())
 
 
-def build_annotation_app(config: "AnnotateConfig", store: AnnotationStore | None = None) -> gr.Blocks:
-    """The annotation app over an existing store (registers the generations folder's clips)."""
-    layout = config.layout()
-    if store is None:
-        store = AnnotationStore(layout.annotations, lease_seconds=config.lease_seconds)
-    store.register_clips(layout.generations)
-    server = ClipServer(config, store)
-    logins = config.users_file is not None
+def build_annotation_app(
+    generations: str | Path, store: AnnotationStore, ratings_per_clip: int, logins: bool = False, spectrogram: bool = True
+) -> gr.Blocks:
+    """The annotation app over `store`, with the generations folder's clips registered into it.
+    `logins`: people log in (the login name is the annotator); `spectrogram`: draw each clip's."""
+    store.register_clips(Path(generations))
+    server = ClipServer(generations, store, ratings_per_clip)
 
     def show_next(annotator: str, notes: list[str]) -> tuple:
         clip, path, wav, sr, problems = server.next_playable(annotator)
         status = "\n\n".join(notes + problems)
         if clip is None:
-            if server.store.progress(annotator, config.ratings_per_clip)["remaining"]:
+            if server.store.progress(annotator, ratings_per_clip)["remaining"]:
                 done = "Every clip left is being rated by someone else right now: press Start again in a minute."
             else:
                 done = "No clips left for you: thank you!"
             return "", f"### {done}", None, None, server.progress_text(annotator), (status + "\n\n" + done).strip()
-        image = spectrogram_image(wav, sr) if config.spectrogram else None
+        image = spectrogram_image(wav, sr) if spectrogram else None
         caption = f"### {clip['caption']}\n\n*{clip['task']} task; clip {clip['clip_id']}*"
         return clip["clip_id"], caption, str(path), image, server.progress_text(annotator), status
 
@@ -157,7 +153,7 @@ def build_annotation_app(config: "AnnotateConfig", store: AnnotationStore | None
             notes = []
             if clip_id:
                 try:
-                    server.store.add_rating(clip_id, annotator, label, ratings_per_clip=config.ratings_per_clip)
+                    server.store.add_rating(clip_id, annotator, label, ratings_per_clip=ratings_per_clip)
                 except DuplicateRatingError:
                     notes.append(f"You had already rated clip {clip_id}; the first answer is kept.")
                 except ClipCompleteError:
@@ -187,7 +183,7 @@ def build_annotation_app(config: "AnnotateConfig", store: AnnotationStore | None
         clip_box = gr.Textbox(label="Clip", interactive=False, elem_id="baton-clip-id")
         caption_md = gr.Markdown(elem_id="baton-caption")
         audio_player = gr.Audio(label="Clip", type="filepath", interactive=False, autoplay=True, elem_id="baton-audio")
-        spectrogram = gr.Image(label="Spectrogram", type="numpy", interactive=False, elem_id="baton-spectrogram")
+        spectrogram_box = gr.Image(label="Spectrogram", type="numpy", interactive=False, elem_id="baton-spectrogram")
         with gr.Row():
             aligned_button = gr.Button("Aligned (a)", variant="primary", elem_id="baton-aligned")
             not_aligned_button = gr.Button("Not aligned (n)", variant="stop", elem_id="baton-not-aligned")
@@ -195,7 +191,7 @@ def build_annotation_app(config: "AnnotateConfig", store: AnnotationStore | None
         progress_md = gr.Markdown(elem_id="baton-progress")
         status_md = gr.Markdown(elem_id="baton-status")
 
-        outputs = [clip_box, caption_md, audio_player, spectrogram, progress_md, status_md]
+        outputs = [clip_box, caption_md, audio_player, spectrogram_box, progress_md, status_md]
         start_button.click(start, [annotator_box], outputs, api_name="start")
         annotator_box.submit(start, [annotator_box], outputs, api_name=False)
         # One rating at a time per browser tab: a double click cannot rate the next clip unseen.

@@ -30,7 +30,7 @@ PIPELINE_FILE = Path(__file__).with_name("pipeline_tango.py")
 LEGACY_MODEL_FILE = "baton_model.json"  # the layout before the pipeline: settings beside the same subfolders
 # Components a folder keeps with a module of its own (remote code for plain diffusers users); this
 # package loads them with its own class, so a model folder never makes it run code from the folder.
-CUSTOM_COMPONENTS = {"griffin_lim_vocoder": "baton_trainer.toyworld.griffin_lim_vocoder"}
+CUSTOM_COMPONENTS = {"griffin_lim_vocoder": "baton_trainer.backends.griffin_lim_vocoder"}
 
 
 def _custom_class(module_name: str, class_name: str):
@@ -73,7 +73,7 @@ def _legacy_pipeline(folder: Path, settings: dict) -> TangoPipeline:
     from transformers import AutoTokenizer, SpeechT5HifiGan, T5EncoderModel
 
     from ..checkpoints import load_pretrained
-    from ..toyworld.griffin_lim_vocoder import GriffinLimVocoder
+    from .griffin_lim_vocoder import GriffinLimVocoder
 
     def vocoder_from(path: str):
         if settings.get("vocoder_class") == "SpeechT5HifiGan":

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..annotation.store import AnnotationError
+from ..annotation.store import AnnotationError, AnnotationStore
 from ..layout import RunLayout
 
 
@@ -54,7 +54,8 @@ def annotate(config: AnnotateConfig, prevent_thread_lock: bool = False):
     generations = layout.generations
     if not (generations / METADATA).is_file():
         raise AnnotationError(f"{generations / METADATA}: not found (run the generate stage first)")
-    app = build_annotation_app(config)
+    store = AnnotationStore(layout.annotations, lease_seconds=config.lease_seconds)
+    app = build_annotation_app(generations, store, config.ratings_per_clip, logins=config.users_file is not None, spectrogram=config.spectrogram)
     auth = read_users_file(config.users_file) if config.users_file else None
     progress = app.annotation_store.progress("-", config.ratings_per_clip)
     print(

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..layout import RunLayout
+from .generate import GenerateConfig, generate
 
 
 @dataclass
@@ -75,6 +76,27 @@ class EvaluateConfig:
         aligned = None if self.aligned == "none" else self.aligned
         return RunLayout.of(self.run_dir, aligned=aligned, reward_model=self.reward_model, eval=self.out_dir)
 
+    def generation(self, captions: Path, split: str, out: Path, export: str | None, clips_per_caption: int | None = None) -> GenerateConfig:
+        """The generate stage's config for one model's clips (base: `export` None) of the evaluation
+        captions, in `out`; `clips_per_caption` (default this config's) widens it for best-of-N."""
+        return GenerateConfig(
+            run_dir=self.run_dir,
+            model=self.model,
+            export=export,
+            captions_file=str(captions),
+            out_dir=str(out),
+            split=split,
+            clips_per_caption=clips_per_caption or self.clips_per_caption,
+            num_inference_steps=self.num_inference_steps,
+            guidance_scale=self.guidance_scale,
+            duration_s=self.duration_s,
+            sampler=self.sampler,
+            batch_size=self.batch_size,
+            seed=self.seed,
+            device=self.device,
+            dtype=self.dtype,
+        )
+
 
 def evaluate(config: EvaluateConfig, backends: dict[str, Any] | None = None) -> Path:
     """Generate with base and aligned models from the same seeds, score both, write the report."""
@@ -86,10 +108,10 @@ def evaluate(config: EvaluateConfig, backends: dict[str, Any] | None = None) -> 
     from ..runtime import Ranks
     from ..audio import load_audio
     from ..evaluation import compute_metrics, frechet_distance_from_embeddings, write_report
-    from ..evaluation.clips import best_of_candidates, captions_file, generate_clips, read_clips
+    from ..evaluation.clips import captions_file, read_clips
     from ..evaluation.report import print_table
     from ..formatting import display_path
-    from ..evaluation.events import score_models_events
+    from ..evaluation.event_scores import score_models_events
     from ..evaluation.intervals import model_intervals
     from ..evaluation.metrics import within_caption_spread
     from ..evaluation.reward_summary import reward_model_summary, scorer_lines
@@ -104,7 +126,7 @@ def evaluate(config: EvaluateConfig, backends: dict[str, Any] | None = None) -> 
         print(path.read_text(encoding="utf-8"))
         return out
     out.mkdir(parents=True, exist_ok=True)
-    captions, split = captions_file(config, layout)
+    captions, split = captions_file(config.captions, layout)
     models: dict[str, str | None] = {"base": None}
     if config.aligned != "none":
         aligned = str(layout.aligned)
@@ -113,21 +135,28 @@ def evaluate(config: EvaluateConfig, backends: dict[str, Any] | None = None) -> 
         models["aligned"] = aligned
     sample_rate = 16000
     ranks = Ranks.current()
+    # best-of-N's candidates: the base model's N clips per evaluated clip that it picks from
+    candidates = config.generation(captions, split, out / "clips" / f"best_of_{config.best_of}_candidates", None, config.clips_per_caption * config.best_of)
     if not ranks.is_main:  # several processes share the generation; the main process scores and reports
         for name, export in models.items():
-            generate_clips(config, captions, split, out / "clips" / name, export, (backends or {}).get(name))
+            generate(config.generation(captions, split, out / "clips" / name, export), backend=(backends or {}).get(name))
         if config.best_of > 1:
-            best_of_candidates(config, layout, captions, split, (backends or {}).get("base"))
+            generate(candidates, backend=(backends or {}).get("base"))
         return out
     rows_by_model, clips_by_model = {}, {}
     for name, export in models.items():
-        folder = generate_clips(config, captions, split, out / "clips" / name, export, (backends or {}).get(name))
+        folder = generate(config.generation(captions, split, out / "clips" / name, export), backend=(backends or {}).get(name))
         rows_by_model[name], clips_by_model[name] = read_clips(folder, sample_rate)
     if config.best_of > 1:
         from ..evaluation.clips import best_of_n
 
         name = f"best_of_{config.best_of}"
-        rows_by_model[name], clips_by_model[name] = best_of_n(config, layout, captions, split, rows_by_model["base"], sample_rate, (backends or {}).get("base"))
+        if not layout.reward_model.exists() and config.reward_model is None:
+            raise FileNotFoundError(f"best_of {config.best_of} needs the run's reward model: {layout.reward_model} not found (run the reward stage, or --reward_model)")
+        folder = generate(candidates, backend=(backends or {}).get("base"))
+        rows_by_model[name], clips_by_model[name] = best_of_n(
+            folder, out / "clips" / name, rows_by_model["base"], config.clips_per_caption, layout.reward_model, sample_rate, config.device, config.batch_size
+        )
         models[name] = f"base, best of {config.best_of} by the reward model"
     rows = rows_by_model["base"]
     for name, other in rows_by_model.items():

@@ -93,7 +93,10 @@ def train_reward_model(config: RewardTrainingConfig) -> Path:
         embedder.model, processor=embedder.processor, head_hidden_size=config.head_hidden_size, seed=config.seed, head_type=config.head_type
     ).to(device)
     started = time.perf_counter()
-    history = fit_head(model, embed_batch, labels, train_rows, config, device)
+    history = fit_head(
+        model, embed_batch, labels, train_rows, device,
+        epochs=config.epochs, batch_size=config.batch_size, learning_rate=config.learning_rate, weight_decay=config.weight_decay, seed=config.seed
+    )
     train_seconds = time.perf_counter() - started
 
     with torch.no_grad():

@@ -26,7 +26,7 @@ from .render import (
     render_mixture,
     render_sequence,
 )
-from .griffin_lim_vocoder import GriffinLimVocoder
+from ..backends.griffin_lim_vocoder import GriffinLimVocoder
 from .mel import LogMelSpectrogram, MelConfig, log_mel_spectrogram, mel_filters
 
 __all__ = [

@@ -30,8 +30,8 @@ from diffusers.models.autoencoders.vae import DecoderOutput
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 
+from ..backends.griffin_lim_vocoder import GriffinLimVocoder
 from ..backends.mel import MelConfig, MelFrontEnd
-from .griffin_lim_vocoder import GriffinLimVocoder
 
 
 @dataclass

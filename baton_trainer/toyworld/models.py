@@ -6,7 +6,7 @@
 
 Toy TANGO is a `TangoPipeline` (AutoencoderKL, UNet2DConditionModel with cross-attention,
 T5EncoderModel, TANGO's noise schedule with v-prediction, sampled with DDIM) whose vocoder is the
-toy world's `GriffinLimVocoder`, seen by the trainer through `TangoModel`. It uses TANGO's mel
+Griffin-Lim `GriffinLimVocoder` (`baton_trainer.backends`), seen by the trainer through `TangoModel`. It uses TANGO's mel
 front end (64 mels, n_fft 1024) at a 20 ms hop on 2.56 s clips (128 frames), with the half-hop
 framing it was trained with; the VAE downsamples by 8 (latents 8 x 16 x 8) so the UNet stays cheap
 on a CPU.
@@ -129,10 +129,10 @@ def build_toy_tango(seed: int = 0, unet_channels: tuple[int, ...] = (32, 64, 96)
     """A randomly initialised toy TANGO (the starting point of `scripts/train_toy_tango.py`)."""
     from diffusers import DDIMScheduler
 
+    from ..backends.griffin_lim_vocoder import GriffinLimVocoder
     from ..backends.pipeline_tango import TangoPipeline
     from ..backends.tango import TangoModel
     from ..testing import tiny_scheduler
-    from .griffin_lim_vocoder import GriffinLimVocoder
 
     tokenizer = toy_tokenizer()
     mel = toy_mel_config()

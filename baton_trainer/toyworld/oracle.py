@@ -38,7 +38,7 @@ from scipy.ndimage import median_filter
 from tqdm.auto import tqdm
 
 from ..audio import check_waveform, load_audio, resample
-from ..evaluation.events import active_segments
+from ..segments import active_segments
 from .events import EVENT_NAMES, EVENTS, UnknownEventError
 from .mel import MelConfig, cached_front_end, mel_center_frequencies
 
