@@ -7,7 +7,8 @@ such a dataclass, checking names and types so that a typo is a one-line error, n
     cfg = parse_config(FinetuneConfig, ["--config", "my.yaml", "--learning_rate", "2e-5"])
 
 Nested dataclasses take dotted keys (`--reward.epochs 5`); a field whose metadata has
-`positional=True` takes the bare arguments (`import-baton A.json B.json --out DIR`).
+`positional=True` takes the bare arguments (`import-baton A.json B.json --out DIR`). A class's
+`RENAMED_KEYS` ({old: new}) keeps renamed keys working, with a deprecation warning.
 
 Written here rather than taken from argparse, HfArgumentParser or OmegaConf: none of them reads a
 YAML file, dotted overrides and positional arguments into nested dataclasses with one error that
@@ -22,6 +23,7 @@ import math
 import os
 import types
 import typing
+import warnings
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
@@ -119,6 +121,7 @@ def build_config(cls: type[T], values: dict[str, Any], prefix: str = "") -> T:
     """Build dataclass `cls` from a (nested) mapping, refusing unknown keys by name."""
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls) if f.init}
+    values = _renamed(cls, values, prefix)
     unknown = sorted(set(values) - names)
     if unknown:
         raise ConfigError(
@@ -135,6 +138,22 @@ def build_config(cls: type[T], values: dict[str, Any], prefix: str = "") -> T:
     except TypeError as exc:
         raise ConfigError(f"{cls.__name__}: {exc}") from None
     return config
+
+
+def _renamed(cls: type, values: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """`values` with the keys a config class renamed (its `RENAMED_KEYS`, old -> new) under their
+    new names, each with a deprecation warning; old and new given together is an error."""
+    renamed = getattr(cls, "RENAMED_KEYS", {})
+    if not renamed or not set(values) & set(renamed):
+        return values
+    values = dict(values)
+    for old, new in renamed.items():
+        if old in values:
+            if new in values:
+                raise ConfigError(f"config keys '{prefix}{old}' and '{prefix}{new}' are the same setting: give only '{prefix}{new}'")
+            warnings.warn(f"config key '{prefix}{old}' is deprecated: use '{prefix}{new}' (the old name works until the next release)", FutureWarning, stacklevel=3)
+            values[new] = values.pop(old)
+    return values
 
 
 def _set_dotted(tree: dict, dotted: str, value: Any) -> None:

@@ -3,10 +3,12 @@ Diffusion-DPO and Diffusion-KTO on the same ratings.
 
 For a feedback batch of B clips with weights w_i and a pretrain batch of B' clips:
 
-    l_i = snr_weight(t_i) * mean over latent dims of (unet(z_t, t, text) - target)^2
-    L   = (1/B) * sum_i w_i * l_i  +  beta * (1/B') * sum_j l_j
+    l_i = snr_weight(t_i) * mean over latent dims of (denoiser(z_t, t, text) - target)^2
+    L   = (1/B) * sum_i w_i * l_i  +  pretrain_weight * (1/B') * sum_j l_j
 
-w_i is the human label (0/1) for human-rated clips and the reward model's score for the rest.
+w_i is the human label (0/1) for human-rated clips and the reward model's score for the rest;
+pretrain_weight is the paper's beta (0.5). Each objective is a class in `baton_trainer.objectives`
+that calls one of these functions.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ Objective = Literal["ddpm", "v_cosine", "flow"]
 
 
 def denoising_target(scheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-    """What the UNet is trained to predict: the noise (epsilon) or the velocity (v).
+    """What the denoiser is trained to predict: the noise (epsilon) or the velocity (v).
 
     v = sqrt(abar_t) * eps - sqrt(1 - abar_t) * z0, as `scheduler.get_velocity` computes it.
     """
@@ -83,28 +85,35 @@ def per_sample_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def baton_loss(
-    pred_fb: torch.Tensor,
-    target_fb: torch.Tensor,
-    weights: torch.Tensor,
+    pred_fb: torch.Tensor | None,
+    target_fb: torch.Tensor | None,
+    weights: torch.Tensor | None,
     pred_pt: torch.Tensor | None = None,
     target_pt: torch.Tensor | None = None,
-    beta: float = 0.5,
+    pretrain_weight: float = 0.5,
     snr_fb: torch.Tensor | None = None,
     snr_pt: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Reward-weighted denoising loss plus beta times the plain pretraining loss (Eq. 7).
+    """Reward-weighted denoising loss plus `pretrain_weight` (the paper's beta) times the plain
+    pretraining loss (Eq. 7):
 
-    `snr_fb` / `snr_pt` are per-sample SNR weights (from `snr_weights`), ones when omitted.
-    Returns `(loss, logs)`; `logs` holds the two terms as floats for tracking.
+        L = (1/B) * sum_i w_i * l_i  +  pretrain_weight * (1/B') * sum_j l_j
+
+    `snr_fb` / `snr_pt` are per-sample SNR weights (from `snr_weights`), ones when omitted. Without
+    `pred_fb` the feedback term is absent (the pretraining-term-alone ablation); without `pred_pt`
+    the pretraining term is. Returns `(loss, logs)`; `logs` holds the terms as floats for tracking.
     """
-    if weights.ndim != 1 or weights.shape[0] != pred_fb.shape[0]:
-        raise ValueError(f"weights must have shape ({pred_fb.shape[0]},), got {tuple(weights.shape)}")
-    mse_fb = per_sample_mse(pred_fb, target_fb)
-    if snr_fb is not None:
-        mse_fb = mse_fb * snr_fb.float()
-    feedback_term = (weights.float() * mse_fb).mean()
-    logs = {"loss_feedback": feedback_term.detach().item(), "mean_weight": weights.float().mean().item()}
-    loss = feedback_term
+    if pred_fb is None and pred_pt is None:
+        raise ValueError("baton_loss needs a feedback batch, a pretraining batch, or both")
+    loss, logs = None, {}
+    if pred_fb is not None:
+        if weights is None or weights.ndim != 1 or weights.shape[0] != pred_fb.shape[0]:
+            raise ValueError(f"weights must have shape ({pred_fb.shape[0]},), got {None if weights is None else tuple(weights.shape)}")
+        mse_fb = per_sample_mse(pred_fb, target_fb)
+        if snr_fb is not None:
+            mse_fb = mse_fb * snr_fb.float()
+        loss = (weights.float() * mse_fb).mean()
+        logs = {"loss_feedback": loss.detach().item(), "mean_weight": weights.float().mean().item()}
     if pred_pt is not None:
         if target_pt is None:
             raise ValueError("pred_pt given without target_pt")
@@ -112,7 +121,7 @@ def baton_loss(
         if snr_pt is not None:
             mse_pt = mse_pt * snr_pt.float()
         pretrain_term = mse_pt.mean()
-        loss = loss + beta * pretrain_term
+        loss = pretrain_weight * pretrain_term if loss is None else loss + pretrain_weight * pretrain_term
         logs["loss_pretrain"] = pretrain_term.detach().item()
     logs["loss"] = loss.detach().item()
     return loss, logs
@@ -121,25 +130,25 @@ def baton_loss(
 # -- objectives that learn from the same ratings (DESIGN section 9) --------------------------------
 # Each takes per-sample denoising losses l = per_sample_mse(pred, target) (times the SNR weight
 # where the model trains with one) of the trained model and of a frozen reference (the base model)
-# at the same noise and timestep, and returns (loss, logs). BATON's beta pretraining term is added
-# on top by the caller as for Eq. 7: loss + beta * mean_j l_j.
+# at the same noise and timestep, and returns (loss, logs). BATON's pretraining term is added on
+# top by the objective as for Eq. 7: loss + pretrain_weight * mean_j l_j.
 
 
-def dpo_loss(model_w: torch.Tensor, model_l: torch.Tensor, ref_w: torch.Tensor, ref_l: torch.Tensor, beta_dpo: float) -> tuple[torch.Tensor, dict[str, float]]:
+def dpo_loss(model_w: torch.Tensor, model_l: torch.Tensor, ref_w: torch.Tensor, ref_l: torch.Tensor, dpo_beta: float) -> tuple[torch.Tensor, dict[str, float]]:
     """Diffusion-DPO (Wallace et al. 2023, arXiv 2311.12908) on (preferred w, rejected l) pairs of
     one caption, both noised with the same eps at the same t:
 
-        inside = -0.5 * beta_dpo * ((l_theta(w) - l_theta(l)) - (l_ref(w) - l_ref(l)))
+        inside = -0.5 * dpo_beta * ((l_theta(w) - l_theta(l)) - (l_ref(w) - l_ref(l)))
         L_DPO  = -mean(log sigmoid(inside))
 
-    Lowering the preferred clip's error relative to the reference lowers the loss. beta_dpo is large
+    Lowering the preferred clip's error relative to the reference lowers the loss. dpo_beta is large
     (thousands) because the per-sample losses are small.
     """
     if not (model_w.shape == model_l.shape == ref_w.shape == ref_l.shape) or model_w.ndim != 1:
         raise ValueError(f"DPO needs four (pairs,) loss vectors, got {[tuple(t.shape) for t in (model_w, model_l, ref_w, ref_l)]}")
     model_diff = model_w.float() - model_l.float()
     ref_diff = (ref_w.float() - ref_l.float()).detach()
-    inside = -0.5 * beta_dpo * (model_diff - ref_diff)
+    inside = -0.5 * dpo_beta * (model_diff - ref_diff)
     loss = -torch.nn.functional.logsigmoid(inside).mean()
     logs = {
         "loss_dpo": loss.detach().item(),
@@ -153,7 +162,7 @@ def kto_loss(
     model: torch.Tensor,
     ref: torch.Tensor,
     desirable: torch.Tensor,
-    beta_kto: float,
+    kto_beta: float,
     lambda_desirable: float = 1.0,
     lambda_undesirable: float = 1.0,
     reference_point: torch.Tensor | float | None = None,
@@ -162,7 +171,7 @@ def kto_loss(
 
         r_i   = l_ref(x_i) - l_theta(x_i)                (the implicit reward: how much the model improved on x_i)
         z_ref = max(0, mean_batch r).detach()             (the reference point, the authors' default estimate)
-        h_i   = sigmoid(s_i * beta_kto * (r_i - z_ref)),  s_i = +1 desirable, -1 undesirable
+        h_i   = sigmoid(s_i * kto_beta * (r_i - z_ref)),  s_i = +1 desirable, -1 undesirable
         L_KTO = mean_i lambda_{y_i} * (1 - h_i)
 
     `reference_point` overrides z_ref; pass the mean over every process's batch when training on
@@ -176,7 +185,7 @@ def kto_loss(
     z_ref = torch.as_tensor(reference_point, dtype=torch.float32, device=reward.device).detach()
     desirable = desirable.bool()
     sign = desirable.float() * 2 - 1
-    h = torch.sigmoid(sign * beta_kto * (reward - z_ref))
+    h = torch.sigmoid(sign * kto_beta * (reward - z_ref))
     weight = torch.where(desirable, torch.tensor(float(lambda_desirable)), torch.tensor(float(lambda_undesirable))).to(reward.device)
     loss = (weight * (1 - h)).mean()
     logs = {"loss_kto": loss.detach().item(), "kto_reference_point": float(z_ref), "implicit_reward": reward.detach().mean().item()}

@@ -4,7 +4,7 @@
     python benchmarks/backend_step.py --quick    # CPU: the tiny test models, proves every code path
     python benchmarks/backend_step.py --full --batch 2 --seconds 1 --steps 1   # CPU smoke test of the published sizes
 
-The step is the product's own: `RewardWeightedDiffusionTrainer.training_loss` (Eq. 7, the model's own
+The step is the product's own: `DiffusionTrainer.training_loss` (Eq. 7, the model's own
 objective and timestep distribution, half the batch feedback and half the pretrain term), backward
 and the AdamW step, without the latent cache (so the frozen encoders run every step, as on a first
 epoch), for full fine-tuning and for LoRA (rank 8). Generation is `backend.generate` of one clip per
@@ -136,7 +136,7 @@ def build(name: str, quick: bool, device):
 def run(name: str, lora: bool, args, device) -> dict:
     from baton_trainer.latent_cache import EncodedSet
     from baton_trainer.stages.finetune import FinetuneConfig
-    from baton_trainer.trainer import RewardWeightedDiffusionTrainer
+    from baton_trainer.trainer import DiffusionTrainer
 
     free(device)
     if device.type == "cuda":
@@ -149,7 +149,7 @@ def run(name: str, lora: bool, args, device) -> dict:
             run_dir=tmp, model=name, use_lora=lora, lora_rank=8, train_batch_size=half, pretrain_batch_size=args.batch - half,
             report_to="none", cache_embeddings=False, mixed_precision="bf16" if device.type == "cuda" else "no", duration_s=seconds,
         )
-        trainer = RewardWeightedDiffusionTrainer(config, backend=backend)
+        trainer = DiffusionTrainer(config, backend=backend)
         samples = int(round(seconds * backend.sample_rate))
         data = lambda n, s: EncodedSet([CAPTIONS[i % len(CAPTIONS)] for i in range(n)], torch.rand(n), waveforms=0.1 * torch.randn(n, samples, generator=torch.Generator().manual_seed(s)))  # noqa: E731
         feedback, pretrain = data(half, 0), data(args.batch - half, 1)

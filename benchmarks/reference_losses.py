@@ -20,9 +20,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from helpers import save_preference  # noqa: E402
 
-from baton_trainer.stages.finetune import FinetuneConfig  # noqa: E402
+from baton_trainer.stages.finetune import FinetuneConfig, load_training_data  # noqa: E402
 from baton_trainer.stages.run import TOY_CHECKPOINTS  # noqa: E402
-from baton_trainer.trainer import RewardWeightedDiffusionTrainer  # noqa: E402
+from baton_trainer.trainer import DiffusionTrainer  # noqa: E402
 
 
 def train_seconds(root: Path, name: str, objective: str, use_lora: bool, steps: int, batch: int, beta: float) -> tuple[float, int, int]:
@@ -30,12 +30,13 @@ def train_seconds(root: Path, name: str, objective: str, use_lora: bool, steps: 
     config = FinetuneConfig(
         run_dir=str(root), model=str(TOY_CHECKPOINTS / "toy_tango"), feedback_dataset=str(root / "feedback"), reward_dataset="none",
         output_dir=str(root / name), cache_dir=str(root / "cache"), objective=objective, use_lora=use_lora, train_batch_size=batch,
-        max_train_steps=steps, checkpointing_steps=10**6, report_to="none", beta=0.0, learning_rate=1e-4, beta_dpo=beta, beta_kto=beta,
+        max_train_steps=steps, checkpointing_steps=10**6, report_to="none", pretrain_weight=0.0, learning_rate=1e-4, dpo_beta=beta, kto_beta=beta,
     )
-    trainer = RewardWeightedDiffusionTrainer(config)
-    out = trainer.train()
+    trainer = DiffusionTrainer(config)
+    out = trainer.train(*load_training_data(config, trainer.objective, trainer.latent_cache))
     seconds = json.loads((out / "train_summary.json").read_text())["seconds"]
-    return seconds, trainer.reference_losses.computed, trainer.reference_losses.read
+    store = trainer.objective.reference.store
+    return seconds, store.computed, store.read
 
 
 def main() -> None:

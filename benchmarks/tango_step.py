@@ -150,7 +150,7 @@ def training_step(model, unet, optimizer, waveforms, captions, frames, autocast_
     loss, logs = baton_loss(
         pred[:n_fb], target[:n_fb], rewards,
         pred_pt=pred[n_fb:] if batch > n_fb else None, target_pt=target[n_fb:] if batch > n_fb else None,
-        beta=0.5, snr_fb=weights[:n_fb], snr_pt=weights[n_fb:] if batch > n_fb else None,
+        pretrain_weight=0.5, snr_fb=weights[:n_fb], snr_pt=weights[n_fb:] if batch > n_fb else None,
     )
     loss.backward()
     optimizer.step()

@@ -65,7 +65,7 @@ OBJECTIVES = {
 # the rounds' validation judge), never on the held-out captions the table reports.
 # Each grid was extended downwards while its lowest value won: an optimum at a grid's edge is not
 # a tuned one.
-TUNING = {"dpo": ("beta_dpo", [0.2, 2.0, 20.0, 200.0, 2000.0, 20000.0]), "kto": ("beta_kto", [10.0, 100.0, 1000.0, 10000.0])}
+TUNING = {"dpo": ("dpo_beta", [0.2, 2.0, 20.0, 200.0, 2000.0, 20000.0]), "kto": ("kto_beta", [10.0, 100.0, 1000.0, 10000.0])}
 
 
 def tune(root: Path, seed: int, overrides: list[str], methods: list[str], clips_per_caption: int) -> dict:

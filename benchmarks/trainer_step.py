@@ -21,8 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from helpers import save_preference  # noqa: E402
 
 from baton_trainer.testing import save_tiny_tango  # noqa: E402
-from baton_trainer.stages.finetune import FinetuneConfig  # noqa: E402
-from baton_trainer.trainer import RewardWeightedDiffusionTrainer  # noqa: E402
+from baton_trainer.stages.finetune import FinetuneConfig, load_training_data  # noqa: E402
+from baton_trainer.trainer import DiffusionTrainer  # noqa: E402
 
 
 def steps_per_second(root: Path, cache: bool, steps: int, batch: int) -> float:
@@ -37,10 +37,10 @@ def steps_per_second(root: Path, cache: bool, steps: int, batch: int) -> float:
         max_train_steps=steps,
         checkpointing_steps=10**6,
         report_to="none",
-        beta=0.0,
+        pretrain_weight=0.0,
     )
-    trainer = RewardWeightedDiffusionTrainer(config)
-    feedback, _ = trainer.load_data()  # the one-off encoding pass is not part of the step rate
+    trainer = DiffusionTrainer(config)
+    feedback, _ = load_training_data(trainer.config, trainer.objective, trainer.latent_cache)  # the one-off encoding pass is not part of the step rate
     trainer.training_loss(feedback, None, 0, 0)  # warm-up
     started = time.perf_counter()
     for step in range(steps):

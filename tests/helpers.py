@@ -61,3 +61,15 @@ def save_audio_alpaca(folder, n_prompts=3, pairs_per_prompt=2):
     )
     ds.cast_column("chosen", datasets.Audio(decode=False)).cast_column("rejected", datasets.Audio(decode=False)).save_to_disk(str(folder))
     return folder
+
+
+def training_data(trainer):
+    """The encoded (feedback, pretrain) data the fine-tune stage hands `trainer`."""
+    from baton_trainer.stages.finetune import load_training_data
+
+    return load_training_data(trainer.config, trainer.objective, trainer.latent_cache)
+
+
+def train(trainer):
+    """`trainer` trained on its config's data, as the fine-tune stage runs it; returns the export folder."""
+    return trainer.train(*training_data(trainer))

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import save_preference, save_pretrain
+from helpers import save_preference, save_pretrain, train, training_data
 
 from baton_trainer.backends import TextConditioning, load_backend
 from baton_trainer.backends.audioldm2 import AudioLDM2Model
@@ -55,14 +55,14 @@ class BackendRoot(type(Path())):
 @pytest.fixture(scope="module", params=list(BACKENDS))
 def trained(request, tmp_path_factory):
     """A tiny base model of one backend and, trained from it, a LoRA export and a full export."""
-    from baton_trainer.trainer import RewardWeightedDiffusionTrainer
+    from baton_trainer.trainer import DiffusionTrainer
 
     root = tmp_path_factory.mktemp(request.param)
     BACKENDS[request.param][0](root / "base")
     save_preference(root / "feedback", n=8)
     save_pretrain(root / "pretrain", n=8)
     for mode in ("lora", "full"):
-        RewardWeightedDiffusionTrainer(finetune_config(root, mode)).train()
+        train(DiffusionTrainer(finetune_config(root, mode)))
     return BackendRoot(root, request.param)
 
 
@@ -128,10 +128,10 @@ def test_the_training_target_is_what_the_pipelines_sampler_inverts(trained):
 
 
 def test_a_step_on_a_fixed_batch_lowers_the_loss(trained, tmp_path):
-    from baton_trainer.trainer import RewardWeightedDiffusionTrainer
+    from baton_trainer.trainer import DiffusionTrainer
 
-    trainer = RewardWeightedDiffusionTrainer(finetune_config(trained, "step", output_dir=str(tmp_path / "out"), learning_rate=1e-2))
-    feedback, pretrain = trainer.load_data()
+    trainer = DiffusionTrainer(finetune_config(trained, "step", output_dir=str(tmp_path / "out"), learning_rate=1e-2))
+    feedback, pretrain = training_data(trainer)
     losses = []
     for _ in range(6):
         loss, _ = trainer.training_loss(feedback, pretrain, step=0, micro=0)  # the same batch, noise and timesteps
@@ -160,14 +160,14 @@ def dropped_as_the_models_training_drops_it(name, model, text, row):
 
 
 def test_a_dropped_caption_gets_the_null_conditioning_the_models_training_used(trained, tmp_path):
-    from baton_trainer.trainer import RewardWeightedDiffusionTrainer
+    from baton_trainer.trainer import DiffusionTrainer
 
-    trainer = RewardWeightedDiffusionTrainer(finetune_config(trained, "full", output_dir=str(tmp_path / "out"), cfg_dropout=0.5))
+    trainer = DiffusionTrainer(finetune_config(trained, "full", output_dir=str(tmp_path / "out"), cfg_dropout=0.5))
     model = trainer.backend
     assert 0 <= type(model).cfg_dropout < 1 and (type(model).cfg_dropout > 0) == (trained.name_of_backend != "tango")
     text = model.encode_text(PROMPTS * 2, DURATION_S)
     dropped = torch.tensor([True, False, False, True])
-    mixed = trainer._drop_captions(text, dropped)
+    mixed = trainer.draw.drop_captions(text, dropped)
     latents = model.encode_audio(torch.randn(4, int(DURATION_S * model.sample_rate), generator=torch.Generator().manual_seed(0)))
     t = model.draw_timesteps(4, torch.Generator().manual_seed(1))
     noisy, _ = noised_latents_and_target(model.objective, latents, torch.randn(latents.shape, generator=torch.Generator().manual_seed(2)), t, model.noise_scheduler)
@@ -246,11 +246,11 @@ def test_exports_reload_the_diffusers_way_and_reproduce_the_trainers_model(train
 def test_a_resumed_lora_run_ends_where_an_uninterrupted_one_does(trained, tmp_path):
     from safetensors.torch import load_file
 
-    from baton_trainer.trainer import RewardWeightedDiffusionTrainer
+    from baton_trainer.trainer import DiffusionTrainer
 
     def run(out, steps, resume=None):
         config = finetune_config(trained, "lora", output_dir=str(out), max_train_steps=steps, checkpointing_steps=2, resume_from_checkpoint=resume)
-        return RewardWeightedDiffusionTrainer(config).train()
+        return train(DiffusionTrainer(config))
 
     whole = load_file(run(tmp_path / "whole", 4) / "pytorch_lora_weights.safetensors")
     run(tmp_path / "split", 2)
@@ -261,10 +261,10 @@ def test_a_resumed_lora_run_ends_where_an_uninterrupted_one_does(trained, tmp_pa
 
 
 def test_bf16_autocast_trains_with_frozen_parts_in_bf16(trained, tmp_path, own_accelerator_state):
-    from baton_trainer.trainer import RewardWeightedDiffusionTrainer
+    from baton_trainer.trainer import DiffusionTrainer
 
-    trainer = RewardWeightedDiffusionTrainer(finetune_config(trained, "lora", output_dir=str(tmp_path / "bf16"), mixed_precision="bf16", max_train_steps=2))
-    summary = json.loads((trainer.train() / "train_summary.json").read_text())
+    trainer = DiffusionTrainer(finetune_config(trained, "lora", output_dir=str(tmp_path / "bf16"), mixed_precision="bf16", max_train_steps=2))
+    summary = json.loads((train(trainer) / "train_summary.json").read_text())
     assert np.isfinite(summary["final_loss"]) and all(p.dtype == torch.float32 for p in trainer.trainable_params)
     assert all(next(m.parameters()).dtype == torch.bfloat16 for m in trainer.backend.frozen_modules() if any(True for _ in m.parameters()))
 

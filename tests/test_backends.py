@@ -10,7 +10,7 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from helpers import save_preference, save_pretrain
+from helpers import save_preference, save_pretrain, train, training_data
 
 from baton_trainer.backends import load_backend
 from baton_trainer.backends.pipeline_tango import TangoPipeline
@@ -27,7 +27,7 @@ SEEDS = [3, 4]
 def trained(tmp_path_factory):
     """A tiny base model and, trained from it, a LoRA export and a full export."""
     from baton_trainer.stages.finetune import FinetuneConfig
-    from baton_trainer.trainer import RewardWeightedDiffusionTrainer
+    from baton_trainer.trainer import DiffusionTrainer
 
     root = tmp_path_factory.mktemp("backends")
     save_tiny_tango(root / "base")
@@ -39,7 +39,7 @@ def trained(tmp_path_factory):
             output_dir=str(root / mode), cache_dir=str(root / "cache"), train_batch_size=4, learning_rate=5e-2, max_train_steps=3,
             report_to="none", use_lora=mode == "lora", lora_rank=4, seed=1,
         )
-        RewardWeightedDiffusionTrainer(config).train()
+        train(DiffusionTrainer(config))
     return root
 
 

@@ -3,7 +3,7 @@ import math
 from pathlib import Path
 
 import pytest
-from helpers import preference_rows, save_preference
+from helpers import preference_rows, save_preference, train, training_data
 
 from baton_trainer.audio import AudioError, load_audio, save_wav
 from baton_trainer.data import (
@@ -72,16 +72,16 @@ def test_unicode_captions_are_fine():
 def test_unreadable_audio_names_the_row(tmp_path):
     from baton_trainer.testing import save_tiny_tango
     from baton_trainer.stages.finetune import FinetuneConfig
-    from baton_trainer.trainer import RewardWeightedDiffusionTrainer
+    from baton_trainer.trainer import DiffusionTrainer
 
     rows = preference_rows(4)
     rows["audio"][1] = {"bytes": b"definitely not a wav file", "path": "broken.wav"}
     build_dataset(rows).save_to_disk(str(tmp_path / "fb"))
     save_tiny_tango(tmp_path / "model")
     config = FinetuneConfig(run_dir=str(tmp_path), model=str(tmp_path / "model"), feedback_dataset=str(tmp_path / "fb"), report_to="none", max_train_steps=1)
-    trainer = RewardWeightedDiffusionTrainer(config)
+    trainer = DiffusionTrainer(config)
     with pytest.raises(AudioError, match=r"feedback: row \d, column 'audio': unreadable audio"):
-        trainer.load_data()
+        training_data(trainer)
 
 
 def test_mix_feedback_is_one_to_one():

@@ -46,7 +46,7 @@ def test_baton_loss_matches_plain_reimplementation(prediction_type, mode):
         weights,
         predp,
         denoising_target(scheduler, z0p, noisep, tp),
-        beta=0.7,
+        pretrain_weight=0.7,
         snr_fb=snr_weights(scheduler, t, 5.0, mode),
         snr_pt=snr_weights(scheduler, tp, 5.0, mode),
     )
@@ -68,7 +68,7 @@ def test_min_snr_differs_from_tango_form_for_v_prediction():
 def test_beta_zero_all_ones_weights_is_plain_loss():
     g = torch.Generator().manual_seed(1)
     pred, target = torch.randn(4, 8, generator=g), torch.randn(4, 8, generator=g)
-    loss, _ = baton_loss(pred, target, torch.ones(4), torch.randn(2, 8), torch.randn(2, 8), beta=0.0)
+    loss, _ = baton_loss(pred, target, torch.ones(4), torch.randn(2, 8), torch.randn(2, 8), pretrain_weight=0.0)
     assert loss.item() == pytest.approx(torch.nn.functional.mse_loss(pred, target).item(), rel=1e-6)
 
 
@@ -125,7 +125,7 @@ def test_dpo_loss_is_the_papers_equation_on_hand_made_losses():
     for mw, ml, rw, rl in zip(model_w, model_l, ref_w, ref_l):
         inside = -0.5 * beta * ((mw - ml) - (rw - rl))
         expected += math.log1p(math.exp(-inside)) / 2  # -log sigmoid(inside), averaged over the two pairs
-    loss, logs = dpo_loss(*(torch.tensor(v) for v in (model_w, model_l, ref_w, ref_l)), beta_dpo=beta)
+    loss, logs = dpo_loss(*(torch.tensor(v) for v in (model_w, model_l, ref_w, ref_l)), dpo_beta=beta)
     assert math.isclose(loss.item(), expected, rel_tol=1e-6)
     assert logs["dpo_accuracy"] == 0.5  # the first pair moved towards w, the second away
 
@@ -134,9 +134,9 @@ def test_dpo_lowering_the_preferred_clips_error_lowers_the_loss():
     from baton_trainer.losses import dpo_loss
 
     ref = torch.tensor([0.2, 0.2])
-    base, _ = dpo_loss(torch.tensor([0.2, 0.2]), torch.tensor([0.2, 0.2]), ref, ref, beta_dpo=100.0)
-    better, _ = dpo_loss(torch.tensor([0.19, 0.2]), torch.tensor([0.2, 0.2]), ref, ref, beta_dpo=100.0)
-    worse, _ = dpo_loss(torch.tensor([0.2, 0.2]), torch.tensor([0.19, 0.2]), ref, ref, beta_dpo=100.0)
+    base, _ = dpo_loss(torch.tensor([0.2, 0.2]), torch.tensor([0.2, 0.2]), ref, ref, dpo_beta=100.0)
+    better, _ = dpo_loss(torch.tensor([0.19, 0.2]), torch.tensor([0.2, 0.2]), ref, ref, dpo_beta=100.0)
+    worse, _ = dpo_loss(torch.tensor([0.2, 0.2]), torch.tensor([0.19, 0.2]), ref, ref, dpo_beta=100.0)
     assert better < base < worse
 
 
@@ -148,14 +148,14 @@ def test_dpo_and_kto_gradients_at_initialisation_take_the_documented_form():
 
     losses = torch.tensor([0.3, 0.1, 0.2])
     model_w, model_l = losses.clone().requires_grad_(), (losses + 0.05).requires_grad_()
-    loss, _ = dpo_loss(model_w, model_l, losses.clone(), losses + 0.05, beta_dpo=200.0)
+    loss, _ = dpo_loss(model_w, model_l, losses.clone(), losses + 0.05, dpo_beta=200.0)
     loss.backward()
     torch.testing.assert_close(model_w.grad, torch.full((3,), 200.0 / 4 / 3))
     torch.testing.assert_close(model_l.grad, torch.full((3,), -200.0 / 4 / 3))
 
     model = losses.clone().requires_grad_()
     desirable = torch.tensor([True, False, True])
-    loss, logs = kto_loss(model, losses.clone(), desirable, beta_kto=300.0, lambda_desirable=1.0, lambda_undesirable=2.0)
+    loss, logs = kto_loss(model, losses.clone(), desirable, kto_beta=300.0, lambda_desirable=1.0, lambda_undesirable=2.0)
     assert abs(loss.item() - (0.5 * 1 + 0.5 * 2 + 0.5 * 1) / 3) < 1e-6 and logs["kto_reference_point"] == 0.0
     loss.backward()
     torch.testing.assert_close(model.grad, torch.tensor([300.0 / 4 / 3, -2 * 300.0 / 4 / 3, 300.0 / 4 / 3]))
@@ -171,7 +171,7 @@ def test_kto_loss_is_the_authors_equation_with_its_reference_point():
     rewards = [r - m for m, r in zip(model, ref)]
     z = max(0.0, sum(rewards) / 4)
     expected = sum(1 - 1 / (1 + math.exp(-(1 if d else -1) * beta * (r - z))) for r, d in zip(rewards, desirable)) / 4
-    loss, logs = kto_loss(torch.tensor(model), torch.tensor(ref), torch.tensor(desirable).bool(), beta_kto=beta)
+    loss, logs = kto_loss(torch.tensor(model), torch.tensor(ref), torch.tensor(desirable).bool(), kto_beta=beta)
     assert math.isclose(loss.item(), expected, rel_tol=1e-6) and math.isclose(logs["kto_reference_point"], z, rel_tol=1e-6)
-    given, _ = kto_loss(torch.tensor(model), torch.tensor(ref), torch.tensor(desirable).bool(), beta_kto=beta, reference_point=0.0)
+    given, _ = kto_loss(torch.tensor(model), torch.tensor(ref), torch.tensor(desirable).bool(), kto_beta=beta, reference_point=0.0)
     assert not math.isclose(given.item(), expected)  # the reference point matters, and a given one is used

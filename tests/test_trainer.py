@@ -7,13 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import save_preference, save_pretrain
+from helpers import save_preference, save_pretrain, train, training_data
 from safetensors.torch import load_file
 
 from baton_trainer.backends.tango import TangoModel
 from baton_trainer.testing import save_tiny_audioldm2, save_tiny_stable_audio, save_tiny_stable_audio_3, save_tiny_tango
 from baton_trainer.stages.finetune import FinetuneConfig
-from baton_trainer.trainer import RewardWeightedDiffusionTrainer
+from baton_trainer.trainer import DiffusionTrainer
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +52,8 @@ def unet_state(folder: Path, denoiser: str = "unet") -> dict[str, torch.Tensor]:
 
 
 def test_training_lowers_loss_on_fixed_batch(world, tmp_path):
-    trainer = RewardWeightedDiffusionTrainer(make_config(world, tmp_path / "out", max_train_steps=12, weighting="ones", beta=0.0))
-    feedback, pretrain = trainer.load_data()
+    trainer = DiffusionTrainer(make_config(world, tmp_path / "out", max_train_steps=12, weighting="ones", pretrain_weight=0.0))
+    feedback, pretrain = training_data(trainer)
     # One batch holding the whole set and a fixed noise draw (step 0): the same loss before and after.
     feedback.captions, feedback.latents, feedback.text, feedback.weights = (
         feedback.captions[:4], feedback.latents[:4], feedback.text[:4], feedback.weights[:4],
@@ -68,11 +68,11 @@ def test_training_lowers_loss_on_fixed_batch(world, tmp_path):
 
 def test_lora_trains_only_adapter_and_export_reloads(world, tmp_path):
     config = make_config(world, tmp_path / "lora", use_lora=True, max_train_steps=3)
-    trainer = RewardWeightedDiffusionTrainer(config)
+    trainer = DiffusionTrainer(config)
     base = {k: v.clone() for k, v in trainer.backend.unet.state_dict().items() if "lora" not in k}
     lora_before = {k: v.clone() for k, v in trainer.backend.unet.state_dict().items() if "lora_B" in k}
-    out = trainer.train()
-    after = trainer.accelerator.unwrap_model(trainer.unet).state_dict()
+    out = train(trainer)
+    after = trainer.accelerator.unwrap_model(trainer.denoiser).state_dict()
     assert all(torch.equal(base[k], after[k]) for k in base), "a non-LoRA parameter changed"
     assert any(not torch.equal(lora_before[k], after[k]) for k in lora_before), "no LoRA parameter changed"
     assert json.loads((out / "baton_export.json").read_text())["mode"] == "lora"
@@ -88,18 +88,18 @@ def test_lora_trains_only_adapter_and_export_reloads(world, tmp_path):
 
 @pytest.mark.parametrize("use_lora", [False, True])
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(world, tmp_path, use_lora):
-    full = RewardWeightedDiffusionTrainer(make_config(world, tmp_path / "full", use_lora=use_lora))
-    full.train()
-    first = RewardWeightedDiffusionTrainer(make_config(world, tmp_path / "split", use_lora=use_lora, max_train_steps=2))
-    first.train()
+    full = DiffusionTrainer(make_config(world, tmp_path / "full", use_lora=use_lora))
+    train(full)
+    first = DiffusionTrainer(make_config(world, tmp_path / "split", use_lora=use_lora, max_train_steps=2))
+    train(first)
     assert (tmp_path / "split" / "checkpoints" / "checkpoint-2").is_dir()
-    second = RewardWeightedDiffusionTrainer(
+    second = DiffusionTrainer(
         make_config(world, tmp_path / "split", use_lora=use_lora, resume_from_checkpoint="latest")
     )
-    second.train()
+    train(second)
     assert second.global_step == 4
     if use_lora:
-        unet = second.accelerator.unwrap_model(second.unet)
+        unet = second.accelerator.unwrap_model(second.denoiser)
         assert unet.active_adapters() == ["default"]
         assert any(p.requires_grad for n, p in unet.named_parameters() if "lora" in n)
         a = load_file(str(tmp_path / "full" / "pytorch_lora_weights.safetensors"))
@@ -122,30 +122,30 @@ def test_epochs_count_passes_over_the_feedback_mix(world, tmp_path):
         "pretrain_term_alone": {"reward_dataset": str(reward), "weighting": "none"},
     }.items():
         config = make_config(world, tmp_path / name, max_train_steps=None, num_epochs=3, train_batch_size=2, pretrain_batch_size=4, **overrides)
-        trainer = RewardWeightedDiffusionTrainer(config)
-        steps[name] = trainer.num_training_steps(*trainer.load_data())
+        trainer = DiffusionTrainer(config)
+        steps[name] = trainer.num_training_steps(*training_data(trainer))
     assert steps == {"human_only": 3 * 8 // 2, "baton": 3 * 16 // 2, "pretrain_term_alone": 3 * 8 // 4}
 
 
 def test_a_run_resumed_at_its_final_step_finishes_and_reports_its_last_loss(world, tmp_path):
-    first = RewardWeightedDiffusionTrainer(make_config(world, tmp_path / "done", max_train_steps=2, checkpointing_steps=1))
-    first.train()
+    first = DiffusionTrainer(make_config(world, tmp_path / "done", max_train_steps=2, checkpointing_steps=1))
+    train(first)
     summary = json.loads((tmp_path / "done" / "train_summary.json").read_text())
-    again = RewardWeightedDiffusionTrainer(make_config(world, tmp_path / "done", max_train_steps=2, checkpointing_steps=1, resume_from_checkpoint="latest"))
-    again.train()  # no step is left to take
+    again = DiffusionTrainer(make_config(world, tmp_path / "done", max_train_steps=2, checkpointing_steps=1, resume_from_checkpoint="latest"))
+    train(again)  # no step is left to take
     resumed = json.loads((tmp_path / "done" / "train_summary.json").read_text())
     assert resumed["global_step"] == 2 and resumed["final_loss"] == summary["final_loss"] and np.isfinite(resumed["final_loss"])
 
 
 def test_checkpoint_limit_keeps_last_n(world, tmp_path):
-    trainer = RewardWeightedDiffusionTrainer(make_config(world, tmp_path / "ck", max_train_steps=4, checkpointing_steps=1, checkpoints_total_limit=2))
-    trainer.train()
+    trainer = DiffusionTrainer(make_config(world, tmp_path / "ck", max_train_steps=4, checkpointing_steps=1, checkpoints_total_limit=2))
+    train(trainer)
     assert sorted(p.name for p in (tmp_path / "ck" / "checkpoints").iterdir()) == ["checkpoint-3", "checkpoint-4"]
 
 
 def test_bf16_autocast_runs_on_cpu(world, tmp_path, own_accelerator_state):
-    trainer = RewardWeightedDiffusionTrainer(make_config(world, tmp_path / "bf16", mixed_precision="bf16", use_lora=True, max_train_steps=2))
-    out = trainer.train()
+    trainer = DiffusionTrainer(make_config(world, tmp_path / "bf16", mixed_precision="bf16", use_lora=True, max_train_steps=2))
+    out = train(trainer)
     summary = json.loads((out / "train_summary.json").read_text())
     assert np.isfinite(summary["final_loss"])
     assert all(p.dtype == torch.float32 for p in trainer.trainable_params)
@@ -153,11 +153,11 @@ def test_bf16_autocast_runs_on_cpu(world, tmp_path, own_accelerator_state):
 
 
 def test_cached_and_uncached_encodings_agree(world, tmp_path):
-    cached = RewardWeightedDiffusionTrainer(make_config(world, tmp_path / "c"))
-    fb_c, _ = cached.load_data()
+    cached = DiffusionTrainer(make_config(world, tmp_path / "c"))
+    fb_c, _ = training_data(cached)
     loss_c, _ = cached.training_loss(fb_c, None, 1, 0)
-    plain = RewardWeightedDiffusionTrainer(make_config(world, tmp_path / "u", cache_embeddings=False))
-    fb_u, _ = plain.load_data()
+    plain = DiffusionTrainer(make_config(world, tmp_path / "u", cache_embeddings=False))
+    fb_u, _ = training_data(plain)
     loss_u, _ = plain.training_loss(fb_u, None, 1, 0)
     assert loss_c.item() == pytest.approx(loss_u.item(), rel=1e-4)
 

@@ -3,11 +3,13 @@
     accelerate launch -m baton_trainer finetune --run_dir RUN --model declare-lab/tango-full-ft-audiocaps
 
 Human-rated clips (RUN/feedback) mixed 1:1 with reward-labelled ones (RUN/reward_labeled) weight
-the model's own denoising loss, and beta times the same loss on pretraining clips keeps it close to
-its data (Eq. 7, `baton_trainer.losses.baton_loss`); `--objective dpo|kto|reward_ranked` trains the
-same ratings with Diffusion-DPO, Diffusion-KTO or reward-ranked fine-tuning instead. The loop is
-`RewardWeightedDiffusionTrainer.train` in `baton_trainer.trainer`. RUN/aligned holds the export
-(LoRA adapter or UNet), its checkpoints, logs, `finetune_config.json` and `versions.json`.
+the model's own denoising loss, and `pretrain_weight` (the paper's beta) times the same loss on
+pretraining clips keeps it close to its data (Eq. 7, `baton_trainer.objectives.baton`);
+`--objective dpo|kto|reward_ranked` trains the same ratings with Diffusion-DPO, Diffusion-KTO or
+reward-ranked fine-tuning instead (`baton_trainer.objectives`). This module loads and mixes the data
+(`load_training_data`); the loop is `DiffusionTrainer.train` in `baton_trainer.trainer`. RUN/aligned
+holds the export (LoRA adapter or full denoiser), its training checkpoints, logs,
+`finetune_config.json`, `versions.json` and `train_summary.json`.
 """
 
 from __future__ import annotations
@@ -15,14 +17,20 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from ..layout import RunLayout
 from ..losses import SnrMode
 
+if TYPE_CHECKING:
+    from ..latent_cache import EncodedSet, PairedSet
+
 
 @dataclass
 class FinetuneConfig:
+    # Renamed keys (old -> new): "beta" meant three things; the old names work for one release.
+    RENAMED_KEYS: ClassVar[dict[str, str]] = {"beta": "pretrain_weight", "beta_dpo": "dpo_beta", "beta_kto": "kto_beta"}
+
     run_dir: str = field(default="runs/baton", metadata={"help": "run folder; the other paths default inside it"})
     model: str = field(default="declare-lab/tango-full-ft-audiocaps", metadata={"help": "base model: folder or Hub id"})
     feedback_dataset: str | None = field(default=None, metadata={"help": "human-rated preference data (default RUN/feedback; 'none': no human-rated rows)", "none_turns_off": True})
@@ -33,13 +41,13 @@ class FinetuneConfig:
     weighting: Literal["reward", "ones", "none"] = field(
         default="reward", metadata={"help": "feedback weights w_i: the rewards, all ones (ablation), or no feedback term"}
     )
-    objective: Literal["baton", "dpo", "kto", "reward_ranked"] = field(
+    objective: str = field(
         default="baton",
-        metadata={"help": "baton (Eq. 7) | dpo (Diffusion-DPO on aligned x not-aligned pairs) | kto (Diffusion-KTO on per-clip labels) | reward_ranked (plain loss on the best clips)"},
+        metadata={"help": "baton (Eq. 7) | dpo (Diffusion-DPO on aligned x not-aligned pairs) | kto (Diffusion-KTO on per-clip labels) | reward_ranked (plain loss on the best clips); the classes are in baton_trainer/objectives"},
     )
-    beta: float = field(default=0.5, metadata={"help": "weight of the pretraining term (paper 0.5), added to every objective"})
-    beta_dpo: float = field(default=2000.0, metadata={"help": "Diffusion-DPO's beta (Tango 2's 2000)"})
-    beta_kto: float = field(default=1000.0, metadata={"help": "Diffusion-KTO's beta (its authors' default 1000)"})
+    pretrain_weight: float = field(default=0.5, metadata={"help": "weight of the pretraining term (the paper's beta, 0.5), added to every objective"})
+    dpo_beta: float = field(default=2000.0, metadata={"help": "Diffusion-DPO's beta (Tango 2's 2000)"})
+    kto_beta: float = field(default=1000.0, metadata={"help": "Diffusion-KTO's beta (its authors' default 1000)"})
     kto_lambda_desirable: float = 1.0
     kto_lambda_undesirable: float = 1.0
     max_pairs_per_caption: int = field(default=8, metadata={"help": "DPO: at most this many (aligned, not aligned) pairs per caption"})
@@ -93,7 +101,7 @@ class FinetuneConfig:
         self.pretrain_batch_size = self.pretrain_batch_size or self.train_batch_size
         if self.report_to in ("none", ""):
             self.report_to = None
-        for name in ("learning_rate", "beta", "mix_ratio", "snr_gamma", "beta_dpo", "beta_kto", "kto_lambda_desirable", "kto_lambda_undesirable"):
+        for name in ("learning_rate", "pretrain_weight", "mix_ratio", "snr_gamma", "dpo_beta", "kto_beta", "kto_lambda_desirable", "kto_lambda_undesirable"):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
                 raise ValueError(f"config key '{name}' must be a finite number >= 0, got {value}")
@@ -105,7 +113,11 @@ class FinetuneConfig:
             raise ValueError(f"config key 'reward_threshold' must be a finite number, got {self.reward_threshold}")
         if self.cfg_dropout is not None and not 0 <= self.cfg_dropout < 1:
             raise ValueError(f"config key 'cfg_dropout' must be a number in [0, 1), got {self.cfg_dropout}")
-        if self.objective != "baton" and self.weighting == "none":
+        from ..objectives import OBJECTIVES  # here, not at the top: `--help` stays free of the model stack
+
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"config key 'objective' must be one of {list(OBJECTIVES)}, got {self.objective!r}")
+        if OBJECTIVES[self.objective].needs_feedback and self.weighting == "none":
             raise ValueError(f"objective {self.objective!r} learns from the ratings: weighting 'none' leaves it nothing to learn from")
         for name in ("train_batch_size", "gradient_accumulation_steps", "num_epochs", "checkpointing_steps", "max_pairs_per_caption"):
             if getattr(self, name) < 1:
@@ -128,12 +140,46 @@ class FinetuneConfig:
         return human, reward
 
 
-def finetune(config: FinetuneConfig) -> Path:
-    """Feedback (+ reward-rated) clips and a pretrain set -> RUN/aligned/."""
-    from ..backends import EXPORT_FILE
-    from ..trainer import RewardWeightedDiffusionTrainer
+def load_training_data(config: FinetuneConfig, objective, latent_cache) -> tuple[EncodedSet | PairedSet | None, EncodedSet | None]:
+    """The encoded feedback and pretraining data of a run: human-rated rows (or Audio-Alpaca-schema
+    pairs) mixed with reward-rated ones, the objective's selection of them (`objective.select`:
+    rows, weights w_i, pairs), and the pretraining set for the pretraining term."""
+    import torch
 
-    trainer = RewardWeightedDiffusionTrainer(config)
-    out = trainer.train()
+    from ..data import load_pairwise_dataset, load_preference_dataset, load_pretrain_dataset, mix_feedback, pairwise_to_preference
+    from ..latent_cache import PairedSet
+
+    feedback = None
+    if config.weighting != "none":
+        human_source, reward_source = config.feedback_sources()
+        if config.pairwise_dataset:  # Audio-Alpaca-schema pairs: chosen rated aligned, rejected not
+            human = pairwise_to_preference(load_pairwise_dataset(config.pairwise_dataset))
+        else:
+            human = load_preference_dataset(human_source) if human_source else None
+        reward = load_preference_dataset(reward_source) if reward_source else None
+        if human is None and reward is None:
+            raise FileNotFoundError("no feedback data: feedback_dataset is 'none' and no reward_dataset is there")
+        rated = reward if human is None else mix_feedback(human, reward, config.mix_ratio, config.seed)
+        rows = objective.select(rated)
+        feedback = latent_cache.encode(rows.dataset, rows.weights, "feedback")
+        if rows.pairs:
+            feedback = PairedSet(feedback.subset([w for w, _ in rows.pairs]), feedback.subset([l for _, l in rows.pairs]))
+    pretrain = None
+    if config.pretrain_weight > 0 and config.pretrain_dataset:
+        ds = load_pretrain_dataset(config.pretrain_dataset)
+        pretrain = latent_cache.encode(ds, torch.ones(len(ds)), "pretrain")
+    if feedback is None and pretrain is None:
+        raise ValueError("nothing to train on: weighting 'none' needs a pretrain_dataset and pretrain_weight > 0")
+    return feedback, pretrain
+
+
+def finetune(config: FinetuneConfig, backend=None) -> Path:
+    """Feedback (+ reward-rated) clips and a pretrain set -> RUN/aligned/. `backend`: an already
+    loaded model to train (an online round passes the previous round's), else `config.model`."""
+    from ..backends.base import EXPORT_FILE
+    from ..trainer import DiffusionTrainer
+
+    trainer = DiffusionTrainer(config, backend=backend)
+    out = trainer.train(*load_training_data(config, trainer.objective, trainer.latent_cache))
     trainer.accelerator.print(f"aligned model written to {out} ({EXPORT_FILE}: base {config.model})")
     return out
