@@ -29,6 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..atomic import atomic_write_json
+
 EXPORT_FILE = "baton_export.json"
 
 
@@ -315,6 +317,9 @@ class TextToAudioBackend(ABC):
         """Export what was trained: a LoRA adapter (`mode="lora"`) or the full denoiser (`"full"`)."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
+        # The marker says "this folder is a whole export": off before the first file is written,
+        # on (atomically) after the last, so a kill in between never leaves a folder that passes.
+        (folder / EXPORT_FILE).unlink(missing_ok=True)
         if mode == "lora":
             from diffusers.loaders.lora_base import LoraBaseMixin
             from diffusers.utils import convert_state_dict_to_diffusers
@@ -332,7 +337,7 @@ class TextToAudioBackend(ABC):
             self.unet.save_pretrained(str(folder / self.denoiser_name), safe_serialization=True)
         else:
             raise ValueError(f"unknown export mode '{mode}' (expected lora or full)")
-        (folder / EXPORT_FILE).write_text(json.dumps({"mode": mode, "base": base}, indent=2))
+        atomic_write_json(folder / EXPORT_FILE, {"mode": mode, "base": base})
 
     def _export_mode(self, folder: Path) -> str:
         from ..checkpoints import load_pretrained

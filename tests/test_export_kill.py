@@ -1,0 +1,119 @@
+"""A fine-tune killed during its export never leaves a folder that a stage accepts as an export.
+
+A child process exports a tiny model's adapter and is killed (SIGKILL) at its k-th file write into
+the export folder, for every k: each write (a file opened for writing, a rename, a removal, a
+safetensors file) is seen through an audit hook. After each kill the folder must either fail every
+reader's check (no export marker: loading it as an export is refused) or be a whole export, byte
+for byte: the new one, or the previous one untouched when the kill came before its first change. It runs into an empty folder and over a previous, different, complete export (whose
+marker must not vouch for the new half-written files).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from helpers import save_preference, save_pretrain  # noqa: E402
+
+CHILD = r"""
+import os, signal, sys
+from pathlib import Path
+import safetensors.torch
+from baton_trainer.stages.finetune import FinetuneConfig
+from baton_trainer.trainer import DiffusionTrainer
+
+kill_at, world, out, seed = int(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+config = FinetuneConfig(run_dir=str(world / "run"), model=str(world / "tango"), feedback_dataset=str(world / "feedback"), reward_dataset="none",
+                        pretrain_dataset=str(world / "pretrain"), output_dir=out, cache_dir=str(world / "cache"), use_lora=True, lora_rank=4,
+                        report_to="none", duration_s=0.32, seed=seed)
+trainer = DiffusionTrainer(config)
+writes = 0
+
+def write(what):
+    global writes
+    writes += 1
+    if writes == kill_at:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+def hook(event, args):
+    if event == "open" and str(args[0]).startswith(out) and (args[1] is None or any(c in str(args[1]) for c in "wax+")):
+        if args[1] is not None or (args[2] or 0) & (os.O_WRONLY | os.O_RDWR):
+            write(args[0])
+    elif event in ("os.rename", "os.remove") and any(str(a).startswith(out) for a in args[:2]):
+        write(args[0])
+
+save_file = safetensors.torch.save_file
+def counted_save_file(tensors, filename, *a, **k):  # safetensors writes from native code: no audit event
+    if str(filename).startswith(out):
+        write(filename)
+    return save_file(tensors, filename, *a, **k)
+safetensors.torch.save_file = counted_save_file
+sys.addaudithook(hook)
+trainer.export({"global_step": 0})
+print("WRITES", writes)
+"""
+
+
+def export_in_child(world: Path, out: Path, kill_at: int, seed: int = 0) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", CHILD, str(kill_at), str(world), str(out), str(seed)], capture_output=True, text=True, timeout=300,
+                          env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+
+
+def accepted_as_export(world: Path, out: Path) -> bool:
+    """Whether the readers take `out` as an export: the run stage's and online rounds' marker check,
+    and the backend loader every other stage goes through (it refuses a folder without the marker)."""
+    from baton_trainer.backends import EXPORT_FILE, load_backend
+
+    marked = (out / EXPORT_FILE).is_file()
+    try:
+        load_backend(str(world / "tango"), export=str(out))
+        loads = True
+    except (FileNotFoundError, ValueError, OSError):
+        loads = False
+    assert marked == loads, f"the marker check ({marked}) and the loader ({loads}) disagree on {out}"
+    return loads
+
+
+def folder_bytes(folder: Path) -> dict[str, bytes]:
+    """Every file of an export but its config (which names the folder itself), by relative path."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".") and p.name != "finetune_config.json")
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in files}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("previous", [False, True], ids=["empty-folder", "over-a-previous-export"])
+def test_an_export_killed_at_any_write_is_never_taken_for_an_export(tmp_path, previous):
+    from baton_trainer.testing import save_tiny_tango
+
+    world = tmp_path / "world"
+    save_tiny_tango(world / "tango")
+    save_preference(world / "feedback", n=4)
+    save_pretrain(world / "pretrain", n=4)
+    whole = tmp_path / "whole"
+    done = export_in_child(world, str(whole), kill_at=0)
+    assert done.returncode == 0, done.stderr[-2000:]
+    writes = int(done.stdout.split("WRITES")[-1].split()[0])
+    assert writes >= 5  # the marker's removal and write, the config, versions and summary, the adapter
+    expected = folder_bytes(whole)
+    older = tmp_path / "older"
+    if previous:  # a complete export of another model (another seed: other adapter weights)
+        assert export_in_child(world, str(older), kill_at=0, seed=1).returncode == 0
+        assert folder_bytes(older) != expected
+    for k in range(1, writes + 1):
+        out = tmp_path / f"killed_{k}"
+        if previous:
+            shutil.copytree(older, out)
+        result = export_in_child(world, str(out), kill_at=k)
+        assert result.returncode == -9, f"write {k}: the child was not killed ({result.returncode}): {result.stderr[-2000:]}"
+        if accepted_as_export(world, out):  # the whole new export, or (killed before its first change) the old one untouched
+            wholes = [expected, folder_bytes(older)] if previous else [expected]
+            assert folder_bytes(out) in wholes, f"killed at write {k} of {writes}: {out} passes as an export but is no whole export"
+        shutil.rmtree(out, ignore_errors=True)  # a kill at the first write can come before the folder exists
+    assert accepted_as_export(world, whole)
+    assert json.loads((whole / "train_summary.json").read_text())["global_step"] == 0
