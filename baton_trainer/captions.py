@@ -133,8 +133,7 @@ def make_caption(labels: Sequence[str], task: str, rng_or_conjunction: Any = Non
         conjunction = random.Random(int(rng_or_conjunction)).choice(choices)
     else:
         raise CaptionError(
-            f"rng_or_conjunction must be a random.Random, numpy Generator, int seed or conjunction string, "
-            f"got {type(rng_or_conjunction).__name__}"
+            f"rng_or_conjunction must be a random.Random, numpy Generator, int seed or conjunction string, got {type(rng_or_conjunction).__name__}"
         )
     return _sentence_case(_template_for(conjunction, task).format(*labels))
 
@@ -192,10 +191,7 @@ class CaptionRewriter:
     otherwise the template caption is kept. Generation is greedy, so reruns give the same text.
     """
 
-    PROMPT = (
-        "Rewrite the sound description as one short, natural sentence. Keep every sound name "
-        "word for word{order}.\nDescription: {caption}\nSentence:"
-    )
+    PROMPT = "Rewrite the sound description as one short, natural sentence. Keep every sound name word for word{order}.\nDescription: {caption}\nSentence:"
 
     def __init__(self, model: str, device: str | None = None, max_new_tokens: int = 40):
         from transformers import pipeline
@@ -206,9 +202,7 @@ class CaptionRewriter:
     def __call__(self, caption: str, labels: Sequence[str], task: str) -> str:
         order = " and in the same order" if task == "temporal" else ""
         prompt = self.PROMPT.format(caption=caption, order=order)
-        out = self.generator(
-            prompt, max_new_tokens=self.max_new_tokens, do_sample=False, return_full_text=False
-        )[0]["generated_text"]
+        out = self.generator(prompt, max_new_tokens=self.max_new_tokens, do_sample=False, return_full_text=False)[0]["generated_text"]
         rewritten = " ".join(out.strip().splitlines()[0].split()) if out.strip() else ""
         rewritten = rewritten.strip(" \"'")
         if not rewritten or not caption_keeps_labels(rewritten, labels, ordered=task == "temporal"):
@@ -254,8 +248,7 @@ def generate_captions(
         k = TASK_LABEL_COUNTS[task]
         if count > _max_groups(len(labels), task):
             raise CaptionError(
-                f"{count} {task} captions asked for, but {len(labels)} labels give only "
-                f"{_max_groups(len(labels), task)} distinct {k}-label groups"
+                f"{count} {task} captions asked for, but {len(labels)} labels give only {_max_groups(len(labels), task)} distinct {k}-label groups"
             )
         made, attempts = 0, 0
         task_rows: list[dict[str, Any]] = []

@@ -51,9 +51,17 @@ def reward_model_card(folder: Path, repo_id: str, license: str, base_model: str 
     table = "\n".join(["| split | clips | accuracy | AUC | BCE |", "|---|---|---|---|---|", *rows]) if rows else "No metrics recorded."
     overall = validation.get("overall", {})
     eval_results = [
-        EvalResult(task_type="text-audio-reward", dataset_type="baton-ratings", dataset_name=f"held-out captions of {feedback}",
-                   dataset_split="validation", metric_type=key, metric_name=name, metric_value=float(overall[key]))
-        for key, name in (("accuracy", "accuracy"), ("auc", "ROC AUC")) if overall.get(key) is not None
+        EvalResult(
+            task_type="text-audio-reward",
+            dataset_type="baton-ratings",
+            dataset_name=f"held-out captions of {feedback}",
+            dataset_split="validation",
+            metric_type=key,
+            metric_name=name,
+            metric_value=float(overall[key]),
+        )
+        for key, name in (("accuracy", "accuracy"), ("auc", "ROC AUC"))
+        if overall.get(key) is not None
     ]
     head = "sigmoid(w * CLAP cosine + b)" if model_config.get("head_type") == "cosine_logistic" else "Linear -> ReLU -> Linear -> sigmoid"
     data = ModelCardData(
@@ -67,9 +75,16 @@ def reward_model_card(folder: Path, repo_id: str, license: str, base_model: str 
     )
     split = metrics.get("split", {})
     return ModelCard.from_template(
-        data, template_path=str(TEMPLATES / "reward_model.md"), clap=clap, head=head, feedback=feedback,
-        validation_captions=format_number(split.get("validation_captions")), validation_clips=format_number(split.get("validation_clips")),
-        metrics_table=table, repo_id=repo_id, license=license,
+        data,
+        template_path=str(TEMPLATES / "reward_model.md"),
+        clap=clap,
+        head=head,
+        feedback=feedback,
+        validation_captions=format_number(split.get("validation_captions")),
+        validation_clips=format_number(split.get("validation_clips")),
+        metrics_table=table,
+        repo_id=repo_id,
+        license=license,
     )
 
 
@@ -92,9 +107,12 @@ def aligned_model_card(folder: Path, repo_id: str, license: str, base_model: str
             cells = [format_number(evaluation[m][key] * scale, 2) if isinstance(evaluation[m].get(key), (int, float)) else "n/a" for m in models]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         info = evaluation.get("info", {})
-        lines += ["", f"On {info.get('clips_per_model', '?')} clips per model of the `{info.get('captions', '?')}` captions, "
-                  f"{info.get('steps', '?')} sampling steps, guidance {info.get('guidance', '?')}, seed {info.get('seed', '?')}; "
-                  "definitions in the run's `eval/report.md`."]
+        lines += [
+            "",
+            f"On {info.get('clips_per_model', '?')} clips per model of the `{info.get('captions', '?')}` captions, "
+            f"{info.get('steps', '?')} sampling steps, guidance {info.get('guidance', '?')}, seed {info.get('seed', '?')}; "
+            "definitions in the run's `eval/report.md`.",
+        ]
         table = "\n".join(lines)
     else:
         table = "No evaluation was found in the run folder."
@@ -102,9 +120,16 @@ def aligned_model_card(folder: Path, repo_id: str, license: str, base_model: str
     dataset_name = "AudioCaps test captions (BATON 2- and 3-label lists)" if captions == "paper" else f"held-out captions ({captions or 'run'})"
     aligned = evaluation.get("aligned", {}) if "aligned" in models else {}
     eval_results = [
-        EvalResult(task_type="text-to-audio", dataset_type="baton-eval", dataset_name=dataset_name, metric_type=key,
-                   metric_name=CARD_METRICS[key][0], metric_value=float(aligned[key]))
-        for key in shown if isinstance(aligned.get(key), (int, float))
+        EvalResult(
+            task_type="text-to-audio",
+            dataset_type="baton-eval",
+            dataset_name=dataset_name,
+            metric_type=key,
+            metric_name=CARD_METRICS[key][0],
+            metric_value=float(aligned[key]),
+        )
+        for key in shown
+        if isinstance(aligned.get(key), (int, float))
     ]
     data = ModelCardData(
         license=license,
@@ -116,8 +141,14 @@ def aligned_model_card(folder: Path, repo_id: str, license: str, base_model: str
     )
     mode = {"lora": "a LoRA adapter of the denoiser", "full": "the fine-tuned denoiser"}.get(export.get("mode"), "the trained export")
     return ModelCard.from_template(
-        data, template_path=str(TEMPLATES / "aligned_model.md"), base=base or "the base model", mode=mode, feedback=feedback,
-        evaluation=table, repo_id=repo_id, license=license,
+        data,
+        template_path=str(TEMPLATES / "aligned_model.md"),
+        base=base or "the base model",
+        mode=mode,
+        feedback=feedback,
+        evaluation=table,
+        repo_id=repo_id,
+        license=license,
     )
 
 
@@ -136,8 +167,12 @@ def dataset_card(ds, repo_id: str, license: str, split: str):
         size_categories=["n<1K" if len(ds) < 1000 else "1K<n<10K" if len(ds) < 10_000 else "10K<n<100K"],
     )
     return DatasetCard.from_template(
-        data, template_path=str(TEMPLATES / "dataset.md"), rows=len(ds),
+        data,
+        template_path=str(TEMPLATES / "dataset.md"),
+        rows=len(ds),
         count_rows="\n".join(f"| {k} | {v} |" for k, v in sorted(counts.items())) or "| (none) | 0 |",
         task_rows="\n".join(f"| {k} | {v} |" for k, v in sorted(tasks.items())) or "| (none) | 0 |",
-        repo_id=repo_id, split=split, license=license,
+        repo_id=repo_id,
+        split=split,
+        license=license,
     )

@@ -41,7 +41,7 @@ class ClapEmbedder:
         device: str | torch.device | None = None,
         batch_size: int = 16,
     ):
-        from .checkpoints import load_pretrained
+        from .weight_files import load_pretrained
 
         if isinstance(model, ClapModel):
             self.model = model
@@ -94,12 +94,8 @@ class ClapEmbedder:
             return torch.zeros(0, self.dim)
         chunks = []
         for start in range(0, len(texts), self.batch_size):
-            batch = self.processor.tokenizer(
-                texts[start : start + self.batch_size], padding=True, truncation=True, return_tensors="pt"
-            )
-            out = self.model.get_text_features(
-                input_ids=batch["input_ids"].to(self.device), attention_mask=batch["attention_mask"].to(self.device)
-            )
+            batch = self.processor.tokenizer(texts[start : start + self.batch_size], padding=True, truncation=True, return_tensors="pt")
+            out = self.model.get_text_features(input_ids=batch["input_ids"].to(self.device), attention_mask=batch["attention_mask"].to(self.device))
             chunks.append(pooled_embedding(out))
         return F.normalize(torch.cat(chunks).float(), dim=-1).cpu()
 
@@ -111,9 +107,7 @@ class ClapEmbedder:
             return torch.zeros(0, self.dim)
         chunks = []
         for start in range(0, len(waveforms), self.batch_size):
-            features = self.processor.feature_extractor(
-                waveforms[start : start + self.batch_size], sampling_rate=CLAP_SAMPLE_RATE, return_tensors="pt"
-            )
+            features = self.processor.feature_extractor(waveforms[start : start + self.batch_size], sampling_rate=CLAP_SAMPLE_RATE, return_tensors="pt")
             kwargs = {"input_features": features["input_features"].to(self.device)}
             if "is_longer" in features:
                 kwargs["is_longer"] = features["is_longer"].to(self.device)
@@ -150,6 +144,13 @@ def clap_feature_extractor():
     from transformers import ClapFeatureExtractor
 
     return ClapFeatureExtractor(
-        feature_size=64, sampling_rate=CLAP_SAMPLE_RATE, hop_length=480, max_length_s=10, fft_window_size=1024,
-        frequency_min=50, frequency_max=14_000, truncation="rand_trunc", padding="repeatpad",
+        feature_size=64,
+        sampling_rate=CLAP_SAMPLE_RATE,
+        hop_length=480,
+        max_length_s=10,
+        fft_window_size=1024,
+        frequency_min=50,
+        frequency_max=14_000,
+        truncation="rand_trunc",
+        padding="repeatpad",
     )

@@ -124,9 +124,7 @@ def build_config(cls: type[T], values: dict[str, Any], prefix: str = "") -> T:
     values = _renamed(cls, values, prefix)
     unknown = sorted(set(values) - names)
     if unknown:
-        raise ConfigError(
-            f"unknown config key '{prefix}{unknown[0]}' for {cls.__name__} (known: {', '.join(sorted(names))})"
-        )
+        raise ConfigError(f"unknown config key '{prefix}{unknown[0]}' for {cls.__name__} (known: {', '.join(sorted(names))})")
     switches = {f.name for f in dataclasses.fields(cls) if f.metadata.get("none_turns_off")}
     kwargs = {
         # For these keys 'none' is a value (turn the source off), not an empty setting that falls back to the default.
@@ -151,7 +149,9 @@ def _renamed(cls: type, values: dict[str, Any], prefix: str) -> dict[str, Any]:
         if old in values:
             if new in values:
                 raise ConfigError(f"config keys '{prefix}{old}' and '{prefix}{new}' are the same setting: give only '{prefix}{new}'")
-            warnings.warn(f"config key '{prefix}{old}' is deprecated: use '{prefix}{new}' (the old name works until the next release)", FutureWarning, stacklevel=3)
+            warnings.warn(
+                f"config key '{prefix}{old}' is deprecated: use '{prefix}{new}' (the old name works until the next release)", FutureWarning, stacklevel=3
+            )
             values[new] = values.pop(old)
     return values
 

@@ -52,9 +52,7 @@ def build_dataset(columns: dict[str, list[Any]], features: Features = PREFERENCE
     needs no decoder.
     """
     audio_columns = [name for name, feature in features.items() if isinstance(feature, Audio)]
-    plain = Features(
-        {name: ({"bytes": Value("binary"), "path": Value("string")} if name in audio_columns else feature) for name, feature in features.items()}
-    )
+    plain = Features({name: ({"bytes": Value("binary"), "path": Value("string")} if name in audio_columns else feature) for name, feature in features.items()})
     ds = Dataset.from_dict(columns, features=plain)
     for name in audio_columns:
         ds = ds.cast_column(name, features[name])
@@ -138,7 +136,7 @@ def load_preference_dataset(source: str | Path, split: str = "train", validate: 
 
 
 def load_pretrain_dataset(source: str | Path, split: str = "train") -> Dataset:
-    """(caption, audio) pairs for the beta term: a folder, parquet file, or Hub id."""
+    """(caption, audio) pairs for the pretraining term (`pretrain_weight`): a folder, parquet file, or Hub id."""
     ds = _load_any(source, split)
     for column in ("caption", "audio"):
         if column not in ds.column_names:
@@ -241,7 +239,7 @@ def _saved_rows(folder: Path) -> int:
 
 
 # ----------------------------------------------------------------------------------------------
-# Pairs and selections for the other objectives (DESIGN section 9)
+# Pairs and selections for the other objectives (docs/method.md, "Other objectives on the same ratings")
 
 PAIRWISE_COLUMNS = ("prompt", "chosen", "rejected")  # Audio-Alpaca's schema (declare-lab/audio-alpaca), plus "strategy"
 
@@ -270,10 +268,10 @@ def preference_pairs(ds: Dataset, max_pairs_per_caption: int = 8, seed: int = 0,
     pairs: list[tuple[int, int]] = []
     for caption in sorted(by_caption):
         rows = by_caption[caption]
-        candidates = [(w, l) for w in rows if feedback[w] == 1 for l in rows if feedback[l] == 0]
+        candidates = [(chosen, rejected) for chosen in rows if feedback[chosen] == 1 for rejected in rows if feedback[rejected] == 0]
         if min_reward_gap is not None:
             unrated = [r for r in rows if feedback[r] == -1]
-            candidates += [(w, l) for w in unrated for l in unrated if reward[w] - reward[l] >= min_reward_gap]
+            candidates += [(chosen, rejected) for chosen in unrated for rejected in unrated if reward[chosen] - reward[rejected] >= min_reward_gap]
         if len(candidates) > max_pairs_per_caption:
             keep = rng.choice(len(candidates), size=max_pairs_per_caption, replace=False)
             candidates = [candidates[i] for i in sorted(keep.tolist())]

@@ -149,7 +149,10 @@ class DenoisingDraw:
         backend = self.backend
         with self.accelerator.autocast():
             return denoiser(
-                noised.noisy.to(self.input_dtype), backend.denoiser_timestep(noised.timesteps), **noised.text.unet_kwargs(), **backend.denoiser_kwargs(noised.noisy)
+                noised.noisy.to(self.input_dtype),
+                backend.denoiser_timestep(noised.timesteps),
+                **noised.text.as_kwargs(),
+                **backend.denoiser_kwargs(noised.noisy),
             ).sample
 
     def snr(self, timesteps: torch.Tensor) -> torch.Tensor | None:

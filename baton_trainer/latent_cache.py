@@ -4,7 +4,7 @@ cached on disk, so epochs 2..N skip the VAE and the text encoder.
 The cache key holds everything that changes an encoding: the backend's fingerprint (encoders, their
 dtypes, the mel front end), the clip length, the captions and the data's fingerprint. Cached
 latents made at another precision or from other preprocessing are never reused (kohya-ss 1413 had
-NaNs from exactly that; PITFALLS.md).
+NaNs from exactly that: kohya-ss/sd-scripts issue 1413).
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ class LatentCache:
     """Encodes preference or pretraining datasets with a backend's encoders, through a disk cache.
 
     Only the main process encodes and writes; the others wait at a barrier and read the file, so
-    every collective runs on every rank (a rank-gated collective hangs DDP: PITFALLS.md)."""
+    every collective runs on every rank (a rank-gated collective hangs DDP: TRL issues 1270 and 2090, ddpo-pytorch issue 13)."""
 
     def __init__(self, backend: TextToAudioBackend, accelerator, folder: str | os.PathLike, duration_s: float, enabled: bool = True):
         self.backend = backend
@@ -73,9 +73,7 @@ class LatentCache:
         sr = self.backend.sample_rate
         samples = int(round(self.duration_s * sr))
         rows = ds.with_format("arrow")["audio"].to_pylist()
-        return torch.stack(
-            [torch.from_numpy(crop_or_pad(load_audio(a, sr, what=f"{name}: row {i}, column 'audio'")[0], samples)) for i, a in enumerate(rows)]
-        )
+        return torch.stack([torch.from_numpy(crop_or_pad(load_audio(a, sr, what=f"{name}: row {i}, column 'audio'")[0], samples)) for i, a in enumerate(rows)])
 
     def key(self, captions: list[str], ds) -> str:
         h = hashlib.sha256()

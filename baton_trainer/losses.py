@@ -127,7 +127,7 @@ def baton_loss(
     return loss, logs
 
 
-# -- objectives that learn from the same ratings (DESIGN section 9) --------------------------------
+# -- objectives that learn from the same ratings (docs/method.md) ---------------------------------
 # Each takes per-sample denoising losses l = per_sample_mse(pred, target) (times the SNR weight
 # where the model trains with one) of the trained model and of a frozen reference (the base model)
 # at the same noise and timestep, and returns (loss, logs). BATON's pretraining term is added on

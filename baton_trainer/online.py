@@ -66,8 +66,14 @@ def judge_round(config: RoundsConfig, configs: dict[str, Any], export: Path, fol
     # the training captions, so that choosing the best round never looks at the held-out captions
     # the final evaluation reports on.
     gen = dataclasses.replace(
-        configs["generate"], export=str(export), captions_file=str(config.layout().captions), split=config.judge_split,
-        clips_per_caption=config.judge_clips_per_caption, max_captions=config.judge_captions, seed=config.seed + 2000, out_dir=str(folder / "judge_clips"),
+        configs["generate"],
+        export=str(export),
+        captions_file=str(config.layout().captions),
+        split=config.judge_split,
+        clips_per_caption=config.judge_clips_per_caption,
+        max_captions=config.judge_captions,
+        seed=config.seed + 2000,
+        out_dir=str(folder / "judge_clips"),
     )
     clips_folder = generate(gen)
     rows, clips = read_clips(clips_folder, 16000)
@@ -98,9 +104,9 @@ def train_round(config: RoundsConfig, configs: dict[str, Any], r: int, previous:
     from .backends import EXPORT_FILE, load_backend
     from .data import load_preference_dataset, save_dataset_atomic
     from .stages.export import export_feedback
+    from .stages.finetune import finetune as finetune_stage
     from .stages.generate import generate
     from .stages.label import label_unrated
-    from .stages.finetune import finetune as finetune_stage
 
     layout = config.layout()
     folder = layout.round_folder(r)
@@ -114,7 +120,9 @@ def train_round(config: RoundsConfig, configs: dict[str, Any], r: int, previous:
         from .toyworld.loop import oracle_ratings_of
 
         oracle_ratings_of(generations, folder / "annotations.sqlite", config.round_ratings, config.oracle_error_rate, config.oracle_skip_rate, config.seed + r)
-        export_feedback(ExportConfig(run_dir=str(layout.root), store=str(folder / "annotations.sqlite"), generations_dir=str(generations), out=str(folder / "feedback")))
+        export_feedback(
+            ExportConfig(run_dir=str(layout.root), store=str(folder / "annotations.sqlite"), generations_dir=str(generations), out=str(folder / "feedback"))
+        )
         human.append(load_preference_dataset(folder / "feedback"))
     feedback = folder / "feedback_all"
     if human and not feedback.exists():
@@ -123,8 +131,12 @@ def train_round(config: RoundsConfig, configs: dict[str, Any], r: int, previous:
     label = dataclasses.replace(configs["label"], generations=str(generations), feedback=str(folder / "feedback"), output_dir=str(folder / "reward_labeled"))
     label_unrated(label)
     finetune = dataclasses.replace(
-        configs["finetune"], output_dir=str(aligned), cache_dir=str(folder / "cache"), reward_dataset=str(folder / "reward_labeled"),
-        feedback_dataset=str(feedback) if human else "none", resume_from_checkpoint="latest",
+        configs["finetune"],
+        output_dir=str(aligned),
+        cache_dir=str(folder / "cache"),
+        reward_dataset=str(folder / "reward_labeled"),
+        feedback_dataset=str(feedback) if human else "none",
+        resume_from_checkpoint="latest",
     )
     finetune_stage(finetune, backend=load_backend(finetune.model, export=previous))
     return aligned
@@ -148,8 +160,12 @@ def run_rounds(config: RoundsConfig, configs: dict[str, Any]) -> Path:
         if r > 1 and reward_hacking(history[-2], scores, config.stop_margin_se):
             print(f"    stopping: the judge fell while the training reward rose (reward hacking); keeping round {best}", flush=True)
             break
-    summary = {"rounds": history, "best_round": best, "best_export": history[best - 1]["export"],
-               "judge": "the toy world's oracle (mean of integrity and temporal accuracy)" if config.world == "toy" else f"reward model {config.judge_model}"}
+    summary = {
+        "rounds": history,
+        "best_round": best,
+        "best_export": history[best - 1]["export"],
+        "judge": "the toy world's oracle (mean of integrity and temporal accuracy)" if config.world == "toy" else f"reward model {config.judge_model}",
+    }
     atomic_write_json(layout.rounds_summary, summary)
     plot_rounds(history, layout.rounds_plot)
     return layout.root / summary["best_export"]

@@ -1,5 +1,5 @@
 """What a process runs on: the torch device it picks and the library versions every run folder
-records (TANGO users lost results to version skew: PITFALLS.md)."""
+records (TANGO users lost results to version skew: declare-lab/tango issues 5, 28, 39, 51, 58)."""
 
 from __future__ import annotations
 
@@ -130,6 +130,7 @@ class Ranks:
         self.progress(markers, done, total, finished=True)
         if not self.is_main:
             return
+
         def describe(i: int, records: dict) -> str:
             r = records[i]
             return f"rank {i}" + (f" (host {r['host']}, pid {r['pid']}, {r['done']} of {r['total']} done)" if r else " (no progress reported)")
@@ -147,8 +148,10 @@ class Ranks:
                 return
             waited = time.time() - start
             if waited > timeout_s:
-                raise RankTimeoutError(f"{what}: {', '.join(describe(i, records) for i in late)} did not finish within {timeout_s:.0f} s; "
-                                       "what every rank finished is kept: rerun the same command to make the rest")
+                raise RankTimeoutError(
+                    f"{what}: {', '.join(describe(i, records) for i in late)} did not finish within {timeout_s:.0f} s; "
+                    "what every rank finished is kept: rerun the same command to make the rest"
+                )
             if time.time() - last_report > 60:
                 print(f"{what}: waiting for {', '.join(describe(i, records) for i in late)}", flush=True)
                 last_report = time.time()

@@ -43,13 +43,11 @@ def tiny_tokenizer(words: list[str] | tuple[str, ...] = TINY_WORDS, model_max_le
     tok.normalizer = __import__("tokenizers").normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", model_max_length=model_max_length
-    )
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", model_max_length=model_max_length)
 
 
 def tiny_scheduler():
-    """TANGO's noise schedule (DESIGN section 4): scaled_linear 0.00085 -> 0.012, v-prediction."""
+    """TANGO's noise schedule (docs/tango.md): scaled_linear 0.00085 -> 0.012, v-prediction."""
     from diffusers import DDPMScheduler
 
     return DDPMScheduler(
@@ -65,19 +63,15 @@ def tiny_scheduler():
 
 def tiny_tango(seed: int = 0, n_mels: int = 16, duration_s: float = 0.32):
     """A randomly initialised TangoModel with tiny components (CPU, milliseconds per step)."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import SpeechT5HifiGan, SpeechT5HifiGanConfig, T5Config, T5EncoderModel
-
-    from diffusers import DDIMScheduler
 
     from .backends.pipeline_tango import TangoPipeline
     from .backends.tango import TangoModel
 
     torch.manual_seed(seed)
     tokenizer = tiny_tokenizer()
-    text_encoder = T5EncoderModel(
-        T5Config(vocab_size=len(tokenizer), d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=2, pad_token_id=0, eos_token_id=1)
-    )
+    text_encoder = T5EncoderModel(T5Config(vocab_size=len(tokenizer), d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=2, pad_token_id=0, eos_token_id=1))
     vae = AutoencoderKL(
         in_channels=1,
         out_channels=1,
@@ -116,8 +110,17 @@ def tiny_tango(seed: int = 0, n_mels: int = 16, duration_s: float = 0.32):
         )
     )
     pipe = TangoPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=DDIMScheduler.from_config(tiny_scheduler().config),
-        vocoder=vocoder, n_fft=512, win_length=512, n_mels=n_mels, duration_s=duration_s, text_max_length=32,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=DDIMScheduler.from_config(tiny_scheduler().config),
+        vocoder=vocoder,
+        n_fft=512,
+        win_length=512,
+        n_mels=n_mels,
+        duration_s=duration_s,
+        text_max_length=32,
     )
     model = TangoModel(pipe)
     model.name_or_path = f"tiny-tango-seed{seed}"
@@ -158,28 +161,62 @@ def tiny_audioldm2(seed: int = 0, n_mels: int = 16, duration_s: float = 0.32):
     gpt2.config.max_new_tokens = 8
     projection = AudioLDM2ProjectionModel(text_encoder_dim=16, text_encoder_1_dim=16, langauge_model_dim=16)
     vae = AutoencoderKL(
-        in_channels=1, out_channels=1, down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-        block_out_channels=(8, 16), layers_per_block=1, latent_channels=4, norm_num_groups=4,
+        in_channels=1,
+        out_channels=1,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=4,
     )
     frames = int(round(duration_s * 100))  # hop 160 at 16 kHz
     unet = AudioLDM2UNet2DConditionModel(
-        sample_size=frames // 2, in_channels=4, out_channels=4, block_out_channels=(16, 32), layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=([None, 16, 16], [None, 16, 16]), norm_num_groups=4, attention_head_dim=4,
+        sample_size=frames // 2,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=([None, 16, 16], [None, 16, 16]),
+        norm_num_groups=4,
+        attention_head_dim=4,
     )
     vocoder = SpeechT5HifiGan(
         SpeechT5HifiGanConfig(
-            model_in_dim=n_mels, sampling_rate=16000, upsample_initial_channel=16, upsample_rates=[5, 4, 8], upsample_kernel_sizes=[10, 8, 16],
-            resblock_kernel_sizes=[3], resblock_dilation_sizes=[[1, 3]], normalize_before=False,
+            model_in_dim=n_mels,
+            sampling_rate=16000,
+            upsample_initial_channel=16,
+            upsample_rates=[5, 4, 8],
+            upsample_kernel_sizes=[10, 8, 16],
+            resblock_kernel_sizes=[3],
+            resblock_dilation_sizes=[[1, 3]],
+            normalize_before=False,
         )
     )
     scheduler = DDIMScheduler(
-        num_train_timesteps=1000, beta_start=0.0015, beta_end=0.0195, beta_schedule="scaled_linear", prediction_type="epsilon",
-        clip_sample=False, set_alpha_to_one=False, steps_offset=1,
+        num_train_timesteps=1000,
+        beta_start=0.0015,
+        beta_end=0.0195,
+        beta_schedule="scaled_linear",
+        prediction_type="epsilon",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
     )
     pipe = AudioLDM2Pipeline(
-        vae=vae, text_encoder=clap, text_encoder_2=t5, projection_model=projection, language_model=gpt2, tokenizer=tokenizer,
-        tokenizer_2=tokenizer_2, feature_extractor=clap_feature_extractor(), unet=unet, scheduler=scheduler, vocoder=vocoder,
+        vae=vae,
+        text_encoder=clap,
+        text_encoder_2=t5,
+        projection_model=projection,
+        language_model=gpt2,
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer_2,
+        feature_extractor=clap_feature_extractor(),
+        unet=unet,
+        scheduler=scheduler,
+        vocoder=vocoder,
     )
     model = AudioLDM2Model(pipe)
     model.name_or_path = f"tiny-audioldm2-seed{seed}"
@@ -215,16 +252,34 @@ def tiny_stable_audio(seed: int = 0, window_frames: int = 64):
     tokenizer = tiny_t5_tokenizer(model_max_length=16)
     text_encoder = T5EncoderModel(T5Config(vocab_size=len(tokenizer), d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=2, pad_token_id=0, eos_token_id=1))
     vae = AutoencoderOobleck(
-        encoder_hidden_size=8, downsampling_ratios=[4, 8, 8], channel_multiples=[1, 2, 2], decoder_channels=4, decoder_input_channels=4,
-        audio_channels=2, sampling_rate=44100,
+        encoder_hidden_size=8,
+        downsampling_ratios=[4, 8, 8],
+        channel_multiples=[1, 2, 2],
+        decoder_channels=4,
+        decoder_input_channels=4,
+        audio_channels=2,
+        sampling_rate=44100,
     )
     projection = StableAudioProjectionModel(text_encoder_dim=16, conditioning_dim=8, min_value=0, max_value=512)
     transformer = StableAudioDiTModel(
-        sample_size=window_frames, in_channels=4, out_channels=4, num_layers=1, attention_head_dim=8, num_attention_heads=2,
-        num_key_value_attention_heads=1, cross_attention_dim=16, time_proj_dim=8, global_states_input_dim=16, cross_attention_input_dim=8,
+        sample_size=window_frames,
+        in_channels=4,
+        out_channels=4,
+        num_layers=1,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        num_key_value_attention_heads=1,
+        cross_attention_dim=16,
+        time_proj_dim=8,
+        global_states_input_dim=16,
+        cross_attention_input_dim=8,
     )
-    scheduler = CosineDPMSolverMultistepScheduler(sigma_min=0.3, sigma_max=500, sigma_data=1.0, sigma_schedule="exponential", solver_order=2, prediction_type="v_prediction")
-    pipe = StableAudioPipeline(vae=vae, text_encoder=text_encoder, projection_model=projection, tokenizer=tokenizer, transformer=transformer, scheduler=scheduler)
+    scheduler = CosineDPMSolverMultistepScheduler(
+        sigma_min=0.3, sigma_max=500, sigma_data=1.0, sigma_schedule="exponential", solver_order=2, prediction_type="v_prediction"
+    )
+    pipe = StableAudioPipeline(
+        vae=vae, text_encoder=text_encoder, projection_model=projection, tokenizer=tokenizer, transformer=transformer, scheduler=scheduler
+    )
     model = StableAudioModel(pipe)
     model.name_or_path = f"tiny-stable-audio-seed{seed}"
     return model.eval()
@@ -249,17 +304,43 @@ def tiny_stable_audio_3(seed: int = 0):
 
     torch.manual_seed(seed)
     tokenizer = tiny_tokenizer(model_max_length=16)
-    module = dict(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                  num_key_value_heads=1, head_dim=8, query_pre_attn_scalar=8, sliding_window=16, max_position_embeddings=64)
+    module = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=8,
+        query_pre_attn_scalar=8,
+        sliding_window=16,
+        max_position_embeddings=64,
+    )
     text_encoder = T5GemmaEncoderModel(T5GemmaConfig(encoder=module, decoder=module, vocab_size=len(tokenizer), is_encoder_decoder=False)).eval()
     vae = AutoencoderSAME(
-        audio_channels=2, patch_size=16, encoder_channels=8, encoder_c_mults=(2,), encoder_strides=(4,), encoder_transformer_depths=(1,),
-        latent_dim=4, dim_heads=8, ff_mult=2, sampling_rate=44100,
+        audio_channels=2,
+        patch_size=16,
+        encoder_channels=8,
+        encoder_c_mults=(2,),
+        encoder_strides=(4,),
+        encoder_transformer_depths=(1,),
+        latent_dim=4,
+        dim_heads=8,
+        ff_mult=2,
+        sampling_rate=44100,
     )
     duration_embedder = StableAudio3DurationEmbedder(output_dim=16, fourier_dim=8, max_val=64.0)
     transformer = StableAudio3DiTModel(
-        io_channels=4, embed_dim=16, depth=1, num_heads=2, cond_token_dim=16, global_cond_dim=16, local_add_cond_dim=5,
-        timestep_features_dim=8, ff_mult=2.0, num_memory_tokens=2,
+        io_channels=4,
+        embed_dim=16,
+        depth=1,
+        num_heads=2,
+        cond_token_dim=16,
+        global_cond_dim=16,
+        local_add_cond_dim=5,
+        timestep_features_dim=8,
+        ff_mult=2.0,
+        num_memory_tokens=2,
     )
     # SAME and the DiT zero-initialise their residual branches and SAME starts its decoder's new
     # tokens at 1e-5, so at random init the decoder ignores its latents: give them random values.
@@ -270,8 +351,9 @@ def tiny_stable_audio_3(seed: int = 0):
             elif parameter.ndim > 1 and not parameter.any():
                 parameter.normal_(0.0, 0.2)
     scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1, shift=1.0, stochastic_sampling=False)
-    pipe = StableAudio3Pipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, duration_embedder=duration_embedder,
-                                transformer=transformer, scheduler=scheduler)
+    pipe = StableAudio3Pipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, duration_embedder=duration_embedder, transformer=transformer, scheduler=scheduler
+    )
     model = StableAudio3Model(pipe)
     model.name_or_path = f"tiny-stable-audio-3-seed{seed}"
     return model.eval()
@@ -330,9 +412,7 @@ def tiny_clap_config(projection_dim: int = 32, vocab_size: int = 600):
     )
     # initializer_factor > 1 spreads a random model's embeddings apart; at 1 every caption and
     # clip lands within cosine 0.99 of each other and tests could not tell them apart.
-    return ClapConfig(
-        text_config=text.to_dict(), audio_config=audio.to_dict(), projection_dim=projection_dim, initializer_factor=4.0
-    )
+    return ClapConfig(text_config=text.to_dict(), audio_config=audio.to_dict(), projection_dim=projection_dim, initializer_factor=4.0)
 
 
 def save_tiny_clap(path: str | os.PathLike, seed: int = 0, projection_dim: int = 32) -> Path:
@@ -376,9 +456,7 @@ def synthetic_clip(kind: str, seed: int, seconds: float = 10.0, sample_rate: int
     return (wav + 0.01 * rng.standard_normal(t.size)).astype(np.float32)
 
 
-def synthetic_rating_rows(
-    n_captions: int = 24, clips_per_caption: int = 4, seed: int = 0, rule: str = "match"
-) -> dict[str, list]:
+def synthetic_rating_rows(n_captions: int = 24, clips_per_caption: int = 4, seed: int = 0, rule: str = "match") -> dict[str, list]:
     """Columns of a preference dataset (PREFERENCE_FEATURES).
 
     rule "match": aligned when the clip's sound matches the caption's low/high word (needs a text
@@ -428,9 +506,18 @@ def save_synthetic_generations(folder: str | os.PathLike, n_captions: int = 4, c
             clip_id = f"{caption_id:05d}_{clip_index}"
             kind = ("low", "high")[(caption_id + clip_index) % 2]
             save_wav(folder / "clips" / f"{clip_id}.wav", synthetic_clip(kind, seed * 1000 + caption_id * 10 + clip_index), SAMPLE_RATE)
-            rows.append({
-                "file_name": f"clips/{clip_id}.wav", "clip_id": clip_id, "caption": caption, "caption_id": caption_id,
-                "clip_index": clip_index, "task": "integrity", "labels": [word], "seed": clip_index, "model": "synthetic",
-            })
+            rows.append(
+                {
+                    "file_name": f"clips/{clip_id}.wav",
+                    "clip_id": clip_id,
+                    "caption": caption,
+                    "caption_id": caption_id,
+                    "clip_index": clip_index,
+                    "task": "integrity",
+                    "labels": [word],
+                    "seed": clip_index,
+                    "model": "synthetic",
+                }
+            )
     (folder / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return folder

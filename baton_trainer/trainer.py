@@ -30,14 +30,14 @@ from .backends import EXPORT_FILE, TextToAudioBackend, load_backend
 from .config import config_to_dict
 from .denoising import DenoisingDraw
 from .latent_cache import EncodedSet, LatentCache, PairedSet
-from .objectives import Objective, build_objective
+from .objectives import build_objective
 from .runtime import library_versions
 
 
 class DiffusionTrainer:
     """Fine-tunes a backend's denoiser with one objective. One `Accelerator`, one loop."""
 
-    def __init__(self, config, backend: TextToAudioBackend | None = None, accelerator: Accelerator | None = None, objective: Objective | None = None):
+    def __init__(self, config, backend: TextToAudioBackend | None = None, accelerator: Accelerator | None = None):
         self.config = config
         layout = config.layout()
         self.output_dir = layout.aligned
@@ -48,15 +48,21 @@ class DiffusionTrainer:
             project_config=ProjectConfiguration(project_dir=str(self.output_dir), logging_dir=str(self.output_dir / "logs")),
         )
         self.backend = backend or load_backend(config.model)
-        self.objective = objective or build_objective(config)
+        self.objective = build_objective(config)
         weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.accelerator.mixed_precision, torch.float32)
         duration = config.duration_s or self.backend.duration_s
         self.draw = DenoisingDraw(
-            self.backend, self.accelerator, seed=config.seed, accumulation=config.gradient_accumulation_steps,
+            self.backend,
+            self.accelerator,
+            seed=config.seed,
+            accumulation=config.gradient_accumulation_steps,
             cfg_dropout=self.backend.cfg_dropout if config.cfg_dropout is None else config.cfg_dropout,
-            snr_mode=config.snr_mode or self.backend.default_snr_mode, snr_gamma=config.snr_gamma, weight_dtype=weight_dtype,
+            snr_mode=config.snr_mode or self.backend.default_snr_mode,
+            snr_gamma=config.snr_gamma,
+            weight_dtype=weight_dtype,
             # LoRA trains in the frozen weights' dtype; full fine-tuning trains fp32 weights.
-            input_dtype=weight_dtype if config.use_lora else torch.float32, duration_s=duration,
+            input_dtype=weight_dtype if config.use_lora else torch.float32,
+            duration_s=duration,
         )
         self.latent_cache = LatentCache(self.backend, self.accelerator, layout.cache, duration, enabled=config.cache_embeddings)
         self._setup_model()
@@ -73,7 +79,7 @@ class DiffusionTrainer:
             module.to(acc.device, dtype=weight_dtype)
         if hasattr(backend, "mel"):
             backend.mel.to(acc.device)
-        denoiser = backend.unet
+        denoiser = backend.denoiser
         if cfg.use_lora:
             from diffusers.training_utils import cast_training_params
             from peft import LoraConfig
@@ -128,7 +134,7 @@ class DiffusionTrainer:
             weights.pop()
 
     def _load_model_hook(self, models, input_dir):
-        denoiser = self.accelerator.unwrap_model(models.pop()) if models else self.backend.unet
+        denoiser = self.accelerator.unwrap_model(models.pop()) if models else self.backend.denoiser
         self.backend.restore_trained(denoiser, input_dir)
         models.clear()
 
@@ -232,7 +238,7 @@ class DiffusionTrainer:
                     acc.backward(loss)
                     if acc.sync_gradients and cfg.max_grad_norm > 0:
                         acc.clip_grad_norm_(self.trainable_params, cfg.max_grad_norm)
-                    self.optimizer.step()  # the step
+                    self.optimizer.step()
                     self.lr_scheduler.step()
                     self.optimizer.zero_grad(set_to_none=True)
                 step_logs.append(logs)
@@ -243,7 +249,7 @@ class DiffusionTrainer:
             if cfg.report_to and self.global_step % cfg.logging_steps == 0:
                 acc.log({**self.last_logs, "lr": self.lr_scheduler.get_last_lr()[0]}, step=self.global_step)
             if self.global_step % cfg.checkpointing_steps == 0:
-                self.save_checkpoint()  # the checkpoint
+                self.save_checkpoint()
         bar.close()
         self.objective.save()
         summary = {"global_step": self.global_step, "seconds": round(time.time() - started, 1), "final_loss": self.last_logs.get("loss")}
@@ -260,7 +266,7 @@ class DiffusionTrainer:
 
     # -- export (the shipped model folder) -------------------------------------------------------
 
-    def export(self, summary: dict | None = None) -> Path:
+    def export(self, summary: dict) -> Path:
         """The trained part (adapter or denoiser) in safetensors, with the config, library versions
         and training summary. The export marker (`baton_export.json`) goes first out and last in:
         a run killed at any write leaves a folder no stage accepts as an export."""
@@ -269,11 +275,10 @@ class DiffusionTrainer:
         acc.wait_for_everyone()
         if acc.is_main_process:
             (out / EXPORT_FILE).unlink(missing_ok=True)  # a previous export's marker must not vouch for this one's files
-            self.backend.unet = acc.unwrap_model(self.denoiser)
+            self.backend.denoiser = acc.unwrap_model(self.denoiser)
             atomic_write_json(out / "finetune_config.json", config_to_dict(cfg))
             atomic_write_json(out / "versions.json", library_versions())
-            if summary is not None:
-                atomic_write_json(out / "train_summary.json", summary)
+            atomic_write_json(out / "train_summary.json", summary)
             self.backend.save_trained(out, self.export_mode, base=cfg.model)  # writes the marker last
         acc.wait_for_everyone()
         return out

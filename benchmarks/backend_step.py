@@ -38,14 +38,27 @@ from tango_step import CAPTIONS, FLAN_T5_LARGE, build_frozen, device_name, free,
 BACKENDS = ("tango", "audioldm2", "stable_audio", "stable_audio_3")
 # cvssp/audioldm2's unet/config.json and vae/config.json (the Hub files, values copied as data).
 AUDIOLDM2_UNET = dict(
-    sample_size=256, in_channels=8, out_channels=8, block_out_channels=(128, 256, 384, 640), layers_per_block=2, attention_head_dim=8,
+    sample_size=256,
+    in_channels=8,
+    out_channels=8,
+    block_out_channels=(128, 256, 384, 640),
+    layers_per_block=2,
+    attention_head_dim=8,
     down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
     up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-    cross_attention_dim=([None, 768, 1024],) * 4, norm_num_groups=32,
+    cross_attention_dim=([None, 768, 1024],) * 4,
+    norm_num_groups=32,
 )
 AUDIOLDM2_VAE = dict(
-    in_channels=1, out_channels=1, block_out_channels=(128, 256, 512), down_block_types=("DownEncoderBlock2D",) * 3,
-    up_block_types=("UpDecoderBlock2D",) * 3, latent_channels=8, layers_per_block=2, norm_num_groups=32, sample_size=1024,
+    in_channels=1,
+    out_channels=1,
+    block_out_channels=(128, 256, 512),
+    down_block_types=("DownEncoderBlock2D",) * 3,
+    up_block_types=("UpDecoderBlock2D",) * 3,
+    latent_channels=8,
+    layers_per_block=2,
+    norm_num_groups=32,
+    sample_size=1024,
     scaling_factor=0.4110932946205139,
 )
 T5_BASE = dict(vocab_size=32128, d_model=768, d_kv=64, d_ff=3072, num_layers=12, num_heads=12, pad_token_id=0, eos_token_id=1)
@@ -76,11 +89,18 @@ def audioldm2_full(device):
         gpt2 = GPT2LMHeadModel(GPT2Config())  # gpt2 base, as AudioLDM 2's language model
         gpt2.config.max_new_tokens = 8
         pipe = AudioLDM2Pipeline(
-            vae=AutoencoderKL(**AUDIOLDM2_VAE), text_encoder=ClapModel(ClapConfig()), text_encoder_2=T5EncoderModel(T5Config(**FLAN_T5_LARGE)),
-            projection_model=AudioLDM2ProjectionModel(text_encoder_dim=512, text_encoder_1_dim=1024, langauge_model_dim=768), language_model=gpt2,
-            tokenizer=tokenizer, tokenizer_2=tiny_t5_tokenizer(model_max_length=512), feature_extractor=clap_feature_extractor(),
+            vae=AutoencoderKL(**AUDIOLDM2_VAE),
+            text_encoder=ClapModel(ClapConfig()),
+            text_encoder_2=T5EncoderModel(T5Config(**FLAN_T5_LARGE)),
+            projection_model=AudioLDM2ProjectionModel(text_encoder_dim=512, text_encoder_1_dim=1024, langauge_model_dim=768),
+            language_model=gpt2,
+            tokenizer=tokenizer,
+            tokenizer_2=tiny_t5_tokenizer(model_max_length=512),
+            feature_extractor=clap_feature_extractor(),
             unet=AudioLDM2UNet2DConditionModel(**AUDIOLDM2_UNET),
-            scheduler=DDIMScheduler(beta_start=0.0015, beta_end=0.0195, beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False, steps_offset=1),
+            scheduler=DDIMScheduler(
+                beta_start=0.0015, beta_end=0.0195, beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False, steps_offset=1
+            ),
             vocoder=SpeechT5HifiGan(SpeechT5HifiGanConfig(**json.loads((CONFIG_DIR / "vocoder_config.json").read_text()))),
         )
     return AudioLDM2Model(pipe)
@@ -95,10 +115,14 @@ def stable_audio_full(device):
 
     with torch.device(device):
         pipe = StableAudioPipeline(
-            vae=AutoencoderOobleck(), text_encoder=T5EncoderModel(T5Config(**T5_BASE)),
+            vae=AutoencoderOobleck(),
+            text_encoder=T5EncoderModel(T5Config(**T5_BASE)),
             projection_model=StableAudioProjectionModel(text_encoder_dim=768, conditioning_dim=768, min_value=0, max_value=512),
-            tokenizer=tiny_t5_tokenizer(model_max_length=128), transformer=StableAudioDiTModel(),
-            scheduler=CosineDPMSolverMultistepScheduler(sigma_min=0.3, sigma_max=500, sigma_data=1.0, sigma_schedule="exponential", solver_order=2, prediction_type="v_prediction"),
+            tokenizer=tiny_t5_tokenizer(model_max_length=128),
+            transformer=StableAudioDiTModel(),
+            scheduler=CosineDPMSolverMultistepScheduler(
+                sigma_min=0.3, sigma_max=500, sigma_data=1.0, sigma_schedule="exponential", solver_order=2, prediction_type="v_prediction"
+            ),
         )
     return StableAudioModel(pipe)
 
@@ -112,13 +136,23 @@ def stable_audio_3_full(device):
     from baton_trainer.testing import tiny_tokenizer
 
     tokenizer = tiny_tokenizer(model_max_length=256)  # token ids only need to be valid for the vocabulary
-    module = dict(vocab_size=256000, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-                  num_key_value_heads=12, head_dim=64, query_pre_attn_scalar=64)
+    module = dict(
+        vocab_size=256000,
+        hidden_size=768,
+        intermediate_size=3072,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        num_key_value_heads=12,
+        head_dim=64,
+        query_pre_attn_scalar=64,
+    )
     with torch.device(device):
         pipe = StableAudio3Pipeline(
             vae=AutoencoderSAME(encoder_channels=256, encoder_transformer_depths=(12,)),
             text_encoder=T5GemmaEncoderModel(T5GemmaConfig(encoder=module, decoder=module, is_encoder_decoder=False)),
-            tokenizer=tokenizer, duration_embedder=StableAudio3DurationEmbedder(), transformer=StableAudio3DiTModel(),
+            tokenizer=tokenizer,
+            duration_embedder=StableAudio3DurationEmbedder(),
+            transformer=StableAudio3DiTModel(),
             scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1, shift=1.0),
         )
     return StableAudio3Model(pipe)
@@ -128,8 +162,12 @@ def build(name: str, quick: bool, device):
     from baton_trainer import testing
 
     if quick:
-        return {"tango": testing.tiny_tango, "audioldm2": testing.tiny_audioldm2, "stable_audio": testing.tiny_stable_audio,
-                "stable_audio_3": testing.tiny_stable_audio_3}[name]()
+        return {
+            "tango": testing.tiny_tango,
+            "audioldm2": testing.tiny_audioldm2,
+            "stable_audio": testing.tiny_stable_audio,
+            "stable_audio_3": testing.tiny_stable_audio_3,
+        }[name]()
     return {"tango": tango_full, "audioldm2": audioldm2_full, "stable_audio": stable_audio_full, "stable_audio_3": stable_audio_3_full}[name](device)
 
 
@@ -146,12 +184,22 @@ def run(name: str, lora: bool, args, device) -> dict:
     half = args.batch // 2
     with tempfile.TemporaryDirectory() as tmp:
         config = FinetuneConfig(
-            run_dir=tmp, model=name, use_lora=lora, lora_rank=8, train_batch_size=half, pretrain_batch_size=args.batch - half,
-            report_to="none", cache_embeddings=False, mixed_precision="bf16" if device.type == "cuda" else "no", duration_s=seconds,
+            run_dir=tmp,
+            model=name,
+            use_lora=lora,
+            lora_rank=8,
+            train_batch_size=half,
+            pretrain_batch_size=args.batch - half,
+            report_to="none",
+            cache_embeddings=False,
+            mixed_precision="bf16" if device.type == "cuda" else "no",
+            duration_s=seconds,
         )
         trainer = DiffusionTrainer(config, backend=backend)
         samples = int(round(seconds * backend.sample_rate))
-        data = lambda n, s: EncodedSet([CAPTIONS[i % len(CAPTIONS)] for i in range(n)], torch.rand(n), waveforms=0.1 * torch.randn(n, samples, generator=torch.Generator().manual_seed(s)))  # noqa: E731
+        data = lambda n, s: EncodedSet(
+            [CAPTIONS[i % len(CAPTIONS)] for i in range(n)], torch.rand(n), waveforms=0.1 * torch.randn(n, samples, generator=torch.Generator().manual_seed(s))
+        )  # noqa: E731
         feedback, pretrain = data(half, 0), data(args.batch - half, 1)
         times = []
         try:
@@ -167,13 +215,18 @@ def run(name: str, lora: bool, args, device) -> dict:
                     times.append(time.perf_counter() - t0)
             peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
             result = {
-                "backend": name, "mode": "lora" if lora else "full", "seconds": seconds,
+                "backend": name,
+                "mode": "lora" if lora else "full",
+                "seconds": seconds,
                 "trainable_params": sum(p.numel() for p in trainer.trainable_params),
-                "denoiser_params": sum(p.numel() for n, p in backend.unet.named_parameters() if "lora_" not in n),
-                "step_time_s": statistics.median(times), "step_times_s": times, "peak_memory_gib": peak, "final_loss": loss.item(),
+                "denoiser_params": sum(p.numel() for n, p in backend.denoiser.named_parameters() if "lora_" not in n),
+                "step_time_s": statistics.median(times),
+                "step_times_s": times,
+                "peak_memory_gib": peak,
+                "final_loss": loss.item(),
             }
             if not lora or "full" not in args.modes:  # generation speed once per backend, with the base denoiser
-                backend.unet.eval()
+                backend.denoiser.eval()
                 captions = [CAPTIONS[i % len(CAPTIONS)] for i in range(args.batch)]
                 backend.generate(captions[:1], [0], num_inference_steps=1, guidance_scale=3.0, duration_s=seconds)  # warm-up
                 sync(device)
@@ -211,8 +264,11 @@ def main(argv=None) -> int:
     torch.manual_seed(0)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
-    print(f"device {device_name(device)}; {'tiny test models' if args.quick else 'published sizes'}; batch {args.batch}; "
-          f"{args.steps} timed step(s) after 1 warm-up", flush=True)
+    print(
+        f"device {device_name(device)}; {'tiny test models' if args.quick else 'published sizes'}; batch {args.batch}; "
+        f"{args.steps} timed step(s) after 1 warm-up",
+        flush=True,
+    )
 
     began = time.perf_counter()
     results = []
@@ -239,14 +295,21 @@ def main(argv=None) -> int:
             print(f"{r['backend']:<15} {r['mode']:<5} {r['error']}")
             continue
         gen = f"{r['generation_clips_per_s']:.2f}" if "generation_clips_per_s" in r else ""
-        print(f"{r['backend']:<15} {r['mode']:<5} {r['trainable_params']:>13,} {r['step_time_s']:>8.3f} {r.get('time_ratio_vs_full', float('nan')):>7.2f} "
-              f"{r.get('time_ratio_vs_tango', float('nan')):>8.2f} {r['peak_memory_gib']:>9.2f} {gen:>8}")
+        print(
+            f"{r['backend']:<15} {r['mode']:<5} {r['trainable_params']:>13,} {r['step_time_s']:>8.3f} {r.get('time_ratio_vs_full', float('nan')):>7.2f} "
+            f"{r.get('time_ratio_vs_tango', float('nan')):>8.2f} {r['peak_memory_gib']:>9.2f} {gen:>8}"
+        )
 
     report = {
-        "device": device_name(device), "quick": args.quick, "batch": args.batch, "timed_steps": args.steps,
+        "device": device_name(device),
+        "quick": args.quick,
+        "batch": args.batch,
+        "timed_steps": args.steps,
         "precision": "bf16 autocast, frozen parts bf16" if device.type == "cuda" else "fp32",
         "peak_memory": "torch.cuda.max_memory_allocated per configuration" if device.type == "cuda" else "process peak RSS (monotonic over the run)",
-        "versions": library_versions(), "results": results, "total_time_s": time.perf_counter() - began,
+        "versions": library_versions(),
+        "results": results,
+        "total_time_s": time.perf_counter() - began,
     }
     out = write_results(report, args.out_dir, "backend_step", device, "_quick" if args.quick else "")
     print(f"\nwrote {out}")

@@ -55,11 +55,33 @@ def toy_captions(root: Path, n: int, split: str, seed: int = 0) -> Path:
 def run_generate(captions: Path, out: Path, processes: int, threads: int, clips_per_caption: int) -> float:
     from baton_trainer.toyworld.models import TOY_TANGO_PATH
 
-    args = ["generate", "--run_dir", str(out), "--model", str(TOY_TANGO_PATH), "--captions_file", str(captions), "--clips_per_caption", str(clips_per_caption),
-            "--num_inference_steps", "25", "--guidance_scale", "3", "--sampler", "ddim", "--batch_size", "32", "--device", "cpu"]
+    args = [
+        "generate",
+        "--run_dir",
+        str(out),
+        "--model",
+        str(TOY_TANGO_PATH),
+        "--captions_file",
+        str(captions),
+        "--clips_per_caption",
+        str(clips_per_caption),
+        "--num_inference_steps",
+        "25",
+        "--guidance_scale",
+        "3",
+        "--sampler",
+        "ddim",
+        "--batch_size",
+        "32",
+        "--device",
+        "cpu",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "ACCELERATE_USE_CPU": "1", "HF_HUB_OFFLINE": "1"}
-    command = [sys.executable, "-m", "baton_trainer", *args] if processes == 1 else \
-        [str(Path(sys.executable).with_name("torchrun")), "--nproc_per_node", str(processes), "-m", "baton_trainer", *args]
+    command = (
+        [sys.executable, "-m", "baton_trainer", *args]
+        if processes == 1
+        else [str(Path(sys.executable).with_name("torchrun")), "--nproc_per_node", str(processes), "-m", "baton_trainer", *args]
+    )
     start = time.perf_counter()
     subprocess.run(command, env=env, check=True, capture_output=True)
     return time.perf_counter() - start
@@ -109,8 +131,15 @@ def main() -> None:
             waves, start = [], time.perf_counter()
             for i in range(0, len(rows), 32):
                 batch = rows[i : i + 32]
-                waves += list(backend.generate([r["caption"] for r, _ in batch], [1000 + 7 * r["caption_id"] + k for r, k in batch],
-                                               num_inference_steps=steps, guidance_scale=3.0, sampler=sampler))
+                waves += list(
+                    backend.generate(
+                        [r["caption"] for r, _ in batch],
+                        [1000 + 7 * r["caption_id"] + k for r, k in batch],
+                        num_inference_steps=steps,
+                        guidance_scale=3.0,
+                        sampler=sampler,
+                    )
+                )
             seconds = time.perf_counter() - start
             entry = {"steps": steps, "clips": len(rows), "seconds": round(seconds, 2), "clips_per_s": round(len(rows) / seconds, 3)}
             for task in ("integrity", "temporal"):
@@ -119,16 +148,21 @@ def main() -> None:
                 p = float(np.mean(outcomes))
                 entry[f"{task}_accuracy"], entry[f"{task}_accuracy_se"], entry[f"{task}_clips"] = p, math.sqrt(p * (1 - p) / len(outcomes)), len(outcomes)
             report["samplers"][f"{sampler} {steps}"] = entry
-            print(f"{sampler} {steps}: {entry['clips_per_s']:.2f} clips/s, integrity {100 * entry['integrity_accuracy']:.1f} %, "
-                  f"temporal {100 * entry['temporal_accuracy']:.1f} %", flush=True)
+            print(
+                f"{sampler} {steps}: {entry['clips_per_s']:.2f} clips/s, integrity {100 * entry['integrity_accuracy']:.1f} %, "
+                f"temporal {100 * entry['temporal_accuracy']:.1f} %",
+                flush=True,
+            )
         ddim = report["samplers"]["ddim 25"]["clips_per_s"]
         for entry in report["samplers"].values():
             entry["speed_vs_ddim_25"] = round(entry["clips_per_s"] / ddim, 3)
     out = Path(args.out) / "generate_throughput_cpu.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"2 processes vs 1: {report['processes']['2 processes, 1 thread each']['ratio_vs_1_process']:.2f}x "
-          f"(same files: {report['processes_same_files']}); results in {out}")
+    print(
+        f"2 processes vs 1: {report['processes']['2 processes, 1 thread each']['ratio_vs_1_process']:.2f}x "
+        f"(same files: {report['processes_same_files']}); results in {out}"
+    )
 
 
 if __name__ == "__main__":

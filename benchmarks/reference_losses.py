@@ -21,16 +21,29 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from helpers import save_preference  # noqa: E402
 
 from baton_trainer.stages.finetune import FinetuneConfig, load_training_data  # noqa: E402
-from baton_trainer.stages.run import TOY_CHECKPOINTS  # noqa: E402
+from baton_trainer.stages.run import TOY_PRETRAINED  # noqa: E402
 from baton_trainer.trainer import DiffusionTrainer  # noqa: E402
 
 
 def train_seconds(root: Path, name: str, objective: str, use_lora: bool, steps: int, batch: int, beta: float) -> tuple[float, int, int]:
     """(seconds of the training loop, reference forwards run, micro-steps read from the cache)."""
     config = FinetuneConfig(
-        run_dir=str(root), model=str(TOY_CHECKPOINTS / "toy_tango"), feedback_dataset=str(root / "feedback"), reward_dataset="none",
-        output_dir=str(root / name), cache_dir=str(root / "cache"), objective=objective, use_lora=use_lora, train_batch_size=batch,
-        max_train_steps=steps, checkpointing_steps=10**6, report_to="none", pretrain_weight=0.0, learning_rate=1e-4, dpo_beta=beta, kto_beta=beta,
+        run_dir=str(root),
+        model=str(TOY_PRETRAINED / "toy_tango"),
+        feedback_dataset=str(root / "feedback"),
+        reward_dataset="none",
+        output_dir=str(root / name),
+        cache_dir=str(root / "cache"),
+        objective=objective,
+        use_lora=use_lora,
+        train_batch_size=batch,
+        max_train_steps=steps,
+        checkpointing_steps=10**6,
+        report_to="none",
+        pretrain_weight=0.0,
+        learning_rate=1e-4,
+        dpo_beta=beta,
+        kto_beta=beta,
     )
     trainer = DiffusionTrainer(config)
     out = trainer.train(*load_training_data(config, trainer.objective, trainer.latent_cache))
@@ -45,7 +58,13 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     args = parser.parse_args()
     torch.manual_seed(0)
-    results = {"steps": args.steps, "batch": args.batch, "machine": platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads(), "runs": {}}
+    results = {
+        "steps": args.steps,
+        "batch": args.batch,
+        "machine": platform.processor() or platform.machine(),
+        "torch_threads": torch.get_num_threads(),
+        "runs": {},
+    }
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         n = 16  # 8 captions, each with one clip rated aligned and one not: 8 DPO pairs

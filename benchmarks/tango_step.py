@@ -40,14 +40,42 @@ CONFIGS = {
 }
 # TANGO's AudioLDM VAE (its vae_config.json) and flan-t5-large's encoder.
 TANGO_VAE = {
-    "embed_dim": 8, "subband": 1, "scale_factor": 0.9227914214134216,
-    "ddconfig": {"double_z": True, "z_channels": 8, "resolution": 256, "in_channels": 1, "out_ch": 1, "ch": 128,
-                 "ch_mult": [1, 2, 4], "num_res_blocks": 2, "attn_resolutions": [], "dropout": 0.0},
+    "embed_dim": 8,
+    "subband": 1,
+    "scale_factor": 0.9227914214134216,
+    "ddconfig": {
+        "double_z": True,
+        "z_channels": 8,
+        "resolution": 256,
+        "in_channels": 1,
+        "out_ch": 1,
+        "ch": 128,
+        "ch_mult": [1, 2, 4],
+        "num_res_blocks": 2,
+        "attn_resolutions": [],
+        "dropout": 0.0,
+    },
 }
-FLAN_T5_LARGE = dict(vocab_size=32128, d_model=1024, d_kv=64, d_ff=2816, num_layers=24, num_heads=16,
-                     feed_forward_proj="gated-gelu", relative_attention_num_buckets=32, pad_token_id=0, eos_token_id=1)
-CAPTIONS = ["a dog barks and then birds chirp", "rain falls while engine hums", "siren followed by wind",
-            "people talk with music in the background", "baby cries then water hiss", "beep and click"]
+FLAN_T5_LARGE = dict(
+    vocab_size=32128,
+    d_model=1024,
+    d_kv=64,
+    d_ff=2816,
+    num_layers=24,
+    num_heads=16,
+    feed_forward_proj="gated-gelu",
+    relative_attention_num_buckets=32,
+    pad_token_id=0,
+    eos_token_id=1,
+)
+CAPTIONS = [
+    "a dog barks and then birds chirp",
+    "rain falls while engine hums",
+    "siren followed by wind",
+    "people talk with music in the background",
+    "baby cries then water hiss",
+    "beep and click",
+]
 
 
 def device_name(device: torch.device) -> str:
@@ -60,8 +88,14 @@ def library_versions() -> dict:
     import peft
     import transformers
 
-    return {"python": platform.python_version(), "torch": torch.__version__, "diffusers": diffusers.__version__,
-            "transformers": transformers.__version__, "peft": peft.__version__, "cuda": torch.version.cuda}
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "cuda": torch.version.cuda,
+    }
 
 
 def write_results(report: dict, out_dir: str | Path, stem: str, device: torch.device, suffix: str = "") -> Path:
@@ -99,7 +133,9 @@ def build_frozen(device: torch.device, dtype: torch.dtype):
         vocoder = SpeechT5HifiGan(SpeechT5HifiGanConfig(**json.loads((CONFIG_DIR / "vocoder_config.json").read_text())))
     # Token ids only need to be valid for T5's vocabulary; no tokenizer download.
     tokenizer = tiny_tokenizer(TINY_WORDS, model_max_length=512)
-    model = TangoModel(TangoPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=None, scheduler=_load_scheduler(Path("."), None), vocoder=vocoder))
+    model = TangoModel(
+        TangoPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=None, scheduler=_load_scheduler(Path("."), None), vocoder=vocoder)
+    )
     for module in (vae, text_encoder, vocoder):
         module.requires_grad_(False).eval().to(device=device, dtype=dtype)
     model.mel.to(device)
@@ -119,8 +155,7 @@ def build_unet(device: torch.device, lora: bool, rank: int, frozen_dtype: torch.
 
         # As diffusers' LoRA scripts: frozen base in half precision, adapter weights in fp32.
         unet.requires_grad_(False).to(dtype=frozen_dtype)
-        unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
-                                    target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+        unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
         for p in unet.parameters():
             if p.requires_grad:
                 p.data = p.data.float()
@@ -144,13 +179,18 @@ def training_step(model, unet, optimizer, waveforms, captions, frames, autocast_
     target = denoising_target(scheduler, z0, noise, timesteps)
     weights = snr_weights(scheduler, timesteps, gamma=5.0, mode="tango")
     with torch.autocast(device.type, dtype=autocast_dtype):
-        pred = unet(noisy, timesteps, **cond.to(dtype=autocast_dtype).unet_kwargs()).sample
+        pred = unet(noisy, timesteps, **cond.to(dtype=autocast_dtype).as_kwargs()).sample
     n_fb = max(1, batch // 2)  # first half: feedback clips with reward weights; rest: the pretrain term
     rewards = torch.linspace(0.0, 1.0, n_fb, device=device)
     loss, logs = baton_loss(
-        pred[:n_fb], target[:n_fb], rewards,
-        pred_pt=pred[n_fb:] if batch > n_fb else None, target_pt=target[n_fb:] if batch > n_fb else None,
-        pretrain_weight=0.5, snr_fb=weights[:n_fb], snr_pt=weights[n_fb:] if batch > n_fb else None,
+        pred[:n_fb],
+        target[:n_fb],
+        rewards,
+        pred_pt=pred[n_fb:] if batch > n_fb else None,
+        target_pt=target[n_fb:] if batch > n_fb else None,
+        pretrain_weight=0.5,
+        snr_fb=weights[:n_fb],
+        snr_pt=weights[n_fb:] if batch > n_fb else None,
     )
     loss.backward()
     optimizer.step()
@@ -176,7 +216,9 @@ def run_config(name, spec, model, args, device, frames, waveforms, captions):
             if step > 0:  # the first step is warm-up (allocator, kernels, optimizer states)
                 times.append(time.perf_counter() - t0)
         result = {
-            "config": name, **spec, "lora_rank": args.lora_rank if spec["lora"] else None,
+            "config": name,
+            **spec,
+            "lora_rank": args.lora_rank if spec["lora"] else None,
             "trainable_params": sum(p.numel() for p in params),
             "step_time_s": statistics.median(times),  # median: single steps vary with t and the allocator
             "step_time_mean_s": statistics.mean(times),
@@ -224,8 +266,10 @@ def main(argv=None) -> int:
     waveforms = 0.1 * torch.randn(args.batch, samples, device=device)
     captions = [CAPTIONS[i % len(CAPTIONS)] for i in range(args.batch)]
     latent_shape = [8, frames // 4, model.mel_config.n_mels // 4]
-    print(f"device {device_name(device)}; batch {args.batch}; {args.seconds} s -> latents {tuple(latent_shape)}; "
-          f"{args.steps} timed step(s) after 1 warm-up", flush=True)
+    print(
+        f"device {device_name(device)}; batch {args.batch}; {args.seconds} s -> latents {tuple(latent_shape)}; {args.steps} timed step(s) after 1 warm-up",
+        flush=True,
+    )
 
     results = []
     for name in names:

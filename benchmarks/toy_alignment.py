@@ -3,7 +3,7 @@
 For each seed: the whole loop (`run` with configs/toy.yaml, or toy_flow.yaml), then on the same generated clips and
 ratings:
   - Table 5, "no feedback weights": the same clips with every weight 1 (plus the pretrain term);
-  - Table 5, "pretrain term alone": beta * pretraining loss only;
+  - Table 5, "pretrain term alone": pretrain_weight * pretraining loss only;
   - Table 6, "human only" and "reward only": one source of feedback each, the human-rated rows
     and the reward-labelled rows of BATON's own training set (its mix draws `mix_ratio`
     reward-labelled rows per human-rated one);
@@ -173,8 +173,7 @@ def paired_differences(root: Path, seeds: list[int], ablations: list[str], extra
             seeds_d = per_seed[name][task]
             seed_mean = sum(seeds_d) / len(seeds_d)
             seed_se = math.sqrt(sum((x - seed_mean) ** 2 for x in seeds_d) / (len(seeds_d) - 1) / len(seeds_d)) if len(seeds_d) > 1 else None
-            result[name][task] = {"difference": mean, "paired_se": math.sqrt(variance / len(d)), "clips": len(d),
-                                  "per_seed": seeds_d, "seed_se": seed_se}
+            result[name][task] = {"difference": mean, "paired_se": math.sqrt(variance / len(d)), "clips": len(d), "per_seed": seeds_d, "seed_se": seed_se}
     return result
 
 
@@ -202,16 +201,23 @@ def markdown(table: dict, seeds: list[int], model: str = "toy TANGO") -> str:
     lines.append("| model | integrity | temporal | CLAP | FD |")
     lines.append("|---|---|---|---|---|")
     for model, row in table.items():
-        cell = lambda k: (f"{100 * row[k]:.1f} ({100 * row.get(k + '_se', float('nan')):.1f})" if k in row else "-")  # noqa: E731
-        lines.append(f"| {model} | {cell('integrity_accuracy')} | {cell('temporal_accuracy')} | "
-                     f"{row.get('clap_score', float('nan')):.3f} | {row.get('fd', float('nan')):.3f} |")
+        cell = lambda k: f"{100 * row[k]:.1f} ({100 * row.get(k + '_se', float('nan')):.1f})" if k in row else "-"  # noqa: E731
+        lines.append(
+            f"| {model} | {cell('integrity_accuracy')} | {cell('temporal_accuracy')} | "
+            f"{row.get('clap_score', float('nan')):.3f} | {row.get('fd', float('nan')):.3f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--model", choices=list(MODEL_CONFIGS), default="tango", help="tango: the toy TANGO (configs/toy.yaml); flow: the toy flow model (configs/toy_flow.yaml)")
+    parser.add_argument(
+        "--model",
+        choices=list(MODEL_CONFIGS),
+        default="tango",
+        help="tango: the toy TANGO (configs/toy.yaml); flow: the toy flow model (configs/toy_flow.yaml)",
+    )
     parser.add_argument("--root", default=None, help="default runs/toy_alignment, or runs/toy_alignment_flow for --model flow")
     parser.add_argument("--ablations", default="all", help="all, none, or a comma list of " + ",".join([*ABLATIONS, *DIAGNOSTICS]))
     parser.add_argument("--out", default=None, help="results file stem (default benchmarks/results/toy_alignment[_flow])")
@@ -240,22 +246,28 @@ def main() -> None:
     text += "\nBATON minus each model, mean over seeds. Unpaired SE: from the two accuracies' standard errors; "
     text += "paired SE: clip by clip on the same captions and seeds; across seeds: the spread of the per-seed differences "
     text += "(training noise included).\n\n"
-    text += ("| BATON minus | temporal, points | unpaired SEs | paired SEs | per seed | across-seed SEs | integrity, points | paired SEs |\n"
-             "|---|---|---|---|---|---|---|---|\n")
+    text += (
+        "| BATON minus | temporal, points | unpaired SEs | paired SEs | per seed | across-seed SEs | integrity, points | paired SEs |\n"
+        "|---|---|---|---|---|---|---|---|\n"
+    )
     for name in ["base", *ablations]:
         diff = table["baton"]["temporal_accuracy"] - table[name]["temporal_accuracy"]
         se = math.sqrt(table["baton"].get("temporal_accuracy_se", 0) ** 2 + table[name].get("temporal_accuracy_se", 0) ** 2)
         pt, pi = paired[name]["temporal"], paired[name]["integrity"]
         seeds_text = " / ".join(f"{100 * x:+.1f}" for x in pt["per_seed"])
-        text += (f"| {name} | {100 * diff:+.1f} | {diff / se if se else float('nan'):.1f} | {pt['difference'] / pt['paired_se']:.1f} | "
-                 f"{seeds_text} | {pt['difference'] / pt['seed_se'] if pt['seed_se'] else float('nan'):.1f} | "
-                 f"{100 * pi['difference']:+.1f} | {pi['difference'] / pi['paired_se'] if pi['paired_se'] else float('nan'):.1f} |\n")
+        text += (
+            f"| {name} | {100 * diff:+.1f} | {diff / se if se else float('nan'):.1f} | {pt['difference'] / pt['paired_se']:.1f} | "
+            f"{seeds_text} | {pt['difference'] / pt['seed_se'] if pt['seed_se'] else float('nan'):.1f} | "
+            f"{100 * pi['difference']:+.1f} | {pi['difference'] / pi['paired_se'] if pi['paired_se'] else float('nan'):.1f} |\n"
+        )
     checks = [per_seed[seed]["reward_label_check"] for seed in args.seeds]
     by_seed = lambda values: " / ".join(f"{100 * v:.1f}" for v in values)  # noqa: E731
-    text += (f"\nReward labels, judged by the oracle on the {' / '.join(str(c['clips']) for c in checks)} clips no rating reached "
-             f"(seeds {', '.join(map(str, args.seeds))}): right on {by_seed(c['accuracy'] for c in checks)} %; share of the reward "
-             f"weight on misaligned clips {by_seed(c['reward_share_on_misaligned'] for c in checks)} % "
-             f"(temporal clips: {by_seed(c['by_task']['temporal']['reward_share_on_misaligned'] for c in checks)} %).\n")
+    text += (
+        f"\nReward labels, judged by the oracle on the {' / '.join(str(c['clips']) for c in checks)} clips no rating reached "
+        f"(seeds {', '.join(map(str, args.seeds))}): right on {by_seed(c['accuracy'] for c in checks)} %; share of the reward "
+        f"weight on misaligned clips {by_seed(c['reward_share_on_misaligned'] for c in checks)} % "
+        f"(temporal clips: {by_seed(c['by_task']['temporal']['reward_share_on_misaligned'] for c in checks)} %).\n"
+    )
     Path(args.out + ".md").write_text(text)
     print(text)
 

@@ -51,7 +51,7 @@ from baton_trainer.__main__ import CONFIG_DIR  # noqa: E402
 from baton_trainer.config import parse_config  # noqa: E402
 from baton_trainer.layout import RunLayout  # noqa: E402
 from baton_trainer.stages.evaluate import evaluate  # noqa: E402
-from baton_trainer.stages.run import TOY_CHECKPOINTS, RunConfig, run  # noqa: E402
+from baton_trainer.stages.run import TOY_PRETRAINED, RunConfig, run  # noqa: E402
 
 OBJECTIVES = {
     "dpo": {"objective": "dpo", "min_reward_gap": 0.5},
@@ -137,8 +137,24 @@ def online(root: Path, seed: int, overrides: list[str], rounds: int, round_ratin
     if not run_dir.exists():
         shutil.copytree(source, run_dir, ignore=shutil.ignore_patterns("eval*", "ablation_*", "rounds"))
         shutil.copytree(source / "eval" / "clips" / "base", run_dir / "eval" / "clips" / "base")
-    config = parse_config(RunConfig, ["--config", str(CONFIG_DIR / "toy.yaml"), "--run_dir", str(run_dir), "--seed", str(seed),
-                                      "--rounds", str(rounds), "--round_ratings", str(round_ratings), "--stages", "finetune,evaluate", *overrides])
+    config = parse_config(
+        RunConfig,
+        [
+            "--config",
+            str(CONFIG_DIR / "toy.yaml"),
+            "--run_dir",
+            str(run_dir),
+            "--seed",
+            str(seed),
+            "--rounds",
+            str(rounds),
+            "--round_ratings",
+            str(round_ratings),
+            "--stages",
+            "finetune,evaluate",
+            *overrides,
+        ],
+    )
     if not (run_dir / "eval" / "metrics.json").is_file():
         run(config)
     result = json.loads((run_dir / "eval" / "metrics.json").read_text())["aligned"]
@@ -158,17 +174,28 @@ def versus_cell(versus: dict | None) -> str:
 
 
 def markdown(table: dict, paired: dict, seeds: list[int], control: dict | None = None, control_name: str = "") -> str:
-    lines = [f"Toy world, mean over seeds {seeds} (standard errors in brackets; accuracies by the oracle on held-out captions).",
-             "Against BATON: the method minus BATON in points (in paired SEs over clips; in SEs over the per-seed differences).", "",
-             "| method | integrity | temporal | CLAP | FD | diversity | temporal vs BATON |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"Toy world, mean over seeds {seeds} (standard errors in brackets; accuracies by the oracle on held-out captions).",
+        "Against BATON: the method minus BATON in points (in paired SEs over clips; in SEs over the per-seed differences).",
+        "",
+        "| method | integrity | temporal | CLAP | FD | diversity | temporal vs BATON |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for model, row in table.items():
         cell = lambda k: f"{100 * row[k]:.1f} ({100 * row.get(k + '_se', float('nan')):.1f})" if k in row else "-"  # noqa: E731
         vs = "-" if model == "baton" else versus_cell(paired.get(model, {}).get("temporal"))
-        lines.append(f"| {model} | {cell('integrity_accuracy')} | {cell('temporal_accuracy')} | {row.get('clap_score', float('nan')):.3f} | "
-                     f"{row.get('fd', float('nan')):.3f} | {row.get('diversity', float('nan')):.4f} | {vs} |")
+        lines.append(
+            f"| {model} | {cell('integrity_accuracy')} | {cell('temporal_accuracy')} | {row.get('clap_score', float('nan')):.3f} | "
+            f"{row.get('fd', float('nan')):.3f} | {row.get('diversity', float('nan')):.4f} | {vs} |"
+        )
     if control:
-        lines += ["", f"Against the control {control_name} (the method minus it, clip by clip; per seed in points):", "",
-                  "| method | integrity | temporal | temporal per seed |", "|---|---|---|---|"]
+        lines += [
+            "",
+            f"Against the control {control_name} (the method minus it, clip by clip; per seed in points):",
+            "",
+            "| method | integrity | temporal | temporal per seed |",
+            "|---|---|---|---|",
+        ]
         for model, tasks in control.items():
             per_seed = ", ".join(f"{-100 * d:+.1f}" for d in tasks["temporal"]["per_seed"])
             lines.append(f"| {model} | {versus_cell(tasks['integrity'])} | {versus_cell(tasks['temporal'])} | {per_seed} |")
@@ -180,7 +207,9 @@ def tuning_markdown(tuning: dict) -> str:
         return ""
     lines = ["", "Tuning on the training captions (fresh seeds, the oracle; integrity / temporal %):", ""]
     for method, found in tuning.items():
-        cells = [f"{value:g}: {100 * j['integrity_accuracy']:.1f} / {100 * j['temporal_accuracy']:.1f} ({j['clips']} clips)" for value, j in found["judged"].items()]
+        cells = [
+            f"{value:g}: {100 * j['integrity_accuracy']:.1f} / {100 * j['temporal_accuracy']:.1f} ({j['clips']} clips)" for value, j in found["judged"].items()
+        ]
         lines.append(f"- {method} {found['key']}: " + "; ".join(cells) + f"; chosen {found['chosen']:g}")
     return "\n".join(lines) + "\n"
 
@@ -196,8 +225,11 @@ def main() -> None:
     parser.add_argument("--tune_seed", type=int, default=0, help="tune DPO's and KTO's beta on this seed's training captions (fresh seeds) first")
     parser.add_argument("--no_tune", action="store_true", help="keep the config's betas")
     parser.add_argument("--tune_clips_per_caption", type=int, default=5)
-    parser.add_argument("--control", help="root of another toy_objectives run (e.g. BATON on more ratings, --rated_fraction): "
-                        "its BATON joins the table as --control_name, and every method is compared with it clip by clip")
+    parser.add_argument(
+        "--control",
+        help="root of another toy_objectives run (e.g. BATON on more ratings, --rated_fraction): "
+        "its BATON joins the table as --control_name, and every method is compared with it clip by clip",
+    )
     parser.add_argument("--control_name", default="baton_control")
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "toy_objectives"))
     args, overrides = parser.parse_known_args()
@@ -209,7 +241,7 @@ def main() -> None:
     root = Path(args.root)
     from baton_trainer.clap import ClapEmbedder
 
-    clap = ClapEmbedder(str(TOY_CHECKPOINTS / "toy_clap"))
+    clap = ClapEmbedder(str(TOY_PRETRAINED / "toy_clap"))
     best_of_name, rated_name = f"best_of_{args.best_of}", f"baton_online_rated_{args.round_ratings}"
 
     def untrained_folders(seed: int) -> dict[str, Path]:
@@ -242,8 +274,12 @@ def main() -> None:
             if not metrics.is_file():
                 raise SystemExit(f"--control: {metrics} is missing; run this benchmark with --root {args.control} (and its settings) for seed {seed} first")
             results[args.control_name] = json.loads(metrics.read_text())["aligned"]
-        folders = {"base": run_dir / "eval" / "clips" / "base", "baton": run_dir / "eval" / "clips" / "aligned",
-                   **{m: run_dir / f"eval_{m}" / "clips" / "aligned" for m in trained}, **untrained_folders(seed)}
+        folders = {
+            "base": run_dir / "eval" / "clips" / "base",
+            "baton": run_dir / "eval" / "clips" / "aligned",
+            **{m: run_dir / f"eval_{m}" / "clips" / "aligned" for m in trained},
+            **untrained_folders(seed),
+        }
         for name, folder in folders.items():
             results[name]["diversity"] = diversity(folder, clap)
         per_seed[seed] = results
@@ -258,9 +294,20 @@ def main() -> None:
 
     paired = paired_differences(root, args.seeds, trained, untrained_folders)
     control = paired_differences(root, args.seeds, trained, untrained_folders, reference=args.control_name) if args.control else {}
-    report = {"per_seed": per_seed, "summary": table, "paired_vs_baton": paired, "paired_vs_control": control, "control": args.control, "seconds": round(time.time() - began), "seeds": args.seeds,
-              "best_of": args.best_of, "rounds": args.rounds, "overrides": overrides,
-              "tuning": tuning, "objectives": OBJECTIVES}
+    report = {
+        "per_seed": per_seed,
+        "summary": table,
+        "paired_vs_baton": paired,
+        "paired_vs_control": control,
+        "control": args.control,
+        "seconds": round(time.time() - began),
+        "seeds": args.seeds,
+        "best_of": args.best_of,
+        "rounds": args.rounds,
+        "overrides": overrides,
+        "tuning": tuning,
+        "objectives": OBJECTIVES,
+    }
     Path(args.out + ".json").parent.mkdir(parents=True, exist_ok=True)
     Path(args.out + ".json").write_text(json.dumps(report, indent=2, default=str))
     text = markdown(table, paired, args.seeds, control, args.control_name) + tuning_markdown(tuning)

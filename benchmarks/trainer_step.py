@@ -20,8 +20,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from helpers import save_preference  # noqa: E402
 
-from baton_trainer.testing import save_tiny_tango  # noqa: E402
 from baton_trainer.stages.finetune import FinetuneConfig, load_training_data  # noqa: E402
+from baton_trainer.testing import save_tiny_tango  # noqa: E402
 from baton_trainer.trainer import DiffusionTrainer  # noqa: E402
 
 

@@ -74,7 +74,9 @@ def load(path_or_repo: str | os.PathLike, device: str | torch.device | None = No
     source = str(path_or_repo)
     try:
         model = BatonRewardModel.from_pretrained(source, **kwargs)
-        model.processor = ClapProcessor.from_pretrained(source, **{k: v for k, v in kwargs.items() if k in ("revision", "token", "cache_dir", "local_files_only")})
+        model.processor = ClapProcessor.from_pretrained(
+            source, **{k: v for k, v in kwargs.items() if k in ("revision", "token", "cache_dir", "local_files_only")}
+        )
     except Exception as exc:  # a missing or malformed folder: one line naming it, not the library's traceback
         reason = (str(exc).splitlines() or [""])[0]
         raise ValueError(f"{source}: cannot be loaded as a BATON reward model ({type(exc).__name__}: {reason})") from None

@@ -1,6 +1,6 @@
-"""Train the toy CLAP shipped in baton_trainer/toyworld/checkpoints/toy_clap (seeded, CPU).
+"""Train the toy CLAP shipped in baton_trainer/toyworld/pretrained/toy_clap (seeded, CPU).
 
-    python scripts/train_toy_clap.py --out baton_trainer/toyworld/checkpoints/toy_clap
+    python scripts/train_toy_clap.py --out baton_trainer/toyworld/pretrained/toy_clap
 
 A tiny `ClapModel` learns, contrastively, to match rendered toy clips with their captions. Each
 3-event clip's caption also comes with the same caption in another order as an extra negative,
@@ -18,7 +18,7 @@ the augmentation stayed at chance on its held-out clips for its first 900 steps 
 
     python scripts/train_toy_clap.py --out /tmp/toy_clap_rendered --threads 1
     python scripts/train_toy_clap.py --init /tmp/toy_clap_rendered --augment 0.7 --num-clips 3000 \
-        --steps 600 --lr 3e-4 --warmup 20 --workers 2 --out baton_trainer/toyworld/checkpoints/toy_clap
+        --steps 600 --lr 3e-4 --warmup 20 --workers 2 --out baton_trainer/toyworld/pretrained/toy_clap
 
 Audio goes through `reward_hub.prepare_waveform` and the ClapFeatureExtractor exactly as
 `ClapEmbedder` feeds it (48 kHz, padded to 10 s), so training and use see the same input.
@@ -41,7 +41,7 @@ import torch.nn.functional as F
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="baton_trainer/toyworld/checkpoints/toy_clap")
+    p.add_argument("--out", default="baton_trainer/toyworld/pretrained/toy_clap")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-clips", type=int, default=4000)
     p.add_argument("--eval-clips", type=int, default=300)
@@ -51,8 +51,7 @@ def parse_args(argv=None):
     p.add_argument("--device", default="cpu")
     p.add_argument("--workers", type=int, default=1, help="processes that render clips and compute features")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--augment", type=float, default=0.0,
-                   help="share of clips passed through the toy TANGO's VAE and vocoder (half of them with latent noise)")
+    p.add_argument("--augment", type=float, default=0.0, help="share of clips passed through the toy TANGO's VAE and vocoder (half of them with latent noise)")
     p.add_argument("--init", default=None, help="start from this ClapModel folder instead of a fresh one")
     p.add_argument("--warmup", type=int, default=50, help="linear learning-rate warm-up steps")
     return p.parse_args(argv)

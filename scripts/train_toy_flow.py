@@ -1,6 +1,6 @@
-"""Pretrain the toy flow model shipped in baton_trainer/toyworld/checkpoints/toy_flow (seeded).
+"""Pretrain the toy flow model shipped in baton_trainer/toyworld/pretrained/toy_flow (seeded).
 
-    python scripts/train_toy_flow.py --out baton_trainer/toyworld/checkpoints/toy_flow
+    python scripts/train_toy_flow.py --out baton_trainer/toyworld/pretrained/toy_flow
 
 A toy Stable Audio 3 (`toyworld.models.build_toy_flow`: StableAudio3Pipeline, StableAudio3DiTModel,
 FlowMatchEulerDiscreteScheduler, T5Gemma's encoder), trained through the Stable Audio 3 backend's
@@ -38,7 +38,7 @@ from baton_trainer.toyworld.pretraining import add_world_arguments, heldout_repo
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="baton_trainer/toyworld/checkpoints/toy_flow")
+    p.add_argument("--out", default="baton_trainer/toyworld/pretrained/toy_flow")
     p.add_argument("--seed", type=int, default=0)
     add_world_arguments(p)
     p.add_argument("--embed-dim", type=int, default=128)
@@ -50,8 +50,12 @@ def parse_args(argv=None):
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--cfg-dropout", type=float, default=0.1)
-    p.add_argument("--ema-decay", type=float, default=0.999,
-                   help="save the exponential moving average of the DiT's weights, as stable-audio-tools keeps an EMA copy (0: the raw weights)")
+    p.add_argument(
+        "--ema-decay",
+        type=float,
+        default=0.999,
+        help="save the exponential moving average of the DiT's weights, as stable-audio-tools keeps an EMA copy (0: the raw weights)",
+    )
     p.add_argument("--eval-clips", type=int, default=400, help="held-out clips per task for the report (0: skip)")
     p.add_argument("--eval-steps", type=int, default=25)
     p.add_argument("--guidance", type=float, default=3.0, help="guidance of the snapshot and held-out reports")
@@ -72,7 +76,7 @@ def train_dit(model, latents: torch.Tensor, text, unconditional: list, args, ema
     from baton_trainer.backends import TextConditioning
     from baton_trainer.losses import noised_latents_and_target, per_sample_mse
 
-    dit = model.unet
+    dit = model.denoiser
     dit.train()
     opt = torch.optim.AdamW(dit.parameters(), lr=args.lr, weight_decay=1e-2)
     gen = torch.Generator().manual_seed(args.seed + 2)
@@ -87,7 +91,7 @@ def train_dit(model, latents: torch.Tensor, text, unconditional: list, args, ema
         t = model.draw_timesteps(args.batch, gen).to(args.device)
         noisy, target = noised_latents_and_target(model.objective, z0, noise, t)
         cond = both[rows].to(args.device)
-        pred = dit(noisy, model.denoiser_timestep(t), **cond.unet_kwargs(), **model.denoiser_kwargs(noisy)).sample
+        pred = dit(noisy, model.denoiser_timestep(t), **cond.as_kwargs(), **model.denoiser_kwargs(noisy)).sample
         loss = per_sample_mse(pred, target).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -128,13 +132,13 @@ def main(argv=None) -> int:
     t0 = time.time()
     report_text = None
     if args.text_pretrain_steps:
-        report_text = pretrain_text_encoder(model.tokenizer, model.text_encoder, data["caption"], TEXT_MAX_LENGTH,
-                                            args.text_pretrain_steps, args.seed, args.device)
+        report_text = pretrain_text_encoder(
+            model.tokenizer, model.text_encoder, data["caption"], TEXT_MAX_LENGTH, args.text_pretrain_steps, args.seed, args.device
+        )
     timings["text_s"] = round(time.time() - t0, 1)
     model.text_encoder.requires_grad_(False)
     with torch.no_grad():  # the text encoder is frozen from here: encode every caption once
-        text = TextConditioning.cat([model.encode_text(data["caption"][i : i + 256], TOY_DURATION_S).to("cpu")
-                                     for i in range(0, len(data["caption"]), 256)])
+        text = TextConditioning.cat([model.encode_text(data["caption"][i : i + 256], TOY_DURATION_S).to("cpu") for i in range(0, len(data["caption"]), 256)])
         unconditional = [model.null_text(TOY_DURATION_S).to("cpu"), model.encode_text([""], TOY_DURATION_S).to("cpu")]
 
     snapshots = {int(x) for x in args.snapshots.split(",") if x.strip()}
@@ -142,28 +146,28 @@ def main(argv=None) -> int:
     # A constant-rate run's raw weights move by several accuracy points from one snapshot to the
     # next, and any fine-tune with a decaying rate then gains from the averaging alone; the EMA
     # is the settled model a released checkpoint is.
-    ema = EMAModel(model.unet.parameters(), decay=args.ema_decay) if args.ema_decay > 0 else None
+    ema = EMAModel(model.denoiser.parameters(), decay=args.ema_decay) if args.ema_decay > 0 else None
 
     def on_step(step: int) -> None:
         if step in snapshots and step != args.steps:
             folder = Path(f"{out}-step{step}")
-            model.unet.eval()
+            model.denoiser.eval()
             if ema is not None:
-                ema.store(model.unet.parameters())
-                ema.copy_to(model.unet.parameters())
+                ema.store(model.denoiser.parameters())
+                ema.copy_to(model.denoiser.parameters())
             model.save_pretrained(folder)
             if args.eval_clips:
                 snapshot_reports[step] = heldout_report(model, args.eval_clips, args.seed, args.eval_steps, args.guidance, duration_s=TOY_DURATION_S)
                 log(f"snapshot {step}: {json.dumps(snapshot_reports[step])}")
                 (folder / "training_report.json").write_text(json.dumps({"dit_steps": step, "heldout": snapshot_reports[step]}, indent=2))
             if ema is not None:
-                ema.restore(model.unet.parameters())
-            model.unet.train()
+                ema.restore(model.denoiser.parameters())
+            model.denoiser.train()
 
     t0 = time.time()
     train_dit(model, latents, text, unconditional, args, ema, on_step)
     if ema is not None:
-        ema.copy_to(model.unet.parameters())
+        ema.copy_to(model.denoiser.parameters())
     timings["dit_s"] = round(time.time() - t0, 1)
     model.name_or_path = str(out)
     model.to("cpu")
@@ -188,7 +192,9 @@ def main(argv=None) -> int:
         log(f"held-out: {json.dumps(report['heldout'])}")
         report["heldout_by_guidance"] = {str(args.guidance): report["heldout"]}
         for guidance in [float(g) for g in args.report_guidance.split(",") if g]:
-            report["heldout_by_guidance"][str(guidance)] = heldout_report(loaded, args.eval_clips, args.seed, args.eval_steps, guidance, duration_s=TOY_DURATION_S)
+            report["heldout_by_guidance"][str(guidance)] = heldout_report(
+                loaded, args.eval_clips, args.seed, args.eval_steps, guidance, duration_s=TOY_DURATION_S
+            )
             log(f"held-out at guidance {guidance}: {json.dumps(report['heldout_by_guidance'][str(guidance)])}")
     (out / "training_report.json").write_text(json.dumps(report, indent=2))
     return 0

@@ -1,6 +1,6 @@
-"""Pretrain the toy TANGO shipped in baton_trainer/toyworld/checkpoints/toy_tango (seeded).
+"""Pretrain the toy TANGO shipped in baton_trainer/toyworld/pretrained/toy_tango (seeded).
 
-    python scripts/train_toy_tango.py --device cuda --out baton_trainer/toyworld/checkpoints/toy_tango
+    python scripts/train_toy_tango.py --device cuda --out baton_trainer/toyworld/pretrained/toy_tango
 
 1. render captioned toy clips (`toyworld.render.render_dataset`) in the loosely captioned world
    `PRETRAIN_WORLD`: some named events are missing and some 3-event clips ignore the order;
@@ -33,15 +33,17 @@ from baton_trainer.toyworld.pretraining import add_world_arguments, heldout_repo
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="baton_trainer/toyworld/checkpoints/toy_tango")
+    p.add_argument("--out", default="baton_trainer/toyworld/pretrained/toy_tango")
     p.add_argument("--seed", type=int, default=0)
     add_world_arguments(p)
     p.add_argument("--unet-channels", default="32,64,96", help="UNet block widths; one level per entry")
     p.add_argument("--text-layers", type=int, default=2)
-    p.add_argument("--text-pretrain-steps", type=int, default=300,
-                   help="first teach the T5 encoder which event each word names and its place among the events (0: skip)")
-    p.add_argument("--train-text-encoder", action="store_true",
-                   help="train the T5 encoder with the UNet (TANGO keeps it fixed; joint training loses event order)")
+    p.add_argument(
+        "--text-pretrain-steps", type=int, default=300, help="first teach the T5 encoder which event each word names and its place among the events (0: skip)"
+    )
+    p.add_argument(
+        "--train-text-encoder", action="store_true", help="train the T5 encoder with the UNet (TANGO keeps it fixed; joint training loses event order)"
+    )
     p.add_argument("--init-vae", default="", help="take the trained VAE of this toy TANGO folder and skip VAE training")
     p.add_argument("--vae-steps", type=int, default=900)
     p.add_argument("--vae-batch", type=int, default=16)
@@ -88,7 +90,7 @@ def train_vae(model, mels: torch.Tensor, args) -> None:
 def train_unet(model, latents: torch.Tensor, captions: list[str], args, on_step=None) -> None:
     from baton_trainer.losses import denoising_target, snr_weights
 
-    unet, text_encoder, scheduler = model.unet, model.text_encoder, model.noise_scheduler
+    unet, text_encoder, scheduler = model.denoiser, model.text_encoder, model.noise_scheduler
     unet.train()
     text_encoder.train(args.train_text_encoder)
     text_encoder.requires_grad_(args.train_text_encoder)
@@ -135,7 +137,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    from baton_trainer.toyworld.models import build_toy_tango, TOY_DURATION_S
+    from baton_trainer.toyworld.models import TOY_DURATION_S, build_toy_tango
 
     out = Path(args.out)
     started = time.time()
@@ -182,13 +184,14 @@ def main(argv=None) -> int:
                 snapshot_reports[step] = evaluate(model, args.eval_clips, args)
                 log(f"snapshot {step}: {json.dumps(snapshot_reports[step])}")
                 (folder / "training_report.json").write_text(json.dumps({"unet_steps": step, "heldout": snapshot_reports[step]}, indent=2))
-            model.unet.train()
+            model.denoiser.train()
             model.text_encoder.train(args.train_text_encoder)
 
     if args.text_pretrain_steps:
         t0 = time.time()
-        report_text = pretrain_text_encoder(model.tokenizer, model.text_encoder, data["caption"], model.pipe.config.text_max_length,
-                                            args.text_pretrain_steps, args.seed, args.device)
+        report_text = pretrain_text_encoder(
+            model.tokenizer, model.text_encoder, data["caption"], model.pipe.config.text_max_length, args.text_pretrain_steps, args.seed, args.device
+        )
         timings["text_s"] = round(time.time() - t0, 1)
     t0 = time.time()
     train_unet(model, latents, data["caption"], args, on_step)

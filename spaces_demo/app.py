@@ -201,8 +201,13 @@ def build_demo(
         if unknown:
             lines.append(f"The models do not know these words and ignore them: {', '.join(unknown)}.")
         return (
-            paths["baseline"], paths["aligned"], images["baseline"], images["aligned"],
-            scores["baseline"], scores["aligned"], "\n\n".join(lines),
+            paths["baseline"],
+            paths["aligned"],
+            images["baseline"],
+            images["aligned"],
+            scores["baseline"],
+            scores["aligned"],
+            "\n\n".join(lines),
         )
 
     aligned_name = display_path(aligned.name_or_path) if aligned is not None else "none"
@@ -218,7 +223,10 @@ def build_demo(
         )
         with gr.Row():
             prompt_box = gr.Textbox(
-                label="Prompt", lines=2, scale=4, elem_id="baton-prompt",
+                label="Prompt",
+                lines=2,
+                scale=4,
+                elem_id="baton-prompt",
                 placeholder=toy_example_captions()[0] if toy else "A dog barks, then a bell rings",
                 info=f"up to {MAX_PROMPT_CHARS} characters",
             )
@@ -227,9 +235,7 @@ def build_demo(
             seed_box = gr.Number(label="Seed", value=0, precision=0, info=f"0 to {MAX_SEED}", elem_id="baton-seed")
             steps_slider = gr.Slider(*STEPS_RANGE, value=min(steps_default, STEPS_RANGE[1]), step=1, label="Steps", elem_id="baton-steps")
             guidance_slider = gr.Slider(*GUIDANCE_RANGE, value=3.0, step=0.5, label="Guidance", elem_id="baton-guidance")
-            duration_slider = gr.Slider(
-                MIN_DURATION_S, max_duration, value=max_duration, step=0.01, label="Length (s)", elem_id="baton-duration"
-            )
+            duration_slider = gr.Slider(MIN_DURATION_S, max_duration, value=max_duration, step=0.01, label="Length (s)", elem_id="baton-duration")
         with gr.Row():
             with gr.Column():
                 gr.Markdown("### Baseline")
@@ -256,7 +262,9 @@ def build_demo(
     return demo
 
 
-def launch(demo: gr.Blocks, output_dir: str | os.PathLike, host: str | None = None, port: int | None = None, share: bool = False, prevent_thread_lock: bool = False) -> gr.Blocks:
+def launch(
+    demo: gr.Blocks, output_dir: str | os.PathLike, host: str | None = None, port: int | None = None, share: bool = False, prevent_thread_lock: bool = False
+) -> gr.Blocks:
     """Serve the page; only `output_dir` is readable through /gradio_api/file=."""
     demo.launch(
         server_name=host,

@@ -27,17 +27,25 @@ class SpaceError(ValueError):
 @dataclass
 class SpaceConfig:
     base_model: str | None = field(
-        default=None, metadata={"help": "baseline model: a folder or Hub id of any model the trainer aligns (TANGO, AudioLDM 2), or an original TANGO checkpoint (env BATON_BASE_MODEL; default: the aligned export's base, else the toy TANGO)"}
+        default=None,
+        metadata={
+            "help": "baseline model: a folder or Hub id of any model the trainer aligns (TANGO, AudioLDM 2), or an original TANGO checkpoint (env BATON_BASE_MODEL; default: the aligned export's base, else the toy TANGO)"
+        },
     )
     aligned_export: str | None = field(
-        default=None, metadata={"help": "trainer export (LoRA adapter or UNet) folder or Hub id (env BATON_ALIGNED_EXPORT; default: runs/toy/aligned or a shipped toy export; 'none': baseline only)"}
+        default=None,
+        metadata={
+            "help": "trainer export (LoRA adapter or UNet) folder or Hub id (env BATON_ALIGNED_EXPORT; default: runs/toy/aligned or a shipped toy export; 'none': baseline only)"
+        },
     )
     reward_model: str | None = field(
         default=None, metadata={"help": "reward model folder or Hub id (env BATON_REWARD_MODEL; default: the toy run's or a shipped one; 'none': no scores)"}
     )
     output_dir: str | None = field(default=None, metadata={"help": "folder for generated clips, the only one served (env BATON_OUTPUT_DIR)"})
     device: str | None = field(default=None, metadata={"help": "torch device (env BATON_DEVICE; default cuda when available, else cpu)"})
-    default_steps: int | None = field(default=None, metadata={"help": "sampling steps the page starts with (env BATON_DEFAULT_STEPS; default 25 for the toy model, else 50)"})
+    default_steps: int | None = field(
+        default=None, metadata={"help": "sampling steps the page starts with (env BATON_DEFAULT_STEPS; default 25 for the toy model, else 50)"}
+    )
     host: str | None = field(default=None, metadata={"help": "address to listen on (default: Gradio's, 0.0.0.0 on Spaces)"})
     port: int | None = field(default=None, metadata={"help": "port (default: Gradio's, 7860)"})
     share: bool = field(default=False, metadata={"help": "open a public gradio.live link"})
@@ -64,10 +72,10 @@ class SpaceConfig:
         return cls(**values)
 
 
-def _toy_checkpoints() -> Path:
-    from baton_trainer.toyworld.models import CHECKPOINTS_DIR
+def _toy_pretrained() -> Path:
+    from baton_trainer.toyworld.models import PRETRAINED_DIR
 
-    return CHECKPOINTS_DIR
+    return PRETRAINED_DIR
 
 
 def _toy_run_dirs() -> list[Path]:
@@ -92,7 +100,7 @@ def _is_reward_model(folder: Path) -> bool:
 
 
 def _shipped(predicate) -> list[Path]:
-    folder = _toy_checkpoints()
+    folder = _toy_pretrained()
     return sorted(p for p in folder.iterdir() if p.is_dir() and predicate(p)) if folder.is_dir() else []
 
 
@@ -161,8 +169,7 @@ def resolve_models(config: SpaceConfig) -> ResolvedModels:
                 break
         if aligned is None:
             notes.append(
-                "No aligned model found (set BATON_ALIGNED_EXPORT, or run `python -m baton_trainer` to train the toy "
-                "world's): only the baseline is shown."
+                "No aligned model found (set BATON_ALIGNED_EXPORT, or run `python -m baton_trainer` to train the toy world's): only the baseline is shown."
             )
     elif base is None:
         base = export_base(_local_folder(aligned, "aligned export"))
@@ -192,7 +199,7 @@ def load_aligned(base: TextToAudioBackend, export: str | Path) -> TextToAudioBac
     mode = json.loads((folder / EXPORT_FILE).read_text(encoding="utf-8")).get("mode")
     # A second pipeline over the same components (diffusers' from_pipe); the adapter is injected
     # into the UNet in place, so under LoRA the aligned model gets its own copy of the UNet.
-    aligned = base.with_unet(copy.deepcopy(base.unet) if mode == "lora" else base.unet)
+    aligned = base.with_denoiser(copy.deepcopy(base.denoiser) if mode == "lora" else base.denoiser)
     try:
         aligned.load_trained(folder)
     except (OSError, ValueError, RuntimeError) as exc:  # e.g. an export trained from another base model

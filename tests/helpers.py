@@ -6,6 +6,7 @@ from pathlib import Path
 
 import datasets
 import numpy as np
+
 from baton_trainer.audio import wav_bytes
 from baton_trainer.data import PRETRAIN_FEATURES, build_dataset
 
@@ -55,8 +56,12 @@ def save_audio_alpaca(folder, n_prompts=3, pairs_per_prompt=2):
     struct = {"bytes": datasets.Value("binary"), "path": datasets.Value("string")}
     features = datasets.Features({"prompt": datasets.Value("string"), "chosen": struct, "rejected": struct, "strategy": datasets.Value("string")})
     ds = datasets.Dataset.from_dict(
-        {"prompt": [p for p, _ in rows], "chosen": [clip(2 * i) for i in range(len(rows))], "rejected": [clip(2 * i + 1) for i in range(len(rows))],
-         "strategy": ["Multiple Inference"] * len(rows)},
+        {
+            "prompt": [p for p, _ in rows],
+            "chosen": [clip(2 * i) for i in range(len(rows))],
+            "rejected": [clip(2 * i + 1) for i in range(len(rows))],
+            "strategy": ["Multiple Inference"] * len(rows),
+        },
         features=features,
     )
     ds.cast_column("chosen", datasets.Audio(decode=False)).cast_column("rejected", datasets.Audio(decode=False)).save_to_disk(str(folder))

@@ -24,8 +24,8 @@ from baton_trainer.annotation import (
     fleiss_kappa,
     majority_vote,
 )
-from baton_trainer.stages.export import ExportConfig, export_feedback
 from baton_trainer.audio import save_wav
+from baton_trainer.stages.export import ExportConfig, export_feedback
 
 
 def make_generations(folder: Path, num_captions: int, clips_per_caption: int, samples: int = 1600) -> Path:
@@ -40,8 +40,17 @@ def make_generations(folder: Path, num_captions: int, clips_per_caption: int, sa
             tone = np.sin(2 * np.pi * (200 + 50 * caption_id + 10 * clip_index) * np.arange(samples) / 16000)
             save_wav(folder / file_name, (0.3 * tone).astype(np.float32), 16000)
             rows.append(
-                {"file_name": file_name, "clip_id": clip_id, "caption": f"caption {caption_id}", "caption_id": caption_id,
-                 "clip_index": clip_index, "task": task, "labels": labels, "seed": clip_index, "model": "test"}
+                {
+                    "file_name": file_name,
+                    "clip_id": clip_id,
+                    "caption": f"caption {caption_id}",
+                    "caption_id": caption_id,
+                    "clip_index": clip_index,
+                    "task": task,
+                    "labels": labels,
+                    "seed": clip_index,
+                    "model": "test",
+                }
             )
     (folder / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return folder
@@ -121,7 +130,10 @@ def test_unplayable_clip_is_not_handed_out_until_reregistered(store, tmp_path):
 def test_register_refuses_paths_outside_and_bad_metadata(tmp_path):
     gen = tmp_path / "gen"
     gen.mkdir()
-    (gen / "metadata.jsonl").write_text(json.dumps({"file_name": "../x.wav", "clip_id": "00000_0", "caption": "c", "task": "integrity", "labels": ["a", "b"], "caption_id": 0, "clip_index": 0}) + "\n")
+    (gen / "metadata.jsonl").write_text(
+        json.dumps({"file_name": "../x.wav", "clip_id": "00000_0", "caption": "c", "task": "integrity", "labels": ["a", "b"], "caption_id": 0, "clip_index": 0})
+        + "\n"
+    )
     with AnnotationStore(tmp_path / "s.sqlite") as s:
         with pytest.raises(AnnotationError, match="line 1: file_name '../x.wav' must be relative"):
             s.register_clips(gen)
@@ -234,8 +246,16 @@ def test_majority_vote_and_ties():
 def test_kappas_match_references():
     # Fleiss (1971) worked example as given on Wikipedia: 10 items, 14 raters, 5 categories -> 0.210
     table = [
-        [0, 0, 0, 0, 14], [0, 2, 6, 4, 2], [0, 0, 3, 5, 6], [0, 3, 9, 2, 0], [2, 2, 8, 1, 1],
-        [7, 7, 0, 0, 0], [3, 2, 6, 3, 0], [2, 5, 3, 2, 2], [6, 5, 2, 1, 0], [0, 2, 2, 3, 7],
+        [0, 0, 0, 0, 14],
+        [0, 2, 6, 4, 2],
+        [0, 0, 3, 5, 6],
+        [0, 3, 9, 2, 0],
+        [2, 2, 8, 1, 1],
+        [7, 7, 0, 0, 0],
+        [3, 2, 6, 3, 0],
+        [2, 5, 3, 2, 2],
+        [6, 5, 2, 1, 0],
+        [0, 2, 2, 3, 7],
     ]
     assert fleiss_kappa(table) == pytest.approx(0.20993, abs=1e-4)
     assert fleiss_kappa([[2, 0], [0, 2]]) == pytest.approx(1.0)
@@ -384,8 +404,12 @@ def test_eight_rating_processes_give_each_clip_exactly_the_ratings_it_asks_for(t
     script.write_text(RATER_SCRIPT)
     go = tmp_path / "go"
     raters = [
-        subprocess.Popen([sys.executable, str(script), str(tmp_path / "annotations.sqlite"), f"rater{i}", str(ratings_per_clip), str(go)],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, str(script), str(tmp_path / "annotations.sqlite"), f"rater{i}", str(ratings_per_clip), str(go)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for i in range(8)
     ]
     # Open the gate only once every interpreter has started (a slow machine may take many seconds to import).
@@ -422,7 +446,9 @@ def test_a_rating_beyond_the_clips_count_is_refused_after_a_lease_runs_out(tmp_p
         assert store.next_clip_for("c") is None
 
 
-@pytest.mark.parametrize("name, code", [("ali\x00ce", "0000"), ("\x1b[31mbob", "001B"), ("bell\x07", "0007"), ("del\x7f", "007F"), ("evil\u202egnp.exe", "202E")])
+@pytest.mark.parametrize(
+    "name, code", [("ali\x00ce", "0000"), ("\x1b[31mbob", "001B"), ("bell\x07", "0007"), ("del\x7f", "007F"), ("evil\u202egnp.exe", "202E")]
+)
 def test_annotator_names_with_control_characters_are_refused(store, name, code):
     with pytest.raises(AnnotationError, match=f"control character U\\+{code}"):
         store.next_clip_for(name)

@@ -6,15 +6,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_annotation import make_generations
 
 from baton_trainer.annotation import AnnotationError, AnnotationStore
 from baton_trainer.annotation.app import ClipServer, read_users_file
+from baton_trainer.audio import AudioError
 from baton_trainer.spectrogram import spectrogram_image
 from baton_trainer.stages.annotate import AnnotateConfig, annotate
 from baton_trainer.stages.export import ExportConfig, export_feedback
-from baton_trainer.audio import AudioError
-
-from test_annotation import make_generations
 
 gradio_client = pytest.importorskip("gradio_client")
 

@@ -35,9 +35,20 @@ def finetune_config(root, mode, **overrides):
     from baton_trainer.stages.finetune import FinetuneConfig
 
     values = dict(
-        run_dir=str(root / "run"), model=str(root / "base"), feedback_dataset=str(root / "feedback"), pretrain_dataset=str(root / "pretrain"),
-        output_dir=str(root / mode), cache_dir=str(root / "cache"), train_batch_size=4, learning_rate=5e-2, max_train_steps=3,
-        report_to="none", use_lora=mode == "lora", lora_rank=4, seed=1, duration_s=DURATION_S,
+        run_dir=str(root / "run"),
+        model=str(root / "base"),
+        feedback_dataset=str(root / "feedback"),
+        pretrain_dataset=str(root / "pretrain"),
+        output_dir=str(root / mode),
+        cache_dir=str(root / "cache"),
+        train_batch_size=4,
+        learning_rate=5e-2,
+        max_train_steps=3,
+        report_to="none",
+        use_lora=mode == "lora",
+        lora_rank=4,
+        seed=1,
+        duration_s=DURATION_S,
     )
     values.update(overrides)
     return FinetuneConfig(**values)
@@ -96,8 +107,10 @@ def test_the_training_target_is_what_the_pipelines_sampler_inverts(trained):
         def restart():
             scheduler.set_timesteps(sigmas=logsnr_sigma_schedule(10, -6.2, 2.0))
     else:
+
         def restart():
             scheduler.set_timesteps(10)
+
     restart()
     x0 = torch.randn(2, 4, 16, 4, generator=torch.Generator().manual_seed(0))
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(1))
@@ -150,8 +163,11 @@ def dropped_as_the_models_training_drops_it(name, model, text, row):
     elif name == "audioldm2":  # the empty caption through the pipeline's own encoders, padded to the batch (masked)
         embeds, mask, generated = model.pipe.encode_prompt([""], "cpu", 1, False)
         pad = tensors["encoder_hidden_states_1"].shape[1] - embeds.shape[1]
-        return TextConditioning(encoder_hidden_states=generated, encoder_hidden_states_1=torch.nn.functional.pad(embeds, (0, 0, 0, pad)),
-                                encoder_attention_mask_1=torch.nn.functional.pad(mask.bool(), (0, pad)))
+        return TextConditioning(
+            encoder_hidden_states=generated,
+            encoder_hidden_states_1=torch.nn.functional.pad(embeds, (0, 0, 0, pad)),
+            encoder_attention_mask_1=torch.nn.functional.pad(mask.bool(), (0, pad)),
+        )
     else:  # stable-audio-tools' cfg_dropout_prob: the whole cross-attention context zeroed
         tensors["encoder_hidden_states"].zero_()
         if "encoder_attention_mask" in tensors:
@@ -170,11 +186,13 @@ def test_a_dropped_caption_gets_the_null_conditioning_the_models_training_used(t
     mixed = trainer.draw.drop_captions(text, dropped)
     latents = model.encode_audio(torch.randn(4, int(DURATION_S * model.sample_rate), generator=torch.Generator().manual_seed(0)))
     t = model.draw_timesteps(4, torch.Generator().manual_seed(1))
-    noisy, _ = noised_latents_and_target(model.objective, latents, torch.randn(latents.shape, generator=torch.Generator().manual_seed(2)), t, model.noise_scheduler)
+    noisy, _ = noised_latents_and_target(
+        model.objective, latents, torch.randn(latents.shape, generator=torch.Generator().manual_seed(2)), t, model.noise_scheduler
+    )
 
     def predict(cond, rows=slice(None)):
         with torch.no_grad():
-            return model.unet(noisy[rows], model.denoiser_timestep(t[rows]), **cond.unet_kwargs(), **model.denoiser_kwargs(noisy[rows])).sample
+            return model.denoiser(noisy[rows], model.denoiser_timestep(t[rows]), **cond.as_kwargs(), **model.denoiser_kwargs(noisy[rows])).sample
 
     torch.testing.assert_close(predict(mixed)[~dropped], predict(text)[~dropped], rtol=1e-5, atol=1e-6)
     for row in (0, 3):
@@ -188,10 +206,14 @@ def latents_of(pipe):
     parameters = inspect.signature(pipe.__call__).parameters
     length = next(name for name in ("audio_end_in_s", "audio_length_in_s", "duration") if name in parameters)
     kwargs = {length: DURATION_S}
-    return torch.cat([
-        torch.as_tensor(pipe(p, num_inference_steps=3, guidance_scale=2.0, generator=[torch.Generator().manual_seed(s)], output_type="latent", **kwargs).audios)
-        for p, s in zip(PROMPTS, SEEDS)
-    ])
+    return torch.cat(
+        [
+            torch.as_tensor(
+                pipe(p, num_inference_steps=3, guidance_scale=2.0, generator=[torch.Generator().manual_seed(s)], output_type="latent", **kwargs).audios
+            )
+            for p, s in zip(PROMPTS, SEEDS)
+        ]
+    )
 
 
 def plain_pipeline(folder, **components):
@@ -277,18 +299,40 @@ def test_generate_evaluate_and_the_space_run_unchanged(trained, tmp_path):
     captions = tmp_path / "captions.jsonl"
     rows = [{"caption_id": i, "caption": c, "task": "integrity", "labels": [], "split": "heldout"} for i, c in enumerate(PROMPTS)]
     captions.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    out = generate(GenerateConfig(run_dir=str(tmp_path / "run"), model=str(trained / "base"), captions_file=str(captions), split="heldout",
-                                  clips_per_caption=2, num_inference_steps=2, batch_size=3, duration_s=DURATION_S, device="cpu"))
+    out = generate(
+        GenerateConfig(
+            run_dir=str(tmp_path / "run"),
+            model=str(trained / "base"),
+            captions_file=str(captions),
+            split="heldout",
+            clips_per_caption=2,
+            num_inference_steps=2,
+            batch_size=3,
+            duration_s=DURATION_S,
+            device="cpu",
+        )
+    )
     metadata = [json.loads(line) for line in (out / "metadata.jsonl").read_text().splitlines()]
     assert len(metadata) == 4 and all((out / r["file_name"]).is_file() for r in metadata)
 
-    report = evaluate(EvaluateConfig(run_dir=str(tmp_path / "run"), model=str(trained / "base"), aligned=str(trained / "lora"), captions=str(captions),
-                                     clips_per_caption=1, num_inference_steps=2, duration_s=DURATION_S, clap_model="none", device="cpu"))
+    report = evaluate(
+        EvaluateConfig(
+            run_dir=str(tmp_path / "run"),
+            model=str(trained / "base"),
+            aligned=str(trained / "lora"),
+            captions=str(captions),
+            clips_per_caption=1,
+            num_inference_steps=2,
+            duration_s=DURATION_S,
+            clap_model="none",
+            device="cpu",
+        )
+    )
     assert (report / "metrics.json").is_file()
 
     base = load_backend(trained / "base")
     aligned = space_models.load_aligned(base, trained / "lora")
-    assert aligned.vae is base.vae and aligned.text_encoder is base.text_encoder and aligned.unet is not base.unet
+    assert aligned.vae is base.vae and aligned.text_encoder is base.text_encoder and aligned.denoiser is not base.denoiser
     before = clips(base, PROMPTS[:1], [5])
     assert not np.allclose(clips(aligned, PROMPTS[:1], [5]), before) and np.array_equal(clips(base, PROMPTS[:1], [5]), before)
 
@@ -301,7 +345,9 @@ def test_audioldm2_clips_are_what_diffusers_pipeline_makes_from_each_caption(tmp
     both = clips(model)
     pipe = plain_pipeline(folder)
     for i in range(2):
-        ref = pipe(PROMPTS[i], num_inference_steps=3, guidance_scale=3.0, audio_length_in_s=DURATION_S, generator=[torch.Generator().manual_seed(SEEDS[i])]).audios[0]
+        ref = pipe(
+            PROMPTS[i], num_inference_steps=3, guidance_scale=3.0, audio_length_in_s=DURATION_S, generator=[torch.Generator().manual_seed(SEEDS[i])]
+        ).audios[0]
         np.testing.assert_allclose(both[i], ref, rtol=0, atol=1e-4 * np.abs(both).max())
     cond = model.encode_text(PROMPTS)
     embeds, mask, generated = model.pipe.encode_prompt(PROMPTS[:1], "cpu", 1, False)

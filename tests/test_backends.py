@@ -10,7 +10,7 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from helpers import save_preference, save_pretrain, train, training_data
+from helpers import save_preference, save_pretrain, train
 
 from baton_trainer.backends import load_backend
 from baton_trainer.backends.pipeline_tango import TangoPipeline
@@ -35,9 +35,19 @@ def trained(tmp_path_factory):
     save_pretrain(root / "pretrain", n=8)
     for mode in ("lora", "full"):
         config = FinetuneConfig(
-            run_dir=str(root / "run"), model=str(root / "base"), feedback_dataset=str(root / "feedback"), pretrain_dataset=str(root / "pretrain"),
-            output_dir=str(root / mode), cache_dir=str(root / "cache"), train_batch_size=4, learning_rate=5e-2, max_train_steps=3,
-            report_to="none", use_lora=mode == "lora", lora_rank=4, seed=1,
+            run_dir=str(root / "run"),
+            model=str(root / "base"),
+            feedback_dataset=str(root / "feedback"),
+            pretrain_dataset=str(root / "pretrain"),
+            output_dir=str(root / mode),
+            cache_dir=str(root / "cache"),
+            train_batch_size=4,
+            learning_rate=5e-2,
+            max_train_steps=3,
+            report_to="none",
+            use_lora=mode == "lora",
+            lora_rank=4,
+            seed=1,
         )
         train(DiffusionTrainer(config))
     return root
@@ -67,10 +77,8 @@ def test_a_saved_folder_is_a_diffusers_pipeline_folder(trained):
 
 def test_a_clips_latents_do_not_depend_on_its_batch_neighbours(trained):
     pipe = TangoPipeline.from_pretrained(trained / "base")
-    both = pipe(PROMPTS, num_inference_steps=2, guidance_scale=3.0, output_type="latent",
-                generator=[torch.Generator().manual_seed(s) for s in SEEDS]).audios
-    alone = pipe(PROMPTS[1:], num_inference_steps=2, guidance_scale=3.0, output_type="latent",
-                 generator=[torch.Generator().manual_seed(SEEDS[1])]).audios
+    both = pipe(PROMPTS, num_inference_steps=2, guidance_scale=3.0, output_type="latent", generator=[torch.Generator().manual_seed(s) for s in SEEDS]).audios
+    alone = pipe(PROMPTS[1:], num_inference_steps=2, guidance_scale=3.0, output_type="latent", generator=[torch.Generator().manual_seed(SEEDS[1])]).audios
     torch.testing.assert_close(both[1:], alone, rtol=1e-4, atol=1e-5)
 
 
@@ -115,8 +123,14 @@ def run_plain_diffusers(tmp_path, folder, lora="-", steps=3, seconds=0.32, promp
     script.write_text(PLAIN_DIFFUSERS)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["HF_MODULES_CACHE"] = str(tmp_path / "hf_modules")
-    result = subprocess.run([sys.executable, str(script), str(folder), str(lora), str(tmp_path / "audio.npy"), str(steps), str(seconds),
-                             json.dumps(prompts)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, str(script), str(folder), str(lora), str(tmp_path / "audio.npy"), str(steps), str(seconds), json.dumps(prompts)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().splitlines()[-1] == "diffusers_modules.local.pipeline_tango TangoPipeline"  # the folder's code ran
     return np.load(tmp_path / "audio.npy")
@@ -160,8 +174,8 @@ def test_the_code_shipped_in_the_toy_folder_is_the_packages():
     """The toy TANGO folder carries the pipeline and vocoder files for plain diffusers; they stay in step."""
     from pathlib import Path
 
-    import baton_trainer.backends.pipeline_tango as pipeline_module
     import baton_trainer.backends.griffin_lim_vocoder as vocoder_module
+    import baton_trainer.backends.pipeline_tango as pipeline_module
 
     assert (TOY_TANGO_PATH / "pipeline_tango.py").read_text() == Path(pipeline_module.__file__).read_text()
     assert (TOY_TANGO_PATH / "vocoder" / "griffin_lim_vocoder.py").read_text() == Path(vocoder_module.__file__).read_text()

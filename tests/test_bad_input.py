@@ -30,8 +30,11 @@ def run_cli(capsys, argv):
     exactly one error line, the last thing printed."""
     capsys.readouterr()  # only what the command itself prints
     code = main([str(a) for a in argv])
-    lines = [line for line in capsys.readouterr().err.replace("\r", "\n").splitlines() if line.strip()
-             and not any(bar in line for bar in ("Loading weights", "Saving the dataset", "it/s]", "examples/s]"))]
+    lines = [
+        line
+        for line in capsys.readouterr().err.replace("\r", "\n").splitlines()
+        if line.strip() and not any(bar in line for bar in ("Loading weights", "Saving the dataset", "it/s]", "examples/s]"))
+    ]
     errors = [line for line in lines if line.startswith("error:")]
     if code:
         assert errors and lines[-1] == errors[-1] and len(errors) == 1 and not any("Traceback" in line for line in lines), lines
@@ -49,20 +52,25 @@ GOOD = json.dumps({"caption_id": 0, "caption": "a dog barks then beep", "task": 
 @pytest.mark.parametrize(
     "lines, message",
     [
-        ([GOOD, json.dumps({"caption_id": 1, "caption": None, "task": "temporal", "labels": [], "split": "train"})],
-         "line 2: 'caption' must be non-empty text, got None"),
-        ([GOOD, json.dumps({"caption_id": 1, "caption": "   ", "task": "temporal", "labels": [], "split": "train"})],
-         "line 2: 'caption' must be non-empty text"),
-        ([GOOD, b'{"caption_id": 1, "caption": "caf\xe9 sounds", "task": "temporal", "labels": [], "split": "train"}\n'],
-         "line 2 is not UTF-8 text (byte 0xe9)"),
+        (
+            [GOOD, json.dumps({"caption_id": 1, "caption": None, "task": "temporal", "labels": [], "split": "train"})],
+            "line 2: 'caption' must be non-empty text, got None",
+        ),
+        (
+            [GOOD, json.dumps({"caption_id": 1, "caption": "   ", "task": "temporal", "labels": [], "split": "train"})],
+            "line 2: 'caption' must be non-empty text",
+        ),
+        (
+            [GOOD, b'{"caption_id": 1, "caption": "caf\xe9 sounds", "task": "temporal", "labels": [], "split": "train"}\n'],
+            "line 2 is not UTF-8 text (byte 0xe9)",
+        ),
         ([GOOD, "{not json"], "line 2 is not valid JSON"),
         ([GOOD, json.dumps([1, 2])], "line 2 is not a JSON object"),
     ],
 )
 def test_generate_names_the_captions_file_and_line(models, tmp_path, capsys, lines, message):
     captions = write_captions(tmp_path / "captions.jsonl", lines)
-    code, err = run_cli(capsys, ["generate", "--run_dir", tmp_path, "--model", models / "tango", "--captions_file", captions,
-                                 "--num_inference_steps", 1])
+    code, err = run_cli(capsys, ["generate", "--run_dir", tmp_path, "--model", models / "tango", "--captions_file", captions, "--num_inference_steps", 1])
     assert code == 1 and str(captions) in err and message in err
     assert not (tmp_path / "generations" / "clips").exists() or not any((tmp_path / "generations" / "clips").iterdir())
 
@@ -98,7 +106,12 @@ def test_a_config_file_that_is_not_utf8_names_its_line(tmp_path, capsys):
     "stage, model_key, folder, message",
     [
         ("generate", "--model", "broken_tango", "broken_tango/unet: cannot be loaded as a UNet2DConditionModel ("),
-        ("generate", "--model", "empty", "neither a diffusers pipeline folder (model_index.json), a baton-trainer model (baton_model.json), nor an original TANGO checkpoint"),
+        (
+            "generate",
+            "--model",
+            "empty",
+            "neither a diffusers pipeline folder (model_index.json), a baton-trainer model (baton_model.json), nor an original TANGO checkpoint",
+        ),
         ("generate", "--model", "nowhere", "model '{root}/nowhere': not found"),
         ("generate", "--export", "broken_tango", "not a trained export (no baton_export.json)"),
         ("label", "--reward_model", "broken_clap", "broken_clap: cannot be loaded as a BATON reward model"),
@@ -160,9 +173,18 @@ def test_label_keeps_a_labelled_set_when_every_clip_is_now_rated(tmp_path, capsy
     rows = read_generations(tmp_path / "generations")
     columns = {name: [] for name in PREFERENCE_FEATURES}
     for r in rows:  # now every generated clip has a human rating
-        for name, value in (("caption", r["caption"]), ("audio", {"bytes": (tmp_path / "generations" / r["file_name"]).read_bytes(), "path": r["file_name"]}),
-                            ("feedback", 1), ("reward", 1.0), ("source", "human"), ("task", "integrity"), ("labels", r["labels"]),
-                            ("caption_id", r["caption_id"]), ("clip_index", r["clip_index"]), ("annotator", "a")):
+        for name, value in (
+            ("caption", r["caption"]),
+            ("audio", {"bytes": (tmp_path / "generations" / r["file_name"]).read_bytes(), "path": r["file_name"]}),
+            ("feedback", 1),
+            ("reward", 1.0),
+            ("source", "human"),
+            ("task", "integrity"),
+            ("labels", r["labels"]),
+            ("caption_id", r["caption_id"]),
+            ("clip_index", r["clip_index"]),
+            ("annotator", "a"),
+        ):
             columns[name].append(value)
     build_dataset(columns).save_to_disk(str(tmp_path / "feedback"))
     code, err = run_cli(capsys, ["label", "--run_dir", tmp_path])

@@ -55,7 +55,10 @@ def test_none_turns_a_data_source_off_from_the_command_line_and_yaml(tmp_path):
     (tmp_path / "reward_labeled").mkdir()  # the default reward data exists
     human_only = parse_config(FinetuneConfig, ["--run_dir", str(tmp_path), "--reward_dataset", "none"])
     assert human_only.feedback_sources() == (str(tmp_path / "feedback"), None)
-    assert parse_config(FinetuneConfig, ["--run_dir", str(tmp_path), "--feedback_dataset", "None"]).feedback_sources() == (None, str(tmp_path / "reward_labeled"))
+    assert parse_config(FinetuneConfig, ["--run_dir", str(tmp_path), "--feedback_dataset", "None"]).feedback_sources() == (
+        None,
+        str(tmp_path / "reward_labeled"),
+    )
     assert parse_config(FinetuneConfig, ["--run_dir", str(tmp_path)]).feedback_sources() == (str(tmp_path / "feedback"), str(tmp_path / "reward_labeled"))
     config_file = tmp_path / "c.yaml"
     config_file.write_text("reward_dataset: none\n")
@@ -79,10 +82,35 @@ def test_every_stage_has_a_typed_config_and_help(stage, capsys):
 
 
 def test_cli_errors_are_one_line_and_nonzero(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "baton_trainer", "finetune", "--learning_rate", "abc"], capture_output=True, text=True, timeout=120
-    )
+    result = subprocess.run([sys.executable, "-m", "baton_trainer", "finetune", "--learning_rate", "abc"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert result.stderr.strip() == "error: config key 'learning_rate' must be a number, got 'abc'"
     result = subprocess.run([sys.executable, "-m", "baton_trainer", "nosuchstage"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "unknown stage 'nosuchstage'" in result.stderr
+
+
+def test_renamed_finetune_keys_still_work_with_a_deprecation_warning(tmp_path):
+    """`beta` meant three things; its old names keep working for one release, from the CLI, a
+    YAML file and a run config's nested section, and never silently beside the new name."""
+    from baton_trainer.stages.finetune import FinetuneConfig
+    from baton_trainer.stages.run import RunConfig
+
+    with pytest.warns(FutureWarning, match="'beta' is deprecated: use 'pretrain_weight'"):
+        cfg = parse_config(FinetuneConfig, ["--beta", "0.25", "--beta_dpo", "20", "--beta_kto", "100"])
+    assert (cfg.pretrain_weight, cfg.dpo_beta, cfg.kto_beta) == (0.25, 20.0, 100.0)
+    (tmp_path / "run.yaml").write_text("finetune:\n  beta: 0.1\n")
+    with pytest.warns(FutureWarning, match="'finetune.beta' is deprecated: use 'finetune.pretrain_weight'"):
+        finetune = parse_config(RunConfig, ["--config", str(tmp_path / "run.yaml"), "--finetune.beta_kto", "7"]).stage_configs()["finetune"]
+    assert (finetune.pretrain_weight, finetune.kto_beta) == (0.1, 7.0)
+    with pytest.raises(ConfigError, match="'beta' and 'pretrain_weight' are the same setting"):
+        parse_config(FinetuneConfig, ["--beta", "0.25", "--pretrain_weight", "0.5"])
+    assert parse_config(FinetuneConfig, ["--pretrain_weight", "0.3"]).pretrain_weight == 0.3
+
+
+def test_an_unknown_objective_is_refused_with_the_known_ones():
+    from baton_trainer.objectives import OBJECTIVES
+    from baton_trainer.stages.finetune import FinetuneConfig
+
+    with pytest.raises(ValueError, match="objective") as error:
+        parse_config(FinetuneConfig, ["--objective", "ppo"])
+    assert all(name in str(error.value) for name in OBJECTIVES)

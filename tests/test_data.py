@@ -3,7 +3,7 @@ import math
 from pathlib import Path
 
 import pytest
-from helpers import preference_rows, save_preference, train, training_data
+from helpers import preference_rows, save_preference, training_data
 
 from baton_trainer.audio import AudioError, load_audio, save_wav
 from baton_trainer.data import (
@@ -70,8 +70,8 @@ def test_unicode_captions_are_fine():
 
 
 def test_unreadable_audio_names_the_row(tmp_path):
-    from baton_trainer.testing import save_tiny_tango
     from baton_trainer.stages.finetune import FinetuneConfig
+    from baton_trainer.testing import save_tiny_tango
     from baton_trainer.trainer import DiffusionTrainer
 
     rows = preference_rows(4)
@@ -138,8 +138,12 @@ def rated(captions, feedback, rewards=None):
     """A preference dataset of the given captions, ratings (-1 unrated) and rewards."""
     n = len(captions)
     rows = preference_rows(n)
-    rows.update(caption=list(captions), feedback=list(feedback), reward=list(rewards or [max(f, 0) for f in feedback]),
-                source=["human" if f >= 0 else "reward_model" for f in feedback])
+    rows.update(
+        caption=list(captions),
+        feedback=list(feedback),
+        reward=list(rewards or [max(f, 0) for f in feedback]),
+        source=["human" if f >= 0 else "reward_model" for f in feedback],
+    )
     return build_dataset(rows)
 
 
@@ -150,7 +154,7 @@ def test_pairs_join_every_aligned_clip_with_every_not_aligned_clip_of_its_captio
     pairs = preference_pairs(ds, max_pairs_per_caption=10)
     assert sorted(pairs) == sorted([(0, 1), (0, 3), (2, 4), (5, 4)])  # wind has no not-aligned clip: no pair
     captions, feedback = ds["caption"], ds["feedback"]
-    assert all(captions[w] == captions[l] and feedback[w] == 1 and feedback[l] == 0 for w, l in pairs)
+    assert all(captions[chosen] == captions[rejected] and feedback[chosen] == 1 and feedback[rejected] == 0 for chosen, rejected in pairs)
 
 
 def test_pairs_are_capped_per_caption_and_reward_labels_rank_the_unrated_clips():
@@ -164,9 +168,9 @@ def test_pairs_are_capped_per_caption_and_reward_labels_rank_the_unrated_clips()
     ds = rated(captions, feedback)
     pairs = preference_pairs(ds, max_pairs_per_caption=3, seed=1)
     per_caption = {}
-    for w, l in pairs:
-        assert captions[w] == captions[l] and feedback[w] == 1 and feedback[l] == 0
-        per_caption[captions[w]] = per_caption.get(captions[w], 0) + 1
+    for chosen, rejected in pairs:
+        assert captions[chosen] == captions[rejected] and feedback[chosen] == 1 and feedback[rejected] == 0
+        per_caption[captions[chosen]] = per_caption.get(captions[chosen], 0) + 1
     assert per_caption == {c: 3 for c in set(captions)} and pairs == preference_pairs(ds, max_pairs_per_caption=3, seed=1)
     assert pairs != preference_pairs(ds, max_pairs_per_caption=3, seed=2)
 
@@ -187,9 +191,9 @@ def test_reward_ranked_rows_by_threshold_or_top_fraction_per_caption():
 
 def test_an_audio_alpaca_schema_dataset_loads_as_pairs_and_as_rated_clips(tmp_path):
     import datasets
+    from helpers import save_audio_alpaca
 
     from baton_trainer.data import load_pairwise_dataset, pairwise_to_preference, preference_pairs
-    from helpers import save_audio_alpaca
 
     save_audio_alpaca(tmp_path / "alpaca", n_prompts=2, pairs_per_prompt=2)
     pairs = load_pairwise_dataset(tmp_path / "alpaca")

@@ -11,17 +11,52 @@ from baton_trainer.__main__ import main
 def test_tiny_default_run_end_to_end_and_resume(tmp_path, capsys):
     run_dir = tmp_path / "toy"
     args = [
-        "run", "--run_dir", str(run_dir), "--pretrain_clips", "8", "--reference_clips", "8", "--rated_fraction", "0.75",
-        "--prompts.num_integrity", "4", "--prompts.num_temporal", "4",
-        "--generate.clips_per_caption", "3", "--generate.num_inference_steps", "4",
-        "--reward.epochs", "3", "--reward.validation_fraction", "0.5",
-        "--finetune.max_train_steps", "2", "--finetune.train_batch_size", "4", "--finetune.report_to", "none",
-        "--evaluate.clips_per_caption", "2", "--evaluate.num_inference_steps", "4",
+        "run",
+        "--run_dir",
+        str(run_dir),
+        "--pretrain_clips",
+        "8",
+        "--reference_clips",
+        "8",
+        "--rated_fraction",
+        "0.75",
+        "--prompts.num_integrity",
+        "4",
+        "--prompts.num_temporal",
+        "4",
+        "--generate.clips_per_caption",
+        "3",
+        "--generate.num_inference_steps",
+        "4",
+        "--reward.epochs",
+        "3",
+        "--reward.validation_fraction",
+        "0.5",
+        "--finetune.max_train_steps",
+        "2",
+        "--finetune.train_batch_size",
+        "4",
+        "--finetune.report_to",
+        "none",
+        "--evaluate.clips_per_caption",
+        "2",
+        "--evaluate.num_inference_steps",
+        "4",
     ]
     assert main(args) == 0
-    for path in ("captions.jsonl", "generations/metadata.jsonl", "annotations.sqlite", "feedback", "reward_model/config.json",
-                 "reward_labeled", "aligned/baton_export.json", "eval/report.md", "eval/metrics.png", "eval/spectrograms.png",
-                 "eval/reward_histogram.png"):
+    for path in (
+        "captions.jsonl",
+        "generations/metadata.jsonl",
+        "annotations.sqlite",
+        "feedback",
+        "reward_model/config.json",
+        "reward_labeled",
+        "aligned/baton_export.json",
+        "eval/report.md",
+        "eval/metrics.png",
+        "eval/spectrograms.png",
+        "eval/reward_histogram.png",
+    ):
         assert (run_dir / path).exists(), path
     metrics = json.loads((run_dir / "eval" / "metrics.json").read_text())
     for model in ("base", "aligned"):
@@ -55,11 +90,39 @@ def test_tiny_toy_flow_run_end_to_end(tmp_path):
 
     run_dir = tmp_path / "toy_flow"
     args = [
-        "run", "--config", str(CONFIG_DIR / "toy_flow.yaml"), "--run_dir", str(run_dir), "--pretrain_clips", "8",
-        "--reference_clips", "8", "--rated_fraction", "0.75", "--prompts.num_integrity", "4", "--prompts.num_temporal", "4",
-        "--generate.clips_per_caption", "3", "--generate.num_inference_steps", "4", "--reward.epochs", "3",
-        "--reward.validation_fraction", "0.5", "--finetune.max_train_steps", "2", "--finetune.train_batch_size", "4",
-        "--finetune.report_to", "none", "--evaluate.clips_per_caption", "2", "--evaluate.num_inference_steps", "4",
+        "run",
+        "--config",
+        str(CONFIG_DIR / "toy_flow.yaml"),
+        "--run_dir",
+        str(run_dir),
+        "--pretrain_clips",
+        "8",
+        "--reference_clips",
+        "8",
+        "--rated_fraction",
+        "0.75",
+        "--prompts.num_integrity",
+        "4",
+        "--prompts.num_temporal",
+        "4",
+        "--generate.clips_per_caption",
+        "3",
+        "--generate.num_inference_steps",
+        "4",
+        "--reward.epochs",
+        "3",
+        "--reward.validation_fraction",
+        "0.5",
+        "--finetune.max_train_steps",
+        "2",
+        "--finetune.train_batch_size",
+        "4",
+        "--finetune.report_to",
+        "none",
+        "--evaluate.clips_per_caption",
+        "2",
+        "--evaluate.num_inference_steps",
+        "4",
     ]
     assert main(args) == 0
     export = json.loads((run_dir / "aligned" / "baton_export.json").read_text())
@@ -106,20 +169,31 @@ def test_check_reward_labels_scores_every_reward_label_against_the_oracle(tmp_pa
     from baton_trainer.audio import wav_bytes
     from baton_trainer.data import PREFERENCE_FEATURES, build_dataset, load_preference_dataset
     from baton_trainer.layout import RunLayout
-    from baton_trainer.toyworld.loop import check_reward_labels
     from baton_trainer.toyworld import render_sequence
+    from baton_trainer.toyworld.loop import check_reward_labels
 
     labels = [["chirp", "knock", "hiss"]] * 4 + [["whistle", "rumble"]] * 2
-    played = [["chirp", "knock", "hiss"], ["chirp", "knock", "hiss"], ["knock", "chirp", "hiss"], ["hiss", "knock", "chirp"],
-              ["whistle", "rumble"], ["whistle"]]
+    played = [
+        ["chirp", "knock", "hiss"],
+        ["chirp", "knock", "hiss"],
+        ["knock", "chirp", "hiss"],
+        ["hiss", "knock", "chirp"],
+        ["whistle", "rumble"],
+        ["whistle"],
+    ]
     truth = [1, 1, 0, 0, 1, 0]
     rewards = [0.9, 0.4, 0.8, 0.1, 0.7, 0.2]  # wrong on the second and third clip
     columns = {
         "caption": [" then ".join(x) for x in labels],
         "audio": [{"bytes": wav_bytes(render_sequence(p, seed=i), 16000), "path": f"clip_{i}.wav"} for i, p in enumerate(played)],
-        "feedback": [-1] * 6, "reward": rewards, "source": ["reward_model"] * 6,
-        "task": ["temporal"] * 4 + ["integrity"] * 2, "labels": labels,
-        "caption_id": list(range(6)), "clip_index": [0] * 6, "annotator": [""] * 6,
+        "feedback": [-1] * 6,
+        "reward": rewards,
+        "source": ["reward_model"] * 6,
+        "task": ["temporal"] * 4 + ["integrity"] * 2,
+        "labels": labels,
+        "caption_id": list(range(6)),
+        "clip_index": [0] * 6,
+        "annotator": [""] * 6,
     }
     build_dataset(columns, PREFERENCE_FEATURES).save_to_disk(str(tmp_path / "reward_labeled"))
 
@@ -166,13 +240,45 @@ def test_online_rounds_resume_after_a_kill_in_round_two_without_redoing_round_on
 
     run_dir = tmp_path / "toy"
     args = [
-        "run", "--run_dir", str(run_dir), "--pretrain_clips", "8", "--reference_clips", "8", "--rated_fraction", "0.75",
-        "--prompts.num_integrity", "4", "--prompts.num_temporal", "4",
-        "--generate.clips_per_caption", "3", "--generate.num_inference_steps", "2", "--generate.batch_size", "1",
-        "--reward.epochs", "3", "--reward.validation_fraction", "0.5",
-        "--finetune.max_train_steps", "1", "--finetune.train_batch_size", "4", "--finetune.report_to", "none",
-        "--evaluate.clips_per_caption", "1", "--evaluate.num_inference_steps", "2", "--rounds", "2", "--round_ratings", "3",
-        "--judge_clips_per_caption", "1",
+        "run",
+        "--run_dir",
+        str(run_dir),
+        "--pretrain_clips",
+        "8",
+        "--reference_clips",
+        "8",
+        "--rated_fraction",
+        "0.75",
+        "--prompts.num_integrity",
+        "4",
+        "--prompts.num_temporal",
+        "4",
+        "--generate.clips_per_caption",
+        "3",
+        "--generate.num_inference_steps",
+        "2",
+        "--generate.batch_size",
+        "1",
+        "--reward.epochs",
+        "3",
+        "--reward.validation_fraction",
+        "0.5",
+        "--finetune.max_train_steps",
+        "1",
+        "--finetune.train_batch_size",
+        "4",
+        "--finetune.report_to",
+        "none",
+        "--evaluate.clips_per_caption",
+        "1",
+        "--evaluate.num_inference_steps",
+        "2",
+        "--rounds",
+        "2",
+        "--round_ratings",
+        "3",
+        "--judge_clips_per_caption",
+        "1",
     ]
     first = subprocess.Popen([sys.executable, "-m", "baton_trainer", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     round_two = run_dir / "rounds" / "round_2" / "generations" / "clips"
@@ -184,8 +290,14 @@ def test_online_rounds_resume_after_a_kill_in_round_two_without_redoing_round_on
     first.send_signal(signal.SIGKILL)
     first.wait()
     assert not (run_dir / "rounds" / "summary.json").exists()
-    kept = {p: p.stat().st_mtime_ns for p in [run_dir / "aligned" / "baton_export.json", run_dir / "rounds" / "round_1" / "judge.json",
-                                               run_dir / "rounds" / "round_1" / "judge_clips" / "metadata.jsonl"]}
+    kept = {
+        p: p.stat().st_mtime_ns
+        for p in [
+            run_dir / "aligned" / "baton_export.json",
+            run_dir / "rounds" / "round_1" / "judge.json",
+            run_dir / "rounds" / "round_1" / "judge_clips" / "metadata.jsonl",
+        ]
+    }
 
     assert main(args) == 0
     assert {p: p.stat().st_mtime_ns for p in kept} == kept  # round 1 was not redone

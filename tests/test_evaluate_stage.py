@@ -14,7 +14,7 @@ def models(tmp_path_factory):
     save_tiny_tango(root / "base")
     aligned = tiny_tango()
     with torch.no_grad():  # a "fine-tuned" UNet: the base plus a small perturbation
-        for p in aligned.unet.parameters():
+        for p in aligned.denoiser.parameters():
             p.add_(0.05 * torch.randn_like(p))
     aligned.save_trained(root / "aligned", "full", base=str(root / "base"))
     save_tiny_clap(root / "clap")
@@ -61,14 +61,23 @@ def test_evaluate_refuses_a_missing_export(models, tmp_path):
 
 def test_best_of_n_keeps_the_candidate_the_reward_model_scores_highest(models, tmp_path):
     import reward_hub
-
     from baton_trainer.audio import load_audio
     from baton_trainer.clap import CLAP_SAMPLE_RATE
-    from baton_trainer.stages.run import TOY_CHECKPOINTS
+    from baton_trainer.stages.run import TOY_PRETRAINED
 
-    reward_model = TOY_CHECKPOINTS / "toy_reward"
-    config = EvaluateConfig(run_dir=str(tmp_path), model=str(models / "base"), aligned="none", reward_model=str(reward_model), best_of=3,
-                            captions=str(models / "captions.jsonl"), clips_per_caption=2, num_inference_steps=2, clap_model="none", device="cpu")
+    reward_model = TOY_PRETRAINED / "toy_reward"
+    config = EvaluateConfig(
+        run_dir=str(tmp_path),
+        model=str(models / "base"),
+        aligned="none",
+        reward_model=str(reward_model),
+        best_of=3,
+        captions=str(models / "captions.jsonl"),
+        clips_per_caption=2,
+        num_inference_steps=2,
+        clap_model="none",
+        device="cpu",
+    )
     out = evaluate(config)
     metrics = json.loads((out / "metrics.json").read_text())
     assert "best_of_3" in metrics and "base" in metrics
@@ -84,16 +93,27 @@ def test_best_of_n_keeps_the_candidate_the_reward_model_scores_highest(models, t
     for pick in picks:
         caption_id, k = (int(x) for x in pick["clip_id"].split("_"))
         group = [i for i, r in enumerate(rows) if r["caption_id"] == caption_id and r["clip_index"] % 2 == k]
-        assert len(group) == 3 and any(rows[i]["seed"] == next(b["seed"] for b in base if b["clip_id"] == pick["clip_id"]) for i in group)  # the base clip competes
+        assert len(group) == 3 and any(
+            rows[i]["seed"] == next(b["seed"] for b in base if b["clip_id"] == pick["clip_id"]) for i in group
+        )  # the base clip competes
         best = max(group, key=lambda i: scores[i])
         assert pick["seed"] == rows[best]["seed"] and abs(pick["reward"] - scores[best]) < 1e-5
 
 
 def test_event_scores_thresholds_and_intervals_reach_the_report(models, tmp_path):
     config = EvaluateConfig(
-        run_dir=str(tmp_path), model=str(models / "base"), aligned=str(models / "aligned"), captions=str(models / "captions.jsonl"),
-        clips_per_caption=2, num_inference_steps=2, clap_model=str(models / "clap"), device="cpu",
-        detector="toy", presence_threshold=0.6, max_event_gap_s=0.05, bootstrap_resamples=200,
+        run_dir=str(tmp_path),
+        model=str(models / "base"),
+        aligned=str(models / "aligned"),
+        captions=str(models / "captions.jsonl"),
+        clips_per_caption=2,
+        num_inference_steps=2,
+        clap_model=str(models / "clap"),
+        device="cpu",
+        detector="toy",
+        presence_threshold=0.6,
+        max_event_gap_s=0.05,
+        bootstrap_resamples=200,
     )
     out = evaluate(config)
     data = json.loads((out / "metrics.json").read_text())

@@ -33,7 +33,9 @@ def toy_cases():
     for task in ("integrity", "temporal"):
         wavs, labels, _ = benchmark_cases(40, task, seed=5)
         wavs = [w + rng.normal(0, 0.02, len(w)).astype(np.float32) for w in wavs]
-        cases += [({"clip_id": f"{task}{i}", "caption_id": f"{task}{i // 2}", "labels": l, "task": task}, w) for i, (l, w) in enumerate(zip(labels, wavs))]
+        cases += [
+            ({"clip_id": f"{task}{i}", "caption_id": f"{task}{i // 2}", "labels": named, "task": task}, w) for i, (named, w) in enumerate(zip(labels, wavs))
+        ]
     return [c[0] for c in cases], [c[1] for c in cases]
 
 
@@ -83,7 +85,7 @@ def test_segments_onsets_and_order_on_hand_made_probabilities():
     assert active_segments(active, frame_s, max_gap_s=0.1, min_duration_s=0.2) == [(1, 7)]
     assert active_segments(active, frame_s, max_gap_s=0.0, min_duration_s=0.2) == [(1, 3), (4, 7)]
     probs = np.zeros((20, 3))
-    probs[2:6, 0] = 0.9   # "a" at 0.2 s
+    probs[2:6, 0] = 0.9  # "a" at 0.2 s
     probs[8:12, 1] = 0.8  # "b" at 0.8 s
     probs[14:18, 2] = 0.6  # "c" at 1.4 s, weaker
     classes = ["a", "b", "c"]
@@ -111,7 +113,10 @@ def test_event_map_names_labels_and_free_text_events_in_order():
     assert [e[0] for e in events] == ["Dog", "Speech", "Rain"]
     assert "Bark" in events[0]  # classes the dog may also fire do not count against parsimony
     # labels from the prompts stage; an AudioSet name is accepted as itself
-    assert event_map.caption_events({"labels": ["dog barking", "Hammond organ"], "task": "integrity"})[0] == [event_map.label_classes("dog barking"), ["Hammond organ"]]
+    assert event_map.caption_events({"labels": ["dog barking", "Hammond organ"], "task": "integrity"})[0] == [
+        event_map.label_classes("dog barking"),
+        ["Hammond organ"],
+    ]
     events, why = event_map.caption_events({"labels": ["quantum foam"], "task": "integrity"})
     assert events is None and "quantum foam" in why
     events, why = event_map.caption_events({"caption": "A strange noise", "task": "integrity"})

@@ -61,8 +61,13 @@ print("WRITES", writes)
 
 
 def export_in_child(world: Path, out: Path, kill_at: int, seed: int = 0) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", CHILD, str(kill_at), str(world), str(out), str(seed)], capture_output=True, text=True, timeout=300,
-                          env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+    return subprocess.run(
+        [sys.executable, "-c", CHILD, str(kill_at), str(world), str(out), str(seed)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"},
+    )
 
 
 def accepted_as_export(world: Path, out: Path) -> bool:
@@ -117,3 +122,24 @@ def test_an_export_killed_at_any_write_is_never_taken_for_an_export(tmp_path, pr
         shutil.rmtree(out, ignore_errors=True)  # a kill at the first write can come before the folder exists
     assert accepted_as_export(world, whole)
     assert json.loads((whole / "train_summary.json").read_text())["global_step"] == 0
+
+
+def test_an_export_of_one_mode_over_the_other_leaves_only_its_own_weights(tmp_path):
+    """A LoRA export over a full one (and back) removes the other mode's files, so the marker
+    vouches for exactly one model."""
+    from baton_trainer.backends import load_backend
+    from baton_trainer.testing import save_tiny_tango
+
+    base = save_tiny_tango(tmp_path / "tango")
+    folder = tmp_path / "export"
+    model = load_backend(str(base))
+    model.save_trained(folder, "full", base=str(base))
+    assert (folder / model.denoiser_name).is_dir()
+    from peft import LoraConfig
+
+    model.add_lora(LoraConfig(r=2, target_modules=list(model.lora_target_modules)))
+    model.save_trained(folder, "lora", base=str(base))
+    assert (folder / "pytorch_lora_weights.safetensors").is_file() and not (folder / model.denoiser_name).exists()
+    load_backend(str(base), export=str(folder))  # loads as the LoRA export it now is
+    load_backend(str(base)).save_trained(folder, "full", base=str(base))
+    assert not list(folder.glob("pytorch_lora_weights*")) and (folder / model.denoiser_name).is_dir()

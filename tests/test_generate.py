@@ -131,11 +131,24 @@ def test_resumes_after_a_kill_without_duplicates(tmp_path, backend):
 @pytest.mark.slow
 def test_resumes_after_sigkill_of_the_cli(tmp_path, model_dir, backend):
     run = write_run(tmp_path / "run")
-    args = ["--run_dir", str(run), "--model", str(model_dir), "--num_inference_steps", "30", "--duration_s", "0.32",
-            "--device", "cpu", "--batch_size", "1", "--clips_per_caption", "3"]
+    args = [
+        "--run_dir",
+        str(run),
+        "--model",
+        str(model_dir),
+        "--num_inference_steps",
+        "30",
+        "--duration_s",
+        "0.32",
+        "--device",
+        "cpu",
+        "--batch_size",
+        "1",
+        "--clips_per_caption",
+        "3",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "baton_trainer", "generate", *args], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, "-m", "baton_trainer", "generate", *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     metadata = run / "generations" / "metadata.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
@@ -147,8 +160,7 @@ def test_resumes_after_sigkill_of_the_cli(tmp_path, model_dir, backend):
     proc.wait()
     assert killed, "the generation finished before it could be killed"
     assert len(read_rows(run / "generations")) < 6
-    config = GenerateConfig(run_dir=str(run), model=str(model_dir), num_inference_steps=30, duration_s=0.32, device="cpu",
-                            batch_size=6, clips_per_caption=3)
+    config = GenerateConfig(run_dir=str(run), model=str(model_dir), num_inference_steps=30, duration_s=0.32, device="cpu", batch_size=6, clips_per_caption=3)
     generate(config, backend=backend)
     ids = [r["clip_id"] for r in read_rows(run / "generations")]
     assert ids == [f"{c:05d}_{k}" for c in (0, 3) for k in range(3)]

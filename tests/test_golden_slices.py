@@ -44,9 +44,7 @@ def make_world(root: Path) -> Path:
     save_tiny_stable_audio_3(root / "stable_audio_3")
     save_preference(root / "feedback", n=8)
     n = 8
-    save_preference(
-        root / "reward_labeled", n=n, seed=5, source=["reward_model"] * n, feedback=[-1] * n, reward=[round(0.1 + 0.1 * i, 2) for i in range(n)]
-    )
+    save_preference(root / "reward_labeled", n=n, seed=5, source=["reward_model"] * n, feedback=[-1] * n, reward=[round(0.1 + 0.1 * i, 2) for i in range(n)])
     save_audio_alpaca(root / "alpaca")
     save_pretrain(root / "pretrain", n=8)
     return root
@@ -64,9 +62,22 @@ def run_slice(root: Path, name: str, out: Path) -> dict:
     if overrides.pop("pairwise", False):
         data = {"pairwise_dataset": str(root / "alpaca"), "feedback_dataset": "none", "reward_dataset": "none"}
     config = FinetuneConfig(
-        run_dir=str(root / "run"), model=str(root / backend), pretrain_dataset=str(root / "pretrain"), output_dir=str(out),
-        cache_dir=str(out / "cache"), train_batch_size=2, max_train_steps=3, learning_rate=1e-3, report_to="none", lora_rank=4,
-        duration_s=0.32, seed=7, checkpointing_steps=1, checkpoints_total_limit=None, **data, **overrides,
+        run_dir=str(root / "run"),
+        model=str(root / backend),
+        pretrain_dataset=str(root / "pretrain"),
+        output_dir=str(out),
+        cache_dir=str(out / "cache"),
+        train_batch_size=2,
+        max_train_steps=3,
+        learning_rate=1e-3,
+        report_to="none",
+        lora_rank=4,
+        duration_s=0.32,
+        seed=7,
+        checkpointing_steps=1,
+        checkpoints_total_limit=None,
+        **data,
+        **overrides,
     )
     finetune(config)
     losses = [json.loads((out / "checkpoints" / f"checkpoint-{step}" / "trainer_state.json").read_text())["logs"]["loss"] for step in (1, 2, 3)]

@@ -10,20 +10,28 @@ import textwrap
 import numpy as np
 import pytest
 
-from baton_trainer.layout import MOVABLE, RunLayout
 from baton_trainer.__main__ import STAGES
+from baton_trainer.layout import MOVABLE, RunLayout
 from baton_trainer.stages.run import RunConfig
 
 
 def test_moving_an_output_moves_it_for_every_later_stage(tmp_path):
-    moved = {"generate": ("out_dir", "g"), "export": ("out", "fb"), "reward": ("output_dir", "rm"),
-             "label": ("output_dir", "rl"), "finetune": ("output_dir", "al")}
+    moved = {
+        "generate": ("out_dir", "g"),
+        "export": ("out", "fb"),
+        "reward": ("output_dir", "rm"),
+        "label": ("output_dir", "rl"),
+        "finetune": ("output_dir", "al"),
+    }
     config = RunConfig(run_dir=str(tmp_path / "run"), **{stage: {key: str(tmp_path / name)} for stage, (key, name) in moved.items()})
     configs = config.stage_configs()
     assert configs["export"].generations_dir == str(tmp_path / "g")
     assert configs["reward"].feedback == str(tmp_path / "fb")
     assert (configs["label"].generations, configs["label"].feedback, configs["label"].reward_model) == (
-        str(tmp_path / "g"), str(tmp_path / "fb"), str(tmp_path / "rm"))
+        str(tmp_path / "g"),
+        str(tmp_path / "fb"),
+        str(tmp_path / "rm"),
+    )
     assert configs["finetune"].feedback_sources() == (str(tmp_path / "fb"), str(tmp_path / "rl"))
     assert configs["evaluate"].layout().reward_model == tmp_path / "rm"
     assert configs["evaluate"].layout().aligned == tmp_path / "al"

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import tone
 from scipy import stats
 
 from baton_trainer.annotation.listening import (
@@ -22,8 +23,6 @@ from baton_trainer.annotation.listening import (
 from baton_trainer.annotation.store import AnnotationError
 from baton_trainer.audio import save_wav
 
-from helpers import tone
-
 
 def make_eval_dir(root: Path, models=("base", "aligned"), captions=4, clips=2) -> Path:
     for m, model in enumerate(models):
@@ -34,8 +33,20 @@ def make_eval_dir(root: Path, models=("base", "aligned"), captions=4, clips=2) -
             for k in range(clips):
                 name = f"clips/{c:05d}_{k}.wav"
                 save_wav(folder / name, tone(300 + 100 * c + 37 * m, seed=k), 16000)
-                lines.append(json.dumps({"file_name": name, "clip_id": f"{c:05d}_{k}", "caption": f"caption {c} ünïcode", "task": "integrity",
-                                         "labels": [], "caption_id": c, "clip_index": k}) + "\n")
+                lines.append(
+                    json.dumps(
+                        {
+                            "file_name": name,
+                            "clip_id": f"{c:05d}_{k}",
+                            "caption": f"caption {c} ünïcode",
+                            "task": "integrity",
+                            "labels": [],
+                            "caption_id": c,
+                            "clip_index": k,
+                        }
+                    )
+                    + "\n"
+                )
         (folder / "metadata.jsonl").write_text("".join(lines))
     (root / "metrics.json").write_text(json.dumps({m: {"clap_score": 0.5} for m in models}))
     (root / "report.md").write_text("# report\n")
@@ -68,8 +79,10 @@ def test_ab_campaign_is_blinded_balanced_and_has_attention_checks(tmp_path):
     assert [c["model"] for c in repeat["clips"]] == [c["model"] for c in reversed(trials[repeat["repeat_of"]]["clips"])]
     assert (eval_dir / BAD_CLIP).is_file()
     # each rater hears the trials in an order of their own
-    assert store.next_trial(name, "alice")["trial_id"] != store.next_trial(name, "bob")["trial_id"] or \
-        store.next_trial(name, "carol")["trial_id"] != store.next_trial(name, "bob")["trial_id"]
+    assert (
+        store.next_trial(name, "alice")["trial_id"] != store.next_trial(name, "bob")["trial_id"]
+        or store.next_trial(name, "carol")["trial_id"] != store.next_trial(name, "bob")["trial_id"]
+    )
     with pytest.raises(AnnotationError, match="must be one of"):
         store.add_answer(name, 0, "alice", 3)
     store.add_answer(name, 0, "alice", 1)
@@ -103,8 +116,11 @@ def test_mos_results_match_a_hand_computation_and_failed_raters_are_left_out(tmp
     result = listening_results(store, name)
     assert set(result["failed_attention"]) == {"sloppy"} and result["raters_kept"] == ["r1", "r2", "r3"]
     for model in ("base", "aligned"):
-        scores = [a["answer"] for a in store.answers(name) if a["rater"] != "sloppy"
-                  and trials[a["trial_id"]]["kind"] == "test" and trials[a["trial_id"]]["clips"][0]["model"] == model]
+        scores = [
+            a["answer"]
+            for a in store.answers(name)
+            if a["rater"] != "sloppy" and trials[a["trial_id"]]["kind"] == "test" and trials[a["trial_id"]]["clips"][0]["model"] == model
+        ]
         mean = np.mean(scores)
         half = stats.t.ppf(0.975, len(scores) - 1) * np.std(scores, ddof=1) / math.sqrt(len(scores))
         got = result["models"][model]
@@ -140,12 +156,14 @@ def test_krippendorff_alpha_known_values():
     assert krippendorff_alpha(perfect) == pytest.approx(1.0)
     # Krippendorff (2011), "Computing Krippendorff's alpha-reliability", the 4 observers x 12 units example
     # (nominal alpha 0.743 there); ordinal on the same data is higher, interval is 0.849
-    data = np.array([
-        [1, 2, 3, 3, 2, 1, 4, 1, 2, np.nan, np.nan, np.nan],
-        [1, 2, 3, 3, 2, 2, 4, 1, 2, 5, np.nan, 3],
-        [np.nan, 3, 3, 3, 2, 3, 4, 2, 2, 5, 1, np.nan],
-        [1, 2, 3, 3, 2, 4, 4, 1, 2, 5, 1, np.nan],
-    ])
+    data = np.array(
+        [
+            [1, 2, 3, 3, 2, 1, 4, 1, 2, np.nan, np.nan, np.nan],
+            [1, 2, 3, 3, 2, 2, 4, 1, 2, 5, np.nan, 3],
+            [np.nan, 3, 3, 3, 2, 3, 4, 2, 2, 5, 1, np.nan],
+            [1, 2, 3, 3, 2, 4, 4, 1, 2, 5, 1, np.nan],
+        ]
+    )
     import krippendorff
 
     assert krippendorff.alpha(reliability_data=data, level_of_measurement="nominal") == pytest.approx(0.743, abs=1e-3)

@@ -6,7 +6,7 @@ from baton_trainer.testing import tiny_scheduler
 
 
 def plain_reference(scheduler, z0, noise, t, pred, weights, mode, gamma, pred_pt=None, z0_pt=None, noise_pt=None, t_pt=None, beta=0.5):
-    """Eq. 7 written out from DESIGN section 1 with loops, independent of the library code."""
+    """Eq. 7 written out from the paper (docs/method.md) with loops, independent of the library code."""
     abar = scheduler.alphas_cumprod
 
     def one(z, e, ti, p):

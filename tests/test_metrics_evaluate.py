@@ -9,9 +9,10 @@ import pytest
 
 def test_evaluate_clap_score_module_loads_from_a_local_path(tmp_path):
     import evaluate
+
+    from baton_trainer.clap import ClapEmbedder
     from baton_trainer.evaluation import clap_score
     from baton_trainer.evaluation.clap_score_metric import METRIC_PATH
-    from baton_trainer.clap import ClapEmbedder
     from baton_trainer.testing import save_tiny_clap
 
     embedder = ClapEmbedder(save_tiny_clap(tmp_path / "clap"))

@@ -9,13 +9,13 @@ from scipy.signal import resample_poly
 from baton_trainer.evaluation import (
     PANNS_CNN14_16K_FILE,
     VGGISH_FILE,
-    CheckpointFormatError,
     Cnn14Config,
     MetricInputError,
     MissingCheckpointError,
     PannsCnn14,
     VGGish,
     VGGishConfig,
+    WeightFileError,
     clap_score,
     frechet_distance_from_embeddings,
 )
@@ -113,10 +113,10 @@ def test_missing_checkpoints_say_which_metric_needs_which_file(tmp_path):
 
 def test_a_checkpoint_of_the_wrong_model_is_refused_by_key(tmp_path):
     torch.save(VGGish(TINY_VGGISH).state_dict(), tmp_path / "vggish.pth")
-    with pytest.raises(CheckpointFormatError, match="not a PANNs Cnn14 checkpoint"):
+    with pytest.raises(WeightFileError, match="not a PANNs Cnn14 checkpoint"):
         PannsCnn14.from_checkpoint(tmp_path / "vggish.pth", config=TINY_CNN14)
     (tmp_path / "junk.pth").write_bytes(b"not a pickle")
-    with pytest.raises(CheckpointFormatError, match="junk.pth"):
+    with pytest.raises(WeightFileError, match="junk.pth"):
         VGGish.from_checkpoint(tmp_path / "junk.pth", config=TINY_VGGISH)
 
 
@@ -204,8 +204,8 @@ def test_clap_score_refuses_unpaired_inputs(tiny_clap):
 
 
 def test_compute_metrics_scores_every_model_and_lists_what_it_skipped(tmp_path, tiny_clap):
-    from baton_trainer.evaluation import compute_metrics, write_report
     from baton_trainer.clap import ClapEmbedder
+    from baton_trainer.evaluation import compute_metrics, write_report
 
     rng = np.random.default_rng(5)
     captions = [f"a dog barks then a car passes {i}" for i in range(10)]

@@ -7,9 +7,9 @@ import weakref
 
 import pytest
 import torch
+from helpers import save_audio_alpaca, save_pretrain, train, training_data
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
-from helpers import save_audio_alpaca, save_pretrain, train, training_data
 
 from baton_trainer.testing import save_tiny_audioldm2, save_tiny_stable_audio, save_tiny_stable_audio_3, save_tiny_tango
 
@@ -29,9 +29,22 @@ def config(world, base, out, **overrides):
     from baton_trainer.stages.finetune import FinetuneConfig
 
     values = dict(
-        run_dir=str(world / "run"), model=str(base), pairwise_dataset=str(world / "alpaca"), feedback_dataset="none", reward_dataset="none",
-        pretrain_dataset=str(world / "pretrain"), output_dir=str(out), cache_dir=str(world / "cache"), train_batch_size=2, max_train_steps=1,
-        learning_rate=1e-2, report_to="none", use_lora=True, lora_rank=4, duration_s=0.32, seed=3,
+        run_dir=str(world / "run"),
+        model=str(base),
+        pairwise_dataset=str(world / "alpaca"),
+        feedback_dataset="none",
+        reward_dataset="none",
+        pretrain_dataset=str(world / "pretrain"),
+        output_dir=str(out),
+        cache_dir=str(world / "cache"),
+        train_batch_size=2,
+        max_train_steps=1,
+        learning_rate=1e-2,
+        report_to="none",
+        use_lora=True,
+        lora_rank=4,
+        duration_s=0.32,
+        seed=3,
     )
     values.update(overrides)
     return FinetuneConfig(**values)
@@ -150,13 +163,21 @@ def test_lora_dpo_needs_no_more_memory_than_lora_baton_and_full_dpo_one_frozen_c
     setup, steps, trainers = {}, {}, {}
     for objective, use_lora in (("baton", True), ("dpo", True), ("baton", False), ("dpo", False)):
         with PeakTensorBytes() as memory:
-            trainer = DiffusionTrainer(config(
-                world, world / "tango", tmp_path / f"{objective}{use_lora}", objective=objective, use_lora=use_lora,
-                train_batch_size=1 if objective == "dpo" else 2, pretrain_batch_size=2,  # DPO's pair is 2 clips
-                max_train_steps=2, cache_reference_losses=False,
-            ))
+            trainer = DiffusionTrainer(
+                config(
+                    world,
+                    world / "tango",
+                    tmp_path / f"{objective}{use_lora}",
+                    objective=objective,
+                    use_lora=use_lora,
+                    train_batch_size=1 if objective == "dpo" else 2,
+                    pretrain_batch_size=2,  # DPO's pair is 2 clips
+                    max_train_steps=2,
+                    cache_reference_losses=False,
+                )
+            )
         setup[objective, use_lora] = memory.peak
-        copy = getattr(trainer.objective, "reference", None) and trainer.objective.reference.copy  # full fine-tuning's frozen copy
+        copy = getattr(trainer.objective, "reference", None) and trainer.objective.reference.frozen  # full fine-tuning's frozen copy
         reference = None if copy is None else {k: v.clone() for k, v in copy.state_dict().items()}
         with PeakTensorBytes() as memory:
             train(trainer)
@@ -167,7 +188,7 @@ def test_lora_dpo_needs_no_more_memory_than_lora_baton_and_full_dpo_one_frozen_c
     unet = trainers["baton", True].accelerator.unwrap_model(trainers["baton", True].denoiser)
     unet_bytes = sum(p.numel() * p.element_size() for name, p in unet.named_parameters() if "lora_" not in name)
     print(setup, steps, unet_bytes)
-    assert trainers["dpo", True].objective.reference.copy is None
+    assert trainers["dpo", True].objective.reference.frozen is None
     assert setup["dpo", True] - setup["baton", True] < 0.25 * unet_bytes
     assert setup["dpo", False] - setup["baton", False] > 0.9 * unet_bytes  # the measure sees a copy
     assert steps["dpo", True] - steps["baton", True] < 0.5 * unet_bytes

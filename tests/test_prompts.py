@@ -4,7 +4,6 @@ import random
 import numpy as np
 import pytest
 
-from baton_trainer.config import ConfigError, parse_config
 from baton_trainer.captions import (
     INTEGRITY_CONJUNCTIONS,
     TEMPORAL_CONJUNCTIONS,
@@ -15,6 +14,7 @@ from baton_trainer.captions import (
     make_caption,
     read_captions,
 )
+from baton_trainer.config import ConfigError, parse_config
 from baton_trainer.stages.prompts import PromptsConfig, build_captions
 
 
@@ -81,9 +81,7 @@ def test_user_labels_file_with_unicode_and_comments(tmp_path):
     labels_file = tmp_path / "labels.txt"
     labels_file.write_text("# my sounds\nchien qui aboie\n猫の鳴き声  # cat\n\nklavier spielt\nΒροχή\nChien qui aboie\n", encoding="utf-8")
     assert load_labels(labels_file) == ["chien qui aboie", "猫の鳴き声", "klavier spielt", "Βροχή"]
-    out = build_captions(
-        PromptsConfig(run_dir=str(tmp_path / "run"), labels_file=str(labels_file), num_integrity=6, num_temporal=6, heldout_fraction=0)
-    )
+    out = build_captions(PromptsConfig(run_dir=str(tmp_path / "run"), labels_file=str(labels_file), num_integrity=6, num_temporal=6, heldout_fraction=0))
     rows = read_captions(out)
     assert any("猫の鳴き声" in r["caption"] for r in rows)
     assert "猫の鳴き声" in out.read_text(encoding="utf-8")  # written as UTF-8, not escaped

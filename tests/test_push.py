@@ -58,10 +58,15 @@ def test_aligned_model_card_names_the_base_model_and_carries_the_evaluation(tmp_
     (folder / "unet.safetensors").write_bytes(b"0")
     (folder / "checkpoints" / "checkpoint-5").mkdir(parents=True)
     (run / "eval").mkdir()
-    (run / "eval" / "metrics.json").write_text(json.dumps({
-        "base": {"temporal_accuracy": 0.3, "clap_score": 0.35}, "aligned": {"temporal_accuracy": 0.6, "clap_score": 0.41},
-        "info": {"captions": "paper", "clips_per_model": 313, "steps": 200, "guidance": 3.0, "seed": 1000},
-    }))
+    (run / "eval" / "metrics.json").write_text(
+        json.dumps(
+            {
+                "base": {"temporal_accuracy": 0.3, "clap_score": 0.35},
+                "aligned": {"temporal_accuracy": 0.6, "clap_score": 0.41},
+                "info": {"captions": "paper", "clips_per_model": 313, "steps": 200, "guidance": 3.0, "seed": 1000},
+            }
+        )
+    )
     push(PushConfig(path=str(folder), repo_id=f"file://{tmp_path / 'out'}", run_dir=str(run)))
     text = (tmp_path / "out" / "README.md").read_text()
     card = ModelCard(text)
@@ -91,3 +96,15 @@ def test_missing_folder_and_repo_are_named(tmp_path):
         push(PushConfig(path=str(tmp_path / "nope"), repo_id="file:///tmp/x"))
     with pytest.raises(PushError, match="repo_id"):
         push(PushConfig(path=str(tmp_path)))
+
+
+def test_a_fine_tune_folder_whose_export_did_not_finish_is_not_pushed(tmp_path):
+    from baton_trainer.hub import PushError
+
+    folder = tmp_path / "aligned"
+    folder.mkdir()
+    (folder / "finetune_config.json").write_text(json.dumps({"model": "declare-lab/tango-full-ft-audiocaps"}))
+    (folder / "pytorch_lora_weights.safetensors").write_bytes(b"half")
+    with pytest.raises(PushError, match="baton_export.json: its export did not finish"):
+        push(PushConfig(path=str(folder), repo_id=f"file://{tmp_path / 'out'}"))
+    assert not (tmp_path / "out").exists()

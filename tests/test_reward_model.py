@@ -156,7 +156,11 @@ def _run_pipeline_script(tmp_path, *extra_args):
     env["HF_MODULES_CACHE"] = str(tmp_path / "hf_modules")
     return subprocess.run(
         [sys.executable, str(script), str(tmp_path / "rm"), str(tmp_path / "clips.npz"), *extra_args],
-        cwd=script.parent, env=env, capture_output=True, text=True, timeout=300,
+        cwd=script.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 

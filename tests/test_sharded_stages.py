@@ -15,17 +15,20 @@ import pytest
 
 from baton_trainer.runtime import Ranks, RankTimeoutError
 from baton_trainer.testing import save_synthetic_generations, save_tiny_clap, save_tiny_tango
-from baton_trainer.toyworld.models import CHECKPOINTS_DIR
+from baton_trainer.toyworld.models import PRETRAINED_DIR
 
-TOY_REWARD_PATH = CHECKPOINTS_DIR / "toy_reward"
+TOY_REWARD_PATH = PRETRAINED_DIR / "toy_reward"
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 
 
 def launch(ranks: int, stage: str, *args, wait: bool = True):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1", "HF_HUB_OFFLINE": "1"}
-    command = [sys.executable, "-m", "baton_trainer", stage, *args] if ranks == 1 else \
-        [str(TORCHRUN), "--nproc_per_node", str(ranks), "--master_port", str(29500 + os.getpid() % 1000), "-m", "baton_trainer", stage, *args]
+    command = (
+        [sys.executable, "-m", "baton_trainer", stage, *args]
+        if ranks == 1
+        else [str(TORCHRUN), "--nproc_per_node", str(ranks), "--master_port", str(29500 + os.getpid() % 1000), "-m", "baton_trainer", stage, *args]
+    )
     if not wait:
         return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
@@ -37,16 +40,40 @@ def launch(ranks: int, stage: str, *args, wait: bool = True):
 def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("sharded")
     save_tiny_tango(root / "model")
-    rows = [{"caption_id": i, "caption": f"beep then hum {i}", "task": "temporal" if i % 2 else "integrity",
-             "labels": ["beep", "hum", "hiss"] if i % 2 else ["beep", "hum"], "split": "heldout" if i >= 5 else "train"} for i in range(8)]
+    rows = [
+        {
+            "caption_id": i,
+            "caption": f"beep then hum {i}",
+            "task": "temporal" if i % 2 else "integrity",
+            "labels": ["beep", "hum", "hiss"] if i % 2 else ["beep", "hum"],
+            "split": "heldout" if i >= 5 else "train",
+        }
+        for i in range(8)
+    ]
     (root / "captions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     save_tiny_clap(root / "clap")
     return root
 
 
 def gen_args(world, run_dir, steps=3, batch=2):
-    return ["--run_dir", str(run_dir), "--model", str(world / "model"), "--captions_file", str(world / "captions.jsonl"), "--clips_per_caption", "3",
-            "--num_inference_steps", str(steps), "--duration_s", "0.32", "--batch_size", str(batch), "--device", "cpu"]
+    return [
+        "--run_dir",
+        str(run_dir),
+        "--model",
+        str(world / "model"),
+        "--captions_file",
+        str(world / "captions.jsonl"),
+        "--clips_per_caption",
+        "3",
+        "--num_inference_steps",
+        str(steps),
+        "--duration_s",
+        "0.32",
+        "--batch_size",
+        str(batch),
+        "--device",
+        "cpu",
+    ]
 
 
 def same_folder(a: Path, b: Path):
@@ -93,8 +120,22 @@ def test_two_rank_label_and_evaluate_give_the_one_rank_results(world, tmp_path):
     outs = {}
     for ranks in (1, 2):
         out = tmp_path / f"labeled{ranks}"
-        launch(ranks, "label", "--run_dir", str(tmp_path), "--generations", str(generations), "--reward_model", str(TOY_REWARD_PATH),
-               "--output_dir", str(out), "--batch_size", "4", "--device", "cpu")
+        launch(
+            ranks,
+            "label",
+            "--run_dir",
+            str(tmp_path),
+            "--generations",
+            str(generations),
+            "--reward_model",
+            str(TOY_REWARD_PATH),
+            "--output_dir",
+            str(out),
+            "--batch_size",
+            "4",
+            "--device",
+            "cpu",
+        )
         import datasets
 
         outs[ranks] = datasets.load_from_disk(str(out))
@@ -107,9 +148,32 @@ def test_two_rank_label_and_evaluate_give_the_one_rank_results(world, tmp_path):
     metrics = {}
     for ranks in (1, 2):
         run_dir = tmp_path / f"eval{ranks}"
-        launch(ranks, "evaluate", "--run_dir", str(run_dir), "--model", str(world / "model"), "--aligned", "none",
-               "--captions", str(world / "captions.jsonl"), "--clips_per_caption", "2", "--num_inference_steps", "3", "--duration_s", "0.32",
-               "--clap_model", str(world / "clap"), "--device", "cpu", "--batch_size", "3", "--detector", "toy")
+        launch(
+            ranks,
+            "evaluate",
+            "--run_dir",
+            str(run_dir),
+            "--model",
+            str(world / "model"),
+            "--aligned",
+            "none",
+            "--captions",
+            str(world / "captions.jsonl"),
+            "--clips_per_caption",
+            "2",
+            "--num_inference_steps",
+            "3",
+            "--duration_s",
+            "0.32",
+            "--clap_model",
+            str(world / "clap"),
+            "--device",
+            "cpu",
+            "--batch_size",
+            "3",
+            "--detector",
+            "toy",
+        )
         metrics[ranks] = json.loads((run_dir / "eval" / "metrics.json").read_text())
         same_folder(tmp_path / "eval1" / "eval" / "clips" / "base", run_dir / "eval" / "clips" / "base")
     assert metrics[1]["base"].keys() == metrics[2]["base"].keys()

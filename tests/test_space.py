@@ -45,12 +45,12 @@ def make_models(root: Path) -> dict[str, Path]:
     full = TangoModel.from_pretrained(base)
     with torch.no_grad():
         generator = torch.Generator().manual_seed(1)
-        for p in full.unet.parameters():
+        for p in full.denoiser.parameters():
             p.add_(0.1 * torch.randn(p.shape, generator=generator))
     full.save_trained(root / "aligned_full", "full", base=str(base))
     lora = TangoModel.from_pretrained(base)
     torch.manual_seed(2)
-    lora.unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"], init_lora_weights=False))
+    lora.denoiser.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"], init_lora_weights=False))
     lora.save_trained(root / "aligned_lora", "lora", base=str(base))
     reward = build_reward_model(str(save_tiny_clap(root / "clap")), head_hidden_size=16, seed=0)
     reward.save_pretrained(root / "reward_model")
@@ -186,36 +186,36 @@ def test_lora_export_shares_frozen_parts_and_leaves_the_base_unchanged(models):
     before = base.generate([PROMPT], [5], num_inference_steps=2, guidance_scale=3.0)
     aligned = space_models.load_aligned(base, models["lora"])
     assert aligned.vae is base.vae and aligned.text_encoder is base.text_encoder and aligned.vocoder is base.vocoder
-    assert aligned.unet is not base.unet and not getattr(base.unet, "peft_config", None)
+    assert aligned.denoiser is not base.denoiser and not getattr(base.denoiser, "peft_config", None)
     after = base.generate([PROMPT], [5], num_inference_steps=2, guidance_scale=3.0)
     lora = aligned.generate([PROMPT], [5], num_inference_steps=2, guidance_scale=3.0)
     assert np.array_equal(before, after) and not np.allclose(before, lora)
     with pytest.raises(space_models.SpaceError, match="no baton_export.json"):
         space_models.load_aligned(base, models["base"])
     other_base = TangoModel.from_pretrained(save_tiny_tango(models["base"].parent / "other_base", seed=1))
-    other_base.unet = type(other_base.unet)(**{**other_base.unet.config, "block_out_channels": (8, 16), "norm_num_groups": 4})
+    other_base.denoiser = type(other_base.denoiser)(**{**other_base.denoiser.config, "block_out_channels": (8, 16), "norm_num_groups": 4})
     with pytest.raises(space_models.SpaceError, match="does not load onto base"):
         space_models.load_aligned(other_base, models["lora"])
 
 
 def _toy_layout(root: Path, models) -> tuple[Path, Path]:
-    """A toy run folder (runs/toy/aligned + reward_model) and a shipped checkpoints folder."""
+    """A toy run folder (runs/toy/aligned + reward_model) and a shipped pretrained-models folder."""
     import shutil
 
     run = root / "work" / "runs" / "toy"
     shutil.copytree(models["lora"], run / "aligned")
     shutil.copytree(models["reward"], run / "reward_model")
-    checkpoints = root / "checkpoints"
-    shutil.copytree(models["full"], checkpoints / "toy_aligned")
-    shutil.copytree(models["reward"], checkpoints / "toy_reward")
-    return root / "work", checkpoints
+    pretrained = root / "pretrained"
+    shutil.copytree(models["full"], pretrained / "toy_aligned")
+    shutil.copytree(models["reward"], pretrained / "toy_reward")
+    return root / "work", pretrained
 
 
 def test_defaults_find_the_toy_run_then_shipped_exports(models, tmp_path, monkeypatch):
-    work, checkpoints = _toy_layout(tmp_path, models)
+    work, pretrained = _toy_layout(tmp_path, models)
     monkeypatch.chdir(work)
     monkeypatch.setattr(space_models, "REPO_ROOT", tmp_path / "elsewhere")
-    monkeypatch.setattr(space_models, "_toy_checkpoints", lambda: checkpoints)
+    monkeypatch.setattr(space_models, "_toy_pretrained", lambda: pretrained)
     for name in ("BATON_BASE_MODEL", "BATON_ALIGNED_EXPORT", "BATON_REWARD_MODEL"):
         monkeypatch.delenv(name, raising=False)
 
@@ -229,8 +229,8 @@ def test_defaults_find_the_toy_run_then_shipped_exports(models, tmp_path, monkey
 
     shutil.rmtree(work / "runs")  # no local run: the shipped export and reward model
     resolved = space_models.resolve_models(space_models.SpaceConfig.from_env())
-    assert Path(resolved.aligned_export) == checkpoints / "toy_aligned"
-    assert Path(resolved.reward_model) == checkpoints / "toy_reward"
+    assert Path(resolved.aligned_export) == pretrained / "toy_aligned"
+    assert Path(resolved.reward_model) == pretrained / "toy_reward"
 
     # another base model: the toy exports do not fit it, so the page shows the baseline alone
     monkeypatch.setenv("BATON_BASE_MODEL", str(tmp_path / "some_other_model"))
@@ -280,8 +280,20 @@ def test_baseline_only_page_and_examples(models, tmp_path):
 def test_script_starts_the_app(models, tmp_path):
     port = free_port()
     command = [
-        sys.executable, str(Path(space.__file__)), "--base_model", str(models["base"]), "--aligned_export", "none",
-        "--reward_model", "none", "--output_dir", str(tmp_path / "out"), "--host", "127.0.0.1", "--port", str(port),
+        sys.executable,
+        str(Path(space.__file__)),
+        "--base_model",
+        str(models["base"]),
+        "--aligned_export",
+        "none",
+        "--reward_model",
+        "none",
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
     ]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -316,8 +328,12 @@ def test_the_space_folder_installs_and_compares_in_a_fresh_venv(tmp_path):
 
     repo = Path(__file__).resolve().parents[1]
     wheels = tmp_path / "wheels"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(repo)],
-                   check=True, capture_output=True, timeout=600)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(repo)],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
     space_dir = tmp_path / "space"
     space_dir.mkdir()
     for name in ("app.py", "README.md", "requirements.txt"):
@@ -329,7 +345,9 @@ def test_the_space_folder_installs_and_compares_in_a_fresh_venv(tmp_path):
     python = tmp_path / "venv" / "bin" / "python"
     install = subprocess.run(
         [str(python), "-m", "pip", "install", "-q", "--find-links", str(wheels), "-r", str(tmp_path / "requirements-reachable.txt"), "gradio==6.31.0"],
-        capture_output=True, text=True, timeout=900,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert install.returncode == 0, install.stderr[-3000:]
     script = (
@@ -347,12 +365,12 @@ def test_the_space_folder_installs_and_compares_in_a_fresh_venv(tmp_path):
 
 def test_the_package_ships_a_toy_aligned_export_and_reward_model_that_fit_the_toy_tango():
     """The Space compares baseline and aligned from its first start (a local runs/toy wins when there)."""
-    from baton_trainer.toyworld.models import CHECKPOINTS_DIR, TOY_TANGO_PATH
+    from baton_trainer.toyworld.models import PRETRAINED_DIR, TOY_TANGO_PATH
 
-    exports = [p for p in space_models.default_aligned_exports() if p.parent == CHECKPOINTS_DIR]
+    exports = [p for p in space_models.default_aligned_exports() if p.parent == PRETRAINED_DIR]
     assert [p.name for p in exports] == ["toy_aligned"]
     assert Path(space_models.export_base(exports[0])) == TOY_TANGO_PATH.resolve()
-    rewards = [p for p in space_models.default_reward_models() if p.parent == CHECKPOINTS_DIR]
+    rewards = [p for p in space_models.default_reward_models() if p.parent == PRETRAINED_DIR]
     assert [p.name for p in rewards] == ["toy_reward"]
     repo = Path(__file__).resolve().parents[1]
     for code in ("modeling_baton_reward.py", "pipeline_baton_reward.py"):  # the Hub code travels with the shipped model

@@ -8,11 +8,10 @@ import shutil
 from pathlib import Path
 
 import pytest
+from test_space import free_port, make_models
 
 from spaces_demo import app as space
 from spaces_demo import models as space_models
-
-from test_space import free_port, make_models
 
 CHROMIUM = Path("/usr/bin/chromium")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"]
@@ -25,8 +24,8 @@ pytestmark = [
 
 def test_generate_in_a_browser_and_bad_inputs_show_messages(tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api")
-    from baton_trainer.backends.tango import TangoModel
     import reward_hub
+    from baton_trainer.backends.tango import TangoModel
 
     models = make_models(tmp_path / "models")
     base = TangoModel.from_pretrained(models["base"])
@@ -53,7 +52,10 @@ def test_generate_in_a_browser_and_bad_inputs_show_messages(tmp_path):
             sources = [page.locator(f"{p} audio[src]").first.get_attribute("src") for p in ("#baton-base-audio", "#baton-aligned-audio")]
             assert all(sources) and sources[0] != sources[1]
             # the players can play: the browser decoded a positive duration
-            durations = page.eval_on_selector_all("audio[src]", "els => Promise.all(els.map(e => e.readyState >= 1 ? e.duration : new Promise(r => e.addEventListener('loadedmetadata', () => r(e.duration), {once: true}))))")
+            durations = page.eval_on_selector_all(
+                "audio[src]",
+                "els => Promise.all(els.map(e => e.readyState >= 1 ? e.duration : new Promise(r => e.addEventListener('loadedmetadata', () => r(e.duration), {once: true}))))",
+            )
             assert len(durations) == 2 and all(abs(d - 0.32) < 0.01 for d in durations), durations
             for score in ("#baton-base-score", "#baton-aligned-score"):
                 value = float(page.locator(f"{score} input").input_value())

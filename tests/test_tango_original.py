@@ -14,34 +14,77 @@ import numpy as np
 import pytest
 import torch
 
-from baton_trainer.backends.tango import TangoModel
 from baton_trainer.backends import load_backend
+from baton_trainer.backends.tango import TangoModel
 from baton_trainer.backends.tango_original import TangoCheckpointError, is_original_tango_folder, load_original_tango
 from baton_trainer.stages.convert_tango import ConvertTangoConfig, convert_tango
 from baton_trainer.testing import tiny_tokenizer
 
 N_MELS = 16
-STFT = {"filter_length": 512, "hop_length": 160, "win_length": 512, "n_mel_channels": N_MELS,
-        "sampling_rate": 16000, "mel_fmin": 0, "mel_fmax": 8000}
-VAE = {"image_key": "fbank", "subband": 1, "embed_dim": 4, "time_shuffle": 1, "scale_factor": 0.9227914214134216,
-       "ddconfig": {"double_z": True, "z_channels": 4, "resolution": 256, "downsample_time": False, "in_channels": 1,
-                    "out_ch": 1, "ch": 32, "ch_mult": [1, 2], "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0}}
-UNET = {"_class_name": "UNet2DConditionModel", "sample_size": None, "in_channels": 4, "out_channels": 4,
-        "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"], "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"],
-        "block_out_channels": [16, 32], "layers_per_block": 1, "attention_head_dim": 4, "cross_attention_dim": 16,
-        "norm_num_groups": 4, "use_linear_projection": True, "upcast_attention": True}
-VOCODER = {"model_in_dim": N_MELS, "sampling_rate": 16000, "upsample_initial_channel": 16, "upsample_rates": [5, 4, 8],
-           "upsample_kernel_sizes": [10, 8, 16], "resblock_kernel_sizes": [3], "resblock_dilation_sizes": [[1, 3]],
-           "normalize_before": False}
+STFT = {"filter_length": 512, "hop_length": 160, "win_length": 512, "n_mel_channels": N_MELS, "sampling_rate": 16000, "mel_fmin": 0, "mel_fmax": 8000}
+VAE = {
+    "image_key": "fbank",
+    "subband": 1,
+    "embed_dim": 4,
+    "time_shuffle": 1,
+    "scale_factor": 0.9227914214134216,
+    "ddconfig": {
+        "double_z": True,
+        "z_channels": 4,
+        "resolution": 256,
+        "downsample_time": False,
+        "in_channels": 1,
+        "out_ch": 1,
+        "ch": 32,
+        "ch_mult": [1, 2],
+        "num_res_blocks": 1,
+        "attn_resolutions": [],
+        "dropout": 0.0,
+    },
+}
+UNET = {
+    "_class_name": "UNet2DConditionModel",
+    "sample_size": None,
+    "in_channels": 4,
+    "out_channels": 4,
+    "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
+    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"],
+    "block_out_channels": [16, 32],
+    "layers_per_block": 1,
+    "attention_head_dim": 4,
+    "cross_attention_dim": 16,
+    "norm_num_groups": 4,
+    "use_linear_projection": True,
+    "upcast_attention": True,
+}
+VOCODER = {
+    "model_in_dim": N_MELS,
+    "sampling_rate": 16000,
+    "upsample_initial_channel": 16,
+    "upsample_rates": [5, 4, 8],
+    "upsample_kernel_sizes": [10, 8, 16],
+    "resblock_kernel_sizes": [3],
+    "resblock_dilation_sizes": [[1, 3]],
+    "normalize_before": False,
+}
 
 
 # -- the inverse mapping (diffusers / transformers names -> TANGO's original names) ------------------
 
+
 def to_ldm_vae(state: dict[str, torch.Tensor], levels: int) -> dict[str, torch.Tensor]:
-    renames = [("conv_norm_out", "norm_out"), ("conv_shortcut", "nin_shortcut"), ("attentions.0.group_norm", "attn_1.norm"),
-               ("attentions.0.to_q", "attn_1.q"), ("attentions.0.to_k", "attn_1.k"), ("attentions.0.to_v", "attn_1.v"),
-               ("attentions.0.to_out.0", "attn_1.proj_out"), ("mid_block.resnets.0", "mid.block_1"),
-               ("mid_block.resnets.1", "mid.block_2"), ("mid_block.attn_1", "mid.attn_1")]
+    renames = [
+        ("conv_norm_out", "norm_out"),
+        ("conv_shortcut", "nin_shortcut"),
+        ("attentions.0.group_norm", "attn_1.norm"),
+        ("attentions.0.to_q", "attn_1.q"),
+        ("attentions.0.to_k", "attn_1.k"),
+        ("attentions.0.to_v", "attn_1.v"),
+        ("attentions.0.to_out.0", "attn_1.proj_out"),
+        ("mid_block.resnets.0", "mid.block_1"),
+        ("mid_block.resnets.1", "mid.block_2"),
+        ("mid_block.attn_1", "mid.attn_1"),
+    ]
     out = {}
     for key, value in state.items():
         new = key
@@ -71,11 +114,18 @@ def tiny_modules(seed: int = 0):
 
     torch.manual_seed(seed)
     tokenizer = tiny_tokenizer()
-    t5 = T5EncoderModel(T5Config(vocab_size=len(tokenizer), d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=2,
-                                 pad_token_id=0, eos_token_id=1))
-    vae = AutoencoderKL(in_channels=1, out_channels=1, down_block_types=["DownEncoderBlock2D"] * 2,
-                        up_block_types=["UpDecoderBlock2D"] * 2, block_out_channels=[32, 64], layers_per_block=1,
-                        latent_channels=4, norm_num_groups=32, scaling_factor=VAE["scale_factor"])
+    t5 = T5EncoderModel(T5Config(vocab_size=len(tokenizer), d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=2, pad_token_id=0, eos_token_id=1))
+    vae = AutoencoderKL(
+        in_channels=1,
+        out_channels=1,
+        down_block_types=["DownEncoderBlock2D"] * 2,
+        up_block_types=["UpDecoderBlock2D"] * 2,
+        block_out_channels=[32, 64],
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=32,
+        scaling_factor=VAE["scale_factor"],
+    )
     unet = UNet2DConditionModel.from_config({k: v for k, v in UNET.items() if not k.startswith("_")})
     vocoder = SpeechT5HifiGan(SpeechT5HifiGanConfig(**VOCODER))
     with torch.no_grad():  # random, not zero-initialised, norms and biases, so a wrong mapping shows
@@ -100,10 +150,19 @@ def write_original_tango(folder: Path, seed: int = 0, vae_config: dict | None = 
     (folder / "configs").mkdir(exist_ok=True)
     (folder / "configs" / "diffusion_model_config.json").write_text(json.dumps(UNET))
     (folder / "vocoder_config.json").write_text(json.dumps(VOCODER))
-    (folder / "main_config.json").write_text(json.dumps({
-        "text_encoder_name": "t5-tiny", "scheduler_name": "stabilityai/stable-diffusion-2-1", "unet_model_name": None,
-        "unet_model_config_path": "configs/diffusion_model_config.json", "snr_gamma": 5.0,
-        "freeze_text_encoder": True, "uncondition": False}))
+    (folder / "main_config.json").write_text(
+        json.dumps(
+            {
+                "text_encoder_name": "t5-tiny",
+                "scheduler_name": "stabilityai/stable-diffusion-2-1",
+                "unet_model_name": None,
+                "unet_model_config_path": "configs/diffusion_model_config.json",
+                "snr_gamma": 5.0,
+                "freeze_text_encoder": True,
+                "uncondition": False,
+            }
+        )
+    )
     (folder / "vae_config.json").write_text(json.dumps(vae_config or VAE))
     (folder / "stft_config.json").write_text(json.dumps(STFT))
     main = {f"unet.{k}": v.clone() for k, v in unet.state_dict().items()}
@@ -113,8 +172,7 @@ def write_original_tango(folder: Path, seed: int = 0, vae_config: dict | None = 
     vae_state.update(to_hifigan(vocoder.state_dict()))
     torch.save(vae_state, folder / "pytorch_model_vae.bin")
     mel = MelFrontEnd(MelConfig(n_fft=512, win_length=512, n_mels=N_MELS))
-    torch.save({"mel_basis": mel.mel_basis.clone(), "stft_fn.forward_basis": torch.zeros(514, 1, 512)},
-               folder / "pytorch_model_stft.bin")
+    torch.save({"mel_basis": mel.mel_basis.clone(), "stft_fn.forward_basis": torch.zeros(514, 1, 512)}, folder / "pytorch_model_stft.bin")
     return {"t5": t5, "vae": vae, "unet": unet, "vocoder": vocoder}
 
 
@@ -140,7 +198,7 @@ def _assert_same_state(module, source, name):
 def test_loads_every_weight_from_the_original_layout(original, model):
     folder, src = original
     assert is_original_tango_folder(folder)
-    _assert_same_state(model.unet, src["unet"], "unet")
+    _assert_same_state(model.denoiser, src["unet"], "unet")
     _assert_same_state(model.vae, src["vae"], "vae")
     _assert_same_state(model.text_encoder, src["t5"], "text_encoder")  # the .bin's, not the T5 folder's
     _assert_same_state(model.vocoder, src["vocoder"], "vocoder")
@@ -148,8 +206,7 @@ def test_loads_every_weight_from_the_original_layout(original, model):
     assert model.vocoder.config.normalize_before is False
     assert torch.all(model.vocoder.mean == 0) and torch.all(model.vocoder.scale == 1)
     sched = model.noise_scheduler.config
-    assert (type(model.noise_scheduler).__name__, sched.prediction_type, sched.steps_offset, sched.clip_sample) == (
-        "DDPMScheduler", "v_prediction", 1, False)
+    assert (type(model.noise_scheduler).__name__, sched.prediction_type, sched.steps_offset, sched.clip_sample) == ("DDPMScheduler", "v_prediction", 1, False)
     assert (sched.beta_start, sched.beta_end, sched.beta_schedule, sched.num_train_timesteps) == (0.00085, 0.012, "scaled_linear", 1000)
     assert model.mel_config.n_mels == N_MELS and model.mel_config.n_fft == 512
     assert model.mel_config.framing == "tango" and type(model.pipe.scheduler).__name__ == "DDPMScheduler"  # TANGO's own framing and sampler
@@ -201,8 +258,8 @@ def test_guidance_one_is_the_conditional_prediction(model):
     with torch.no_grad():
         hidden, mask = pipe.encode_prompt(["a dog barks", "siren then wind"], torch.device("cpu"))
         uncond, uncond_mask = pipe.encode_unconditional(2, hidden.shape[1], torch.device("cpu"))
-        direct = model.unet(latents, t, encoder_hidden_states=hidden, encoder_attention_mask=mask).sample
-        direct_uncond = model.unet(latents, t, encoder_hidden_states=uncond, encoder_attention_mask=uncond_mask).sample
+        direct = model.denoiser(latents, t, encoder_hidden_states=hidden, encoder_attention_mask=mask).sample
+        direct_uncond = model.denoiser(latents, t, encoder_hidden_states=uncond, encoder_attention_mask=uncond_mask).sample
         guided_one = pipe.denoise(latents, t, hidden, mask, None, None, 1.0)  # what a call with guidance 1 runs
         guided = pipe.denoise(latents, t, hidden, mask, uncond, uncond_mask, 3.0)
     torch.testing.assert_close(guided_one, direct)
@@ -229,7 +286,9 @@ def test_missing_and_unexpected_keys_are_named(tmp_path):
     _rewrite_bin(folder, "pytorch_model_vae.bin", lambda s: s.pop("encoder.mid.attn_1.q.weight"))
     with pytest.raises(TangoCheckpointError, match=r"missing keys: encoder\.mid\.attn_1\.q\.weight"):
         load_original_tango(folder)
-    _rewrite_bin(folder, "pytorch_model_vae.bin", lambda s: s.update({"encoder.mid.attn_1.q.weight": torch.zeros(64, 64, 1, 1), "vocoder.ups.9.weight": torch.zeros(1)}))
+    _rewrite_bin(
+        folder, "pytorch_model_vae.bin", lambda s: s.update({"encoder.mid.attn_1.q.weight": torch.zeros(64, 64, 1, 1), "vocoder.ups.9.weight": torch.zeros(1)})
+    )
     with pytest.raises(TangoCheckpointError, match=r"unexpected keys: vocoder\.ups\.9\.weight"):
         load_original_tango(folder)
     _rewrite_bin(folder, "pytorch_model_vae.bin", lambda s: s.pop("vocoder.ups.9.weight"))
@@ -280,7 +339,7 @@ def test_loads_through_a_hub_id_from_the_local_cache(original, tmp_path, monkeyp
     monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     loaded = load_backend("declare-lab/tango-tiny")
     assert loaded.name_or_path == "declare-lab/tango-tiny"
-    _assert_same_state(loaded.unet, original[1]["unet"], "unet")
+    _assert_same_state(loaded.denoiser, original[1]["unet"], "unet")
 
 
 def test_kept_unet_config_is_tangos_866m_unet():

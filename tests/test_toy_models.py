@@ -13,7 +13,7 @@ from baton_trainer.backends.tango import TangoModel
 from baton_trainer.captions import generate_captions, make_caption
 from baton_trainer.toyworld.events import EVENT_NAMES
 from baton_trainer.toyworld.models import (
-    CHECKPOINTS_DIR,
+    PRETRAINED_DIR,
     TOY_CLAP_PATH,
     TOY_DURATION_S,
     TOY_FLOW_PATH,
@@ -35,8 +35,10 @@ def test_shipped_checkpoints_stay_small():
     assert (TOY_TANGO_PATH / "model_index.json").is_file() and (TOY_TANGO_PATH / "pipeline_tango.py").is_file()
     assert (TOY_CLAP_PATH / "config.json").is_file() and (TOY_FLOW_PATH / "model_index.json").is_file()
     tango_and_clap, flow = folder_bytes(TOY_TANGO_PATH) + folder_bytes(TOY_CLAP_PATH), folder_bytes(TOY_FLOW_PATH)
-    print(f"toy TANGO + toy CLAP {tango_and_clap / 1e6:.2f} MB, toy flow {flow / 1e6:.2f} MB, all of {CHECKPOINTS_DIR}: "
-          f"{folder_bytes(CHECKPOINTS_DIR) / 1e6:.2f} MB")
+    print(
+        f"toy TANGO + toy CLAP {tango_and_clap / 1e6:.2f} MB, toy flow {flow / 1e6:.2f} MB, all of {PRETRAINED_DIR}: "
+        f"{folder_bytes(PRETRAINED_DIR) / 1e6:.2f} MB"
+    )
     assert tango_and_clap <= 20 * MB, f"toy TANGO and toy CLAP take {tango_and_clap / 1e6:.1f} MB, over 20 MB"
     assert flow <= 15 * MB, f"the toy flow model takes {flow / 1e6:.1f} MB, over 15 MB"
 
@@ -118,7 +120,7 @@ def test_toy_tango_base_fails_as_the_papers_does_but_has_learned_order(toy_tango
 def test_toy_tango_latents_match_its_unet(toy_tango):
     wav = torch.from_numpy(render_sequence(["beep", "hum"], seed=0))[None]
     latents = toy_tango.encode_audio(wav)
-    assert latents.shape[1] == toy_tango.unet.config.in_channels
+    assert latents.shape[1] == toy_tango.denoiser.config.in_channels
     # Trained scaling factor: latents near unit spread, as the diffusion schedule assumes.
     assert 0.3 < latents.std().item() < 3.0
 
@@ -136,7 +138,7 @@ def test_toy_flow_loads_offline_through_the_flow_backend(toy_flow):
     from baton_trainer.backends.stable_audio_3 import StableAudio3Model
 
     assert type(toy_flow) is StableAudio3Model and type(toy_flow.pipe) is StableAudio3Pipeline and toy_flow.objective == "flow"
-    assert type(toy_flow.unet) is StableAudio3DiTModel and type(toy_flow.pipe.scheduler) is FlowMatchEulerDiscreteScheduler
+    assert type(toy_flow.denoiser) is StableAudio3DiTModel and type(toy_flow.pipe.scheduler) is FlowMatchEulerDiscreteScheduler
     captions = ["Beep, then hum, then hiss", "Knock with trill"]
     clips = toy_flow.generate(captions, seeds=[0, 1], num_inference_steps=4, guidance_scale=3.0, duration_s=TOY_DURATION_S)
     assert clips.shape == (2, int(round(TOY_DURATION_S * 16000))) and clips.dtype == np.float32
@@ -150,7 +152,7 @@ def test_toy_flow_autoencoder_is_the_toy_tangos(toy_flow, toy_tango):
     and its clips come back through the same VAE decoder and vocoder."""
     wav = torch.from_numpy(render_sequence(["beep", "hum", "hiss"], seed=0))[None]
     flow_latents, tango_latents = toy_flow.encode_audio(wav), toy_tango.encode_audio(wav)  # (1, 64, 16), (1, 8, 16, 8)
-    assert flow_latents.shape == (1, toy_flow.unet.config.io_channels, tango_latents.shape[2])
+    assert flow_latents.shape == (1, toy_flow.denoiser.config.io_channels, tango_latents.shape[2])
     assert torch.equal(flow_latents, tango_latents.permute(0, 1, 3, 2).flatten(1, 2))
     decoded = toy_flow.vae.decode(flow_latents).sample[0, 0]
     assert torch.allclose(decoded, toy_tango.decode_latents(tango_latents)[0], atol=1e-5)
@@ -166,8 +168,13 @@ def test_toy_flow_base_fails_as_the_papers_does_but_has_learned_order(toy_flow):
     from baton_trainer.__main__ import CONFIG_DIR
 
     sampling = yaml.safe_load((CONFIG_DIR / "toy_flow.yaml").read_text())["evaluate"]
-    results = oracle_accuracies(toy_flow, {"integrity": 300, "temporal": 300}, num_inference_steps=sampling["num_inference_steps"],
-                                guidance_scale=sampling["guidance_scale"], duration_s=sampling["duration_s"])
+    results = oracle_accuracies(
+        toy_flow,
+        {"integrity": 300, "temporal": 300},
+        num_inference_steps=sampling["num_inference_steps"],
+        guidance_scale=sampling["guidance_scale"],
+        duration_s=sampling["duration_s"],
+    )
     assert 0.2 <= results["integrity"][0] <= 0.7
     assert 0.2 <= results["temporal"][0] <= 0.7
     assert results["temporal"][1] > 0.4

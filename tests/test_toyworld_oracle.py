@@ -146,9 +146,19 @@ def _write_generations(folder, cases):
         clip_id = f"{caption_id:05d}_0"
         file_name = f"clips/{clip_id}.wav"
         save_wav(folder / file_name, render_sequence(played, seed=caption_id), SR)
-        rows.append({"file_name": file_name, "clip_id": clip_id, "caption": " then ".join(labels),
-                     "caption_id": caption_id, "clip_index": 0, "task": task, "labels": labels,
-                     "seed": caption_id, "model": "render"})
+        rows.append(
+            {
+                "file_name": file_name,
+                "clip_id": clip_id,
+                "caption": " then ".join(labels),
+                "caption_id": caption_id,
+                "clip_index": 0,
+                "task": task,
+                "labels": labels,
+                "seed": caption_id,
+                "model": "render",
+            }
+        )
     (folder / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return rows
 
@@ -156,8 +166,8 @@ def _write_generations(folder, cases):
 def test_annotate_store_rates_through_the_store_and_resumes(tmp_path):
     generations = tmp_path / "generations"
     cases = [
-        (["beep", "hum"], ["hum", "beep"], "integrity"),         # aligned (order free)
-        (["beep", "hum"], ["beep"], "integrity"),                # missing an event
+        (["beep", "hum"], ["hum", "beep"], "integrity"),  # aligned (order free)
+        (["beep", "hum"], ["beep"], "integrity"),  # missing an event
         (["beep", "hum", "hiss"], ["beep", "hum", "hiss"], "temporal"),
         (["beep", "hum", "hiss"], ["hiss", "hum", "beep"], "temporal"),
         (["chirp", "trill"], ["trill", "chirp", "knock"], "integrity"),  # extra event is fine
@@ -171,8 +181,7 @@ def test_annotate_store_rates_through_the_store_and_resumes(tmp_path):
     again = annotate_store(store, generations, annotator="oracle", progress=False)
     assert again["rated"] == 0 and again["already_done"] == 5
     # A second, always-skipping annotator on a seeded subset of 3 clips: skips are stored as skips.
-    counts = annotate_store(store, generations, annotator="lazy", oracle=OracleAnnotator(skip_rate=1.0),
-                            max_clips=3, seed=1, progress=False)
+    counts = annotate_store(store, generations, annotator="lazy", oracle=OracleAnnotator(skip_rate=1.0), max_clips=3, seed=1, progress=False)
     assert counts["skipped"] == 3 and counts["rated"] == 0
     assert sorted(r["label"] for r in store.ratings() if r["annotator"] == "lazy") == [SKIP] * 3
     with pytest.raises(OracleError, match="no clip with id '99999_0'"):

@@ -131,7 +131,6 @@ def test_pair_event_dropout_applies_to_two_event_captions_only():
 
 def test_gap_concentration_puts_events_nearer_fixed_places():
     def first_onsets(concentration):
-        return [render_sequence(["beep", "hum", "hiss"], seed=s, gap_concentration=concentration, return_events=True)[1][0].onset_s
-                for s in range(60)]
+        return [render_sequence(["beep", "hum", "hiss"], seed=s, gap_concentration=concentration, return_events=True)[1][0].onset_s for s in range(60)]
 
     assert np.std(first_onsets(20.0)) < 0.5 * np.std(first_onsets(1.0))

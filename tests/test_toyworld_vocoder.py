@@ -53,8 +53,15 @@ def tacotron_log_mel(waveform: np.ndarray, target_frames: int, config: MelConfig
     x = torch.nn.functional.pad(torch.from_numpy(wav).float()[None, None, None], (n // 2, n // 2, 0, 0), mode="reflect")[:, 0]
     out = torch.nn.functional.conv1d(x, basis, stride=config.hop_length)
     magnitude = torch.sqrt(out[:, : n // 2 + 1] ** 2 + out[:, n // 2 + 1 :] ** 2)[0].numpy()
-    bank = mel_filter_bank(num_frequency_bins=n // 2 + 1, num_mel_filters=config.n_mels, min_frequency=config.fmin,
-                           max_frequency=config.fmax, sampling_rate=config.sample_rate, norm="slaney", mel_scale="slaney").T
+    bank = mel_filter_bank(
+        num_frequency_bins=n // 2 + 1,
+        num_mel_filters=config.n_mels,
+        min_frequency=config.fmin,
+        max_frequency=config.fmax,
+        sampling_rate=config.sample_rate,
+        norm="slaney",
+        mel_scale="slaney",
+    ).T
     fbank = np.log(np.maximum(bank @ magnitude, 1e-5)).T  # (frames, mels)
     if fbank.shape[0] < target_frames:
         fbank = np.pad(fbank, ((0, target_frames - fbank.shape[0]), (0, 0)))

@@ -11,8 +11,8 @@ from helpers import save_preference, save_pretrain, train, training_data
 from safetensors.torch import load_file
 
 from baton_trainer.backends.tango import TangoModel
-from baton_trainer.testing import save_tiny_audioldm2, save_tiny_stable_audio, save_tiny_stable_audio_3, save_tiny_tango
 from baton_trainer.stages.finetune import FinetuneConfig
+from baton_trainer.testing import save_tiny_audioldm2, save_tiny_stable_audio, save_tiny_stable_audio_3, save_tiny_tango
 from baton_trainer.trainer import DiffusionTrainer
 
 
@@ -56,7 +56,10 @@ def test_training_lowers_loss_on_fixed_batch(world, tmp_path):
     feedback, pretrain = training_data(trainer)
     # One batch holding the whole set and a fixed noise draw (step 0): the same loss before and after.
     feedback.captions, feedback.latents, feedback.text, feedback.weights = (
-        feedback.captions[:4], feedback.latents[:4], feedback.text[:4], feedback.weights[:4],
+        feedback.captions[:4],
+        feedback.latents[:4],
+        feedback.text[:4],
+        feedback.weights[:4],
     )
     with torch.no_grad():
         before, _ = trainer.training_loss(feedback, None, 0, 0)
@@ -69,8 +72,8 @@ def test_training_lowers_loss_on_fixed_batch(world, tmp_path):
 def test_lora_trains_only_adapter_and_export_reloads(world, tmp_path):
     config = make_config(world, tmp_path / "lora", use_lora=True, max_train_steps=3)
     trainer = DiffusionTrainer(config)
-    base = {k: v.clone() for k, v in trainer.backend.unet.state_dict().items() if "lora" not in k}
-    lora_before = {k: v.clone() for k, v in trainer.backend.unet.state_dict().items() if "lora_B" in k}
+    base = {k: v.clone() for k, v in trainer.backend.denoiser.state_dict().items() if "lora" not in k}
+    lora_before = {k: v.clone() for k, v in trainer.backend.denoiser.state_dict().items() if "lora_B" in k}
     out = train(trainer)
     after = trainer.accelerator.unwrap_model(trainer.denoiser).state_dict()
     assert all(torch.equal(base[k], after[k]) for k in base), "a non-LoRA parameter changed"
@@ -93,9 +96,7 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(world, tmp_path, 
     first = DiffusionTrainer(make_config(world, tmp_path / "split", use_lora=use_lora, max_train_steps=2))
     train(first)
     assert (tmp_path / "split" / "checkpoints" / "checkpoint-2").is_dir()
-    second = DiffusionTrainer(
-        make_config(world, tmp_path / "split", use_lora=use_lora, resume_from_checkpoint="latest")
-    )
+    second = DiffusionTrainer(make_config(world, tmp_path / "split", use_lora=use_lora, resume_from_checkpoint="latest"))
     train(second)
     assert second.global_step == 4
     if use_lora:
@@ -167,7 +168,19 @@ def run_cli(args, env_extra=None, torchrun=None):
     env.update(env_extra or {})
     cmd = [sys.executable, "-m", "baton_trainer", "finetune", *args]
     if torchrun:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(torchrun), "--master_port", "29517", "-m", "baton_trainer", "finetune", *args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            str(torchrun),
+            "--master_port",
+            "29517",
+            "-m",
+            "baton_trainer",
+            "finetune",
+            *args,
+        ]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
 
 
@@ -175,9 +188,22 @@ def run_cli(args, env_extra=None, torchrun=None):
 @pytest.mark.parametrize("model_name", ["model", "audioldm2", "stable_audio", "stable_audio_3"])
 def test_two_processes_match_one_process_with_the_same_global_batch(world, tmp_path, model_name):
     common = [
-        "--model", str(world / model_name), "--feedback_dataset", str(world / "feedback"),
-        "--pretrain_dataset", str(world / "pretrain"), "--max_train_steps", "3", "--learning_rate", "1e-3",
-        "--report_to", "none", "--run_dir", str(tmp_path), "--duration_s", "0.32",  # the tiny models' length (Stable Audio 3's default is 10 s)
+        "--model",
+        str(world / model_name),
+        "--feedback_dataset",
+        str(world / "feedback"),
+        "--pretrain_dataset",
+        str(world / "pretrain"),
+        "--max_train_steps",
+        "3",
+        "--learning_rate",
+        "1e-3",
+        "--report_to",
+        "none",
+        "--run_dir",
+        str(tmp_path),
+        "--duration_s",
+        "0.32",  # the tiny models' length (Stable Audio 3's default is 10 s)
     ]
     one = run_cli([*common, "--output_dir", str(tmp_path / "one"), "--train_batch_size", "4", "--cache_dir", str(tmp_path / "c1")])
     assert one.returncode == 0, one.stderr[-3000:]
@@ -209,14 +235,34 @@ def test_dpo_and_kto_on_two_processes_match_one_process(world, tmp_path, objecti
 
     save_audio_alpaca(tmp_path / "alpaca", n_prompts=2, pairs_per_prompt=4)
     common = [
-        "--model", str(world / "model"), "--pairwise_dataset", str(tmp_path / "alpaca"), "--feedback_dataset", "none", "--reward_dataset", "none",
-        "--pretrain_dataset", str(world / "pretrain"), "--objective", objective, "--max_train_steps", "3", "--learning_rate", "1e-3",
-        "--report_to", "none", "--run_dir", str(tmp_path),
+        "--model",
+        str(world / "model"),
+        "--pairwise_dataset",
+        str(tmp_path / "alpaca"),
+        "--feedback_dataset",
+        "none",
+        "--reward_dataset",
+        "none",
+        "--pretrain_dataset",
+        str(world / "pretrain"),
+        "--objective",
+        objective,
+        "--max_train_steps",
+        "3",
+        "--learning_rate",
+        "1e-3",
+        "--report_to",
+        "none",
+        "--run_dir",
+        str(tmp_path),
     ]
     one = run_cli([*common, "--output_dir", str(tmp_path / "one"), "--train_batch_size", "4", "--cache_dir", str(tmp_path / "c1")])
     assert one.returncode == 0, one.stderr[-3000:]
-    two = run_cli([*common, "--output_dir", str(tmp_path / "two"), "--train_batch_size", "2", "--cache_dir", str(tmp_path / "c2")],
-                  env_extra={"ACCELERATE_USE_CPU": "1"}, torchrun=2)
+    two = run_cli(
+        [*common, "--output_dir", str(tmp_path / "two"), "--train_batch_size", "2", "--cache_dir", str(tmp_path / "c2")],
+        env_extra={"ACCELERATE_USE_CPU": "1"},
+        torchrun=2,
+    )
     assert two.returncode == 0, two.stderr[-3000:]
     a, b, start = unet_state(tmp_path / "one"), unet_state(tmp_path / "two"), unet_state(world / "model")
     moved = max((a[k] - start[k]).abs().max().item() for k in a)

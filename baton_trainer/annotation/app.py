@@ -112,9 +112,7 @@ def _annotator_name(name: str | None, request: Any, logins: bool) -> str:
     return " ".join(str(name or "").split())
 
 
-def build_annotation_app(
-    generations: str | Path, store: AnnotationStore, ratings_per_clip: int, logins: bool = False, spectrogram: bool = True
-) -> gr.Blocks:
+def build_annotation_app(generations: str | Path, store: AnnotationStore, ratings_per_clip: int, logins: bool = False, spectrogram: bool = True) -> gr.Blocks:
     """The annotation app over `store`, with the generations folder's clips registered into it.
     `logins`: people log in (the login name is the annotator); `spectrogram`: draw each clip's."""
     store.register_clips(Path(generations))
@@ -176,7 +174,11 @@ def build_annotation_app(
         )
         with gr.Row():
             annotator_box = gr.Textbox(
-                label="Your name", placeholder="e.g. alice", scale=3, interactive=not logins, elem_id="baton-annotator",
+                label="Your name",
+                placeholder="e.g. alice",
+                scale=3,
+                interactive=not logins,
+                elem_id="baton-annotator",
                 info="logged in" if logins else "ratings are stored under this name",
             )
             start_button = gr.Button("Start", variant="primary", scale=1, elem_id="baton-start")

@@ -97,8 +97,7 @@ class ListeningStore(AnnotationStore):
         """The rater's next unanswered trial, in the rater's own shuffled order."""
         rater = _clean_annotator(rater)
         trials = self.trials(campaign)
-        done = {r["trial_id"] for r in self._conn().execute(
-            "SELECT trial_id FROM listening_answers WHERE campaign = ? AND rater = ?", (campaign, rater))}
+        done = {r["trial_id"] for r in self._conn().execute("SELECT trial_id FROM listening_answers WHERE campaign = ? AND rater = ?", (campaign, rater))}
         order = list(range(len(trials)))
         random.Random(zlib.crc32(f"{campaign}\0{rater}".encode())).shuffle(order)
         for i in order:
@@ -108,8 +107,13 @@ class ListeningStore(AnnotationStore):
 
 
 def build_campaign(
-    store: ListeningStore, eval_dir: str | Path, mode: str, models: Sequence[str] = ("base", "aligned"),
-    seed: int = 0, max_trials: int | None = None, name: str | None = None,
+    store: ListeningStore,
+    eval_dir: str | Path,
+    mode: str,
+    models: Sequence[str] = ("base", "aligned"),
+    seed: int = 0,
+    max_trials: int | None = None,
+    name: str | None = None,
 ) -> str:
     """Trials over `eval_dir/clips/<model>/` (the evaluate stage's clips: same captions and seeds
     for every model), plus one repeated and one known-bad trial. Idempotent: an existing campaign
@@ -162,8 +166,10 @@ def build_campaign(
     conn.execute("BEGIN IMMEDIATE")
     try:
         for i, t in enumerate(trials):
-            conn.execute("INSERT INTO listening_trials VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                         (name, i, mode, t["caption"], t["caption_id"], t["kind"], t.get("repeat_of"), json.dumps(t["clips"])))
+            conn.execute(
+                "INSERT INTO listening_trials VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (name, i, mode, t["caption"], t["caption_id"], t["kind"], t.get("repeat_of"), json.dumps(t["clips"])),
+            )
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
@@ -219,8 +225,15 @@ def listening_results(store: ListeningStore, campaign: str, exclude_failed: bool
         by_rater.setdefault(a["rater"], {})[a["trial_id"]] = a["answer"]
     flagged = {r: why for r, answers in by_rater.items() if (why := _attention(trials, answers, mode))}
     kept = {r: a for r, a in by_rater.items() if not (exclude_failed and r in flagged)}
-    result: dict[str, Any] = {"campaign": campaign, "mode": mode, "raters": sorted(by_rater), "raters_kept": sorted(kept),
-                              "failed_attention": flagged, "test_trials": sum(t["kind"] == "test" for t in trials.values()), "models": {}}
+    result: dict[str, Any] = {
+        "campaign": campaign,
+        "mode": mode,
+        "raters": sorted(by_rater),
+        "raters_kept": sorted(kept),
+        "failed_attention": flagged,
+        "test_trials": sum(t["kind"] == "test" for t in trials.values()),
+        "models": {},
+    }
     tests = {i: t for i, t in trials.items() if t["kind"] == "test"}
     if mode == "ab":
         models = sorted({c["model"] for t in tests.values() for c in t["clips"]})
@@ -233,8 +246,13 @@ def listening_results(store: ListeningStore, campaign: str, exclude_failed: bool
                     total += 1
         for m in models:
             ci = binomtest(wins[m], total).proportion_ci(0.95, method="exact") if total else None
-            result["models"][m] = {"ab_win_rate": wins[m] / total if total else float("nan"), "ab_wins": wins[m], "ab_trials": total,
-                                   "ab_win_rate_lo": ci.low if ci else float("nan"), "ab_win_rate_hi": ci.high if ci else float("nan")}
+            result["models"][m] = {
+                "ab_win_rate": wins[m] / total if total else float("nan"),
+                "ab_wins": wins[m],
+                "ab_trials": total,
+                "ab_win_rate_lo": ci.low if ci else float("nan"),
+                "ab_win_rate_hi": ci.high if ci else float("nan"),
+            }
         return result
     key = mode  # "mos_q" or "mos_f"
     scores: dict[str, list[int]] = {}
@@ -281,17 +299,25 @@ def export_results(store: ListeningStore, campaign: str, eval_dir: str | Path) -
     out = eval_dir / "listening"
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / f"{campaign}.json", results)
-    lines = [f"## Listening test: {campaign}", "",
-             f"{results['mode']}; {results['test_trials']} test trials; raters {len(results['raters_kept'])} of {len(results['raters'])} kept "
-             f"({len(results['failed_attention'])} failed an attention check).", ""]
+    lines = [
+        f"## Listening test: {campaign}",
+        "",
+        f"{results['mode']}; {results['test_trials']} test trials; raters {len(results['raters_kept'])} of {len(results['raters'])} kept "
+        f"({len(results['failed_attention'])} failed an attention check).",
+        "",
+    ]
     for model, numbers in results["models"].items():
         if results["mode"] == "ab":
-            lines.append(f"- {model}: wins {numbers['ab_wins']} of {numbers['ab_trials']} = {100 * numbers['ab_win_rate']:.1f}% "
-                         f"[{100 * numbers['ab_win_rate_lo']:.1f}, {100 * numbers['ab_win_rate_hi']:.1f}] (95% Clopper-Pearson)")
+            lines.append(
+                f"- {model}: wins {numbers['ab_wins']} of {numbers['ab_trials']} = {100 * numbers['ab_win_rate']:.1f}% "
+                f"[{100 * numbers['ab_win_rate_lo']:.1f}, {100 * numbers['ab_win_rate_hi']:.1f}] (95% Clopper-Pearson)"
+            )
         else:
             k = results["mode"]
-            lines.append(f"- {model}: {k.upper().replace('_', '-')} {numbers[k]:.2f} [{numbers[k + '_lo']:.2f}, {numbers[k + '_hi']:.2f}] "
-                         f"(95% t-interval, {numbers[k + '_ratings']} ratings)")
+            lines.append(
+                f"- {model}: {k.upper().replace('_', '-')} {numbers[k]:.2f} [{numbers[k + '_lo']:.2f}, {numbers[k + '_hi']:.2f}] "
+                f"(95% t-interval, {numbers[k + '_ratings']} ratings)"
+            )
     if results.get("krippendorff_alpha") is not None:
         lines.append(f"- Krippendorff's alpha (ordinal): {results['krippendorff_alpha']:.3f}")
     atomic_write_text(out / f"{campaign}.md", "\n".join(lines) + "\n")
@@ -301,7 +327,7 @@ def export_results(store: ListeningStore, campaign: str, eval_dir: str | Path) -
         text = report.read_text(encoding="utf-8")
         section = f"{begin}\n" + "\n".join(lines) + f"\n{end}"
         if begin in text and end in text:
-            text = text[: text.index(begin)] + section + text[text.index(end) + len(end):]
+            text = text[: text.index(begin)] + section + text[text.index(end) + len(end) :]
         else:
             text = text.rstrip("\n") + "\n\n" + section + "\n"
         atomic_write_text(report, text)
@@ -315,9 +341,15 @@ def export_results(store: ListeningStore, campaign: str, eval_dir: str | Path) -
         atomic_write_json(metrics_file, data)
     trials = {t["trial_id"]: t for t in store.trials(campaign)}
     answers = store.answers(campaign)
-    table = {"trial_id": [a["trial_id"] for a in answers], "rater": [a["rater"] for a in answers], "answer": [a["answer"] for a in answers],
-             "kind": [trials[a["trial_id"]]["kind"] for a in answers], "caption": [trials[a["trial_id"]]["caption"] for a in answers],
-             "models_shown": [[c["model"] for c in trials[a["trial_id"]]["clips"]] for a in answers], "mode": [results["mode"]] * len(answers)}
+    table = {
+        "trial_id": [a["trial_id"] for a in answers],
+        "rater": [a["rater"] for a in answers],
+        "answer": [a["answer"] for a in answers],
+        "kind": [trials[a["trial_id"]]["kind"] for a in answers],
+        "caption": [trials[a["trial_id"]]["caption"] for a in answers],
+        "models_shown": [[c["model"] for c in trials[a["trial_id"]]["clips"]] for a in answers],
+        "mode": [results["mode"]] * len(answers),
+    }
     datasets.Dataset.from_dict(table).save_to_disk(str(out / f"{campaign}_dataset"))
     return out / f"{campaign}.json"
 

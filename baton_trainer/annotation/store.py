@@ -195,8 +195,13 @@ class AnnotationStore:
             raise AnnotationError(str(exc)) from None
         rows = [
             (
-                str(row["clip_id"]), str(row["file_name"]), str(row["caption"]), str(row["task"]),
-                json.dumps(list(row["labels"]), ensure_ascii=False), int(row["caption_id"]), int(row["clip_index"]),
+                str(row["clip_id"]),
+                str(row["file_name"]),
+                str(row["caption"]),
+                str(row["task"]),
+                json.dumps(list(row["labels"]), ensure_ascii=False),
+                int(row["caption_id"]),
+                int(row["clip_index"]),
             )
             for row in generated
         ]
@@ -211,9 +216,7 @@ class AnnotationStore:
                        clip_index=excluded.clip_index, error=NULL""",
                 rows,
             )
-            conn.execute(
-                "INSERT OR REPLACE INTO meta(key, value) VALUES ('generations_dir', ?)", (str(generations_dir.resolve()),)
-            )
+            conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('generations_dir', ?)", (str(generations_dir.resolve()),))
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -330,11 +333,7 @@ class AnnotationStore:
         """Counts for one annotator and the campaign: rated, skipped, left for them, clips complete."""
         annotator = _clean_annotator(annotator)
         conn = self._conn()
-        mine = Counter(
-            {r["label"]: r["n"] for r in conn.execute(
-                "SELECT label, COUNT(*) AS n FROM ratings WHERE annotator = ? GROUP BY label", (annotator,)
-            )}
-        )
+        mine = Counter({r["label"]: r["n"] for r in conn.execute("SELECT label, COUNT(*) AS n FROM ratings WHERE annotator = ? GROUP BY label", (annotator,))})
         counts = conn.execute(
             """
             SELECT COUNT(*) AS total,

@@ -54,8 +54,14 @@ class AudioLDM2Model(MelLatents, TextToAudioBackend):
             raise ValueError(f"AudioLDM 2 at {sample_rate} Hz: no known mel front end (known: {sorted(STFT_BY_SAMPLE_RATE)} Hz)")
         n_fft = STFT_BY_SAMPLE_RATE[sample_rate]
         self.mel_config = MelConfig(
-            sample_rate=sample_rate, n_fft=n_fft, win_length=n_fft, hop_length=int(np.prod(vocoder.upsample_rates)),
-            n_mels=int(vocoder.model_in_dim), fmin=0.0, fmax=sample_rate / 2, framing="half_hop",
+            sample_rate=sample_rate,
+            n_fft=n_fft,
+            win_length=n_fft,
+            hop_length=int(np.prod(vocoder.upsample_rates)),
+            n_mels=int(vocoder.model_in_dim),
+            fmin=0.0,
+            fmax=sample_rate / 2,
+            framing="half_hop",
         )
         self.mel = MelFrontEnd(self.mel_config)
         self.noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
@@ -70,10 +76,12 @@ class AudioLDM2Model(MelLatents, TextToAudioBackend):
     # -- loading ---------------------------------------------------------------------------------
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | Path, export: str | Path | None = None, device=None, torch_dtype=None, revision: str | None = None) -> "AudioLDM2Model":
+    def from_pretrained(
+        cls, name_or_path: str | Path, export: str | Path | None = None, device=None, torch_dtype=None, revision: str | None = None
+    ) -> "AudioLDM2Model":
         """An AudioLDM 2 pipeline folder or Hub id (`cvssp/audioldm2`), with a trained export on top."""
-        from ..checkpoints import load_pretrained
         from ..hub import resolve_folder
+        from ..weight_files import load_pretrained
 
         folder = resolve_folder(name_or_path, "model", revision)
         index = load_pretrained(lambda f: json.loads(Path(f).read_text(encoding="utf-8")), folder / "model_index.json", "a pipeline index")
@@ -109,7 +117,9 @@ class AudioLDM2Model(MelLatents, TextToAudioBackend):
         caption, padded to the caption's T5 length as the pipeline does at batch size 1."""
         embeds, mask, generated = self.pipe.encode_prompt([caption], self.pipe.text_encoder_2.device, 1, guidance)
         conds = [
-            TextConditioning(encoder_hidden_states=generated[i : i + 1], encoder_hidden_states_1=embeds[i : i + 1], encoder_attention_mask_1=mask[i : i + 1].bool())
+            TextConditioning(
+                encoder_hidden_states=generated[i : i + 1], encoder_hidden_states_1=embeds[i : i + 1], encoder_attention_mask_1=mask[i : i + 1].bool()
+            )
             for i in range(embeds.shape[0])
         ]
         return (conds[1], conds[0]) if guidance else (conds[0], None)  # encode_prompt puts the negative first
@@ -146,7 +156,11 @@ class AudioLDM2Model(MelLatents, TextToAudioBackend):
             pipe = type(pipe).from_pipe(pipe, scheduler=SAMPLERS[sampler].from_config(pipe.scheduler.config))
         pipe.set_progress_bar_config(disable=not progress, desc="sampling", leave=False)
         audio = pipe(
-            num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, audio_length_in_s=duration_s or self.duration_s,
-            generator=generators, output_type="np", **kwargs,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            audio_length_in_s=duration_s or self.duration_s,
+            generator=generators,
+            output_type="np",
+            **kwargs,
         ).audios
         return np.asarray(audio, dtype=np.float32)

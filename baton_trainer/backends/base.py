@@ -7,14 +7,14 @@ The trainer only ever touches a backend through them:
     cond = backend.encode_text(captions, duration_s)   # TextConditioning
     t = backend.draw_timesteps(n, generator)           # the model's own training distribution
     noisy, target = losses.noised_latents_and_target(backend.objective, latents, noise, t, backend.noise_scheduler)
-    pred = backend.unet(noisy, backend.denoiser_timestep(t), **cond.unet_kwargs(), **backend.denoiser_kwargs(noisy)).sample
+    pred = backend.denoiser(noisy, backend.denoiser_timestep(t), **cond.as_kwargs(), **backend.denoiser_kwargs(noisy)).sample
     backend.add_lora(lora_config)                      # a peft adapter on the denoiser
     backend.save_trained(folder, mode) / backend.load_trained(folder)
     clips = backend.generate(captions, seeds, ...)     # (B, samples) float32 numpy, through backend.pipe
 
-`unet` is the module that is trained (fully or through a LoRA adapter); everything returned by
+`denoiser` is the module that is trained (fully or through a LoRA adapter); everything returned by
 `frozen_modules()` stays frozen and may be cast to the training dtype. The rest (components by
-their diffusers names, device and dtype moves, `with_unet`, exports in diffusers' formats) is
+their diffusers names, device and dtype moves, `with_denoiser`, exports in diffusers' formats) is
 written once here, over `self.pipe`.
 """
 
@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import shutil
 from abc import ABC, abstractmethod
 from pathlib import Path
 
@@ -44,7 +45,7 @@ class TextConditioning:
             raise ValueError("TextConditioning needs at least one tensor")
         self.tensors = dict(tensors)
 
-    def unet_kwargs(self) -> dict[str, torch.Tensor]:
+    def as_kwargs(self) -> dict[str, torch.Tensor]:
         return dict(self.tensors)
 
     def to(self, device=None, dtype=None) -> "TextConditioning":
@@ -101,7 +102,7 @@ def mixed_to_mono(audio) -> np.ndarray:
 
 class TextToAudioBackend(ABC):
     """A diffusers pipeline (`self.pipe`) as the trainer sees it. Its components stay the
-    pipeline's: `unet` is `pipe.unet`, and a second model over the same frozen parts is `with_unet`."""
+    pipeline's: `denoiser` is `pipe.unet` (or `pipe.transformer`), and a second model over the same frozen parts is `with_denoiser`."""
 
     sample_rate: int
     noise_scheduler: object  # the DDPM training schedule for objective "ddpm" (add_noise, its betas)
@@ -170,20 +171,20 @@ class TextToAudioBackend(ABC):
 
     def save_pretrained(self, folder: str | Path) -> None:
         """Write the whole pipeline so that `from_pretrained(folder)` restores it."""
-        if getattr(self.unet, "peft_config", None):
+        if getattr(self.denoiser, "peft_config", None):
             raise ValueError("save_pretrained on a model with a LoRA adapter: use save_trained(folder, 'lora') for the adapter")
         self.pipe.save_pretrained(Path(folder), safe_serialization=True)
 
     # -- the pipeline's components ---------------------------------------------------------------
 
     @property
-    def unet(self) -> torch.nn.Module:
+    def denoiser(self) -> torch.nn.Module:
         """The denoiser that is trained (a UNet or a transformer, as the pipeline names it `unet`
         or `transformer`)."""
         return getattr(self.pipe, self.denoiser_name)
 
-    @unet.setter
-    def unet(self, module: torch.nn.Module) -> None:
+    @denoiser.setter
+    def denoiser(self, module: torch.nn.Module) -> None:
         setattr(self.pipe, self.denoiser_name, module)
 
     denoiser_name = "unet"
@@ -222,11 +223,11 @@ class TextToAudioBackend(ABC):
 
     @property
     def device(self) -> torch.device:
-        return next(self.unet.parameters()).device
+        return next(self.denoiser.parameters()).device
 
     def modules(self) -> dict[str, torch.nn.Module]:
         """Every module by name: the denoiser, the frozen ones and any front end."""
-        found = {self.denoiser_name: self.unet}
+        found = {self.denoiser_name: self.denoiser}
         for name, component in self.pipe.components.items():
             if isinstance(component, torch.nn.Module) and name != self.denoiser_name:
                 found[name] = component
@@ -258,9 +259,9 @@ class TextToAudioBackend(ABC):
             self.load_trained(export)
         return self
 
-    def with_unet(self, unet: torch.nn.Module):
-        """A second model over this one's frozen components, with `unet` as its denoiser (diffusers' `from_pipe`)."""
-        model = type(self)(type(self.pipe).from_pipe(self.pipe, **{**self.pipe.components, self.denoiser_name: unet}))
+    def with_denoiser(self, denoiser: torch.nn.Module):
+        """A second model over this one's frozen components, with `denoiser` as its denoiser (diffusers' `from_pipe`)."""
+        model = type(self)(type(self.pipe).from_pipe(self.pipe, **{**self.pipe.components, self.denoiser_name: denoiser}))
         model.name_or_path = self.name_or_path
         return model
 
@@ -268,13 +269,13 @@ class TextToAudioBackend(ABC):
         """Inject a peft `LoraConfig` adapter named "default" into the denoiser. diffusers' own
         `add_adapter` where the model class has it; peft's `inject_adapter_in_model` otherwise
         (AudioLDM 2's UNet), keeping `peft_config` as diffusers does so both save alike."""
-        if hasattr(self.unet, "add_adapter"):
-            self.unet.add_adapter(config)
+        if hasattr(self.denoiser, "add_adapter"):
+            self.denoiser.add_adapter(config)
             return
         from peft import inject_adapter_in_model
 
-        inject_adapter_in_model(config, self.unet, adapter_name="default")
-        self.unet.peft_config = {"default": config}
+        inject_adapter_in_model(config, self.denoiser, adapter_name="default")
+        self.denoiser.peft_config = {"default": config}
 
     @staticmethod
     def clip_generators(captions: list[str], seeds: list[int], guidance_scale: float) -> list[torch.Generator]:
@@ -320,27 +321,38 @@ class TextToAudioBackend(ABC):
         # The marker says "this folder is a whole export": off before the first file is written,
         # on (atomically) after the last, so a kill in between never leaves a folder that passes.
         (folder / EXPORT_FILE).unlink(missing_ok=True)
+        # An export over one of the other mode: its files go, so the marker vouches for one model only.
+        if mode == "lora":
+            shutil.rmtree(folder / self.denoiser_name, ignore_errors=True)
+        else:
+            for stale in folder.glob("pytorch_lora_weights*.safetensors"):
+                stale.unlink()
         if mode == "lora":
             from diffusers.loaders.lora_base import LoraBaseMixin
             from diffusers.utils import convert_state_dict_to_diffusers
             from peft.utils import get_peft_model_state_dict
 
-            layers = convert_state_dict_to_diffusers({k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(self.unet).items()})
+            layers = convert_state_dict_to_diffusers({k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(self.denoiser).items()})
             # diffusers' LoRA file: keys and adapter config under the denoiser's name ("unet." as
             # `save_lora_weights` writes for TANGO's pipeline, "transformer." for DiT pipelines).
             prefix = self.denoiser_name
             LoraBaseMixin.write_lora_layers(
-                LoraBaseMixin.pack_weights(layers, prefix), str(folder), is_main_process=True, weight_name=None, save_function=None,
-                safe_serialization=True, lora_adapter_metadata={f"{prefix}.{k}": v for k, v in self.unet.peft_config["default"].to_dict().items()},
+                LoraBaseMixin.pack_weights(layers, prefix),
+                str(folder),
+                is_main_process=True,
+                weight_name=None,
+                save_function=None,
+                safe_serialization=True,
+                lora_adapter_metadata={f"{prefix}.{k}": v for k, v in self.denoiser.peft_config["default"].to_dict().items()},
             )
         elif mode == "full":
-            self.unet.save_pretrained(str(folder / self.denoiser_name), safe_serialization=True)
+            self.denoiser.save_pretrained(str(folder / self.denoiser_name), safe_serialization=True)
         else:
             raise ValueError(f"unknown export mode '{mode}' (expected lora or full)")
         atomic_write_json(folder / EXPORT_FILE, {"mode": mode, "base": base})
 
     def _export_mode(self, folder: Path) -> str:
-        from ..checkpoints import load_pretrained
+        from ..weight_files import load_pretrained
 
         info_file = folder / EXPORT_FILE
         if not info_file.is_file():
@@ -352,8 +364,8 @@ class TextToAudioBackend(ABC):
 
     def load_trained(self, folder: str | Path) -> None:
         """Apply an export written by `save_trained` (a folder or Hub id) on top of this (base) model."""
-        from ..checkpoints import load_pretrained
         from ..hub import resolve_folder
+        from ..weight_files import load_pretrained
 
         folder = resolve_folder(folder, "trained export")
         if self._export_mode(folder) == "lora":
@@ -362,9 +374,11 @@ class TextToAudioBackend(ABC):
             else:
                 load_pretrained(self._inject_saved_lora, folder, "a LoRA adapter")
         else:
-            device, dtype = self.device, next(self.unet.parameters()).dtype
-            denoiser_class = type(self.unet)
-            self.unet = load_pretrained(denoiser_class.from_pretrained, folder / self.denoiser_name, f"a {denoiser_class.__name__}").to(device=device, dtype=dtype)
+            device, dtype = self.device, next(self.denoiser.parameters()).dtype
+            denoiser_class = type(self.denoiser)
+            self.denoiser = load_pretrained(denoiser_class.from_pretrained, folder / self.denoiser_name, f"a {denoiser_class.__name__}").to(
+                device=device, dtype=dtype
+            )
 
     def _inject_saved_lora(self, folder: Path) -> None:
         """A diffusers-format adapter on a denoiser whose pipeline has no `load_lora_weights`: the
@@ -376,12 +390,12 @@ class TextToAudioBackend(ABC):
         state, metadata = lora_file_contents(folder, self.denoiser_name)
         fields = {f.name for f in dataclasses.fields(LoraConfig) if f.init}
         self.add_lora(LoraConfig(**{k: v for k, v in metadata.items() if k in fields}))
-        self.restore_trained(self.unet, folder, state)
+        self.restore_trained(self.denoiser, folder, state)
 
-    def restore_trained(self, unet: torch.nn.Module, folder: str | Path, lora_state: dict | None = None) -> None:
-        """Load a checkpoint's trained part into `unet` in place (resuming: the adapter or the
+    def restore_trained(self, denoiser: torch.nn.Module, folder: str | Path, lora_state: dict | None = None) -> None:
+        """Load a checkpoint's trained part into `denoiser` in place (resuming: the adapter or the
         weights go into the module the optimiser holds)."""
-        from ..checkpoints import load_state_dict_file
+        from ..weight_files import load_state_dict_file
 
         folder = Path(folder)
         if self._export_mode(folder) == "lora":
@@ -389,11 +403,11 @@ class TextToAudioBackend(ABC):
             from peft.utils import set_peft_model_state_dict
 
             state = lora_state if lora_state is not None else lora_file_contents(folder, self.denoiser_name)[0]
-            result = set_peft_model_state_dict(unet, convert_unet_state_dict_to_peft(state), adapter_name="default")
+            result = set_peft_model_state_dict(denoiser, convert_unet_state_dict_to_peft(state), adapter_name="default")
             if getattr(result, "unexpected_keys", None):
                 raise RuntimeError(f"{folder}: adapter keys not found in the denoiser: {result.unexpected_keys[:5]}")
         else:
-            unet.load_state_dict(load_state_dict_file(next((folder / self.denoiser_name).glob("*.safetensors")), self.denoiser_name))
+            denoiser.load_state_dict(load_state_dict_file(next((folder / self.denoiser_name).glob("*.safetensors")), self.denoiser_name))
 
 
 def lora_file_contents(folder: str | Path, prefix: str = "unet") -> tuple[dict[str, torch.Tensor], dict]:

@@ -43,8 +43,13 @@ class GriffinLimVocoder(ModelMixin, ConfigMixin):
         if n_iter < 0 or not 0 <= momentum < 1:
             raise ValueError(f"GriffinLimVocoder: n_iter must be >= 0 and momentum in [0, 1), got {n_iter}, {momentum}")
         bank = mel_filter_bank(
-            num_frequency_bins=n_fft // 2 + 1, num_mel_filters=n_mels, min_frequency=fmin, max_frequency=fmax,
-            sampling_rate=sample_rate, norm="slaney", mel_scale="slaney",
+            num_frequency_bins=n_fft // 2 + 1,
+            num_mel_filters=n_mels,
+            min_frequency=fmin,
+            max_frequency=fmax,
+            sampling_rate=sample_rate,
+            norm="slaney",
+            mel_scale="slaney",
         )
         basis = np.ascontiguousarray(bank.T, dtype=np.float32)  # (n_mels, n_fft // 2 + 1), TANGO's bank
         self.register_buffer("window", torch.hann_window(win_length), persistent=False)

@@ -78,13 +78,22 @@ class TangoPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         super().__init__()
         self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler, vocoder=vocoder)
         self.register_to_config(
-            sample_rate=sample_rate, n_fft=n_fft, hop_length=hop_length, win_length=win_length, n_mels=n_mels,
-            fmin=fmin, fmax=fmax, mel_framing=mel_framing, duration_s=duration_s, text_max_length=text_max_length,
+            sample_rate=sample_rate,
+            n_fft=n_fft,
+            hop_length=hop_length,
+            win_length=win_length,
+            n_mels=n_mels,
+            fmin=fmin,
+            fmax=fmax,
+            mel_framing=mel_framing,
+            duration_s=duration_s,
+            text_max_length=text_max_length,
         )
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, torch_dtype: torch.dtype | None = None,
-                        revision: str | None = None, **components: Any) -> "TangoPipeline":
+    def from_pretrained(
+        cls, pretrained_model_name_or_path: str | os.PathLike, torch_dtype: torch.dtype | None = None, revision: str | None = None, **components: Any
+    ) -> "TangoPipeline":
         """A saved TangoPipeline (a folder or Hub id) built with this class, running no code from the
         folder: diffusers and transformers components load from their subfolders; a component the
         folder keeps with its own module (the toy world's vocoder) must be passed in, or the folder
@@ -153,7 +162,9 @@ class TangoPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         if uncond_hidden is None:
             return self.unet(latents, t, encoder_hidden_states=hidden, encoder_attention_mask=mask).sample
         pred_uncond, pred_cond = self.unet(
-            torch.cat([latents, latents]), t, encoder_hidden_states=torch.cat([uncond_hidden, hidden]),
+            torch.cat([latents, latents]),
+            t,
+            encoder_hidden_states=torch.cat([uncond_hidden, hidden]),
             encoder_attention_mask=torch.cat([uncond_mask, mask]),
         ).sample.chunk(2)
         return pred_uncond + guidance_scale * (pred_cond - pred_uncond)

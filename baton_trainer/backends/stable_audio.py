@@ -10,7 +10,7 @@ cos(pi t / 2), sigma = sin(pi t / 2), x_t = alpha z0 + sigma eps, target v = alp
 and the DiT is given t itself (`losses.noised_latents_and_target`, objective "v_cosine"). The
 pipeline's `CosineDPMSolverMultistepScheduler` samples the same model: its timestep is
 atan(sigma_edm) * 2 / pi = t, its input scaling 1 / sqrt(sigma_edm^2 + 1) = alpha, and its v
-preconditioning returns z0 from the true target (`tests/test_stable_audio.py`).
+preconditioning returns z0 from the true target (`tests/test_backend_checklist.py`).
 
 Like stable-audio-tools' training data, every clip fills the model's whole window (47.55 s for
 Stable Audio Open 1.0): a 10 s clip is zero-padded after its end and conditioned on
@@ -57,12 +57,14 @@ class StableAudioModel(TextToAudioBackend):
     # -- loading ---------------------------------------------------------------------------------
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | Path, export: str | Path | None = None, device=None, torch_dtype=None, revision: str | None = None) -> "StableAudioModel":
+    def from_pretrained(
+        cls, name_or_path: str | Path, export: str | Path | None = None, device=None, torch_dtype=None, revision: str | None = None
+    ) -> "StableAudioModel":
         """A Stable Audio pipeline folder or Hub id (`stabilityai/stable-audio-open-1.0`), with a trained export on top."""
         from diffusers import StableAudioPipeline
 
-        from ..checkpoints import load_pretrained
         from ..hub import resolve_folder
+        from ..weight_files import load_pretrained
 
         folder = resolve_folder(name_or_path, "model", revision)
         if importlib.util.find_spec("torchsde") is None:
@@ -76,7 +78,11 @@ class StableAudioModel(TextToAudioBackend):
         return [self.pipe.vae, self.pipe.text_encoder, self.pipe.projection_model]
 
     def preprocessing(self) -> dict:
-        return {"window": self.window_samples, "audio_channels": int(self.pipe.vae.config.audio_channels), "tokenizer_max_length": self.pipe.tokenizer.model_max_length}
+        return {
+            "window": self.window_samples,
+            "audio_channels": int(self.pipe.vae.config.audio_channels),
+            "tokenizer_max_length": self.pipe.tokenizer.model_max_length,
+        }
 
     # -- training --------------------------------------------------------------------------------
 
@@ -95,7 +101,7 @@ class StableAudioModel(TextToAudioBackend):
         """Mono waveforms (B, samples) -> latents (B, C, frames): both channels, the whole window
         (zeros after the clip), the VAE's posterior mean (so cached latents are deterministic)."""
         vae = self.pipe.vae
-        x = waveforms.float()[:, :self.window_samples]
+        x = waveforms.float()[:, : self.window_samples]
         x = torch.nn.functional.pad(x, (0, self.window_samples - x.shape[-1]))
         x = mono_into_channels(x, vae)
         return vae.encode(x).latent_dist.mean
@@ -109,15 +115,15 @@ class StableAudioModel(TextToAudioBackend):
         duration = float(duration_s or self.duration_s)
         text = p.encode_prompt(list(captions), device, False)
         start, end = p.encode_duration(0.0, duration, device, False, len(captions))
-        return TextConditioning(
-            encoder_hidden_states=torch.cat([text, start, end], dim=1), global_hidden_states=torch.cat([start, end], dim=2)
-        )
+        return TextConditioning(encoder_hidden_states=torch.cat([text, start, end], dim=1), global_hidden_states=torch.cat([start, end], dim=2))
 
     def null_text(self, duration_s: float | None = None) -> TextConditioning:
         """A dropped caption as stable-audio-tools trains it: the cross-attention context (text and
         seconds tokens) all zeros, the global seconds embedding kept."""
         cond = self.encode_text([""], duration_s)
-        return TextConditioning(encoder_hidden_states=torch.zeros_like(cond.tensors["encoder_hidden_states"]), global_hidden_states=cond.tensors["global_hidden_states"])
+        return TextConditioning(
+            encoder_hidden_states=torch.zeros_like(cond.tensors["encoder_hidden_states"]), global_hidden_states=cond.tensors["global_hidden_states"]
+        )
 
     # -- sampling --------------------------------------------------------------------------------
 
@@ -128,7 +134,12 @@ class StableAudioModel(TextToAudioBackend):
         generators = self.clip_generators(captions, seeds, guidance_scale)
         self.pipe.set_progress_bar_config(disable=not progress, desc="sampling", leave=False)
         audio = self.pipe(
-            list(captions), num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, audio_start_in_s=0.0,
-            audio_end_in_s=float(duration_s or self.duration_s), generator=generators, output_type="np",
+            list(captions),
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            audio_start_in_s=0.0,
+            audio_end_in_s=float(duration_s or self.duration_s),
+            generator=generators,
+            output_type="np",
         ).audios
         return mixed_to_mono(audio)

@@ -57,12 +57,14 @@ class StableAudio3Model(TextToAudioBackend):
     # -- loading ---------------------------------------------------------------------------------
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | Path, export: str | Path | None = None, device=None, torch_dtype=None, revision: str | None = None) -> "StableAudio3Model":
+    def from_pretrained(
+        cls, name_or_path: str | Path, export: str | Path | None = None, device=None, torch_dtype=None, revision: str | None = None
+    ) -> "StableAudio3Model":
         """A Stable Audio 3 pipeline folder or Hub id (`stabilityai/stable-audio-3-medium-base`), with a trained export on top."""
         from diffusers import StableAudio3Pipeline
 
-        from ..checkpoints import load_pretrained
         from ..hub import resolve_folder
+        from ..weight_files import load_pretrained
 
         folder = resolve_folder(name_or_path, "model", revision)
         import_own_components(folder)
@@ -117,8 +119,11 @@ class StableAudio3Model(TextToAudioBackend):
         duration embedding kept."""
         cond = self.encode_text([""], duration_s)
         context, mask = cond.tensors["encoder_hidden_states"], cond.tensors["encoder_attention_mask"]
-        return TextConditioning(encoder_hidden_states=torch.zeros_like(context), encoder_attention_mask=torch.ones_like(mask),
-                                global_hidden_states=cond.tensors["global_hidden_states"])
+        return TextConditioning(
+            encoder_hidden_states=torch.zeros_like(context),
+            encoder_attention_mask=torch.ones_like(mask),
+            global_hidden_states=cond.tensors["global_hidden_states"],
+        )
 
     # -- sampling --------------------------------------------------------------------------------
 
@@ -129,7 +134,11 @@ class StableAudio3Model(TextToAudioBackend):
         generators = self.clip_generators(captions, seeds, guidance_scale)
         self.pipe.set_progress_bar_config(disable=not progress, desc="sampling", leave=False)
         audio = self.pipe(
-            list(captions), duration=float(duration_s or self.duration_s), num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale, generator=generators, output_type="np",
+            list(captions),
+            duration=float(duration_s or self.duration_s),
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            generator=generators,
+            output_type="np",
         ).audios
         return mixed_to_mono(audio)

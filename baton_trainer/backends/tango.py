@@ -46,7 +46,7 @@ def load_tango_pipeline(folder: Path, torch_dtype: torch.dtype | None = None) ->
     classes (or diffusers' and transformers'), each loaded on its own so a bad file is named."""
     import importlib
 
-    from ..checkpoints import load_pretrained
+    from ..weight_files import load_pretrained
 
     if not (folder / "model_index.json").is_file():
         settings = load_pretrained(lambda f: json.loads(Path(f).read_text(encoding="utf-8")), folder / LEGACY_MODEL_FILE, "model settings")
@@ -72,7 +72,7 @@ def _legacy_pipeline(folder: Path, settings: dict) -> TangoPipeline:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import AutoTokenizer, SpeechT5HifiGan, T5EncoderModel
 
-    from ..checkpoints import load_pretrained
+    from ..weight_files import load_pretrained
     from .griffin_lim_vocoder import GriffinLimVocoder
 
     def vocoder_from(path: str):
@@ -93,7 +93,9 @@ def _legacy_pipeline(folder: Path, settings: dict) -> TangoPipeline:
         scheduler=scheduler,
         vocoder=load_pretrained(vocoder_from, folder / "vocoder", f"a {settings.get('vocoder_class')}"),
         **{k: mel[k] for k in ("sample_rate", "n_fft", "hop_length", "win_length", "n_mels", "fmin", "fmax") if k in mel},
-        mel_framing="half_hop", duration_s=float(settings.get("duration_s", 10.0)), text_max_length=settings.get("text_max_length"),
+        mel_framing="half_hop",
+        duration_s=float(settings.get("duration_s", 10.0)),
+        text_max_length=settings.get("text_max_length"),
     )
 
 
@@ -107,8 +109,14 @@ class TangoModel(MelLatents, TextToAudioBackend):
         super().__init__(pipe)
         config = pipe.config
         self.mel_config = MelConfig(
-            sample_rate=config.sample_rate, n_fft=config.n_fft, hop_length=config.hop_length, win_length=config.win_length,
-            n_mels=config.n_mels, fmin=config.fmin, fmax=config.fmax, framing=config.mel_framing,
+            sample_rate=config.sample_rate,
+            n_fft=config.n_fft,
+            hop_length=config.hop_length,
+            win_length=config.win_length,
+            n_mels=config.n_mels,
+            fmin=config.fmin,
+            fmax=config.fmax,
+            framing=config.mel_framing,
         )
         self.mel = MelFrontEnd(self.mel_config)
         # The training noise schedule is the pipeline scheduler's (DDPM's add_noise and velocity on its betas).
@@ -124,7 +132,9 @@ class TangoModel(MelLatents, TextToAudioBackend):
     # -- loading and saving ----------------------------------------------------------------------
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | Path, export: str | Path | None = None, device=None, torch_dtype=None, revision: str | None = None) -> "TangoModel":
+    def from_pretrained(
+        cls, name_or_path: str | Path, export: str | Path | None = None, device=None, torch_dtype=None, revision: str | None = None
+    ) -> "TangoModel":
         """A saved model folder (or a Hub id of one), then a trained export (LoRA adapter or full
         UNet, a folder or Hub id) on top when given. TANGO's original Hub layout loads through
         `baton_trainer.backends.load_backend`."""
@@ -178,7 +188,9 @@ class TangoModel(MelLatents, TextToAudioBackend):
         """TANGO's --uncondition zeroes a caption's T5 states: one zero token acts the same, since
         zero keys and values give the cross-attention the same output whatever the length."""
         cond = self.encode_text([""], duration_s)
-        return TextConditioning(encoder_hidden_states=torch.zeros_like(cond.tensors["encoder_hidden_states"]), encoder_attention_mask=cond.tensors["encoder_attention_mask"])
+        return TextConditioning(
+            encoder_hidden_states=torch.zeros_like(cond.tensors["encoder_hidden_states"]), encoder_attention_mask=cond.tensors["encoder_attention_mask"]
+        )
 
     # -- sampling --------------------------------------------------------------------------------
 
@@ -194,6 +206,11 @@ class TangoModel(MelLatents, TextToAudioBackend):
         generators = self.clip_generators(captions, seeds, guidance_scale)
         self.pipe.set_progress_bar_config(disable=not progress, desc="sampling", leave=False)
         return self.pipe(
-            list(captions), num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, audio_length_in_s=duration_s,
-            generator=generators, sampler=sampler, output_type=output_type,
+            list(captions),
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            audio_length_in_s=duration_s,
+            generator=generators,
+            sampler=sampler,
+            output_type=output_type,
         ).audios

@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from ..checkpoints import CheckpointFormatError, first_keys, load_state_dict_file, load_state_strict
+from ..weight_files import WeightFileError, first_keys, load_state_dict_file, load_state_strict
 from .mel import MelConfig, MelFrontEnd
 from .pipeline_tango import TangoPipeline
 from .tango import TangoModel
@@ -47,7 +47,7 @@ VOCODER_CONFIG = "vocoder_config.json"
 SD21_SCHEDULERS = {"stabilityai/stable-diffusion-2-1", "stabilityai/stable-diffusion-2-1-base"}
 
 
-class TangoCheckpointError(CheckpointFormatError):
+class TangoCheckpointError(WeightFileError):
     """An original TANGO checkpoint that cannot be loaded; the message names the file, key or setting."""
 
 
@@ -78,7 +78,7 @@ def _load_bin(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _split_prefix(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
 
 
 def _fold_weight_norm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -109,9 +109,17 @@ def vae_config_to_diffusers(vae_config: dict[str, Any], where: str = VAE_CONFIG)
         if key not in dd:
             raise TangoCheckpointError(f"{where}: ddconfig lacks '{key}'")
     refusals = [
-        (list(dd.get("attn_resolutions") or []), "ddconfig.attn_resolutions", "non-empty (attention inside the VAE's down/up levels has no diffusers AutoencoderKL equivalent)"),
+        (
+            list(dd.get("attn_resolutions") or []),
+            "ddconfig.attn_resolutions",
+            "non-empty (attention inside the VAE's down/up levels has no diffusers AutoencoderKL equivalent)",
+        ),
         (int(vae_config.get("subband", 1)) > 1, "subband", "> 1 (sub-band decomposition is not in diffusers)"),
-        (list(dd.get("downsample_time_stride4_levels") or []), "ddconfig.downsample_time_stride4_levels", "non-empty (stride-4 time resampling is not in diffusers)"),
+        (
+            list(dd.get("downsample_time_stride4_levels") or []),
+            "ddconfig.downsample_time_stride4_levels",
+            "non-empty (stride-4 time resampling is not in diffusers)",
+        ),
         (bool(dd.get("use_linear_attn")) or dd.get("attn_type", "vanilla") != "vanilla", "ddconfig.attn_type", "not 'vanilla'"),
         (not dd.get("double_z", True), "ddconfig.double_z", "false (diffusers' encoder always predicts mean and log-variance)"),
         (bool(dd.get("tanh_out")) or bool(dd.get("give_pre_end")), "ddconfig.tanh_out/give_pre_end", "set"),
@@ -122,9 +130,7 @@ def vae_config_to_diffusers(vae_config: dict[str, Any], where: str = VAE_CONFIG)
             raise TangoCheckpointError(f"{where}: {key} is {why}; this VAE cannot be loaded into diffusers' AutoencoderKL")
     embed_dim = int(vae_config.get("embed_dim", dd["z_channels"]))
     if embed_dim != int(dd["z_channels"]):
-        raise TangoCheckpointError(
-            f"{where}: embed_dim {embed_dim} != ddconfig.z_channels {dd['z_channels']} (diffusers' quant convs need them equal)"
-        )
+        raise TangoCheckpointError(f"{where}: embed_dim {embed_dim} != ddconfig.z_channels {dd['z_channels']} (diffusers' quant convs need them equal)")
     levels = len(dd["ch_mult"])
     return {
         "in_channels": int(dd["in_channels"]),
@@ -152,7 +158,7 @@ def ldm_vae_key(diffusers_key: str, num_levels: int) -> str:
         return diffusers_key  # quant_conv, post_quant_conv
     name = ".".join(rest)
     if name.startswith("conv_norm_out."):
-        return f"{side}.norm_out.{name[len('conv_norm_out.'):]}"
+        return f"{side}.norm_out.{name[len('conv_norm_out.') :]}"
     if rest[0] in ("down_blocks", "up_blocks"):
         level = int(rest[1])
         if rest[0] == "up_blocks":  # diffusers runs the decoder's levels in reverse order to LDM's `up`
@@ -205,7 +211,7 @@ def convert_vae_state(ldm_state: dict[str, torch.Tensor], vae, where: str = VAE_
 def hifigan_key(speecht5_key: str) -> str:
     """The HiFi-GAN (audioldm.hifigan.Generator) name of one SpeechT5HifiGan key."""
     if speecht5_key.startswith("upsampler."):
-        return "ups." + speecht5_key[len("upsampler."):]
+        return "ups." + speecht5_key[len("upsampler.") :]
     return speecht5_key
 
 
@@ -303,9 +309,7 @@ def _check_stft(folder: Path, mel) -> None:
         return
     ours = mel.mel_basis.cpu()
     if tuple(basis.shape) != tuple(ours.shape) or not torch.allclose(basis.float(), ours, atol=1e-5, rtol=1e-3):
-        raise TangoCheckpointError(
-            f"{path}: mel_basis {tuple(basis.shape)} differs from the slaney mel filter bank of {STFT_CONFIG} {tuple(ours.shape)}"
-        )
+        raise TangoCheckpointError(f"{path}: mel_basis {tuple(basis.shape)} differs from the slaney mel filter bank of {STFT_CONFIG} {tuple(ours.shape)}")
 
 
 def mel_config_from_stft(stft_config: dict[str, Any], where: str = STFT_CONFIG) -> MelConfig:
@@ -413,7 +417,9 @@ def load_original_tango(
     voc_cfg = SpeechT5HifiGanConfig(**{k: v for k, v in _read_json(voc_path).items() if not k.startswith("_")})
     voc_cfg.normalize_before = False
     vocoder = SpeechT5HifiGan(voc_cfg)
-    load_state_strict(vocoder, convert_vocoder_state(hifigan_state, vocoder, str(folder / VAE_WEIGHTS)), f"{folder / VAE_WEIGHTS} (vocoder)", error=TangoCheckpointError)
+    load_state_strict(
+        vocoder, convert_vocoder_state(hifigan_state, vocoder, str(folder / VAE_WEIGHTS)), f"{folder / VAE_WEIGHTS} (vocoder)", error=TangoCheckpointError
+    )
     del vae_state
 
     # Mel front end and schedule
@@ -424,8 +430,15 @@ def load_original_tango(
     scheduler = _load_scheduler(folder, main_config.get("scheduler_name"))
     # TANGO's own front end (centred frames, read_wav_file's normalisation), its 10 s clips, DDPM sampling.
     pipe = TangoPipeline(
-        vae=vae, text_encoder=t5, tokenizer=tokenizer, unet=unet, scheduler=scheduler, vocoder=vocoder,
-        **{k: v for k, v in mel.to_dict().items() if k != "framing"}, mel_framing="tango", duration_s=10.0,
+        vae=vae,
+        text_encoder=t5,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        vocoder=vocoder,
+        **{k: v for k, v in mel.to_dict().items() if k != "framing"},
+        mel_framing="tango",
+        duration_s=10.0,
     )
     model = TangoModel(pipe)
     model.name_or_path = str(folder)

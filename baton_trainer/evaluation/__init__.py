@@ -5,7 +5,7 @@ Cnn14, VGGish, CLAP) are injected and loaded from local files (`models`, `baton_
 See docs/evaluation.md for definitions and how the numbers compare with the BATON paper.
 """
 
-from ..checkpoints import CheckpointFormatError
+from ..weight_files import WeightFileError
 from .metrics import (
     MetricInputError,
     clap_score,
@@ -27,8 +27,8 @@ from .models import (
     VGGish,
     VGGishConfig,
 )
-from .suite import EvaluationResult, compute_metrics
 from .report import FAD_DEFINITION, FD_DEFINITION, METRIC_INFO, write_report
+from .suite import EvaluationResult, compute_metrics
 from .test_captions import TEST_CAPTION_FILES, TestCaptionError, load_test_captions
 
 __all__ = [
@@ -40,7 +40,7 @@ __all__ = [
     "TEST_CAPTION_FILES",
     "VGGISH_FILE",
     "VGGISH_URL",
-    "CheckpointFormatError",
+    "WeightFileError",
     "Cnn14Config",
     "MetricInputError",
     "MissingCheckpointError",

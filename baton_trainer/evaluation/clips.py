@@ -37,8 +37,14 @@ def captions_file(captions: str, layout: "RunLayout") -> tuple[Path, str]:
 
 
 def best_of_n(
-    candidates: Path, winners: Path, base_rows: list[dict[str, Any]], clips_per_caption: int, reward_model: str | Path, sample_rate: int,
-    device: str | None = None, batch_size: int = 8,
+    candidates: Path,
+    winners: Path,
+    base_rows: list[dict[str, Any]],
+    clips_per_caption: int,
+    reward_model: str | Path,
+    sample_rate: int,
+    device: str | None = None,
+    batch_size: int = 8,
 ):
     """Best-of-N, the training-free baseline: for clip k of a caption, the base model's clips k,
     k + C, ..., k + (N - 1) C in the generations folder `candidates` (C = `clips_per_caption`, so

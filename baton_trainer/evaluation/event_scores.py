@@ -77,9 +77,7 @@ class EventThresholds:
         return self.presence if self.parsimony is None else self.parsimony
 
 
-def detect_events(
-    probabilities: np.ndarray, frame_s: float, classes: Sequence[str], threshold: float, thresholds: EventThresholds
-) -> list[Detection]:
+def detect_events(probabilities: np.ndarray, frame_s: float, classes: Sequence[str], threshold: float, thresholds: EventThresholds) -> list[Detection]:
     """Events in one clip's (frames, classes) probabilities: (class, onset_s, offset_s) by onset."""
     probabilities = np.asarray(probabilities)
     detections = []
@@ -374,12 +372,15 @@ def score_clips(
         if noise_sd > 0:
             probs = np.clip(probs + rng.normal(0.0, noise_sd, size=probs.shape), 0.0, 1.0)
         found = detect_events(probs, detector.frame_s, detector.classes, thresholds.presence, thresholds)
-        strong = found if thresholds.parsimony_threshold == thresholds.presence else detect_events(
-            probs, detector.frame_s, detector.classes, thresholds.parsimony_threshold, thresholds
+        strong = (
+            found
+            if thresholds.parsimony_threshold == thresholds.presence
+            else detect_events(probs, detector.frame_s, detector.classes, thresholds.parsimony_threshold, thresholds)
         )
         score = score_events(found, events, row.get("task") == "temporal", thresholds, strong)
-        per_clip.append({"clip_id": clip_id, "caption_id": row.get("caption_id"), "task": row.get("task"),
-                         "events": [e[0] for e in events], **score, "detections": found})
+        per_clip.append(
+            {"clip_id": clip_id, "caption_id": row.get("caption_id"), "task": row.get("task"), "events": [e[0] for e in events], **score, "detections": found}
+        )
     return EventScores(per_clip, unscored)
 
 
@@ -430,8 +431,13 @@ def score_models_events(config, detector_name: str, rows_by_model, clips_by_mode
             skipped[key] = str(exc)
         return {}
     defaults = detector.thresholds()
-    overrides = {"presence": config.presence_threshold, "parsimony": config.parsimony_threshold,
-                 "min_duration_s": config.min_event_s, "max_gap_s": config.max_event_gap_s, "order_margin_s": config.order_margin_s}
+    overrides = {
+        "presence": config.presence_threshold,
+        "parsimony": config.parsimony_threshold,
+        "min_duration_s": config.min_event_s,
+        "max_gap_s": config.max_event_gap_s,
+        "order_margin_s": config.order_margin_s,
+    }
     thresholds = dataclasses.replace(defaults, **{k: v for k, v in overrides.items() if v is not None})
     event_map = EventMap.from_file(config.event_map, detector.classes) if config.event_map else detector.event_map()
     lines = []
@@ -439,8 +445,13 @@ def score_models_events(config, detector_name: str, rows_by_model, clips_by_mode
         scores = score_clips(detector, rows, clips_by_model[name], sample_rate, thresholds, event_map)
         metrics[name].update(event_metrics(scores))
         by_clip = {c["clip_id"]: c for c in scores.per_clip}
-        for key, field_name, tasks in (("event_presence", "presence", None), ("event_order", "order", None), ("event_parsimony", "parsimony", None),
-                                       ("integrity_accuracy", "presence", "integrity"), ("temporal_accuracy", "order", "temporal")):
+        for key, field_name, tasks in (
+            ("event_presence", "presence", None),
+            ("event_order", "order", None),
+            ("event_parsimony", "parsimony", None),
+            ("integrity_accuracy", "presence", "integrity"),
+            ("temporal_accuracy", "order", "temporal"),
+        ):
             values = []
             for row in rows:
                 clip = by_clip.get(str(row.get("clip_id")))
@@ -453,12 +464,16 @@ def score_models_events(config, detector_name: str, rows_by_model, clips_by_mode
         for clip_id, why in scores.unscored.items():
             lines.append(json.dumps({"model": name, "clip_id": clip_id, "unscored": why}, ensure_ascii=False) + "\n")
         if scores.unscored:
-            skipped.setdefault("event_presence", f"{len(scores.unscored)} of {len(rows)} clips per model unscored: their events could not be named (see events.jsonl)")
+            skipped.setdefault(
+                "event_presence", f"{len(scores.unscored)} of {len(rows)} clips per model unscored: their events could not be named (see events.jsonl)"
+            )
     atomic_write_text(out / "events.jsonl", "".join(lines))
     t = thresholds
     return {
         "event_detector": detector.describe(),
-        "event_thresholds": (f"active above p = {t.presence}; unnamed events count against parsimony above p = {t.parsimony_threshold}; "
-                             f"events last at least {t.min_duration_s:g} s, gaps up to {t.max_gap_s:g} s bridged; onsets in order by "
-                             f"at least {t.order_margin_s:g} s; onset resolution {detector.onset_resolution_s:g} s; names by {event_map.source}"),
+        "event_thresholds": (
+            f"active above p = {t.presence}; unnamed events count against parsimony above p = {t.parsimony_threshold}; "
+            f"events last at least {t.min_duration_s:g} s, gaps up to {t.max_gap_s:g} s bridged; onsets in order by "
+            f"at least {t.order_margin_s:g} s; onset resolution {detector.onset_resolution_s:g} s; names by {event_map.source}"
+        ),
     }

@@ -137,8 +137,10 @@ def model_intervals(
         for m in models:
             if m in embeddings["clap_audio"]:
                 e = np.asarray(embeddings["clap_audio"][m])
-                per_caption = [within_caption_spread(e[[i for i, c in enumerate(ids) if c == cap]], [cap] * ids.count(cap))
-                               if ids.count(cap) > 1 else float("nan") for cap in captions]
+                per_caption = [
+                    within_caption_spread(e[[i for i, c in enumerate(ids) if c == cap]], [cap] * ids.count(cap)) if ids.count(cap) > 1 else float("nan")
+                    for cap in captions
+                ]
                 spreads[m] = per_caption
         for m, stats in bootstrap_means(spreads, captions, resamples=resamples, seed=seed).items():
             out[m]["diversity"] = {k: v for k, v in stats.items() if k != "mean"}

@@ -59,10 +59,7 @@ def _check_psd(eigenvalues: np.ndarray, name: str) -> None:
     scale = max(float(np.max(np.abs(eigenvalues), initial=0.0)), 1e-300)
     lowest = float(np.min(eigenvalues, initial=0.0))
     if lowest < -1e-6 * scale:
-        raise MetricInputError(
-            f"{name} is not positive semi-definite (eigenvalue {lowest:.3g}, largest {scale:.3g}): "
-            "pass a covariance matrix"
-        )
+        raise MetricInputError(f"{name} is not positive semi-definite (eigenvalue {lowest:.3g}, largest {scale:.3g}): pass a covariance matrix")
 
 
 def frechet_distance(mu1: Any, sigma1: Any, mu2: Any, sigma2: Any) -> float:

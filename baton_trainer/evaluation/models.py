@@ -29,8 +29,8 @@ from torch import nn
 from transformers.audio_utils import mel_filter_bank
 
 from ..audio import check_waveform, resample, slaney_mel_filters
-from ..checkpoints import load_state_dict_file, load_state_strict
 from ..runtime import pick_device
+from ..weight_files import load_state_dict_file, load_state_strict
 
 PANNS_CNN14_16K_FILE = "Cnn14_16k_mAP=0.438.pth"
 PANNS_CNN14_16K_URL = "https://zenodo.org/record/3987831/files/Cnn14_16k_mAP%3D0.438.pth"
@@ -176,9 +176,7 @@ class PannsCnn14(nn.Module):
         return {"embedding": embedding, "logits": self.fc_audioset(embedding)}
 
     @classmethod
-    def from_checkpoint(
-        cls, path: str | os.PathLike | None, config: Cnn14Config | None = None, device: str | torch.device | None = None
-    ) -> "PannsCnn14":
+    def from_checkpoint(cls, path: str | os.PathLike | None, config: Cnn14Config | None = None, device: str | torch.device | None = None) -> "PannsCnn14":
         """Load `Cnn14_16k_mAP=0.438.pth` (a file, or a folder holding it)."""
         return load_metric_model(cls, path, config, device, PANNS_CNN14_16K_FILE, PANNS_CNN14_16K_URL, "FD, KL and IS", "PANNs Cnn14 (16 kHz)")
 
@@ -247,9 +245,7 @@ class PannsCnn14Sed(PannsCnn14):
         return {"segmentwise": segments, "clipwise": segments.max(dim=1).values}
 
     @classmethod
-    def from_checkpoint(
-        cls, path: str | os.PathLike | None, config: Cnn14Config | None = None, device: str | torch.device | None = None
-    ) -> "PannsCnn14Sed":
+    def from_checkpoint(cls, path: str | os.PathLike | None, config: Cnn14Config | None = None, device: str | torch.device | None = None) -> "PannsCnn14Sed":
         """Load `Cnn14_DecisionLevelMax_mAP=0.385.pth` (a file, or a folder holding it)."""
         return load_metric_model(cls, path, config, device, PANNS_SED_FILE, PANNS_SED_URL, "Event scores", "PANNs Cnn14_DecisionLevelMax (32 kHz)")
 
@@ -347,9 +343,7 @@ class VGGish(nn.Module):
         return log_mel[: count * cfg.example_frames].reshape(count, cfg.example_frames, cfg.mel_bins).astype(np.float32)
 
     @classmethod
-    def from_checkpoint(
-        cls, path: str | os.PathLike | None, config: VGGishConfig | None = None, device: str | torch.device | None = None
-    ) -> "VGGish":
+    def from_checkpoint(cls, path: str | os.PathLike | None, config: VGGishConfig | None = None, device: str | torch.device | None = None) -> "VGGish":
         """Load `vggish-10086976.pth` (a file, or a folder holding it)."""
         return load_metric_model(cls, path, config, device, VGGISH_FILE, VGGISH_URL, "FAD", "VGGish (PyTorch port)")
 

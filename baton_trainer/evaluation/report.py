@@ -74,8 +74,7 @@ METRIC_INFO.update(
             "Temporal accuracy (%)",
             True,
             100.0,
-            "Temporal accuracy: share of clips of 3-label captions with every event present in the stated order "
-            "(oracle); ± is the standard error.",
+            "Temporal accuracy: share of clips of 3-label captions with every event present in the stated order (oracle); ± is the standard error.",
         ),
         "event_presence": (
             "Event presence (%)",
@@ -113,6 +112,7 @@ _COMPANION_KEYS = {"is_std", "event_unscored_clips"}  # shown inside another met
 def _is_companion(key: str) -> bool:
     """Standard errors and counts go beside their metric (and into metrics.json), not in rows of their own."""
     return key in _COMPANION_KEYS or key.endswith(("_se", "_clips"))
+
 
 REPORT_FILES = ("report.md", "metrics.json", "per_caption.jsonl", "metrics.png", "clap_per_caption.png", "spectrograms.png")
 
@@ -299,8 +299,15 @@ def _plot_spectrograms(spectrograms: Mapping[str, Mapping[str, Any]], path: Path
                 ax.set_title(column, fontsize=9)
             if j == 0:
                 text = str(row)
-                ax.annotate(text if len(text) <= 60 else text[:57] + "...", (0, 1), xycoords="axes fraction",
-                            xytext=(0, 2), textcoords="offset points", fontsize=7, va="bottom")
+                ax.annotate(
+                    text if len(text) <= 60 else text[:57] + "...",
+                    (0, 1),
+                    xycoords="axes fraction",
+                    xytext=(0, 2),
+                    textcoords="offset points",
+                    fontsize=7,
+                    va="bottom",
+                )
     fig.tight_layout()
     atomic_save_figure(fig, path)
     plt.close(fig)
@@ -411,8 +418,10 @@ def write_report(
     lines += ["## Metrics", "", *_table(metrics, keys, intervals), ""]
     lines.append("Arrows say which direction is better. Raw values (CLAP as a cosine, not x100) are in `metrics.json`.")
     if intervals:
-        lines.append("Brackets: 95% bootstrap intervals over captions; a difference's interval is paired (the same resampled "
-                     "captions for both models), so it can exclude 0 while the two models' intervals overlap.")
+        lines.append(
+            "Brackets: 95% bootstrap intervals over captions; a difference's interval is paired (the same resampled "
+            "captions for both models), so it can exclude 0 while the two models' intervals overlap."
+        )
     lines.append("")
     if skipped:
         lines += ["## Skipped metrics", ""]
@@ -459,14 +468,25 @@ def write_seed_report(eval_dirs: Sequence[str | os.PathLike], out_dir: str | os.
     models = [m for m in runs[0] if all(m in r for r in runs)]
     table: dict[str, dict[str, Any]] = {}
     for model in models:
-        keys = [k for k in runs[0][model] if not _is_companion(k) and not k.endswith(("_lo", "_hi", "_std", "_ratings", "_trials", "_wins"))
-                and all(_number(r[model].get(k)) is not None for r in runs)]
+        keys = [
+            k
+            for k in runs[0][model]
+            if not _is_companion(k)
+            and not k.endswith(("_lo", "_hi", "_std", "_ratings", "_trials", "_wins"))
+            and all(_number(r[model].get(k)) is not None for r in runs)
+        ]
         table[model] = {k: {**seed_spread([r[model][k] for r in runs]), "per_seed": [r[model][k] for r in runs]} for k in keys}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "seeds.json", json.dumps({"runs": [str(d) for d in eval_dirs], "models": table}, indent=2) + "\n")
-    lines = [f"# Across {len(runs)} training seeds", "", "Mean ± standard error over seeds (sd in brackets).", "",
-             "| metric | " + " | ".join(models) + " |", "|---|" + "---:|" * len(models)]
+    lines = [
+        f"# Across {len(runs)} training seeds",
+        "",
+        "Mean ± standard error over seeds (sd in brackets).",
+        "",
+        "| metric | " + " | ".join(models) + " |",
+        "|---|" + "---:|" * len(models),
+    ]
     keys = [k for k in _metric_keys({m: {k: 0 for k in table[m]} for m in models})]
     for key in keys:
         cells = []

@@ -36,8 +36,9 @@ def reward_model_summary(layout: RunLayout, out: Path) -> tuple[dict[str, Any], 
             extra["reward_model_validation_accuracy"] = extra["reward_model_accuracy"]
         extra["reward_model_accuracy"] = check["accuracy"]
         extra["reward_label_check"] = check
-        info["reward_model_accuracy"] = (f"{100 * check['accuracy']:.1f}% of {check['clips']} reward labels agree with the oracle"
-                                         + (f" ({info['reward_model_accuracy']})" if "reward_model_accuracy" in info else ""))
+        info["reward_model_accuracy"] = f"{100 * check['accuracy']:.1f}% of {check['clips']} reward labels agree with the oracle" + (
+            f" ({info['reward_model_accuracy']})" if "reward_model_accuracy" in info else ""
+        )
     return extra, info
 
 
@@ -60,8 +61,10 @@ def scorer_lines(layout: RunLayout, clap_model: str | None, detector: str | None
     lines["judged_by"] = "; ".join(judges) or "no judge (no CLAP model and no detector)"
     same = backbone is not None and clap_model is not None and _same_model(backbone, clap_model)
     if same:
-        lines["warning"] = ("the CLAP score is judged by the CLAP the reward model is built on: it is not an independent judge "
-                            "of the aligned model (pass another --clap_model, or read the event scores" + (")" if detector else ": --detector)"))
+        lines["warning"] = (
+            "the CLAP score is judged by the CLAP the reward model is built on: it is not an independent judge "
+            "of the aligned model (pass another --clap_model, or read the event scores" + (")" if detector else ": --detector)")
+        )
     return lines
 
 

@@ -100,9 +100,7 @@ def compute_metrics(
     try:
         panns_model = _load(panns, PannsCnn14, device)
         if panns_model is None:
-            raise MissingCheckpointError(
-                f"no PANNs checkpoint given: FD, KL and IS need {PANNS_CNN14_16K_FILE} from {PANNS_CNN14_16K_URL}"
-            )
+            raise MissingCheckpointError(f"no PANNs checkpoint given: FD, KL and IS need {PANNS_CNN14_16K_FILE} from {PANNS_CNN14_16K_URL}")
     except MissingCheckpointError as exc:
         for key in ("fd", "kl", "is"):
             skipped[key] = str(exc)

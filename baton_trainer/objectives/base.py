@@ -81,7 +81,9 @@ class Objective:
 
     # -- the loss --------------------------------------------------------------------------------
 
-    def loss(self, denoiser, feedback: EncodedSet | PairedSet | None, pretrain: EncodedSet | None, step: int, micro: int) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(
+        self, denoiser, feedback: EncodedSet | PairedSet | None, pretrain: EncodedSet | None, step: int, micro: int
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError
 
     def pretraining_noised(self, pretrain: EncodedSet | None, step: int, micro: int) -> Noised | None:

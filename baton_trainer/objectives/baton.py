@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import torch
 
-from ..data import reward_ranked_rows
 from ..denoising import FEEDBACK_STREAM
 from ..losses import baton_loss
 from .base import FeedbackRows, Objective
@@ -45,6 +44,8 @@ class RewardRankedObjective(BatonObjective):
     needs_feedback = True
 
     def select(self, rated) -> FeedbackRows:
+        from ..data import reward_ranked_rows  # here: configs import the objectives, and `datasets` is slow to import
+
         cfg = self.config
         keep = reward_ranked_rows(rated, cfg.reward_threshold, cfg.reward_top_fraction)
         if not keep:

@@ -1,6 +1,6 @@
 """Objectives that learn from the ratings against the base model: Diffusion-DPO on (aligned, not
 aligned) pairs of one caption, Diffusion-KTO on per-clip desirable / undesirable labels
-(DESIGN section 9; the equations are in `losses.dpo_loss` and `losses.kto_loss`).
+(docs/method.md, "Other objectives on the same ratings"; the equations are in `losses.dpo_loss` and `losses.kto_loss`).
 
 Both compare the trained model's per-clip error with the reference's at the same noise and
 timestep (`ReferenceModel`), and add BATON's pretraining term on top for a fair comparison.
@@ -11,9 +11,8 @@ from __future__ import annotations
 import torch
 
 from ..backends.base import TextConditioning
-from ..data import preference_pairs
 from ..denoising import FEEDBACK_STREAM, Batch
-from ..losses import dpo_loss, kto_loss, per_sample_mse
+from ..losses import dpo_loss, kto_loss
 from .base import FeedbackRows, Objective
 from .reference import ReferenceModel
 
@@ -31,11 +30,19 @@ class ReferenceObjective(Objective):
             return
         acc = draw.accelerator
         key = {
-            "backend": draw.backend.fingerprint(), "objective": self.name, "seed": cfg.seed, "batch": cfg.train_batch_size,
-            "accumulation": cfg.gradient_accumulation_steps, "processes": acc.num_processes, "rank": acc.process_index,
-            "cfg_dropout": draw.cfg_dropout, "dtype": str(draw.weight_dtype), "input_dtype": str(draw.input_dtype), "duration_s": draw.duration_s,
+            "backend": draw.backend.fingerprint(),
+            "objective": self.name,
+            "seed": cfg.seed,
+            "batch": cfg.train_batch_size,
+            "accumulation": cfg.gradient_accumulation_steps,
+            "processes": acc.num_processes,
+            "rank": acc.process_index,
+            "cfg_dropout": draw.cfg_dropout,
+            "dtype": str(draw.weight_dtype),
+            "input_dtype": str(draw.input_dtype),
+            "duration_s": draw.duration_s,
         }
-        self.reference.open_store(feedback, draw.accelerator.unwrap_model(denoiser), key, cfg.layout().cache)
+        self.reference.open_store(feedback, acc.unwrap_model(denoiser), key, cfg.layout().cache)
 
     def save(self):
         self.reference.save()
@@ -45,11 +52,9 @@ class ReferenceObjective(Objective):
         draw = self.draw
         noised = draw.noised(batch, step, micro, FEEDBACK_STREAM, pairs=pairs)
         ref = self.reference.errors(denoiser, noised, feedback, draw.micro_index(step, micro))
-        model = per_sample_mse(draw.predict(denoiser, noised), noised.target)
+        model = draw.errors(denoiser, noised)
         snr = draw.snr(noised.timesteps)
-        if snr is not None:
-            model, ref = model * snr.float(), ref * snr.float()
-        return model, ref
+        return model, (ref if snr is None else ref * snr.float())
 
 
 class DPOObjective(ReferenceObjective):
@@ -58,6 +63,8 @@ class DPOObjective(ReferenceObjective):
     name = "dpo"
 
     def select(self, rated) -> FeedbackRows:
+        from ..data import preference_pairs  # here: configs import the objectives, and `datasets` is slow to import
+
         cfg = self.config
         rows = super().select(rated)
         pairs = preference_pairs(rated, cfg.max_pairs_per_caption, cfg.seed, cfg.min_reward_gap)
@@ -69,7 +76,9 @@ class DPOObjective(ReferenceObjective):
         draw, cfg = self.draw, self.config
         chosen = draw.batch(feedback.chosen, step, micro, cfg.train_batch_size, FEEDBACK_STREAM)
         rejected = draw.batch(feedback.rejected, step, micro, cfg.train_batch_size, FEEDBACK_STREAM)  # the same draw: row i against row i
-        both = Batch(torch.cat([chosen.latents, rejected.latents]), TextConditioning.cat([chosen.text, rejected.text]), torch.cat([chosen.weights, rejected.weights]))
+        both = Batch(
+            torch.cat([chosen.latents, rejected.latents]), TextConditioning.cat([chosen.text, rejected.text]), torch.cat([chosen.weights, rejected.weights])
+        )
         model, ref = self.model_and_reference_errors(denoiser, both, feedback, step, micro, pairs=True)
         n = chosen.latents.shape[0]
         loss, logs = dpo_loss(model[:n], model[n:], ref[:n], ref[n:], cfg.dpo_beta)

@@ -23,17 +23,14 @@ class ReferenceModel:
     def __init__(self, denoiser: torch.nn.Module, draw: DenoisingDraw, use_lora: bool):
         self.draw = draw
         # Under LoRA `denoiser` is the trained module itself (the trainer unwraps it per call).
-        self.copy = None if use_lora else copy.deepcopy(denoiser).requires_grad_(False).to(draw.accelerator.device, dtype=draw.weight_dtype).eval()
+        self.frozen = None if use_lora else copy.deepcopy(denoiser).requires_grad_(False).to(draw.accelerator.device, dtype=draw.weight_dtype).eval()
         self.store: ReferenceLosses | None = None
         self.store_data = None
-
-    def module_for_digest(self, trained: torch.nn.Module) -> torch.nn.Module:
-        return self.copy if self.copy is not None else trained
 
     def open_store(self, feedback, trained: torch.nn.Module, key: dict, folder) -> None:
         """The disk store of the reference's losses for this data, draw and reference
         (`reference_losses.py` says what the key holds)."""
-        key = {**key, "reference": weights_digest(self.module_for_digest(trained)), "data": data_digest(feedback)}
+        key = {**key, "reference": weights_digest(self.frozen if self.frozen is not None else trained), "data": data_digest(feedback)}
         self.store, self.store_data = ReferenceLosses.for_run(folder, key), feedback
         if self.store.losses:
             self.draw.accelerator.print(f"reference losses of {len(self.store.losses)} micro-steps read from {self.store.path}")
@@ -45,8 +42,8 @@ class ReferenceModel:
         ref = store.get(index, noised.noisy.device) if store is not None else None
         if ref is None:
             with torch.no_grad():  # the reference first: switching the adapter back on re-enables its gradients
-                if self.copy is not None:
-                    ref = per_sample_mse(self.draw.predict(self.copy, noised), noised.target)
+                if self.frozen is not None:
+                    ref = per_sample_mse(self.draw.predict(self.frozen, noised), noised.target)
                 else:
                     backend = self.draw.backend
                     with backend.adapters_disabled(self.draw.accelerator.unwrap_model(trained)) as base:

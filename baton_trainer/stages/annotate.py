@@ -30,7 +30,9 @@ class AnnotateConfig:
     server_name: str = field(default="127.0.0.1", metadata={"help": "address to listen on (0.0.0.0 for a shared machine)"})
     server_port: int | None = field(default=None, metadata={"help": "port; default: Gradio's (7860 or the next free one)"})
     share: bool = field(default=False, metadata={"help": "open a public gradio.live link"})
-    lease_seconds: float = field(default=600.0, metadata={"help": "a shown clip is reserved for its annotator this long, so people rating at once hear different clips"})
+    lease_seconds: float = field(
+        default=600.0, metadata={"help": "a shown clip is reserved for its annotator this long, so people rating at once hear different clips"}
+    )
     spectrogram: bool = field(default=True, metadata={"help": "draw each clip's spectrogram"})
 
     def __post_init__(self) -> None:

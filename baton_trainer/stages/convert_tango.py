@@ -15,8 +15,12 @@ from pathlib import Path
 
 @dataclass
 class ConvertTangoConfig:
-    src: str = field(default="", metadata={"positional": True, "help": "original TANGO checkpoint: a folder or Hub id (e.g. declare-lab/tango-full-ft-audiocaps)"})
-    dst: str = field(default="", metadata={"positional": True, "help": "output folder (diffusers-style, safetensors), loadable with TangoModel.from_pretrained"})
+    src: str = field(
+        default="", metadata={"positional": True, "help": "original TANGO checkpoint: a folder or Hub id (e.g. declare-lab/tango-full-ft-audiocaps)"}
+    )
+    dst: str = field(
+        default="", metadata={"positional": True, "help": "output folder (diffusers-style, safetensors), loadable with TangoModel.from_pretrained"}
+    )
     text_encoder: str | None = field(default=None, metadata={"help": "T5 folder or Hub id for config and tokenizer; default: main_config's text_encoder_name"})
     revision: str | None = field(default=None, metadata={"help": "Hub revision of src"})
     overwrite: bool = field(default=False, metadata={"help": "replace an existing dst"})

@@ -22,7 +22,9 @@ from .generate import GenerateConfig, generate
 class EvaluateConfig:
     run_dir: str = field(default="run", metadata={"help": "run folder: writes RUN/eval/"})
     model: str = field(default="declare-lab/tango-full-ft-audiocaps", metadata={"help": "base model (folder or Hub id)"})
-    aligned: str | None = field(default=None, metadata={"help": "aligned export, a folder or Hub id (default RUN/aligned); 'none' evaluates the base only", "none_turns_off": True})
+    aligned: str | None = field(
+        default=None, metadata={"help": "aligned export, a folder or Hub id (default RUN/aligned); 'none' evaluates the base only", "none_turns_off": True}
+    )
     reward_model: str | None = field(default=None, metadata={"help": "the run's reward model, whose accuracy the report shows (default RUN/reward_model)"})
     captions: str = field(
         default="paper",
@@ -50,17 +52,30 @@ class EvaluateConfig:
     )
     oracle: bool = field(default=False, metadata={"help": "judge clips with the toy world's oracle (integrity/temporal accuracy; sets detector toy)"})
     detector: Literal["toy", "panns"] | None = field(
-        default=None, metadata={"help": "sound event detector for event presence/order/parsimony: 'toy' (the oracle) or 'panns' (Cnn14_DecisionLevelMax)", "none_turns_off": True}
+        default=None,
+        metadata={
+            "help": "sound event detector for event presence/order/parsimony: 'toy' (the oracle) or 'panns' (Cnn14_DecisionLevelMax)",
+            "none_turns_off": True,
+        },
     )
     detector_checkpoint: str | None = field(default=None, metadata={"help": "Cnn14_DecisionLevelMax_mAP=0.385.pth for detector panns"})
     event_map: str | None = field(default=None, metadata={"help": "phrase -> AudioSet class table (default assets/audioset_event_map.tsv)"})
     presence_threshold: float | None = field(default=None, metadata={"help": "frame probability above which an event is active (default: the detector's)"})
-    parsimony_threshold: float | None = field(default=None, metadata={"help": "probability at which an unnamed event counts against parsimony (default: the detector's)"})
+    parsimony_threshold: float | None = field(
+        default=None, metadata={"help": "probability at which an unnamed event counts against parsimony (default: the detector's)"}
+    )
     min_event_s: float | None = field(default=None, metadata={"help": "shortest event, seconds of active frames (default: the detector's)"})
-    max_event_gap_s: float | None = field(default=None, metadata={"help": "inactive gaps up to this long are bridged inside one event (default: the detector's)"})
-    order_margin_s: float | None = field(default=None, metadata={"help": "an event's onset must follow the previous one's by this much (default: the detector's)"})
+    max_event_gap_s: float | None = field(
+        default=None, metadata={"help": "inactive gaps up to this long are bridged inside one event (default: the detector's)"}
+    )
+    order_margin_s: float | None = field(
+        default=None, metadata={"help": "an event's onset must follow the previous one's by this much (default: the detector's)"}
+    )
     across_seeds: str | None = field(
-        default=None, metadata={"help": "comma list of eval folders of the same evaluation for several training seeds: writes only OUT/seeds.md and seeds.json (the spread across seeds)"}
+        default=None,
+        metadata={
+            "help": "comma list of eval folders of the same evaluation for several training seeds: writes only OUT/seeds.md and seeds.json (the spread across seeds)"
+        },
     )
     bootstrap_resamples: int = field(default=2000, metadata={"help": "caption resamples for the 95% intervals of per-clip metrics (0: none)"})
     bootstrap_set_resamples: int = field(default=200, metadata={"help": "caption resamples for set-level metrics (FD on CLAP embeddings), each a refit"})
@@ -105,17 +120,17 @@ def evaluate(config: EvaluateConfig, backends: dict[str, Any] | None = None) -> 
     import numpy as np
 
     from ..atomic import atomic_write_json
-    from ..runtime import Ranks
     from ..audio import load_audio
     from ..evaluation import compute_metrics, frechet_distance_from_embeddings, write_report
     from ..evaluation.clips import captions_file, read_clips
-    from ..evaluation.report import print_table
-    from ..formatting import display_path
     from ..evaluation.event_scores import score_models_events
     from ..evaluation.intervals import model_intervals
     from ..evaluation.metrics import within_caption_spread
+    from ..evaluation.report import print_table
     from ..evaluation.reward_summary import reward_model_summary, scorer_lines
+    from ..formatting import display_path
     from ..hub import is_hub_id
+    from ..runtime import Ranks
 
     layout = config.layout()
     out = layout.eval
@@ -152,7 +167,9 @@ def evaluate(config: EvaluateConfig, backends: dict[str, Any] | None = None) -> 
 
         name = f"best_of_{config.best_of}"
         if not layout.reward_model.exists() and config.reward_model is None:
-            raise FileNotFoundError(f"best_of {config.best_of} needs the run's reward model: {layout.reward_model} not found (run the reward stage, or --reward_model)")
+            raise FileNotFoundError(
+                f"best_of {config.best_of} needs the run's reward model: {layout.reward_model} not found (run the reward stage, or --reward_model)"
+            )
         folder = generate(candidates, backend=(backends or {}).get("base"))
         rows_by_model[name], clips_by_model[name] = best_of_n(
             folder, out / "clips" / name, rows_by_model["base"], config.clips_per_caption, layout.reward_model, sample_rate, config.device, config.batch_size
@@ -218,18 +235,29 @@ def evaluate(config: EvaluateConfig, backends: dict[str, Any] | None = None) -> 
     intervals = {}
     if config.bootstrap_resamples > 0:
         intervals = model_intervals(per_clip, embeddings, caption_ids, config.bootstrap_resamples, config.bootstrap_set_resamples, seed=config.seed)
-        info["intervals"] = (f"95% bootstrap over the {len(set(map(str, caption_ids)))} captions ({config.bootstrap_resamples} resamples; "
-                             f"set-level metrics {config.bootstrap_set_resamples}), paired between models on the same captions and seeds")
-    info.update({"captions": display_path(config.captions), "clips_per_model": len(rows), "seed": config.seed,
-                 "steps": config.num_inference_steps, "guidance": config.guidance_scale,
-                 "model": display_path(config.model), "aligned": display_path(models.get("aligned"))})
+        info["intervals"] = (
+            f"95% bootstrap over the {len(set(map(str, caption_ids)))} captions ({config.bootstrap_resamples} resamples; "
+            f"set-level metrics {config.bootstrap_set_resamples}), paired between models on the same captions and seeds"
+        )
+    info.update(
+        {
+            "captions": display_path(config.captions),
+            "clips_per_model": len(rows),
+            "seed": config.seed,
+            "steps": config.num_inference_steps,
+            "guidance": config.guidance_scale,
+            "model": display_path(config.model),
+            "aligned": display_path(models.get("aligned")),
+        }
+    )
     extra, reward_info = reward_model_summary(layout, out)
     info.update(reward_info)
     spectrograms = {}
     for i in np.linspace(0, len(rows) - 1, min(config.spectrogram_examples, len(rows))).astype(int).tolist():
         spectrograms[rows[i]["caption"]] = {name: (clips_by_model[name][i], sample_rate) for name in models}
-    files = write_report(out, metrics, result.per_caption, spectrograms, skipped=skipped, info=info, intervals=intervals,
-                         title=f"BATON evaluation: {', '.join(models)}")
+    files = write_report(
+        out, metrics, result.per_caption, spectrograms, skipped=skipped, info=info, intervals=intervals, title=f"BATON evaluation: {', '.join(models)}"
+    )
     # metrics.json also carries each model's numbers at the top level ({"base": ..., "aligned": ...},
     # where the toy world's FD on CLAP embeddings is its `fd`) and the run's own numbers beside them.
     data = json.loads(files["metrics.json"].read_text(encoding="utf-8"))

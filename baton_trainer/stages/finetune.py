@@ -33,9 +33,13 @@ class FinetuneConfig:
 
     run_dir: str = field(default="runs/baton", metadata={"help": "run folder; the other paths default inside it"})
     model: str = field(default="declare-lab/tango-full-ft-audiocaps", metadata={"help": "base model: folder or Hub id"})
-    feedback_dataset: str | None = field(default=None, metadata={"help": "human-rated preference data (default RUN/feedback; 'none': no human-rated rows)", "none_turns_off": True})
-    reward_dataset: str | None = field(default=None, metadata={"help": "reward-rated data (default RUN/reward_labeled if it exists; 'none': no reward-rated rows)", "none_turns_off": True})
-    pretrain_dataset: str | None = field(default=None, metadata={"help": "(caption, audio) data for the beta term"})
+    feedback_dataset: str | None = field(
+        default=None, metadata={"help": "human-rated preference data (default RUN/feedback; 'none': no human-rated rows)", "none_turns_off": True}
+    )
+    reward_dataset: str | None = field(
+        default=None, metadata={"help": "reward-rated data (default RUN/reward_labeled if it exists; 'none': no reward-rated rows)", "none_turns_off": True}
+    )
+    pretrain_dataset: str | None = field(default=None, metadata={"help": "(caption, audio) data for the pretraining term (pretrain_weight)"})
     output_dir: str | None = field(default=None, metadata={"help": "export folder (default RUN/aligned)"})
     mix_ratio: float = field(default=1.0, metadata={"help": "reward-rated rows per human-rated row (paper: 1)"})
     weighting: Literal["reward", "ones", "none"] = field(
@@ -43,7 +47,9 @@ class FinetuneConfig:
     )
     objective: str = field(
         default="baton",
-        metadata={"help": "baton (Eq. 7) | dpo (Diffusion-DPO on aligned x not-aligned pairs) | kto (Diffusion-KTO on per-clip labels) | reward_ranked (plain loss on the best clips); the classes are in baton_trainer/objectives"},
+        metadata={
+            "help": "baton (Eq. 7) | dpo (Diffusion-DPO on aligned x not-aligned pairs) | kto (Diffusion-KTO on per-clip labels) | reward_ranked (plain loss on the best clips); the classes are in baton_trainer/objectives"
+        },
     )
     pretrain_weight: float = field(default=0.5, metadata={"help": "weight of the pretraining term (the paper's beta, 0.5), added to every objective"})
     dpo_beta: float = field(default=2000.0, metadata={"help": "Diffusion-DPO's beta (Tango 2's 2000)"})
@@ -53,15 +59,21 @@ class FinetuneConfig:
     max_pairs_per_caption: int = field(default=8, metadata={"help": "DPO: at most this many (aligned, not aligned) pairs per caption"})
     min_reward_gap: float | None = field(default=None, metadata={"help": "DPO: also pair unrated clips whose rewards differ by this much"})
     reward_threshold: float = field(default=0.5, metadata={"help": "reward_ranked and kto: a clip counts as good at this weight or above"})
-    reward_top_fraction: float | None = field(default=None, metadata={"help": "reward_ranked: the best fraction of each caption's clips instead of the threshold"})
+    reward_top_fraction: float | None = field(
+        default=None, metadata={"help": "reward_ranked: the best fraction of each caption's clips instead of the threshold"}
+    )
     pairwise_dataset: str | None = field(
         default=None, metadata={"help": "Audio-Alpaca-schema pairs (prompt, chosen, rejected): folder or Hub id; used as the human-rated data"}
     )
-    snr_mode: SnrMode | None = field(default=None, metadata={"help": "none | min_snr | tango (TANGO's own weighting); default the model's own (TANGO: tango, others: none)"})
+    snr_mode: SnrMode | None = field(
+        default=None, metadata={"help": "none | min_snr | tango (TANGO's own weighting); default the model's own (TANGO: tango, others: none)"}
+    )
     snr_gamma: float = 5.0
     cfg_dropout: float | None = field(
         default=None,
-        metadata={"help": "chance a clip's caption is replaced by the null conditioning, as classifier-free-guidance training does; default the model's own (TANGO 0, others 0.1)"},
+        metadata={
+            "help": "chance a clip's caption is replaced by the null conditioning, as classifier-free-guidance training does; default the model's own (TANGO 0, others 0.1)"
+        },
     )
     learning_rate: float = 1e-5
     adam_beta1: float = 0.9
@@ -76,9 +88,7 @@ class FinetuneConfig:
     max_train_steps: int | None = field(default=None, metadata={"help": "stop after this many optimiser steps"})
     gradient_accumulation_steps: int = 1
     max_grad_norm: float = 1.0
-    mixed_precision: Literal["no", "fp16", "bf16"] | None = field(
-        default=None, metadata={"help": "default: what `accelerate launch` was configured with"}
-    )
+    mixed_precision: Literal["no", "fp16", "bf16"] | None = field(default=None, metadata={"help": "default: what `accelerate launch` was configured with"})
     gradient_checkpointing: bool = False
     use_lora: bool = False
     lora_rank: int = 8
@@ -88,7 +98,10 @@ class FinetuneConfig:
     cache_embeddings: bool = field(default=True, metadata={"help": "encode latents and captions once, cache on disk"})
     cache_dir: str | None = field(default=None, metadata={"help": "default RUN/cache"})
     cache_reference_losses: bool = field(
-        default=True, metadata={"help": "DPO/KTO: keep the reference model's per-step losses in the cache, so a rerun of the same data (a beta sweep) skips its forward pass"}
+        default=True,
+        metadata={
+            "help": "DPO/KTO: keep the reference model's per-step losses in the cache, so a rerun of the same data (a beta sweep) skips its forward pass"
+        },
     )
     checkpointing_steps: int = 500
     checkpoints_total_limit: int | None = 3
@@ -113,10 +126,11 @@ class FinetuneConfig:
             raise ValueError(f"config key 'reward_threshold' must be a finite number, got {self.reward_threshold}")
         if self.cfg_dropout is not None and not 0 <= self.cfg_dropout < 1:
             raise ValueError(f"config key 'cfg_dropout' must be a number in [0, 1), got {self.cfg_dropout}")
-        from ..objectives import OBJECTIVES  # here, not at the top: `--help` stays free of the model stack
+        from ..config import ConfigError
+        from ..objectives import OBJECTIVES  # here: the objectives import the trainer's modules, which `--help` does not need
 
         if self.objective not in OBJECTIVES:
-            raise ValueError(f"config key 'objective' must be one of {list(OBJECTIVES)}, got {self.objective!r}")
+            raise ConfigError(f"config key 'objective' must be one of {list(OBJECTIVES)}, got {self.objective!r}")
         if OBJECTIVES[self.objective].needs_feedback and self.weighting == "none":
             raise ValueError(f"objective {self.objective!r} learns from the ratings: weighting 'none' leaves it nothing to learn from")
         for name in ("train_batch_size", "gradient_accumulation_steps", "num_epochs", "checkpointing_steps", "max_pairs_per_caption"):
@@ -163,7 +177,7 @@ def load_training_data(config: FinetuneConfig, objective, latent_cache) -> tuple
         rows = objective.select(rated)
         feedback = latent_cache.encode(rows.dataset, rows.weights, "feedback")
         if rows.pairs:
-            feedback = PairedSet(feedback.subset([w for w, _ in rows.pairs]), feedback.subset([l for _, l in rows.pairs]))
+            feedback = PairedSet(feedback.subset([chosen for chosen, _ in rows.pairs]), feedback.subset([rejected for _, rejected in rows.pairs]))
     pretrain = None
     if config.pretrain_weight > 0 and config.pretrain_dataset:
         ds = load_pretrain_dataset(config.pretrain_dataset)

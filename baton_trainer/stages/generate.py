@@ -29,9 +29,15 @@ RANK_MARKERS = ".ranks"  # inside the output folder: each process's progress and
 @dataclass
 class GenerateConfig:
     run_dir: str = field(default="run", metadata={"help": "run folder: reads RUN/captions.jsonl, writes RUN/generations/"})
-    model: str = field(default="declare-lab/tango-full-ft-audiocaps", metadata={"help": "model folder or Hub id (baton-trainer folder or original TANGO layout)"})
-    export: str | None = field(default=None, metadata={"help": "trained export (LoRA adapter or full UNet, a folder or Hub id) applied on top of the model, e.g. RUN/aligned"})
-    captions_file: str | None = field(default=None, metadata={"help": "captions JSONL (the prompts stage's format) or a plain text file, one caption per line; default RUN/captions.jsonl"})
+    model: str = field(
+        default="declare-lab/tango-full-ft-audiocaps", metadata={"help": "model folder or Hub id (baton-trainer folder or original TANGO layout)"}
+    )
+    export: str | None = field(
+        default=None, metadata={"help": "trained export (LoRA adapter or full UNet, a folder or Hub id) applied on top of the model, e.g. RUN/aligned"}
+    )
+    captions_file: str | None = field(
+        default=None, metadata={"help": "captions JSONL (the prompts stage's format) or a plain text file, one caption per line; default RUN/captions.jsonl"}
+    )
     out_dir: str | None = field(default=None, metadata={"help": "output folder; default RUN/generations"})
     split: Literal["train", "heldout", "all"] = field(default="train", metadata={"help": "which captions to generate for (plain text captions count as train)"})
     clips_per_caption: int = field(default=5, metadata={"help": "clips per caption (the paper: 5)"})
@@ -41,12 +47,16 @@ class GenerateConfig:
     sampler: Literal["ddpm", "ddim", "dpmsolver++", "unipc"] | None = field(
         default=None, metadata={"help": "solver built from the model's scheduler config; default the model's own scheduler (TANGO: ddpm, the paper's)"}
     )
-    batch_size: int = field(default=8, metadata={"help": "clips per sampling batch (changes a clip only by float rounding: batched kernels round by batch shape)"})
+    batch_size: int = field(
+        default=8, metadata={"help": "clips per sampling batch (changes a clip only by float rounding: batched kernels round by batch shape)"}
+    )
     seed: int = field(default=0, metadata={"help": "base seed; each clip's seed derives from (seed, caption_id, clip_index)"})
     device: str | None = field(default=None, metadata={"help": "torch device; default cuda if available, else cpu"})
     dtype: Literal["fp32", "bf16", "fp16"] = field(default="fp32", metadata={"help": "weights dtype for sampling"})
     max_captions: int | None = field(default=None, metadata={"help": "only the first N selected captions (smoke runs)"})
-    rank_timeout_s: float = field(default=3600.0, metadata={"help": "several processes: how long the main process waits for the others to finish before naming them"})
+    rank_timeout_s: float = field(
+        default=3600.0, metadata={"help": "several processes: how long the main process waits for the others to finish before naming them"}
+    )
 
 
 def generate(config: GenerateConfig, backend=None) -> Path:
@@ -55,7 +65,18 @@ def generate(config: GenerateConfig, backend=None) -> Path:
 
     from ..audio import save_wav
     from ..config import config_to_dict
-    from ..generations import CLIP_DIR, METADATA, GenerationError, append_row, check_settings, clip_id, metadata_row, read_caption_rows, read_generations, rebuild_metadata
+    from ..generations import (
+        CLIP_DIR,
+        METADATA,
+        GenerationError,
+        append_row,
+        check_settings,
+        clip_id,
+        metadata_row,
+        read_caption_rows,
+        read_generations,
+        rebuild_metadata,
+    )
     from ..runtime import Ranks
 
     for key in ("clips_per_caption", "num_inference_steps", "batch_size"):

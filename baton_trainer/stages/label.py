@@ -28,7 +28,9 @@ class LabelConfig:
     output_dir: str | None = field(default=None, metadata={"help": "output preference dataset (default RUN/reward_labeled)"})
     batch_size: int = field(default=16, metadata={"help": "clips scored per forward pass"})
     device: str | None = field(default=None, metadata={"help": "torch device (default: cuda if available, else cpu)"})
-    rank_timeout_s: float = field(default=3600.0, metadata={"help": "several processes: how long the main process waits for the others to finish before naming them"})
+    rank_timeout_s: float = field(
+        default=3600.0, metadata={"help": "several processes: how long the main process waits for the others to finish before naming them"}
+    )
 
 
 def read_scores(paths) -> dict[str, float]:
@@ -53,14 +55,17 @@ def label_unrated(config: LabelConfig) -> Path:
 
     from ..audio import load_audio
     from ..clap import CLAP_SAMPLE_RATE
-    from ..formatting import format_number
     from ..data import PREFERENCE_FEATURES, build_dataset, human_rated_keys, load_preference_dataset, save_dataset_atomic
+    from ..formatting import format_number
     from ..generations import read_generations
     from ..hub import resolve_folder
     from ..runtime import Ranks
 
     layout = RunLayout.of(
-        config.run_dir, generations=config.generations, feedback=config.feedback, reward_model=config.reward_model,
+        config.run_dir,
+        generations=config.generations,
+        feedback=config.feedback,
+        reward_model=config.reward_model,
         reward_labeled=config.output_dir,
     )
     generations, feedback, out = layout.generations, layout.feedback, layout.reward_labeled

@@ -38,8 +38,9 @@ def listen(config: ListenConfig, prevent_thread_lock: bool = False):
 
     layout = config.layout()
     store = ListeningStore(layout.annotations)
-    campaign = build_campaign(store, layout.eval, config.mode, [m.strip() for m in config.models.split(",") if m.strip()],
-                              seed=config.seed, max_trials=config.max_trials)
+    campaign = build_campaign(
+        store, layout.eval, config.mode, [m.strip() for m in config.models.split(",") if m.strip()], seed=config.seed, max_trials=config.max_trials
+    )
     if config.export:
         path = export_results(store, campaign, layout.eval)
         print(path.with_suffix(".md").read_text(encoding="utf-8"))

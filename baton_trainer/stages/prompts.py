@@ -67,9 +67,7 @@ def build_captions(config: PromptsConfig) -> Path:
     data = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode("utf-8")
     out = RunLayout.of(config.run_dir).captions
     if out.is_file() and out.read_bytes() != data and not config.overwrite:
-        raise CaptionError(
-            f"{out} exists with other captions; set overwrite=true to replace it (clips made from it would no longer match)"
-        )
+        raise CaptionError(f"{out} exists with other captions; set overwrite=true to replace it (clips made from it would no longer match)")
     atomic_write_bytes(out, data)
     counts = {task: sum(r["task"] == task for r in rows) for task in TASK_LABEL_COUNTS}
     heldout = sum(r["split"] == "heldout" for r in rows)

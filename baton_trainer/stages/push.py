@@ -40,6 +40,7 @@ def push(config: PushConfig) -> str:
     from pathlib import Path
 
     from ..atomic import atomic_folder
+    from ..backends.base import EXPORT_FILE
     from ..cards import aligned_model_card, dataset_card, reward_model_card
     from ..hub import PushError, detect_kind, resolve_token, stage_dataset_as_parquet, upload_folder
     from ..layout import RunLayout
@@ -52,7 +53,9 @@ def push(config: PushConfig) -> str:
     if not folder.is_dir():
         raise PushError(f"{folder}: folder to push not found")
     kind = detect_kind(folder) if config.kind == "auto" else config.kind
-    destination = Path(config.repo_id[len("file://"):]) if config.repo_id.startswith("file://") else None
+    if kind == "model" and (folder / "finetune_config.json").is_file() and not (folder / EXPORT_FILE).is_file():
+        raise PushError(f"{folder}: a fine-tune's folder without {EXPORT_FILE}: its export did not finish (rerun finetune to complete it)")
+    destination = Path(config.repo_id[len("file://") :]) if config.repo_id.startswith("file://") else None
     card_repo_id = config.repo_id if destination is None else str(destination)
     token = None if destination is not None else resolve_token(config.token, config.repo_id)
 
@@ -76,7 +79,6 @@ def push(config: PushConfig) -> str:
             print(f"{kind} from {folder} written to {destination}")
             return str(destination)
         repo_type = "dataset" if kind == "dataset" else "model"
-        url = upload_folder(staging, config.repo_id, repo_type, config.private, token,
-                            config.commit_message or f"Upload BATON {kind.replace('_', ' ')}")
+        url = upload_folder(staging, config.repo_id, repo_type, config.private, token, config.commit_message or f"Upload BATON {kind.replace('_', ' ')}")
         print(f"{kind} from {folder} pushed to {url}")
         return url

@@ -26,8 +26,10 @@ class RewardTrainingConfig:
     clap_model: str = field(default="laion/clap-htsat-unfused", metadata={"help": "CLAP checkpoint (Hub id or folder)"})
     head_type: str = field(
         default="mlp",
-        metadata={"help": "mlp: the paper's MLP on [audio, text]; cosine_logistic: sigmoid(w * CLAP cosine + b), fit to "
-                  "convergence, for a few hundred ratings or fewer"},
+        metadata={
+            "help": "mlp: the paper's MLP on [audio, text]; cosine_logistic: sigmoid(w * CLAP cosine + b), fit to "
+            "convergence, for a few hundred ratings or fewer"
+        },
     )
     head_hidden_size: int = field(default=512, metadata={"help": "hidden width of the mlp head (paper: 512)"})
     learning_rate: float = field(default=0.01, metadata={"help": "Adam learning rate (paper: 0.01)"})
@@ -94,8 +96,16 @@ def train_reward_model(config: RewardTrainingConfig) -> Path:
     ).to(device)
     started = time.perf_counter()
     history = fit_head(
-        model, embed_batch, labels, train_rows, device,
-        epochs=config.epochs, batch_size=config.batch_size, learning_rate=config.learning_rate, weight_decay=config.weight_decay, seed=config.seed
+        model,
+        embed_batch,
+        labels,
+        train_rows,
+        device,
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        learning_rate=config.learning_rate,
+        weight_decay=config.weight_decay,
+        seed=config.seed,
     )
     train_seconds = time.perf_counter() - started
 
@@ -131,7 +141,9 @@ def train_reward_model(config: RewardTrainingConfig) -> Path:
         atomic_write_json(tmp / "metrics.json", metrics)
         atomic_write_json(tmp / "training_config.json", config_to_dict(config))
         plot_reward_histogram(
-            rewards[held], y[held], tmp / "reward_histogram.png",
+            rewards[held],
+            y[held],
+            tmp / "reward_histogram.png",
             title=f"Predicted rewards on {'held-out' if len(val_rows) else 'training'} clips ({len(held)})",
         )
     val = metrics["validation"]["overall"]

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from ..layout import RunLayout
 
-TOY_CHECKPOINTS = Path(__file__).resolve().parents[1] / "toyworld" / "checkpoints"
+TOY_PRETRAINED = Path(__file__).resolve().parents[1] / "toyworld" / "pretrained"
 TOY_MODELS = ("toy_tango", "toy_flow")  # shipped base models a toy run names by folder name
 STAGE_ORDER = ("prompts", "generate", "ratings", "export", "reward", "label", "finetune", "evaluate")
 
@@ -28,7 +28,9 @@ STAGE_ORDER = ("prompts", "generate", "ratings", "export", "reward", "label", "f
 class RunConfig:
     run_dir: str = field(default="runs/toy", metadata={"help": "the run folder every stage reads and writes"})
     world: Literal["toy", "real"] = field(default="toy", metadata={"help": "toy: the embedded world with the oracle as annotator"})
-    model: str | None = field(default=None, metadata={"help": "base text-to-audio model (default: the shipped toy TANGO; toy_flow: the shipped toy flow model)"})
+    model: str | None = field(
+        default=None, metadata={"help": "base text-to-audio model (default: the shipped toy TANGO; toy_flow: the shipped toy flow model)"}
+    )
     clap_model: str | None = field(default=None, metadata={"help": "CLAP for the reward model and CLAP score (default: the toy CLAP)"})
     seed: int = 0
     stages: list[str] = field(default_factory=lambda: list(STAGE_ORDER), metadata={"help": "stages to run, in order"})
@@ -38,7 +40,12 @@ class RunConfig:
     )
     oracle_error_rate: float = field(default=0.0, metadata={"help": "toy: chance that the oracle answers wrongly"})
     oracle_skip_rate: float = field(default=0.0, metadata={"help": "toy: chance that the oracle skips a clip"})
-    rounds: int = field(default=1, metadata={"help": "online rounds: after the fine-tune, R - 1 more of fresh clips from the current model, reward labels and a fine-tune from its weights"})
+    rounds: int = field(
+        default=1,
+        metadata={
+            "help": "online rounds: after the fine-tune, R - 1 more of fresh clips from the current model, reward labels and a fine-tune from its weights"
+        },
+    )
     round_ratings: int = field(default=0, metadata={"help": "toy: new oracle ratings per online round (the rating budget)"})
     judge_model: str | None = field(default=None, metadata={"help": "real models: the held-out judge of the rounds, a reward model other than the run's"})
     judge_split: Literal["train", "heldout"] = field(
@@ -46,10 +53,11 @@ class RunConfig:
     )
     judge_clips_per_caption: int = field(default=4, metadata={"help": "clips per caption the rounds' judge hears"})
     stop_margin_se: float = field(
-        default=1.0, metadata={"help": "online rounds stop when the judge falls by more than this many standard errors while the training reward rises (0: any fall)"}
+        default=1.0,
+        metadata={"help": "online rounds stop when the judge falls by more than this many standard errors while the training reward rises (0: any fall)"},
     )
     judge_captions: int | None = field(default=None, metadata={"help": "at most this many captions for the rounds' judge (default all)"})
-    pretrain_clips: int = field(default=512, metadata={"help": "toy: rendered (caption, audio) clips for the beta term"})
+    pretrain_clips: int = field(default=512, metadata={"help": "toy: rendered (caption, audio) clips for the pretraining term (pretrain_weight)"})
     reference_clips: int = field(default=256, metadata={"help": "toy: rendered reference clips for FD"})
     prompts: dict = field(default_factory=dict, metadata={"help": "PromptsConfig keys"})
     generate: dict = field(default_factory=dict, metadata={"help": "GenerateConfig keys"})
@@ -68,10 +76,12 @@ class RunConfig:
         if self.world == "real" and self.rounds > 1 and not self.judge_model:
             raise ValueError("online rounds on a real model need a held-out judge that is not the training reward: --judge_model REWARD_MODEL_FOLDER")
         if self.world == "real" and self.round_ratings:
-            raise ValueError("round_ratings: new ratings each round come from the toy world's oracle; with a real model, rate with the annotate app between runs")
+            raise ValueError(
+                "round_ratings: new ratings each round come from the toy world's oracle; with a real model, rate with the annotate app between runs"
+            )
         if self.world == "toy":
-            self.model = str(TOY_CHECKPOINTS / (self.model or "toy_tango")) if self.model in (None, *TOY_MODELS) else self.model
-            self.clap_model = self.clap_model or str(TOY_CHECKPOINTS / "toy_clap")
+            self.model = str(TOY_PRETRAINED / (self.model or "toy_tango")) if self.model in (None, *TOY_MODELS) else self.model
+            self.clap_model = self.clap_model or str(TOY_PRETRAINED / "toy_clap")
         elif not self.model:
             raise ValueError("world 'real' needs a model (e.g. --model declare-lab/tango-full-ft-audiocaps)")
         self.clap_model = self.clap_model or "laion/clap-htsat-unfused"
@@ -113,7 +123,9 @@ class RunConfig:
             "finetune": (
                 FinetuneConfig,
                 {
-                    "model": self.model, "seed": self.seed, "feedback_dataset": paths["feedback"],
+                    "model": self.model,
+                    "seed": self.seed,
+                    "feedback_dataset": paths["feedback"],
                     # moved reward labels are passed on; by default finetune takes RUN/reward_labeled if it is there
                     **({"reward_dataset": paths["reward_labeled"]} if self.label.get("output_dir") else {}),
                     **({"pretrain_dataset": str(layout.pretrain)} if toy else {}),

@@ -1,11 +1,13 @@
 """The embedded toy world: synthetic sound events, a renderer, an oracle annotator, a vocoder.
 
-    from baton_trainer.toyworld import EVENTS, render_sequence, OracleAnnotator
-    wav = render_sequence(["beep", "hum", "hiss"], seed=0)
-    OracleAnnotator().judge(wav, 16000, ["beep", "hum", "hiss"], "temporal")   # -> 1
+from baton_trainer.toyworld import EVENTS, render_sequence, OracleAnnotator
+wav = render_sequence(["beep", "hum", "hiss"], seed=0)
+OracleAnnotator().judge(wav, 16000, ["beep", "hum", "hiss"], "temporal")   # -> 1
 """
 
+from ..backends.griffin_lim_vocoder import GriffinLimVocoder
 from .events import EVENT_NAMES, EVENTS, EventSpec, UnknownEventError, get_event, render_event
+from .mel import LogMelSpectrogram, MelConfig, log_mel_spectrogram, mel_filters
 from .oracle import (
     OracleAnnotator,
     OracleError,
@@ -26,8 +28,6 @@ from .render import (
     render_mixture,
     render_sequence,
 )
-from ..backends.griffin_lim_vocoder import GriffinLimVocoder
-from .mel import LogMelSpectrogram, MelConfig, log_mel_spectrogram, mel_filters
 
 __all__ = [
     "DEFAULT_DURATION_S",

@@ -12,13 +12,12 @@ from typing import Any
 from ..atomic import atomic_write_bytes, atomic_write_json
 from ..layout import RunLayout
 
-
 WORLD_KEYS = ("order_noise", "event_dropout", "pair_event_dropout", "gap_concentration")
 
 
 def model_world(model: str | Path) -> dict[str, Any]:
     """The loose world a shipped toy model learned from, as its `training_report.json` records it
-    (`render.PRETRAIN_WORLD` for a model without one), so that the beta term keeps the model close
+    (`render.PRETRAIN_WORLD` for a model without one), so that the pretraining term keeps the model close
     to its own pretraining data."""
     from .render import PRETRAIN_WORLD
 
@@ -31,7 +30,7 @@ def model_world(model: str | Path) -> dict[str, Any]:
 
 
 def write_toy_inputs(layout: RunLayout, model: str, pretrain_clips: int, reference_clips: int, seed: int) -> None:
-    """The toy world's label vocabulary, rendered pretraining clips (the beta term's data) and
+    """The toy world's label vocabulary, rendered pretraining clips (the pretraining term's data) and
     reference clips (for FD) from the world the model learned from, each written once."""
     from ..audio import save_wav, wav_bytes
     from ..data import PRETRAIN_FEATURES, build_dataset, save_dataset_atomic
@@ -45,7 +44,10 @@ def write_toy_inputs(layout: RunLayout, model: str, pretrain_clips: int, referen
     duration = float(json.loads((Path(model) / "model_index.json").read_text(encoding="utf-8")).get("duration_s", 2.56))
     if not layout.pretrain.is_dir():
         items = list(iter_dataset(pretrain_clips, seed=seed + 7, duration_s=duration, **world))
-        columns = {"caption": [i["caption"] for i in items], "audio": [{"bytes": wav_bytes(i["audio"], 16000), "path": f"pretrain_{i['index']}.wav"} for i in items]}
+        columns = {
+            "caption": [i["caption"] for i in items],
+            "audio": [{"bytes": wav_bytes(i["audio"], 16000), "path": f"pretrain_{i['index']}.wav"} for i in items],
+        }
         save_dataset_atomic(build_dataset(columns, PRETRAIN_FEATURES), layout.pretrain)
     if not (layout.reference / "done").is_file():
         for item in iter_dataset(reference_clips, seed=seed + 11, duration_s=duration, **world):
@@ -89,7 +91,9 @@ def oracle_ratings_of(generations: Path, store_path: Path, count: int, error_rat
     picked = sorted(clip_ids[i] for i in np.random.default_rng(seed).permutation(len(clip_ids))[:count])
     store = AnnotationStore(store_path)
     try:
-        return annotate_store(store, generations, annotator="oracle", oracle=OracleAnnotator(error_rate=error_rate, skip_rate=skip_rate, seed=seed), clip_ids=picked)
+        return annotate_store(
+            store, generations, annotator="oracle", oracle=OracleAnnotator(error_rate=error_rate, skip_rate=skip_rate, seed=seed), clip_ids=picked
+        )
     finally:
         store.close()
 
@@ -132,8 +136,11 @@ def check_reward_labels(layout: RunLayout) -> dict[str, Any]:
             "reward_share_on_misaligned": sum(rewards[i] for i in rows if not truth[i]) / total if total > 0 else None,
         }
 
-    result = {"reward_labels": labels_digest, **summary(list(range(len(ds)))),
-              "by_task": {task: summary([i for i, t in enumerate(ds["task"]) if t == task]) for task in sorted(set(ds["task"]))}}
+    result = {
+        "reward_labels": labels_digest,
+        **summary(list(range(len(ds)))),
+        "by_task": {task: summary([i for i, t in enumerate(ds["task"]) if t == task]) for task in sorted(set(ds["task"]))},
+    }
     save_dataset_atomic(ds.map(lambda _, i: {"reward": float(truth[i]), "feedback": int(truth[i])}, with_indices=True), out, allow_empty=True)
     plot_reward_histogram(np.array(rewards), np.array(truth, dtype=int), plot, title=f"Reward labels on the {len(ds)} clips nobody rated", judge="oracle")
     atomic_write_json(report, result)

@@ -80,8 +80,16 @@ class ToyMelAutoencoder(ModelMixin, ConfigMixin):
         kl = AutoencoderKL.from_pretrained(folder / "vae")
         config = {k: v for k, v in kl.config.items() if not k.startswith("_")}
         model = cls(
-            vae=config, sampling_rate=index["sample_rate"], n_fft=index["n_fft"], hop_length=index["hop_length"], win_length=index["win_length"], n_mels=index["n_mels"],
-            fmin=index["fmin"], fmax=index["fmax"], framing=index["mel_framing"], n_iter=n_iter,
+            vae=config,
+            sampling_rate=index["sample_rate"],
+            n_fft=index["n_fft"],
+            hop_length=index["hop_length"],
+            win_length=index["win_length"],
+            n_mels=index["n_mels"],
+            fmin=index["fmin"],
+            fmax=index["fmax"],
+            framing=index["mel_framing"],
+            n_iter=n_iter,
         )
         model.autoencoder.load_state_dict(kl.state_dict())
         return model.eval()

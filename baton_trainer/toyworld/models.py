@@ -19,7 +19,7 @@ flow, FlowMatchEulerDiscreteScheduler, T5Gemma's encoder) over the toy TANGO's V
 seen by the trainer through `StableAudio3Model`.
 
 All three are trained by `scripts/train_toy_tango.py`, `scripts/train_toy_flow.py` and
-`scripts/train_toy_clap.py` and shipped in `checkpoints/`.
+`scripts/train_toy_clap.py` and shipped in `pretrained/`.
 """
 
 from __future__ import annotations
@@ -32,10 +32,10 @@ from ..captions import INTEGRITY_CONJUNCTIONS, TEMPORAL_CONJUNCTIONS
 from .events import EVENT_NAMES
 from .render import DEFAULT_DURATION_S, ORDERED_PAIR_CONJUNCTIONS
 
-CHECKPOINTS_DIR = Path(__file__).parent / "checkpoints"
-TOY_TANGO_PATH = CHECKPOINTS_DIR / "toy_tango"
-TOY_CLAP_PATH = CHECKPOINTS_DIR / "toy_clap"
-TOY_FLOW_PATH = CHECKPOINTS_DIR / "toy_flow"
+PRETRAINED_DIR = Path(__file__).parent / "pretrained"
+TOY_TANGO_PATH = PRETRAINED_DIR / "toy_tango"
+TOY_CLAP_PATH = PRETRAINED_DIR / "toy_clap"
+TOY_FLOW_PATH = PRETRAINED_DIR / "toy_flow"
 TOY_DURATION_S = DEFAULT_DURATION_S  # 2.56 s: 128 mel frames at hop 320
 TOY_HOP_LENGTH = 320  # 20 ms frames: half TANGO's frame rate halves every conv on this CPU
 TEXT_MAX_LENGTH = 24  # the longest toy caption is 16 tokens with </s>
@@ -118,9 +118,18 @@ def toy_text_encoder(vocab_size: int, seed: int = 0, d_model: int = 64, num_laye
     torch.manual_seed(seed)
     return T5EncoderModel(
         T5Config(
-            vocab_size=vocab_size, d_model=d_model, d_kv=16, d_ff=2 * d_model, num_layers=num_layers, num_heads=4,
-            relative_attention_num_buckets=16, relative_attention_max_distance=32,
-            dropout_rate=0.0, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+            vocab_size=vocab_size,
+            d_model=d_model,
+            d_kv=16,
+            d_ff=2 * d_model,
+            num_layers=num_layers,
+            num_heads=4,
+            relative_attention_num_buckets=16,
+            relative_attention_max_distance=32,
+            dropout_rate=0.0,
+            pad_token_id=0,
+            eos_token_id=1,
+            decoder_start_token_id=0,
         )
     )
 
@@ -137,8 +146,14 @@ def build_toy_tango(seed: int = 0, unet_channels: tuple[int, ...] = (32, 64, 96)
     tokenizer = toy_tokenizer()
     mel = toy_mel_config()
     vocoder = GriffinLimVocoder(
-        n_fft=mel.n_fft, hop_length=mel.hop_length, win_length=mel.win_length, n_mels=mel.n_mels,
-        sample_rate=mel.sample_rate, fmin=mel.fmin, fmax=mel.fmax, n_iter=n_iter,
+        n_fft=mel.n_fft,
+        hop_length=mel.hop_length,
+        win_length=mel.win_length,
+        n_mels=mel.n_mels,
+        sample_rate=mel.sample_rate,
+        fmin=mel.fmin,
+        fmax=mel.fmax,
+        n_iter=n_iter,
     )
     # Built in this order (each seeds itself): the global RNG state afterwards, which the training
     # script's first draws depend on, is the one the shipped toy was trained from.
@@ -152,8 +167,10 @@ def build_toy_tango(seed: int = 0, unet_channels: tuple[int, ...] = (32, 64, 96)
         unet=unet,
         scheduler=DDIMScheduler.from_config(tiny_scheduler().config),  # TANGO's schedule, v-prediction; sampled with DDIM
         vocoder=vocoder,
-        **{k: v for k, v in mel.to_dict().items() if k != "framing"}, mel_framing=mel.framing,
-        duration_s=TOY_DURATION_S, text_max_length=TEXT_MAX_LENGTH,
+        **{k: v for k, v in mel.to_dict().items() if k != "framing"},
+        mel_framing=mel.framing,
+        duration_s=TOY_DURATION_S,
+        text_max_length=TEXT_MAX_LENGTH,
     )
     model = TangoModel(pipe)
     model.name_or_path = f"toy-tango-init-seed{seed}"
@@ -171,8 +188,15 @@ def load_toy_tango(path: str | Path | None = None):
 # Toy flow model
 
 
-def build_toy_flow(seed: int = 0, autoencoder_from: str | Path = TOY_TANGO_PATH, embed_dim: int = 128, depth: int = 4,
-                   num_heads: int = 4, text_hidden: int = 64, text_layers: int = 2):
+def build_toy_flow(
+    seed: int = 0,
+    autoencoder_from: str | Path = TOY_TANGO_PATH,
+    embed_dim: int = 128,
+    depth: int = 4,
+    num_heads: int = 4,
+    text_hidden: int = 64,
+    text_layers: int = 2,
+):
     """A toy Stable Audio 3 (the starting point of `scripts/train_toy_flow.py`): diffusers'
     StableAudio3Pipeline with a StableAudio3DiTModel, T5Gemma's encoder, the duration embedder and
     the base checkpoint's FlowMatchEulerDiscreteScheduler, in toy sizes; its autoencoder is the
@@ -187,19 +211,40 @@ def build_toy_flow(seed: int = 0, autoencoder_from: str | Path = TOY_TANGO_PATH,
     tokenizer = toy_tokenizer()
     vae = ToyMelAutoencoder.from_toy_tango(autoencoder_from)
     torch.manual_seed(seed)
-    module = dict(vocab_size=len(tokenizer), hidden_size=text_hidden, intermediate_size=2 * text_hidden, num_hidden_layers=text_layers,
-                  num_attention_heads=4, num_key_value_heads=4, head_dim=text_hidden // 4, query_pre_attn_scalar=text_hidden // 4,
-                  sliding_window=TEXT_MAX_LENGTH, max_position_embeddings=2 * TEXT_MAX_LENGTH, pad_token_id=0, eos_token_id=1, bos_token_id=1)
+    module = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=text_hidden,
+        intermediate_size=2 * text_hidden,
+        num_hidden_layers=text_layers,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        head_dim=text_hidden // 4,
+        query_pre_attn_scalar=text_hidden // 4,
+        sliding_window=TEXT_MAX_LENGTH,
+        max_position_embeddings=2 * TEXT_MAX_LENGTH,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=1,
+    )
     text_encoder = T5GemmaEncoderModel(T5GemmaConfig(encoder=module, decoder=module, vocab_size=len(tokenizer), is_encoder_decoder=False)).eval()
     duration_embedder = StableAudio3DurationEmbedder(output_dim=embed_dim // 2, fourier_dim=32, max_val=10.0)
     transformer = StableAudio3DiTModel(
-        io_channels=vae.config.latent_dim, embed_dim=embed_dim, depth=depth, num_heads=num_heads, cond_token_dim=text_hidden,
-        global_cond_dim=embed_dim // 2, local_add_cond_dim=1, timestep_features_dim=64, ff_mult=2.0, num_memory_tokens=4,
+        io_channels=vae.config.latent_dim,
+        embed_dim=embed_dim,
+        depth=depth,
+        num_heads=num_heads,
+        cond_token_dim=text_hidden,
+        global_cond_dim=embed_dim // 2,
+        local_add_cond_dim=1,
+        timestep_features_dim=64,
+        ff_mult=2.0,
+        num_memory_tokens=4,
     )
     # Stable Audio 3 base's sampler: deterministic Euler over timesteps in [0, 1]
     scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1, shift=1.0, stochastic_sampling=False)
-    pipe = StableAudio3Pipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, duration_embedder=duration_embedder,
-                                transformer=transformer, scheduler=scheduler)
+    pipe = StableAudio3Pipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, duration_embedder=duration_embedder, transformer=transformer, scheduler=scheduler
+    )
     model = StableAudio3Model(pipe)
     model.name_or_path = f"toy-flow-init-seed{seed}"
     return model
@@ -207,6 +252,7 @@ def build_toy_flow(seed: int = 0, autoencoder_from: str | Path = TOY_TANGO_PATH,
 
 # ----------------------------------------------------------------------------------------------
 # Toy CLAP
+
 
 def toy_caption_corpus() -> list[str]:
     """Captions covering every toy word, for training the toy CLAP's BPE tokenizer."""
@@ -242,13 +288,29 @@ def toy_clap_config(vocab_size: int, projection_dim: int = 64):
     from transformers import ClapAudioConfig, ClapConfig, ClapTextConfig
 
     text = ClapTextConfig(
-        vocab_size=vocab_size, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
-        max_position_embeddings=48, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+        vocab_size=vocab_size,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        max_position_embeddings=48,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
     )
     audio = ClapAudioConfig(
-        spec_size=256, num_mel_bins=64, patch_size=16, patch_stride=(16, 16), window_size=8,
-        patch_embeds_hidden_size=48, hidden_size=96, depths=(2, 2), num_attention_heads=(4, 4),
-        num_hidden_layers=2, mlp_ratio=2.0, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+        spec_size=256,
+        num_mel_bins=64,
+        patch_size=16,
+        patch_stride=(16, 16),
+        window_size=8,
+        patch_embeds_hidden_size=48,
+        hidden_size=96,
+        depths=(2, 2),
+        num_attention_heads=(4, 4),
+        num_hidden_layers=2,
+        mlp_ratio=2.0,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
         drop_path_rate=0.0,
     )
     return ClapConfig(text_config=text.to_dict(), audio_config=audio.to_dict(), projection_dim=projection_dim)
@@ -268,7 +330,7 @@ def build_toy_clap(seed: int = 0):
 
 
 __all__ = [
-    "CHECKPOINTS_DIR",
+    "PRETRAINED_DIR",
     "TOY_CLAP_PATH",
     "TOY_DURATION_S",
     "TOY_FLOW_PATH",

@@ -84,9 +84,9 @@ def is_aligned(
 class OracleAnnotator:
     """Detects toy events in audio and rates clips against captions like a (noisy) person would.
 
-        oracle = OracleAnnotator(error_rate=0.1, skip_rate=0.05, seed=0)
-        oracle.detect(wav, 16000)                     # [("beep", 0.31, 0.82), ("hum", 1.02, 1.5)]
-        oracle.judge(wav, 16000, ["beep", "hum"], "temporal", clip_id="00012_3")   # 1, 0 or None
+    oracle = OracleAnnotator(error_rate=0.1, skip_rate=0.05, seed=0)
+    oracle.detect(wav, 16000)                     # [("beep", 0.31, 0.82), ("hum", 1.02, 1.5)]
+    oracle.judge(wav, 16000, ["beep", "hum"], "temporal", clip_id="00012_3")   # 1, 0 or None
     """
 
     def __init__(
@@ -200,9 +200,7 @@ class OracleAnnotator:
             aligned = not aligned
         return int(aligned)
 
-    def judge(
-        self, wav: np.ndarray, sample_rate: int, labels: Sequence[str], task: str, clip_id: str | None = None
-    ) -> int | None:
+    def judge(self, wav: np.ndarray, sample_rate: int, labels: Sequence[str], task: str, clip_id: str | None = None) -> int | None:
         """1 if the clip matches the caption's labels for `task`, 0 if not, None to skip.
 
         With `error_rate` / `skip_rate` the answer is flipped / skipped at those rates; the draw
@@ -223,7 +221,7 @@ class OracleAnnotator:
         if not len(wavs) == len(labels) == len(tasks):
             raise OracleError(f"{len(wavs)} clips but {len(labels)} label lists and {len(tasks)} tasks")
         detections = self.detect_batch(wavs, sample_rate)
-        return [self.is_aligned(d, l, t) for d, l, t in zip(detections, labels, tasks)]
+        return [self.is_aligned(found, named, task) for found, named, task in zip(detections, labels, tasks)]
 
     def judge_batch(
         self,
@@ -253,7 +251,10 @@ def _mean_and_stderr(outcomes: Sequence[bool]) -> tuple[float, float]:
 
 
 def alignment_outcomes(
-    wavs: Sequence[np.ndarray], labels: Sequence[Sequence[str]], task: str | Sequence[str], sample_rate: int = 16000,
+    wavs: Sequence[np.ndarray],
+    labels: Sequence[Sequence[str]],
+    task: str | Sequence[str],
+    sample_rate: int = 16000,
     oracle: OracleAnnotator | None = None,
 ) -> list[bool]:
     """Per clip, whether it is aligned with its labels under the noise-free oracle's rule.
@@ -262,7 +263,10 @@ def alignment_outcomes(
 
 
 def alignment_accuracy(
-    wavs: Sequence[np.ndarray], labels: Sequence[Sequence[str]], task: str, sample_rate: int = 16000,
+    wavs: Sequence[np.ndarray],
+    labels: Sequence[Sequence[str]],
+    task: str,
+    sample_rate: int = 16000,
     oracle: OracleAnnotator | None = None,
 ) -> tuple[float, float]:
     """(share of clips aligned with their labels, its standard error sqrt(p (1 - p) / n))."""
@@ -377,13 +381,13 @@ def annotate_store(
     bar = tqdm(total=len(todo), desc=f"oracle annotating ({annotator})", disable=not progress)
     for start in range(0, len(todo), batch_size):
         batch = [clips[c] for c in todo[start : start + batch_size]]
-        wavs = [
-            load_audio(generations_dir / clip["file_name"], oracle.sample_rate, what=f"clip {clip['clip_id']}")[0]
-            for clip in batch
-        ]
+        wavs = [load_audio(generations_dir / clip["file_name"], oracle.sample_rate, what=f"clip {clip['clip_id']}")[0] for clip in batch]
         answers = oracle.judge_batch(
-            wavs, [clip["labels"] for clip in batch], [clip["task"] for clip in batch],
-            oracle.sample_rate, [clip["clip_id"] for clip in batch],
+            wavs,
+            [clip["labels"] for clip in batch],
+            [clip["task"] for clip in batch],
+            oracle.sample_rate,
+            [clip["clip_id"] for clip in batch],
         )
         for clip, answer in zip(batch, answers):
             label = SKIP if answer is None else (ALIGNED if answer == 1 else NOT_ALIGNED)

@@ -28,9 +28,19 @@ def add_world_arguments(parser) -> None:
 
     parser.add_argument("--num-clips", type=int, default=6000, help="rendered pretraining clips")
     parser.add_argument("--order-noise", type=float, default=PRETRAIN_WORLD["order_noise"], help="share of 3-event clips that ignore the caption's order")
-    parser.add_argument("--event-dropout", type=float, default=PRETRAIN_WORLD["event_dropout"], help="chance that each event a multi-event caption names is missing from its clip")
+    parser.add_argument(
+        "--event-dropout",
+        type=float,
+        default=PRETRAIN_WORLD["event_dropout"],
+        help="chance that each event a multi-event caption names is missing from its clip",
+    )
     parser.add_argument("--pair-event-dropout", type=float, default=None, help="the same for 2-event captions only (default: --event-dropout)")
-    parser.add_argument("--gap-concentration", type=float, default=PRETRAIN_WORLD["gap_concentration"], help="Dirichlet concentration of the gaps between events (larger: more even)")
+    parser.add_argument(
+        "--gap-concentration",
+        type=float,
+        default=PRETRAIN_WORLD["gap_concentration"],
+        help="Dirichlet concentration of the gaps between events (larger: more even)",
+    )
     parser.add_argument("--event-counts", default="0.2,0.4,0.4", help="probabilities of 1, 2 and 3 events per pretraining clip")
 
 
@@ -40,8 +50,13 @@ def render_pretraining_clips(args, duration_s: float) -> dict:
 
     log(f"rendering {args.num_clips} clips")
     return render_dataset(
-        args.num_clips, seed=args.seed, duration_s=duration_s, order_noise=args.order_noise,
-        event_dropout=args.event_dropout, pair_event_dropout=args.pair_event_dropout, gap_concentration=args.gap_concentration,
+        args.num_clips,
+        seed=args.seed,
+        duration_s=duration_s,
+        order_noise=args.order_noise,
+        event_dropout=args.event_dropout,
+        pair_event_dropout=args.pair_event_dropout,
+        gap_concentration=args.gap_concentration,
         event_count_probs=[float(x) for x in args.event_counts.split(",")],
     )
 

@@ -28,7 +28,7 @@ DEFAULT_NOISE_RMS = 0.002  # about 45 dB below the events' level on the log-mel
 # captions do. A quarter of 3-event clips ignore the caption's order and each named event is
 # missing with probability 0.3, so the base model learns to drop events and to mix up order
 # sometimes, the failures BATON's feedback corrects. `scripts/train_toy_tango.py` trains on this
-# world and the default run's pretraining term (beta) and FD reference clips draw from it.
+# world and the default run's pretraining term (pretrain_weight) and FD reference clips draw from it.
 PRETRAIN_WORLD = {"order_noise": 0.25, "event_dropout": 0.3, "gap_concentration": 8.0}
 
 
@@ -95,10 +95,7 @@ def render_sequence(
         busy = sum(len(s) for s in sounds) + gap * (len(sounds) - 1) + 2 * margin
         slack = num_samples - busy
         if slack < 0:
-            raise RenderError(
-                f"events {list(event_names)} need {busy / sample_rate:.2f} s with gaps, "
-                f"more than the {duration_s} s clip"
-            )
+            raise RenderError(f"events {list(event_names)} need {busy / sample_rate:.2f} s with gaps, more than the {duration_s} s clip")
         shares = np.floor(rng.dirichlet(np.full(len(sounds) + 1, gap_concentration)) * slack).astype(int)
         position = margin + shares[0]
         for name, sound, share in zip(event_names, sounds, shares[1:]):
@@ -212,9 +209,7 @@ def iter_dataset(
     for index in range(start, start + n):
         rng = np.random.default_rng([seed, index])
         caption, task, labels, order = _caption_item(rng, events, event_count_probs, ordered_pair_prob, order_noise, event_dropout, pair_event_dropout)
-        wav, placed = render_sequence(
-            order, rng, duration_s, sample_rate, noise_rms=noise_rms, gap_concentration=gap_concentration, return_events=True
-        )
+        wav, placed = render_sequence(order, rng, duration_s, sample_rate, noise_rms=noise_rms, gap_concentration=gap_concentration, return_events=True)
         yield {
             "index": index,
             "audio": wav,

@@ -51,15 +51,11 @@ class ClapScoreMetric(evaluate.Metric):
             description=_DESCRIPTION,
             citation=_CITATION,
             inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features(
-                {"predictions": datasets.Sequence(datasets.Value("float32")), "references": datasets.Value("string")}
-            ),
+            features=datasets.Features({"predictions": datasets.Sequence(datasets.Value("float32")), "references": datasets.Value("string")}),
         )
 
     def _compute(self, predictions, references, sample_rate=16000, model="laion/clap-htsat-unfused"):
         from baton_trainer.evaluation.metrics import clap_score
 
-        mean, per_pair = clap_score(
-            list(references), [np.asarray(p, dtype=np.float32) for p in predictions], int(sample_rate), model=model
-        )
+        mean, per_pair = clap_score(list(references), [np.asarray(p, dtype=np.float32) for p in predictions], int(sample_rate), model=model)
         return {"clap_score": mean, "clap_score_x100": 100.0 * mean, "per_pair": per_pair.tolist()}

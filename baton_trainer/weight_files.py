@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 
-class CheckpointFormatError(ValueError):
+class WeightFileError(ValueError):
     """A checkpoint file that does not hold the expected weights; the message names the file and key."""
 
 
@@ -27,7 +27,7 @@ def load_pretrained(load: Callable[[str], T], folder: str | os.PathLike, what: s
         return load(str(folder))
     except Exception as exc:  # whatever the library raises for a bad file: name the folder and the reason
         reason = (str(exc).splitlines() or [""])[0]
-        raise CheckpointFormatError(f"{folder}: cannot be loaded as {what} ({type(exc).__name__}: {reason})") from None
+        raise WeightFileError(f"{folder}: cannot be loaded as {what} ({type(exc).__name__}: {reason})") from None
 
 
 def _resolve_global(name: str) -> Any:
@@ -53,9 +53,7 @@ def _torch_load(path: Path) -> Any:
             return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def load_state_dict_file(
-    path: str | os.PathLike, what: str = "model", error: type[ValueError] = CheckpointFormatError
-) -> dict[str, torch.Tensor]:
+def load_state_dict_file(path: str | os.PathLike, what: str = "model", error: type[ValueError] = WeightFileError) -> dict[str, torch.Tensor]:
     """The tensors of a `.safetensors`, `.pt`, `.pth` or `.bin` file. Checkpoints that wrap the
     weights as `{"model": ...}` (PANNs training checkpoints) or `{"state_dict": ...}` are unwrapped."""
     path = Path(path)
@@ -92,7 +90,7 @@ def load_state_strict(
     what: str,
     optional: Iterable[str] = (),
     assign: bool = False,
-    error: type[ValueError] = CheckpointFormatError,
+    error: type[ValueError] = WeightFileError,
 ) -> None:
     """`load_state_dict` that names the first missing, unexpected or mis-shaped keys in one line.
 

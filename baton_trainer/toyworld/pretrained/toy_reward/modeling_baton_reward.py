@@ -152,9 +152,7 @@ class BatonRewardModel(PreTrainedModel):
         if config.head_type == "cosine_logistic":
             self.head = CosineLogisticHead(dim)
         else:
-            self.head = nn.Sequential(
-                nn.Linear(2 * dim, config.head_hidden_size), nn.ReLU(), nn.Linear(config.head_hidden_size, 1)
-            )
+            self.head = nn.Sequential(nn.Linear(2 * dim, config.head_hidden_size), nn.ReLU(), nn.Linear(config.head_hidden_size, 1))
         self.clap.requires_grad_(False)
         self.processor = None  # a ClapProcessor, set by reward_hub.load / from_clap for `score`
         self.post_init()
@@ -223,9 +221,7 @@ class BatonRewardModel(PreTrainedModel):
         loss = None
         if labels is not None:
             loss = F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
-        return BatonRewardOutput(
-            loss=loss, logits=logits, rewards=torch.sigmoid(logits), audio_embeds=audio_embeds, text_embeds=text_embeds
-        )
+        return BatonRewardOutput(loss=loss, logits=logits, rewards=torch.sigmoid(logits), audio_embeds=audio_embeds, text_embeds=text_embeds)
 
     def prepare_inputs(
         self,
@@ -258,9 +254,7 @@ class BatonRewardModel(PreTrainedModel):
         return inputs
 
     @torch.no_grad()
-    def score(
-        self, captions: Sequence[str], waveforms: Sequence[Any], sampling_rate: int, batch_size: int = 16
-    ) -> torch.Tensor:
+    def score(self, captions: Sequence[str], waveforms: Sequence[Any], sampling_rate: int, batch_size: int = 16) -> torch.Tensor:
         """Rewards (N,) in [0, 1] for (caption, mono waveform at `sampling_rate`) pairs."""
         captions, waveforms = list(captions), list(waveforms)
         if not captions and not waveforms:
@@ -271,9 +265,7 @@ class BatonRewardModel(PreTrainedModel):
         try:
             chunks = []
             for start in range(0, len(captions), batch_size):
-                inputs = self.prepare_inputs(
-                    captions[start : start + batch_size], waveforms[start : start + batch_size], sampling_rate
-                )
+                inputs = self.prepare_inputs(captions[start : start + batch_size], waveforms[start : start + batch_size], sampling_rate)
                 inputs = {k: v.to(device) for k, v in inputs.items()}
                 chunks.append(self(**inputs).rewards.float().cpu())
         finally:
