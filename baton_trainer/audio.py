@@ -98,7 +98,7 @@ def crop_or_pad(wav: np.ndarray, num_samples: int) -> np.ndarray:
 def slaney_mel_filters(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float) -> np.ndarray:
     """The (n_mels, n_fft // 2 + 1) Slaney mel filter bank librosa builds by default, as TANGO,
     AudioLDM and PANNs use it (librosa itself is not a dependency: transformers builds the same bank)."""
-    from transformers.audio_utils import mel_filter_bank
+    from transformers.audio_utils import mel_filter_bank  # lazy: only the mel filters need transformers, audio I/O does not
 
     bank = mel_filter_bank(
         num_frequency_bins=n_fft // 2 + 1,

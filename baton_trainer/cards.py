@@ -4,9 +4,13 @@ entries in the card metadata (the Hub's model-index), so leaderboards and search
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from huggingface_hub import DatasetCard, DatasetCardData, EvalResult, ModelCard, ModelCardData
+
+from .backends import EXPORT_FILE
 from .formatting import format_number
 from .hub import is_hub_id
 from .textfiles import read_json
@@ -37,8 +41,6 @@ def _hub_id(value: Any) -> str | None:
 
 
 def reward_model_card(folder: Path, repo_id: str, license: str, base_model: str | None = None):
-    from huggingface_hub import EvalResult, ModelCard, ModelCardData
-
     model_config = read_json(folder / "config.json")
     metrics = read_json(folder / "metrics.json")
     clap = base_model or model_config.get("clap_model_name_or_path") or "laion/clap-htsat-unfused"
@@ -89,10 +91,6 @@ def reward_model_card(folder: Path, repo_id: str, license: str, base_model: str 
 
 
 def aligned_model_card(folder: Path, repo_id: str, license: str, base_model: str | None = None, eval_dir: Path | None = None):
-    from huggingface_hub import EvalResult, ModelCard, ModelCardData
-
-    from .backends import EXPORT_FILE
-
     config = read_json(folder / "finetune_config.json")
     export = read_json(folder / EXPORT_FILE)
     base = base_model or export.get("base") or config.get("model")
@@ -153,10 +151,6 @@ def aligned_model_card(folder: Path, repo_id: str, license: str, base_model: str
 
 
 def dataset_card(ds, repo_id: str, license: str, split: str):
-    from collections import Counter
-
-    from huggingface_hub import DatasetCard, DatasetCardData
-
     columns = set(ds.column_names)
     counts = Counter(f"{s}, feedback {f}" for s, f in zip(ds["source"], ds["feedback"])) if {"source", "feedback"} <= columns else Counter()
     tasks = Counter(ds["task"]) if "task" in columns else Counter()

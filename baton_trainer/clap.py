@@ -18,9 +18,12 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from transformers import ClapModel, ClapProcessor
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+from transformers import ClapFeatureExtractor, ClapModel, ClapProcessor, RobertaTokenizer
 
 from reward_hub.modeling_baton_reward import CLAP_SAMPLE_RATE, pooled_embedding, prepare_waveform
+
+from .weight_files import load_pretrained
 
 DEFAULT_CLAP = "laion/clap-htsat-unfused"
 CLAP_CLIP_SECONDS = 10.0
@@ -41,8 +44,6 @@ class ClapEmbedder:
         device: str | torch.device | None = None,
         batch_size: int = 16,
     ):
-        from .weight_files import load_pretrained
-
         if isinstance(model, ClapModel):
             self.model = model
             source = model.name_or_path
@@ -122,8 +123,6 @@ class ClapEmbedder:
 def train_clap_tokenizer(corpus: Sequence[str], vocab_size: int, model_max_length: int):
     """A RoBERTa byte-level BPE tokenizer (what `ClapProcessor` takes), trained offline on `corpus`
     with RoBERTa's special tokens at ids 0..4, as CLAP's text config expects."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import RobertaTokenizer
 
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -141,7 +140,6 @@ def train_clap_tokenizer(corpus: Sequence[str], vocab_size: int, model_max_lengt
 
 def clap_feature_extractor():
     """A `ClapFeatureExtractor` with laion/clap-htsat-unfused's settings (48 kHz, 64 mels, hop 480, 10 s)."""
-    from transformers import ClapFeatureExtractor
 
     return ClapFeatureExtractor(
         feature_size=64,

@@ -7,6 +7,7 @@ datasets >= 4 decodes through torchcodec, which does not load beside every torch
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import re
@@ -16,6 +17,8 @@ from typing import Any
 import datasets
 import numpy as np
 from datasets import Audio, Dataset, Features, Sequence, Value
+
+from .atomic import atomic_folder
 
 SAMPLE_RATE = 16_000
 TASKS = ("integrity", "temporal")
@@ -94,8 +97,6 @@ def audio_folder_to_dataset(folder: str | Path) -> Dataset:
     folder = Path(folder)
     meta = folder / "metadata.jsonl"
     if not meta.is_file():
-        import csv
-
         with open(folder / "metadata.csv", newline="", encoding="utf-8") as handle:
             rows = list(csv.DictReader(handle))
     else:
@@ -215,7 +216,6 @@ def save_dataset_atomic(ds: Dataset, out: Path, allow_empty: bool = False, why: 
 
     An empty dataset is written only with `allow_empty` (and then never over a non-empty one): a
     stage that found nothing must say so, not replace good data with nothing."""
-    from .atomic import atomic_folder
 
     if len(ds) == 0:
         previous = _saved_rows(Path(out))

@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import atomic_write_bytes
-from .textfiles import read_jsonl, read_text
+from .captions import CaptionError, read_captions
+from .textfiles import TextFileError, read_jsonl, read_text
 
 METADATA = "metadata.jsonl"
 SETTINGS_FILE = "generation_config.json"
@@ -54,8 +55,6 @@ def read_caption_rows(path: str | Path) -> list[dict[str, Any]]:
 
     Plain text rows get caption_id = their line number - 1, task "", labels [], split "train".
     Errors name the file and line."""
-    from .captions import CaptionError, read_captions
-    from .textfiles import TextFileError
 
     path = Path(path)
     if not path.is_file():

@@ -9,6 +9,10 @@ import re
 from pathlib import Path
 from typing import Any, Sequence
 
+from huggingface_hub import HfApi, get_token, snapshot_download
+
+from .textfiles import read_json
+
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
@@ -32,7 +36,6 @@ def resolve_folder(
         raise FileNotFoundError(f"{what} '{name}': is a file, expected a folder")
     if not is_hub_id(name):
         raise FileNotFoundError(f"{what} '{name}': not found (neither a folder nor a Hub id 'owner/name')")
-    from huggingface_hub import snapshot_download
 
     try:
         return Path(snapshot_download(name, revision=revision, allow_patterns=list(allow_patterns) if allow_patterns else None))
@@ -51,7 +54,6 @@ class PushError(ValueError):
 
 def detect_kind(folder: Path) -> str:
     """What a folder to upload holds: "reward_model", "dataset" or "model"."""
-    from .textfiles import read_json
 
     if read_json(folder / "config.json").get("model_type") == "baton_reward":
         return "reward_model"
@@ -66,8 +68,6 @@ def resolve_token(token: str | None, repo_id: str) -> str:
     """The token given, else HF_TOKEN, else the saved login."""
     token = token or os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
     if not token:
-        from huggingface_hub import get_token
-
         token = get_token()
     if not token:
         raise PushError(f"no Hugging Face token to push to '{repo_id}': set HF_TOKEN, run `hf auth login`, or pass --token")
@@ -76,12 +76,13 @@ def resolve_token(token: str | None, repo_id: str) -> str:
 
 def stage_dataset_as_parquet(folder: Path, split: str, staging: Path):
     """Parquet shards under staging/data/ (the Hub's layout for datasets); returns the dataset."""
+    # lazy: only a dataset push needs `datasets`; resolve_folder's users (every model load) do not
     from .data import load_preference_dataset
 
     try:
         ds = load_preference_dataset(str(folder), split=split)
     except ValueError:
-        import datasets  # not a preference dataset: push it as it is
+        import datasets  # lazy, as above; not a preference dataset: push it as it is
 
         ds = datasets.load_from_disk(str(folder))
     data_dir = staging / "data"
@@ -96,7 +97,6 @@ def stage_dataset_as_parquet(folder: Path, split: str, staging: Path):
 
 def upload_folder(staging: Path, repo_id: str, repo_type: str, private: bool, token: str, commit_message: str) -> str:
     """Create the Hub repo if needed and upload `staging` in one commit; returns the repo URL."""
-    from huggingface_hub import HfApi
 
     api = HfApi(token=token)
     url = api.create_repo(repo_id, private=private, repo_type=repo_type, exist_ok=True)

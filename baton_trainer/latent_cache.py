@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
 
 from .audio import crop_or_pad, load_audio
 from .backends.base import TextConditioning, TextToAudioBackend
@@ -87,13 +89,10 @@ class LatentCache:
         captions = list(ds["caption"])
         if not self.enabled:
             return EncodedSet(captions, weights, waveforms=self.read_audio(ds, name))
-        from safetensors.torch import load_file, save_file
 
         acc = self.accelerator
         path = self.folder / f"{name}-{self.key(captions, ds)}.safetensors"
         if acc.is_main_process and not path.is_file():
-            from tqdm.auto import tqdm
-
             waveforms = self.read_audio(ds, name)
             latents, texts = [], []
             for start in tqdm(range(0, len(captions), 16), desc=f"encoding {name}", disable=not acc.is_local_main_process):

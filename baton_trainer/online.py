@@ -26,7 +26,19 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+import datasets
+import numpy as np
+
 from .atomic import atomic_write_json
+from .backends import EXPORT_FILE, load_backend
+from .clap import CLAP_SAMPLE_RATE
+from .data import load_preference_dataset, save_dataset_atomic
+from .evaluation.clips import load_scorer, oracle_metrics, read_clips, read_waves
+from .stages.export import ExportConfig, export_feedback
+from .stages.finetune import finetune as finetune_stage
+from .stages.generate import generate
+from .stages.label import label_unrated
+from .toyworld.loop import oracle_ratings_of
 
 if TYPE_CHECKING:
     from .layout import RunLayout
@@ -53,11 +65,6 @@ class RoundsConfig(Protocol):
 
 def judge_round(config: RoundsConfig, configs: dict[str, Any], export: Path, folder: Path) -> dict[str, float]:
     """The judge's and the training reward's view of one round's model, on held-out clips."""
-    import numpy as np
-
-    from .clap import CLAP_SAMPLE_RATE
-    from .evaluation.clips import load_scorer, oracle_metrics, read_clips, read_waves
-    from .stages.generate import generate
 
     done = folder / "judge.json"
     if done.is_file():
@@ -99,14 +106,6 @@ def judge_round(config: RoundsConfig, configs: dict[str, Any], export: Path, fol
 
 def train_round(config: RoundsConfig, configs: dict[str, Any], r: int, previous: Path) -> Path:
     """Round r's clips from the model of round r - 1, their labels, and the fine-tune from its weights."""
-    import datasets
-
-    from .backends import EXPORT_FILE, load_backend
-    from .data import load_preference_dataset, save_dataset_atomic
-    from .stages.export import export_feedback
-    from .stages.finetune import finetune as finetune_stage
-    from .stages.generate import generate
-    from .stages.label import label_unrated
 
     layout = config.layout()
     folder = layout.round_folder(r)
@@ -116,9 +115,6 @@ def train_round(config: RoundsConfig, configs: dict[str, Any], r: int, previous:
     generations = generate(dataclasses.replace(configs["generate"], export=str(previous), seed=config.seed + 7919 * r, out_dir=str(folder / "generations")))
     human = [load_preference_dataset(layout.feedback)] if layout.feedback.exists() else []
     if config.round_ratings:  # the toy world's oracle rates this round's budget of new clips
-        from .stages.export import ExportConfig
-        from .toyworld.loop import oracle_ratings_of
-
         oracle_ratings_of(generations, folder / "annotations.sqlite", config.round_ratings, config.oracle_error_rate, config.oracle_skip_rate, config.seed + r)
         export_feedback(
             ExportConfig(run_dir=str(layout.root), store=str(folder / "annotations.sqlite"), generations_dir=str(generations), out=str(folder / "feedback"))
@@ -180,10 +176,10 @@ def reward_hacking(previous: dict[str, float], current: dict[str, float], margin
 
 def plot_rounds(history: list[dict[str, Any]], path: Path) -> None:
     """The judge and the training reward by round: a rising reward over a falling judge is hacking."""
-    import matplotlib
+    import matplotlib  # lazy: slow to import, and the backend must be set before pyplot loads
 
     matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: after matplotlib.use
 
     rounds = [h["round"] for h in history]
     fig, ax = plt.subplots(figsize=(5, 3.2))

@@ -21,6 +21,7 @@ import os
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 
 REFERENCE_FORMAT = 1
 
@@ -62,8 +63,6 @@ class ReferenceLosses:
     """Per-clip reference losses by micro-step index, read from and written to one safetensors file."""
 
     def __init__(self, path: Path):
-        from safetensors.torch import load_file
-
         self.path = Path(path)
         self.losses: dict[int, torch.Tensor] = {}
         if self.path.is_file():
@@ -91,7 +90,6 @@ class ReferenceLosses:
 
     def save(self) -> None:
         """Write the file atomically (readers see the old file or the new one), if anything was added."""
-        from safetensors.torch import save_file
 
         if not self._unsaved:
             return

@@ -16,6 +16,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from scipy.stats import rankdata
 from tqdm.auto import tqdm
 
 from reward_hub.modeling_baton_reward import BatonRewardModel
@@ -23,6 +25,7 @@ from reward_hub.modeling_baton_reward import BatonRewardModel
 from .atomic import atomic_save_figure
 from .audio import load_audio
 from .clap import CLAP_SAMPLE_RATE, ClapEmbedder
+from .data import load_preference_dataset
 
 EMBEDDING_CACHE_VERSION = 1
 
@@ -37,7 +40,6 @@ class RewardDataError(ValueError):
 
 def load_rated_rows(source: str | os.PathLike):
     """Human-rated rows (feedback 0/1) of a preference dataset; refuses data with one class."""
-    from .data import load_preference_dataset
 
     ds = load_preference_dataset(str(source))
     keep = [i for i, (fb, src) in enumerate(zip(list(ds["feedback"]), list(ds["source"]))) if fb in (0, 1) and src == "human"]
@@ -118,7 +120,6 @@ def embed_rows(embedder: ClapEmbedder, ds, rows: np.ndarray | list[int] | None =
 
 def cached_embeddings(embedder: ClapEmbedder, ds, cache_dir: Path) -> tuple[torch.Tensor, torch.Tensor, Path, bool]:
     """Embeddings of every row, read from `cache_dir/<key>.safetensors` or computed and written there."""
-    from safetensors.torch import load_file, save_file
 
     path = Path(cache_dir) / f"{embedding_cache_key(embedder, ds)}.safetensors"
     if path.is_file():
@@ -146,8 +147,6 @@ def classification_metrics(rewards: np.ndarray, labels: np.ndarray) -> dict[str,
     bce = float(-np.mean(labels * np.log(clipped) + (1 - labels) * np.log(1 - clipped)))
     auc = None
     if 0 < labels.sum() < labels.size:
-        from scipy.stats import rankdata
-
         # Mann-Whitney form of ROC AUC; tied rewards share their mean rank (count half).
         ranks = rankdata(rewards)
         pos = labels == 1
@@ -173,7 +172,7 @@ def metrics_by_task(rewards: np.ndarray, labels: np.ndarray, tasks: list[str]) -
 
 def plot_reward_histogram(rewards: np.ndarray, labels: np.ndarray, path: Path, title: str, judge: str = "human") -> None:
     """Predicted rewards on held-out clips split by the `judge`'s label (the paper's Figure 4)."""
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # lazy: matplotlib is slow to import and picks a backend
 
     fig = Figure(figsize=(6, 3.5))
     ax = fig.subplots()

@@ -4,14 +4,23 @@ records (TANGO users lost results to version skew: declare-lab/tango issues 5, 2
 from __future__ import annotations
 
 import importlib.metadata
+import json
+import os
 import platform
+import shutil
+import socket
+import time
+from pathlib import Path
+
+import torch
+
+from .atomic import atomic_write_bytes
 
 VERSIONED_PACKAGES = ("baton-trainer", "torch", "diffusers", "transformers", "accelerate", "peft", "datasets", "numpy")
 
 
 def pick_device(name: str | None = None):
     """`name` as a torch device, or CUDA when available, else the CPU."""
-    import torch
 
     if name:
         return torch.device(name)
@@ -34,7 +43,6 @@ TORCH_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 def torch_dtype(name: str):
     """The torch dtype of a config's "fp32" | "bf16" | "fp16"."""
-    import torch
 
     if name not in TORCH_DTYPES:
         raise ValueError(f"unknown dtype {name!r} (expected one of {', '.join(TORCH_DTYPES)})")
@@ -62,11 +70,9 @@ class Ranks:
 
     @classmethod
     def current(cls) -> "Ranks":
-        import os
-
         if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
             return cls()  # one process: no process group to set up
-        import torch
+        # lazy: only several processes need accelerate
         from accelerate import PartialState
         from accelerate.utils import parse_flag_from_env
 
@@ -95,23 +101,14 @@ class Ranks:
         return pick_device(name) if name or self.count == 1 or self.device is None else self.device
 
     def _marker(self, markers, index: int):
-        from pathlib import Path
-
         return Path(markers) / f"{index}.json"
 
     def clear(self, markers) -> None:
         """Main process: forget a finish line (before the start barrier: an earlier, killed run's)."""
-        import shutil
 
         shutil.rmtree(markers, ignore_errors=True)
 
     def progress(self, markers, done: int, total: int, finished: bool = False) -> None:
-        import json
-        import os
-        import socket
-
-        from .atomic import atomic_write_bytes
-
         if self.count == 1:
             return
         path = self._marker(markers, self.index)
@@ -122,8 +119,6 @@ class Ranks:
     def finish(self, markers, done: int, total: int, what: str, timeout_s: float = 3600.0, poll_s: float = 0.2) -> None:
         """Mark this rank finished; on the main process, wait until every rank is (or raise
         `RankTimeoutError` naming the ranks that are not, with their host, pid and progress)."""
-        import json
-        import time
 
         if self.count == 1:
             return

@@ -4,6 +4,9 @@ a 64-band log-mel in dB at 100 frames per second, drawn with time and frequency 
 from __future__ import annotations
 
 import numpy as np
+from transformers.audio_utils import spectrogram, window_function
+
+from .audio import slaney_mel_filters
 
 N_MELS = 64
 FRAMES_PER_SECOND = 100
@@ -11,9 +14,6 @@ FRAMES_PER_SECOND = 100
 
 def log_mel_db(waveform: np.ndarray, sample_rate: int) -> np.ndarray:
     """A (64, frames) log-mel image in dB (80 dB range) of a mono clip; very short clips are zero-padded."""
-    from transformers.audio_utils import spectrogram, window_function
-
-    from .audio import slaney_mel_filters
 
     wav = np.asarray(waveform, dtype=np.float64)
     n_fft = 1024 if sample_rate >= 16_000 else 512
@@ -40,6 +40,7 @@ def draw_spectrogram(ax, waveform: np.ndarray | None, sample_rate: int, image: n
 
 def spectrogram_image(waveform: np.ndarray, sample_rate: int, title: str = "") -> np.ndarray:
     """A clip's spectrogram drawn with matplotlib, as an RGB uint8 array (for Gradio images)."""
+    # lazy: matplotlib is slow to import and picks a backend
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

@@ -16,14 +16,51 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
+from diffusers import (
+    AudioLDM2Pipeline,
+    AudioLDM2ProjectionModel,
+    AudioLDM2UNet2DConditionModel,
+    AutoencoderKL,
+    AutoencoderOobleck,
+    DDIMScheduler,
+    DDPMScheduler,
+    StableAudioDiTModel,
+    StableAudioPipeline,
+    StableAudioProjectionModel,
+    UNet2DConditionModel,
+)
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
+from transformers import (
+    ClapAudioConfig,
+    ClapConfig,
+    ClapModel,
+    ClapProcessor,
+    ClapTextConfig,
+    GPT2Config,
+    GPT2LMHeadModel,
+    PreTrainedTokenizerFast,
+    SpeechT5HifiGan,
+    SpeechT5HifiGanConfig,
+    T5Config,
+    T5EncoderModel,
+    T5GemmaConfig,
+    T5GemmaEncoderModel,
+    T5Tokenizer,
+)
 
 from .audio import save_wav, wav_bytes
+from .backends.audioldm2 import AudioLDM2Model
+from .backends.pipeline_tango import TangoPipeline
+from .backends.stable_audio import StableAudioModel
+from .backends.tango import TangoModel
+from .clap import clap_feature_extractor, train_clap_tokenizer
 
 TINY_WORDS = (
     "a dog barks and then birds chirp followed by rain falls while engine hums with people talk "
@@ -33,8 +70,6 @@ TINY_WORDS = (
 
 def tiny_tokenizer(words: list[str] | tuple[str, ...] = TINY_WORDS, model_max_length: int = 32):
     """A word-level `PreTrainedTokenizerFast` with T5's special tokens, built offline."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
 
     vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2}
     for word in words:
@@ -48,7 +83,6 @@ def tiny_tokenizer(words: list[str] | tuple[str, ...] = TINY_WORDS, model_max_le
 
 def tiny_scheduler():
     """TANGO's noise schedule (docs/tango.md): scaled_linear 0.00085 -> 0.012, v-prediction."""
-    from diffusers import DDPMScheduler
 
     return DDPMScheduler(
         num_train_timesteps=1000,
@@ -63,11 +97,6 @@ def tiny_scheduler():
 
 def tiny_tango(seed: int = 0, n_mels: int = 16, duration_s: float = 0.32):
     """A randomly initialised TangoModel with tiny components (CPU, milliseconds per step)."""
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from transformers import SpeechT5HifiGan, SpeechT5HifiGanConfig, T5Config, T5EncoderModel
-
-    from .backends.pipeline_tango import TangoPipeline
-    from .backends.tango import TangoModel
 
     torch.manual_seed(seed)
     tokenizer = tiny_tokenizer()
@@ -136,7 +165,6 @@ def save_tiny_tango(folder: str | Path | None = None, seed: int = 0) -> Path:
 def tiny_t5_tokenizer(words: list[str] | tuple[str, ...] = TINY_WORDS, model_max_length: int = 32):
     """A `T5Tokenizer` (a unigram over whole words) built offline: AudioLDM 2's pipeline checks the
     tokenizer's class to decide what to feed it."""
-    from transformers import T5Tokenizer
 
     vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + [("\u2581" + w, -1.0 - 0.01 * i) for i, w in enumerate(dict.fromkeys(w.lower() for w in words))]
     return T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=model_max_length)
@@ -146,11 +174,6 @@ def tiny_audioldm2(seed: int = 0, n_mels: int = 16, duration_s: float = 0.32):
     """A randomly initialised AudioLDM2Model: the real AudioLDM2Pipeline with tiny components of
     every real class (CLAP, T5, projection, GPT-2, AudioLDM2UNet2DConditionModel, AutoencoderKL,
     SpeechT5HifiGan) and AudioLDM 2's DDIM schedule (epsilon, scaled_linear 0.0015 -> 0.0195)."""
-    from diffusers import AudioLDM2Pipeline, AudioLDM2ProjectionModel, AudioLDM2UNet2DConditionModel, AutoencoderKL, DDIMScheduler
-    from transformers import ClapModel, GPT2Config, GPT2LMHeadModel, SpeechT5HifiGan, SpeechT5HifiGanConfig, T5Config, T5EncoderModel
-
-    from .backends.audioldm2 import AudioLDM2Model
-    from .clap import clap_feature_extractor, train_clap_tokenizer
 
     torch.manual_seed(seed)
     tokenizer = train_clap_tokenizer([line for line in TINY_CLAP_CORPUS.splitlines() if line.strip()], vocab_size=600, model_max_length=77)
@@ -226,7 +249,6 @@ def tiny_audioldm2(seed: int = 0, n_mels: int = 16, duration_s: float = 0.32):
 def save_tiny_audioldm2(folder: str | Path | None = None, seed: int = 0) -> Path:
     """A tiny AudioLDM 2 folder in the published checkpoints' layout: `save_pretrained`, with the
     language model stored as a `GPT2Model`, as `cvssp/audioldm2` stores it."""
-    import json
 
     folder = Path(folder or tempfile.mkdtemp(prefix="tiny-audioldm2-"))
     model = tiny_audioldm2(seed)
@@ -243,10 +265,7 @@ def tiny_stable_audio(seed: int = 0, window_frames: int = 64):
     of every real class (AutoencoderOobleck at 44.1 kHz stereo, T5, StableAudioProjectionModel,
     StableAudioDiTModel) and Stable Audio Open's sampler (cosine DPM-Solver, v-prediction).
     The window is `window_frames` latent frames of 256 samples (0.37 s)."""
-    from diffusers import AutoencoderOobleck, CosineDPMSolverMultistepScheduler, StableAudioDiTModel, StableAudioPipeline, StableAudioProjectionModel
-    from transformers import T5Config, T5EncoderModel
-
-    from .backends.stable_audio import StableAudioModel
+    from diffusers import CosineDPMSolverMultistepScheduler  # lazy: it needs torchsde, the optional extra [stable-audio]
 
     torch.manual_seed(seed)
     tokenizer = tiny_t5_tokenizer(model_max_length=16)
@@ -296,11 +315,11 @@ def tiny_stable_audio_3(seed: int = 0):
     of every real class (AutoencoderSAME at 44.1 kHz stereo, 64 samples a latent frame; T5Gemma's
     encoder; StableAudio3DurationEmbedder; StableAudio3DiTModel) and the base checkpoint's sampler
     (FlowMatchEulerDiscreteScheduler, deterministic Euler, timesteps in [0, 1])."""
+    # lazy: Stable Audio 3 is in recent diffusers only (the required minimum, 0.35, has none of it)
     from diffusers import AutoencoderSAME, FlowMatchEulerDiscreteScheduler, StableAudio3DiTModel, StableAudio3Pipeline
     from diffusers.pipelines.stable_audio_3.modeling_stable_audio_3 import StableAudio3DurationEmbedder
-    from transformers import T5GemmaConfig, T5GemmaEncoderModel
 
-    from .backends.stable_audio_3 import StableAudio3Model
+    from .backends.stable_audio_3 import StableAudio3Model  # lazy: imports StableAudio3Pipeline (recent diffusers only)
 
     torch.manual_seed(seed)
     tokenizer = tiny_tokenizer(model_max_length=16)
@@ -385,7 +404,6 @@ a train whistle followed by a crowd cheering and applause
 def tiny_clap_config(projection_dim: int = 32, vocab_size: int = 600):
     """A few-thousand-parameter CLAP that still takes 10 s at 48 kHz (1001 mel frames):
     spec_size must stay 256 (time axis 256 x freq_ratio 4 >= 1001); big patches keep it cheap."""
-    from transformers import ClapAudioConfig, ClapConfig, ClapTextConfig
 
     text = ClapTextConfig(
         vocab_size=vocab_size,
@@ -417,9 +435,6 @@ def tiny_clap_config(projection_dim: int = 32, vocab_size: int = 600):
 
 def save_tiny_clap(path: str | os.PathLike, seed: int = 0, projection_dim: int = 32) -> Path:
     """Write a tiny random `ClapModel` + `ClapProcessor` to `path` (save_pretrained) for tests."""
-    from transformers import ClapModel, ClapProcessor
-
-    from .clap import clap_feature_extractor, train_clap_tokenizer
 
     path = Path(path)
     tokenizer = train_clap_tokenizer([line for line in TINY_CLAP_CORPUS.splitlines() if line.strip()], vocab_size=600, model_max_length=77)
@@ -486,7 +501,7 @@ def synthetic_rating_rows(n_captions: int = 24, clips_per_caption: int = 4, seed
 
 def save_synthetic_ratings(path: str | os.PathLike, **kwargs) -> Path:
     """A preference dataset folder (save_to_disk) of synthetic human ratings."""
-    from .data import build_dataset
+    from .data import build_dataset  # lazy: toyworld.models (and so the Space) imports this module and needs no `datasets`
 
     path = Path(path)
     build_dataset(synthetic_rating_rows(**kwargs)).save_to_disk(str(path))
@@ -495,7 +510,6 @@ def save_synthetic_ratings(path: str | os.PathLike, **kwargs) -> Path:
 
 def save_synthetic_generations(folder: str | os.PathLike, n_captions: int = 4, clips_per_caption: int = 3, seed: int = 1) -> Path:
     """A RUN/generations/ folder (metadata.jsonl + clips/*.wav) following the generations contract."""
-    import json
 
     folder = Path(folder)
     rows = []

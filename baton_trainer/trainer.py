@@ -24,6 +24,10 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import cast_training_params
+from peft import LoraConfig
+from tqdm.auto import tqdm
 
 from .atomic import atomic_write_json
 from .backends import EXPORT_FILE, TextToAudioBackend, load_backend
@@ -81,9 +85,6 @@ class DiffusionTrainer:
             backend.mel.to(acc.device)
         denoiser = backend.denoiser
         if cfg.use_lora:
-            from diffusers.training_utils import cast_training_params
-            from peft import LoraConfig
-
             denoiser.requires_grad_(False)
             denoiser.to(acc.device, dtype=weight_dtype)
             if getattr(denoiser, "peft_config", None):  # an adapter loaded from an export (an online round): train it on
@@ -211,8 +212,6 @@ class DiffusionTrainer:
     def train(self, feedback: EncodedSet | PairedSet | None, pretrain: EncodedSet | None) -> Path:
         """Trains on the encoded `feedback` (None: the pretraining term alone) and `pretrain` data
         (`stages.finetune.load_training_data` makes both) and exports the result."""
-        from diffusers.optimization import get_scheduler
-        from tqdm.auto import tqdm
 
         cfg, acc = self.config, self.accelerator
         if feedback is None and pretrain is None:

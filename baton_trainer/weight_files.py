@@ -11,6 +11,7 @@ from typing import Any, Callable, Iterable, TypeVar
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
 
 
 class WeightFileError(ValueError):
@@ -61,8 +62,6 @@ def load_state_dict_file(path: str | os.PathLike, what: str = "model", error: ty
         raise error(f"{path}: not found (the {what} weights)")
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
             state = load_file(str(path))
         else:
             state = _torch_load(path)

@@ -37,8 +37,11 @@ import numpy as np
 
 from baton_trainer.audio import save_wav
 from baton_trainer.backends.base import TextToAudioBackend
+from baton_trainer.captions import make_caption
+from baton_trainer.evaluation.test_captions import load_test_captions
 from baton_trainer.formatting import display_path, format_number
 from baton_trainer.spectrogram import spectrogram_image
+from baton_trainer.toyworld.events import EVENT_NAMES
 from spaces_demo.models import SpaceConfig, load_models
 
 MAX_PROMPT_CHARS = 300
@@ -120,8 +123,6 @@ def _is_toy(model: TextToAudioBackend) -> bool:
 
 def toy_example_captions() -> list[str]:
     """A few captions of the toy world's events, in the forms the toy model was trained on."""
-    from baton_trainer.captions import make_caption
-    from baton_trainer.toyworld.events import EVENT_NAMES
 
     n = EVENT_NAMES
     return [
@@ -134,7 +135,6 @@ def toy_example_captions() -> list[str]:
 
 def paper_example_captions(per_task: int = 3) -> list[str]:
     """The first captions of the paper's 2-label (integrity) and 3-label (temporal) test lists."""
-    from baton_trainer.evaluation.test_captions import load_test_captions
 
     return [row["caption"] for task in ("integrity", "temporal") for row in load_test_captions(task)[:per_task]]
 

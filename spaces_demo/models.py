@@ -12,9 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import reward_hub
 from baton_trainer.backends import EXPORT_FILE, TextToAudioBackend, load_backend
 from baton_trainer.hub import resolve_folder
 from baton_trainer.runtime import pick_device
+from baton_trainer.toyworld.models import PRETRAINED_DIR, TOY_TANGO_PATH
 
 NONE_VALUES = {"none", "off", ""}
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -73,8 +75,6 @@ class SpaceConfig:
 
 
 def _toy_pretrained() -> Path:
-    from baton_trainer.toyworld.models import PRETRAINED_DIR
-
     return PRETRAINED_DIR
 
 
@@ -174,8 +174,6 @@ def resolve_models(config: SpaceConfig) -> ResolvedModels:
     elif base is None:
         base = export_base(_local_folder(aligned, "aligned export"))
     if base is None:
-        from baton_trainer.toyworld.models import TOY_TANGO_PATH
-
         base = str(TOY_TANGO_PATH)
 
     reward = config.reward_model
@@ -221,8 +219,6 @@ def load_models(config: SpaceConfig) -> tuple[TextToAudioBackend, TextToAudioBac
     aligned = load_aligned(base, resolved.aligned_export) if resolved.aligned_export else None
     reward = None
     if resolved.reward_model:
-        import reward_hub
-
         try:
             reward = reward_hub.load(resolved.reward_model, device=device)
         except (OSError, ValueError) as exc:

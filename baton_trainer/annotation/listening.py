@@ -33,8 +33,12 @@ import zlib
 from pathlib import Path
 from typing import Any, Sequence
 
+import krippendorff
 import numpy as np
 
+from ..atomic import atomic_write_json, atomic_write_text
+from ..audio import load_audio, save_wav
+from ..generations import read_generations
 from .store import AnnotationError, AnnotationStore, _clean_annotator, _now
 
 MODES = ("mos_q", "mos_f", "ab")
@@ -118,8 +122,6 @@ def build_campaign(
     """Trials over `eval_dir/clips/<model>/` (the evaluate stage's clips: same captions and seeds
     for every model), plus one repeated and one known-bad trial. Idempotent: an existing campaign
     of that name is kept as it is. Returns the campaign name."""
-    from ..audio import load_audio, save_wav
-    from ..generations import read_generations
 
     if mode not in MODES:
         raise AnnotationError(f"mode must be one of {list(MODES)}, got {mode!r}")
@@ -201,7 +203,7 @@ def _attention(trials: dict[int, dict[str, Any]], answers: dict[int, int], mode:
 
 def t_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
     """(mean, lo, hi): the Student-t interval of a mean."""
-    from scipy import stats
+    from scipy import stats  # lazy: only the export's numbers need scipy, serving the test does not
 
     x = np.asarray(values, dtype=np.float64)
     mean = float(x.mean())
@@ -214,7 +216,7 @@ def t_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float
 def listening_results(store: ListeningStore, campaign: str, exclude_failed: bool = True) -> dict[str, Any]:
     """The campaign's numbers, on the test trials (attention checks left out), without the raters
     who failed an attention check unless `exclude_failed` is False."""
-    from scipy.stats import binomtest
+    from scipy.stats import binomtest  # lazy: only the export's numbers need scipy, serving the test does not
 
     trials = {t["trial_id"]: t for t in store.trials(campaign)}
     if not trials:
@@ -277,7 +279,6 @@ def listening_results(store: ListeningStore, campaign: str, exclude_failed: bool
 def krippendorff_alpha(matrix: np.ndarray) -> float | None:
     """Ordinal Krippendorff's alpha of a raters x items matrix (NaN: not rated); None when there
     are not two ratings of any item or only one value occurs."""
-    import krippendorff
 
     pairable = np.sum(np.isfinite(matrix), axis=0) >= 2
     values = matrix[np.isfinite(matrix)]
@@ -290,9 +291,7 @@ def export_results(store: ListeningStore, campaign: str, eval_dir: str | Path) -
     """`eval_dir/listening/<campaign>.json` and `.md`, a section in `eval_dir/report.md`, the
     numbers merged into `eval_dir/metrics.json` (per model, where the aligned model's card reads
     them) and the trials and answers as a datasets folder (`save_to_disk`) for `push_to_hub`."""
-    import datasets
-
-    from ..atomic import atomic_write_json, atomic_write_text
+    import datasets  # lazy: only the export needs `datasets`, serving the test does not
 
     eval_dir = Path(eval_dir)
     results = listening_results(store, campaign)
@@ -364,9 +363,7 @@ QUESTIONS = {
 def build_listening_app(store: ListeningStore, campaign: str, eval_dir: str | Path):
     """The blinded test as a Gradio app. Clips are sent as audio data, never as file paths, so
     neither a player label nor a URL names the model; only files inside `eval_dir` are read."""
-    import gradio as gr
-
-    from ..audio import load_audio
+    import gradio as gr  # lazy: only serving the test needs gradio, the export does not
 
     root = Path(eval_dir).resolve()
     trials = store.trials(campaign)

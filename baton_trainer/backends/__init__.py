@@ -11,8 +11,11 @@ and one line in `BACKENDS` (docs/backends.md).
 
 from __future__ import annotations
 
+import importlib
+import json
 import os
 
+from ..hub import resolve_folder
 from .base import EXPORT_FILE, TextConditioning, TextToAudioBackend
 
 # What a Hub snapshot of a model folder needs (weights, configs, tokenizer files, component code).
@@ -28,7 +31,6 @@ BACKENDS = {
 
 def backend_class(pipeline_class: str) -> type:
     """The adapter for a diffusers pipeline class name."""
-    import importlib
 
     if pipeline_class not in BACKENDS:
         raise ValueError(f"no backend for diffusers pipeline {pipeline_class!r} (known: {', '.join(BACKENDS)})")
@@ -45,9 +47,8 @@ def load_backend(
 ) -> TextToAudioBackend:
     """The model at `name_or_path` (a folder or Hub id, either TANGO layout), on `device` in
     `torch_dtype`, with a trained export (a folder or Hub id) applied when given."""
-    import json
-
-    from ..hub import resolve_folder
+    # lazy, as the adapters in BACKENDS: a config check imports this package (through the
+    # objectives and backends.base), and diffusers and transformers load with the model
     from .tango import LEGACY_MODEL_FILE, TangoModel
     from .tango_original import MAIN_CONFIG, is_original_tango_folder, load_original_tango
 

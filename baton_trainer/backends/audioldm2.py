@@ -28,7 +28,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from diffusers import AudioLDM2Pipeline, DDPMScheduler
+from transformers import GPT2LMHeadModel
 
+from ..hub import resolve_folder
+from ..weight_files import load_pretrained
 from .base import TextConditioning, TextToAudioBackend
 from .mel import MelConfig, MelFrontEnd, MelLatents
 from .pipeline_tango import SAMPLERS
@@ -80,8 +83,6 @@ class AudioLDM2Model(MelLatents, TextToAudioBackend):
         cls, name_or_path: str | Path, export: str | Path | None = None, device=None, torch_dtype=None, revision: str | None = None
     ) -> "AudioLDM2Model":
         """An AudioLDM 2 pipeline folder or Hub id (`cvssp/audioldm2`), with a trained export on top."""
-        from ..hub import resolve_folder
-        from ..weight_files import load_pretrained
 
         folder = resolve_folder(name_or_path, "model", revision)
         index = load_pretrained(lambda f: json.loads(Path(f).read_text(encoding="utf-8")), folder / "model_index.json", "a pipeline index")
@@ -89,8 +90,6 @@ class AudioLDM2Model(MelLatents, TextToAudioBackend):
         if index.get("language_model", [None, None])[1] == "GPT2Model":
             # The published checkpoints name GPT2Model, which has no generation helpers in
             # transformers 5; the pipeline needs GPT2LMHeadModel, whose body is the same weights.
-            from transformers import GPT2LMHeadModel
-
             components["language_model"] = load_pretrained(GPT2LMHeadModel.from_pretrained, folder / "language_model", "a GPT-2 language model")
         pipe = load_pretrained(lambda f: AudioLDM2Pipeline.from_pretrained(f, torch_dtype=torch_dtype, **components), folder, "an AudioLDM2Pipeline")
         model = cls(pipe)

@@ -21,6 +21,9 @@ written once here, over `self.pipe`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import hashlib
+import importlib
 import json
 import math
 import shutil
@@ -31,6 +34,12 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_write_json
+from ..hub import resolve_folder
+from ..weight_files import load_pretrained, load_state_dict_file
+
+# peft, diffusers' LoRA helpers and safetensors are imported in the methods that use them: checking
+# a finetune config imports this module (through the objectives), and the model's libraries load
+# with the model.
 
 EXPORT_FILE = "baton_export.json"
 
@@ -80,7 +89,6 @@ def import_own_components(folder: str | Path) -> None:
     component's library (the toy flow model's `baton_trainer.toyworld.mel_autoencoder`): diffusers
     loads a component only from a library it knows or a module already imported, and this
     package's own modules are not remote code."""
-    import importlib
 
     index = Path(folder) / "model_index.json"
     entries = json.loads(index.read_text(encoding="utf-8")).values() if index.is_file() else []
@@ -148,7 +156,6 @@ class TextToAudioBackend(ABC):
     def fingerprint(self) -> str:
         """Identifies the encoders and preprocessing, for cache keys of latents and text embeddings:
         the model, every frozen module's config and dtype, and `preprocessing()`."""
-        import hashlib
 
         frozen = []
         for module in self.frozen_modules():
@@ -272,7 +279,7 @@ class TextToAudioBackend(ABC):
         if hasattr(self.denoiser, "add_adapter"):
             self.denoiser.add_adapter(config)
             return
-        from peft import inject_adapter_in_model
+        from peft import inject_adapter_in_model  # lazy: a config check imports this module (see the top)
 
         inject_adapter_in_model(config, self.denoiser, adapter_name="default")
         self.denoiser.peft_config = {"default": config}
@@ -291,7 +298,7 @@ class TextToAudioBackend(ABC):
     def switch_adapters(denoiser: torch.nn.Module, enabled: bool) -> None:
         """Turn the denoiser's LoRA adapter on or off with peft's own switch, whichever way it was
         added; switching it on also makes the active adapter trainable."""
-        from peft.tuners.tuners_utils import BaseTunerLayer
+        from peft.tuners.tuners_utils import BaseTunerLayer  # lazy: a config check imports this module (see the top)
 
         for layer in denoiser.modules():
             if isinstance(layer, BaseTunerLayer):
@@ -328,6 +335,7 @@ class TextToAudioBackend(ABC):
             for stale in folder.glob("pytorch_lora_weights*.safetensors"):
                 stale.unlink()
         if mode == "lora":
+            # lazy: a config check imports this module (see the top)
             from diffusers.loaders.lora_base import LoraBaseMixin
             from diffusers.utils import convert_state_dict_to_diffusers
             from peft.utils import get_peft_model_state_dict
@@ -352,8 +360,6 @@ class TextToAudioBackend(ABC):
         atomic_write_json(folder / EXPORT_FILE, {"mode": mode, "base": base})
 
     def _export_mode(self, folder: Path) -> str:
-        from ..weight_files import load_pretrained
-
         info_file = folder / EXPORT_FILE
         if not info_file.is_file():
             raise FileNotFoundError(f"{folder}: not a trained export (no {EXPORT_FILE})")
@@ -364,8 +370,6 @@ class TextToAudioBackend(ABC):
 
     def load_trained(self, folder: str | Path) -> None:
         """Apply an export written by `save_trained` (a folder or Hub id) on top of this (base) model."""
-        from ..hub import resolve_folder
-        from ..weight_files import load_pretrained
 
         folder = resolve_folder(folder, "trained export")
         if self._export_mode(folder) == "lora":
@@ -383,9 +387,8 @@ class TextToAudioBackend(ABC):
     def _inject_saved_lora(self, folder: Path) -> None:
         """A diffusers-format adapter on a denoiser whose pipeline has no `load_lora_weights`: the
         adapter's config from the file's metadata, then its weights (what peft users do by hand)."""
-        import dataclasses
 
-        from peft import LoraConfig
+        from peft import LoraConfig  # lazy: a config check imports this module (see the top)
 
         state, metadata = lora_file_contents(folder, self.denoiser_name)
         fields = {f.name for f in dataclasses.fields(LoraConfig) if f.init}
@@ -395,10 +398,10 @@ class TextToAudioBackend(ABC):
     def restore_trained(self, denoiser: torch.nn.Module, folder: str | Path, lora_state: dict | None = None) -> None:
         """Load a checkpoint's trained part into `denoiser` in place (resuming: the adapter or the
         weights go into the module the optimiser holds)."""
-        from ..weight_files import load_state_dict_file
 
         folder = Path(folder)
         if self._export_mode(folder) == "lora":
+            # lazy: a config check imports this module (see the top)
             from diffusers.utils import convert_unet_state_dict_to_peft
             from peft.utils import set_peft_model_state_dict
 
@@ -414,7 +417,7 @@ def lora_file_contents(folder: str | Path, prefix: str = "unet") -> tuple[dict[s
     """A diffusers-format LoRA file's denoiser weights (`prefix.` removed) and the adapter's
     `LoraConfig` fields from its metadata. Read with safetensors: diffusers' readers are per
     pipeline family, and this file is always the one `save_trained` writes."""
-    from safetensors import safe_open
+    from safetensors import safe_open  # lazy: a config check imports this module (see the top)
 
     path = Path(folder) / "pytorch_lora_weights.safetensors"
     if not path.is_file():

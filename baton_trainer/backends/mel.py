@@ -23,6 +23,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from ..audio import slaney_mel_filters
+
 Framing = Literal["tango", "half_hop"]
 LOG_FLOOR = 1e-5  # TANGO's dynamic-range compression clamps magnitudes here before the log
 
@@ -67,7 +69,6 @@ class MelFrontEnd(torch.nn.Module):
 
     def __init__(self, config: MelConfig | None = None):
         super().__init__()
-        from ..audio import slaney_mel_filters
 
         self.config = config = config or MelConfig()
         basis = slaney_mel_filters(config.sample_rate, config.n_fft, config.n_mels, config.fmin, config.fmax)

@@ -27,7 +27,11 @@ import importlib.util
 from pathlib import Path
 
 import torch
+from diffusers import StableAudioPipeline
+from diffusers.models.embeddings import get_1d_rotary_pos_embed
 
+from ..hub import resolve_folder
+from ..weight_files import load_pretrained
 from .base import TextConditioning, TextToAudioBackend, mixed_to_mono, mono_into_channels
 
 
@@ -61,10 +65,6 @@ class StableAudioModel(TextToAudioBackend):
         cls, name_or_path: str | Path, export: str | Path | None = None, device=None, torch_dtype=None, revision: str | None = None
     ) -> "StableAudioModel":
         """A Stable Audio pipeline folder or Hub id (`stabilityai/stable-audio-open-1.0`), with a trained export on top."""
-        from diffusers import StableAudioPipeline
-
-        from ..hub import resolve_folder
-        from ..weight_files import load_pretrained
 
         folder = resolve_folder(name_or_path, "model", revision)
         if importlib.util.find_spec("torchsde") is None:
@@ -92,7 +92,6 @@ class StableAudioModel(TextToAudioBackend):
 
     def denoiser_kwargs(self, latents: torch.Tensor) -> dict:
         """The rotary embedding the pipeline builds: over the latent frames and the one global token."""
-        from diffusers.models.embeddings import get_1d_rotary_pos_embed
 
         return {"rotary_embedding": get_1d_rotary_pos_embed(self.pipe.rotary_embed_dim, latents.shape[2] + 1, use_real=True, repeat_interleave_real=False)}
 

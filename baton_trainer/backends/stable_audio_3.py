@@ -27,7 +27,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from diffusers import StableAudio3Pipeline
 
+from ..hub import resolve_folder
+from ..weight_files import load_pretrained
 from .base import TextConditioning, TextToAudioBackend, import_own_components, mixed_to_mono, mono_into_channels
 
 # stable-audio-tools' "log_snr" timestep sampler defaults (training/diffusion.py)
@@ -61,10 +64,6 @@ class StableAudio3Model(TextToAudioBackend):
         cls, name_or_path: str | Path, export: str | Path | None = None, device=None, torch_dtype=None, revision: str | None = None
     ) -> "StableAudio3Model":
         """A Stable Audio 3 pipeline folder or Hub id (`stabilityai/stable-audio-3-medium-base`), with a trained export on top."""
-        from diffusers import StableAudio3Pipeline
-
-        from ..hub import resolve_folder
-        from ..weight_files import load_pretrained
 
         folder = resolve_folder(name_or_path, "model", revision)
         import_own_components(folder)

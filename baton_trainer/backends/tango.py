@@ -14,15 +14,20 @@ Griffin-Lim vocoder that travels in its folder (`vocoder/griffin_lim_vocoder.py`
 
 from __future__ import annotations
 
+import importlib
 import json
 import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler
+from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
+from transformers import AutoTokenizer, SpeechT5HifiGan, T5EncoderModel
 
+from ..hub import resolve_folder
+from ..weight_files import load_pretrained
 from .base import TextConditioning, TextToAudioBackend
+from .griffin_lim_vocoder import GriffinLimVocoder
 from .mel import MelConfig, MelFrontEnd, MelLatents
 from .pipeline_tango import TangoPipeline
 
@@ -34,8 +39,6 @@ CUSTOM_COMPONENTS = {"griffin_lim_vocoder": "baton_trainer.backends.griffin_lim_
 
 
 def _custom_class(module_name: str, class_name: str):
-    import importlib
-
     if module_name not in CUSTOM_COMPONENTS:
         raise ValueError(f"unknown component module {module_name!r} (known: {', '.join(CUSTOM_COMPONENTS)})")
     return getattr(importlib.import_module(CUSTOM_COMPONENTS[module_name]), class_name)
@@ -44,9 +47,6 @@ def _custom_class(module_name: str, class_name: str):
 def load_tango_pipeline(folder: Path, torch_dtype: torch.dtype | None = None) -> TangoPipeline:
     """A TangoPipeline from a saved folder of either layout, every component from this package's
     classes (or diffusers' and transformers'), each loaded on its own so a bad file is named."""
-    import importlib
-
-    from ..weight_files import load_pretrained
 
     if not (folder / "model_index.json").is_file():
         settings = load_pretrained(lambda f: json.loads(Path(f).read_text(encoding="utf-8")), folder / LEGACY_MODEL_FILE, "model settings")
@@ -69,11 +69,6 @@ def load_tango_pipeline(folder: Path, torch_dtype: torch.dtype | None = None) ->
 def _legacy_pipeline(folder: Path, settings: dict) -> TangoPipeline:
     """A folder of the first layout: its settings file names the vocoder class and the sampler;
     its mel front end was the half-hop framing."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import AutoTokenizer, SpeechT5HifiGan, T5EncoderModel
-
-    from ..weight_files import load_pretrained
-    from .griffin_lim_vocoder import GriffinLimVocoder
 
     def vocoder_from(path: str):
         if settings.get("vocoder_class") == "SpeechT5HifiGan":
@@ -138,7 +133,6 @@ class TangoModel(MelLatents, TextToAudioBackend):
         """A saved model folder (or a Hub id of one), then a trained export (LoRA adapter or full
         UNet, a folder or Hub id) on top when given. TANGO's original Hub layout loads through
         `baton_trainer.backends.load_backend`."""
-        from ..hub import resolve_folder
 
         folder = resolve_folder(name_or_path, "model", revision)
         if not (folder / "model_index.json").is_file() and not (folder / LEGACY_MODEL_FILE).is_file():

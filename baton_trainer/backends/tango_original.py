@@ -30,6 +30,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate import init_empty_weights
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from transformers import AutoConfig, AutoTokenizer, SpeechT5HifiGan, SpeechT5HifiGanConfig, T5EncoderModel
 
 from ..weight_files import WeightFileError, first_keys, load_state_dict_file, load_state_strict
 from .mel import MelConfig, MelFrontEnd
@@ -278,8 +281,6 @@ def _resolve_text_encoder(folder: Path, name: str) -> str:
 
 
 def _load_scheduler(folder: Path, scheduler_name: str | None):
-    from diffusers import DDPMScheduler
-
     kept = CONFIG_DIR / "scheduler_config.json"
     if scheduler_name is None or scheduler_name in SD21_SCHEDULERS:
         # SD 2.1's DDIMScheduler config loaded as DDPM, as TANGO does: v_prediction, steps_offset 1,
@@ -330,7 +331,6 @@ def mel_config_from_stft(stft_config: dict[str, Any], where: str = STFT_CONFIG) 
 
 def _empty_init(build):
     """Build a module with parameters on the meta device (weights come from the checkpoint)."""
-    from accelerate import init_empty_weights
 
     with init_empty_weights(include_buffers=False):
         return build()
@@ -358,8 +358,6 @@ def load_original_tango(
     config and tokenizer; its weights are replaced by the checkpoint's `text_encoder.*`).
     `unet_config` / `vocoder_config` override the configs found in the folder or kept in the repo.
     """
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import AutoConfig, AutoTokenizer, SpeechT5HifiGan, SpeechT5HifiGanConfig, T5EncoderModel
 
     folder = Path(folder)
     main_config = _read_json(folder / MAIN_CONFIG)

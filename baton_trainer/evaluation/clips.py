@@ -9,8 +9,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+import reward_hub
+
 from ..atomic import atomic_write_bytes
 from ..audio import load_audio
+from ..clap import CLAP_SAMPLE_RATE
+from ..generations import read_generations
+from ..hub import resolve_folder
+from ..runtime import pick_device
+from .event_scores import ToyEventDetector, event_metrics, score_clips
+from .test_captions import load_test_captions
 
 if TYPE_CHECKING:
     from ..layout import RunLayout
@@ -20,8 +28,6 @@ def captions_file(captions: str, layout: "RunLayout") -> tuple[Path, str]:
     """The captions to evaluate (`captions`: 'paper', 'heldout' or a file) as a JSONL file the
     generate stage reads, and its split filter."""
     if captions == "paper":
-        from .test_captions import load_test_captions
-
         rows = [{**r, "labels": r.get("labels", []), "split": "heldout"} for r in load_test_captions()]
         path = layout.eval / "captions.jsonl"
         atomic_write_bytes(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode())
@@ -52,7 +58,6 @@ def best_of_n(
     reward model `reward_model` scores highest. Returns the base rows (same clip ids and file
     names, the winner's seed, candidate id and score) and the winners' waveforms; the winners are
     also written as a generations folder of their own, `winners` (RUN/eval/clips/best_of_<N>/)."""
-    from ..clap import CLAP_SAMPLE_RATE
 
     rows = sorted_rows(candidates)
     model = load_scorer(reward_model, "reward model", device)
@@ -78,7 +83,6 @@ def best_of_n(
 
 def sorted_rows(folder: Path) -> list[dict[str, Any]]:
     """A generations folder's rows, by caption, then clip."""
-    from ..generations import read_generations
 
     return sorted(read_generations(folder), key=lambda r: (r["caption_id"], r["clip_index"]))
 
@@ -96,10 +100,6 @@ def read_clips(folder: Path, sample_rate: int = 16000) -> tuple[list[dict[str, A
 
 def load_scorer(path: str | Path, what: str, device: str | None = None):
     """A reward model (the run's, or a judge) from a folder or Hub id, on `device` (default cuda if there)."""
-    import reward_hub
-
-    from ..hub import resolve_folder
-    from ..runtime import pick_device
 
     return reward_hub.load(str(resolve_folder(path, what)), device=pick_device(device))
 
@@ -108,7 +108,6 @@ def oracle_metrics(rows: list[dict[str, Any]], clips: list[np.ndarray], sample_r
     """Integrity accuracy on 2-label (integrity-task) captions, temporal accuracy on 3-label
     (temporal-task) captions, as the toy world's oracle judges them (through its detector, the
     evaluation's event path), each with its standard error and clip count."""
-    from .event_scores import ToyEventDetector, event_metrics, score_clips
 
     metrics = event_metrics(score_clips(ToyEventDetector(), rows, clips, sample_rate))
     return {k: v for k, v in metrics.items() if k.startswith(("integrity_accuracy", "temporal_accuracy"))}

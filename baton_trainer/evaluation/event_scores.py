@@ -34,6 +34,7 @@ as the paper's AudioCaps captions, through an editable phrase table (`EventMap`,
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import re
 from pathlib import Path
@@ -41,7 +42,10 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from ..atomic import atomic_write_text
 from ..segments import active_segments
+from ..toyworld.oracle import OracleAnnotator
+from .models import MissingCheckpointError, PannsCnn14Sed
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 AUDIOSET_CLASSES_FILE = ASSETS / "audioset_classes.tsv"
@@ -273,8 +277,6 @@ class ToyEventDetector:
     name = "toy oracle detector"
 
     def __init__(self, oracle=None, temperature: float = 0.5):
-        from ..toyworld.oracle import OracleAnnotator
-
         self.oracle = oracle or OracleAnnotator()
         self.temperature = float(temperature)
         self.classes = list(self.oracle._bands)
@@ -317,8 +319,6 @@ class PannsSedDetector:
 
     @classmethod
     def from_checkpoint(cls, path, device=None) -> "PannsSedDetector":
-        from .models import PannsCnn14Sed
-
         return cls(PannsCnn14Sed.from_checkpoint(path, device=device))
 
     def thresholds(self) -> EventThresholds:
@@ -419,10 +419,6 @@ def score_models_events(config, detector_name: str, rows_by_model, clips_by_mode
     """The evaluate stage's event scores: each model's clips through one detector; metrics and
     per-clip outcomes added in place, `RUN/eval/events.jsonl` written (every clip's named events,
     detections and scores). Returns the report's lines naming the detector and its thresholds."""
-    import json
-
-    from ..atomic import atomic_write_text
-    from .models import MissingCheckpointError
 
     try:
         detector = load_detector(detector_name, config.detector_checkpoint, config.device)

@@ -21,6 +21,8 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
+from .metrics import frechet_distance_from_embeddings, inception_score, within_caption_spread
+
 CONFIDENCE = 0.95
 
 
@@ -119,7 +121,6 @@ def model_intervals(
     difference_hi]}. Per-clip metrics (`per_clip[model][metric]`) get `bootstrap_means`, paired
     against the first model; FD (`embeddings["fd"|"fd_clap"|"fad"]`, a model's rows per clip and
     the fixed "reference") and IS (`embeddings["is"]`, logits) are refit on each resample."""
-    from .metrics import frechet_distance_from_embeddings, inception_score
 
     models = list(per_clip)
     out: dict[str, dict[str, dict[str, float]]] = {m: {} for m in models}
@@ -129,8 +130,6 @@ def model_intervals(
         for m, stats in bootstrap_means(values, caption_ids, resamples=resamples, seed=seed).items():
             out[m][key] = {k: v for k, v in stats.items() if k != "mean"}
     if "clap_audio" in embeddings:  # diversity is one number per caption: resample those
-        from .metrics import within_caption_spread
-
         ids = [str(c) for c in caption_ids]
         captions = sorted(set(ids))
         spreads = {}

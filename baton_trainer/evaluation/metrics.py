@@ -23,6 +23,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..clap import ClapEmbedder
+
 
 class MetricInputError(ValueError):
     """Inputs a metric cannot use; the message names the argument, row or clip."""
@@ -264,8 +266,6 @@ def kl_divergence(
 
 
 def _as_embedder(model: Any):
-    from ..clap import ClapEmbedder
-
     if isinstance(model, ClapEmbedder):
         return model
     return ClapEmbedder(model)

@@ -15,6 +15,8 @@ import numpy as np
 
 from ..atomic import atomic_save_figure, atomic_write_text
 from ..runtime import library_versions
+from ..spectrogram import draw_spectrogram
+from .intervals import seed_spread
 
 FD_DEFINITION = (
     "FD: Fréchet distance between Gaussians fitted to PANNs Cnn14 (16 kHz, Cnn14_16k_mAP=0.438) 2048-d "
@@ -200,10 +202,10 @@ def _table(metrics: Mapping[str, Mapping[str, Any]], keys: list[str], intervals:
 
 
 def _pyplot():
-    import matplotlib
+    import matplotlib  # lazy: slow to import, and the backend must be set before pyplot loads
 
     matplotlib.use("Agg", force=True)  # files only; never a window
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: after matplotlib.use
 
     return plt
 
@@ -280,7 +282,6 @@ def _plot_spectrograms(spectrograms: Mapping[str, Mapping[str, Any]], path: Path
         if not isinstance(spectrograms[row], Mapping):
             raise ReportInputError(f"spectrograms[{row!r}]: expected a mapping of model name -> audio")
         columns += [c for c in spectrograms[row] if c not in columns]
-    from ..spectrogram import draw_spectrogram
 
     plt = _pyplot()
     fig, axes = plt.subplots(len(rows), len(columns), figsize=(3.6 * len(columns), 2.3 * len(rows) + 0.4), squeeze=False)
@@ -457,7 +458,6 @@ def write_seed_report(eval_dirs: Sequence[str | os.PathLike], out_dir: str | os.
     """The spread across training seeds: each run's `metrics.json` (one evaluation per seed of
     training, same captions) -> `seeds.json` and `seeds.md` in `out_dir` with, per model and
     metric, the mean, the standard deviation and standard error over seeds, and each seed's value."""
-    from .intervals import seed_spread
 
     runs = []
     for folder in eval_dirs:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import atomic_write_bytes
+from ..formatting import display_path
 from ..layout import RunLayout
 
 
@@ -45,7 +46,6 @@ def reward_model_summary(layout: RunLayout, out: Path) -> tuple[dict[str, Any], 
 def scorer_lines(layout: RunLayout, clap_model: str | None, detector: str | None) -> dict[str, str]:
     """Which scorer trained the aligned model and which judged it, for the report header, with a
     warning when a judge is the training reward's own backbone (it then grades its own homework)."""
-    from ..formatting import display_path
 
     lines: dict[str, str] = {}
     backbone = None

@@ -14,7 +14,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .metrics import MetricInputError, clap_score, frechet_distance_from_embeddings, inception_score, kl_divergence
+from .metrics import MetricInputError, _as_embedder, clap_score, frechet_distance_from_embeddings, inception_score, kl_divergence
 from .models import PANNS_CNN14_16K_FILE, PANNS_CNN14_16K_URL, VGGISH_FILE, VGGISH_URL, MissingCheckpointError, PannsCnn14, VGGish
 
 
@@ -86,8 +86,6 @@ def compute_metrics(
     if clap is None:
         skipped["clap_score"] = "no CLAP model given (e.g. laion/clap-htsat-unfused)"
     else:
-        from .metrics import _as_embedder
-
         clap = _as_embedder(clap)
         embeddings["clap_audio"] = {m: clap.embed_audio(clips, sample_rate).cpu().numpy() for m, clips in generated.items()}
         for model_name, clips in generated.items():

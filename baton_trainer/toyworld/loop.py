@@ -9,8 +9,18 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from ..annotation.store import AnnotationStore
 from ..atomic import atomic_write_bytes, atomic_write_json
+from ..audio import load_audio, save_wav, wav_bytes
+from ..data import PRETRAIN_FEATURES, build_dataset, load_preference_dataset, save_dataset_atomic
+from ..generations import read_generations
 from ..layout import RunLayout
+from ..reward_training import plot_reward_histogram
+from .events import EVENT_NAMES
+from .oracle import OracleAnnotator, alignment_outcomes, annotate_store
+from .render import PRETRAIN_WORLD, iter_dataset
 
 WORLD_KEYS = ("order_noise", "event_dropout", "pair_event_dropout", "gap_concentration")
 
@@ -19,7 +29,6 @@ def model_world(model: str | Path) -> dict[str, Any]:
     """The loose world a shipped toy model learned from, as its `training_report.json` records it
     (`render.PRETRAIN_WORLD` for a model without one), so that the pretraining term keeps the model close
     to its own pretraining data."""
-    from .render import PRETRAIN_WORLD
 
     world = dict(PRETRAIN_WORLD)
     report = Path(model) / "training_report.json"
@@ -32,10 +41,6 @@ def model_world(model: str | Path) -> dict[str, Any]:
 def write_toy_inputs(layout: RunLayout, model: str, pretrain_clips: int, reference_clips: int, seed: int) -> None:
     """The toy world's label vocabulary, rendered pretraining clips (the pretraining term's data) and
     reference clips (for FD) from the world the model learned from, each written once."""
-    from ..audio import save_wav, wav_bytes
-    from ..data import PRETRAIN_FEATURES, build_dataset, save_dataset_atomic
-    from .events import EVENT_NAMES
-    from .render import iter_dataset
 
     world = model_world(model)
 
@@ -58,11 +63,6 @@ def write_toy_inputs(layout: RunLayout, model: str, pretrain_clips: int, referen
 def oracle_ratings(layout: RunLayout, rated_fraction: float, rate_by: str, error_rate: float, skip_rate: float, seed: int) -> dict[str, int]:
     """The oracle rates a seeded share of the clips (`rate_by` "clip"), or every clip of a share
     of the captions ("caption": reward labels then reach captions nobody rated)."""
-    import numpy as np
-
-    from ..annotation.store import AnnotationStore
-    from ..generations import read_generations
-    from .oracle import OracleAnnotator, annotate_store
 
     rows = read_generations(layout.generations)
     unit = "caption_id" if rate_by == "caption" else "clip_id"
@@ -81,11 +81,6 @@ def oracle_ratings(layout: RunLayout, rated_fraction: float, rate_by: str, error
 def oracle_ratings_of(generations: Path, store_path: Path, count: int, error_rate: float, skip_rate: float, seed: int) -> dict[str, int]:
     """The oracle rates `count` seeded clips of a generations folder into the store at `store_path`
     (an online round's rating budget); clips it already rated are not asked again."""
-    import numpy as np
-
-    from ..annotation.store import AnnotationStore
-    from ..generations import read_generations
-    from .oracle import OracleAnnotator, annotate_store
 
     clip_ids = sorted(r["clip_id"] for r in read_generations(generations))
     picked = sorted(clip_ids[i] for i in np.random.default_rng(seed).permutation(len(clip_ids))[:count])
@@ -108,12 +103,6 @@ def check_reward_labels(layout: RunLayout) -> dict[str, Any]:
     part of the reward-weighted loss that teaches the wrong thing; overall and by task) and
     RUN/reward_label_check.png (the rewards by the oracle's answer).
     """
-    import numpy as np
-
-    from ..audio import load_audio
-    from ..data import load_preference_dataset, save_dataset_atomic
-    from ..reward_training import plot_reward_histogram
-    from .oracle import alignment_outcomes
 
     out, report, plot = layout.reward_labeled_oracle, layout.reward_label_check, layout.reward_label_check_plot
     ds = load_preference_dataset(layout.reward_labeled)

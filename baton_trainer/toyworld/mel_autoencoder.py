@@ -20,6 +20,7 @@ The toy world is mono: `encode` averages the channels it is given, `decode` retu
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,7 +74,6 @@ class ToyMelAutoencoder(ModelMixin, ConfigMixin):
     @classmethod
     def from_toy_tango(cls, folder: str | Path, n_iter: int = 32) -> "ToyMelAutoencoder":
         """The toy TANGO's trained VAE (weights and scaling factor) and mel settings, copied."""
-        import json
 
         folder = Path(folder)
         index = json.loads((folder / "model_index.json").read_text())

@@ -27,9 +27,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from transformers import ClapAudioConfig, ClapConfig, ClapModel, ClapProcessor, ClapTextConfig, T5Config, T5EncoderModel, T5GemmaConfig, T5GemmaEncoderModel
 
-from ..captions import INTEGRITY_CONJUNCTIONS, TEMPORAL_CONJUNCTIONS
+from ..backends.griffin_lim_vocoder import GriffinLimVocoder
+from ..backends.mel import MelConfig
+from ..backends.pipeline_tango import TangoPipeline
+from ..backends.tango import TangoModel
+from ..captions import INTEGRITY_CONJUNCTIONS, TEMPORAL_CONJUNCTIONS, make_caption
+from ..clap import clap_feature_extractor, train_clap_tokenizer
+from ..testing import tiny_scheduler, tiny_tokenizer
 from .events import EVENT_NAMES
+from .mel_autoencoder import ToyMelAutoencoder
 from .render import DEFAULT_DURATION_S, ORDERED_PAIR_CONJUNCTIONS
 
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
@@ -54,7 +63,6 @@ def toy_vocabulary() -> list[str]:
 
 def toy_tokenizer():
     """A word-level T5-style tokenizer (<pad> 0, </s> 1, <unk> 2) on the toy vocabulary."""
-    from ..testing import tiny_tokenizer
 
     return tiny_tokenizer(toy_vocabulary(), model_max_length=TEXT_MAX_LENGTH)
 
@@ -64,8 +72,6 @@ def toy_tokenizer():
 
 
 def toy_mel_config():
-    from ..backends.mel import MelConfig
-
     # TANGO's front end (16 kHz, n_fft 1024, 64 Slaney mels, 0-8 kHz) at a 20 ms hop, framed as
     # the shipped toy models were trained (retraining them for TANGO's centred frames is open).
     return MelConfig(hop_length=TOY_HOP_LENGTH, framing="half_hop")
@@ -73,7 +79,6 @@ def toy_mel_config():
 
 def toy_vae(seed: int = 0):
     """AutoencoderKL that downsamples a 1 x 128 x 64 log-mel by 8: latents 8 x 16 x 8."""
-    from diffusers import AutoencoderKL
 
     torch.manual_seed(seed)
     return AutoencoderKL(
@@ -92,7 +97,6 @@ def toy_vae(seed: int = 0):
 
 def toy_unet(seed: int = 0, channels: tuple[int, ...] = (32, 64, 96), cross_attention_dim: int = 64):
     """UNet2DConditionModel on 8 x 16 x 8 latents with cross-attention in every block but the lowest."""
-    from diffusers import UNet2DConditionModel
 
     torch.manual_seed(seed)
     levels = len(channels)
@@ -113,8 +117,6 @@ def toy_unet(seed: int = 0, channels: tuple[int, ...] = (32, 64, 96), cross_atte
 
 
 def toy_text_encoder(vocab_size: int, seed: int = 0, d_model: int = 64, num_layers: int = 2):
-    from transformers import T5Config, T5EncoderModel
-
     torch.manual_seed(seed)
     return T5EncoderModel(
         T5Config(
@@ -136,12 +138,6 @@ def toy_text_encoder(vocab_size: int, seed: int = 0, d_model: int = 64, num_laye
 
 def build_toy_tango(seed: int = 0, unet_channels: tuple[int, ...] = (32, 64, 96), n_iter: int = 32, text_layers: int = 2):
     """A randomly initialised toy TANGO (the starting point of `scripts/train_toy_tango.py`)."""
-    from diffusers import DDIMScheduler
-
-    from ..backends.griffin_lim_vocoder import GriffinLimVocoder
-    from ..backends.pipeline_tango import TangoPipeline
-    from ..backends.tango import TangoModel
-    from ..testing import tiny_scheduler
 
     tokenizer = toy_tokenizer()
     mel = toy_mel_config()
@@ -179,7 +175,6 @@ def build_toy_tango(seed: int = 0, unet_channels: tuple[int, ...] = (32, 64, 96)
 
 def load_toy_tango(path: str | Path | None = None):
     """The shipped toy TANGO (or one at `path`), loaded through `TangoModel.from_pretrained`."""
-    from ..backends.tango import TangoModel
 
     return TangoModel.from_pretrained(path or TOY_TANGO_PATH)
 
@@ -201,12 +196,11 @@ def build_toy_flow(
     StableAudio3Pipeline with a StableAudio3DiTModel, T5Gemma's encoder, the duration embedder and
     the base checkpoint's FlowMatchEulerDiscreteScheduler, in toy sizes; its autoencoder is the
     toy TANGO's mel VAE and vocoder (`mel_autoencoder.py` says why), copied with their weights."""
+    # lazy: Stable Audio 3 is in recent diffusers only (the required minimum, 0.35, has none of it)
     from diffusers import FlowMatchEulerDiscreteScheduler, StableAudio3DiTModel, StableAudio3Pipeline
     from diffusers.pipelines.stable_audio_3.modeling_stable_audio_3 import StableAudio3DurationEmbedder
-    from transformers import T5GemmaConfig, T5GemmaEncoderModel
 
     from ..backends.stable_audio_3 import StableAudio3Model
-    from .mel_autoencoder import ToyMelAutoencoder
 
     tokenizer = toy_tokenizer()
     vae = ToyMelAutoencoder.from_toy_tango(autoencoder_from)
@@ -256,7 +250,6 @@ def build_toy_flow(
 
 def toy_caption_corpus() -> list[str]:
     """Captions covering every toy word, for training the toy CLAP's BPE tokenizer."""
-    from ..captions import make_caption
 
     lines = [name for name in EVENT_NAMES]
     names = list(EVENT_NAMES)
@@ -272,7 +265,6 @@ def toy_caption_corpus() -> list[str]:
 def toy_clap_tokenizer(vocab_size: int = 400):
     """A RoBERTa byte-level BPE tokenizer (what ClapProcessor takes) trained on toy captions, so
     that every toy word is one or two tokens."""
-    from ..clap import train_clap_tokenizer
 
     corpus = toy_caption_corpus()
     return train_clap_tokenizer(corpus + [line.lower() for line in corpus], vocab_size=vocab_size, model_max_length=40)
@@ -285,7 +277,6 @@ def toy_clap_config(vocab_size: int, projection_dim: int = 64):
     the first chunk. Patches of 16 x 16, windows of 8: the second stage (8 x 8 tokens) attends
     globally with a relative position bias, which is what lets the embedding carry event order.
     """
-    from transformers import ClapAudioConfig, ClapConfig, ClapTextConfig
 
     text = ClapTextConfig(
         vocab_size=vocab_size,
@@ -318,9 +309,6 @@ def toy_clap_config(vocab_size: int, projection_dim: int = 64):
 
 def build_toy_clap(seed: int = 0):
     """A randomly initialised toy (ClapModel, ClapProcessor) pair."""
-    from transformers import ClapModel, ClapProcessor
-
-    from ..clap import clap_feature_extractor
 
     tokenizer = toy_clap_tokenizer()
     torch.manual_seed(seed)

@@ -37,10 +37,12 @@ import torch
 from scipy.ndimage import median_filter
 from tqdm.auto import tqdm
 
+from ..annotation.store import ALIGNED, NOT_ALIGNED, SKIP
 from ..audio import check_waveform, load_audio, resample
 from ..segments import active_segments
 from .events import EVENT_NAMES, EVENTS, UnknownEventError
 from .mel import MelConfig, cached_front_end, mel_center_frequencies
+from .render import render_sequence
 
 TASKS = ("integrity", "temporal")
 Detection = tuple[str, float, float]  # (event name, onset_s, offset_s)
@@ -303,7 +305,6 @@ def benchmark_cases(
     stated order; misaligned ones hold them in another order, or miss one (a distractor may take
     its place). Returns (waveforms, labels, truth) with truth 1 aligned, 0 not.
     """
-    from .render import render_sequence
 
     if task not in TASKS:
         raise OracleError(f"task must be one of {list(TASKS)}, got {task!r}")
@@ -359,7 +360,6 @@ def annotate_store(
     model labelled the rest). Skips are stored as skips. Resumable: a rerun rates only what is
     left. Returns counts {"rated", "aligned", "not_aligned", "skipped", "already_done"}.
     """
-    from ..annotation.store import ALIGNED, NOT_ALIGNED, SKIP
 
     generations_dir = Path(generations_dir)
     oracle = oracle or OracleAnnotator()

@@ -16,6 +16,11 @@ import time
 import numpy as np
 import torch
 
+from ..captions import make_caption
+from .events import EVENT_NAMES
+from .oracle import OracleAnnotator, is_aligned
+from .render import PRETRAIN_WORLD, render_dataset
+
 
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
@@ -24,7 +29,6 @@ def log(message: str) -> None:
 def add_world_arguments(parser) -> None:
     """The pretraining world's options (defaults: `render.PRETRAIN_WORLD`, the loose world both
     shipped toy models learned from)."""
-    from .render import PRETRAIN_WORLD
 
     parser.add_argument("--num-clips", type=int, default=6000, help="rendered pretraining clips")
     parser.add_argument("--order-noise", type=float, default=PRETRAIN_WORLD["order_noise"], help="share of 3-event clips that ignore the caption's order")
@@ -46,7 +50,6 @@ def add_world_arguments(parser) -> None:
 
 def render_pretraining_clips(args, duration_s: float) -> dict:
     """The captioned clips of the world `add_world_arguments` describes, seeded by `args.seed`."""
-    from .render import render_dataset
 
     log(f"rendering {args.num_clips} clips")
     return render_dataset(
@@ -71,7 +74,6 @@ def pretrain_text_encoder(tokenizer, encoder, captions: list[str], max_length: i
     last hidden state predict, for every token, which event it names (or none) and its place
     among the caption's events (none, 1st, 2nd, 3rd); the heads are thrown away afterwards.
     """
-    from .events import EVENT_NAMES
 
     event_ids = {tokenizer.convert_tokens_to_ids(name): k + 1 for k, name in enumerate(EVENT_NAMES)}
     hidden = encoder.get_input_embeddings().embedding_dim
@@ -107,8 +109,6 @@ def pretrain_text_encoder(tokenizer, encoder, captions: list[str], max_length: i
 def heldout_captions(n: int, task: str, seed: int) -> list[tuple[str, list[str]]]:
     """Captions as the prompts stage makes them (toy event names as labels), drawn apart from
     the pretraining captions' random stream."""
-    from ..captions import make_caption
-    from .events import EVENT_NAMES
 
     rng = np.random.default_rng([seed, 991, 0 if task == "integrity" else 1])
     k = 2 if task == "integrity" else 3
@@ -123,7 +123,6 @@ def heldout_report(model, n: int, seed: int, num_inference_steps: int, guidance_
     """Integrity and temporal accuracy of `model`'s clips for `n` held-out captions per task, as
     the noise-free oracle judges them, with how often every event is there and, among those
     complete clips, how often they are in order."""
-    from .oracle import OracleAnnotator, is_aligned
 
     oracle = OracleAnnotator()
     extra = {} if duration_s is None else {"duration_s": duration_s}

@@ -15,6 +15,8 @@ import datasets
 import evaluate
 import numpy as np
 
+from baton_trainer.evaluation.metrics import clap_score
+
 _DESCRIPTION = """\
 CLAP score: the cosine similarity between L2-normalised CLAP embeddings of a caption and of the
 audio clip generated for it, averaged over pairs (BATON, TANGO and AudioLDM tables print it x100).
@@ -55,7 +57,5 @@ class ClapScoreMetric(evaluate.Metric):
         )
 
     def _compute(self, predictions, references, sample_rate=16000, model="laion/clap-htsat-unfused"):
-        from baton_trainer.evaluation.metrics import clap_score
-
         mean, per_pair = clap_score(list(references), [np.asarray(p, dtype=np.float32) for p in predictions], int(sample_rate), model=model)
         return {"clap_score": mean, "clap_score_x100": 100.0 * mean, "per_pair": per_pair.tolist()}
