@@ -194,7 +194,7 @@ class CaptionRewriter:
     PROMPT = "Rewrite the sound description as one short, natural sentence. Keep every sound name word for word{order}.\nDescription: {caption}\nSentence:"
 
     def __init__(self, model: str, device: str | None = None, max_new_tokens: int = 40):
-        from transformers import pipeline
+        from transformers import pipeline  # lazy: keeps `--help` fast (the CLI imports this module)
 
         self.generator = pipeline("text-generation", model=model, device=device)
         self.max_new_tokens = max_new_tokens

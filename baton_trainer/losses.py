@@ -66,7 +66,7 @@ def snr_weights(scheduler, timesteps: torch.Tensor, gamma: float = 5.0, mode: Sn
     """
     if mode == "none":
         return torch.ones(timesteps.shape[0], dtype=torch.float32, device=timesteps.device)
-    from diffusers.training_utils import compute_snr
+    from diffusers.training_utils import compute_snr  # lazy: keeps `--help` fast (the CLI imports this module)
 
     ratio = compute_snr(scheduler, timesteps)  # abar_t / (1 - abar_t), in float32
     clipped = torch.clamp(ratio, max=gamma)

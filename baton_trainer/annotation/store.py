@@ -186,7 +186,7 @@ class AnnotationStore:
         Re-registering is safe: ratings are kept, clip fields are updated, and a clip previously
         marked unplayable is handed out again (its file may have been fixed).
         """
-        from ..generations import GenerationError, read_generations
+        from ..generations import GenerationError, read_generations  # lazy: keeps `--help` fast (the CLI imports this module)
 
         generations_dir = Path(generations_dir)
         try:

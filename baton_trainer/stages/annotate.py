@@ -6,6 +6,9 @@ Each person enters a name (or logs in, with a users file), hears a clip, sees it
 spectrogram, and answers Aligned / Not aligned / Skip (keys a / n / s). Every answer is committed
 to the store before the next clip shows; each clip goes to `ratings_per_clip` different people.
 The app is `baton_trainer.annotation.app`, the store `baton_trainer.annotation.store`.
+
+Imports inside the functions keep `python -m baton_trainer --help` fast: the CLI imports every
+stage module at start.
 """
 
 from __future__ import annotations

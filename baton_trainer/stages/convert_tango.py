@@ -5,6 +5,9 @@
 The original layout (`main_config.json`, `pytorch_model_*.bin` pickles read with
 `weights_only=True`) is mapped onto diffusers' and transformers' classes
 (`baton_trainer.backends.tango_original`) and saved in safetensors, atomically.
+
+Imports inside the functions keep `python -m baton_trainer --help` fast: the CLI imports every
+stage module at start.
 """
 
 from __future__ import annotations

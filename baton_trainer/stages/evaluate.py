@@ -6,10 +6,14 @@ paper's metrics for both, and a report.
     captions -> RUN/eval/clips/base/, RUN/eval/clips/aligned/ (generate stage, resumable)
              -> metrics (CLAP score, FD, FAD, KL, IS; oracle accuracies in the toy world)
              -> RUN/eval/report.md, metrics.json, *.png
+
+Imports inside the functions keep `python -m baton_trainer --help` fast: the CLI imports every
+stage module at start.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -115,7 +119,6 @@ class EvaluateConfig:
 
 def evaluate(config: EvaluateConfig, backends: dict[str, Any] | None = None) -> Path:
     """Generate with base and aligned models from the same seeds, score both, write the report."""
-    import json
 
     import numpy as np
 

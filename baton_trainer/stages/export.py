@@ -5,15 +5,20 @@
 One row per clip with at least `min_ratings` non-skip ratings; its feedback and reward are the
 majority label (`ties` decides a split vote); skips never reach training data. Rater agreement
 (Fleiss' and Cohen's kappa) goes to RUN/feedback_agreement.json.
+
+Imports inside the functions keep `python -m baton_trainer --help` fast: the CLI imports every
+stage module at start.
 """
 
 from __future__ import annotations
 
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from ..annotation.store import AnnotationError
+from ..annotation.agreement import agreement_statistics, majority_vote
+from ..annotation.store import ALIGNED, NOT_ALIGNED, AnnotationError, AnnotationStore
 from ..layout import RunLayout
 
 
@@ -40,10 +45,7 @@ def export_feedback(config: ExportConfig) -> Path:
     data); feedback and reward are the majority label; annotator lists the raters, comma-separated.
     Agreement statistics go to RUN/feedback_agreement.json and are printed.
     """
-    from collections import Counter, defaultdict
 
-    from ..annotation.agreement import agreement_statistics, majority_vote
-    from ..annotation.store import ALIGNED, NOT_ALIGNED, AnnotationStore
     from ..atomic import atomic_write_json
     from ..audio import AudioError, load_audio
     from ..data import PREFERENCE_FEATURES, build_dataset, save_dataset_atomic, validate_preference_dataset

@@ -10,6 +10,9 @@ reward-ranked fine-tuning instead (`baton_trainer.objectives`). This module load
 (`load_training_data`); the loop is `DiffusionTrainer.train` in `baton_trainer.trainer`. RUN/aligned
 holds the export (LoRA adapter or full denoiser), its training checkpoints, logs,
 `finetune_config.json`, `versions.json` and `train_summary.json`.
+
+Imports inside the functions keep `python -m baton_trainer --help` fast: the CLI imports every
+stage module at start.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Literal
 
+from ..config import ConfigError
 from ..layout import RunLayout
 from ..losses import SnrMode
 
@@ -126,7 +130,6 @@ class FinetuneConfig:
             raise ValueError(f"config key 'reward_threshold' must be a finite number, got {self.reward_threshold}")
         if self.cfg_dropout is not None and not 0 <= self.cfg_dropout < 1:
             raise ValueError(f"config key 'cfg_dropout' must be a number in [0, 1), got {self.cfg_dropout}")
-        from ..config import ConfigError
         from ..objectives import OBJECTIVES  # here: the objectives import the trainer's modules, which `--help` does not need
 
         if self.objective not in OBJECTIVES:

@@ -12,6 +12,9 @@ clips are split between the processes, each made once under its recorded seed; t
 waits for every rank (naming any that is late, `rank_timeout_s`) and writes metadata.jsonl from the
 complete wavs, the same bytes as a one-process run. The folder's contract (file names, metadata
 keys, settings checked on resume) is in `baton_trainer.generations`.
+
+Imports inside the functions keep `python -m baton_trainer --help` fast: the CLI imports every
+stage module at start.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from ..config import config_to_dict
 from ..layout import RunLayout
 
 RANK_MARKERS = ".ranks"  # inside the output folder: each process's progress and finish line
@@ -64,7 +68,6 @@ def generate(config: GenerateConfig, backend=None) -> Path:
     from tqdm.auto import tqdm
 
     from ..audio import save_wav
-    from ..config import config_to_dict
     from ..generations import (
         CLIP_DIR,
         METADATA,

@@ -6,6 +6,9 @@ Human ratings (`*_HA`) become rows with feedback and reward 0/1 (source "human")
 files (`*_RA`, an `SED` score) rows with feedback -1 and reward = SED (source "reward_model");
 AudioCaps caption lists become a (caption, audio) pretraining dataset. What could not be imported
 (missing audio, duplicates, folder/dataset disagreements) is counted in DIR_import_report.json.
+
+Imports inside the functions keep `python -m baton_trainer --help` fast: the CLI imports every
+stage module at start.
 """
 
 from __future__ import annotations

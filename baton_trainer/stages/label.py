@@ -6,6 +6,9 @@ RUN/reward_labeled/ (a preference dataset: feedback -1, reward = the score, sour
 Resumable: each scored clip is appended to a progress file (flushed per batch), so a killed run
 scores only the clips that are left. Under `accelerate launch --num_processes N` the clips are
 split between the processes (one progress file each) and the main process writes the dataset.
+
+Imports inside the functions keep `python -m baton_trainer --help` fast: the CLI imports every
+stage module at start.
 """
 
 from __future__ import annotations

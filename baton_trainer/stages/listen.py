@@ -8,6 +8,9 @@ models' clips of the same caption and seed matches it better). Answers go into t
 annotation store (RUN/annotations.sqlite); the export writes RUN/eval/listening/, merges MOS and
 win rates into RUN/eval/metrics.json (and so into the aligned model's card) and saves the trials
 and answers as a dataset folder. The app and the statistics are `baton_trainer.annotation.listening`.
+
+Imports inside the functions keep `python -m baton_trainer --help` fast: the CLI imports every
+stage module at start.
 """
 
 from __future__ import annotations

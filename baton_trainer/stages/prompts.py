@@ -5,6 +5,9 @@
 2 labels per caption for the integrity task, 3 for the temporal task, joined by the conjunctions
 seen in the paper's released captions (`baton_trainer.captions`); a share of each task is held
 out for evaluation. Each line: `{"caption_id", "caption", "task", "labels", "split"}`.
+
+Imports inside the functions keep `python -m baton_trainer --help` fast: the CLI imports every
+stage module at start.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..captions import CaptionError
+from ..captions import TASK_LABEL_COUNTS, CaptionError, CaptionRewriter, generate_captions, load_labels
 from ..layout import RunLayout
 
 
@@ -52,7 +55,6 @@ def build_captions(config: PromptsConfig) -> Path:
     unless `overwrite` is set, since clips generated from it would no longer match their captions.
     """
     from ..atomic import atomic_write_bytes
-    from ..captions import TASK_LABEL_COUNTS, CaptionRewriter, generate_captions, load_labels
 
     labels = load_labels(config.labels_file)
     rewriter = CaptionRewriter(config.rewrite_model, device=config.rewrite_device) if config.rewrite_model else None

@@ -9,12 +9,20 @@ results, license, how to load; `baton_trainer.cards`). Datasets saved with `save
 uploaded as parquet, the layout `datasets.load_dataset` reads from the Hub. A `file://`
 destination writes the same files to a folder (no network, no token), which tests and air-gapped
 clusters use.
+
+Imports inside the functions keep `python -m baton_trainer --help` fast: the CLI imports every
+stage module at start.
 """
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
+
+from ..layout import RunLayout
 
 KINDS = ("auto", "reward_model", "model", "dataset")
 
@@ -35,15 +43,11 @@ class PushConfig:
 
 def push(config: PushConfig) -> str:
     """Upload `config.path` with a generated card; returns the repo URL or the local folder."""
-    import shutil
-    import tempfile
-    from pathlib import Path
 
     from ..atomic import atomic_folder
     from ..backends.base import EXPORT_FILE
     from ..cards import aligned_model_card, dataset_card, reward_model_card
     from ..hub import PushError, detect_kind, resolve_token, stage_dataset_as_parquet, upload_folder
-    from ..layout import RunLayout
 
     if not config.path:
         raise PushError("push: give the folder to upload (e.g. RUN/reward_model)")

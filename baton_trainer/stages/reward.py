@@ -7,6 +7,9 @@ binary cross-entropy on the ratings (Adam, lr 0.01, weight decay 1e-5, batch 64,
 paper's Stage 2). Validation holds out whole captions. The folder is a Hub-ready
 `reward_hub.BatonRewardModel` with `metrics.json`, `training_config.json` and a histogram of the
 held-out rewards by rating.
+
+Imports inside the functions keep `python -m baton_trainer --help` fast: the CLI imports every
+stage module at start.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..config import config_to_dict
 from ..layout import RunLayout
 
 
@@ -61,7 +65,6 @@ def train_reward_model(config: RewardTrainingConfig) -> Path:
 
     from ..atomic import atomic_folder, atomic_write_json
     from ..clap import ClapEmbedder
-    from ..config import config_to_dict
     from ..formatting import format_number
     from ..reward_training import cached_embeddings, embed_rows, fit_head, load_rated_rows, metrics_by_task, plot_reward_histogram, split_by_caption
     from ..runtime import library_versions, pick_device

@@ -8,16 +8,28 @@ real model (`world: real`) the run stops after generation and asks for ratings f
 `annotate` app, then continues from there when started again. Every stage keeps its output, so a
 killed run resumes where it stopped: rerun the same command. A stage's output moved by its config
 (`--reward.output_dir X`) is where every later stage looks for it.
+
+Imports inside the functions keep `python -m baton_trainer --help` fast: the CLI imports every
+stage module at start.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from ..config import build_config
 from ..layout import RunLayout
+from .evaluate import EvaluateConfig, evaluate
+from .export import ExportConfig, export_feedback
+from .finetune import FinetuneConfig, finetune
+from .generate import GenerateConfig, generate
+from .label import LabelConfig, label_unrated
+from .prompts import PromptsConfig, build_captions
+from .reward import RewardTrainingConfig, train_reward_model
 
 TOY_PRETRAINED = Path(__file__).resolve().parents[1] / "toyworld" / "pretrained"
 TOY_MODELS = ("toy_tango", "toy_flow")  # shipped base models a toy run names by folder name
@@ -103,14 +115,6 @@ class RunConfig:
 
     def stage_configs(self) -> dict[str, Any]:
         """Each stage's config: the run's model, seed and layout first, then the stage's own keys."""
-        from ..config import build_config
-        from .evaluate import EvaluateConfig
-        from .export import ExportConfig
-        from .finetune import FinetuneConfig
-        from .generate import GenerateConfig
-        from .label import LabelConfig
-        from .prompts import PromptsConfig
-        from .reward import RewardTrainingConfig
 
         layout, toy = self.layout(), self.world == "toy"
         paths = {name: str(getattr(layout, name)) for name in ("generations", "annotations", "feedback", "reward_model", "reward_labeled", "aligned")}
@@ -152,18 +156,10 @@ class RunConfig:
 
 def run(config: RunConfig) -> Path:
     """Every stage in `config.stages`, in order; a finished stage's output is kept."""
-    import json
 
     from ..atomic import atomic_write_json
     from ..backends import EXPORT_FILE
     from ..toyworld.loop import check_reward_labels, oracle_ratings, write_toy_inputs
-    from .evaluate import evaluate
-    from .export import export_feedback
-    from .finetune import finetune
-    from .generate import generate
-    from .label import label_unrated
-    from .prompts import build_captions
-    from .reward import train_reward_model
 
     layout = config.layout()
     layout.root.mkdir(parents=True, exist_ok=True)
