@@ -208,3 +208,28 @@ def test_reward_ranked_trains_on_the_good_clips_only_and_dpo_needs_pairs(world, 
     assert len(feedback) == 3 and torch.equal(feedback.weights, torch.ones(3))
     with pytest.raises(ValueError, match="no caption has both"):
         training_data(DiffusionTrainer(config(world, world / "tango", tmp_path / "dpo", objective="dpo", **common)))
+
+
+def test_a_new_objective_is_one_class_and_its_registration(world, tmp_path, monkeypatch):
+    """The trainer runs whatever objective is registered under the config's name: a class that
+    trains the pretraining term alone, registered here, goes through the finetune stage unchanged
+    and its loss is the one the loop backpropagates and logs."""
+    from safetensors.torch import load_file
+
+    from baton_trainer.objectives import OBJECTIVES, Objective
+    from baton_trainer.stages.finetune import finetune
+
+    class PretrainingOnly(Objective):
+        name = "pretraining_only"
+        needs_feedback = False
+
+        def loss(self, denoiser, feedback, pretrain, step, micro):
+            return self.with_pretraining(torch.zeros(()), {}, denoiser, pretrain, step, micro)
+
+    monkeypatch.setitem(OBJECTIVES, PretrainingOnly.name, PretrainingOnly)
+    save_tiny_tango(world / "tango") if not (world / "tango").exists() else None
+    out = finetune(config(world, world / "tango", tmp_path / "new", objective="pretraining_only", max_train_steps=2, checkpointing_steps=1))
+    logs = json.loads((out / "checkpoints" / "checkpoint-1" / "trainer_state.json").read_text())["logs"]
+    assert set(logs) == {"loss", "loss_pretrain"} and logs["loss"] == pytest.approx(0.5 * logs["loss_pretrain"])
+    lora = load_file(out / "pytorch_lora_weights.safetensors")
+    assert any(("lora.up" in k or "lora_B" in k) and v.abs().max() > 0 for k, v in lora.items())  # its loss trained the adapter
