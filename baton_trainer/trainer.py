@@ -212,7 +212,6 @@ class DiffusionTrainer:
     def train(self, feedback: EncodedSet | PairedSet | None, pretrain: EncodedSet | None) -> Path:
         """Trains on the encoded `feedback` (None: the pretraining term alone) and `pretrain` data
         (`stages.finetune.load_training_data` makes both) and exports the result."""
-
         cfg, acc = self.config, self.accelerator
         if feedback is None and pretrain is None:
             raise ValueError("nothing to train on: no feedback data and no pretraining data")
