@@ -190,3 +190,205 @@ def kto_loss(
     loss = (weight * (1 - h)).mean()
     logs = {"loss_kto": loss.detach().item(), "kto_reference_point": float(z_ref), "implicit_reward": reward.detach().mean().item()}
     return loss, logs
+
+
+# -- online policy optimisation (docs/online.md) --------------------------------------------------
+# The policy samples G clips per caption; a reward scores them; each clip's advantage says how much
+# better than its group it was. A sampler step x -> x' is Gaussian, N(mean_theta(x), std^2 I), so
+# it has a log-probability the policy gradient can push. Log-probabilities and KLs are averaged
+# over the latent's dimensions (Flow-GRPO's convention): clip ranges are on that scale.
+
+
+def group_advantages(
+    rewards: torch.Tensor, groups: torch.Tensor, std_scope: Literal["group", "global"] = "group", clip: float = 5.0, eps: float = 1e-4
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Group-normalised advantages (GRPO, Shao et al. 2024, arXiv 2402.03300; Flow-GRPO):
+
+        A_i = clip((r_i - mean_{j in g(i)} r_j) / (std + eps), -clip, clip)
+
+    std is the population std of the clip's group (`std_scope="group"`) or of the whole batch
+    (`"global"`). A group whose rewards are all equal carries no signal: its advantages are exactly
+    0 and `zero_spread[i]` is True for its clips (log the fraction: many such groups mean the
+    reward cannot tell the policy's clips apart). Returns `(advantages, zero_spread)`, both (N,).
+    """
+    rewards = rewards.double()
+    if rewards.ndim != 1 or groups.shape != rewards.shape:
+        raise ValueError(f"rewards and groups must be (N,) vectors, got {tuple(rewards.shape)} and {tuple(groups.shape)}")
+    advantages = torch.zeros_like(rewards)
+    zero_spread = torch.zeros(rewards.shape, dtype=torch.bool, device=rewards.device)
+    global_std = rewards.std(unbiased=False) if rewards.numel() > 1 else rewards.new_zeros(())
+    for group in groups.unique():
+        rows = groups == group
+        values = rewards[rows]
+        if bool((values == values[0]).all()):
+            zero_spread[rows] = True
+            continue
+        std = values.std(unbiased=False) if std_scope == "group" else global_std
+        advantages[rows] = (values - values.mean()) / (std + eps)
+    return advantages.clamp(-clip, clip).float(), zero_spread
+
+
+def gaussian_log_prob(sample: torch.Tensor, mean: torch.Tensor, std: torch.Tensor | float) -> torch.Tensor:
+    """log N(sample; mean, std^2 I) per clip, averaged over the non-batch dimensions:
+
+        log p = mean_d [ -(x_d - mu_d)^2 / (2 std^2) - log std - log sqrt(2 pi) ]
+
+    `std` is a number or a tensor broadcastable to the sample (one value per clip). Shape (N,)."""
+    std = torch.as_tensor(std, dtype=torch.float32, device=sample.device)
+    if std.ndim == 1:
+        std = std.reshape(-1, *[1] * (sample.ndim - 1))
+    sample, mean = sample.float(), mean.float()
+    log_density = -((sample - mean) ** 2) / (2 * std**2) - torch.log(std) - 0.5 * math.log(2 * math.pi)
+    return log_density.flatten(1).mean(dim=1)
+
+
+def flow_sde_step(
+    latents: torch.Tensor,
+    velocity: torch.Tensor,
+    s: float,
+    s_next: float,
+    eta: float,
+    noise_schedule: Literal["flow_grpo", "dance"] = "flow_grpo",
+    s_cap: float | None = None,
+) -> tuple[torch.Tensor, float]:
+    """The mean and std of one stochastic step of a rectified-flow sampler, from noise level s to
+    s_next < s (x_s = (1 - s) x0 + s eps, v = eps - x0, ds = s_next - s < 0): the reverse SDE with
+    the same marginals as the flow ODE (Flow-GRPO, arXiv 2505.05470, Eq. 9, Euler-Maruyama):
+
+        mean = x_s + [ v + sigma_s^2 / (2 s) * (x_s + (1 - s) v) ] ds
+        std  = sigma_s * sqrt(-ds)
+
+    with sigma_s = eta * sqrt(s / (1 - s)) (`"flow_grpo"`; s in the denominator capped at `s_cap`,
+    the grid's second level, so the first step from s = 1 stays finite) or sigma_s = eta
+    (`"dance"`, DanceGRPO, arXiv 2505.07818). eta = 0 is the deterministic Euler step
+    x_s + v ds. Returns `(mean, std)`."""
+    ds = s_next - s
+    if ds >= 0:
+        raise ValueError(f"flow steps go from noise to data: s_next {s_next} must be below s {s}")
+    if noise_schedule == "flow_grpo":
+        capped = min(s, s_cap) if s_cap is not None else s
+        sigma = eta * math.sqrt(capped / (1 - capped)) if capped < 1 else float("inf")
+    elif noise_schedule == "dance":
+        sigma = eta
+    else:
+        raise ValueError(f"unknown flow noise schedule {noise_schedule!r} (expected flow_grpo or dance)")
+    latents, velocity = latents.float(), velocity.float()
+    mean = latents + (velocity + sigma**2 / (2 * s) * (latents + (1 - s) * velocity)) * ds
+    return mean, sigma * math.sqrt(-ds)
+
+
+def vp_step(
+    x0_hat: torch.Tensor, eps_hat: torch.Tensor, alpha: float, sigma: float, alpha_next: float, sigma_next: float, eta: float
+) -> tuple[torch.Tensor, float]:
+    """The mean and std of one DDIM step with stochasticity eta on a variance-preserving schedule
+    x_t = alpha_t x0 + sigma_t eps (alpha^2 + sigma^2 = 1: DDPM's sqrt(abar_t), sqrt(1 - abar_t);
+    the cosine "v" schedule's cos, sin), from t to the next, less noisy level (Song et al. 2021,
+    arXiv 2010.02502, Eq. 12 and 16):
+
+        std  = eta * (sigma_next / sigma) * sqrt(1 - alpha^2 / alpha_next^2)
+        mean = alpha_next * x0_hat + sqrt(sigma_next^2 - std^2) * eps_hat
+
+    eta = 1 is the DDPM posterior q(x_next | x_t, x0_hat) on the sampler's grid (DDPO's sampler,
+    arXiv 2305.13301); eta = 0 is DDIM. A step to sigma_next = 0 has std 0 (deterministic).
+    Returns `(mean, std)`."""
+    ratio = 0.0 if sigma == 0 else 1 - (alpha / alpha_next) ** 2
+    std = eta * (sigma_next / sigma) * math.sqrt(max(ratio, 0.0)) if sigma > 0 else 0.0
+    mean = alpha_next * x0_hat.float() + math.sqrt(max(sigma_next**2 - std**2, 0.0)) * eps_hat.float()
+    return mean, std
+
+
+def clean_and_noise(prediction: torch.Tensor, latents: torch.Tensor, prediction_type: str, alpha, sigma) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x0_hat, eps_hat) from a denoiser's prediction at x_t = alpha x0 + sigma eps:
+
+        epsilon:  x0 = (x_t - sigma eps) / alpha
+        v:        x0 = alpha x_t - sigma v,   eps = sigma x_t + alpha v    (alpha^2 + sigma^2 = 1)
+        flow:     x0 = x_t - s v,             eps = x_t + (1 - s) v        (alpha = 1 - s, sigma = s)
+
+    `alpha`, `sigma`: numbers or (N,) tensors."""
+    pred, x = prediction.float(), latents.float()
+
+    def per_clip(value):
+        value = torch.as_tensor(value, dtype=torch.float32, device=x.device)
+        return value.reshape(-1, *[1] * (x.ndim - 1)) if value.ndim == 1 else value
+
+    alpha, sigma = per_clip(alpha), per_clip(sigma)
+    if prediction_type == "epsilon":
+        return (x - sigma * pred) / alpha, pred
+    if prediction_type == "v_prediction":
+        return alpha * x - sigma * pred, sigma * x + alpha * pred
+    if prediction_type == "flow":
+        return x - sigma * pred, x + alpha * pred
+    raise ValueError(f"unknown prediction type {prediction_type!r} (expected epsilon, v_prediction or flow)")
+
+
+def clipped_policy_loss(
+    log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages: torch.Tensor, clip_range: float
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """PPO's clipped surrogate (Schulman et al. 2017) on one sampler step, as GRPO uses it:
+
+        rho = exp(log p_theta(x' | x) - log p_old(x' | x))
+        L   = mean_i max(-A_i rho_i, -A_i clip(rho_i, 1 - c, 1 + c))
+
+    At rho = 1 the gradient is -mean_i A_i grad log p_theta: the policy gradient. Logs the
+    fraction of clipped ratios, the mean ratio and the approximate KL 0.5 mean (log rho)^2."""
+    log_ratio = log_prob.float() - old_log_prob.float().detach()
+    ratio = torch.exp(log_ratio)
+    advantages = advantages.float().detach()
+    unclipped = -advantages * ratio
+    clipped = -advantages * ratio.clamp(1 - clip_range, 1 + clip_range)
+    loss = torch.maximum(unclipped, clipped).mean()
+    logs = {
+        "clip_fraction": ((ratio - 1).abs() > clip_range).float().mean().item(),
+        "ratio_mean": ratio.detach().mean().item(),
+        "approx_kl": 0.5 * log_ratio.detach().pow(2).mean().item(),
+    }
+    return loss, logs
+
+
+def gaussian_mean_kl(mean: torch.Tensor, ref_mean: torch.Tensor, std: float) -> torch.Tensor:
+    """KL(N(mean, std^2 I) || N(ref_mean, std^2 I)) of one sampler step in closed form, averaged
+    over the dimensions as log p is: mean_d (mean_d - ref_d)^2 / (2 std^2). Shape (N,)."""
+    return ((mean.float() - ref_mean.float().detach()) ** 2).flatten(1).mean(dim=1) / (2 * std**2)
+
+
+def awm_loss(errors: torch.Tensor, old_errors: torch.Tensor, advantages: torch.Tensor, clip_range: float) -> tuple[torch.Tensor, dict[str, float]]:
+    """Advantage Weighted Matching (AWM, arXiv 2509.25050): the policy's log-likelihood of its own
+    clean sample x0 replaced by minus its denoising error at freshly drawn (t, eps), l_i, and the
+    PPO-clipped ratio against the old policy's error l_old_i at the same draw:
+
+        rho_i = exp(l_old_i - l_i),   L = mean_i max(-A_i rho_i, -A_i clip(rho_i, 1 - c, 1 + c))
+
+    At rho = 1 the gradient is mean_i A_i grad l_i: BATON's Eq. 7 with the weights w_i replaced by
+    online, group-normalised advantages (negative ones push the error up), inside a trust region."""
+    return clipped_policy_loss(-errors, -old_errors, advantages, clip_range)
+
+
+def nft_loss(
+    prediction: torch.Tensor, old_prediction: torch.Tensor, clean: torch.Tensor, to_clean, advantages: torch.Tensor, adv_max: float, beta: float
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """DiffusionNFT (arXiv 2509.16117): the current prediction p_theta and the old policy's p_old
+    (detached) make an implicit positive and negative policy,
+
+        p+ = b p_theta + (1 - b) p_old,      p- = (1 + b) p_old - b p_theta
+        x0+ = to_clean(p+),  x0- = to_clean(p-)                  (linear in the prediction)
+        r_i = clip(A_i / adv_max / 2 + 1/2, 0, 1)
+        L   = adv_max * mean_i [ r_i ||x0+ - x0||^2 / w+_i + (1 - r_i) ||x0- - x0||^2 / w-_i ] / b
+
+    with ||.||^2 the mean over dimensions and w = mean |x0_hat - x0| (detached, at least 1e-5).
+    With p_old = p_theta the loss is adv_max * mean_i ||x0_hat_i - x0_i||^2 / w_i / b whatever
+    the advantages. b is not a KL weight. Logs the mean squared deviation of p_theta from p_old
+    (stuck at 0: the policy stopped moving away from the old one)."""
+    old = old_prediction.float().detach()
+    pred = prediction.float()
+    clean = clean.float()
+    r = (advantages.float().detach() / adv_max / 2 + 0.5).clamp(0, 1)
+    positive = to_clean(beta * pred + (1 - beta) * old)
+    negative = to_clean((1 + beta) * old - beta * pred)
+
+    def normalised_error(x0_hat):
+        weight = (x0_hat.detach() - clean).abs().flatten(1).mean(dim=1).clamp(min=1e-5)
+        return (x0_hat - clean).pow(2).flatten(1).mean(dim=1) / weight
+
+    loss = adv_max * (r * normalised_error(positive) + (1 - r) * normalised_error(negative)).mean() / beta
+    logs = {"policy_deviation": (pred.detach() - old).pow(2).mean().item()}
+    return loss, logs

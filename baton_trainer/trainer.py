@@ -204,6 +204,8 @@ class DiffusionTrainer:
         cfg, acc = self.config, self.accelerator
         if cfg.max_train_steps:
             return cfg.max_train_steps
+        if (steps := self.objective.training_steps(feedback, pretrain)) is not None:
+            return steps
         main = feedback if feedback is not None else pretrain
         per = cfg.train_batch_size if feedback is not None else cfg.pretrain_batch_size
         micro_per_epoch = max(1, len(main) // (per * acc.num_processes))

@@ -127,6 +127,13 @@ class AudioLDM2Model(MelLatents, TextToAudioBackend):
     def encode_text(self, captions: list[str], duration_s: float | None = None) -> TextConditioning:
         return TextConditioning.cat([self._encode_one(c, guidance=False)[0] for c in captions])
 
+    @torch.no_grad()
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """The pipeline's decode: VAE to log-mel, then its vocoder."""
+        vae = self.pipe.vae
+        mel = vae.decode(latents.to(device=vae.device, dtype=vae.dtype) / vae.config.scaling_factor).sample
+        return self.pipe.mel_spectrogram_to_waveform(mel).float()
+
     # -- sampling --------------------------------------------------------------------------------
 
     @torch.no_grad()

@@ -148,6 +148,28 @@ class TextToAudioBackend(ABC):
     ) -> np.ndarray:
         """One clip per caption, each from its own seed, as float32 (B, samples)."""
 
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents (as `encode_audio` makes them) -> mono waveforms (B, samples) at `sample_rate`,
+        through the pipeline's own decoder: online objectives score the clips of their rollouts."""
+        raise NotImplementedError(f"{type(self).__name__} has no decode_latents: online objectives need one (see docs/backends.md)")
+
+    def decode_clips(self, latents: torch.Tensor, duration_s: float | None = None) -> np.ndarray:
+        """`decode_latents`, cut or zero-padded to `duration_s` (default the model's), as float32 numpy."""
+        with torch.no_grad():
+            audio = self.decode_latents(latents).float()
+        samples = int(round((duration_s or self.duration_s) * self.sample_rate))
+        audio = audio[:, :samples]
+        if audio.shape[-1] < samples:
+            audio = torch.nn.functional.pad(audio, (0, samples - audio.shape[-1]))
+        return audio.cpu().numpy().astype(np.float32)
+
+    def latent_shape(self, duration_s: float | None = None) -> tuple[int, ...]:
+        """The shape of one clip's latents at `duration_s` (default the model's), measured by
+        encoding silence: every backend's own rounding of lengths applies."""
+        samples = int(round((duration_s or self.duration_s) * self.sample_rate))
+        with torch.no_grad():
+            return tuple(self.encode_audio(torch.zeros(1, samples, device=self.device)).shape[1:])
+
     @abstractmethod
     def preprocessing(self) -> dict:
         """The settings that shape latents and conditioning besides the frozen modules (mel front

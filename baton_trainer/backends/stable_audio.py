@@ -124,6 +124,12 @@ class StableAudioModel(TextToAudioBackend):
             encoder_hidden_states=torch.zeros_like(cond.tensors["encoder_hidden_states"]), global_hidden_states=cond.tensors["global_hidden_states"]
         )
 
+    @torch.no_grad()
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """The pipeline's VAE decode, mixed down to mono."""
+        vae = self.pipe.vae
+        return vae.decode(latents.to(device=vae.device, dtype=vae.dtype)).sample.float().mean(dim=1)
+
     # -- sampling --------------------------------------------------------------------------------
 
     @torch.no_grad()

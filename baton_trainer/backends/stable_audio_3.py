@@ -124,6 +124,12 @@ class StableAudio3Model(TextToAudioBackend):
             global_hidden_states=cond.tensors["global_hidden_states"],
         )
 
+    @torch.no_grad()
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """The pipeline's decode (clamped to [-1, 1] as it does), mixed down to mono."""
+        vae = self.pipe.vae
+        return vae.decode(latents.to(device=vae.device, dtype=vae.dtype)).sample.float().clamp(-1, 1).mean(dim=1)
+
     # -- sampling --------------------------------------------------------------------------------
 
     @torch.no_grad()

@@ -73,6 +73,10 @@ class Objective:
         """Called once the denoiser is trainable and before accelerate wraps it."""
         self.draw = draw
 
+    def training_steps(self, feedback: EncodedSet | PairedSet | None, pretrain: EncodedSet | None) -> int | None:
+        """Optimiser steps of a run without `max_train_steps`; None: the trainer's passes over the data."""
+        return None
+
     def begin(self, denoiser, feedback: EncodedSet | PairedSet | None) -> None:
         """Called at the start of `train` with the encoded feedback data."""
 

@@ -8,6 +8,7 @@ it is a frozen copy of the denoiser taken before the first step, in the frozen m
 
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import torch
@@ -35,6 +36,15 @@ class ReferenceModel:
         if self.store.losses:
             self.draw.accelerator.print(f"reference losses of {len(self.store.losses)} micro-steps read from {self.store.path}")
 
+    @contextlib.contextmanager
+    def module(self, trained: torch.nn.Module):
+        """The reference denoiser for the block: the frozen copy, or `trained` with its adapter off."""
+        if self.frozen is not None:
+            yield self.frozen
+        else:
+            with self.draw.backend.adapters_disabled(self.draw.accelerator.unwrap_model(trained)) as base:
+                yield base
+
     def errors(self, trained: torch.nn.Module, noised: Noised, feedback, index: int) -> torch.Tensor:
         """Plain per-clip errors (before any SNR weight) of the reference on `noised`; the store
         answers for the data it was opened on only."""
@@ -42,12 +52,8 @@ class ReferenceModel:
         ref = store.get(index, noised.noisy.device) if store is not None else None
         if ref is None:
             with torch.no_grad():  # the reference first: switching the adapter back on re-enables its gradients
-                if self.frozen is not None:
-                    ref = per_sample_mse(self.draw.predict(self.frozen, noised), noised.target)
-                else:
-                    backend = self.draw.backend
-                    with backend.adapters_disabled(self.draw.accelerator.unwrap_model(trained)) as base:
-                        ref = per_sample_mse(self.draw.predict(base, noised), noised.target)
+                with self.module(trained) as reference:
+                    ref = per_sample_mse(self.draw.predict(reference, noised), noised.target)
             if store is not None:
                 store.put(index, ref)
         return ref

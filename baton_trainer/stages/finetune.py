@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from ..config import ConfigError
 from ..layout import RunLayout
@@ -52,7 +52,7 @@ class FinetuneConfig:
     objective: str = field(
         default="baton",
         metadata={
-            "help": "baton (Eq. 7) | dpo (Diffusion-DPO on aligned x not-aligned pairs) | kto (Diffusion-KTO on per-clip labels) | reward_ranked (plain loss on the best clips); the classes are in baton_trainer/objectives"
+            "help": "baton (Eq. 7) | dpo (Diffusion-DPO on aligned x not-aligned pairs) | kto (Diffusion-KTO on per-clip labels) | reward_ranked (plain loss on the best clips) | grpo, awm, nft (online: the policy's own clips, scored by `rewards`); the classes are in baton_trainer/objectives"
         },
     )
     pretrain_weight: float = field(default=0.5, metadata={"help": "weight of the pretraining term (the paper's beta, 0.5), added to every objective"})
@@ -107,6 +107,39 @@ class FinetuneConfig:
             "help": "DPO/KTO: keep the reference model's per-step losses in the cache, so a rerun of the same data (a beta sweep) skips its forward pass"
         },
     )
+    # -- online objectives (grpo, awm, nft; docs/online.md) ------------------------------------------
+    rewards: list[Any] | None = field(
+        default=None,
+        metadata={
+            "help": "training rewards of the online objectives: names or {name, weight, options} (docs/rewards.md); default the run's BATON reward model"
+        },
+    )
+    reward_aggregation: Literal["sum", "per_reward"] = field(
+        default="sum", metadata={"help": "sum: weighted sum, then group-normalised; per_reward: each reward group-normalised, then weighted (GDPO)"}
+    )
+    on_bad_reward: Literal["skip", "stop"] = field(
+        default="stop", metadata={"help": "a NaN or missing reward: stop the run naming the clip, or leave the clip out of its group (advantage 0)"}
+    )
+    group_size: int = field(default=4, metadata={"help": "online: clips per caption (a group); groups are never split across processes"})
+    rollout_captions: int = field(default=4, metadata={"help": "online: captions per rollout over all processes (a multiple of the process count)"})
+    rollout_steps: int = field(default=10, metadata={"help": "online: sampler steps of a rollout"})
+    rollout_guidance_scale: float = field(default=3.0, metadata={"help": "online: classifier-free guidance of the rollouts (and of grpo's log-probabilities)"})
+    rollout_eta: float | None = field(
+        default=None, metadata={"help": "online: sampler noise; default grpo 1.0 (DDPM posterior) / 0.7 (flow SDE), awm and nft 0 (deterministic)"}
+    )
+    flow_noise: Literal["flow_grpo", "dance"] = field(default="flow_grpo", metadata={"help": "flow backends: Flow-GRPO's sigma_s or DanceGRPO's constant"})
+    sde_window: list[int] | None = field(
+        default=None, metadata={"help": "grpo: [start, end) sampler steps that are stochastic and trained (MixGRPO); default all"}
+    )
+    train_fraction: float = field(default=1.0, metadata={"help": "grpo: fraction of the stochastic steps trained per optimiser step (DanceGRPO ~0.6)"})
+    shared_start_noise: bool = field(default=False, metadata={"help": "online: a group's clips start from the same noise (DanceGRPO)"})
+    rollout_reuse: int = field(default=1, metadata={"help": "online: optimiser steps per rollout (> 1 makes the trust region matter)"})
+    advantage_std: Literal["group", "global"] = field(default="group", metadata={"help": "online: normalise by the group's std or the whole rollout's"})
+    advantage_clip: float = field(default=5.0, metadata={"help": "online: advantages clipped to [-a, a] (nft: its A_max)"})
+    clip_range: float | None = field(default=None, metadata={"help": "grpo/awm: PPO clip range of the ratio (default grpo 1e-4, awm 1e-2)"})
+    kl_beta: float = field(default=0.0, metadata={"help": "grpo: weight of the closed-form KL to the reference (base) model per trained step"})
+    nft_beta: float = field(default=1.0, metadata={"help": "nft: the implicit policies' step b (not a KL weight)"})
+    old_policy_decay: float = field(default=0.0, metadata={"help": "awm/nft: EMA decay of the old policy at each rollout (0: the sampling policy)"})
     checkpointing_steps: int = 500
     checkpoints_total_limit: int | None = 3
     resume_from_checkpoint: str | None = field(default=None, metadata={"help": "'latest' or a checkpoint folder"})
@@ -136,7 +169,21 @@ class FinetuneConfig:
             raise ConfigError(f"config key 'objective' must be one of {list(OBJECTIVES)}, got {self.objective!r}")
         if OBJECTIVES[self.objective].needs_feedback and self.weighting == "none":
             raise ValueError(f"objective {self.objective!r} learns from the ratings: weighting 'none' leaves it nothing to learn from")
-        for name in ("train_batch_size", "gradient_accumulation_steps", "num_epochs", "checkpointing_steps", "max_pairs_per_caption"):
+        if not 0 < self.train_fraction <= 1 or not 0 <= self.old_policy_decay < 1 or not self.advantage_clip > 0 or not self.nft_beta > 0:
+            raise ValueError("config keys: train_fraction must be in (0, 1], old_policy_decay in [0, 1), advantage_clip and nft_beta > 0")
+        if self.kl_beta < 0 or not math.isfinite(self.kl_beta) or (self.clip_range is not None and not self.clip_range > 0):
+            raise ValueError(f"config keys: kl_beta must be >= 0 and clip_range > 0, got {self.kl_beta}, {self.clip_range}")
+        for name in (
+            "train_batch_size",
+            "gradient_accumulation_steps",
+            "num_epochs",
+            "checkpointing_steps",
+            "max_pairs_per_caption",
+            "group_size",
+            "rollout_captions",
+            "rollout_steps",
+            "rollout_reuse",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"config key '{name}' must be >= 1, got {getattr(self, name)}")
 

@@ -1,0 +1,246 @@
+"""Online policy optimisation (`--objective grpo|awm|nft`) on tiny models of the real classes: the
+rollout sampler against diffusers' own sampler and an independent Euler loop, the first step's
+ratio and KL, one trained step of each objective on a DDPM and a flow backend under LoRA and full
+fine-tuning, bad rewards, and a resumed run that repeats no reward call."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from accelerate import Accelerator
+from helpers import save_audio_alpaca, save_pretrain, train
+
+from baton_trainer.backends import load_backend
+from baton_trainer.denoising import DenoisingDraw
+from baton_trainer.rollouts import PolicySampler
+from baton_trainer.testing import save_tiny_clap, save_tiny_stable_audio_3, save_tiny_tango
+from reward_hub.rewards import Reward, RewardError, register_reward
+
+BACKENDS = {"tango": save_tiny_tango, "stable_audio_3": save_tiny_stable_audio_3}
+
+
+class LengthReward(Reward):
+    """A test reward of the real interface: the clip's RMS, NaN for captions containing `nan_word`,
+    counting the clips it is asked to score."""
+
+    name = "rms"
+    sample_rate = 16000
+    calls: list[int] = []
+
+    def __init__(self, nan_word: str | None = None, device=None):
+        self.nan_word = nan_word
+
+    def _score(self, captions, waves):
+        LengthReward.calls.append(len(captions))
+        return [float("nan") if self.nan_word and self.nan_word in c else float(np.sqrt(np.mean(w**2))) for c, w in zip(captions, waves)]
+
+
+register_reward("rms", LengthReward)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("online")
+    save_audio_alpaca(root / "alpaca")
+    save_pretrain(root / "pretrain", n=4)
+    save_tiny_clap(root / "clap")
+    for name, save in BACKENDS.items():
+        save(root / name)
+    return root
+
+
+def config(world, backend, out, **overrides):
+    from baton_trainer.stages.finetune import FinetuneConfig
+
+    values = dict(
+        run_dir=str(world / "run"),
+        model=str(world / backend),
+        pairwise_dataset=str(world / "alpaca"),
+        feedback_dataset="none",
+        reward_dataset="none",
+        pretrain_dataset=str(world / "pretrain"),
+        output_dir=str(out),
+        cache_dir=str(out / "cache"),
+        max_train_steps=2,
+        learning_rate=1e-2,
+        report_to="none",
+        use_lora=True,
+        lora_rank=4,
+        duration_s=0.32,
+        seed=3,
+        rewards=[{"name": "clap", "model": str(world / "clap")}],
+        group_size=3,
+        rollout_captions=2,
+        rollout_steps=4,
+    )
+    values.update(overrides)
+    return FinetuneConfig(**values)
+
+
+def sampler_for(backend, **kwargs):
+    draw = DenoisingDraw(
+        backend,
+        Accelerator(cpu=True),
+        seed=0,
+        accumulation=1,
+        cfg_dropout=0.0,
+        snr_mode="none",
+        snr_gamma=5.0,
+        weight_dtype=torch.float32,
+        input_dtype=torch.float32,
+        duration_s=0.32,
+    )
+    return PolicySampler(backend, draw, duration_s=0.32, **kwargs)
+
+
+def test_a_deterministic_ddpm_rollout_is_the_pipelines_ddim_sample_and_a_stochastic_one_records_each_steps_log_prob(world):
+    backend = load_backend(str(world / "tango")).eval()
+    captions, seeds = ["beep then hum", "a hiss"], [11, 12]
+    rollout = sampler_for(backend, num_steps=5, guidance_scale=1.0, eta=0.0).sample(backend.denoiser, captions, seeds, [1, 2])
+    expected = backend.generate_latents(captions, seeds, 5, 1.0, duration_s=0.32, sampler="ddim")
+    torch.testing.assert_close(rollout.clean, expected, rtol=1e-4, atol=1e-5)
+    assert torch.count_nonzero(rollout.log_probs) == 0  # deterministic steps have none
+    sampler = sampler_for(backend, num_steps=5, guidance_scale=2.5, eta=1.0)
+    rollout = sampler.sample(backend.denoiser, captions, seeds, [1, 2])
+    steps = sampler.stochastic_steps()
+    assert steps == [0, 1, 2, 3]  # the last step lands on the clean level: std 0
+    log_p, _, _ = sampler.steps_log_prob(backend.denoiser, rollout, steps)
+    torch.testing.assert_close(log_p, rollout.log_probs[:, steps].T)  # the trained policy is the sampling policy
+
+
+def test_a_flow_rollout_with_eta_going_to_zero_is_the_euler_ode_sample(world):
+    backend = load_backend(str(world / "stable_audio_3")).eval()
+    captions, seeds = ["beep then hum", "a hiss"], [5, 6]
+    sampler = sampler_for(backend, num_steps=6, guidance_scale=1.0, eta=0.0)
+    text = backend.encode_text(captions, 0.32)
+    x = torch.stack([torch.randn(sampler.latent_shape(), generator=torch.Generator().manual_seed(s)) for s in seeds])
+    levels = np.linspace(1.0, 0.0, 7)
+    with torch.no_grad():
+        for s, s_next in zip(levels[:-1], levels[1:]):  # Euler on the velocity, written out
+            t = backend.denoiser_timestep(torch.full((2,), float(s)))
+            v = backend.denoiser(x, t, **text.as_kwargs(), **backend.denoiser_kwargs(x)).sample
+            x = x + (s_next - s) * v
+    ode = sampler.sample(backend.denoiser, captions, seeds, [1, 2]).clean
+    torch.testing.assert_close(ode, x, rtol=1e-4, atol=1e-5)
+    near = sampler_for(backend, num_steps=6, guidance_scale=1.0, eta=1e-4).sample(backend.denoiser, captions, seeds, [1, 2]).clean
+    assert (
+        (near - x).abs().max()
+        < 1e-2
+        < (sampler_for(backend, num_steps=6, guidance_scale=1.0, eta=0.7).sample(backend.denoiser, captions, seeds, [1, 2]).clean - x).abs().max()
+    )
+
+
+@pytest.mark.parametrize("backend", list(BACKENDS))
+@pytest.mark.parametrize("objective", ["grpo", "awm", "nft"])
+@pytest.mark.parametrize("use_lora", [True, False])
+def test_each_online_objective_trains_on_a_ddpm_and_a_flow_backend(world, tmp_path, backend, objective, use_lora):
+    from baton_trainer.trainer import DiffusionTrainer
+
+    extra = {"kl_beta": 0.05} if objective == "grpo" else {"rollout_reuse": 2}  # awm/nft: the second step uses the old policy
+    trainer = DiffusionTrainer(config(world, backend, tmp_path / "out", objective=objective, use_lora=use_lora, **extra))
+    before = [p.detach().clone() for p in trainer.trainable_params]
+    out = train(trainer)
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["global_step"] == 2 and math.isfinite(summary["final_loss"])
+    assert any(not torch.equal(a, b.detach()) for a, b in zip(before, trainer.trainable_params))
+    logs = trainer.last_logs
+    for key in ("reward_mean", "reward_std", "zero_spread_fraction", "reward_clap", "loss_policy"):
+        assert key in logs and math.isfinite(logs[key])
+    stored = sorted(p.name for p in (out / "rollouts").iterdir())
+    rollouts = 2 if objective == "grpo" else 1
+    assert len(stored) == 2 * rollouts and all(name.startswith("rollout-") for name in stored)
+    record = torch.load(out / "rollouts" / "rollout-000000-rank0.pt", weights_only=True)
+    assert record["latents"].shape[:2] == (6, 5) and len(record["captions"]) == 6
+    assert len(set(record["captions"][:3])) == 1 and len(set(record["captions"][3:])) == 1  # a group is one caption
+
+
+def test_grpo_starts_at_ratio_one_with_zero_kl_to_the_disabled_adapter(world, tmp_path):
+    from baton_trainer.stages.finetune import load_training_data
+    from baton_trainer.trainer import DiffusionTrainer
+
+    trainer = DiffusionTrainer(config(world, "tango", tmp_path / "out", objective="grpo", kl_beta=0.1, learning_rate=0.5))
+    feedback, pretrain = load_training_data(trainer.config, trainer.objective, trainer.latent_cache)
+    _, logs = trainer.training_loss(feedback, pretrain, 0, 0)
+    assert logs["ratio_mean"] == pytest.approx(1.0, abs=1e-6) and logs["kl_reference"] == 0 and logs["clip_fraction"] == 0
+    train_out = trainer.train(feedback, pretrain)
+    assert train_out.is_dir() and trainer.last_logs["kl_reference"] > 0  # the adapter moved away from the base
+
+
+def test_a_nan_reward_names_the_clip_and_stops_or_is_left_out_of_its_group(world, tmp_path):
+    from baton_trainer.trainer import DiffusionTrainer
+
+    rewards = [{"name": "rms", "nan_word": "rain"}]  # one of the three captions: every rollout of 3 captions has it
+    with pytest.raises(RewardError, match=r"reward 'rms'.*clip.*NaN"):
+        train(DiffusionTrainer(config(world, "tango", tmp_path / "stop", objective="grpo", rewards=rewards, rollout_captions=3)))
+    assert list((tmp_path / "stop" / "rollouts").glob("rollout-000000-rank0.pt"))  # the clips sampled before the stop are kept
+    trainer = DiffusionTrainer(config(world, "tango", tmp_path / "skip", objective="grpo", rewards=rewards, on_bad_reward="skip", rollout_captions=3))
+    train(trainer)
+    parts = json.loads((tmp_path / "skip" / "rollouts" / "rollout-000000-rank0.rewards.json").read_text())["rms"]
+    assert None in parts and any(v is not None for v in parts)
+    assert trainer.last_logs["bad_reward_clips"] > 0
+
+
+def test_a_killed_run_resumes_at_its_step_repeats_no_reward_call_and_reaches_the_uninterrupted_weights(world, tmp_path):
+    from baton_trainer.trainer import DiffusionTrainer
+
+    settings = dict(objective="grpo", rewards=[{"name": "rms"}], checkpointing_steps=2, max_train_steps=4)
+    LengthReward.calls.clear()
+    whole = DiffusionTrainer(config(world, "tango", tmp_path / "whole", **settings))
+    train(whole)
+    assert len(LengthReward.calls) == 4  # one reward call per rollout
+    # A run killed during step 3 (index 2): its checkpoint at 2, rollout 2 sampled and scored, rollout 3 never reached.
+    LengthReward.calls.clear()
+    killed = DiffusionTrainer(config(world, "tango", tmp_path / "killed", **{**settings, "max_train_steps": 3}))
+    train(killed)
+    for late in (tmp_path / "killed" / "checkpoints").glob("checkpoint-3"):
+        import shutil
+
+        shutil.rmtree(late)
+    assert len(LengthReward.calls) == 3
+    LengthReward.calls.clear()
+    resumed = DiffusionTrainer(config(world, "tango", tmp_path / "killed", **settings, resume_from_checkpoint="latest"))
+    train(resumed)
+    assert len(LengthReward.calls) == 1  # rollout 3 only: rollout 2's rewards were read from the run folder
+    for a, b in zip(whole.trainable_params, resumed.trainable_params):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+def launch(ranks: int, *args):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1", "HF_HUB_OFFLINE": "1"}
+    torchrun = Path(sys.executable).with_name("torchrun")
+    command = [str(torchrun), "--nproc_per_node", str(ranks), "--master_port", str(29600 + os.getpid() % 1000), "-m", "baton_trainer", "finetune", *args]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_two_processes_take_whole_groups_and_reach_the_one_process_weights(world, tmp_path):
+    from safetensors.torch import load_file
+
+    def args(out, pretrain_batch):
+        c = config(world, "tango", out, objective="grpo", rollout_captions=2)
+        keys = ("run_dir", "model", "pairwise_dataset", "feedback_dataset", "reward_dataset", "pretrain_dataset", "output_dir", "cache_dir", "max_train_steps")
+        keys += ("learning_rate", "report_to", "lora_rank", "duration_s", "seed", "objective", "group_size", "rollout_captions", "rollout_steps")
+        flat = [part for key in keys for part in (f"--{key}", str(getattr(c, key)))]
+        return [*flat, "--use_lora", "true", "--rewards", json.dumps(c.rewards), "--pretrain_batch_size", str(pretrain_batch)]
+
+    refused = launch(2, *args(tmp_path / "odd", 2)[:-2], "--pretrain_batch_size", "2", "--rollout_captions", "3")
+    assert refused.returncode != 0 and "rollout_captions 3 does not divide over 2 processes" in refused.stderr and "e.g. 4" in refused.stderr
+    for ranks, out, batch in ((1, tmp_path / "one", 4), (2, tmp_path / "two", 2)):
+        result = launch(ranks, *args(out, batch))
+        assert result.returncode == 0, result.stderr[-3000:]
+    one = torch.load(tmp_path / "one" / "rollouts" / "rollout-000001-rank0.pt", weights_only=True)
+    halves = [torch.load(tmp_path / "two" / "rollouts" / f"rollout-000001-rank{r}.pt", weights_only=True) for r in (0, 1)]
+    for half in halves:
+        assert len(set(half["captions"])) == 1 and len(half["captions"]) == 3  # one whole group per process
+    assert halves[0]["captions"] + halves[1]["captions"] == one["captions"]
+    torch.testing.assert_close(torch.cat([h["latents"] for h in halves]), one["latents"], rtol=1e-4, atol=1e-5)
+    weights_one, weights_two = (load_file(tmp_path / name / "pytorch_lora_weights.safetensors") for name in ("one", "two"))
+    for key in weights_one:
+        torch.testing.assert_close(weights_two[key], weights_one[key], rtol=1e-4, atol=1e-5)
