@@ -123,6 +123,9 @@ def run_plain_diffusers(tmp_path, folder, lora="-", steps=3, seconds=0.32, promp
     script.write_text(PLAIN_DIFFUSERS)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["HF_MODULES_CACHE"] = str(tmp_path / "hf_modules")
+    # The same thread count as this process: Griffin-Lim's iterations amplify a change in the
+    # order of float reductions to 0.1 in the waveform, so two thread counts never agree to 1e-4.
+    env["OMP_NUM_THREADS"] = str(torch.get_num_threads())
     result = subprocess.run(
         [sys.executable, str(script), str(folder), str(lora), str(tmp_path / "audio.npy"), str(steps), str(seconds), json.dumps(prompts)],
         cwd=tmp_path,
