@@ -10,6 +10,8 @@ evaluated on the same held-out captions and seeds:
     clips of a caption whose rewards differ by at least 0.5 (`min_reward_gap`);
   - kto: `--objective kto`, desirable = weight >= 0.5;
   - reward_ranked: `--objective reward_ranked`, the plain loss on clips with weight >= 0.5;
+  - awm, nft, grpo: the online objectives (`ONLINE`: the policy's own clips of the training
+    captions, scored by the seed's reward model; no ratings beyond the 32);
   - best_of_N: no training, N base clips per clip, the reward model keeps the best (`evaluate --best_of`);
   - baton_online: `run --rounds R` from the seed's own round 1 (its BATON), the best round by the
     held-out oracle judge;
@@ -44,6 +46,8 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from toy_alignment import paired_differences, run_seed, summarise  # noqa: E402
 
@@ -53,10 +57,17 @@ from baton_trainer.layout import RunLayout  # noqa: E402
 from baton_trainer.stages.evaluate import evaluate  # noqa: E402
 from baton_trainer.stages.run import TOY_PRETRAINED, RunConfig, run  # noqa: E402
 
+# The online rows (docs/online.md) sample their own clips from the training captions and score
+# them with the seed's reward model (trained on the same 32 ratings; no new ratings); 30 steps of
+# 8 captions x 4 clips = 960 clips each, the toy config's learning rate and schedule otherwise.
+ONLINE = {"max_train_steps": 30, "rollout_captions": 8, "group_size": 4, "checkpointing_steps": 10}
 OBJECTIVES = {
     "dpo": {"objective": "dpo", "min_reward_gap": 0.5},
     "kto": {"objective": "kto"},
     "reward_ranked": {"objective": "reward_ranked"},
+    "awm": {"objective": "awm", **ONLINE},
+    "nft": {"objective": "nft", **ONLINE},
+    "grpo": {"objective": "grpo", "sde_window": [0, 5], **ONLINE},
 }
 
 
@@ -202,6 +213,30 @@ def markdown(table: dict, paired: dict, seeds: list[int], control: dict | None =
     return "\n".join(lines) + "\n"
 
 
+def cost(run_dir: Path, method: str) -> dict:
+    """What a trained row spent: its fine-tuning wall time and, for the online rows, the clips it sampled."""
+    out = run_dir / ("aligned" if method == "baton" else f"ablation_{method}")
+    summary = json.loads((out / "train_summary.json").read_text())
+    rollouts = list((out / "rollouts").glob("rollout-*.pt")) if (out / "rollouts").is_dir() else []
+    clips = sum(len(torch.load(p, weights_only=True)["captions"]) for p in rollouts)
+    return {"train_seconds": summary["seconds"], "steps": summary["global_step"], "clips_sampled": clips}
+
+
+def cost_markdown(per_seed: dict) -> str:
+    rows = {}
+    for results in per_seed.values():
+        for method, spent in results.get("cost", {}).items():
+            rows.setdefault(method, []).append(spent)
+    if not rows:
+        return ""
+    lines = ["", "Cost per seed (mean): every row used the same 32 oracle ratings (the reward model's); fine-tuning wall time on the 2-core CPU.", ""]
+    lines += ["| method | steps | clips sampled while training | fine-tuning s |", "|---|---|---|---|"]
+    for method, spent in rows.items():
+        mean = lambda k: sum(s[k] for s in spent) / len(spent)  # noqa: E731
+        lines.append(f"| {method} | {mean('steps'):.0f} | {mean('clips_sampled'):.0f} | {mean('train_seconds'):.0f} |")
+    return "\n".join(lines) + "\n"
+
+
 def tuning_markdown(tuning: dict) -> str:
     if not tuning:
         return ""
@@ -220,7 +255,9 @@ def main() -> None:
     parser.add_argument("--root", default="runs/toy_objectives")
     parser.add_argument("--best_of", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--methods", default="dpo,kto,reward_ranked,best_of,online", help="comma list of dpo,kto,reward_ranked,best_of,online,online_rated")
+    parser.add_argument(
+        "--methods", default="dpo,kto,reward_ranked,best_of,online", help="comma list of dpo,kto,reward_ranked,awm,nft,grpo,best_of,online,online_rated"
+    )
     parser.add_argument("--round_ratings", type=int, default=16, help="online_rated: new oracle ratings per round")
     parser.add_argument("--tune_seed", type=int, default=0, help="tune DPO's and KTO's beta on this seed's training captions (fresh seeds) first")
     parser.add_argument("--no_tune", action="store_true", help="keep the config's betas")
@@ -236,7 +273,7 @@ def main() -> None:
     methods = [m for m in args.methods.split(",") if m]
     unknown = sorted(set(methods) - {*OBJECTIVES, "best_of", "online", "online_rated"})
     if unknown:
-        parser.error(f"--methods: unknown {', '.join(unknown)} (known: dpo,kto,reward_ranked,best_of,online,online_rated; '' for base and BATON only)")
+        parser.error(f"--methods: unknown {', '.join(unknown)} (known: {','.join(OBJECTIVES)},best_of,online,online_rated; '' for base and BATON only)")
     trained = [m for m in methods if m in OBJECTIVES]
     root = Path(args.root)
     from baton_trainer.clap import ClapEmbedder
@@ -282,6 +319,7 @@ def main() -> None:
         }
         for name, folder in folders.items():
             results[name]["diversity"] = diversity(folder, clap)
+        results["cost"] = {m: cost(run_dir, m) for m in ["baton", *trained]}
         per_seed[seed] = results
         print(f"seed {seed} done after {time.time() - began:.0f} s", flush=True)
     table = summarise(per_seed)
@@ -310,7 +348,7 @@ def main() -> None:
     }
     Path(args.out + ".json").parent.mkdir(parents=True, exist_ok=True)
     Path(args.out + ".json").write_text(json.dumps(report, indent=2, default=str))
-    text = markdown(table, paired, args.seeds, control, args.control_name) + tuning_markdown(tuning)
+    text = markdown(table, paired, args.seeds, control, args.control_name) + cost_markdown(per_seed) + tuning_markdown(tuning)
     Path(args.out + ".md").write_text(text)
     print(text)
 

@@ -132,9 +132,10 @@ def test_a_flow_rollout_with_eta_going_to_zero_is_the_euler_ode_sample(world):
     )
 
 
-@pytest.mark.parametrize("backend", list(BACKENDS))
+# A DDPM backend under LoRA (the reference: the disabled adapter) and a flow backend under full
+# fine-tuning (a frozen copy): each objective meets both kinds of model and both modes.
+@pytest.mark.parametrize("backend, use_lora", [("tango", True), ("stable_audio_3", False)])
 @pytest.mark.parametrize("objective", ["grpo", "awm", "nft"])
-@pytest.mark.parametrize("use_lora", [True, False])
 def test_each_online_objective_trains_on_a_ddpm_and_a_flow_backend(world, tmp_path, backend, objective, use_lora):
     from baton_trainer.trainer import DiffusionTrainer
 
@@ -154,6 +155,7 @@ def test_each_online_objective_trains_on_a_ddpm_and_a_flow_backend(world, tmp_pa
     record = torch.load(out / "rollouts" / "rollout-000000-rank0.pt", weights_only=True)
     assert record["latents"].shape[:2] == (6, 5) and len(record["captions"]) == 6
     assert len(set(record["captions"][:3])) == 1 and len(set(record["captions"][3:])) == 1  # a group is one caption
+    assert (out / "rollout_rewards.png").stat().st_size > 0
 
 
 def test_grpo_starts_at_ratio_one_with_zero_kl_to_the_disabled_adapter(world, tmp_path):

@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..atomic import atomic_write_json
+from ..atomic import atomic_save_figure, atomic_write_json
 from ..denoising import Batch, step_generator
 from ..losses import awm_loss, clean_and_noise, clipped_policy_loss, gaussian_mean_kl, group_advantages, nft_loss
 from ..rollouts import PolicySampler, Rollout, noise_levels
@@ -154,6 +154,12 @@ class OnlineObjective(Objective):
         `rollout_reuse` steps), when `max_train_steps` is not set."""
         cfg = self.config
         return max(1, cfg.num_epochs * math.ceil(len(self.captions) / cfg.rollout_captions) * cfg.rollout_reuse)
+
+    def save(self) -> None:
+        """At every checkpoint and at the end: the training reward by rollout, from the stored
+        rewards (RUN/aligned/rollout_rewards.png; main process)."""
+        if self.draw.accelerator.is_main_process:
+            plot_rollout_rewards(self.store.folder, self.store.folder.parent / "rollout_rewards.png")
 
     # -- rollouts --------------------------------------------------------------------------------
 
@@ -382,3 +388,33 @@ class NFTObjective(OnlineObjective):
         to_clean = lambda p: clean_and_noise(p, noised.noisy, self.sampler.prediction_type, alpha, sigma)[0]
         loss, logs = nft_loss(prediction, old, rollout.clean.float(), to_clean, rollout.advantages, cfg.advantage_clip, cfg.nft_beta)
         return loss, {"loss_policy": loss.detach().item(), **logs}
+
+
+def plot_rollout_rewards(folder: Path, path: Path) -> None:
+    """Each reward's mean over a rollout's clips (rank 0's), by rollout, with the spread of the clips
+    (one standard deviation): a reward that never rises means the policy is not learning from it."""
+    import matplotlib  # lazy: slow to import, and the backend must be set before pyplot loads
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt  # lazy: after matplotlib.use
+
+    records = sorted(Path(folder).glob("rollout-*-rank0.rewards.json"))
+    if not records:
+        return
+    values: dict[str, list[list[float]]] = {}
+    for record in records:
+        for name, scores in json.loads(record.read_text()).items():
+            values.setdefault(name, []).append([v for v in scores if v is not None])
+    fig, ax = plt.subplots(figsize=(5.5, 3.2))
+    for name, per_rollout in values.items():
+        mean = np.array([np.mean(v) if v else np.nan for v in per_rollout])
+        spread = np.array([np.std(v) if v else np.nan for v in per_rollout])
+        ax.plot(mean, label=name)
+        ax.fill_between(np.arange(len(mean)), mean - spread, mean + spread, alpha=0.2)
+    ax.set_xlabel("rollout")
+    ax.set_ylabel("training reward")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    atomic_save_figure(fig, path)
+    plt.close(fig)
