@@ -34,6 +34,7 @@ from .backends import EXPORT_FILE, load_backend
 from .clap import CLAP_SAMPLE_RATE
 from .data import load_preference_dataset, save_dataset_atomic
 from .evaluation.clips import load_scorer, oracle_metrics, read_clips, read_waves
+from .evaluation.intervals import reward_hacking
 from .stages.export import ExportConfig, export_feedback
 from .stages.finetune import finetune as finetune_stage
 from .stages.generate import generate
@@ -165,13 +166,6 @@ def run_rounds(config: RoundsConfig, configs: dict[str, Any]) -> Path:
     atomic_write_json(layout.rounds_summary, summary)
     plot_rounds(history, layout.rounds_plot)
     return layout.root / summary["best_export"]
-
-
-def reward_hacking(previous: dict[str, float], current: dict[str, float], margin_se: float) -> bool:
-    """The training reward rose while the judge fell by more than `margin_se` standard errors of
-    the difference (0: any fall). A fall inside the judge's own noise is no evidence of hacking."""
-    margin = margin_se * (previous.get("judge_se", 0.0) ** 2 + current.get("judge_se", 0.0) ** 2) ** 0.5
-    return previous["judge"] - current["judge"] > margin and current["reward"] > previous["reward"]
 
 
 def plot_rounds(history: list[dict[str, Any]], path: Path) -> None:

@@ -250,8 +250,11 @@ class DiffusionTrainer:
                 acc.log({**self.last_logs, "lr": self.lr_scheduler.get_last_lr()[0]}, step=self.global_step)
             if self.global_step % cfg.checkpointing_steps == 0:
                 self.save_checkpoint()
+            if self.objective.end_of_step(self.denoiser, self.global_step):
+                break
         bar.close()
         self.objective.save()
+        self.objective.finish(self.denoiser)
         summary = {"global_step": self.global_step, "seconds": round(time.time() - started, 1), "final_loss": self.last_logs.get("loss")}
         out = self.export(summary)
         acc.end_training()

@@ -217,7 +217,7 @@ def test_check_reward_labels_scores_every_reward_label_against_the_oracle(tmp_pa
 
 
 def test_online_rounds_stop_on_a_judge_fall_beyond_its_noise_while_the_reward_rises():
-    from baton_trainer.online import reward_hacking
+    from baton_trainer.evaluation.intervals import reward_hacking
 
     before = {"judge": 0.70, "judge_se": 0.03, "reward": 0.60}
     noise = 0.03 * 2**0.5  # one standard error of the difference

@@ -40,6 +40,27 @@ class LengthReward(Reward):
 register_reward("rms", LengthReward)
 
 
+class CallCountReward(Reward):
+    """A test reward that rises (sign 1) or falls (sign -1) with every call, whatever the clips:
+    a judge falling while the training reward rises, on demand."""
+
+    name = "call_count"
+    sample_rate = 16000
+
+    def __init__(self, sign: float = 1.0, device=None):
+        self.sign, self.calls = sign, 0
+
+    def _score(self, captions, waves):
+        self.calls += 1
+        return [self.sign * self.calls] * len(captions)
+
+    def options(self) -> dict:
+        return {"sign": self.sign}
+
+
+register_reward("call_count", CallCountReward)
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("online")
@@ -246,3 +267,24 @@ def test_two_processes_take_whole_groups_and_reach_the_one_process_weights(world
     weights_one, weights_two = (load_file(tmp_path / name / "pytorch_lora_weights.safetensors") for name in ("one", "two"))
     for key in weights_one:
         torch.testing.assert_close(weights_two[key], weights_one[key], rtol=1e-4, atol=1e-5)
+
+
+def test_the_judge_stops_a_hacked_run_and_the_best_judged_weights_are_exported(world, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    from baton_trainer.trainer import DiffusionTrainer
+
+    settings = dict(objective="awm", rewards=[{"name": "call_count"}], judge_every=1, judge_captions=2, stop_margin_se=0.0, max_train_steps=5)
+    trainer = DiffusionTrainer(config(world, "tango", tmp_path / "hacked", eval_rewards=[{"name": "call_count", "sign": -1.0}], **settings))
+    out = train(trainer)
+    history = json.loads((out / "judge_history.json").read_text())
+    assert [h["step"] for h in history] == [1, 2] and history[1]["judge"] < history[0]["judge"] and history[1]["reward"] > history[0]["reward"]
+    assert json.loads((out / "train_summary.json").read_text())["global_step"] == 2  # stopped at the first fall
+    assert "keeping the weights of step 1" in capsys.readouterr().out
+    one_step = train(DiffusionTrainer(config(world, "tango", tmp_path / "one", **{**settings, "judge_every": 0, "max_train_steps": 1})))
+    best, exported = load_file(one_step / "pytorch_lora_weights.safetensors"), load_file(out / "pytorch_lora_weights.safetensors")
+    for key in best:
+        torch.testing.assert_close(exported[key], best[key], rtol=0, atol=0)
+    # a judge that also trains is named
+    DiffusionTrainer(config(world, "tango", tmp_path / "same", eval_rewards=[{"name": "call_count"}], **settings))
+    assert "judge(s) the policy and also train it" in capsys.readouterr().out

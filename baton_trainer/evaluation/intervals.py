@@ -174,3 +174,10 @@ def model_intervals(
                 lo, hi = bootstrap_statistic(lambda picked: f_m(picked) - f_b(picked), caption_ids, resamples=set_resamples, seed=seed)
                 out[m][key].update({"difference_lo": lo, "difference_hi": hi})
     return out
+
+
+def reward_hacking(previous: dict[str, float], current: dict[str, float], margin_se: float) -> bool:
+    """The training reward rose while the judge fell by more than `margin_se` standard errors of
+    the difference (0: any fall). A fall inside the judge's own noise is no evidence of hacking."""
+    margin = margin_se * (previous.get("judge_se", 0.0) ** 2 + current.get("judge_se", 0.0) ** 2) ** 0.5
+    return previous["judge"] - current["judge"] > margin and current["reward"] > previous["reward"]

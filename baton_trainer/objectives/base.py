@@ -10,7 +10,9 @@ it runs. It calls, in this order:
     loss, logs = objective.loss(denoiser, feedback, pretrain, step, micro)
                                            every micro-step: the loss to back-propagate and the
                                            floats to log
+    objective.end_of_step(denoiser, step)  after every optimiser step: True stops the run
     objective.save()                       at every checkpoint and at the end: flush what it keeps
+    objective.finish(denoiser)             once, before the export
 
 The data an objective trains on is chosen before the trainer starts, by the fine-tune stage, which
 calls `objective.select(rated)` on the mixed human- and reward-rated rows (`FeedbackRows`: the
@@ -79,6 +81,14 @@ class Objective:
 
     def begin(self, denoiser, feedback: EncodedSet | PairedSet | None) -> None:
         """Called at the start of `train` with the encoded feedback data."""
+
+    def end_of_step(self, denoiser, step: int) -> bool:
+        """Called after optimiser step `step` (1-based) on every process; True stops the run
+        (the online objectives' held-out judge stops a run whose reward is being hacked)."""
+        return False
+
+    def finish(self, denoiser) -> None:
+        """Called once before the export (the online objectives put back the best judged weights)."""
 
     def save(self) -> None:
         """Called at every checkpoint (on every process) and at the end of training."""

@@ -146,6 +146,18 @@ class OnlineObjective(Objective):
         self.store = RolloutStore(cfg.layout().aligned / "rollouts", acc.process_index)
         self.rollout: Rollout | None = None
         self.rollout_index = -1
+        self.judges = None
+        if cfg.judge_every:
+            from reward_hub.rewards import RewardSet  # here: as `training_rewards`
+
+            self.judges = RewardSet(cfg.eval_rewards, device=acc.device)
+            shared = {r.identity() for r in self.judges.rewards} & {r.identity() for r in self.rewards.rewards}
+            if shared:
+                acc.print(f"warning: {sorted(shared)} judge(s) the policy and also train it: a judge that is trained on cannot see reward hacking")
+            # The judge's sampler: deterministic (eta 0), as the evaluation samples.
+            self.judge_sampler = PolicySampler(backend, draw, cfg.rollout_steps, cfg.rollout_guidance_scale, 0.0, duration_s=draw.duration_s)
+        self.judged: list[dict] = []
+        self.best: tuple[int, list[torch.Tensor]] | None = None
 
     uses_old_policy = False
 
@@ -154,6 +166,61 @@ class OnlineObjective(Objective):
         `rollout_reuse` steps), when `max_train_steps` is not set."""
         cfg = self.config
         return max(1, cfg.num_epochs * math.ceil(len(self.captions) / cfg.rollout_captions) * cfg.rollout_reuse)
+
+    # -- the held-out judge -----------------------------------------------------------------------
+
+    def end_of_step(self, denoiser, step: int) -> bool:
+        """Every `judge_every` steps: the judges' and the training reward's view of the policy on the
+        same clips (fixed captions and seeds); keeps the best judged weights; True when the judge
+        fell while the training reward rose (`evaluation.intervals.reward_hacking`)."""
+        from ..evaluation.intervals import reward_hacking  # here: the evaluation package is not needed without a judge
+
+        cfg, acc = self.config, self.draw.accelerator
+        if not cfg.judge_every or step % cfg.judge_every:
+            return False
+        scores = {"step": step, **self.judge(acc.unwrap_model(denoiser))}
+        self.judged.append(scores)
+        acc.print(f"    step {step}: judge {scores['judge']:.4f} (SE {scores['judge_se']:.4f}), training reward {scores['reward']:.4f}")
+        if cfg.report_to:
+            acc.log({"judge": scores["judge"], "judge_reward": scores["reward"]}, step=step)
+        if acc.is_main_process:
+            atomic_write_json(self.store.folder.parent / "judge_history.json", self.judged)
+        if self.best is None or scores["judge"] > max(j["judge"] for j in self.judged[:-1]):
+            self.best = (step, [p.detach().clone() for p in denoiser.parameters() if p.requires_grad])
+        if len(self.judged) > 1 and reward_hacking(self.judged[-2], scores, cfg.stop_margin_se):
+            acc.print(f"    stopping: the judge fell while the training reward rose (reward hacking); keeping the weights of step {self.best[0]}")
+            return True
+        return False
+
+    @torch.no_grad()
+    def judge(self, module) -> dict[str, float]:
+        """The judges' mean (weighted sum) over fresh clips of the first `judge_captions` training
+        captions, its standard error, and the training reward's mean on the same clips. Every
+        process judges the same clips (no collective: the decision is the same everywhere)."""
+        cfg, backend = self.config, self.draw.backend
+        captions = [c for c in self.captions[: cfg.judge_captions] for _ in range(cfg.judge_clips_per_caption)]
+        seeds = [(cfg.seed + 2000) * 1_000_003 + i for i in range(len(captions))]
+        was_training = module.training
+        module.eval()
+        clean = self.judge_sampler.sample(module, captions, seeds, seeds).clean
+        module.train(was_training)
+        waves = list(backend.decode_clips(clean, self.judge_sampler.duration_s))
+        weights = self.judges.weight_map()
+        judged = sum(weights[name] * values for name, values in self.judges.score(captions, waves, backend.sample_rate).items())
+        trained = self.rewards.weight_map()
+        reward = sum(trained[name] * values for name, values in self.rewards.score(captions, waves, backend.sample_rate).items())
+        se = float(np.std(judged, ddof=1) / np.sqrt(len(judged))) if len(judged) > 1 else 0.0
+        return {"judge": float(np.mean(judged)), "judge_se": se, "reward": float(np.mean(reward))}
+
+    def finish(self, denoiser) -> None:
+        """The best judged weights go back into the denoiser before the export."""
+        if self.best is None or self.best[0] == self.judged[-1]["step"]:
+            return
+        step, weights = self.best
+        with torch.no_grad():
+            for p, best in zip([p for p in denoiser.parameters() if p.requires_grad], weights):
+                p.copy_(best)
+        self.draw.accelerator.print(f"kept the weights of step {step}, the best by the judge")
 
     def save(self) -> None:
         """At every checkpoint and at the end: the training reward by rollout, from the stored

@@ -140,6 +140,16 @@ class FinetuneConfig:
     kl_beta: float = field(default=0.0, metadata={"help": "grpo: weight of the closed-form KL to the reference (base) model per trained step"})
     nft_beta: float = field(default=1.0, metadata={"help": "nft: the implicit policies' step b (not a KL weight)"})
     old_policy_decay: float = field(default=0.0, metadata={"help": "awm/nft: EMA decay of the old policy at each rollout (0: the sampling policy)"})
+    eval_rewards: list[Any] | None = field(
+        default=None, metadata={"help": "online: the judges (e.g. [oracle] in the toy world), kept apart from the training rewards; needs judge_every"}
+    )
+    judge_every: int = field(default=0, metadata={"help": "online: judge the policy every this many steps on fresh clips of the training captions (0: never)"})
+    judge_captions: int = field(default=16, metadata={"help": "online: training captions the judge hears (the first ones, the same each time)"})
+    judge_clips_per_caption: int = 2
+    stop_margin_se: float = field(
+        default=1.0,
+        metadata={"help": "online: stop when the judge falls by more than this many SEs while the training reward rises; the best judged weights are kept"},
+    )
     checkpointing_steps: int = 500
     checkpoints_total_limit: int | None = 3
     resume_from_checkpoint: str | None = field(default=None, metadata={"help": "'latest' or a checkpoint folder"})
@@ -171,6 +181,8 @@ class FinetuneConfig:
             raise ValueError(f"objective {self.objective!r} learns from the ratings: weighting 'none' leaves it nothing to learn from")
         if not 0 < self.train_fraction <= 1 or not 0 <= self.old_policy_decay < 1 or not self.advantage_clip > 0 or not self.nft_beta > 0:
             raise ValueError("config keys: train_fraction must be in (0, 1], old_policy_decay in [0, 1), advantage_clip and nft_beta > 0")
+        if self.judge_every < 0 or (self.judge_every and not self.eval_rewards):
+            raise ValueError(f"config key 'judge_every' ({self.judge_every}) needs eval_rewards (the judges) and must be >= 0")
         if self.kl_beta < 0 or not math.isfinite(self.kl_beta) or (self.clip_range is not None and not self.clip_range > 0):
             raise ValueError(f"config keys: kl_beta must be >= 0 and clip_range > 0, got {self.kl_beta}, {self.clip_range}")
         for name in (
