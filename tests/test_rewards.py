@@ -416,3 +416,38 @@ def test_lalm_judge_without_a_single_yes_token_says_how_to_fix_it(tmp_path):
         build_reward({"name": "lalm_judge", "model": str(path), "dtype": "float32"}, device="cpu")
     with pytest.raises(ValueError, match=r"template must contain '\{caption\}'"):
         build_reward({"name": "lalm_judge", "model": str(path), "template": "Is it a dog?"})
+
+
+
+def test_events_reward_gives_credit_per_event_and_for_order_and_only_judges_with_the_toy_detector(tmp_path, monkeypatch):
+    import baton_trainer.rewards  # noqa: F401  (registers "oracle" and "events")
+    from baton_trainer.evaluation.models import PANNS_SED_FILE, Cnn14Config, PannsCnn14Sed
+    from baton_trainer.toyworld.render import render_sequence
+
+    caption = "knock then chirp then beep"
+    played = {"in order": ["knock", "chirp", "beep"], "reversed": ["beep", "chirp", "knock"], "one missing": ["knock", "beep"], "none": []}
+    waves = [render_sequence(events, seed=3) for events in played.values()]
+    events = build_reward({"name": "events", "detector": "toy"})
+    scores = dict(zip(played, events.score([caption] * len(waves), waves, 16_000)))
+    assert scores == {"in order": 1.0, "reversed": 0.5, "one missing": pytest.approx(1 / 3), "none": 0.0}
+    unordered = build_reward({"name": "events", "detector": "toy", "order": False}).score([caption] * 2, waves[1:3], 16_000)
+    np.testing.assert_allclose(unordered, [1.0, 2 / 3])
+    with pytest.raises(RewardError, match=r"reward 'events'.*'a quiet room'.*\(clip 0\)"):
+        events.score(["a quiet room"], waves[:1], 16_000)
+    with pytest.raises(RewardError, match="'events' is an evaluation judge only"):
+        RewardSet([events]).check_training_allowed()
+
+    # PANNs: a tiny Cnn14_DecisionLevelMax saved in the released checkpoint's layout, any clip rate
+    tiny = Cnn14Config(sample_rate=32_000, window_size=1024, hop_size=320, fmax=14_000.0, channels=(4, 4, 8, 8, 8, 16), min_samples=32_000)
+    torch.manual_seed(0)
+    torch.save({"model": PannsCnn14Sed(tiny).state_dict()}, tmp_path / PANNS_SED_FILE)
+    from baton_trainer.evaluation import models
+
+    monkeypatch.setattr(models, "PANNS_SED_CONFIG", tiny)  # the class's default config, at tiny size
+    panns = build_reward({"name": "events", "checkpoint": str(tmp_path)}, device="cpu")
+    RewardSet([panns]).check_training_allowed()  # a detector other than the judge may train
+    real = "a dog barks and then a car horn honks"
+    at_16k = panns.score([real] * 2, waves[:2], 16_000)
+    at_48k = panns.score([real] * 2, [soxr.resample(w, 16_000, 48_000, quality="HQ") for w in waves[:2]], 48_000)
+    assert np.all((0 <= at_16k) & (at_16k <= 1))
+    np.testing.assert_allclose(at_48k, at_16k, atol=1e-4)
