@@ -29,12 +29,16 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 import datasets
 import numpy as np
 
+from reward_hub.rewards import RewardSet
+
 from .atomic import atomic_write_json
 from .backends import EXPORT_FILE, load_backend
 from .clap import CLAP_SAMPLE_RATE
 from .data import load_preference_dataset, save_dataset_atomic
-from .evaluation.clips import load_scorer, oracle_metrics, read_clips, read_waves
+from .evaluation.clips import oracle_metrics, read_clips, read_waves
 from .evaluation.intervals import reward_hacking
+from .hub import resolve_folder
+from .rewards import run_rewards
 from .stages.export import ExportConfig, export_feedback
 from .stages.finetune import finetune as finetune_stage
 from .stages.generate import generate
@@ -88,8 +92,9 @@ def judge_round(config: RoundsConfig, configs: dict[str, Any], export: Path, fol
     waves = read_waves(clips_folder, rows, CLAP_SAMPLE_RATE)
     captions = [r["caption"] for r in rows]
     device = configs["label"].device
-    reward_model = load_scorer(config.layout().reward_model, "reward model", device)
-    result: dict[str, float] = {"reward": float(np.mean(reward_model.score(captions, waves, CLAP_SAMPLE_RATE).tolist()))}
+    # The reward the rounds' labels come from (the label stage's `rewards`, default the run's reward model).
+    rewards = run_rewards(configs["label"].rewards, config.layout(), device)
+    result: dict[str, float] = {"reward": float(np.mean(rewards.weighted_mean(rewards.score(captions, waves, CLAP_SAMPLE_RATE))))}
     if config.world == "toy":
         accuracies = oracle_metrics(rows, clips, 16000)
         tasks = [k for k in accuracies if k.endswith("_accuracy")]
@@ -97,8 +102,8 @@ def judge_round(config: RoundsConfig, configs: dict[str, Any], export: Path, fol
         result["judge"] = float(np.mean([accuracies[k] for k in tasks]))
         result["judge_se"] = float(np.sqrt(sum(accuracies[f"{k}_se"] ** 2 for k in tasks)) / len(tasks))  # of a mean of independent accuracies
     else:
-        judge = load_scorer(config.judge_model, "judge model", device)
-        scores = np.asarray(judge.score(captions, waves, CLAP_SAMPLE_RATE).tolist(), dtype=np.float64)
+        judge = RewardSet([{"name": "baton", "model": str(resolve_folder(config.judge_model, "judge model"))}], device=device)
+        scores = judge.score(captions, waves, CLAP_SAMPLE_RATE)["baton"]
         result["judge"], result["judge_se"] = float(scores.mean()), float(scores.std(ddof=1) / np.sqrt(len(scores))) if len(scores) > 1 else 0.0
     result["clips"] = len(rows)
     atomic_write_json(done, result)

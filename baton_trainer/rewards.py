@@ -1,8 +1,10 @@
 """The trainer's side of the reward interface (`reward_hub.rewards`, docs/rewards.md): the rewards
-that need this package (the toy world's oracle), and the training rewards of a fine-tune run.
+that need this package (the toy world's oracle, the event detector's `events`), and the rewards
+a run's stages optimise or select with.
 
-    rewards = training_rewards(finetune_config, device)   # a RewardSet; its scores cached in the run
-    parts = rewards.score(captions, waves, sample_rate)   # {"baton": (N,), ...}
+    rewards = run_rewards(config.rewards, layout, device)  # a RewardSet; default the run's BATON reward model
+    parts = rewards.score(captions, waves, sample_rate)    # {"baton": (N,), ...}: online objectives combine these
+    values = rewards.weighted_mean(parts)                  # labels and best-of-N picks
 
 The toy oracle is registered as a reward so that it can judge (`eval_rewards`), and refused as a
 training reward: a model trained on the judge can no longer be judged by it.
@@ -103,12 +105,18 @@ class EventsReward(Reward):
 register_reward("events", EventsReward)
 
 
-def training_rewards(config, device=None) -> RewardSet:
-    """The fine-tune config's `rewards` (default: the run's BATON reward model), each checked to
-    be allowed in training, scores cached in RUN/cache/reward_scores (a resumed run or a second
-    objective on the same clips scores nothing twice)."""
-    layout = config.layout()
-    specs = config.rewards or [{"name": "baton", "model": str(layout.reward_model)}]
-    rewards = RewardSet(specs, device=device, cache=ScoreCache(layout.cache / "reward_scores.jsonl"))
+def run_rewards(specs, layout, device=None, *, cache: bool = True) -> RewardSet:
+    """The rewards a stage optimises or selects with: `specs` (names or {name, weight, options},
+    docs/rewards.md), by default the run's BATON reward model; each checked to be allowed in
+    training (labels, best-of-N picks and online updates all optimise against the reward, so a
+    judge may not be one). With `cache`, scores are kept in RUN/cache/reward_scores.jsonl (a
+    resumed run, or a second stage on the same clips, scores nothing twice)."""
+    default = {"name": "baton", "model": str(layout.reward_model)}
+    rewards = RewardSet(specs or [default], device=device, cache=ScoreCache(layout.cache / "reward_scores.jsonl") if cache else None)
     rewards.check_training_allowed()
     return rewards
+
+
+def training_rewards(config, device=None) -> RewardSet:
+    """The fine-tune config's `rewards` for the online objectives (see `run_rewards`)."""
+    return run_rewards(config.rewards, config.layout(), device)

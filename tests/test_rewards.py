@@ -418,7 +418,6 @@ def test_lalm_judge_without_a_single_yes_token_says_how_to_fix_it(tmp_path):
         build_reward({"name": "lalm_judge", "model": str(path), "template": "Is it a dog?"})
 
 
-
 def test_events_reward_gives_credit_per_event_and_for_order_and_only_judges_with_the_toy_detector(tmp_path, monkeypatch):
     import baton_trainer.rewards  # noqa: F401  (registers "oracle" and "events")
     from baton_trainer.evaluation.models import PANNS_SED_FILE, Cnn14Config, PannsCnn14Sed
@@ -451,3 +450,33 @@ def test_events_reward_gives_credit_per_event_and_for_order_and_only_judges_with
     at_48k = panns.score([real] * 2, [soxr.resample(w, 16_000, 48_000, quality="HQ") for w in waves[:2]], 48_000)
     assert np.all((0 <= at_16k) & (at_16k <= 1))
     np.testing.assert_allclose(at_48k, at_16k, atol=1e-4)
+
+
+def test_label_stage_labels_with_the_weighted_mean_of_any_rewards_and_refuses_labels_outside_0_1(tmp_path, model_dirs, baton):
+    from baton_trainer.audio import load_audio
+    from baton_trainer.clap import CLAP_SAMPLE_RATE
+    from baton_trainer.data import load_preference_dataset
+    from baton_trainer.stages.label import LabelConfig, label_unrated
+    from baton_trainer.testing import save_synthetic_generations
+
+    save_synthetic_generations(tmp_path / "generations", n_captions=2, clips_per_caption=2)
+    rows = [json.loads(line) for line in (tmp_path / "generations" / "metadata.jsonl").read_text().splitlines()]
+    waves = [load_audio(tmp_path / "generations" / r["file_name"], target_sr=CLAP_SAMPLE_RATE)[0] for r in rows]
+    expected = dict(zip([(r["caption_id"], r["clip_index"]) for r in rows], baton.score([r["caption"] for r in rows], waves, CLAP_SAMPLE_RATE)))
+    register_reward("test_constant", ConstantReward)
+    try:
+        spec = [{"name": "baton", "model": str(model_dirs["baton"]), "weight": 3.0}, {"name": "test_constant", "values": [1.0] * len(rows), "batch_size": 4}]
+        out = label_unrated(LabelConfig(run_dir=str(tmp_path / "mixed"), generations=str(tmp_path / "generations"), rewards=spec, device="cpu"))
+        labelled = load_preference_dataset(out)
+        assert len(labelled) == len(rows) and set(labelled["annotator"]) == {"rewards:baton, test_constant"}
+        for row in labelled:  # the label is (3 baton + 1 constant) / 4, clip by clip
+            assert row["reward"] == pytest.approx((3 * expected[row["caption_id"], row["clip_index"]] + 1) / 4, abs=1e-5)
+
+        too_big = [{"name": "test_constant", "values": [0.5, 2.0, 0.5, 0.5], "batch_size": 1}]
+        with pytest.raises(
+            ValueError,
+            match=r"label: constant gave 2 for .*generations/clips/00000_1\.wav: a label must lie in \[0, 1\] \(.*1 clips already labelled are kept\)",
+        ):
+            label_unrated(LabelConfig(run_dir=str(tmp_path / "bad"), generations=str(tmp_path / "generations"), rewards=too_big, batch_size=1, device="cpu"))
+    finally:
+        REWARDS.pop("test_constant")

@@ -9,18 +9,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-import reward_hub
-
 from ..atomic import atomic_write_bytes
 from ..audio import load_audio
 from ..clap import CLAP_SAMPLE_RATE
 from ..generations import read_generations
-from ..hub import resolve_folder
-from ..runtime import pick_device
 from .event_scores import ToyEventDetector, event_metrics, score_clips
 from .test_captions import load_test_captions
 
 if TYPE_CHECKING:
+    from reward_hub.rewards import RewardSet
+
     from ..layout import RunLayout
 
 
@@ -47,21 +45,20 @@ def best_of_n(
     winners: Path,
     base_rows: list[dict[str, Any]],
     clips_per_caption: int,
-    reward_model: str | Path,
+    rewards: "RewardSet",
     sample_rate: int,
-    device: str | None = None,
-    batch_size: int = 8,
 ):
     """Best-of-N, the training-free baseline: for clip k of a caption, the base model's clips k,
     k + C, ..., k + (N - 1) C in the generations folder `candidates` (C = `clips_per_caption`, so
-    clip k itself is one of them; seeds as the generate stage derives them), and the one the
-    reward model `reward_model` scores highest. Returns the base rows (same clip ids and file
-    names, the winner's seed, candidate id and score) and the winners' waveforms; the winners are
-    also written as a generations folder of their own, `winners` (RUN/eval/clips/best_of_<N>/)."""
+    clip k itself is one of them; seeds as the generate stage derives them), and the one with the
+    highest weighted mean of `rewards` (by default the run's reward model). Returns the base rows
+    (same clip ids and file names, the winner's seed, candidate id and score) and the winners'
+    waveforms; the winners are also written as a generations folder of their own, `winners`
+    (RUN/eval/clips/best_of_<N>/)."""
 
     rows = sorted_rows(candidates)
-    model = load_scorer(reward_model, "reward model", device)
-    scores = model.score([r["caption"] for r in rows], read_waves(candidates, rows, CLAP_SAMPLE_RATE), CLAP_SAMPLE_RATE, batch_size=batch_size).tolist()
+    waves = read_waves(candidates, rows, CLAP_SAMPLE_RATE)
+    scores = rewards.weighted_mean(rewards.score([r["caption"] for r in rows], waves, CLAP_SAMPLE_RATE)).tolist()
     best: dict[tuple[int, int], int] = {}
     for i, r in enumerate(rows):
         key = (int(r["caption_id"]), int(r["clip_index"]) % clips_per_caption)
@@ -96,12 +93,6 @@ def read_clips(folder: Path, sample_rate: int = 16000) -> tuple[list[dict[str, A
     """A generations folder's rows (by caption, then clip) and their waveforms at `sample_rate`."""
     rows = sorted_rows(folder)
     return rows, read_waves(folder, rows, sample_rate)
-
-
-def load_scorer(path: str | Path, what: str, device: str | None = None):
-    """A reward model (the run's, or a judge) from a folder or Hub id, on `device` (default cuda if there)."""
-
-    return reward_hub.load(str(resolve_folder(path, what)), device=pick_device(device))
 
 
 def oracle_metrics(rows: list[dict[str, Any]], clips: list[np.ndarray], sample_rate: int) -> dict[str, float]:

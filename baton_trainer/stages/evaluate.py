@@ -54,6 +54,12 @@ class EvaluateConfig:
     best_of: int = field(
         default=1, metadata={"help": "N > 1 adds the training-free baseline best_of_N: N base clips per clip, the reward model keeps the best"}
     )
+    best_of_rewards: list[Any] | None = field(
+        default=None,
+        metadata={
+            "help": "best_of_N picks by these rewards (names or {name, weight, options}, docs/rewards.md; their weighted mean); default the run's reward model"
+        },
+    )
     oracle: bool = field(default=False, metadata={"help": "judge clips with the toy world's oracle (integrity/temporal accuracy; sets detector toy)"})
     detector: Literal["toy", "panns"] | None = field(
         default=None,
@@ -132,8 +138,9 @@ def evaluate(config: EvaluateConfig, backends: dict[str, Any] | None = None) -> 
     from ..evaluation.report import print_table
     from ..evaluation.reward_summary import reward_model_summary, scorer_lines
     from ..formatting import display_path
-    from ..hub import is_hub_id
-    from ..runtime import Ranks
+    from ..hub import is_hub_id, resolve_folder
+    from ..rewards import run_rewards
+    from ..runtime import Ranks, pick_device
 
     layout = config.layout()
     out = layout.eval
@@ -169,15 +176,19 @@ def evaluate(config: EvaluateConfig, backends: dict[str, Any] | None = None) -> 
         from ..evaluation.clips import best_of_n
 
         name = f"best_of_{config.best_of}"
-        if not layout.reward_model.exists() and config.reward_model is None:
+        if config.best_of_rewards is None and not layout.reward_model.exists() and config.reward_model is None:
             raise FileNotFoundError(
                 f"best_of {config.best_of} needs the run's reward model: {layout.reward_model} not found (run the reward stage, or --reward_model)"
             )
         folder = generate(candidates, backend=(backends or {}).get("base"))
+        specs = config.best_of_rewards or [
+            {"name": "baton", "model": str(resolve_folder(layout.reward_model, "reward model")), "batch_size": config.batch_size}
+        ]
+        rewards = run_rewards(specs, layout, pick_device(config.device))
         rows_by_model[name], clips_by_model[name] = best_of_n(
-            folder, out / "clips" / name, rows_by_model["base"], config.clips_per_caption, layout.reward_model, sample_rate, config.device, config.batch_size
+            folder, out / "clips" / name, rows_by_model["base"], config.clips_per_caption, rewards, sample_rate
         )
-        models[name] = f"base, best of {config.best_of} by the reward model"
+        models[name] = f"base, best of {config.best_of} by " + ("the reward model" if config.best_of_rewards is None else rewards.describe())
     rows = rows_by_model["base"]
     for name, other in rows_by_model.items():
         if [r["clip_id"] for r in other] != [r["clip_id"] for r in rows]:

@@ -3,6 +3,10 @@ RUN/reward_labeled/ (a preference dataset: feedback -1, reward = the score, sour
 
     python -m baton_trainer label --run_dir RUN [--reward_model RUN/reward_model or a Hub id]
 
+`rewards` (YAML: `label: {rewards: [baton, {name: events, checkpoint: ..., weight: 0.5}]}`) labels
+with any rewards of docs/rewards.md instead: the label is their weighted mean, which must lie in
+[0, 1] (a label is a probability that the clip is aligned).
+
 Resumable: each scored clip is appended to a progress file (flushed per batch), so a killed run
 scores only the clips that are left. Under `accelerate launch --num_processes N` the clips are
 split between the processes (one progress file each) and the main process writes the dataset.
@@ -28,6 +32,12 @@ class LabelConfig:
     generations: str | None = field(default=None, metadata={"help": "generations folder with metadata.jsonl (default RUN/generations)"})
     feedback: str | None = field(default=None, metadata={"help": "human ratings dataset (default RUN/feedback; missing = none rated)"})
     reward_model: str | None = field(default=None, metadata={"help": "reward model folder or Hub id (default RUN/reward_model)"})
+    rewards: list[Any] | None = field(
+        default=None,
+        metadata={
+            "help": "label with these rewards (names or {name, weight, options}, docs/rewards.md): their weighted mean, in [0, 1]; default the reward model"
+        },
+    )
     output_dir: str | None = field(default=None, metadata={"help": "output preference dataset (default RUN/reward_labeled)"})
     batch_size: int = field(default=16, metadata={"help": "clips scored per forward pass"})
     device: str | None = field(default=None, metadata={"help": "torch device (default: cuda if available, else cpu)"})
@@ -54,14 +64,13 @@ def label_unrated(config: LabelConfig) -> Path:
     import numpy as np
     from tqdm.auto import tqdm
 
-    import reward_hub
-
     from ..audio import load_audio
     from ..clap import CLAP_SAMPLE_RATE
     from ..data import PREFERENCE_FEATURES, build_dataset, human_rated_keys, load_preference_dataset, save_dataset_atomic
     from ..formatting import format_number
     from ..generations import read_generations
     from ..hub import resolve_folder
+    from ..rewards import run_rewards
     from ..runtime import Ranks
 
     layout = RunLayout.of(
@@ -98,9 +107,13 @@ def label_unrated(config: LabelConfig) -> Path:
     left = [r for r in todo if r["file_name"] not in scores]
     pending = [r for batch in ranks.shard_batches(left, config.batch_size) for r in batch]
     if pending:
-        if config.reward_model is None and not layout.reward_model.exists():
-            raise FileNotFoundError(f"{layout.reward_model}: reward model not found (run the reward stage first)")
-        model = reward_hub.load(str(resolve_folder(layout.reward_model, "reward model")), device=ranks.device_for(config.device))
+        specs = config.rewards
+        if specs is None:
+            if config.reward_model is None and not layout.reward_model.exists():
+                raise FileNotFoundError(f"{layout.reward_model}: reward model not found (run the reward stage first)")
+            specs = [{"name": "baton", "model": str(resolve_folder(layout.reward_model, "reward model")), "batch_size": config.batch_size}]
+        # No score cache: the progress files below already keep every score (one per process).
+        rewards = run_rewards(specs, layout, ranks.device_for(config.device), cache=False)
         progress_file.parent.mkdir(parents=True, exist_ok=True)
         with open(progress_file, "a", encoding="utf-8") as handle:
             if progress_file.stat().st_size and not progress_file.read_bytes().endswith(b"\n"):
@@ -108,8 +121,15 @@ def label_unrated(config: LabelConfig) -> Path:
             for start in tqdm(range(0, len(pending), config.batch_size), desc="reward labels", disable=not ranks.is_main):
                 batch = pending[start : start + config.batch_size]
                 clips = [load_audio(generations / r["file_name"], target_sr=CLAP_SAMPLE_RATE, what=str(generations / r["file_name"]))[0] for r in batch]
-                rewards = model.score([r["caption"] for r in batch], clips, CLAP_SAMPLE_RATE, batch_size=config.batch_size)
-                for r, value in zip(batch, rewards.tolist()):
+                values = rewards.weighted_mean(rewards.score([r["caption"] for r in batch], clips, CLAP_SAMPLE_RATE))
+                outside = [i for i, value in enumerate(values) if not -1e-6 <= value <= 1 + 1e-6]
+                if outside:
+                    raise ValueError(
+                        f"label: {rewards.describe()} gave {values[outside[0]]:.4g} for {generations / batch[outside[0]]['file_name']}: "
+                        "a label must lie in [0, 1] (a probability of alignment); use rewards on that scale (baton, events, lalm_judge) or weights "
+                        f"that keep their mean in it ({len(scores)} clips already labelled are kept)"
+                    )
+                for r, value in zip(batch, values.tolist()):
                     scores[r["file_name"]] = value
                     handle.write(json.dumps({"file_name": r["file_name"], "reward": value}) + "\n")
                 handle.flush()
@@ -119,6 +139,7 @@ def label_unrated(config: LabelConfig) -> Path:
     if not ranks.is_main:
         return out
     scores = {**read_scores(progress_files()), **scores}  # the other ranks' scores beside this one's
+    rewards_name = ", ".join(spec if isinstance(spec, str) else str(spec.get("name")) for spec in config.rewards or [])
 
     columns: dict[str, list[Any]] = {name: [] for name in PREFERENCE_FEATURES}
     for r in todo:
@@ -131,7 +152,7 @@ def label_unrated(config: LabelConfig) -> Path:
         columns["labels"].append(list(r.get("labels", [])))
         columns["caption_id"].append(int(r["caption_id"]))
         columns["clip_index"].append(int(r["clip_index"]))
-        columns["annotator"].append(f"reward_model:{layout.reward_model}")
+        columns["annotator"].append(f"reward_model:{layout.reward_model}" if config.rewards is None else f"rewards:{rewards_name}")
     ds = build_dataset(columns)
     # Every clip rated by people: an empty set, written where no labelled set with rows would be lost.
     save_dataset_atomic(ds, out, allow_empty=True, why=f"every one of the {len(rows)} generated clips is rated by people")

@@ -55,6 +55,21 @@ class RewardSet:
     def weight_map(self) -> dict[str, float]:
         return dict(zip(self.keys, self.weights))
 
+    def weighted_mean(self, parts: dict[str, np.ndarray]) -> np.ndarray:
+        """sum_k w_k r_k / sum_k w_k per clip: one value on the rewards' own scale (for a label or a
+        best-of-N pick, where nothing is group-normalised), from the per-reward `parts` of `score`."""
+        total = sum(self.weights)
+        if total == 0:
+            raise ValueError(f"RewardSet: the weights of {self.keys} sum to 0; a weighted mean needs a non-zero sum")
+        return sum(weight * np.asarray(parts[key], dtype=np.float64) for key, weight in zip(self.keys, self.weights)) / total
+
+    def describe(self) -> str:
+        """ "baton" or "0.5 baton + 0.5 events", for reports and dataset columns."""
+        if len(self.keys) == 1:
+            return self.keys[0]
+        total = sum(self.weights)
+        return " + ".join(f"{weight / total:.3g} {key}" for key, weight in zip(self.keys, self.weights))
+
     def check_training_allowed(self) -> None:
         """Raise if a reward here may only judge (e.g. the toy oracle), naming it."""
         for key, reward in zip(self.keys, self.rewards):
