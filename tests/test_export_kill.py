@@ -1,7 +1,7 @@
 """A fine-tune killed during its export never leaves a folder that a stage accepts as an export.
 
 A child process exports a tiny model's adapter and is killed (SIGKILL) at its k-th file write into
-the export folder, for every k: each write (a file opened for writing, a rename, a removal, a
+the export folder, for every k (each export a fork of one process that built the trainer once): each write (a file opened for writing, a rename, a removal, a
 safetensors file) is seen through an audit hook. After each kill the folder must either fail every
 reader's check (no export marker: loading it as an export is refused) or be a whole export, byte
 for byte: the new one, or the previous one untouched when the kill came before its first change. It runs into an empty folder and over a previous, different, complete export (whose
@@ -25,15 +25,19 @@ CHILD = r"""
 import os, signal, sys
 from pathlib import Path
 import safetensors.torch
+import torch
 from baton_trainer.stages.finetune import FinetuneConfig
 from baton_trainer.trainer import DiffusionTrainer
 
-kill_at, world, out, seed = int(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+# One thread: the trainer is built once and each kill point runs in a fork() of this process, and
+# a fork is only safe while no OpenMP worker threads exist. (Building the trainer is the slow part.)
+torch.set_num_threads(1)
+world, seed, outs = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]  # outs: "KILL_AT:FOLDER", 0 = no kill
 config = FinetuneConfig(run_dir=str(world / "run"), model=str(world / "tango"), feedback_dataset=str(world / "feedback"), reward_dataset="none",
-                        pretrain_dataset=str(world / "pretrain"), output_dir=out, cache_dir=str(world / "cache"), use_lora=True, lora_rank=4,
-                        report_to="none", duration_s=0.32, seed=seed)
+                        pretrain_dataset=str(world / "pretrain"), output_dir=str(world / "unused"), cache_dir=str(world / "cache"), use_lora=True,
+                        lora_rank=4, report_to="none", duration_s=0.32, seed=seed)
 trainer = DiffusionTrainer(config)
-writes = 0
+kill_at, out, writes = 0, None, 0
 
 def write(what):
     global writes
@@ -42,6 +46,8 @@ def write(what):
         os.kill(os.getpid(), signal.SIGKILL)
 
 def hook(event, args):
+    if out is None:
+        return
     if event == "open" and str(args[0]).startswith(out) and (args[1] is None or any(c in str(args[1]) for c in "wax+")):
         if args[1] is not None or (args[2] or 0) & (os.O_WRONLY | os.O_RDWR):
             write(args[0])
@@ -50,24 +56,44 @@ def hook(event, args):
 
 save_file = safetensors.torch.save_file
 def counted_save_file(tensors, filename, *a, **k):  # safetensors writes from native code: no audit event
-    if str(filename).startswith(out):
+    if out is not None and str(filename).startswith(out):
         write(filename)
     return save_file(tensors, filename, *a, **k)
 safetensors.torch.save_file = counted_save_file
 sys.addaudithook(hook)
-trainer.export({"global_step": 0})
-print("WRITES", writes)
+for item in outs:
+    pid = os.fork()
+    if pid == 0:  # the child exports (and is killed at its kill_at-th write); the parent waits
+        kill_at, folder = item.split(":", 1)
+        kill_at, out = int(kill_at), folder
+        trainer.output_dir = Path(out)
+        trainer.config.output_dir = out
+        trainer.export({"global_step": 0})
+        print("WRITES", writes, flush=True)
+        os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    print("STATUS", item, -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status), flush=True)
 """
 
 
-def export_in_child(world: Path, out: Path, kill_at: int, seed: int = 0) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-c", CHILD, str(kill_at), str(world), str(out), str(seed)],
+def exports_in_child(world: Path, kills: dict[str, int], seed: int = 0) -> tuple[dict[str, int], int | None, str]:
+    """Exports into each folder of `kills`, each killed at its write (0: not killed); returns the
+    exit code per folder (-9 when killed), the write count of an unkilled export, and stderr."""
+    result = subprocess.run(
+        [sys.executable, "-c", CHILD, str(world), str(seed), *(f"{k}:{folder}" for folder, k in kills.items())],
         capture_output=True,
         text=True,
-        timeout=300,
-        env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"},
+        timeout=600,
+        env={**__import__("os").environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
     )
+    assert result.returncode == 0, result.stderr[-2000:]
+    codes = {}
+    for line in result.stdout.splitlines():
+        if line.startswith("STATUS "):
+            item, code = line.split()[1:]
+            codes[item.split(":", 1)[1]] = int(code)
+    writes = [int(line.split()[1]) for line in result.stdout.splitlines() if line.startswith("WRITES ")]
+    return codes, (writes[0] if writes else None), result.stderr
 
 
 def accepted_as_export(world: Path, out: Path) -> bool:
@@ -100,22 +126,22 @@ def test_an_export_killed_at_any_write_is_never_taken_for_an_export(tmp_path, pr
     save_tiny_tango(world / "tango")
     save_preference(world / "feedback", n=4)
     save_pretrain(world / "pretrain", n=4)
-    whole = tmp_path / "whole"
-    done = export_in_child(world, str(whole), kill_at=0)
-    assert done.returncode == 0, done.stderr[-2000:]
-    writes = int(done.stdout.split("WRITES")[-1].split()[0])
+    whole, older = tmp_path / "whole", tmp_path / "older"
+    codes, writes, err = exports_in_child(world, {str(whole): 0})
+    assert codes == {str(whole): 0} and writes is not None, err[-2000:]
     assert writes >= 5  # the marker's removal and write, the config, versions and summary, the adapter
     expected = folder_bytes(whole)
-    older = tmp_path / "older"
     if previous:  # a complete export of another model (another seed: other adapter weights)
-        assert export_in_child(world, str(older), kill_at=0, seed=1).returncode == 0
+        assert exports_in_child(world, {str(older): 0}, seed=1)[0] == {str(older): 0}
         assert folder_bytes(older) != expected
-    for k in range(1, writes + 1):
-        out = tmp_path / f"killed_{k}"
-        if previous:
-            shutil.copytree(older, out)
-        result = export_in_child(world, str(out), kill_at=k)
-        assert result.returncode == -9, f"write {k}: the child was not killed ({result.returncode}): {result.stderr[-2000:]}"
+    killed = {str(tmp_path / f"killed_{k}"): k for k in range(1, writes + 1)}
+    if previous:
+        for folder in killed:
+            shutil.copytree(older, folder)
+    codes, _, err = exports_in_child(world, killed)
+    for folder, k in killed.items():
+        out = Path(folder)
+        assert codes.get(folder) == -9, f"write {k}: the export was not killed ({codes.get(folder)}): {err[-2000:]}"
         if accepted_as_export(world, out):  # the whole new export, or (killed before its first change) the old one untouched
             wholes = [expected, folder_bytes(older)] if previous else [expected]
             assert folder_bytes(out) in wholes, f"killed at write {k} of {writes}: {out} passes as an export but is no whole export"
