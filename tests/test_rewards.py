@@ -29,6 +29,7 @@ import reward_hub
 from baton_trainer.testing import save_tiny_clap
 from reward_hub.rewards import (
     REWARDS,
+    GroupwiseReward,
     Reward,
     RewardError,
     RewardSet,
@@ -480,3 +481,66 @@ def test_label_stage_labels_with_the_weighted_mean_of_any_rewards_and_refuses_la
             label_unrated(LabelConfig(run_dir=str(tmp_path / "bad"), generations=str(tmp_path / "generations"), rewards=too_big, batch_size=1, device="cpu"))
     finally:
         REWARDS.pop("test_constant")
+
+
+class LoudestFirst(GroupwiseReward):
+    """A groupwise scorer of this file's own: ranks a caption's clips by RMS, loudest first (or
+    returns the ranking it is told)."""
+
+    name = "loudest_first"
+    sample_rate = 16_000
+    returns_ranking = True
+
+    def __init__(self, ranking=None):
+        self.ranking, self.groups = ranking, []
+
+    def _score_group(self, caption, waves):
+        self.groups.append((caption, len(waves)))
+        if self.ranking is not None:
+            return self.ranking
+        return list(np.argsort([-float(np.sqrt(np.mean(w**2))) for w in waves], kind="stable"))
+
+
+def test_a_groupwise_reward_scores_each_captions_clips_together_from_a_ranking(tmp_path):
+    loud = [clip_at(16_000, seed) * gain for seed, gain in enumerate([0.2, 1.0, 0.5, 0.1, 0.9])]
+    captions = ["rain", "wind", "rain", "wind", "rain"]  # interleaved: the groups are found by caption
+    reward = LoudestFirst()
+    scores = reward.score(captions, loud, 16_000)
+    # rain: clips 0, 2, 4 with gains .2, .5, .9 -> 4 best, 0 worst; wind: clips 1 (1.0) and 3 (.1)
+    np.testing.assert_allclose(scores, [0.0, 1.0, 0.5, 0.0, 1.0])
+    assert sorted(reward.groups) == [("rain", 3), ("wind", 2)]
+    assert LoudestFirst().score(["rain"], loud[:1], 16_000).tolist() == [0.5]
+    with pytest.raises(
+        RewardError, match=r"reward 'loudest_first': clips 0, 2, 4: a ranking must list each of the group's 3 clips once \(0\.\.2\), got \[0, 0, 1\]"
+    ):
+        LoudestFirst(ranking=[0, 0, 1]).score(captions, loud, 16_000)  # the rain group comes first
+
+    # In a cached RewardSet a groupwise score is never stored: it depends on the rest of the group.
+    rewards = RewardSet([reward], cache=ScoreCache(tmp_path / "scores.jsonl"))
+    first = rewards.score(captions, loud, 16_000)["loudest_first"]
+    alone = rewards.score(captions[:1], loud[:1], 16_000)["loudest_first"]
+    assert first[0] == 0.0 and alone.tolist() == [0.5]
+
+
+def test_rank_makes_any_reward_groupwise_and_keeps_it_a_judge_when_it_is_one(model_dirs, baton):
+    captions = [CAPTIONS[0]] * 3 + [CAPTIONS[1]] * 2
+    clips = [clip_at(16_000, seed) for seed in range(5)]
+    raw = baton.score(captions, clips, 16_000)
+    ranked = build_reward({"name": "rank", "of": {"name": "baton", "model": str(model_dirs["baton"])}}, device="cpu")
+    assert ranked.name == "rank(baton)" and isinstance(ranked, GroupwiseReward)
+    scores = ranked.score(captions, clips, 16_000)
+    expected = np.concatenate([np.argsort(np.argsort(raw[:3])) / 2, np.argsort(np.argsort(raw[3:])) / 1])
+    np.testing.assert_allclose(scores, expected)
+    register_reward("test_judge", JudgeOnly)
+    try:
+        with pytest.raises(RewardError, match="evaluation judge only"):
+            RewardSet([{"name": "rank", "of": "test_judge"}]).check_training_allowed()
+        ties = build_reward({"name": "rank", "of": {"name": "test_judge", "values": [0.3, 0.3, 0.9]}})
+        np.testing.assert_allclose(ties.score(["a"] * 3, clips[:3], 16_000), [0.25, 0.25, 1.0])  # tied clips share ranks 0 and 1
+    finally:
+        REWARDS.pop("test_judge")
+
+
+class JudgeOnly(ConstantReward):
+    name = "test_judge"
+    training_allowed = False

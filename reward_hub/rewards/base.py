@@ -1,4 +1,6 @@
-"""The pointwise reward interface: captions + clips in, one float per clip out.
+"""The reward interface: captions + clips in, one float per clip out; pointwise (`Reward`: each
+clip scored alone) or groupwise (`GroupwiseReward`: a caption's clips scored together, as scores
+or as a ranking).
 
 A reward r(caption, clip) is anything that scores a clip against its caption: the BATON reward
 model, a CLAP cosine, an audio-language model's P(yes), an HTTP service. Every one of them is
@@ -153,6 +155,55 @@ class Reward:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r} @ {self.sample_rate} Hz>"
+
+
+class GroupwiseReward(Reward):
+    """Groupwise reward: the clips of one caption (a group, as the online objectives sample them)
+    are scored together, `_score_group(caption, waves)` -> one score per clip, or, with
+    `returns_ranking`, the group's clip indices best first, turned into scores
+
+        r_i = (G - 1 - position of clip i) / (G - 1)        (1 for the best, 0 for the worst; 1/2 alone)
+
+    A clip's score depends on the other clips of its group, so `score` groups the clips by caption
+    (wherever they sit in the call) and a score cache never stores them. `batch_size` does not
+    split a group."""
+
+    cacheable = False
+    returns_ranking = False
+
+    def score(self, captions: Sequence[str], waves: Sequence[Any], sample_rate: int, *, clip_indices: Sequence[int] | None = None) -> np.ndarray:
+        ids = list(clip_indices) if clip_indices is not None else list(range(len(waves)))
+        captions, clips = check_inputs(self.name, captions, waves, sample_rate, ids)
+        clips = [resample_audio(clip, int(sample_rate), int(self.sample_rate)) for clip in clips]
+        groups: dict[str, list[int]] = {}
+        for i, caption in enumerate(captions):
+            groups.setdefault(caption, []).append(i)
+        scores = np.zeros(len(clips))
+        for caption, members in groups.items():
+            batch = [ids[i] for i in members]
+            try:
+                values = self._score_group(caption, [clips[i] for i in members])
+            except RewardError as exc:
+                raise RewardError(f"{exc} ({describe_clips(batch)})") from None
+            if self.returns_ranking:
+                values = self._ranking_to_scores(values, batch)
+            scores[members] = check_scores(self.name, values, batch)
+        return scores
+
+    def _ranking_to_scores(self, ranking: Any, clip_indices: list[int]) -> np.ndarray:
+        size = len(clip_indices)
+        order = [int(i) for i in np.asarray(ranking).reshape(-1)] if np.asarray(ranking).size else []
+        if sorted(order) != list(range(size)):
+            raise RewardError(
+                f"reward {self.name!r}: {describe_clips(clip_indices)}: a ranking must list each of the group's {size} clips once (0..{size - 1}), got {order}"
+            )
+        scores = np.full(size, 0.5)
+        if size > 1:
+            scores[order] = (size - 1 - np.arange(size)) / (size - 1)
+        return scores
+
+    def _score_group(self, caption: str, waves: list[np.ndarray]) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} must implement _score_group(caption, waves)")
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:

@@ -85,7 +85,7 @@ class RewardSet:
         return {key: self._score_one(reward, captions, clips, int(sample_rate), clip_keys) for key, reward in zip(self.keys, self.rewards)}
 
     def _score_one(self, reward: Reward, captions: list[str], clips: list[np.ndarray], sample_rate: int, clip_keys: list[str] | None) -> np.ndarray:
-        if self.cache is None:
+        if self.cache is None or not getattr(reward, "cacheable", True):  # a groupwise score depends on the group
             return reward.score(captions, clips, sample_rate)
         try:
             identity = reward.identity()  # a remote reward asks its server which model it runs
