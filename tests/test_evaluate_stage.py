@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -72,6 +73,7 @@ def test_best_of_n_keeps_the_candidate_the_reward_model_scores_highest(models, t
         aligned="none",
         reward_model=str(reward_model),
         best_of=3,
+        eval_rewards=[{"name": "baton", "model": str(reward_model)}],
         captions=str(models / "captions.jsonl"),
         clips_per_caption=2,
         num_inference_steps=2,
@@ -98,6 +100,13 @@ def test_best_of_n_keeps_the_candidate_the_reward_model_scores_highest(models, t
         )  # the base clip competes
         best = max(group, key=lambda i: scores[i])
         assert pick["seed"] == rows[best]["seed"] and abs(pick["reward"] - scores[best]) < 1e-5
+    # The same reward as a judge: its mean on the winners is the mean of their winning scores, and
+    # the report says which reward judged, with intervals.
+    assert metrics["best_of_3"]["judge_baton"] == pytest.approx(np.mean([p["reward"] for p in picks]), abs=1e-4)
+    assert metrics["base"]["judge_baton"] < metrics["best_of_3"]["judge_baton"]  # each winner scores at least its base clip
+    report = (out / "report.md").read_text()
+    assert "judge_baton" in report and "BatonReward" in report
+    assert "judge_baton" in metrics["intervals"]["best_of_3"]
 
 
 def test_event_scores_thresholds_and_intervals_reach_the_report(models, tmp_path):

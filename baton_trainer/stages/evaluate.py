@@ -60,6 +60,13 @@ class EvaluateConfig:
             "help": "best_of_N picks by these rewards (names or {name, weight, options}, docs/rewards.md; their weighted mean); default the run's reward model"
         },
     )
+    eval_rewards: list[Any] | None = field(
+        default=None,
+        metadata={
+            "help": "judge every model's clips with these rewards too (names or {name, options}, docs/rewards.md): each one's mean and interval "
+            "in the report as judge_<name>; keep them apart from the rewards the model was trained on"
+        },
+    )
     oracle: bool = field(default=False, metadata={"help": "judge clips with the toy world's oracle (integrity/temporal accuracy; sets detector toy)"})
     detector: Literal["toy", "panns"] | None = field(
         default=None,
@@ -242,6 +249,17 @@ def evaluate(config: EvaluateConfig, backends: dict[str, Any] | None = None) -> 
         if "clap_score" in metrics[name]:
             per_clip[name]["clap_score"] = [row[name] for row in result.per_caption]
         per_clip[name].update(result.per_clip.get(name, {}))
+    if config.eval_rewards:
+        from reward_hub.rewards import RewardSet, ScoreCache
+
+        # Judges, not training rewards: a judge-only reward (the toy oracle) is welcome here.
+        judges = RewardSet(config.eval_rewards, device=pick_device(config.device), cache=ScoreCache(layout.cache / "reward_scores.jsonl"))
+        for name in models:
+            parts = judges.score([r["caption"] for r in rows_by_model[name]], clips_by_model[name], sample_rate)
+            for key, values in parts.items():
+                metrics[name][f"judge_{key}"] = float(np.mean(values))
+                per_clip[name][f"judge_{key}"] = values.tolist()
+        info["judges"] = "; ".join(f"judge_{key}: {reward.identity()}" for key, reward in zip(judges.keys, judges.rewards))
     detector_name = config.detector or ("toy" if config.oracle else None)
     if detector_name:
         info.update(score_models_events(config, detector_name, rows_by_model, clips_by_model, sample_rate, metrics, per_clip, skipped, out))
