@@ -90,14 +90,17 @@ def bootstrap_statistic(
     confidence: float = CONFIDENCE,
 ) -> tuple[float, float]:
     """Interval of a set-level `statistic(clip_indices)` (e.g. FD of those clips' embeddings)
-    over caption resamples; the same seed gives the same draws as `bootstrap_means`'s first ones."""
+    over caption resamples; the same seed gives the same draws as `bootstrap_means`'s first ones.
+    Resamples where the statistic is undefined (NaN, e.g. an AUC of one class) are left out."""
     weights, index = caption_resamples(caption_ids, resamples, seed)
     members = [np.flatnonzero(index == c) for c in range(weights.shape[1])]
     values = []
     for w in weights.astype(int):
         picked = np.concatenate([np.repeat(members[c], w[c]) for c in np.flatnonzero(w)])
         values.append(statistic(picked))
-    return _quantiles(np.asarray(values), confidence)
+    values = np.asarray(values, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    return _quantiles(values, confidence) if values.size else (float("nan"), float("nan"))
 
 
 def seed_spread(per_seed: Sequence[float]) -> dict[str, float]:
