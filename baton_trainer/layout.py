@@ -12,6 +12,7 @@
     RUN/cache/                finetune, reward  latents, text and CLAP embeddings (keyed by fingerprint)
     RUN/run_summary.json      run          each stage's time and result
     RUN/rounds/               run --rounds round_<r>/ (clips, labels, weights, judge.json), summary.json, rounds.png
+    RUN/live_votes/           finetune     the human_votes reward's live campaign: clips/, metadata.jsonl, votes.sqlite
 
 The toy world adds its own inputs (`toy_labels.txt`, `pretrain/`, `reference/`) and the oracle's
 check of the reward labels (`reward_label_check.json`, `.png`, `reward_labeled_oracle/`).
@@ -43,6 +44,7 @@ MOVABLE = {
 }
 # Files with a fixed place in the run folder (the last five are the toy world's).
 FIXED = {
+    "live_votes": "live_votes",
     "feedback_agreement": "feedback_agreement.json",
     "run_summary": "run_summary.json",
     "rounds": "rounds",
@@ -70,6 +72,7 @@ class RunLayout:
     eval: Path
     cache: Path
     clap_embeddings: Path  # inside `cache`
+    live_votes: Path
     feedback_agreement: Path
     run_summary: Path
     rounds: Path

@@ -72,6 +72,9 @@ def load(path_or_repo: str | os.PathLike, device: str | torch.device | None = No
     """Load a saved reward model (folder or Hub repo) with the CLAP processor attached, in eval
     mode. Uses the classes in this package, so no remote code runs."""
     source = str(path_or_repo)
+    if not os.path.exists(source) and (os.path.isabs(source) or source.startswith(".") or source.count("/") > 1):
+        # A path, not a Hub id ("name" or "owner/name"): say it is missing rather than what a Hub id must look like.
+        raise ValueError(f"{source}: cannot be loaded as a BATON reward model (no such folder; train one with the reward stage)")
     try:
         model = BatonRewardModel.from_pretrained(source, **kwargs)
         model.processor = ClapProcessor.from_pretrained(
