@@ -12,6 +12,8 @@ evaluated on the same held-out captions and seeds:
   - reward_ranked: `--objective reward_ranked`, the plain loss on clips with weight >= 0.5;
   - awm, nft, grpo: the online objectives (`ONLINE`: the policy's own clips of the training
     captions, scored by the seed's reward model; no ratings beyond the 32);
+  - human_online (`--methods human_online`, not by default: it spends votes beyond the 32): awm
+    on live votes, the oracle annotator voting on one caption's clips per rollout;
   - best_of_N: no training, N base clips per clip, the reward model keeps the best (`evaluate --best_of`);
   - baton_online: `run --rounds R` from the seed's own round 1 (its BATON), the best round by the
     held-out oracle judge;
@@ -68,6 +70,10 @@ OBJECTIVES = {
     "awm": {"objective": "awm", **ONLINE},
     "nft": {"objective": "nft", **ONLINE},
     "grpo": {"objective": "grpo", "sde_window": [0, 5], **ONLINE},
+    # Live votes (docs/online.md): awm whose reward is the oracle annotator's votes on all clips of
+    # one caption per rollout (4 votes a step, 120 over 30 steps, beside the 32 ratings), the other
+    # clips scored by the seed's reward model.
+    "human_online": {"objective": "awm", **ONLINE, "rewards": [{"name": "human_votes", "budget": 1}]},
 }
 
 
@@ -219,7 +225,13 @@ def cost(run_dir: Path, method: str) -> dict:
     summary = json.loads((out / "train_summary.json").read_text())
     rollouts = list((out / "rollouts").glob("rollout-*.pt")) if (out / "rollouts").is_dir() else []
     clips = sum(len(torch.load(p, weights_only=True)["captions"]) for p in rollouts)
-    return {"train_seconds": summary["seconds"], "steps": summary["global_step"], "clips_sampled": clips}
+    votes = 0
+    if method == "human_online" and (run_dir / "live_votes" / "votes.sqlite").is_file():
+        from baton_trainer.annotation.store import AnnotationStore
+
+        with AnnotationStore(run_dir / "live_votes" / "votes.sqlite") as store:
+            votes = len(store.ratings())
+    return {"train_seconds": summary["seconds"], "steps": summary["global_step"], "clips_sampled": clips, "votes": votes}
 
 
 def cost_markdown(per_seed: dict) -> str:
@@ -229,11 +241,16 @@ def cost_markdown(per_seed: dict) -> str:
             rows.setdefault(method, []).append(spent)
     if not rows:
         return ""
-    lines = ["", "Cost per seed (mean): every row used the same 32 oracle ratings (the reward model's); fine-tuning wall time on the 2-core CPU.", ""]
-    lines += ["| method | steps | clips sampled while training | fine-tuning s |", "|---|---|---|---|"]
+    lines = [
+        "",
+        "Cost per seed (mean): every row used the same 32 oracle ratings (the reward model's), the live-vote rows also the votes "
+        "counted here; fine-tuning wall time on the 2-core CPU.",
+        "",
+    ]
+    lines += ["| method | steps | clips sampled while training | live votes | fine-tuning s |", "|---|---|---|---|---|"]
     for method, spent in rows.items():
-        mean = lambda k: sum(s[k] for s in spent) / len(spent)  # noqa: E731
-        lines.append(f"| {method} | {mean('steps'):.0f} | {mean('clips_sampled'):.0f} | {mean('train_seconds'):.0f} |")
+        mean = lambda k: sum(s.get(k, 0) for s in spent) / len(spent)  # noqa: E731
+        lines.append(f"| {method} | {mean('steps'):.0f} | {mean('clips_sampled'):.0f} | {mean('votes'):.0f} | {mean('train_seconds'):.0f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -256,7 +273,9 @@ def main() -> None:
     parser.add_argument("--best_of", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument(
-        "--methods", default="dpo,kto,reward_ranked,best_of,online", help="comma list of dpo,kto,reward_ranked,awm,nft,grpo,best_of,online,online_rated"
+        "--methods",
+        default="dpo,kto,reward_ranked,best_of,online",
+        help="comma list of dpo,kto,reward_ranked,awm,nft,grpo,human_online,best_of,online,online_rated",
     )
     parser.add_argument("--round_ratings", type=int, default=16, help="online_rated: new oracle ratings per round")
     parser.add_argument("--tune_seed", type=int, default=0, help="tune DPO's and KTO's beta on this seed's training captions (fresh seeds) first")
