@@ -12,11 +12,21 @@ training reward: a model trained on the judge can no longer be judged by it.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import time
+from pathlib import Path
+
 import numpy as np
 
-from reward_hub.rewards import Reward, RewardError, RewardSet, ScoreCache, register_reward
+from reward_hub.rewards import Reward, RewardError, RewardSet, ScoreCache, build_reward, clip_key, register_reward
 
+from .annotation.store import ALIGNED, NOT_ALIGNED, AnnotationStore
+from .atomic import atomic_write_bytes
+from .audio import save_wav
 from .evaluation.event_scores import EventMap, PannsSedDetector, ToyEventDetector, detect_events, score_clips
+from .generations import METADATA, read_generations
+from .toyworld.oracle import OracleAnnotator, annotate_store
 
 
 class ToyOracleReward(Reward):
@@ -140,8 +150,6 @@ class HumanVotesReward(Reward):
         poll_s: float = 5.0,
         device=None,
     ):
-        from reward_hub.rewards import build_reward  # here: the registry is only needed for a fallback
-
         if annotator not in ("oracle", "people"):
             raise ValueError(f"reward 'human_votes': annotator must be 'oracle' or 'people', got {annotator!r}")
         if budget is not None and int(budget) < 1:
@@ -158,19 +166,6 @@ class HumanVotesReward(Reward):
         return {"folder": self.folder, "budget": self.budget, "annotator": self.annotator, "fallback": fallback, "seed": self.seed}
 
     def _score(self, captions, waves):
-        import hashlib
-        import json
-        import time
-        from pathlib import Path
-
-        from reward_hub.rewards import clip_key
-
-        from .annotation.store import ALIGNED, NOT_ALIGNED, AnnotationStore
-        from .atomic import atomic_write_bytes
-        from .audio import save_wav
-        from .generations import METADATA, read_generations
-        from .toyworld.oracle import OracleAnnotator, annotate_store
-
         groups: dict[str, list[int]] = {}
         for i, caption in enumerate(captions):
             groups.setdefault(caption, []).append(i)
@@ -216,11 +211,11 @@ class HumanVotesReward(Reward):
             if self.annotator == "oracle":
                 oracle = OracleAnnotator(error_rate=self.error_rate, skip_rate=self.skip_rate, seed=self.seed + digest % 1000)
                 annotate_store(store, folder, annotator="oracle", oracle=oracle, clip_ids=wanted, progress=False)
-                votes = self._votes(store, wanted, ALIGNED, NOT_ALIGNED)
+                votes = self._votes(store, wanted)
             else:
                 deadline, told = time.monotonic() + self.wait_s, False
                 while True:
-                    votes = self._votes(store, wanted, ALIGNED, NOT_ALIGNED)
+                    votes = self._votes(store, wanted)
                     missing = [k for k in wanted if len(votes.get(k, [])) < self.ratings_per_clip]
                     if not missing:
                         break
@@ -249,11 +244,11 @@ class HumanVotesReward(Reward):
         return scores  # a clip with neither a vote nor a fallback stays NaN: the interface names it
 
     @staticmethod
-    def _votes(store, clip_ids, aligned, not_aligned) -> dict[str, list[int]]:
+    def _votes(store, clip_ids) -> dict[str, list[int]]:
         wanted, votes = set(clip_ids), {}
         for rating in store.ratings(include_skips=False):
-            if rating["clip_id"] in wanted and rating["label"] in (aligned, not_aligned):
-                votes.setdefault(rating["clip_id"], []).append(1 if rating["label"] == aligned else 0)
+            if rating["clip_id"] in wanted and rating["label"] in (ALIGNED, NOT_ALIGNED):
+                votes.setdefault(rating["clip_id"], []).append(1 if rating["label"] == ALIGNED else 0)
         return votes
 
 
