@@ -72,6 +72,7 @@ class RunLayout:
     eval: Path
     cache: Path
     clap_embeddings: Path  # inside `cache`
+    reward_scores: Path  # inside `cache`: every reward score a stage computed, keyed by clip content and reward
     live_votes: Path
     feedback_agreement: Path
     run_summary: Path
@@ -94,7 +95,7 @@ class RunLayout:
         root = Path(run_dir)
         paths = {name: Path(moved[name]) if moved.get(name) else root / default for name, default in MOVABLE.items()}
         paths.update({name: root / default for name, default in FIXED.items()})
-        return cls(root=root, clap_embeddings=paths["cache"] / "clap_embeddings", **paths)
+        return cls(root=root, clap_embeddings=paths["cache"] / "clap_embeddings", reward_scores=paths["cache"] / "reward_scores.jsonl", **paths)
 
     def round_folder(self, r: int) -> Path:
         """Online round r's folder (round 1 is the offline fine-tune: only its judge lives there)."""

@@ -26,6 +26,7 @@ from .atomic import atomic_write_bytes
 from .audio import save_wav
 from .evaluation.event_scores import EventMap, PannsSedDetector, ToyEventDetector, detect_events, score_clips
 from .generations import METADATA, read_generations
+from .hub import resolve_folder
 from .toyworld.oracle import OracleAnnotator, annotate_store
 
 
@@ -268,6 +269,12 @@ def live_votes_defaults(spec, layout):
     return spec
 
 
+def reward_model_spec(layout, batch_size: int) -> dict:
+    """The run's reward model (a folder, or a Hub repo fetched to one) as a `baton` reward spec: what
+    the label stage and best-of-N score with when no `rewards` are given."""
+    return {"name": "baton", "model": str(resolve_folder(layout.reward_model, "reward model")), "batch_size": batch_size}
+
+
 def run_rewards(specs, layout, device=None, *, cache: bool = True) -> RewardSet:
     """The rewards a stage optimises or selects with: `specs` (names or {name, weight, options},
     docs/rewards.md), by default the run's BATON reward model; each checked to be allowed in
@@ -276,7 +283,7 @@ def run_rewards(specs, layout, device=None, *, cache: bool = True) -> RewardSet:
     resumed run, or a second stage on the same clips, scores nothing twice)."""
     default = {"name": "baton", "model": str(layout.reward_model)}
     specs = [live_votes_defaults(spec, layout) for spec in specs or []]
-    rewards = RewardSet(specs or [default], device=device, cache=ScoreCache(layout.cache / "reward_scores.jsonl") if cache else None)
+    rewards = RewardSet(specs or [default], device=device, cache=ScoreCache(layout.reward_scores) if cache else None)
     rewards.check_training_allowed()
     return rewards
 

@@ -26,6 +26,7 @@ Writes benchmarks/results/reward_bench.{json,md}; clips are kept in --work_dir (
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import tempfile
 from pathlib import Path
@@ -76,7 +77,7 @@ def toy_clips(work: Path, captions_per_task: int, clips_per_caption: int, seed: 
                 )
             clips = np.concatenate(chunks)
             work.mkdir(parents=True, exist_ok=True)
-            buffer = __import__("io").BytesIO()
+            buffer = io.BytesIO()
             np.savez(buffer, clips=clips)
             atomic_write_bytes(cached, buffer.getvalue())
         labels = np.asarray([is_aligned(oracle.detect(wav, 16_000), groups[i], task) for wav, i in zip(clips, ids)], dtype=np.int64)
@@ -97,24 +98,21 @@ def default_rewards() -> dict[str, list]:
     }
 
 
-def score(specs: list, captions: list[str], clips: list[np.ndarray], sample_rate: int) -> tuple[np.ndarray, bool]:
-    """The rewards' weighted mean per clip, and whether a run may train on them (no judge among them)."""
+def agreement_rows(data: dict[str, dict], rewards: dict[str, list], seed: int, sample_rate: int = 16_000) -> dict:
+    """Per row and task, the agreement of the row's rewards (their weighted mean) with the labels,
+    and whether a run may train on them (no judge among them)."""
     import baton_trainer.rewards  # noqa: F401  (registers the trainer's rewards: events, oracle)
+    from baton_trainer.evaluation.reward_agreement import reward_agreement
     from reward_hub.rewards import RewardSet
 
-    rewards = RewardSet(specs, device="cpu")
-    return rewards.weighted_mean(rewards.score(captions, clips, sample_rate)), all(r.training_allowed for r in rewards.rewards)
-
-
-def agreement_rows(data: dict[str, dict], rewards: dict[str, list], seed: int, sample_rate: int = 16_000) -> dict:
-    from baton_trainer.evaluation.reward_agreement import reward_agreement
-
+    reward_sets = {name: RewardSet(specs, device="cpu") for name, specs in rewards.items()}  # each model loaded once, for every task
     table: dict[str, dict] = {}
     for task, d in data.items():
         validation = d["caption_ids"] < VALIDATION_SHARE * (d["caption_ids"].max() + 1)
         scores = {"chance (random scores)": (np.random.default_rng([seed, 5]).normal(size=len(d["labels"])), False)}
-        for name, specs in rewards.items():
-            scores[name] = score(specs, d["captions"], d["clips"], sample_rate)
+        for name, reward_set in reward_sets.items():
+            values = reward_set.weighted_mean(reward_set.score(d["captions"], d["clips"], sample_rate))
+            scores[name] = (values, all(r.training_allowed for r in reward_set.rewards))
         for name, (values, trainable) in scores.items():
             result = reward_agreement(values, d["labels"], d["caption_ids"], validation, seed=seed)
             table.setdefault(name, {})[task] = {**result, "training_allowed": trainable}

@@ -11,6 +11,7 @@ marker must not vouch for the new half-written files).
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -84,7 +85,7 @@ def exports_in_child(world: Path, kills: dict[str, int], seed: int = 0) -> tuple
         capture_output=True,
         text=True,
         timeout=600,
-        env={**__import__("os").environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
     )
     assert result.returncode == 0, result.stderr[-2000:]
     codes = {}

@@ -145,8 +145,8 @@ def evaluate(config: EvaluateConfig, backends: dict[str, Any] | None = None) -> 
     from ..evaluation.report import print_table
     from ..evaluation.reward_summary import reward_model_summary, scorer_lines
     from ..formatting import display_path
-    from ..hub import is_hub_id, resolve_folder
-    from ..rewards import run_rewards
+    from ..hub import is_hub_id
+    from ..rewards import reward_model_spec, run_rewards
     from ..runtime import Ranks, pick_device
 
     layout = config.layout()
@@ -188,9 +188,7 @@ def evaluate(config: EvaluateConfig, backends: dict[str, Any] | None = None) -> 
                 f"best_of {config.best_of} needs the run's reward model: {layout.reward_model} not found (run the reward stage, or --reward_model)"
             )
         folder = generate(candidates, backend=(backends or {}).get("base"))
-        specs = config.best_of_rewards or [
-            {"name": "baton", "model": str(resolve_folder(layout.reward_model, "reward model")), "batch_size": config.batch_size}
-        ]
+        specs = config.best_of_rewards or [reward_model_spec(layout, config.batch_size)]
         rewards = run_rewards(specs, layout, pick_device(config.device))
         rows_by_model[name], clips_by_model[name] = best_of_n(
             folder, out / "clips" / name, rows_by_model["base"], config.clips_per_caption, rewards, sample_rate
@@ -253,7 +251,7 @@ def evaluate(config: EvaluateConfig, backends: dict[str, Any] | None = None) -> 
         from reward_hub.rewards import RewardSet, ScoreCache
 
         # Judges, not training rewards: a judge-only reward (the toy oracle) is welcome here.
-        judges = RewardSet(config.eval_rewards, device=pick_device(config.device), cache=ScoreCache(layout.cache / "reward_scores.jsonl"))
+        judges = RewardSet(config.eval_rewards, device=pick_device(config.device), cache=ScoreCache(layout.reward_scores))
         for name in models:
             parts = judges.score([r["caption"] for r in rows_by_model[name]], clips_by_model[name], sample_rate)
             for key, values in parts.items():

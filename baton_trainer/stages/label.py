@@ -69,8 +69,7 @@ def label_unrated(config: LabelConfig) -> Path:
     from ..data import PREFERENCE_FEATURES, build_dataset, human_rated_keys, load_preference_dataset, save_dataset_atomic
     from ..formatting import format_number
     from ..generations import read_generations
-    from ..hub import resolve_folder
-    from ..rewards import run_rewards
+    from ..rewards import reward_model_spec, run_rewards
     from ..runtime import Ranks
 
     layout = RunLayout.of(
@@ -111,7 +110,7 @@ def label_unrated(config: LabelConfig) -> Path:
         if specs is None:
             if config.reward_model is None and not layout.reward_model.exists():
                 raise FileNotFoundError(f"{layout.reward_model}: reward model not found (run the reward stage first)")
-            specs = [{"name": "baton", "model": str(resolve_folder(layout.reward_model, "reward model")), "batch_size": config.batch_size}]
+            specs = [reward_model_spec(layout, config.batch_size)]
         # No score cache: the progress files below already keep every score (one per process).
         rewards = run_rewards(specs, layout, ranks.device_for(config.device), cache=False)
         progress_file.parent.mkdir(parents=True, exist_ok=True)
