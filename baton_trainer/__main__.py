@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .config import ConfigError, config_help, parse_config
-from .stages import annotate, convert_tango, evaluate, export, finetune, generate, import_baton, label, listen, prompts, push, reward, run
+from .stages import annotate, convert_tango, evaluate, export, finetune, generate, import_baton, label, listen, prompts, push, reward, run, users
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -35,6 +35,7 @@ STAGES: dict[str, Stage] = {
     "finetune": Stage(finetune.FinetuneConfig, finetune.finetune, "reward-weighted denoising fine-tuning -> RUN/aligned/"),
     "evaluate": Stage(evaluate.EvaluateConfig, evaluate.evaluate, "base vs aligned metrics -> RUN/eval/"),
     "listen": Stage(listen.ListenConfig, listen.listen, "blinded listening test (MOS-Q, MOS-F, A/B) over RUN/eval/clips/"),
+    "users": Stage(users.UsersConfig, users.add_login, "add a login with a bcrypt-hashed password to a users file"),
     "run": Stage(run.RunConfig, run.run, "the whole loop (default: the toy world)"),
     "push": Stage(push.PushConfig, push.push, "upload a reward model, aligned model or dataset to the Hub"),
     "import-baton": Stage(import_baton.ImportBatonConfig, import_baton.import_baton_release, "BATON release JSON -> preference dataset"),

@@ -134,7 +134,7 @@ def test_a_folder_of_garbage_given_as_a_model_is_one_line_naming_it(models, tmp_
 
 
 def test_text_files_people_write_name_their_line_when_not_utf8(tmp_path):
-    from baton_trainer.annotation.app import read_users_file
+    from baton_trainer.annotation.logins import read_users_file
     from baton_trainer.captions import load_labels
     from baton_trainer.textfiles import TextFileError
 

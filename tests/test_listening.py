@@ -24,7 +24,9 @@ from baton_trainer.annotation.store import AnnotationError
 from baton_trainer.audio import save_wav
 
 
-def make_eval_dir(root: Path, models=("base", "aligned"), captions=4, clips=2) -> Path:
+def make_eval_dir(root: Path, models=("base", "aligned"), captions=4, clips=2, rates=(16000, 16000), gains_db=(0.0, 0.0), seconds=(0.5, 0.5)) -> Path:
+    """Evaluation clips of each model; `rates`, `gains_db` and `seconds` per model give a model a
+    header, level or length of its own, as real backends do."""
     for m, model in enumerate(models):
         folder = root / "clips" / model
         (folder / "clips").mkdir(parents=True)
@@ -32,7 +34,8 @@ def make_eval_dir(root: Path, models=("base", "aligned"), captions=4, clips=2) -
         for c in range(captions):
             for k in range(clips):
                 name = f"clips/{c:05d}_{k}.wav"
-                save_wav(folder / name, tone(300 + 100 * c + 37 * m, seed=k), 16000)
+                wav = tone(300 + 100 * c + 37 * m, seconds=seconds[m] * (1 + 0.1 * k), sr=rates[m], seed=k) * 10 ** (gains_db[m] / 20)
+                save_wav(folder / name, wav, rates[m])
                 lines.append(
                     json.dumps(
                         {
@@ -65,8 +68,14 @@ def hand_ab(trials, answers, excluded=()):
     return wins, total
 
 
+def answer_after_listening(store, campaign, issued, rater, value):
+    """Answer as a rater who listened: the trial was shown a minute ago."""
+    store._conn().execute("UPDATE listening_tokens SET issued_at = issued_at - 60 WHERE token = ?", (issued["token"],))
+    return store.answer(campaign, issued["token"], rater, value)
+
+
 def test_ab_campaign_is_blinded_balanced_and_has_attention_checks(tmp_path):
-    eval_dir = make_eval_dir(tmp_path / "eval", captions=10, clips=2)
+    eval_dir = make_eval_dir(tmp_path / "eval", captions=10, clips=2, rates=(16000, 22050), gains_db=(0.0, 2.0), seconds=(0.5, 0.6))
     store = ListeningStore(tmp_path / "annotations.sqlite")
     name = build_campaign(store, eval_dir, "ab", seed=3)
     assert build_campaign(store, eval_dir, "ab", seed=3) == name  # idempotent: the campaign is kept
@@ -78,16 +87,43 @@ def test_ab_campaign_is_blinded_balanced_and_has_attention_checks(tmp_path):
     repeat = next(t for t in trials if t["kind"] == "repeat")
     assert [c["model"] for c in repeat["clips"]] == [c["model"] for c in reversed(trials[repeat["repeat_of"]]["clips"])]
     assert (eval_dir / BAD_CLIP).is_file()
+    # attention checks are stored at random places, not always last
+    checks = {}
+    for seed in range(4):
+        other = build_campaign(store, eval_dir, "ab", seed=seed, name=f"order{seed}")
+        checks[seed] = tuple(t["trial_id"] for t in store.trials(other) if t["kind"] != "test")
+    assert len(set(checks.values())) > 1 and any(max(c) < len(trials) - 1 for c in checks.values())
+    # stimuli: one rate, one loudness, the caption's clips padded to one length, random names
+    import pyloudnorm
+    import soundfile
+
+    info = store.campaign_info(name)["stimuli"]
+    meter = pyloudnorm.Meter(info["sample_rate"])
+    for t in trials:
+        lengths = set()
+        for clip in t["clips"]:
+            wav, sr = soundfile.read(eval_dir / clip["stimulus"])
+            assert sr == info["sample_rate"] == 22050 and np.abs(wav).max() <= 10 ** (info["peak_ceiling_dbfs"] / 20) + 1e-4
+            assert abs(meter.integrated_loudness(wav) - info["target_lufs"]) < 0.05
+            assert not any(w in Path(clip["stimulus"]).name for w in ("base", "aligned", "noise"))
+            lengths.add(wav.shape[0])
+        assert len(lengths) == 1 and t["duration_s"] == pytest.approx(lengths.pop() / sr)
     # each rater hears the trials in an order of their own
-    assert (
-        store.next_trial(name, "alice")["trial_id"] != store.next_trial(name, "bob")["trial_id"]
-        or store.next_trial(name, "carol")["trial_id"] != store.next_trial(name, "bob")["trial_id"]
-    )
+    assert [t["trial_id"] for t in store._order(name, "alice", trials)] != [t["trial_id"] for t in store._order(name, "bob", trials)]
+    # answers: only with a token the server issued to that rater, once
+    issued = store.issue(name, "alice")
+    assert store.issue(name, "alice") == issued  # a reloaded page gets the same trial and token
     with pytest.raises(AnnotationError, match="must be one of"):
-        store.add_answer(name, 0, "alice", 3)
-    store.add_answer(name, 0, "alice", 1)
+        store.answer(name, issued["token"], "alice", 3)
+    with pytest.raises(AnnotationError, match="not for a trial the server showed you"):
+        store.answer(name, issued["token"], "bob", 1)
+    with pytest.raises(AnnotationError, match="not for a trial the server showed you"):
+        store.answer(name, "made-up-token", "alice", 1)
+    assert store.answer(name, issued["token"], "alice", 1) == issued["trial"]["trial_id"]
     with pytest.raises(AnnotationError, match="already answered"):
-        store.add_answer(name, 0, "alice", 0)
+        store.answer(name, issued["token"], "alice", 0)
+    assert store.answers(name)[0]["fast"]  # answered at once, sooner than the clip lasts
+    assert store.issue(name, "alice")["trial"]["trial_id"] != issued["trial"]["trial_id"]
     with pytest.raises(AnnotationError, match="exactly 2 models"):
         build_campaign(store, eval_dir, "ab", models=["base"])
     with pytest.raises(AnnotationError, match="not found"):
@@ -100,20 +136,22 @@ def test_mos_results_match_a_hand_computation_and_failed_raters_are_left_out(tmp
     name = build_campaign(store, eval_dir, "mos_f", seed=0)
     trials = {t["trial_id"]: t for t in store.trials(name)}
     rng = np.random.default_rng(0)
+    scores = {}  # (rater, trial or the trial it repeats) -> score: a consistent rater repeats an answer
     for rater in ("r1", "r2", "r3", "sloppy"):
-        for i, t in trials.items():
+        while (issued := store.issue(name, rater)) is not None:
+            t = issued["trial"]
             model = t["clips"][0]["model"]
+            key = (rater, t["repeat_of"] if t["kind"] == "repeat" else t["trial_id"])
             if t["kind"] == "bad":
                 score = 5 if rater == "sloppy" else 1
-            elif t["kind"] == "repeat":
-                continue
+            elif key not in scores:
+                score = scores[key] = int(np.clip((4 if model == "aligned" else 3) + rng.integers(-1, 2), 1, 5))
             else:
-                score = int(np.clip((4 if model == "aligned" else 3) + rng.integers(-1, 2), 1, 5))
-            store.add_answer(name, i, rater, score)
-        repeat = next(i for i, t in trials.items() if t["kind"] == "repeat")
-        first = next(a["answer"] for a in store.answers(name) if a["rater"] == rater and a["trial_id"] == trials[repeat]["repeat_of"])
-        store.add_answer(name, repeat, rater, first)
+                score = scores[key]
+            answer_after_listening(store, name, issued, rater, score)
+    # one quick answer from r1 would be flagged and left out: here every answer took a minute
     result = listening_results(store, name)
+    assert result["fast_answers"] == {} and len(store.answers(name)) == 4 * len(trials)
     assert set(result["failed_attention"]) == {"sloppy"} and result["raters_kept"] == ["r1", "r2", "r3"]
     for model in ("base", "aligned"):
         scores = [
@@ -132,7 +170,7 @@ def test_mos_results_match_a_hand_computation_and_failed_raters_are_left_out(tmp
     path = export_results(store, name, eval_dir)
     metrics = json.loads((eval_dir / "metrics.json").read_text())
     assert metrics["aligned"]["mos_f"] == pytest.approx(result["models"]["aligned"]["mos_f"]) and metrics["aligned"]["clap_score"] == 0.5
-    assert path.is_file() and "MOS-F" in path.with_suffix(".md").read_text()
+    assert path.is_file() and "MOS-F" in path.with_suffix(".md").read_text() and "LUFS" in path.with_suffix(".md").read_text()
     export_results(store, name, eval_dir)  # again: the report's section is replaced, not repeated
     assert (eval_dir / "report.md").read_text().count("## Listening test") == 1
     from baton_trainer.cards import aligned_model_card
@@ -143,12 +181,18 @@ def test_mos_results_match_a_hand_computation_and_failed_raters_are_left_out(tmp
     import datasets
 
     ds = datasets.load_from_disk(str(eval_dir / "listening" / f"{name}_dataset"))
-    assert len(ds) == len(store.answers(name)) and set(ds.column_names) >= {"rater", "answer", "kind", "models_shown"}
+    assert len(ds) == len(store.answers(name)) and set(ds.column_names) >= {"rater", "answer", "kind", "models_shown", "seconds", "fast"}
     from baton_trainer.stages.push import PushConfig, push  # the Hub dataset, here to a file:// destination
 
     push(PushConfig(path=str(eval_dir / "listening" / f"{name}_dataset"), repo_id=f"file://{tmp_path / 'hub'}", license="cc-by-4.0"))
     back = datasets.load_dataset("parquet", data_files=str(tmp_path / "hub" / "data" / "*.parquet"))["train"]
     assert back["answer"] == ds["answer"] and back["rater"] == ds["rater"]
+    # quick answers are flagged and left out: a fourth honest-looking rater who never listened
+    while (issued := store.issue(name, "hasty")) is not None:
+        store.answer(name, issued["token"], "hasty", 1 if issued["trial"]["kind"] == "bad" else 5)
+    again = listening_results(store, name)
+    assert again["fast_answers"] == {"hasty": len(trials)} and "hasty" not in again["raters_kept"]
+    assert again["models"]["aligned"]["mos_f"] == pytest.approx(result["models"]["aligned"]["mos_f"])
 
 
 def test_krippendorff_alpha_known_values():
@@ -206,7 +250,7 @@ def test_two_raters_at_once_in_a_browser_and_the_export_matches_the_stored_trial
                     page.wait_for_selector("#baton-listen-b audio[src]", state="attached", timeout=30000)
                     sources = [page.locator(f"{p} audio[src]").first.get_attribute("src") for p in ("#baton-listen-a", "#baton-listen-b")]
                     assert not any(w in s for s in sources for w in ("aligned", "base", "attention", "clips/")), sources  # blinded
-                    trial = store.next_trial(name, rater_name)
+                    trial = store.issue(name, rater_name)["trial"]  # the trial this rater's page shows
                     models = [c["model"] for c in trial["clips"]]
                     side = models.index(prefer) if prefer in models else (1 - models.index("attention_noise") if "attention_noise" in models else 0)
                     page.locator(f"#baton-listen-answer-{side}").click()
@@ -226,7 +270,7 @@ def test_two_raters_at_once_in_a_browser_and_the_export_matches_the_stored_trial
     assert not errors, errors
     answers = store.answers(name)
     assert sorted({a["rater"] for a in answers}) == ["alice", "bob"] and len(answers) == 2 * len(trials)
-    result = listening_results(store, name)
+    result = listening_results(store, name, exclude_fast=False)  # a script clicks sooner than a person listens
     assert result["failed_attention"] == {}
     wins, total = hand_ab(trials, answers)
     assert total == 6 and wins == {"aligned": 3, "base": 3}  # each rater chose their model on all 3 test trials

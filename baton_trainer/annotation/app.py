@@ -5,8 +5,11 @@ It serves RUN/generations/ (registered into RUN/annotations.sqlite on start): ea
 name (or logs in, with a users file), hears a clip, sees its caption and spectrogram, and answers
 Aligned / Not aligned / Skip (keys a / n / s). Every answer is committed to the store before the
 next clip shows, each clip goes to `ratings_per_clip` different people, and nobody gets a clip
-twice. Only files inside the generations folder are served. A clip whose audio is missing or
-unreadable is reported, marked unplayable in the store, and skipped.
+twice. A rating is stored only for a clip the server handed to that person, with the time it took
+(`AnnotationStore.add_rating(leased_only=True)`). Clips are sent as audio data read from inside the
+generations folder: no file of the server is served. A clip whose audio is missing or unreadable
+is reported, marked unplayable in the store, and skipped. Every message to a client is one line
+without a server path (`client_message`).
 
 Event handlers carry `api_name`s (`/start`, `/aligned`, `/not_aligned`, `/skip`), so the app can
 be driven with `gradio_client` as well as in a browser.
@@ -14,6 +17,9 @@ be driven with `gradio_client` as well as in a browser.
 
 from __future__ import annotations
 
+import functools
+import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +30,9 @@ import numpy as np
 
 from ..audio import AudioError, load_audio
 from ..spectrogram import spectrogram_image
-from ..textfiles import numbered_lines
 from .store import ALIGNED, NOT_ALIGNED, SKIP, AnnotationError, AnnotationStore, ClipCompleteError, DuplicateRatingError
+
+logger = logging.getLogger(__name__)
 
 KEYBOARD_JS = """
 () => {
@@ -44,23 +51,29 @@ KEYBOARD_JS = """
 """
 
 
-def read_users_file(path: str | Path) -> list[tuple[str, str]]:
-    """Logins for Gradio auth: one `name:password` per line, `#` comments and blank lines ignored."""
-    path = Path(path)
-    if not path.is_file():
-        raise AnnotationError(f"users file not found: {path}")
-    users = []
-    for number, line in numbered_lines(path, "users file"):
-        line = line.strip()
-        if line.startswith("#"):
-            continue
-        name, sep, password = line.partition(":")
-        if not sep or not name.strip() or not password:
-            raise AnnotationError(f"{path}: line {number} must be 'name:password'")
-        users.append((name.strip(), password))
-    if not users:
-        raise AnnotationError(f"{path}: no 'name:password' lines")
-    return users
+# An absolute path in a message: the folders above the file name are the server's business.
+_ABSOLUTE_PATH = re.compile(r"""(?<![\w.:])/(?:[^\s/'"]+/)+(?=[^\s/'"]*)""")
+
+
+def client_message(exc: BaseException | str) -> str:
+    """One line for a person or an API client: no traceback, no absolute server path."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return _ABSOLUTE_PATH.sub("", text)
+
+
+# The apps take no uploads; Gradio's upload route stays open, so anything beyond this is refused.
+MAX_UPLOAD = "4kb"
+
+
+def private_paths(store, users_file, *more) -> list[str]:
+    """What Gradio must never serve, whatever folder layout the operator chose: the store with its
+    -wal and -shm files, the users file, and the given files (defence in depth: the apps serve no
+    server file anyway)."""
+    store = Path(store).resolve()
+    paths = [store, store.with_name(store.name + "-wal"), store.with_name(store.name + "-shm"), *(Path(p).resolve() for p in more)]
+    if users_file:
+        paths.append(Path(users_file).resolve())
+    return [str(p) for p in paths]
 
 
 class ClipServer:
@@ -78,21 +91,21 @@ class ClipServer:
             raise AudioError(f"clip {clip['clip_id']}: {clip['file_name']!r} resolves outside {self.root}; not served")
         return path
 
-    def next_playable(self, annotator: str) -> tuple[dict[str, Any] | None, Path | None, np.ndarray | None, int, list[str]]:
+    def next_playable(self, annotator: str) -> tuple[dict[str, Any] | None, np.ndarray | None, int, list[str]]:
         """The next clip for `annotator` whose audio loads; broken clips are marked and reported."""
         problems: list[str] = []
         while True:
             clip = self.store.next_clip_for(annotator, self.ratings_per_clip)
             if clip is None:
-                return None, None, None, 0, problems
+                return None, None, 0, problems
             try:
                 path = self.clip_path(clip)
                 wav, sr = load_audio(path, what=f"clip {clip['clip_id']} ({clip['file_name']})")
             except AudioError as exc:
                 self.store.mark_clip_error(clip["clip_id"], str(exc))
-                problems.append(f"Clip {clip['clip_id']} could not be played: {exc}. Moved on to the next clip.")
+                problems.append(f"Clip {clip['clip_id']} could not be played: {client_message(exc)}. Moved on to the next clip.")
                 continue
-            return clip, path, wav, sr, problems
+            return clip, wav, sr, problems
 
     def progress_text(self, annotator: str) -> str:
         p = self.store.progress(annotator, self.ratings_per_clip)
@@ -104,12 +117,17 @@ class ClipServer:
         )
 
 
-def _annotator_name(name: str | None, request: Any, logins: bool) -> str:
+def rater_name(name: Any, request: Any, logins: bool) -> str:
+    """Who is answering: the login name with logins (whatever the client sends as `name`), else
+    the typed name."""
     if logins:
-        username = getattr(request, "username", None) if request is not None else None
-        if username:
-            return username
-    return " ".join(str(name or "").split())
+        return str(getattr(request, "username", None) or "") if request is not None else ""
+    return " ".join(str(name or "").split()) if isinstance(name, (str, int, float)) else ""
+
+
+def pcm16(wav: np.ndarray, sr: int) -> tuple[int, np.ndarray]:
+    """Audio as the player gets it: 16-bit PCM sent as data, so no file of the server is served."""
+    return int(sr), (np.clip(wav, -1.0, 1.0) * 32767).astype(np.int16)
 
 
 def build_annotation_app(generations: str | Path, store: AnnotationStore, ratings_per_clip: int, logins: bool = False, spectrogram: bool = True) -> gr.Blocks:
@@ -119,7 +137,7 @@ def build_annotation_app(generations: str | Path, store: AnnotationStore, rating
     server = ClipServer(generations, store, ratings_per_clip)
 
     def show_next(annotator: str, notes: list[str]) -> tuple:
-        clip, path, wav, sr, problems = server.next_playable(annotator)
+        clip, wav, sr, problems = server.next_playable(annotator)
         status = "\n\n".join(notes + problems)
         if clip is None:
             if server.store.progress(annotator, ratings_per_clip)["remaining"]:
@@ -129,39 +147,48 @@ def build_annotation_app(generations: str | Path, store: AnnotationStore, rating
             return "", f"### {done}", None, None, server.progress_text(annotator), (status + "\n\n" + done).strip()
         image = spectrogram_image(wav, sr) if spectrogram else None
         caption = f"### {clip['caption']}\n\n*{clip['task']} task; clip {clip['clip_id']}*"
-        return clip["clip_id"], caption, str(path), image, server.progress_text(annotator), status
+        return clip["clip_id"], caption, pcm16(wav, sr), image, server.progress_text(annotator), status
 
     def blank(message: str) -> tuple:
         return "", "", None, None, "", message
 
+    def guarded(handler):
+        """Every answer to a client is one line: a refused input names the problem, anything else
+        is logged here and reported without a traceback or a server path."""
+
+        @functools.wraps(handler)  # Gradio reads the handler's signature to pass the login (`gr.Request`)
+        def run(*args: Any, **kwargs: Any) -> tuple:
+            try:
+                return handler(*args, **kwargs)
+            except AnnotationError as exc:
+                return blank(client_message(exc))
+            except Exception:
+                logger.exception("annotation app: unexpected error")
+                return blank("Something went wrong on the server; your earlier ratings are saved. Press Start to go on.")
+
+        return run
+
     def start(name: str, request: gr.Request = None) -> tuple:
-        annotator = _annotator_name(name, request, logins)
+        annotator = rater_name(name, request, logins)
         if not annotator:
-            return blank("Enter your name, then press Start.")
-        try:
-            return show_next(annotator, [])
-        except AnnotationError as exc:
-            return blank(str(exc))
+            return blank("Log in, then press Start." if logins else "Enter your name, then press Start.")
+        return show_next(annotator, [])
 
     def make_rater(label: int):
         def rate(name: str, clip_id: str, request: gr.Request = None) -> tuple:
-            annotator = _annotator_name(name, request, logins)
+            annotator = rater_name(name, request, logins)
             if not annotator:
-                return blank("Enter your name, then press Start.")
+                return blank("Log in, then press Start." if logins else "Enter your name, then press Start.")
             notes = []
+            clip_id = str(clip_id) if isinstance(clip_id, (str, int)) else ""
             if clip_id:
                 try:
-                    server.store.add_rating(clip_id, annotator, label, ratings_per_clip=ratings_per_clip)
+                    server.store.add_rating(clip_id, annotator, label, ratings_per_clip=ratings_per_clip, leased_only=True)
                 except DuplicateRatingError:
                     notes.append(f"You had already rated clip {clip_id}; the first answer is kept.")
                 except ClipCompleteError:
                     notes.append(f"Clip {clip_id} got its last rating from someone else while you listened; here is another one.")
-                except AnnotationError as exc:
-                    return blank(str(exc))
-            try:
-                return show_next(annotator, notes)
-            except AnnotationError as exc:
-                return blank(str(exc))
+            return show_next(annotator, notes)
 
         return rate
 
@@ -184,7 +211,7 @@ def build_annotation_app(generations: str | Path, store: AnnotationStore, rating
             start_button = gr.Button("Start", variant="primary", scale=1, elem_id="baton-start")
         clip_box = gr.Textbox(label="Clip", interactive=False, elem_id="baton-clip-id")
         caption_md = gr.Markdown(elem_id="baton-caption")
-        audio_player = gr.Audio(label="Clip", type="filepath", interactive=False, autoplay=True, elem_id="baton-audio")
+        audio_player = gr.Audio(label="Clip", type="numpy", interactive=False, autoplay=True, elem_id="baton-audio")
         spectrogram_box = gr.Image(label="Spectrogram", type="numpy", interactive=False, elem_id="baton-spectrogram")
         with gr.Row():
             aligned_button = gr.Button("Aligned (a)", variant="primary", elem_id="baton-aligned")
@@ -194,19 +221,19 @@ def build_annotation_app(generations: str | Path, store: AnnotationStore, rating
         status_md = gr.Markdown(elem_id="baton-status")
 
         outputs = [clip_box, caption_md, audio_player, spectrogram_box, progress_md, status_md]
-        start_button.click(start, [annotator_box], outputs, api_name="start")
-        annotator_box.submit(start, [annotator_box], outputs, api_name=False)
+        start_button.click(guarded(start), [annotator_box], outputs, api_name="start")
+        annotator_box.submit(guarded(start), [annotator_box], outputs, api_name=False)
         # One rating at a time per browser tab: a double click cannot rate the next clip unseen.
         for button, label, name in (
             (aligned_button, ALIGNED, "aligned"),
             (not_aligned_button, NOT_ALIGNED, "not_aligned"),
             (skip_button, SKIP, "skip"),
         ):
-            button.click(make_rater(label), [annotator_box, clip_box], outputs, api_name=name, concurrency_limit=None, trigger_mode="once")
+            button.click(guarded(make_rater(label)), [annotator_box, clip_box], outputs, api_name=name, concurrency_limit=None, trigger_mode="once")
         if logins:
             app.load(lambda request=None: getattr(request, "username", "") or "", None, [annotator_box], api_name=False)
     app.annotation_store = store  # so callers (tests, annotate) can close it
     return app
 
 
-__all__ = ["KEYBOARD_JS", "ClipServer", "build_annotation_app", "read_users_file"]
+__all__ = ["KEYBOARD_JS", "MAX_UPLOAD", "ClipServer", "build_annotation_app", "client_message", "pcm16", "private_paths", "rater_name"]

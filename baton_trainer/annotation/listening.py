@@ -1,7 +1,7 @@
 """A blinded listening test over the evaluation's clips: MOS-Q, MOS-F and A/B preference.
 
     campaign = build_campaign(store, "RUN/eval", "ab", models=["base", "aligned"], seed=0)
-    app = build_listening_app(store, campaign, "RUN/eval")      # several raters at once
+    app = build_listening_app(store, campaign, "RUN/eval", logins=True)   # several raters at once
     results = listening_results(store, campaign)                 # MOS, win rates, alpha
 
 The BATON paper ran MOS-Q (audio quality) and MOS-F (faithfulness to the caption) on 5-point
@@ -10,8 +10,15 @@ scales with 40 raters. Here:
 - Modes: `mos_q` (one clip, its quality; the caption is not shown), `mos_f` (one clip and its
   caption, how faithful), `ab` (one caption, the two models' clips of the same seed, which matches
   it better; forced choice).
-- Blinding: raters never see a model name; the A/B side of each model is drawn per trial, and
-  each rater hears the trials in an order of their own (seeded by campaign and rater name).
+- Blinding: raters never see a model name, a file name or a trial id. Trials are stored in a
+  shuffled order (attention checks at random places), the A/B side of each model is drawn per
+  trial, and each rater hears the trials in an order of their own, seeded by a secret salt. Every
+  stimulus is served at one sample rate, padded to its caption's longest clip and normalised to
+  one integrated loudness (`make_stimuli`), so neither the header nor the level names the model.
+- Answers bound to what was shown: the browser gets an opaque token per trial (`issue`), and an
+  answer counts only with a token the server issued to that rater, once (`answer`); with a users
+  file the login name is the rater. The time from showing to answering is stored, and answers
+  sooner than the stimulus lasts are flagged and left out of the numbers.
 - Attention checks, mixed in unmarked: a repeated trial (the same trial again, sides swapped) and
   a known-bad clip (noise at the clip's length: MOS should be at most 2; in A/B it sits against a
   real clip, which should win). A rater who fails either is flagged; `listening_results` reports
@@ -26,10 +33,13 @@ each model with a 95 % Clopper-Pearson interval (`scipy.stats.binomtest`); Kripp
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import math
 import random
-import zlib
+import secrets
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -39,22 +49,40 @@ import numpy as np
 from ..atomic import atomic_write_json, atomic_write_text
 from ..audio import load_audio, save_wav
 from ..generations import read_generations
-from .store import AnnotationError, AnnotationStore, _clean_annotator, _now
+from .store import AnnotationError, AnnotationStore, _clean_annotator, _now, add_missing_columns
+
+logger = logging.getLogger(__name__)
 
 MODES = ("mos_q", "mos_f", "ab")
 BAD_CLIP = "attention_noise.wav"
+TARGET_LUFS = -23.0  # EBU R 128's programme loudness; lowered for a campaign whose peaks would not fit under the ceiling
+PEAK_CEILING_DBFS = -1.0
 
 _SCHEMA = """
+CREATE TABLE IF NOT EXISTS listening_campaigns (
+    campaign TEXT PRIMARY KEY,
+    salt TEXT NOT NULL,               -- seeds each rater's order; never leaves the server
+    stimuli TEXT NOT NULL             -- JSON: how the stimuli were made (sample rate, loudness, method)
+);
 CREATE TABLE IF NOT EXISTS listening_trials (
     campaign TEXT NOT NULL,
-    trial_id INTEGER NOT NULL,
+    trial_id INTEGER NOT NULL,        -- in a shuffled order: says nothing of model or kind
     mode TEXT NOT NULL,
     caption TEXT NOT NULL,
     caption_id TEXT NOT NULL,
     kind TEXT NOT NULL CHECK (kind IN ('test', 'repeat', 'bad')),
     repeat_of INTEGER,
-    clips TEXT NOT NULL,              -- JSON list of {"model", "file"} in the order shown (A, B)
+    clips TEXT NOT NULL,              -- JSON list of {"model", "file", "stimulus"} in the order shown (A, B)
+    duration_s REAL,                  -- length of each stimulus: an answer sooner than this is flagged
     PRIMARY KEY (campaign, trial_id)
+);
+CREATE TABLE IF NOT EXISTS listening_tokens (   -- what the server showed to whom: the only handle a browser gets
+    token TEXT PRIMARY KEY,
+    campaign TEXT NOT NULL,
+    trial_id INTEGER NOT NULL,
+    rater TEXT NOT NULL,
+    issued_at REAL NOT NULL,
+    answered_at REAL
 );
 CREATE TABLE IF NOT EXISTS listening_answers (
     campaign TEXT NOT NULL,
@@ -62,9 +90,11 @@ CREATE TABLE IF NOT EXISTS listening_answers (
     rater TEXT NOT NULL,
     answer INTEGER NOT NULL,          -- 1-5 for MOS, 0 (A) or 1 (B) for A/B
     created_at TEXT NOT NULL,
+    seconds REAL,                     -- from the trial being shown to this answer
     UNIQUE (campaign, trial_id, rater)
 );
 """
+_ADDED_COLUMNS = {"listening_trials": {"duration_s": "REAL"}, "listening_answers": {"seconds": "REAL"}}
 
 
 class ListeningStore(AnnotationStore):
@@ -72,42 +102,160 @@ class ListeningStore(AnnotationStore):
 
     def __init__(self, path: str | Path, **kwargs: Any):
         super().__init__(path, **kwargs)
-        self._conn().executescript(_SCHEMA)
+        conn = self._conn()
+        conn.executescript(_SCHEMA)
+        add_missing_columns(conn, _ADDED_COLUMNS)
 
     def trials(self, campaign: str) -> list[dict[str, Any]]:
         rows = self._conn().execute("SELECT * FROM listening_trials WHERE campaign = ? ORDER BY trial_id", (campaign,)).fetchall()
         return [{**dict(r), "clips": json.loads(r["clips"])} for r in rows]
 
+    def campaign_info(self, campaign: str) -> dict[str, Any] | None:
+        row = self._conn().execute("SELECT * FROM listening_campaigns WHERE campaign = ?", (campaign,)).fetchone()
+        return None if row is None else {"salt": row["salt"], "stimuli": json.loads(row["stimuli"])}
+
     def answers(self, campaign: str) -> list[dict[str, Any]]:
-        rows = self._conn().execute("SELECT * FROM listening_answers WHERE campaign = ? ORDER BY rowid", (campaign,)).fetchall()
-        return [dict(r) for r in rows]
+        rows = (
+            self._conn()
+            .execute(
+                """SELECT a.*, (a.seconds IS NOT NULL AND t.duration_s IS NOT NULL AND a.seconds < t.duration_s) AS fast
+               FROM listening_answers a JOIN listening_trials t ON t.campaign = a.campaign AND t.trial_id = a.trial_id
+               WHERE a.campaign = ? ORDER BY a.rowid""",
+                (campaign,),
+            )
+            .fetchall()
+        )
+        return [{**dict(r), "fast": bool(r["fast"])} for r in rows]
 
-    def add_answer(self, campaign: str, trial_id: int, rater: str, answer: int) -> None:
-        rater = _clean_annotator(rater)
-        trial = self._conn().execute("SELECT mode FROM listening_trials WHERE campaign = ? AND trial_id = ?", (campaign, int(trial_id))).fetchone()
-        if trial is None:
-            raise AnnotationError(f"campaign {campaign!r} has no trial {trial_id}")
-        allowed = (0, 1) if trial["mode"] == "ab" else (1, 2, 3, 4, 5)
-        if int(answer) not in allowed:
-            raise AnnotationError(f"trial {trial_id} ({trial['mode']}): answer must be one of {allowed}, got {answer}")
-        try:
-            self._conn().execute("INSERT INTO listening_answers VALUES (?, ?, ?, ?, ?)", (campaign, int(trial_id), rater, int(answer), _now()))
-        except Exception as exc:  # sqlite3.IntegrityError: this rater answered this trial already
-            if "UNIQUE" in str(exc):
-                raise AnnotationError(f"{rater} has already answered trial {trial_id}; the first answer is kept") from exc
-            raise
+    def _order(self, campaign: str, rater: str, trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        info = self.campaign_info(campaign)
+        if info is None:
+            raise AnnotationError(f"no listening campaign named {campaign!r}")
+        order = list(trials)
+        random.Random(f"{info['salt']}\0{rater}").shuffle(order)  # each rater's own order, unguessable without the salt
+        return order
 
-    def next_trial(self, campaign: str, rater: str) -> dict[str, Any] | None:
-        """The rater's next unanswered trial, in the rater's own shuffled order."""
+    def issue(self, campaign: str, rater: str) -> dict[str, Any] | None:
+        """Show `rater` their next unanswered trial: `{"token", "trial"}`, or None when none is left.
+
+        The token is the only handle the browser gets; `answer` accepts it once, from this rater.
+        Asking again before answering returns the same trial and token (a reloaded page)."""
         rater = _clean_annotator(rater)
         trials = self.trials(campaign)
-        done = {r["trial_id"] for r in self._conn().execute("SELECT trial_id FROM listening_answers WHERE campaign = ? AND rater = ?", (campaign, rater))}
-        order = list(range(len(trials)))
-        random.Random(zlib.crc32(f"{campaign}\0{rater}".encode())).shuffle(order)
-        for i in order:
-            if trials[i]["trial_id"] not in done:
-                return trials[i]
-        return None
+        order = self._order(campaign, rater, trials)
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            done = {r[0] for r in conn.execute("SELECT trial_id FROM listening_answers WHERE campaign = ? AND rater = ?", (campaign, rater))}
+            trial = next((t for t in order if t["trial_id"] not in done), None)
+            token = None
+            if trial is not None:
+                row = conn.execute(
+                    "SELECT token FROM listening_tokens WHERE campaign = ? AND rater = ? AND trial_id = ? AND answered_at IS NULL",
+                    (campaign, rater, trial["trial_id"]),
+                ).fetchone()
+                token = row[0] if row else secrets.token_urlsafe(18)
+                if row is None:
+                    conn.execute("INSERT INTO listening_tokens VALUES (?, ?, ?, ?, ?, NULL)", (token, campaign, trial["trial_id"], rater, time.time()))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return None if trial is None else {"token": token, "trial": trial}
+
+    def answer(self, campaign: str, token: str, rater: str, answer: int) -> int:
+        """Store `rater`'s answer to the trial behind `token`; returns the trial id. Refused unless
+        the server issued that token to this rater and it has not been answered yet."""
+        rater = _clean_annotator(rater)
+        if isinstance(answer, bool) or not isinstance(answer, (int, np.integer)):
+            raise AnnotationError(f"an answer is a whole number, got {answer!r}")
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            row = conn.execute("SELECT * FROM listening_tokens WHERE token = ? AND campaign = ?", (str(token), campaign)).fetchone()
+            if row is None or row["rater"] != rater:
+                raise AnnotationError("this answer is not for a trial the server showed you; press Start to get yours")
+            if row["answered_at"] is not None:
+                raise AnnotationError("you have already answered this trial; the first answer is kept")
+            mode = conn.execute("SELECT mode FROM listening_trials WHERE campaign = ? AND trial_id = ?", (campaign, row["trial_id"])).fetchone()["mode"]
+            allowed = (0, 1) if mode == "ab" else (1, 2, 3, 4, 5)
+            if int(answer) not in allowed:
+                raise AnnotationError(f"the answer must be one of {allowed}, got {answer}")
+            now = time.time()
+            try:
+                conn.execute(
+                    "INSERT INTO listening_answers VALUES (?, ?, ?, ?, ?, ?)",
+                    (campaign, row["trial_id"], rater, int(answer), _now(), max(0.0, now - row["issued_at"])),
+                )
+            except Exception as exc:  # sqlite3.IntegrityError: answered under an earlier token
+                if "UNIQUE" in str(exc):
+                    raise AnnotationError("you have already answered this trial; the first answer is kept") from None
+                raise
+            conn.execute("UPDATE listening_tokens SET answered_at = ? WHERE token = ?", (now, str(token)))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return int(row["trial_id"])
+
+
+def _loudness(meter: Any, wav: np.ndarray, sr: int) -> float:
+    """Integrated loudness (LUFS, ITU-R BS.1770-4); a clip shorter than one 400 ms gating block is
+    measured repeated to that length."""
+    block = int(math.ceil(0.4 * sr)) + 1
+    if wav.shape[0] < block:
+        wav = np.tile(wav, int(math.ceil(block / max(1, wav.shape[0]))))
+    return float(meter.integrated_loudness(wav.astype(np.float64)))
+
+
+def make_stimuli(eval_dir: Path, files: dict[str, str], out: Path) -> tuple[dict[str, tuple[str, float]], dict[str, Any]]:
+    """Write every clip of a campaign as a stimulus no listener can tell apart by header or level:
+    one sample rate (the highest among the clips), silence padded to the longest clip of its group
+    (`files` maps each file, relative to `eval_dir`, to its group: the caption), and one integrated
+    loudness (ITU-R BS.1770-4 through pyloudnorm) with every peak below PEAK_CEILING_DBFS, written
+    as 16-bit PCM under random names. Returns {file: (stimulus relative to eval_dir, seconds)} and
+    how it was done."""
+    import pyloudnorm
+    import soundfile
+
+    rates = {f: soundfile.info(str(eval_dir / f)).samplerate for f in files}
+    sr = max(rates.values())
+    wavs = {f: load_audio(eval_dir / f, target_sr=sr)[0].astype(np.float64) for f in files}
+    longest: dict[str, int] = {}
+    for f, group in files.items():
+        longest[group] = max(longest.get(group, 0), wavs[f].shape[0])
+    wavs = {f: np.pad(w, (0, longest[files[f]] - w.shape[0])) for f, w in wavs.items()}
+    meter = pyloudnorm.Meter(sr)
+    loudness = {f: _loudness(meter, w, sr) for f, w in wavs.items()}
+    peaks = {f: 20 * math.log10(max(float(np.abs(w).max()), 1e-9)) for f, w in wavs.items()}
+    audible = [f for f in files if math.isfinite(loudness[f])]
+    if not audible:
+        raise AnnotationError(f"every clip of the campaign in {eval_dir} is silent: nothing to listen to")
+    target = min([TARGET_LUFS] + [loudness[f] + PEAK_CEILING_DBFS - peaks[f] for f in audible])
+    out.mkdir(parents=True, exist_ok=True)
+    made: dict[str, tuple[str, float]] = {}
+    after = []
+    for f, w in wavs.items():
+        gain = target - loudness[f] if f in audible else 0.0
+        y = w * 10 ** (gain / 20)
+        path = out / f"{secrets.token_hex(8)}.wav"
+        soundfile.write(str(path), np.round(np.clip(y, -1, 1) * 32767).astype(np.int16), sr, subtype="PCM_16")
+        made[f] = (path.relative_to(eval_dir).as_posix(), y.shape[0] / sr)
+        if f in audible:
+            after.append(_loudness(meter, soundfile.read(str(path), dtype="float64")[0], sr))
+    info = {
+        "sample_rate": sr,
+        "target_lufs": round(target, 2),
+        "peak_ceiling_dbfs": PEAK_CEILING_DBFS,
+        "loudness_after_lufs": [round(min(after), 2), round(max(after), 2)],
+        "silent_clips": len(files) - len(audible),
+        "method": (
+            f"every stimulus resampled to {sr} Hz, padded with silence to the longest clip of its caption, and scaled to "
+            f"{target:.1f} LUFS integrated loudness (ITU-R BS.1770-4, pyloudnorm; {TARGET_LUFS:.0f} LUFS unless a clip's "
+            f"peak would then pass {PEAK_CEILING_DBFS:.0f} dBFS), written as 16-bit PCM under random names"
+        ),
+    }
+    return made, info
 
 
 def build_campaign(
@@ -120,8 +268,9 @@ def build_campaign(
     name: str | None = None,
 ) -> str:
     """Trials over `eval_dir/clips/<model>/` (the evaluate stage's clips: same captions and seeds
-    for every model), plus one repeated and one known-bad trial. Idempotent: an existing campaign
-    of that name is kept as it is. Returns the campaign name."""
+    for every model), plus one repeated and one known-bad trial, stored in a shuffled order, with
+    their stimuli (`make_stimuli`) under `eval_dir/listening/<campaign>_stimuli/`. Idempotent: an
+    existing campaign of that name is kept as it is. Returns the campaign name."""
 
     if mode not in MODES:
         raise AnnotationError(f"mode must be one of {list(MODES)}, got {mode!r}")
@@ -130,6 +279,8 @@ def build_campaign(
         raise AnnotationError(f"an A/B campaign compares exactly 2 models, got {models}")
     name = name or f"{mode}_{'_vs_'.join(models)}_seed{seed}"
     if store.trials(name):
+        if store.campaign_info(name) is None:
+            raise AnnotationError(f"campaign {name!r} was made by an older version without blind stimuli: start a new one (another --seed)")
         return name
     eval_dir = Path(eval_dir)
     rows = {}
@@ -164,14 +315,27 @@ def build_campaign(
     bad_clips = [dict(first), bad] if mode == "ab" else [bad]
     rng.shuffle(bad_clips)
     trials.append({"caption": trials[0]["caption"], "caption_id": trials[0]["caption_id"], "kind": "bad", "clips": bad_clips})
+    # Stimuli: one rate, one loudness, padded per caption, under random names.
+    groups = {c["file"]: t["caption_id"] for t in trials for c in t["clips"]}
+    stimuli, info = make_stimuli(eval_dir, groups, eval_dir / "listening" / f"{name}_stimuli")
+    for t in trials:
+        t["clips"] = [{**c, "stimulus": stimuli[c["file"]][0]} for c in t["clips"]]
+        t["duration_s"] = max(stimuli[c["file"]][1] for c in t["clips"])
+    # Stored in a shuffled order, so a trial id says nothing of the model or of an attention check.
+    order = list(range(len(trials)))
+    rng.shuffle(order)
+    new_id = {old: new for new, old in enumerate(order)}
     conn = store._conn()
     conn.execute("BEGIN IMMEDIATE")
     try:
-        for i, t in enumerate(trials):
+        for old in order:
+            t = trials[old]
+            repeat_of = new_id[t["repeat_of"]] if t.get("repeat_of") is not None else None
             conn.execute(
-                "INSERT INTO listening_trials VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (name, i, mode, t["caption"], t["caption_id"], t["kind"], t.get("repeat_of"), json.dumps(t["clips"])),
+                "INSERT INTO listening_trials VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (name, new_id[old], mode, t["caption"], t["caption_id"], t["kind"], repeat_of, json.dumps(t["clips"]), t["duration_s"]),
             )
+        conn.execute("INSERT INTO listening_campaigns VALUES (?, ?, ?)", (name, secrets.token_hex(16), json.dumps(info)))
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
@@ -213,9 +377,10 @@ def t_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float
     return mean, mean - half, mean + half
 
 
-def listening_results(store: ListeningStore, campaign: str, exclude_failed: bool = True) -> dict[str, Any]:
+def listening_results(store: ListeningStore, campaign: str, exclude_failed: bool = True, exclude_fast: bool = True) -> dict[str, Any]:
     """The campaign's numbers, on the test trials (attention checks left out), without the raters
-    who failed an attention check unless `exclude_failed` is False."""
+    who failed an attention check unless `exclude_failed` is False, and without answers given
+    sooner than the stimulus lasts (flagged per rater) unless `exclude_fast` is False."""
     from scipy.stats import binomtest  # lazy: only the export's numbers need scipy, serving the test does not
 
     trials = {t["trial_id"]: t for t in store.trials(campaign)}
@@ -223,17 +388,26 @@ def listening_results(store: ListeningStore, campaign: str, exclude_failed: bool
         raise AnnotationError(f"no listening campaign named {campaign!r} in {store.path}")
     mode = next(iter(trials.values()))["mode"]
     by_rater: dict[str, dict[int, int]] = {}
+    fast: dict[str, int] = {}
     for a in store.answers(campaign):
         by_rater.setdefault(a["rater"], {})[a["trial_id"]] = a["answer"]
+        fast[a["rater"]] = fast.get(a["rater"], 0) + a["fast"]
     flagged = {r: why for r, answers in by_rater.items() if (why := _attention(trials, answers, mode))}
     kept = {r: a for r, a in by_rater.items() if not (exclude_failed and r in flagged)}
+    if exclude_fast:
+        slow = {(a["rater"], a["trial_id"]) for a in store.answers(campaign) if not a["fast"]}
+        kept = {r: v for r, a in kept.items() if (v := {i: x for i, x in a.items() if (r, i) in slow})}
+    info = store.campaign_info(campaign)
     result: dict[str, Any] = {
         "campaign": campaign,
         "mode": mode,
         "raters": sorted(by_rater),
         "raters_kept": sorted(kept),
         "failed_attention": flagged,
+        "fast_answers": {r: n for r, n in sorted(fast.items()) if n},
+        "fast_answers_excluded": exclude_fast,
         "test_trials": sum(t["kind"] == "test" for t in trials.values()),
+        "stimuli": info["stimuli"] if info else None,
         "models": {},
     }
     tests = {i: t for i, t in trials.items() if t["kind"] == "test"}
@@ -302,9 +476,13 @@ def export_results(store: ListeningStore, campaign: str, eval_dir: str | Path) -
         f"## Listening test: {campaign}",
         "",
         f"{results['mode']}; {results['test_trials']} test trials; raters {len(results['raters_kept'])} of {len(results['raters'])} kept "
-        f"({len(results['failed_attention'])} failed an attention check).",
+        f"({len(results['failed_attention'])} failed an attention check); "
+        f"{sum(results['fast_answers'].values())} answer(s) given sooner than the clip lasts"
+        + (" left out." if results["fast_answers_excluded"] else " kept."),
         "",
     ]
+    if results.get("stimuli"):
+        lines += [f"Stimuli: {results['stimuli']['method']}.", ""]
     for model, numbers in results["models"].items():
         if results["mode"] == "ab":
             lines.append(
@@ -344,6 +522,8 @@ def export_results(store: ListeningStore, campaign: str, eval_dir: str | Path) -
         "trial_id": [a["trial_id"] for a in answers],
         "rater": [a["rater"] for a in answers],
         "answer": [a["answer"] for a in answers],
+        "seconds": [a["seconds"] for a in answers],
+        "fast": [a["fast"] for a in answers],
         "kind": [trials[a["trial_id"]]["kind"] for a in answers],
         "caption": [trials[a["trial_id"]]["caption"] for a in answers],
         "models_shown": [[c["model"] for c in trials[a["trial_id"]]["clips"]] for a in answers],
@@ -360,54 +540,77 @@ QUESTIONS = {
 }
 
 
-def build_listening_app(store: ListeningStore, campaign: str, eval_dir: str | Path):
-    """The blinded test as a Gradio app. Clips are sent as audio data, never as file paths, so
-    neither a player label nor a URL names the model; only files inside `eval_dir` are read."""
+def build_listening_app(store: ListeningStore, campaign: str, eval_dir: str | Path, logins: bool = False):
+    """The blinded test as a Gradio app. A browser gets, per trial, an opaque token and the
+    stimuli as audio data (never a file path, a trial id or a model name); an answer counts only
+    with the token the server issued to that rater (`ListeningStore.issue` / `answer`). With
+    `logins` the login name is the rater, whatever name a client sends."""
     import gradio as gr  # lazy: only serving the test needs gradio, the export does not
+    import soundfile
+
+    from .app import client_message, rater_name
 
     root = Path(eval_dir).resolve()
     trials = store.trials(campaign)
     if not trials:
         raise AnnotationError(f"no listening campaign named {campaign!r} in {store.path}")
     mode = trials[0]["mode"]
+    ask = "Log in, then press Start." if logins else "Enter your name, then press Start."
 
     def audio(clip: dict[str, Any]):
-        path = (root / clip["file"]).resolve()
+        path = (root / clip["stimulus"]).resolve()
         if not path.is_relative_to(root):
-            raise AnnotationError(f"{clip['file']!r} resolves outside {root}; not served")
-        wav, sr = load_audio(path)
-        return sr, (np.clip(wav, -1.0, 1.0) * 32767).astype(np.int16)  # 16-bit PCM, as the browser gets it anyway
+            raise AnnotationError(f"stimulus {clip['stimulus']!r} resolves outside the evaluation folder; not served")
+        wav, sr = soundfile.read(str(path), dtype="int16")  # already 16-bit PCM at the campaign's rate and loudness
+        return sr, wav
 
     def progress(rater: str) -> str:
         done = sum(a["rater"] == rater for a in store.answers(campaign))
         return f"**{rater}**: {done} of {len(trials)} trials answered."
 
     def show(rater: str, note: str = "") -> tuple:
-        trial = store.next_trial(campaign, rater)
-        if trial is None:
-            return -1, "### Thank you: no trials left.", None, None, progress(rater), note
+        issued = store.issue(campaign, rater)
+        if issued is None:
+            return "", "### Thank you: no trials left.", None, None, progress(rater), note
+        trial = issued["trial"]
         caption = "" if mode == "mos_q" else f"### {trial['caption']}"
         a = audio(trial["clips"][0])
         b = audio(trial["clips"][1]) if len(trial["clips"]) > 1 else None
-        return trial["trial_id"], caption, a, b, progress(rater), note
+        return issued["token"], caption, a, b, progress(rater), note
 
-    def start(name: str) -> tuple:
-        rater = " ".join(str(name or "").split())
-        if not rater:
-            return -1, "", None, None, "", "Enter your name, then press Start."
-        return show(rater)
+    def guarded(handler):
+        """One line for every client, whatever it sent: a refusal names the problem; anything else
+        is logged here and reported without a traceback or a server path."""
+
+        @functools.wraps(handler)  # Gradio reads the signature to pass the login (`gr.Request`)
+        def run(*args: Any, **kwargs: Any) -> tuple:
+            try:
+                return handler(*args, **kwargs)
+            except AnnotationError as exc:
+                return "", "", None, None, "", client_message(exc)
+            except Exception:
+                logger.exception("listening app: unexpected error")
+                return "", "", None, None, "", "Something went wrong on the server; your answers so far are saved. Press Start to go on."
+
+        return run
+
+    def start(name: str, request: gr.Request = None) -> tuple:
+        rater = rater_name(name, request, logins)
+        return show(rater) if rater else ("", "", None, None, "", ask)
 
     def make_answer(value: int):
-        def answer(name: str, trial_id: float) -> tuple:
-            rater = " ".join(str(name or "").split())
+        def answer(name: str, token: str, request: gr.Request = None) -> tuple:
+            rater = rater_name(name, request, logins)
             if not rater:
-                return -1, "", None, None, "", "Enter your name, then press Start."
+                return "", "", None, None, "", ask
             note = ""
-            if trial_id is not None and int(trial_id) >= 0:
+            if isinstance(token, str) and token:
                 try:
-                    store.add_answer(campaign, int(trial_id), rater, value)
+                    store.answer(campaign, token, rater, value)
                 except AnnotationError as exc:
-                    note = str(exc)
+                    note = client_message(exc)
+            else:
+                note = "No trial to answer: here is your next one."
             return show(rater, note)
 
         return answer
@@ -415,9 +618,9 @@ def build_listening_app(store: ListeningStore, campaign: str, eval_dir: str | Pa
     with gr.Blocks(title="Listening test") as app:
         gr.Markdown(f"## Listening test\n{QUESTIONS[mode]}")
         with gr.Row():
-            name_box = gr.Textbox(label="Your name", scale=3, elem_id="baton-listen-rater")
+            name_box = gr.Textbox(label="Your name", scale=3, interactive=not logins, info="logged in" if logins else None, elem_id="baton-listen-rater")
             start_button = gr.Button("Start", variant="primary", scale=1, elem_id="baton-listen-start")
-        trial_box = gr.Number(value=-1, visible=False, elem_id="baton-listen-trial")
+        token_box = gr.Textbox(value="", visible=False, elem_id="baton-listen-token")
         caption_md = gr.Markdown(elem_id="baton-listen-caption")
         with gr.Row():
             player_a = gr.Audio(label="A" if mode == "ab" else "Clip", type="numpy", interactive=False, elem_id="baton-listen-a")
@@ -427,9 +630,11 @@ def build_listening_app(store: ListeningStore, campaign: str, eval_dir: str | Pa
             buttons = [(gr.Button(label, elem_id=f"baton-listen-answer-{value}"), value) for value, label in choices]
         progress_md = gr.Markdown(elem_id="baton-listen-progress")
         status_md = gr.Markdown(elem_id="baton-listen-status")
-        outputs = [trial_box, caption_md, player_a, player_b, progress_md, status_md]
-        start_button.click(start, [name_box], outputs, api_name="start")
+        outputs = [token_box, caption_md, player_a, player_b, progress_md, status_md]
+        start_button.click(guarded(start), [name_box], outputs, api_name="start")
         for button, value in buttons:
-            button.click(make_answer(value), [name_box, trial_box], outputs, api_name=f"answer_{value}", trigger_mode="once")
+            button.click(guarded(make_answer(value)), [name_box, token_box], outputs, api_name=f"answer_{value}", trigger_mode="once")
+        if logins:
+            app.load(lambda request=None: getattr(request, "username", "") or "", None, [name_box], api_name=False)
     app.listening_store = store
     return app

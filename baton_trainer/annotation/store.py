@@ -39,7 +39,9 @@ ALIGNED = 1
 NOT_ALIGNED = 0
 SKIP = -2
 LABELS = {ALIGNED: "aligned", NOT_ALIGNED: "not aligned", SKIP: "skip"}
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Columns added after version 1, added to older stores on open (their old rows keep NULL).
+_ADDED_COLUMNS = {"clips": {"duration_s": "REAL"}, "ratings": {"seconds": "REAL"}}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -51,7 +53,8 @@ CREATE TABLE IF NOT EXISTS clips (
     labels TEXT NOT NULL,             -- JSON list, intended order
     caption_id INTEGER NOT NULL,
     clip_index INTEGER NOT NULL,
-    error TEXT                        -- set when the clip's audio cannot be played; such clips are not handed out
+    error TEXT,                       -- set when the clip's audio cannot be played; such clips are not handed out
+    duration_s REAL                   -- the clip's length, read from its file header at registration
 );
 CREATE TABLE IF NOT EXISTS ratings (
     rating_id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -59,6 +62,7 @@ CREATE TABLE IF NOT EXISTS ratings (
     annotator TEXT NOT NULL,
     label INTEGER NOT NULL CHECK (label IN (1, 0, -2)),
     created_at TEXT NOT NULL,
+    seconds REAL,                     -- from the clip's lease (shown) to this rating; NULL when it was not leased
     UNIQUE (clip_id, annotator)
 );
 CREATE INDEX IF NOT EXISTS ratings_by_annotator ON ratings(annotator);
@@ -81,6 +85,10 @@ class DuplicateRatingError(AnnotationError):
 
 class UnknownClipError(AnnotationError):
     """No clip with this id is registered."""
+
+
+class NotLeasedError(AnnotationError):
+    """The clip was never handed to this annotator, so their rating of it is refused."""
 
 
 class ClipCompleteError(AnnotationError):
@@ -108,6 +116,26 @@ def _clean_annotator(annotator: Any) -> str:
     return name
 
 
+def add_missing_columns(conn: sqlite3.Connection, added: dict[str, dict[str, str]]) -> None:
+    """Bring a store made by an older version up to date: `{table: {column: type}}` added where missing."""
+    for table, columns in added.items():
+        have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+        for column, kind in columns.items():
+            if column not in have:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+
+
+def _duration(path: Path) -> float | None:
+    """A clip's length from its file header (None when it cannot be read: the app reports that)."""
+    import soundfile
+
+    try:
+        info = soundfile.info(str(path))
+        return float(info.frames) / float(info.samplerate)
+    except Exception:  # missing or corrupt: the clip is marked unplayable when it is served
+        return None
+
+
 class AnnotationStore:
     """Ratings of generated clips, in an SQLite file (see the module docstring for guarantees).
 
@@ -126,9 +154,10 @@ class AnnotationStore:
         conn = self._conn()
         try:
             conn.executescript(_SCHEMA)
+            add_missing_columns(conn, _ADDED_COLUMNS)
         except sqlite3.DatabaseError as exc:
             raise AnnotationError(f"{self.path}: not a usable annotation store ({exc})") from exc
-        conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
 
     # -- connections ---------------------------------------------------------------------------
 
@@ -202,6 +231,7 @@ class AnnotationStore:
                 json.dumps(list(row["labels"]), ensure_ascii=False),
                 int(row["caption_id"]),
                 int(row["clip_index"]),
+                _duration(generations_dir / str(row["file_name"])),
             )
             for row in generated
         ]
@@ -209,11 +239,11 @@ class AnnotationStore:
         conn.execute("BEGIN IMMEDIATE")
         try:
             conn.executemany(
-                """INSERT INTO clips(clip_id, file_name, caption, task, labels, caption_id, clip_index, error)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, NULL)
+                """INSERT INTO clips(clip_id, file_name, caption, task, labels, caption_id, clip_index, duration_s, error)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL)
                    ON CONFLICT(clip_id) DO UPDATE SET file_name=excluded.file_name, caption=excluded.caption,
                        task=excluded.task, labels=excluded.labels, caption_id=excluded.caption_id,
-                       clip_index=excluded.clip_index, error=NULL""",
+                       clip_index=excluded.clip_index, duration_s=excluded.duration_s, error=NULL""",
                 rows,
             )
             conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('generations_dir', ?)", (str(generations_dir.resolve()),))
@@ -245,13 +275,16 @@ class AnnotationStore:
 
     # -- ratings -------------------------------------------------------------------------------
 
-    def add_rating(self, clip_id: str, annotator: str, label: int, ratings_per_clip: int | None = None) -> int:
+    def add_rating(self, clip_id: str, annotator: str, label: int, ratings_per_clip: int | None = None, leased_only: bool = False) -> int:
         """Store one rating and return its id once it is committed to disk.
 
         `label`: 1 aligned, 0 not aligned, -2 skip. Raises DuplicateRatingError if this annotator
         already rated the clip, UnknownClipError for an unregistered clip, and, with
         `ratings_per_clip`, ClipCompleteError when the clip already has that many ratings (a lease
         that ran out while its holder listened: the clip went to someone else in the meantime).
+        With `leased_only` (the apps), a rating is stored only for a clip handed to this annotator
+        (`next_clip_for`; an expired lease still counts), so nobody rates a clip they were not shown.
+        The time from the lease to the rating is stored as `seconds`.
         """
         annotator = _clean_annotator(annotator)
         if isinstance(label, bool) or label not in LABELS:
@@ -259,13 +292,16 @@ class AnnotationStore:
         conn = self._conn()
         conn.execute("BEGIN IMMEDIATE")  # the count and the insert are one step for every process
         try:
+            lease = conn.execute("SELECT leased_at FROM leases WHERE clip_id = ? AND annotator = ?", (str(clip_id), annotator)).fetchone()
+            if leased_only and lease is None:
+                raise NotLeasedError(f"clip {clip_id!r} was not handed to {annotator!r}; only clips shown to you can be rated")
             if ratings_per_clip is not None and label != SKIP:
                 done = conn.execute("SELECT COUNT(*) FROM ratings WHERE clip_id = ? AND label IN (0, 1)", (str(clip_id),)).fetchone()[0]
                 if done >= ratings_per_clip:
                     raise ClipCompleteError(f"clip {clip_id!r} already has its {ratings_per_clip} rating(s); {annotator!r}'s was not needed")
             cursor = conn.execute(
-                "INSERT INTO ratings(clip_id, annotator, label, created_at) VALUES (?, ?, ?, ?)",
-                (str(clip_id), annotator, int(label), _now()),
+                "INSERT INTO ratings(clip_id, annotator, label, created_at, seconds) VALUES (?, ?, ?, ?, ?)",
+                (str(clip_id), annotator, int(label), _now(), None if lease is None else max(0.0, time.time() - float(lease["leased_at"]))),
             )
             conn.execute("DELETE FROM leases WHERE clip_id = ? AND annotator = ?", (str(clip_id), annotator))
             conn.execute("COMMIT")
@@ -360,8 +396,13 @@ class AnnotationStore:
         }
 
     def ratings(self, include_skips: bool = True) -> list[dict[str, Any]]:
-        """Every rating as a dict (rating_id, clip_id, annotator, label, created_at), oldest first."""
-        query = "SELECT rating_id, clip_id, annotator, label, created_at FROM ratings"
+        """Every rating as a dict, oldest first: rating_id, clip_id, annotator, label, created_at,
+        seconds (from being shown the clip to answering; None when it was not leased) and `fast`:
+        True for an aligned / not-aligned answer given before the clip could have been heard to its
+        end (seconds < the clip's duration)."""
+        query = """SELECT r.rating_id, r.clip_id, r.annotator, r.label, r.created_at, r.seconds,
+                          (r.label IN (0, 1) AND r.seconds IS NOT NULL AND c.duration_s IS NOT NULL AND r.seconds < c.duration_s) AS fast
+                   FROM ratings r JOIN clips c ON c.clip_id = r.clip_id"""
         if not include_skips:
-            query += " WHERE label IN (0, 1)"
-        return [dict(r) for r in self._conn().execute(query + " ORDER BY rating_id")]
+            query += " WHERE r.label IN (0, 1)"
+        return [{**dict(r), "fast": bool(r["fast"])} for r in self._conn().execute(query + " ORDER BY r.rating_id")]

@@ -28,7 +28,8 @@ class AnnotateConfig:
         default=3, metadata={"help": "how many different people rate each clip (3 gives a majority without ties; 1 rates the most clips, as the paper)"}
     )
     users_file: str | None = field(
-        default=None, metadata={"help": "optional login list, one 'name:password' per line; the login name becomes the annotator name"}
+        default=None,
+        metadata={"help": "login list, one 'name:HASH' per line (write it with `python -m baton_trainer users`); the login name is the annotator"},
     )
     server_name: str = field(default="127.0.0.1", metadata={"help": "address to listen on (0.0.0.0 for a shared machine)"})
     server_port: int | None = field(default=None, metadata={"help": "port; default: Gradio's (7860 or the next free one)"})
@@ -49,19 +50,22 @@ class AnnotateConfig:
 def annotate(config: AnnotateConfig, prevent_thread_lock: bool = False):
     """Register the clips, launch the app, and serve until stopped.
 
-    Only the generations folder is served (`allowed_paths`); with `prevent_thread_lock` the call
+    No file of the server is served (clips go to the browser as audio data; the store, its WAL,
+    the users file and metadata.jsonl are blocked as well); uploads are refused beyond a few
+    kilobytes (the app takes none); failed logins are throttled. With `prevent_thread_lock` the call
     returns the running app (for tests and notebooks; call `.close()` to stop it).
     """
-    from ..annotation.app import KEYBOARD_JS, build_annotation_app, read_users_file
+    from ..annotation.app import KEYBOARD_JS, MAX_UPLOAD, build_annotation_app, private_paths
+    from ..annotation.logins import login_launch_kwargs, read_users_file
     from ..generations import METADATA
 
     layout = config.layout()
     generations = layout.generations
     if not (generations / METADATA).is_file():
         raise AnnotationError(f"{generations / METADATA}: not found (run the generate stage first)")
+    users = read_users_file(config.users_file) if config.users_file else None  # refused before anything starts
     store = AnnotationStore(layout.annotations, lease_seconds=config.lease_seconds)
-    app = build_annotation_app(generations, store, config.ratings_per_clip, logins=config.users_file is not None, spectrogram=config.spectrogram)
-    auth = read_users_file(config.users_file) if config.users_file else None
+    app = build_annotation_app(generations, store, config.ratings_per_clip, logins=users is not None, spectrogram=config.spectrogram)
     progress = app.annotation_store.progress("-", config.ratings_per_clip)
     print(
         f"annotating {progress['total_clips']} clips from {generations} ({config.ratings_per_clip} rating(s) per clip, "
@@ -72,11 +76,11 @@ def annotate(config: AnnotateConfig, prevent_thread_lock: bool = False):
         server_name=config.server_name,
         server_port=config.server_port,
         share=config.share,
-        auth=auth,
-        auth_message="Log in with the name and password you were given." if auth else None,
-        allowed_paths=[str(generations.resolve())],
+        blocked_paths=private_paths(layout.annotations, config.users_file, generations / METADATA),
+        max_file_size=MAX_UPLOAD,
         prevent_thread_lock=prevent_thread_lock,
         js=KEYBOARD_JS,
         footer_links=["api"],
+        **login_launch_kwargs(users, "Log in with the name and password you were given."),
     )
     return app

@@ -3,7 +3,8 @@
     python -m baton_trainer export --run_dir RUN [--ties drop] [--min_ratings 1]
 
 One row per clip with at least `min_ratings` non-skip ratings; its feedback and reward are the
-majority label (`ties` decides a split vote); skips never reach training data. Rater agreement
+majority label (`ties` decides a split vote); skips never reach training data, nor (unless
+`keep_fast`) ratings given in the app faster than the clip plays: they are counted per annotator. Rater agreement
 (Fleiss' and Cohen's kappa) goes to RUN/feedback_agreement.json.
 
 Imports inside the functions keep `python -m baton_trainer --help` fast: the CLI imports every
@@ -32,6 +33,9 @@ class ExportConfig:
         default="drop", metadata={"help": "a clip with as many 'aligned' as 'not aligned' votes: leave it out, or count it as 1 or 0"}
     )
     min_ratings: int = field(default=1, metadata={"help": "leave out clips with fewer (non-skip) ratings than this"})
+    keep_fast: bool = field(
+        default=False, metadata={"help": "keep ratings given before the clip could have been heard to its end (left out by default, and counted)"}
+    )
 
     def __post_init__(self) -> None:
         if self.min_ratings < 1:
@@ -66,6 +70,9 @@ def export_feedback(config: ExportConfig) -> Path:
         ratings = store.ratings()
     finally:
         store.close()
+    fast = Counter(r["annotator"] for r in ratings if r["fast"])
+    if not config.keep_fast:
+        ratings = [r for r in ratings if not r["fast"]]
 
     by_clip: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in ratings:
@@ -128,6 +135,9 @@ def export_feedback(config: ExportConfig) -> Path:
             "dropped_ties": dropped_ties,
             "below_min_ratings": too_few,
             "min_ratings": config.min_ratings,
+            "fast_ratings": sum(fast.values()),
+            "fast_ratings_by_annotator": dict(fast),
+            "fast_ratings_kept": config.keep_fast,
         }
     )
     report = layout.feedback_agreement
@@ -137,6 +147,9 @@ def export_feedback(config: ExportConfig) -> Path:
         f"exported {len(dataset)} rated clips to {out} ({stats['exported_positive']} aligned, "
         f"{stats['exported_negative']} not aligned; {ties} ties, {dropped_ties} dropped; {stats['skips']} skips left out)"
     )
+    if fast:
+        verb = "kept" if config.keep_fast else "left out (keep them with --keep_fast)"
+        print(f"{sum(fast.values())} rating(s) given faster than the clip plays, {verb}: " + ", ".join(f"{a} {n}" for a, n in fast.most_common()))
     print(
         f"agreement: Fleiss' kappa {format_number(stats['fleiss_kappa'])} over {stats['clips_with_2plus_ratings']} clips "
         f"with >= 2 ratings; {len(stats['annotators'])} annotators"
