@@ -16,7 +16,9 @@ from typing import Any
 
 import datasets
 import numpy as np
+import pyarrow.parquet as pq
 from datasets import Audio, Dataset, Features, Sequence, Value
+from datasets.table import InMemoryTable
 
 from .atomic import atomic_folder
 
@@ -42,6 +44,13 @@ REQUIRED_COLUMNS = ("caption", "audio", "feedback", "reward", "source", "task")
 
 PRETRAIN_FEATURES = Features({"caption": Value("string"), "audio": Audio(sampling_rate=SAMPLE_RATE, decode=False)})
 
+# Where a training row's audio came from ("SOURCE: row N, column 'audio'"), for the rows the
+# fine-tune stage mixes, shuffles and selects before any clip is decoded: an unreadable clip is
+# reported by the row of the dataset it is stored in. Only on request (`origin=True`,
+# `pairwise_to_preference(source=...)`), so no dataset is saved or pushed with it.
+ORIGIN_COLUMN = "origin"
+_WITH_ORIGIN = Features({**PREFERENCE_FEATURES, ORIGIN_COLUMN: Value("string")})
+
 
 class PreferenceDataError(ValueError):
     """A preference dataset that cannot be trained on; the message names the row and column."""
@@ -66,25 +75,46 @@ def build_dataset(columns: dict[str, list[Any]], features: Features = PREFERENCE
 # Loading
 
 
+def _empty(features: Features | None) -> Dataset:
+    return Dataset(InMemoryTable(features.arrow_schema.empty_table())) if features else Dataset.from_dict({})
+
+
+def _load_saved(path: Path, split: str) -> Dataset:
+    """A `save_to_disk` folder (a Dataset, or a DatasetDict's `split`). datasets 5 saves an empty
+    dataset as no shards at all and `load_from_disk` fails on it (IndexError); it loads as 0 rows."""
+    if (path / "dataset_dict.json").is_file():
+        splits = json.loads((path / "dataset_dict.json").read_text(encoding="utf-8")).get("splits", [])
+        if split not in splits:
+            raise PreferenceDataError(f"{path}: no split '{split}' (has {splits})")
+        path = path / split
+    state = path / "state.json"
+    if state.is_file() and not json.loads(state.read_text(encoding="utf-8")).get("_data_files"):
+        return _empty(datasets.DatasetInfo.from_directory(str(path)).features)
+    return datasets.load_from_disk(str(path))
+
+
+def _load_parquet(files: list[Path]) -> Dataset:
+    """Parquet files as one split; files of 0 rows load as 0 rows (datasets refuses them:
+    'Instruction "train" corresponds to no data!')."""
+    if not sum(pq.ParquetFile(f).metadata.num_rows for f in files):
+        return Dataset(InMemoryTable(pq.read_table(files[0])))
+    return datasets.load_dataset("parquet", data_files=[str(f) for f in files], split="train")
+
+
 def _load_any(source: str | Path, split: str) -> Dataset:
     path = Path(source)
     if path.is_dir():
         if (path / "dataset_info.json").is_file() or (path / "state.json").is_file() or (path / "dataset_dict.json").is_file():
-            loaded = datasets.load_from_disk(str(path))
-            if isinstance(loaded, datasets.DatasetDict):
-                if split not in loaded:
-                    raise PreferenceDataError(f"{path}: no split '{split}' (has {list(loaded)})")
-                loaded = loaded[split]
-            return loaded
+            return _load_saved(path, split)
         parquet = sorted(path.rglob("*.parquet"))
         if parquet:
-            return datasets.load_dataset("parquet", data_files=[str(p) for p in parquet], split="train")
+            return _load_parquet(parquet)
         metadata = [p for p in (path / "metadata.jsonl", path / "metadata.csv") if p.is_file()]
         if metadata:
             return audio_folder_to_dataset(path)
         raise PreferenceDataError(f"{path}: not a saved dataset, a parquet folder, or an audio folder with metadata.jsonl")
     if path.suffix == ".parquet" and path.is_file():
-        return datasets.load_dataset("parquet", data_files=str(path), split="train")
+        return _load_parquet([path])
     if path.exists():
         raise PreferenceDataError(f"{path}: expected a dataset folder or a .parquet file")
     if re.fullmatch(r"[\w.-]+/[\w.-]+", str(source)):
@@ -124,8 +154,11 @@ def _conform(ds: Dataset, features: Features) -> Dataset:
     return ds.cast(wanted) if ds.features != wanted else ds
 
 
-def load_preference_dataset(source: str | Path, split: str = "train", validate: bool = True) -> Dataset:
-    """Load a preference dataset from a Hub id, a `save_to_disk` folder, parquet, or an audio folder."""
+def load_preference_dataset(source: str | Path, split: str = "train", validate: bool = True, origin: bool = False) -> Dataset:
+    """Load a preference dataset from a Hub id, a `save_to_disk` folder, parquet, or an audio folder.
+
+    With `origin`, each row also gets its `ORIGIN_COLUMN` ("SOURCE: row N, column 'audio'"), which
+    the latent cache names when the row's audio cannot be read after mixing and shuffling."""
     ds = _load_any(source, split)
     missing = [c for c in REQUIRED_COLUMNS if c not in ds.column_names]
     if missing:
@@ -133,6 +166,8 @@ def load_preference_dataset(source: str | Path, split: str = "train", validate: 
     ds = _conform(ds, PREFERENCE_FEATURES)
     if validate:
         validate_preference_dataset(ds, name=str(source))
+    if origin:
+        ds = ds.add_column(ORIGIN_COLUMN, [f"{source}: row {i}, column 'audio'" for i in range(len(ds))])
     return ds
 
 
@@ -142,6 +177,8 @@ def load_pretrain_dataset(source: str | Path, split: str = "train") -> Dataset:
     for column in ("caption", "audio"):
         if column not in ds.column_names:
             raise PreferenceDataError(f"{source}: missing column '{column}' (has {ds.column_names})")
+    if len(ds) == 0:
+        raise PreferenceDataError(f"{source}: 0 rows; the pretraining set needs at least one (caption, audio) row")
     ds = _conform(ds.select_columns(["caption", "audio"]), PRETRAIN_FEATURES)
     check_captions(ds["caption"], str(source))
     return ds
@@ -187,14 +224,19 @@ def mix_feedback(human: Dataset, reward_rated: Dataset | None, ratio: float = 1.
     """All human-rated rows plus `ratio` times as many reward-rated rows (the paper mixes 1:1).
 
     Reward-rated rows are sampled without replacement; when there are fewer than asked, all are
-    used. The result is shuffled with `seed`.
+    used. The result is shuffled with `seed`. Each row keeps its `ORIGIN_COLUMN` where every part
+    has one.
     """
     parts = [human]
     if reward_rated is not None and len(reward_rated) and ratio > 0:
         want = min(len(reward_rated), int(round(ratio * len(human))) if len(human) else len(reward_rated))
         picked = np.random.default_rng(seed).permutation(len(reward_rated))[:want]
         parts.append(reward_rated.select(sorted(picked.tolist())))
-    parts = [p.cast(PREFERENCE_FEATURES) if p.features != PREFERENCE_FEATURES else p for p in parts]
+    features = PREFERENCE_FEATURES
+    if all(ORIGIN_COLUMN in p.column_names for p in parts):
+        features = _WITH_ORIGIN
+    parts = [p.remove_columns([ORIGIN_COLUMN]) if ORIGIN_COLUMN in p.column_names and ORIGIN_COLUMN not in features else p for p in parts]
+    parts = [p.cast(features) if p.features != features else p for p in parts]
     return datasets.concatenate_datasets(parts).shuffle(seed=seed).flatten_indices()
 
 
@@ -306,6 +348,8 @@ def load_pairwise_dataset(source: str | Path, split: str = "train") -> Dataset:
     missing = [c for c in PAIRWISE_COLUMNS if c not in ds.column_names]
     if missing:
         raise PreferenceDataError(f"{source}: missing column '{missing[0]}' of a pairwise dataset (has {ds.column_names})")
+    if len(ds) == 0:
+        raise PreferenceDataError(f"{source}: 0 rows; a pairwise dataset needs at least one (prompt, chosen, rejected) row")
     for column in ("chosen", "rejected"):
         ds = ds.cast_column(column, Audio(decode=False))
     for i, prompt in enumerate(ds["prompt"]):
@@ -314,17 +358,26 @@ def load_pairwise_dataset(source: str | Path, split: str = "train") -> Dataset:
     return ds
 
 
-def pairwise_to_preference(ds: Dataset, task: str = "integrity") -> Dataset:
+def pairwise_to_preference(ds: Dataset, task: str = "integrity", source: str | Path | None = None) -> Dataset:
     """Per-clip preference rows from a pairwise dataset, so BATON and KTO train on it too: each
     pair's chosen clip rated aligned (feedback 1, reward 1), its rejected clip not (0, 0), both
-    human-rated rows of the pair's prompt. A prompt keeps one caption_id across its pairs."""
+    human-rated rows of the pair's prompt. A prompt keeps one caption_id across its pairs.
+
+    `source` names the dataset in errors; given, each clip also gets its `ORIGIN_COLUMN`
+    ("SOURCE: row N, column 'chosen'"), the pair's own row and the column its audio is in."""
+    dataset = str(source) if source is not None else "pairwise dataset"
     audio = ds.select_columns(["chosen", "rejected"]).with_format("arrow")[:].to_pylist() if len(ds) else []
     ids: dict[str, int] = {}
     columns: dict[str, list[Any]] = {name: [] for name in PREFERENCE_FEATURES}
+    origins: list[str] = []
     for pair, (prompt, clips) in enumerate(zip(ds["prompt"], audio)):
         caption_id = ids.setdefault(prompt.strip(), len(ids))
         for clip_index, (column, label) in enumerate((("chosen", 1), ("rejected", 0))):
             clip = clips[column]
+            where = f"{dataset}: row {pair}, column '{column}'"
+            if clip is None or (not clip.get("bytes") and not clip.get("path")):
+                raise PreferenceDataError(f"{where}: no audio")
+            origins.append(where)
             columns["caption"].append(prompt)
             columns["audio"].append({"bytes": clip.get("bytes"), "path": clip.get("path")})
             columns["feedback"].append(label)
@@ -335,4 +388,6 @@ def pairwise_to_preference(ds: Dataset, task: str = "integrity") -> Dataset:
             columns["caption_id"].append(caption_id)
             columns["clip_index"].append(2 * pair + clip_index)
             columns["annotator"].append("pairwise")
-    return build_dataset(columns)
+    if source is None:
+        return build_dataset(columns)
+    return build_dataset({**columns, ORIGIN_COLUMN: origins}, _WITH_ORIGIN)

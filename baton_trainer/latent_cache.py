@@ -71,11 +71,16 @@ class LatentCache:
         self.enabled = enabled
 
     def read_audio(self, ds, name: str) -> torch.Tensor:
-        """(N, samples) waveforms at the backend's rate, cut or zero-padded to the clip length."""
+        """(N, samples) waveforms at the backend's rate, cut or zero-padded to the clip length.
+
+        An unreadable clip is named by its row's `origin` (data.ORIGIN_COLUMN: the dataset and the
+        row and column it is stored at) where the rows have one, as mixed and shuffled feedback does."""
         sr = self.backend.sample_rate
         samples = int(round(self.duration_s * sr))
-        rows = ds.with_format("arrow")["audio"].to_pylist()
-        return torch.stack([torch.from_numpy(crop_or_pad(load_audio(a, sr, what=f"{name}: row {i}, column 'audio'")[0], samples)) for i, a in enumerate(rows)])
+        table = ds.with_format("arrow")
+        rows = table["audio"].to_pylist()
+        where = table["origin"].to_pylist() if "origin" in ds.column_names else [f"{name}: row {i}, column 'audio'" for i in range(len(rows))]
+        return torch.stack([torch.from_numpy(crop_or_pad(load_audio(a, sr, what=w)[0], samples)) for a, w in zip(rows, where)])
 
     def key(self, captions: list[str], ds) -> str:
         h = hashlib.sha256()
@@ -87,6 +92,8 @@ class LatentCache:
     def encode(self, ds, weights: torch.Tensor, name: str) -> EncodedSet:
         """Latents and caption embeddings for `ds`, from the disk cache when they are there."""
         captions = list(ds["caption"])
+        if not captions:
+            raise ValueError(f"{name}: 0 rows to train on (the datasets it is drawn from are empty, or nothing of them was selected)")
         if not self.enabled:
             return EncodedSet(captions, weights, waveforms=self.read_audio(ds, name))
 

@@ -80,7 +80,7 @@ def test_unreadable_audio_names_the_row(tmp_path):
     save_tiny_tango(tmp_path / "model")
     config = FinetuneConfig(run_dir=str(tmp_path), model=str(tmp_path / "model"), feedback_dataset=str(tmp_path / "fb"), report_to="none", max_train_steps=1)
     trainer = DiffusionTrainer(config)
-    with pytest.raises(AudioError, match=r"feedback: row \d, column 'audio': unreadable audio"):
+    with pytest.raises(AudioError, match=r"fb: row 1, column 'audio': unreadable audio"):  # the dataset's row, not the shuffled one
         training_data(trainer)
 
 

@@ -229,10 +229,10 @@ def load_training_data(config: FinetuneConfig, objective, latent_cache) -> tuple
     if config.weighting != "none":
         human_source, reward_source = config.feedback_sources()
         if config.pairwise_dataset:  # Audio-Alpaca-schema pairs: chosen rated aligned, rejected not
-            human = pairwise_to_preference(load_pairwise_dataset(config.pairwise_dataset))
-        else:
-            human = load_preference_dataset(human_source) if human_source else None
-        reward = load_preference_dataset(reward_source) if reward_source else None
+            human = pairwise_to_preference(load_pairwise_dataset(config.pairwise_dataset), source=config.pairwise_dataset)
+        else:  # origin: an unreadable clip is named by its dataset's row, not the row it is shuffled to
+            human = load_preference_dataset(human_source, origin=True) if human_source else None
+        reward = load_preference_dataset(reward_source, origin=True) if reward_source else None
         if human is None and reward is None:
             raise FileNotFoundError("no feedback data: feedback_dataset is 'none' and no reward_dataset is there")
         rated = reward if human is None else mix_feedback(human, reward, config.mix_ratio, config.seed)
