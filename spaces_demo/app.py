@@ -12,14 +12,19 @@ aligned export it shows the baseline alone and says so. Which models, and loadin
 
 Visitors type a prompt and pick a seed, steps and guidance; both models sample from the same seed,
 the page plays both clips, draws their spectrograms and shows the reward model's score of each.
-Requests go through Gradio's queue one at a time. Clips are written only under the output folder,
-which is the only folder the app serves (`allowed_paths`). The generate event is `/generate` for
-`gradio_client`.
+Requests go through Gradio's queue one at a time. Clips are written only into a folder the app
+creates and owns inside the output folder (`OUTPUT_DIR/baton-space-clips/`, marked by a
+`.baton-space-clips` file); that folder is the only one it serves (`allowed_paths`) and the only
+one it prunes, and only clips of its own naming are deleted there. Uploads are capped at
+`MAX_UPLOAD_SIZE` (the page takes none). The generate event is `/generate` for `gradio_client`;
+it takes its inputs raw (`preprocess=False`) so that every bad value gets `check_inputs`'s
+one-line message.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import re
 import tempfile
@@ -42,14 +47,20 @@ from baton_trainer.evaluation.test_captions import load_test_captions
 from baton_trainer.formatting import display_path, format_number
 from baton_trainer.spectrogram import spectrogram_image
 from baton_trainer.toyworld.events import EVENT_NAMES
-from spaces_demo.models import SpaceConfig, load_models
+from spaces_demo.models import SpaceConfig, SpaceError, load_models
 
 MAX_PROMPT_CHARS = 300
 MAX_SEED = 2**31 - 1
 STEPS_RANGE = (1, 200)
 GUIDANCE_RANGE = (1.0, 10.0)
 MIN_DURATION_S = 0.1
-OUTPUT_MAX_AGE_S = 3600.0  # clips older than this are deleted from the output folder
+OUTPUT_MAX_AGE_S = 3600.0  # clips older than this are deleted from the app's clips folder
+CLIPS_FOLDER = "baton-space-clips"  # the app's own folder inside the output folder
+CLIPS_MARKER = ".baton-space-clips"  # written when the app creates CLIPS_FOLDER; no marker, not ours
+CLIP_NAME = re.compile(r"\d{8}-\d{6}_[0-9a-f]{8}_seed\d+_(baseline|aligned)\.wav")  # the names `generate` writes
+MAX_UPLOAD_SIZE = "1kb"  # nothing on the page uploads; Gradio refuses bigger uploads with 413
+
+logger = logging.getLogger(__name__)
 
 
 class SpaceInputError(ValueError):
@@ -69,8 +80,11 @@ class Settings:
 
 
 def check_inputs(prompt: Any, seed: Any, steps: Any, guidance: Any, duration_s: Any, max_duration_s: float) -> Settings:
-    """Validated settings, or SpaceInputError with a message for the visitor."""
-    prompt = " ".join(str(prompt or "").split())
+    """Validated settings, or SpaceInputError with a one-line message for the visitor. The values
+    are taken as an API client may send them (any JSON: strings, null, NaN, lists)."""
+    if prompt is not None and not isinstance(prompt, str):
+        raise SpaceInputError("The prompt must be text.")
+    prompt = " ".join((prompt or "").split())
     if not prompt:
         raise SpaceInputError("Enter a prompt: describe the sounds you want to hear.")
     if len(prompt) > MAX_PROMPT_CHARS:
@@ -78,12 +92,13 @@ def check_inputs(prompt: Any, seed: Any, steps: Any, guidance: Any, duration_s: 
 
     def number(value: Any, name: str, low: float, high: float, integer: bool):
         try:
-            x = float(value)
-        except (TypeError, ValueError):
+            x = float(value) if not isinstance(value, bool) else float("nan")
+        except (TypeError, ValueError, OverflowError):
             x = float("nan")
         if not np.isfinite(x) or (integer and x != int(x)) or not low <= x <= high:
             kind = "a whole number" if integer else "a number"
-            raise SpaceInputError(f"{name} must be {kind} from {format_number(float(low), None)} to {format_number(float(high), None)}, got {value!r}.")
+            shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+            raise SpaceInputError(f"{name} must be {kind} from {format_number(float(low), None)} to {format_number(float(high), None)}, got {shown}.")
         return int(x) if integer else x
 
     return Settings(
@@ -107,14 +122,57 @@ def unknown_words(tokenizer, prompt: str) -> list[str]:
     return words
 
 
-def prune_outputs(output_dir: Path, max_age_s: float = OUTPUT_MAX_AGE_S) -> None:
+def clips_folder(output_dir: str | os.PathLike) -> Path:
+    """The app's own folder for clips, `output_dir/baton-space-clips`, created with a marker file
+    on first use. A folder of that name that the app did not create (no marker, not empty) is
+    refused, so the app never serves or prunes files that are not its own."""
+    folder = Path(output_dir).resolve() / CLIPS_FOLDER
+    folder.mkdir(parents=True, exist_ok=True)
+    marker = folder / CLIPS_MARKER
+    if not marker.is_file():
+        if folder.is_symlink() or any(folder.iterdir()):
+            raise SpaceError(f"{folder} was not created by the Space (no {CLIPS_MARKER} in it); move it away or choose another output folder")
+        marker.write_text("Written by spaces_demo/app.py: this folder holds the Space's clips, deleted after an hour.\n", encoding="utf-8")
+    return folder
+
+
+def prune_outputs(clips_dir: Path, max_age_s: float = OUTPUT_MAX_AGE_S) -> None:
+    """Delete the app's clips older than `max_age_s` from its own folder: regular files named as
+    `generate` names them, nothing else (a visitor's or operator's files there stay)."""
     cutoff = time.time() - max_age_s
-    for path in output_dir.glob("*.wav"):
+    for path in clips_dir.iterdir():
+        if not CLIP_NAME.fullmatch(path.name):
+            continue
         try:
-            if path.stat().st_mtime < cutoff:
+            if path.is_file() and not path.is_symlink() and path.stat().st_mtime < cutoff:
                 path.unlink()
         except OSError:
             pass  # removed by a concurrent prune
+
+
+ABSOLUTE_PATH = re.compile(r"(?<![\w.~/])(?:/[^\s'\"/:,;)\]]+)+/?")
+
+
+def client_message(text: str) -> str:
+    """What may go to a client of an error: its first non-empty line, absolute paths replaced."""
+    line = next((ln.strip() for ln in str(text).splitlines() if ln.strip()), "")
+    return ABSOLUTE_PATH.sub("<path>", line)[:300]
+
+
+class SpaceBlocks(gr.Blocks):
+    """gr.Blocks whose events never answer a client with Gradio's empty error (`{"error": null}`,
+    what Gradio sends for any exception but gr.Error unless `show_error`): an exception Gradio
+    itself raises on a malformed request (too few inputs, a value the example loader cannot take)
+    reaches the client as one line without server paths; the server log keeps the traceback."""
+
+    async def process_api(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        try:
+            return await super().process_api(*args, **kwargs)
+        except gr.Error:
+            raise
+        except Exception as exc:
+            message = client_message(str(exc)) or type(exc).__name__
+            raise gr.Error(f"The request could not be processed: {message}", title="Bad request") from exc
 
 
 def _is_toy(model: TextToAudioBackend) -> bool:
@@ -148,13 +206,13 @@ def build_demo(
     toy_examples: bool | None = None,
     default_steps: int | None = None,
 ) -> gr.Blocks:
-    """The comparison page for loaded models; clips are written under `output_dir`.
+    """The comparison page for loaded models; clips are written into `clips_folder(output_dir)`.
 
     The returned Blocks has its queue set up (one generation at a time); launch it with
-    `launch(demo, output_dir, ...)` so that only `output_dir` is served.
+    `launch(demo, output_dir, ...)` so that only that folder is served.
     """
     output_dir = Path(output_dir).resolve()
-    output_dir.mkdir(parents=True, exist_ok=True)
+    clips_dir = clips_folder(output_dir)
     notes = list(notes or [])
     if aligned is None and not any("aligned" in n for n in notes):
         notes.append("No aligned model loaded: only the baseline is shown.")
@@ -166,11 +224,23 @@ def build_demo(
     sample_rate = base.sample_rate
 
     def generate(prompt, seed, steps, guidance, duration_s, progress: gr.Progress = gr.Progress(track_tqdm=True)):
+        # Inputs arrive raw (preprocess=False): check_inputs is the one judge of them, and every
+        # failure reaches the client as a one-line gr.Error, never Gradio's empty error.
         try:
             s = check_inputs(prompt, seed, steps, guidance, duration_s, max_duration)
         except SpaceInputError as exc:
-            raise gr.Error(str(exc), title="Check the settings") from None
-        prune_outputs(output_dir)
+            raise gr.Error(client_message(str(exc)), title="Check the settings", print_exception=False) from None
+        try:
+            return compare(s, progress)
+        except gr.Error:
+            raise
+        except Exception as exc:  # the server log gets the traceback, the visitor one line
+            logger.exception("generation failed for %r", s)
+            raise gr.Error(f"Generation failed on the server ({type(exc).__name__}); try other settings or try again later.", print_exception=False) from None
+
+    def compare(s: Settings, progress: gr.Progress):
+        clips_dir = clips_folder(output_dir)  # made again if a cleaner removed it
+        prune_outputs(clips_dir)
         stem = f"{time.strftime('%Y%m%d-%H%M%S')}_{uuid.uuid4().hex[:8]}_seed{s.seed}"
         models = [("baseline", base)] + ([("aligned", aligned)] if aligned is not None else [])
         clips: dict[str, np.ndarray] = {}
@@ -179,7 +249,7 @@ def build_demo(
             try:
                 wav = model.generate([s.prompt], [s.seed], num_inference_steps=s.steps, guidance_scale=s.guidance, duration_s=s.duration_s, progress=True)[0]
             except ValueError as exc:  # e.g. a prompt the tokenizer or model refuses
-                raise gr.Error(f"The {name} model could not generate: {exc}".splitlines()[0]) from None
+                raise gr.Error(client_message(f"The {name} model could not generate: {exc}"), print_exception=False) from None
             clips[name] = wav
         progress(len(models) / (len(models) + 1), desc="scoring and drawing")
         scores: dict[str, float | None] = {name: None for name in ("baseline", "aligned")}
@@ -189,7 +259,7 @@ def build_demo(
         paths: dict[str, str | None] = {"baseline": None, "aligned": None}
         images: dict[str, np.ndarray | None] = {"baseline": None, "aligned": None}
         for name, wav in clips.items():
-            path = output_dir / f"{stem}_{name}.wav"
+            path = clips_dir / f"{stem}_{name}.wav"
             save_wav(path, wav, sample_rate)
             paths[name] = str(path)
             images[name] = spectrogram_image(wav, sample_rate, title=f"{name}: seed {s.seed}")
@@ -212,7 +282,7 @@ def build_demo(
 
     aligned_name = display_path(aligned.name_or_path) if aligned is not None else "none"
     reward_name = display_path(getattr(getattr(reward_model, "config", None), "_name_or_path", "")) or ("loaded" if reward_model is not None else "none")
-    with gr.Blocks(title="BATON: baseline vs aligned", delete_cache=(1800, int(OUTPUT_MAX_AGE_S))) as demo:
+    with SpaceBlocks(title="BATON: baseline vs aligned", delete_cache=(1800, int(OUTPUT_MAX_AGE_S))) as demo:
         gr.Markdown(
             "# BATON: baseline vs aligned text-to-audio\n"
             "Type a prompt: the baseline model and the BATON-aligned model (fine-tuned with human feedback) "
@@ -254,23 +324,26 @@ def build_demo(
 
         inputs = [prompt_box, seed_box, steps_slider, guidance_slider, duration_slider]
         outputs = [base_audio, aligned_audio, base_image, aligned_image, base_score, aligned_score, status_md]
-        generate_button.click(generate, inputs, outputs, api_name="generate")
-        prompt_box.submit(generate, inputs, outputs, api_name=False)
+        generate_button.click(generate, inputs, outputs, api_name="generate", preprocess=False)
+        prompt_box.submit(generate, inputs, outputs, api_name=False, preprocess=False)
     # One generation at a time (a CPU Space has no room for two); visitors wait their turn in line.
     demo.queue(default_concurrency_limit=1, max_size=32)
     demo.output_dir = output_dir
+    demo.clips_dir = clips_dir
     return demo
 
 
 def launch(
     demo: gr.Blocks, output_dir: str | os.PathLike, host: str | None = None, port: int | None = None, share: bool = False, prevent_thread_lock: bool = False
 ) -> gr.Blocks:
-    """Serve the page; only `output_dir` is readable through /gradio_api/file=."""
+    """Serve the page; of the disk, only the app's clips folder under `output_dir` (and Gradio's
+    own cache) is readable through /gradio_api/file=, and uploads over MAX_UPLOAD_SIZE are refused."""
     demo.launch(
         server_name=host,
         server_port=port,
         share=share,
-        allowed_paths=[str(Path(output_dir).resolve())],
+        allowed_paths=[str(clips_folder(output_dir))],
+        max_file_size=MAX_UPLOAD_SIZE,
         prevent_thread_lock=prevent_thread_lock,
         footer_links=["api"],
     )
@@ -286,15 +359,16 @@ def main(argv: list[str] | None = None, prevent_thread_lock: bool = False) -> gr
             parser.add_argument(f"--{name}", type=int if name in ("port", "default_steps") else str, default=None, help=f.metadata["help"])
     config = SpaceConfig.from_env(**vars(parser.parse_args(argv)))
     output_dir = Path(config.output_dir or Path(tempfile.gettempdir()) / "baton-space")
+    clips_dir = clips_folder(output_dir)  # before the models load: a folder that is not ours fails fast
     base, aligned, reward, notes = load_models(config)
-    print(f"baseline {base.name_or_path}; aligned {aligned.name_or_path if aligned else 'none'}; clips go to {output_dir}")
+    print(f"baseline {base.name_or_path}; aligned {aligned.name_or_path if aligned else 'none'}; clips go to {clips_dir}")
     for note in notes:
         print(note)
     demo = build_demo(base, aligned, reward, output_dir, notes=notes, default_steps=config.default_steps)
     return launch(demo, output_dir, host=config.host, port=config.port, share=bool(config.share), prevent_thread_lock=prevent_thread_lock)
 
 
-__all__ = ["SpaceInputError", "build_demo", "check_inputs", "launch", "main"]
+__all__ = ["SpaceInputError", "build_demo", "check_inputs", "clips_folder", "launch", "main", "prune_outputs"]
 
 if __name__ == "__main__":
     main()

@@ -43,7 +43,12 @@ class SpaceConfig:
     reward_model: str | None = field(
         default=None, metadata={"help": "reward model folder or Hub id (env BATON_REWARD_MODEL; default: the toy run's or a shipped one; 'none': no scores)"}
     )
-    output_dir: str | None = field(default=None, metadata={"help": "folder for generated clips, the only one served (env BATON_OUTPUT_DIR)"})
+    output_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "folder in which the Space makes its own baton-space-clips/ for the clips it writes, the only folder it serves and prunes (env BATON_OUTPUT_DIR)"
+        },
+    )
     device: str | None = field(default=None, metadata={"help": "torch device (env BATON_DEVICE; default cuda when available, else cpu)"})
     default_steps: int | None = field(
         default=None, metadata={"help": "sampling steps the page starts with (env BATON_DEFAULT_STEPS; default 25 for the toy model, else 50)"}

@@ -1,16 +1,19 @@
 """The comparison Space: model resolution, input checks, and the launched app driven through
-gradio_client (clips, seeds, scores, error messages, which files it serves)."""
+gradio_client and plain HTTP (clips, seeds, scores, error messages, which files it serves and
+prunes, uploads)."""
 
 import json
 import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import soundfile as sf
@@ -76,7 +79,7 @@ def launched(models, tmp_path_factory):
             prevent_thread_lock=True,
         )
     try:
-        yield {"url": f"http://127.0.0.1:{port}/", "output_dir": output_dir, "demo": demo}
+        yield {"url": f"http://127.0.0.1:{port}/", "output_dir": output_dir, "clips_dir": output_dir / space.CLIPS_FOLDER, "demo": demo}
     finally:
         demo.close()
 
@@ -98,7 +101,7 @@ def read_wav(path) -> np.ndarray:
 
 @pytest.mark.slow
 def test_same_seed_same_clips_other_seed_other_clips_scores_in_unit_interval(client, launched):
-    before = set(launched["output_dir"].iterdir())
+    before = set(launched["clips_dir"].iterdir())
     base_wav, aligned_wav, base_img, aligned_img, base_score, aligned_score, status = generate(client, seed=3)
     base_clip, aligned_clip = read_wav(base_wav), read_wav(aligned_wav)
     assert base_clip.shape == aligned_clip.shape == (int(DURATION_S * 16000),)
@@ -115,50 +118,190 @@ def test_same_seed_same_clips_other_seed_other_clips_scores_in_unit_interval(cli
     assert not np.array_equal(read_wav(other[0]), base_clip)
     assert not np.array_equal(read_wav(other[1]), aligned_clip)
 
-    written = sorted(p.name for p in set(launched["output_dir"].iterdir()) - before)
-    assert len(written) == 6 and all(name.endswith(("_baseline.wav", "_aligned.wav")) for name in written)
+    written = sorted(p.name for p in set(launched["clips_dir"].iterdir()) - before)
+    assert len(written) == 6 and all(space.CLIP_NAME.fullmatch(name) for name in written)
+    assert sorted(p.name for p in launched["output_dir"].iterdir()) == [space.CLIPS_FOLDER]  # nothing beside its own folder
+
+
+def call_raw(url: str, body: str) -> tuple[str, str]:
+    """POST a raw JSON body (NaN and all) to the /generate event's REST route and read its result:
+    ("error", message) or ("complete", data)."""
+    with httpx.Client(base_url=url + "gradio_api/", timeout=60) as http:
+        response = http.post("call/generate", content=body, headers={"Content-Type": "application/json"})
+        assert response.status_code == 200, response.text
+        stream = http.get(f"call/generate/{response.json()['event_id']}").text
+    event = stream.split("event: ")[-1]
+    kind, _, data = event.partition("\ndata: ")
+    return kind.strip(), data.strip()
+
+
+def assert_one_clean_line(message, launched) -> None:
+    """A message for a client: there, one line, no traceback, no server path."""
+    assert isinstance(message, str) and message.strip() and message != "null", message
+    assert "\n" not in message.strip() and "Traceback" not in message and 'File "' not in message, message
+    for path in ("/tmp", str(launched["output_dir"]), str(Path(space.__file__).parent), tempfile.gettempdir()):
+        assert path not in message, message
+
+
+BAD_INPUTS = [
+    ({"prompt": "   "}, "Enter a prompt"),
+    ({"prompt": "beep " * 80}, "keep it to 300"),
+    ({"prompt": ["a", "list"]}, "The prompt must be text"),
+    ({"seed": -1}, "Seed must be a whole number from 0 to 2147483647"),
+    ({"seed": "x"}, "Seed must be a whole number"),
+    ({"seed": 1.5}, "Seed must be a whole number"),
+    ({"steps": 0}, "Steps must be a whole number from 1 to 200, got 0"),
+    ({"steps": 500}, "Steps must be a whole number from 1 to 200, got 500"),
+    ({"steps": "many"}, "Steps must be a whole number from 1 to 200, got 'many'"),
+    ({"steps": None}, "Steps must be a whole number"),
+    ({"guidance": 11}, "Guidance must be a number from 1 to 10"),
+    ({"guidance": {"a": 1}}, "Guidance must be a number"),
+    ({"duration": 5.0}, "Length (s) must be a number from 0.1 to 0.32"),
+    ({"duration": 1e300}, "Length (s) must be a number from 0.1 to 0.32"),
+    ({"duration": "9" * 500}, "Length (s) must be a number"),
+]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "kwargs, message",
-    [
-        ({"prompt": "   "}, "Enter a prompt"),
-        ({"prompt": "beep " * 80}, "keep it to 300"),
-        ({"seed": -1}, "Seed must be a whole number from 0 to 2147483647"),
-        ({"steps": 0}, "less than minimum value 1"),
-        ({"steps": 500}, "greater than maximum value 200"),
-        ({"guidance": 11}, "greater than maximum value 10"),
-        ({"duration": 5.0}, "greater than maximum value 0.32"),
-    ],
-)
-def test_bad_inputs_get_a_message_not_a_trace(client, kwargs, message):
+@pytest.mark.parametrize("kwargs, message", BAD_INPUTS, ids=[f"{next(iter(k))}={str(next(iter(k.values())))[:12]}" for k, _ in BAD_INPUTS])
+def test_bad_inputs_get_a_one_line_message_not_a_trace(client, launched, kwargs, message):
     with pytest.raises(gradio_client.exceptions.AppError) as error:
         generate(client, **kwargs)
     assert message in str(error.value)
-    assert "Traceback" not in str(error.value)
+    assert_one_clean_line(str(error.value), launched)
+    assert len(str(error.value)) < 200  # an overlong value is shown cut short
 
 
 @pytest.mark.slow
-def test_only_the_output_folder_is_served(client, launched, tmp_path):
-    generate(client)  # at least one clip exists in the output folder
-    url = launched["url"] + "gradio_api/file="
-    secret = tmp_path / "secret.wav"
-    secret.write_bytes((launched["output_dir"] / sorted(p.name for p in launched["output_dir"].iterdir())[0]).read_bytes())
-    own_clip = next(launched["output_dir"].glob("*.wav"))
+def test_malformed_requests_over_http_get_a_one_line_message(launched):
+    """What gradio_client cannot send (NaN, infinity, too few inputs) through the REST route:
+    each comes back as a one-line error, never Gradio's empty `{"error": null}`."""
+    p = json.dumps(PROMPT)
+    cases = [
+        (f'{{"data": [{p}, 1, NaN, 3.0, 0.25]}}', "Steps must be a whole number from 1 to 200, got nan"),
+        (f'{{"data": [{p}, 1, 3, 3.0, Infinity]}}', "Length (s) must be a number"),
+        (f'{{"data": [{p}, 1e999, 3, 3.0, 0.25]}}', "Seed must be a whole number"),
+        (f'{{"data": [{p}, 1, 3]}}', "needed: 5, got: 3"),
+        ('{"data": [null, null, null, null, null]}', "Enter a prompt"),
+    ]
+    for body, message in cases:
+        kind, data = call_raw(launched["url"], body)
+        assert kind == "error", (body, kind, data)
+        text = json.loads(data)["error"]
+        assert message in (text or ""), (body, data)
+        assert_one_clean_line(text, launched)
+    kind, data = call_raw(launched["url"], f'{{"data": [{p}, 1, 2, 3.0, {DURATION_S}]}}')  # the same route works
+    assert kind == "complete" and "Seed 1, 2 steps" in data
 
-    def status(path) -> int:
-        try:
-            with urllib.request.urlopen(url + str(path), timeout=30) as response:
-                return response.status
-        except urllib.error.HTTPError as exc:
-            return exc.code
 
-    assert status(own_clip) == 200
-    for path in ("/etc/passwd", secret, Path(space.__file__), Path.cwd() / "pyproject.toml", launched["output_dir"] / ".." / secret.name):
-        assert status(path) in (403, 404), path
-    blocks = launched["demo"]
-    assert [Path(p) for p in blocks.allowed_paths] == [launched["output_dir"].resolve()]
+@pytest.mark.slow
+def test_a_failing_generation_gets_one_line_without_server_paths(client, launched):
+    """The clips folder replaced by a file (a disk fault mid-run): the generation fails on the
+    server, and the client gets one line naming no path, not Gradio's empty error."""
+    clips, away = launched["clips_dir"], launched["clips_dir"].with_name("clips-away")
+    clips.rename(away)
+    clips.write_text("not a folder")
+    try:
+        with pytest.raises(gradio_client.exceptions.AppError) as error:
+            generate(client)
+    finally:
+        clips.unlink()
+        away.rename(clips)
+    assert "Generation failed on the server" in str(error.value)
+    assert_one_clean_line(str(error.value), launched)
+    generate(client)  # and the next request is served again
+
+
+def test_client_message_keeps_one_line_and_hides_absolute_paths():
+    text = "could not open /home/me/runs/x.wav (see '/tmp/a b/c'); 1/2 of ~/f done\n  File \"/usr/lib/x.py\", line 3"
+    assert space.client_message(text) == "could not open <path> (see '<path> b/c'); 1/2 of ~/f done"
+    assert space.client_message("\n\n  second\nthird") == "second"
+    assert len(space.client_message("x" * 1000)) == 300
+
+
+def fetch_status(url: str, path) -> tuple[int, bytes]:
+    response = httpx.get(url + "gradio_api/file=" + str(path), timeout=30)
+    return response.status_code, response.content
+
+
+@pytest.mark.slow
+def test_only_the_apps_own_clips_folder_is_served(client, launched):
+    generate(client)  # at least one clip exists in the clips folder
+    output_dir, clips = launched["output_dir"], launched["clips_dir"]
+    own_clip = sorted(clips.glob("*.wav"))[0]
+    song = own_clip.read_bytes()  # a user's file with real audio in it, beside the app's folder
+    planted = [output_dir / "song.wav", output_dir.parent / "song.wav"]
+    for path in planted:
+        path.write_bytes(song)
+    try:
+        status, body = fetch_status(launched["url"], own_clip)
+        assert status == 200 and body == song
+        for path in [*planted, clips / ".." / "song.wav", clips / ".." / ".." / "song.wav", "/etc/passwd", Path(space.__file__), Path.cwd() / "pyproject.toml"]:
+            status, body = fetch_status(launched["url"], path)
+            assert status != 200 and body != song, path
+    finally:
+        for path in planted:
+            path.unlink()
+    assert [Path(p) for p in launched["demo"].allowed_paths] == [clips.resolve()]
+    assert (clips / space.CLIPS_MARKER).is_file()
+
+
+@pytest.mark.slow
+def test_prune_deletes_only_the_apps_own_old_clips(client, launched):
+    generate(client)
+    clips = launched["clips_dir"]
+    old = time.time() - 2 * space.OUTPUT_MAX_AGE_S
+    own_old = sorted(clips.glob("*_baseline.wav"))[0]
+    os.utime(own_old, (old, old))
+    planted = [launched["output_dir"] / "song.wav", clips / "song.wav", clips / own_old.name.replace(".wav", ".wav.bak")]
+    for path in planted:
+        path.write_bytes(b"RIFF my own recording")
+        os.utime(path, (old, old))
+    try:
+        generate(client)  # each request prunes before it writes
+        assert not own_old.exists()
+        assert all(path.exists() for path in planted)
+        assert (clips / space.CLIPS_MARKER).is_file() and len(list(clips.glob("*_baseline.wav"))) >= 1  # the fresh clips stay
+    finally:
+        for path in planted:
+            path.unlink()
+
+
+@pytest.mark.slow
+def test_a_big_upload_is_refused_and_not_kept(launched):
+    upload_dir = Path(launched["demo"].server_app.uploaded_file_dir)
+
+    def files() -> set[Path]:
+        return {p for p in upload_dir.rglob("*") if p.is_file()} if upload_dir.is_dir() else set()
+
+    before = files()
+    name = f"big-{os.getpid()}-{time.time_ns()}.wav"
+    response = httpx.post(launched["url"] + "gradio_api/upload", files={"files": (name, b"\0" * (5 * 2**20), "audio/wav")}, timeout=60)
+    assert response.status_code == 413, response.text
+    assert "maximum allowed size" in response.text
+    new = files() - before
+    assert not [p for p in new if p.name == name or p.stat().st_size > 2**20]
+    # the limit is what refuses it: a file under 1 KB still uploads (and is removed here)
+    small = httpx.post(launched["url"] + "gradio_api/upload", files={"files": (name, b"RIFF", "audio/wav")}, timeout=60)
+    assert small.status_code == 200, small.text
+    for path in map(Path, small.json()):
+        path.unlink()
+        path.parent.rmdir()
+
+
+def test_the_clips_folder_is_the_apps_own(tmp_path):
+    clips = space.clips_folder(tmp_path / "out")
+    assert clips == (tmp_path / "out" / space.CLIPS_FOLDER).resolve() and (clips / space.CLIPS_MARKER).is_file()
+    assert space.clips_folder(tmp_path / "out") == clips  # found again, marker and all
+    (tmp_path / "home" / space.CLIPS_FOLDER).mkdir(parents=True)
+    (tmp_path / "home" / space.CLIPS_FOLDER / "song.wav").write_bytes(b"RIFF")
+    with pytest.raises(space_models.SpaceError, match="not created by the Space"):
+        space.clips_folder(tmp_path / "home")
+    assert sorted(p.name for p in (tmp_path / "home" / space.CLIPS_FOLDER).iterdir()) == ["song.wav"]
+    (tmp_path / "empty" / space.CLIPS_FOLDER).mkdir(parents=True)  # an empty folder of that name is taken over
+    assert (space.clips_folder(tmp_path / "empty") / space.CLIPS_MARKER).is_file()
+    with pytest.raises(space_models.SpaceError, match="not created by the Space"):  # main() refuses before loading models
+        space.main(["--output_dir", str(tmp_path / "home"), "--aligned_export", "none", "--reward_model", "none", "--base_model", str(tmp_path / "nowhere")])
 
 
 def test_check_inputs_names_each_setting():
