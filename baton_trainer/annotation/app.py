@@ -6,8 +6,9 @@ name (or logs in, with a users file), hears a clip, sees its caption and spectro
 Aligned / Not aligned / Skip (keys a / n / s). Every answer is committed to the store before the
 next clip shows, each clip goes to `ratings_per_clip` different people, and nobody gets a clip
 twice. A rating is stored only for a clip the server handed to that person, with the time it took
-(`AnnotationStore.add_rating(leased_only=True)`). Clips are sent as audio data read from inside the
-generations folder: no file of the server is served. A clip whose audio is missing or unreadable
+(`AnnotationStore.add_rating(leased_only=True)`). Clips are read from inside the generations folder
+and handed to the browser as copies named by their content (`ServedFiles`): no file of the server
+is served. A clip whose audio is missing or unreadable
 is reported, marked unplayable in the store, and skipped. Every message to a client is one line
 without a server path (`client_message`).
 
@@ -17,9 +18,14 @@ be driven with `gradio_client` as well as in a browser.
 
 from __future__ import annotations
 
+import atexit
 import functools
+import hashlib
+import io
 import logging
 import re
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +33,10 @@ from typing import Any
 # `from __future__ import annotations`) through this module's globals to inject the login.
 import gradio as gr
 import numpy as np
+import soundfile
+from PIL import Image
 
+from ..atomic import atomic_write_bytes
 from ..audio import AudioError, load_audio
 from ..spectrogram import spectrogram_image
 from .store import ALIGNED, NOT_ALIGNED, SKIP, AnnotationError, AnnotationStore, ClipCompleteError, DuplicateRatingError
@@ -125,9 +134,37 @@ def rater_name(name: Any, request: Any, logins: bool) -> str:
     return " ".join(str(name or "").split()) if isinstance(name, (str, int, float)) else ""
 
 
-def pcm16(wav: np.ndarray, sr: int) -> tuple[int, np.ndarray]:
-    """Audio as the player gets it: 16-bit PCM sent as data, so no file of the server is served."""
-    return int(sr), (np.clip(wav, -1.0, 1.0) * 32767).astype(np.int16)
+class ServedFiles:
+    """What an app hands to the browser, as files of its own in a temporary folder it owns, named
+    by their content (so they say nothing of a clip's origin) and written atomically.
+
+    Why not return arrays to Gradio: Gradio 6 writes an array into its cache under a name made
+    from its content and rewrites that file on every return, so two people sent the same clip at
+    once could download it half-written. Files are copied into the cache under a temporary name
+    and renamed, and a copy that exists is reused."""
+
+    def __init__(self) -> None:
+        self.folder = Path(tempfile.mkdtemp(prefix="baton-served-"))
+        atexit.register(shutil.rmtree, self.folder, True)
+
+    def _file(self, data: bytes, suffix: str) -> str:
+        path = self.folder / f"{hashlib.sha256(data).hexdigest()[:32]}{suffix}"
+        if not path.is_file():
+            atomic_write_bytes(path, data)
+        return str(path)
+
+    def audio(self, wav: np.ndarray, sr: int) -> str:
+        """16-bit PCM WAV (float audio is clipped to [-1, 1]; int16 audio is kept as it is)."""
+        if wav.dtype != np.int16:
+            wav = np.round(np.clip(wav, -1.0, 1.0) * 32767).astype(np.int16)
+        buffer = io.BytesIO()
+        soundfile.write(buffer, wav, int(sr), format="WAV", subtype="PCM_16")
+        return self._file(buffer.getvalue(), ".wav")
+
+    def image(self, pixels: np.ndarray) -> str:
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, format="PNG")
+        return self._file(buffer.getvalue(), ".png")
 
 
 def build_annotation_app(generations: str | Path, store: AnnotationStore, ratings_per_clip: int, logins: bool = False, spectrogram: bool = True) -> gr.Blocks:
@@ -135,6 +172,7 @@ def build_annotation_app(generations: str | Path, store: AnnotationStore, rating
     `logins`: people log in (the login name is the annotator); `spectrogram`: draw each clip's."""
     store.register_clips(Path(generations))
     server = ClipServer(generations, store, ratings_per_clip)
+    served = ServedFiles()
 
     def show_next(annotator: str, notes: list[str]) -> tuple:
         clip, wav, sr, problems = server.next_playable(annotator)
@@ -145,9 +183,9 @@ def build_annotation_app(generations: str | Path, store: AnnotationStore, rating
             else:
                 done = "No clips left for you: thank you!"
             return "", f"### {done}", None, None, server.progress_text(annotator), (status + "\n\n" + done).strip()
-        image = spectrogram_image(wav, sr) if spectrogram else None
+        image = served.image(spectrogram_image(wav, sr)) if spectrogram else None
         caption = f"### {clip['caption']}\n\n*{clip['task']} task; clip {clip['clip_id']}*"
-        return clip["clip_id"], caption, pcm16(wav, sr), image, server.progress_text(annotator), status
+        return clip["clip_id"], caption, served.audio(wav, sr), image, server.progress_text(annotator), status
 
     def blank(message: str) -> tuple:
         return "", "", None, None, "", message
@@ -211,8 +249,8 @@ def build_annotation_app(generations: str | Path, store: AnnotationStore, rating
             start_button = gr.Button("Start", variant="primary", scale=1, elem_id="baton-start")
         clip_box = gr.Textbox(label="Clip", interactive=False, elem_id="baton-clip-id")
         caption_md = gr.Markdown(elem_id="baton-caption")
-        audio_player = gr.Audio(label="Clip", type="numpy", interactive=False, autoplay=True, elem_id="baton-audio")
-        spectrogram_box = gr.Image(label="Spectrogram", type="numpy", interactive=False, elem_id="baton-spectrogram")
+        audio_player = gr.Audio(label="Clip", type="filepath", interactive=False, autoplay=True, elem_id="baton-audio")
+        spectrogram_box = gr.Image(label="Spectrogram", type="filepath", interactive=False, elem_id="baton-spectrogram")
         with gr.Row():
             aligned_button = gr.Button("Aligned (a)", variant="primary", elem_id="baton-aligned")
             not_aligned_button = gr.Button("Not aligned (n)", variant="stop", elem_id="baton-not-aligned")
@@ -236,4 +274,4 @@ def build_annotation_app(generations: str | Path, store: AnnotationStore, rating
     return app
 
 
-__all__ = ["KEYBOARD_JS", "MAX_UPLOAD", "ClipServer", "build_annotation_app", "client_message", "pcm16", "private_paths", "rater_name"]
+__all__ = ["KEYBOARD_JS", "MAX_UPLOAD", "ClipServer", "build_annotation_app", "ServedFiles", "client_message", "private_paths", "rater_name"]

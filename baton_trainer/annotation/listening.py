@@ -45,6 +45,7 @@ from typing import Any, Sequence
 
 import krippendorff
 import numpy as np
+import soundfile
 
 from ..atomic import atomic_write_json, atomic_write_text
 from ..audio import load_audio, save_wav
@@ -215,8 +216,7 @@ def make_stimuli(eval_dir: Path, files: dict[str, str], out: Path) -> tuple[dict
     loudness (ITU-R BS.1770-4 through pyloudnorm) with every peak below PEAK_CEILING_DBFS, written
     as 16-bit PCM under random names. Returns {file: (stimulus relative to eval_dir, seconds)} and
     how it was done."""
-    import pyloudnorm
-    import soundfile
+    import pyloudnorm  # lazy: only making a campaign's stimuli needs it
 
     rates = {f: soundfile.info(str(eval_dir / f)).samplerate for f in files}
     sr = max(rates.values())
@@ -542,13 +542,13 @@ QUESTIONS = {
 
 def build_listening_app(store: ListeningStore, campaign: str, eval_dir: str | Path, logins: bool = False):
     """The blinded test as a Gradio app. A browser gets, per trial, an opaque token and the
-    stimuli as audio data (never a file path, a trial id or a model name); an answer counts only
+    stimuli under names made from their content (never a server path, a trial id or a model name); an answer counts only
     with the token the server issued to that rater (`ListeningStore.issue` / `answer`). With
     `logins` the login name is the rater, whatever name a client sends."""
-    import gradio as gr  # lazy: only serving the test needs gradio, the export does not
-    import soundfile
+    # lazy: only serving the test needs gradio (which .app imports), the export does not
+    import gradio as gr
 
-    from .app import client_message, rater_name
+    from .app import ServedFiles, client_message, rater_name
 
     root = Path(eval_dir).resolve()
     trials = store.trials(campaign)
@@ -556,13 +556,14 @@ def build_listening_app(store: ListeningStore, campaign: str, eval_dir: str | Pa
         raise AnnotationError(f"no listening campaign named {campaign!r} in {store.path}")
     mode = trials[0]["mode"]
     ask = "Log in, then press Start." if logins else "Enter your name, then press Start."
+    served = ServedFiles()
 
     def audio(clip: dict[str, Any]):
         path = (root / clip["stimulus"]).resolve()
         if not path.is_relative_to(root):
             raise AnnotationError(f"stimulus {clip['stimulus']!r} resolves outside the evaluation folder; not served")
         wav, sr = soundfile.read(str(path), dtype="int16")  # already 16-bit PCM at the campaign's rate and loudness
-        return sr, wav
+        return served.audio(wav, sr)
 
     def progress(rater: str) -> str:
         done = sum(a["rater"] == rater for a in store.answers(campaign))
@@ -582,7 +583,12 @@ def build_listening_app(store: ListeningStore, campaign: str, eval_dir: str | Pa
         """One line for every client, whatever it sent: a refusal names the problem; anything else
         is logged here and reported without a traceback or a server path."""
 
-        @functools.wraps(handler)  # Gradio reads the signature to pass the login (`gr.Request`)
+        # Gradio passes the login to a parameter annotated `gr.Request`; under `from __future__ import
+        # annotations` that is the string "gr.Request", which Gradio resolves in this module's
+        # globals, where gradio is not imported (the export does not need it): give it the class.
+        handler.__annotations__["request"] = gr.Request
+
+        @functools.wraps(handler)
         def run(*args: Any, **kwargs: Any) -> tuple:
             try:
                 return handler(*args, **kwargs)
@@ -623,8 +629,8 @@ def build_listening_app(store: ListeningStore, campaign: str, eval_dir: str | Pa
         token_box = gr.Textbox(value="", visible=False, elem_id="baton-listen-token")
         caption_md = gr.Markdown(elem_id="baton-listen-caption")
         with gr.Row():
-            player_a = gr.Audio(label="A" if mode == "ab" else "Clip", type="numpy", interactive=False, elem_id="baton-listen-a")
-            player_b = gr.Audio(label="B", type="numpy", interactive=False, visible=mode == "ab", elem_id="baton-listen-b")
+            player_a = gr.Audio(label="A" if mode == "ab" else "Clip", type="filepath", interactive=False, elem_id="baton-listen-a")
+            player_b = gr.Audio(label="B", type="filepath", interactive=False, visible=mode == "ab", elem_id="baton-listen-b")
         choices = [(0, "A is better"), (1, "B is better")] if mode == "ab" else [(k, str(k)) for k in range(1, 6)]
         with gr.Row():
             buttons = [(gr.Button(label, elem_id=f"baton-listen-answer-{value}"), value) for value, label in choices]

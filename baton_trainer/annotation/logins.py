@@ -29,6 +29,10 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import parse_qs
 
+import bcrypt
+from starlette.middleware import Middleware
+
+from ..atomic import atomic_write_text
 from ..textfiles import numbered_lines
 from .store import AnnotationError, _clean_annotator
 
@@ -81,7 +85,7 @@ def read_users_file(path: str | Path) -> dict[str, str]:
 
 def _argon2():
     try:
-        from argon2 import PasswordHasher
+        from argon2 import PasswordHasher  # optional: argon2-cffi, only for users files holding argon2 hashes
     except ImportError:
         raise AnnotationError("the users file holds argon2 hashes: pip install argon2-cffi (or use bcrypt hashes)") from None
     return PasswordHasher()
@@ -90,8 +94,6 @@ def _argon2():
 def check_password(secret: str, password: str) -> bool:
     """Whether `password` matches `secret` (a bcrypt or argon2 hash, or a plain password)."""
     if secret.startswith(BCRYPT_PREFIXES):
-        import bcrypt
-
         try:
             return bcrypt.checkpw(password.encode("utf-8"), secret.encode("ascii"))
         except ValueError:  # a malformed hash or a password over bcrypt's 72 bytes
@@ -106,8 +108,6 @@ def check_password(secret: str, password: str) -> bool:
 
 def hash_password(password: str, rounds: int = 12) -> str:
     """A bcrypt hash for the users file."""
-    import bcrypt
-
     if not password:
         raise AnnotationError("empty password")
     if len(password.encode("utf-8")) > 72:
@@ -193,16 +193,12 @@ def login_launch_kwargs(users: dict[str, str] | None, message: str) -> dict[str,
     """`Blocks.launch` keyword arguments for logins from `users` (none when `users` is None)."""
     if not users:
         return {}
-    from starlette.middleware import Middleware
-
     return {"auth": authenticator(users), "auth_message": message, "app_kwargs": {"middleware": [Middleware(LoginThrottle)]}}
 
 
 def add_user(users_file: str | Path, name: str, password: str, rounds: int = 12) -> None:
     """Add `name` (or replace its line) with a bcrypt hash of `password`; the file is written
     atomically, readable by its owner only."""
-    from ..atomic import atomic_write_text
-
     path = Path(users_file)
     clean = _clean_annotator(name)
     if clean != name or ":" in name:

@@ -127,7 +127,7 @@ def add_missing_columns(conn: sqlite3.Connection, added: dict[str, dict[str, str
 
 def _duration(path: Path) -> float | None:
     """A clip's length from its file header (None when it cannot be read: the app reports that)."""
-    import soundfile
+    import soundfile  # lazy: keeps `--help` fast (the CLI imports this module)
 
     try:
         info = soundfile.info(str(path))

@@ -6,6 +6,9 @@ Asks for the password twice (or reads one line from standard input when it is no
 scripts), and writes `alice:$2b$...` to the file, replacing an earlier line for that name; the
 file is written atomically and readable by its owner only. `annotate` and `listen` take the file
 with `--users_file`. The checks are `baton_trainer.annotation.logins`.
+
+Imports inside the functions keep `python -m baton_trainer --help` fast: the CLI imports every
+stage module at start.
 """
 
 from __future__ import annotations
