@@ -45,6 +45,7 @@ from baton_trainer.backends.base import TextToAudioBackend
 from baton_trainer.captions import make_caption
 from baton_trainer.evaluation.test_captions import load_test_captions
 from baton_trainer.formatting import display_path, format_number
+from baton_trainer.serving import OneLineErrorBlocks, client_message
 from baton_trainer.spectrogram import spectrogram_image
 from baton_trainer.toyworld.events import EVENT_NAMES
 from spaces_demo.models import SpaceConfig, SpaceError, load_models
@@ -148,31 +149,6 @@ def prune_outputs(clips_dir: Path, max_age_s: float = OUTPUT_MAX_AGE_S) -> None:
                 path.unlink()
         except OSError:
             pass  # removed by a concurrent prune
-
-
-ABSOLUTE_PATH = re.compile(r"(?<![\w.~/])(?:/[^\s'\"/:,;)\]]+)+/?")
-
-
-def client_message(text: str) -> str:
-    """What may go to a client of an error: its first non-empty line, absolute paths replaced."""
-    line = next((ln.strip() for ln in str(text).splitlines() if ln.strip()), "")
-    return ABSOLUTE_PATH.sub("<path>", line)[:300]
-
-
-class SpaceBlocks(gr.Blocks):
-    """gr.Blocks whose events never answer a client with Gradio's empty error (`{"error": null}`,
-    what Gradio sends for any exception but gr.Error unless `show_error`): an exception Gradio
-    itself raises on a malformed request (too few inputs, a value the example loader cannot take)
-    reaches the client as one line without server paths; the server log keeps the traceback."""
-
-    async def process_api(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        try:
-            return await super().process_api(*args, **kwargs)
-        except gr.Error:
-            raise
-        except Exception as exc:
-            message = client_message(str(exc)) or type(exc).__name__
-            raise gr.Error(f"The request could not be processed: {message}", title="Bad request") from exc
 
 
 def _is_toy(model: TextToAudioBackend) -> bool:
@@ -282,7 +258,7 @@ def build_demo(
 
     aligned_name = display_path(aligned.name_or_path) if aligned is not None else "none"
     reward_name = display_path(getattr(getattr(reward_model, "config", None), "_name_or_path", "")) or ("loaded" if reward_model is not None else "none")
-    with SpaceBlocks(title="BATON: baseline vs aligned", delete_cache=(1800, int(OUTPUT_MAX_AGE_S))) as demo:
+    with OneLineErrorBlocks(title="BATON: baseline vs aligned", delete_cache=(1800, int(OUTPUT_MAX_AGE_S))) as demo:
         gr.Markdown(
             "# BATON: baseline vs aligned text-to-audio\n"
             "Type a prompt: the baseline model and the BATON-aligned model (fine-tuned with human feedback) "

@@ -17,6 +17,7 @@ from test_space import free_port
 
 from baton_trainer.annotation.logins import add_user, read_users_file
 from baton_trainer.annotation.store import AnnotationError, AnnotationStore
+from baton_trainer.serving import client_message
 from baton_trainer.stages.annotate import AnnotateConfig, annotate
 from baton_trainer.stages.export import ExportConfig, export_feedback
 from baton_trainer.stages.listen import ListenConfig, listen
@@ -45,6 +46,35 @@ def login(url: str, name: str, password: str) -> httpx.Client:
 
 def one_line_without_paths(message: str, *paths: Path) -> bool:
     return bool(message) and "\n" not in message.strip() and "Traceback" not in message and not any(str(p) in message for p in paths)
+
+
+def raw_call(session: httpx.Client, api_name: str, data: list) -> str:
+    """An event called over Gradio's HTTP API with whatever `data`; returns the status text of a
+    normal answer, or raises with the error message Gradio streamed back."""
+    event = session.post(f"/gradio_api/call/{api_name}", json={"data": data}).json()["event_id"]
+    stream = session.get(f"/gradio_api/call/{api_name}/{event}").text
+    kind = stream.split("event: ", 1)[1].split("\n", 1)[0].strip()
+    payload = json.loads(stream.split("data: ", 1)[1].split("\n", 1)[0])
+    if kind == "error":
+        raise RuntimeError(payload.get("error"))  # None: Gradio's empty error
+    return payload[5]
+
+
+def assert_one_line_answer(call, *paths: Path) -> None:
+    """An error answer is one non-empty line without a path; a normal answer's status, if any, too."""
+    try:
+        message = call()
+        assert not message or one_line_without_paths(message, *paths), message
+    except Exception as exc:  # noqa: BLE001 - a refusal by Gradio itself must still say what
+        message = str(exc)
+        assert message.strip() not in ("", "None", "null") and one_line_without_paths(message, *paths), message
+
+
+def test_client_message_keeps_one_line_and_hides_absolute_paths():
+    text = "could not open /home/me/runs/x.wav (see '/tmp/a b/c'); 1/2 of ~/f done\n  File \"/usr/lib/x.py\", line 3"
+    assert client_message(text) == "could not open <path> (see '<path> b/c'); 1/2 of ~/f done"
+    assert client_message("\n\n  second\nthird") == "second"
+    assert len(client_message("x" * 1000)) == 300
 
 
 def test_users_file_refuses_duplicates_and_unstorable_names_and_hashes_work(tmp_path, capsys):
@@ -116,7 +146,11 @@ def test_rating_app_attacks_fail_and_eight_honest_raters_finish_the_campaign(tmp
         for path in (store_path, Path(f"{store_path}-wal"), users, generations / "metadata.jsonl", generations / "clips" / "00000_0.wav"):
             response = session.get(f"/gradio_api/file={path.resolve()}")
             assert response.status_code != 200 or response.content != path.read_bytes(), path
-        # 5. uploads beyond a few kilobytes are refused and not kept
+        # 5. bad API inputs get one line, never an empty error, a traceback or a server path
+        for args in ((None, None), (5, 5), ({"a": 1}, ["x"]), ("x" * 10000, "\x00" * 100)):
+            assert_one_line_answer(lambda: mallory.predict(*args, api_name="/aligned")[5], tmp_path)
+        assert_one_line_answer(lambda: raw_call(session, "aligned", []), tmp_path)  # too few inputs
+        # 6. uploads beyond a few kilobytes are refused and not kept
         response = session.post("/gradio_api/upload", files={"files": ("big.wav", b"\0" * 5_000_000)})
         assert response.status_code >= 400
 
@@ -151,7 +185,7 @@ def test_rating_app_attacks_fail_and_eight_honest_raters_finish_the_campaign(tmp
         for t in threads:
             t.join(timeout=300)
         assert not errors, errors
-        # 6. password guessing is throttled: five failures, then "too many attempts" for that name and
+        # 7. password guessing is throttled: five failures, then "too many attempts" for that name and
         # for that client, even with the right password
         guesser = httpx.Client(base_url=url, timeout=30)
         codes = [guesser.post("/login", data={"username": "rater0", "password": f"guess{i}"}).status_code for i in range(5)]
@@ -290,14 +324,12 @@ def test_listening_forged_answers_are_refused_and_mos_is_the_honest_one(tmp_path
         mallory = gradio_client.Client(url + "/", auth=("mallory", passwords["mallory"]), verbose=False)
         status = mallory.predict("mallory", "made-up-token", api_name="/answer_5")[5]
         assert "not for a trial the server showed you" in status and one_line_without_paths(status, tmp_path)
-        # bad API inputs get one line, never an empty error or a traceback
-        for name, token in ((None, None), (5, 5), ({"a": 1}, ["x"]), ("x" * 10000, "y" * 10000), ("\u202e", "\x00")):
-            try:
-                result = mallory.predict(name, token, api_name="/answer_1")
-                message = result[5]
-            except Exception as exc:  # noqa: BLE001 - a refusal by Gradio itself must still say what
-                message = str(exc)
-            assert one_line_without_paths(message, tmp_path) and "None" != message.strip(), (name, token, message)
+        # bad API inputs get one line, never an empty error, a traceback or a server path
+        for args in ((None, None), (5, 5), ({"a": 1}, ["x"]), ("x" * 10000, "y" * 10000), ("\u202e", "\x00")):
+            assert_one_line_answer(lambda: mallory.predict(*args, api_name="/answer_1")[5], tmp_path)
+        session = login(url, "mallory", passwords["mallory"])
+        assert_one_line_answer(lambda: raw_call(session, "answer_1", ["mallory"]), tmp_path)  # too few inputs
+        assert_one_line_answer(lambda: raw_call(session, "start", [{"nested": [1, 2]}]), tmp_path)
 
         def listener(name: str) -> None:
             try:

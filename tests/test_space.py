@@ -212,13 +212,6 @@ def test_a_failing_generation_gets_one_line_without_server_paths(client, launche
     generate(client)  # and the next request is served again
 
 
-def test_client_message_keeps_one_line_and_hides_absolute_paths():
-    text = "could not open /home/me/runs/x.wav (see '/tmp/a b/c'); 1/2 of ~/f done\n  File \"/usr/lib/x.py\", line 3"
-    assert space.client_message(text) == "could not open <path> (see '<path> b/c'); 1/2 of ~/f done"
-    assert space.client_message("\n\n  second\nthird") == "second"
-    assert len(space.client_message("x" * 1000)) == 300
-
-
 def fetch_status(url: str, path) -> tuple[int, bytes]:
     response = httpx.get(url + "gradio_api/file=" + str(path), timeout=30)
     return response.status_code, response.content

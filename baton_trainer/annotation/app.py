@@ -18,14 +18,8 @@ be driven with `gradio_client` as well as in a browser.
 
 from __future__ import annotations
 
-import atexit
 import functools
-import hashlib
-import io
 import logging
-import re
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +27,9 @@ from typing import Any
 # `from __future__ import annotations`) through this module's globals to inject the login.
 import gradio as gr
 import numpy as np
-import soundfile
-from PIL import Image
 
-from ..atomic import atomic_write_bytes
 from ..audio import AudioError, load_audio
+from ..serving import OneLineErrorBlocks, ServedFiles, client_message
 from ..spectrogram import spectrogram_image
 from .store import ALIGNED, NOT_ALIGNED, SKIP, AnnotationError, AnnotationStore, ClipCompleteError, DuplicateRatingError
 
@@ -58,31 +50,6 @@ KEYBOARD_JS = """
   });
 }
 """
-
-
-# An absolute path in a message: the folders above the file name are the server's business.
-_ABSOLUTE_PATH = re.compile(r"""(?<![\w.:])/(?:[^\s/'"]+/)+(?=[^\s/'"]*)""")
-
-
-def client_message(exc: BaseException | str) -> str:
-    """One line for a person or an API client: no traceback, no absolute server path."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return _ABSOLUTE_PATH.sub("", text)
-
-
-# The apps take no uploads; Gradio's upload route stays open, so anything beyond this is refused.
-MAX_UPLOAD = "4kb"
-
-
-def private_paths(store, users_file, *more) -> list[str]:
-    """What Gradio must never serve, whatever folder layout the operator chose: the store with its
-    -wal and -shm files, the users file, and the given files (defence in depth: the apps serve no
-    server file anyway)."""
-    store = Path(store).resolve()
-    paths = [store, store.with_name(store.name + "-wal"), store.with_name(store.name + "-shm"), *(Path(p).resolve() for p in more)]
-    if users_file:
-        paths.append(Path(users_file).resolve())
-    return [str(p) for p in paths]
 
 
 class ClipServer:
@@ -132,39 +99,6 @@ def rater_name(name: Any, request: Any, logins: bool) -> str:
     if logins:
         return str(getattr(request, "username", None) or "") if request is not None else ""
     return " ".join(str(name or "").split()) if isinstance(name, (str, int, float)) else ""
-
-
-class ServedFiles:
-    """What an app hands to the browser, as files of its own in a temporary folder it owns, named
-    by their content (so they say nothing of a clip's origin) and written atomically.
-
-    Why not return arrays to Gradio: Gradio 6 writes an array into its cache under a name made
-    from its content and rewrites that file on every return, so two people sent the same clip at
-    once could download it half-written. Files are copied into the cache under a temporary name
-    and renamed, and a copy that exists is reused."""
-
-    def __init__(self) -> None:
-        self.folder = Path(tempfile.mkdtemp(prefix="baton-served-"))
-        atexit.register(shutil.rmtree, self.folder, True)
-
-    def _file(self, data: bytes, suffix: str) -> str:
-        path = self.folder / f"{hashlib.sha256(data).hexdigest()[:32]}{suffix}"
-        if not path.is_file():
-            atomic_write_bytes(path, data)
-        return str(path)
-
-    def audio(self, wav: np.ndarray, sr: int) -> str:
-        """16-bit PCM WAV (float audio is clipped to [-1, 1]; int16 audio is kept as it is)."""
-        if wav.dtype != np.int16:
-            wav = np.round(np.clip(wav, -1.0, 1.0) * 32767).astype(np.int16)
-        buffer = io.BytesIO()
-        soundfile.write(buffer, wav, int(sr), format="WAV", subtype="PCM_16")
-        return self._file(buffer.getvalue(), ".wav")
-
-    def image(self, pixels: np.ndarray) -> str:
-        buffer = io.BytesIO()
-        Image.fromarray(pixels).save(buffer, format="PNG")
-        return self._file(buffer.getvalue(), ".png")
 
 
 def build_annotation_app(generations: str | Path, store: AnnotationStore, ratings_per_clip: int, logins: bool = False, spectrogram: bool = True) -> gr.Blocks:
@@ -230,7 +164,7 @@ def build_annotation_app(generations: str | Path, store: AnnotationStore, rating
 
         return rate
 
-    with gr.Blocks(title="BATON: rate generated audio") as app:
+    with OneLineErrorBlocks(title="BATON: rate generated audio") as app:
         gr.Markdown(
             "## Does the clip match its caption?\n"
             "Listen to the whole clip. **Aligned** if every sound the caption names is there (in the stated "
@@ -274,4 +208,4 @@ def build_annotation_app(generations: str | Path, store: AnnotationStore, rating
     return app
 
 
-__all__ = ["KEYBOARD_JS", "MAX_UPLOAD", "ClipServer", "build_annotation_app", "ServedFiles", "client_message", "private_paths", "rater_name"]
+__all__ = ["KEYBOARD_JS", "ClipServer", "build_annotation_app", "rater_name"]

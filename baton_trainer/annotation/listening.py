@@ -548,7 +548,8 @@ def build_listening_app(store: ListeningStore, campaign: str, eval_dir: str | Pa
     # lazy: only serving the test needs gradio (which .app imports), the export does not
     import gradio as gr
 
-    from .app import ServedFiles, client_message, rater_name
+    from ..serving import OneLineErrorBlocks, ServedFiles, client_message
+    from .app import rater_name
 
     root = Path(eval_dir).resolve()
     trials = store.trials(campaign)
@@ -621,7 +622,7 @@ def build_listening_app(store: ListeningStore, campaign: str, eval_dir: str | Pa
 
         return answer
 
-    with gr.Blocks(title="Listening test") as app:
+    with OneLineErrorBlocks(title="Listening test") as app:
         gr.Markdown(f"## Listening test\n{QUESTIONS[mode]}")
         with gr.Row():
             name_box = gr.Textbox(label="Your name", scale=3, interactive=not logins, info="logged in" if logins else None, elem_id="baton-listen-rater")

@@ -55,9 +55,10 @@ def annotate(config: AnnotateConfig, prevent_thread_lock: bool = False):
     kilobytes (the app takes none); failed logins are throttled. With `prevent_thread_lock` the call
     returns the running app (for tests and notebooks; call `.close()` to stop it).
     """
-    from ..annotation.app import KEYBOARD_JS, MAX_UPLOAD, build_annotation_app, private_paths
+    from ..annotation.app import KEYBOARD_JS, build_annotation_app
     from ..annotation.logins import login_launch_kwargs, read_users_file
     from ..generations import METADATA
+    from ..serving import MAX_UPLOAD, private_paths
 
     layout = config.layout()
     generations = layout.generations

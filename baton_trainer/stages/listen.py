@@ -54,7 +54,7 @@ def listen(config: ListenConfig, prevent_thread_lock: bool = False):
         path = export_results(store, campaign, layout.eval)
         print(path.with_suffix(".md").read_text(encoding="utf-8"))
         return path
-    from ..annotation.app import MAX_UPLOAD, private_paths  # gradio: only serving needs it
+    from ..serving import MAX_UPLOAD, private_paths  # gradio: only serving needs it
 
     app = build_listening_app(store, campaign, layout.eval, logins=users is not None)
     print(f"listening test {campaign}: {len(store.trials(campaign))} trials; answers go to {layout.annotations}")
