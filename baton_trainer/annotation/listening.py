@@ -39,6 +39,7 @@ import logging
 import math
 import random
 import secrets
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -218,16 +219,23 @@ def make_stimuli(eval_dir: Path, files: dict[str, str], out: Path) -> tuple[dict
     how it was done."""
     import pyloudnorm  # lazy: only making a campaign's stimuli needs it
 
-    rates = {f: soundfile.info(str(eval_dir / f)).samplerate for f in files}
-    sr = max(rates.values())
-    wavs = {f: load_audio(eval_dir / f, target_sr=sr)[0].astype(np.float64) for f in files}
+    # Three passes over the files (lengths, levels, writing) rather than all clips in memory: a
+    # campaign over the whole evaluation set can hold thousands of clips.
+    sr = max(soundfile.info(str(eval_dir / f)).samplerate for f in files)
     longest: dict[str, int] = {}
     for f, group in files.items():
-        longest[group] = max(longest.get(group, 0), wavs[f].shape[0])
-    wavs = {f: np.pad(w, (0, longest[files[f]] - w.shape[0])) for f, w in wavs.items()}
+        longest[group] = max(longest.get(group, 0), load_audio(eval_dir / f, target_sr=sr)[0].shape[0])
+
+    def padded(f: str) -> np.ndarray:
+        wav = load_audio(eval_dir / f, target_sr=sr)[0].astype(np.float64)
+        return np.pad(wav, (0, longest[files[f]] - wav.shape[0]))
+
     meter = pyloudnorm.Meter(sr)
-    loudness = {f: _loudness(meter, w, sr) for f, w in wavs.items()}
-    peaks = {f: 20 * math.log10(max(float(np.abs(w).max()), 1e-9)) for f, w in wavs.items()}
+    loudness, peaks = {}, {}
+    for f in files:
+        wav = padded(f)
+        loudness[f] = _loudness(meter, wav, sr)
+        peaks[f] = 20 * math.log10(max(float(np.abs(wav).max()), 1e-9))
     audible = [f for f in files if math.isfinite(loudness[f])]
     if not audible:
         raise AnnotationError(f"every clip of the campaign in {eval_dir} is silent: nothing to listen to")
@@ -235,14 +243,14 @@ def make_stimuli(eval_dir: Path, files: dict[str, str], out: Path) -> tuple[dict
     out.mkdir(parents=True, exist_ok=True)
     made: dict[str, tuple[str, float]] = {}
     after = []
-    for f, w in wavs.items():
-        gain = target - loudness[f] if f in audible else 0.0
-        y = w * 10 ** (gain / 20)
+    for f in files:
+        y = padded(f) * 10 ** ((target - loudness[f] if f in audible else 0.0) / 20)
         path = out / f"{secrets.token_hex(8)}.wav"
-        soundfile.write(str(path), np.round(np.clip(y, -1, 1) * 32767).astype(np.int16), sr, subtype="PCM_16")
+        pcm = np.round(np.clip(y, -1, 1) * 32767).astype(np.int16)
+        soundfile.write(str(path), pcm, sr, subtype="PCM_16")
         made[f] = (path.relative_to(eval_dir).as_posix(), y.shape[0] / sr)
         if f in audible:
-            after.append(_loudness(meter, soundfile.read(str(path), dtype="float64")[0], sr))
+            after.append(_loudness(meter, pcm / 32767.0, sr))
     info = {
         "sample_rate": sr,
         "target_lufs": round(target, 2),
@@ -317,7 +325,9 @@ def build_campaign(
     trials.append({"caption": trials[0]["caption"], "caption_id": trials[0]["caption_id"], "kind": "bad", "clips": bad_clips})
     # Stimuli: one rate, one loudness, padded per caption, under random names.
     groups = {c["file"]: t["caption_id"] for t in trials for c in t["clips"]}
-    stimuli, info = make_stimuli(eval_dir, groups, eval_dir / "listening" / f"{name}_stimuli")
+    folder = eval_dir / "listening" / f"{name}_stimuli"
+    shutil.rmtree(folder, ignore_errors=True)  # left by a build killed before its trials were stored
+    stimuli, info = make_stimuli(eval_dir, groups, folder)
     for t in trials:
         t["clips"] = [{**c, "stimulus": stimuli[c["file"]][0]} for c in t["clips"]]
         t["duration_s"] = max(stimuli[c["file"]][1] for c in t["clips"])
