@@ -11,6 +11,7 @@ import io
 import re
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -96,4 +97,15 @@ def private_paths(store, users_file, *more) -> list[str]:
     return [str(p) for p in paths]
 
 
-__all__ = ["ABSOLUTE_PATH", "MAX_UPLOAD", "OneLineErrorBlocks", "ServedFiles", "client_message", "private_paths"]
+def warn_if_open(server_name: str, share: bool, users_file: str | None) -> None:
+    """Say so when an app without logins is reachable beyond this machine: anyone with the address
+    can then answer under any name."""
+    if users_file is None and (share or server_name not in ("127.0.0.1", "localhost", "::1")):
+        warnings.warn(
+            f"serving on {'a public gradio.live link' if share else server_name} without --users_file: anyone who reaches it can "
+            "answer under any name (see docs/security.md)",
+            stacklevel=2,
+        )
+
+
+__all__ = ["ABSOLUTE_PATH", "MAX_UPLOAD", "OneLineErrorBlocks", "ServedFiles", "client_message", "private_paths", "warn_if_open"]

@@ -101,6 +101,19 @@ def test_users_file_refuses_duplicates_and_unstorable_names_and_hashes_work(tmp_
     users.chmod(0o644)
     with pytest.warns(UserWarning, match="can be read by other users"):
         read_users_file(users)
+    # an app reachable beyond this machine without logins says so
+    import warnings
+
+    from baton_trainer.serving import warn_if_open
+
+    with pytest.warns(UserWarning, match="without --users_file"):
+        warn_if_open("0.0.0.0", False, None)
+    with pytest.warns(UserWarning, match="gradio.live"):
+        warn_if_open("127.0.0.1", True, None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_if_open("127.0.0.1", False, None)
+        warn_if_open("0.0.0.0", True, str(users))
     # the `users` stage, as an operator runs it with the password on standard input
     import io
     import sys

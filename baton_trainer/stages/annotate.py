@@ -58,7 +58,7 @@ def annotate(config: AnnotateConfig, prevent_thread_lock: bool = False):
     from ..annotation.app import KEYBOARD_JS, build_annotation_app
     from ..annotation.logins import login_launch_kwargs, read_users_file
     from ..generations import METADATA
-    from ..serving import MAX_UPLOAD, private_paths
+    from ..serving import MAX_UPLOAD, private_paths, warn_if_open
 
     layout = config.layout()
     generations = layout.generations
@@ -72,6 +72,7 @@ def annotate(config: AnnotateConfig, prevent_thread_lock: bool = False):
         f"annotating {progress['total_clips']} clips from {generations} ({config.ratings_per_clip} rating(s) per clip, "
         f"{progress['clips_complete']} complete); ratings go to {layout.annotations}"
     )
+    warn_if_open(config.server_name, config.share, config.users_file)
     app.queue(default_concurrency_limit=8)
     app.launch(
         server_name=config.server_name,

@@ -54,10 +54,11 @@ def listen(config: ListenConfig, prevent_thread_lock: bool = False):
         path = export_results(store, campaign, layout.eval)
         print(path.with_suffix(".md").read_text(encoding="utf-8"))
         return path
-    from ..serving import MAX_UPLOAD, private_paths  # gradio: only serving needs it
+    from ..serving import MAX_UPLOAD, private_paths, warn_if_open  # gradio: only serving needs it
 
     app = build_listening_app(store, campaign, layout.eval, logins=users is not None)
     print(f"listening test {campaign}: {len(store.trials(campaign))} trials; answers go to {layout.annotations}")
+    warn_if_open(config.server_name, config.share, config.users_file)
     app.queue(default_concurrency_limit=8)
     app.launch(
         server_name=config.server_name,
