@@ -52,6 +52,17 @@ def test_evaluate_stage_writes_every_file(models, tmp_path):
     base_rows = [json.loads(line) for line in (out / "clips" / "base" / "metadata.jsonl").read_text().splitlines()]
     aligned_rows = [json.loads(line) for line in (out / "clips" / "aligned" / "metadata.jsonl").read_text().splitlines()]
     assert len(base_rows) == 6 and [r["seed"] for r in base_rows] == [r["seed"] for r in aligned_rows]
+    # loudness and peak per model, measured on the clips the model wrote, with their intervals
+    from baton_trainer.audio import load_audio
+    from baton_trainer.evaluation.metrics import loudness_and_peak
+
+    loaded = [load_audio(out / "clips" / "aligned" / r["file_name"]) for r in aligned_rows]
+    lufs, peaks = loudness_and_peak([wav for wav, _ in loaded], loaded[0][1])
+    # (the tiny random model's clips are near silence: loudness is then undefined, null in metrics.json)
+    expected = float(np.nanmean(lufs)) if np.isfinite(lufs).any() else None
+    assert metrics["aligned"]["loudness_lufs"] == (pytest.approx(expected, abs=0.05) if expected is not None else None)
+    assert metrics["aligned"]["peak_dbfs"] == pytest.approx(np.nanmean(peaks), abs=0.05)
+    assert "| Loudness (LUFS) |" in report and "| Peak (dBFS) |" in report
 
 
 def test_evaluate_refuses_a_missing_export(models, tmp_path):

@@ -165,3 +165,18 @@ def test_kl_divergence_refuses_mismatched_pairs_with_the_names():
         kl_divergence(logits, logits[:2])
     with pytest.raises(MetricInputError, match="both"):
         kl_divergence(logits, logits, ref_names=["a", "b", "c"])
+
+
+def test_loudness_matches_the_bs1770_reference_sine_and_peak_is_the_sample_peak():
+    """ITU-R BS.1770: a 997 Hz sine at 0 dBFS peak reads -3.01 LKFS; each halving of the amplitude
+    is -6.02 dB in both loudness and peak; silence has neither."""
+    from baton_trainer.evaluation.metrics import loudness_and_peak
+
+    sr = 48000
+    t = np.arange(2 * sr) / sr
+    sine = np.sin(2 * np.pi * 997 * t)
+    lufs, peaks = loudness_and_peak([sine, 0.5 * sine, np.zeros(sr), sine[: sr // 10]], sr)
+    assert lufs[0] == pytest.approx(-3.01, abs=0.05) and lufs[1] == pytest.approx(-9.03, abs=0.05)
+    assert peaks[0] == pytest.approx(0.0, abs=1e-3) and peaks[1] == pytest.approx(-6.02, abs=1e-2)
+    assert np.isnan(lufs[2]) and np.isnan(peaks[2])
+    assert lufs[3] == pytest.approx(-3.01, abs=0.1)  # shorter than one 400 ms block: measured repeated

@@ -49,7 +49,7 @@ import numpy as np
 import soundfile
 
 from ..atomic import atomic_write_json, atomic_write_text
-from ..audio import load_audio, save_wav
+from ..audio import integrated_loudness, load_audio, save_wav
 from ..generations import read_generations
 from .store import AnnotationError, AnnotationStore, _clean_annotator, _now, add_missing_columns
 
@@ -201,15 +201,6 @@ class ListeningStore(AnnotationStore):
         return int(row["trial_id"])
 
 
-def _loudness(meter: Any, wav: np.ndarray, sr: int) -> float:
-    """Integrated loudness (LUFS, ITU-R BS.1770-4); a clip shorter than one 400 ms gating block is
-    measured repeated to that length."""
-    block = int(math.ceil(0.4 * sr)) + 1
-    if wav.shape[0] < block:
-        wav = np.tile(wav, int(math.ceil(block / max(1, wav.shape[0]))))
-    return float(meter.integrated_loudness(wav.astype(np.float64)))
-
-
 def make_stimuli(eval_dir: Path, files: dict[str, str], out: Path) -> tuple[dict[str, tuple[str, float]], dict[str, Any]]:
     """Write every clip of a campaign as a stimulus no listener can tell apart by header or level:
     one sample rate (the highest among the clips), silence padded to the longest clip of its group
@@ -234,7 +225,7 @@ def make_stimuli(eval_dir: Path, files: dict[str, str], out: Path) -> tuple[dict
     loudness, peaks = {}, {}
     for f in files:
         wav = padded(f)
-        loudness[f] = _loudness(meter, wav, sr)
+        loudness[f] = integrated_loudness(wav, sr, meter)
         peaks[f] = 20 * math.log10(max(float(np.abs(wav).max()), 1e-9))
     audible = [f for f in files if math.isfinite(loudness[f])]
     if not audible:
@@ -250,7 +241,7 @@ def make_stimuli(eval_dir: Path, files: dict[str, str], out: Path) -> tuple[dict
         soundfile.write(str(path), pcm, sr, subtype="PCM_16")
         made[f] = (path.relative_to(eval_dir).as_posix(), y.shape[0] / sr)
         if f in audible:
-            after.append(_loudness(meter, pcm / 32767.0, sr))
+            after.append(integrated_loudness(pcm / 32767.0, sr, meter))
     info = {
         "sample_rate": sr,
         "target_lufs": round(target, 2),

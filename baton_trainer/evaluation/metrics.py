@@ -12,6 +12,8 @@ The conventions follow `audioldm_eval` (used by AudioLDM, TANGO and BATON for th
 - **IS**: Inception score on PANNs' softmax probabilities, 10 splits after a seeded shuffle.
 - **CLAP score**: mean cosine between L2-normalised CLAP text and audio embeddings; papers print
   it x100 ("35.9%").
+- **Loudness**: integrated loudness (ITU-R BS.1770-4, LUFS) and sample peak (dBFS) per clip: a
+  louder model biases listeners and level-sensitive metrics, so its level is reported beside them.
 
 Everything here is plain float64 NumPy on arrays the caller computed, so the math is tested
 without any model; the embedding models are injected (see `baton_trainer.evaluation.models`).
@@ -23,6 +25,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..audio import integrated_loudness
 from ..clap import ClapEmbedder
 
 
@@ -303,3 +306,19 @@ def clap_score(
     audio_emb /= np.linalg.norm(audio_emb, axis=1, keepdims=True)
     per_pair = np.sum(text_emb * audio_emb, axis=1)
     return float(per_pair.mean()), per_pair
+
+
+def loudness_and_peak(clips: Sequence[Any], sample_rate: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per clip: integrated loudness (LUFS; NaN for a silent clip) and sample peak (dBFS,
+    20 log10 max |x|; NaN for digital silence)."""
+    import pyloudnorm  # lazy: only loudness needs it
+
+    meter = pyloudnorm.Meter(sample_rate)
+    lufs, peaks = [], []
+    for i, clip in enumerate(clips):
+        wav = _as_float64(clip, f"clip {i}", 1)
+        value = integrated_loudness(wav, sample_rate, meter)
+        lufs.append(value if np.isfinite(value) else np.nan)
+        peak = float(np.abs(wav).max()) if wav.size else 0.0
+        peaks.append(20 * np.log10(peak) if peak > 0 else np.nan)
+    return np.asarray(lufs), np.asarray(peaks)

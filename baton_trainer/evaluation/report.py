@@ -28,8 +28,8 @@ FAD_DEFINITION = (
     "(audioldm_eval's `frechet_audio_distance`). Not the same scale as FAD from Google's TF tool or fadtk."
 )
 
-# key -> (label in tables, True if higher is better, display scale, definition)
-METRIC_INFO: dict[str, tuple[str, bool, float, str]] = {
+# key -> (label in tables, True if higher is better (None: neither), display scale, definition)
+METRIC_INFO: dict[str, tuple[str, bool | None, float, str]] = {
     "clap_score": (
         "CLAP score (x100)",
         True,
@@ -98,6 +98,19 @@ METRIC_INFO.update(
             100.0,
             "Event parsimony: share of clips with no strong event (above the parsimony threshold) that the caption does "
             "not name; the event map lists the classes a named event may also fire.",
+        ),
+        "loudness_lufs": (
+            "Loudness (LUFS)",
+            None,
+            1.0,
+            "Loudness: mean over clips of the integrated loudness (ITU-R BS.1770-4 via pyloudnorm; silent clips left out). "
+            "Neither higher nor lower is better: a louder model biases listeners and level-sensitive metrics.",
+        ),
+        "peak_dbfs": (
+            "Peak (dBFS)",
+            None,
+            1.0,
+            "Peak: mean over clips of each clip's sample peak, 20 log10 max|x| (0 dBFS is full scale; above it clips).",
         ),
         "diversity": (
             "Diversity (CLAP spread)",
@@ -196,7 +209,7 @@ def _table(metrics: Mapping[str, Mapping[str, Any]], keys: list[str], intervals:
             if cell != "—" and _number(ci.get("difference_lo")) is not None:
                 cell += f" [{_format_delta(key, ci['difference_lo'])}, {_format_delta(key, ci['difference_hi'])}]"
             cells.append(cell)
-        cells.append("↑" if higher else "↓" if key in METRIC_INFO else "")
+        cells.append("" if higher is None or key not in METRIC_INFO else "↑" if higher else "↓")
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -223,7 +236,7 @@ def _plot_metric_bars(metrics: Mapping[str, Mapping[str, Any]], keys: list[str],
         values = [(_number(metrics[m].get(key)) or 0.0) * scale for m in models]
         ax.bar(range(len(models)), values, color=[colors[i % len(colors)] for i in range(len(models))])
         ax.set_xticks(range(len(models)), models, rotation=20)
-        ax.set_title(f"{label} {'↑' if higher else '↓'}", fontsize=9)
+        ax.set_title(f"{label} {'' if higher is None else '↑' if higher else '↓'}".strip(), fontsize=9)
         for i, v in enumerate(values):
             ax.annotate(f"{v:.3g}", (i, v), ha="center", va="bottom", fontsize=8)
     fig.tight_layout()

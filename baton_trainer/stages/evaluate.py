@@ -141,7 +141,7 @@ def evaluate(config: EvaluateConfig, backends: dict[str, Any] | None = None) -> 
     from ..evaluation.clips import captions_file, read_clips
     from ..evaluation.event_scores import score_models_events
     from ..evaluation.intervals import model_intervals
-    from ..evaluation.metrics import within_caption_spread
+    from ..evaluation.metrics import loudness_and_peak, within_caption_spread
     from ..evaluation.report import print_table
     from ..evaluation.reward_summary import reward_model_summary, scorer_lines
     from ..formatting import display_path
@@ -247,6 +247,10 @@ def evaluate(config: EvaluateConfig, backends: dict[str, Any] | None = None) -> 
         if "clap_score" in metrics[name]:
             per_clip[name]["clap_score"] = [row[name] for row in result.per_caption]
         per_clip[name].update(result.per_clip.get(name, {}))
+        lufs, peaks = loudness_and_peak(clips_by_model[name], sample_rate)
+        for key, values in (("loudness_lufs", lufs), ("peak_dbfs", peaks)):
+            metrics[name][key] = float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
+            per_clip[name][key] = values.tolist()
     if config.eval_rewards:
         from reward_hub.rewards import RewardSet, ScoreCache
 
