@@ -63,6 +63,7 @@ def test_evaluate_stage_writes_every_file(models, tmp_path):
     assert metrics["aligned"]["loudness_lufs"] == (pytest.approx(expected, abs=0.05) if expected is not None else None)
     assert metrics["aligned"]["peak_dbfs"] == pytest.approx(np.nanmean(peaks), abs=0.05)
     assert "| Loudness (LUFS) |" in report and "| Peak (dBFS) |" in report
+    assert metrics["aligned"]["diversity_mel"] >= 0 and "| Diversity (spectrogram spread) |" in report
 
 
 def test_evaluate_refuses_a_missing_export(models, tmp_path):

@@ -180,3 +180,18 @@ def test_loudness_matches_the_bs1770_reference_sine_and_peak_is_the_sample_peak(
     assert peaks[0] == pytest.approx(0.0, abs=1e-3) and peaks[1] == pytest.approx(-6.02, abs=1e-2)
     assert np.isnan(lufs[2]) and np.isnan(peaks[2])
     assert lufs[3] == pytest.approx(-3.01, abs=0.1)  # shorter than one 400 ms block: measured repeated
+
+
+def test_spectrogram_diversity_ignores_level_and_sees_when_events_happen():
+    from baton_trainer.evaluation.metrics import log_mel_embeddings, within_caption_spread
+
+    sr = 16000
+    t = np.arange(2 * sr) / sr
+    early, late = np.sin(2 * np.pi * 440 * t) * (t < 1), np.sin(2 * np.pi * 440 * t) * (t >= 1)
+    chirp = np.sin(2 * np.pi * (300 + 400 * t) * t) * (t < 1)
+    e = log_mel_embeddings([early, 0.1 * early, early, late, early, chirp], sr)
+    assert within_caption_spread(e[:2], [0, 0]) < 1e-3  # the same clip 20 dB quieter: no diversity
+    assert within_caption_spread(e[2:4], [1, 1]) > 0.5  # the same sound a second later
+    assert 0.05 < within_caption_spread(e[4:], [2, 2]) < within_caption_spread(e[2:4], [1, 1])  # another sound, same time
+    assert log_mel_embeddings([early, late[: sr // 2]], sr).shape == (2, 64 * 5)  # cut to the shortest clip, 0.1 s frames
+

@@ -132,20 +132,22 @@ def model_intervals(
         values = {m: per_clip[m][key] for m in models if key in per_clip[m]}
         for m, stats in bootstrap_means(values, caption_ids, resamples=resamples, seed=seed).items():
             out[m][key] = {k: v for k, v in stats.items() if k != "mean"}
-    if "clap_audio" in embeddings:  # diversity is one number per caption: resample those
+    for metric, source in (("diversity", "clap_audio"), ("diversity_mel", "log_mel")):  # one number per caption: resample those
+        if source not in embeddings:
+            continue
         ids = [str(c) for c in caption_ids]
         captions = sorted(set(ids))
         spreads = {}
         for m in models:
-            if m in embeddings["clap_audio"]:
-                e = np.asarray(embeddings["clap_audio"][m])
+            if m in embeddings[source]:
+                e = np.asarray(embeddings[source][m])
                 per_caption = [
                     within_caption_spread(e[[i for i, c in enumerate(ids) if c == cap]], [cap] * ids.count(cap)) if ids.count(cap) > 1 else float("nan")
                     for cap in captions
                 ]
                 spreads[m] = per_caption
         for m, stats in bootstrap_means(spreads, captions, resamples=resamples, seed=seed).items():
-            out[m]["diversity"] = {k: v for k, v in stats.items() if k != "mean"}
+            out[m][metric] = {k: v for k, v in stats.items() if k != "mean"}
     if set_resamples <= 0:
         return out
     for key, by_model in embeddings.items():

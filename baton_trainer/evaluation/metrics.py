@@ -27,6 +27,7 @@ import numpy as np
 
 from ..audio import integrated_loudness
 from ..clap import ClapEmbedder
+from ..spectrogram import FRAMES_PER_SECOND, log_mel_db
 
 
 class MetricInputError(ValueError):
@@ -151,6 +152,25 @@ def within_caption_spread(embeddings: Any, caption_ids: Sequence[Any]) -> float:
     if not spreads:
         raise MetricInputError("within_caption_spread: no caption has 2 or more clips")
     return float(np.mean(spreads))
+
+
+def log_mel_embeddings(clips: Sequence[Any], sample_rate: int, pool_s: float = 0.1) -> np.ndarray:
+    """Clips as vectors for a second diversity measure, independent of CLAP and of any reward
+    (`within_caption_spread` of these is `diversity_mel`): each clip's 64-band log-mel image in dB
+    within 80 dB of its own peak (`baton_trainer.spectrogram.log_mel_db`, so level does not count),
+    averaged over `pool_s` windows, minus its mean, flattened. Clips are cut to the shortest one."""
+    images = [log_mel_db(_as_float64(clip, f"clip {i}", 1), sample_rate) for i, clip in enumerate(clips)]
+    if not images:
+        raise MetricInputError("log_mel_embeddings: no clips")
+    pool = max(1, int(round(pool_s * FRAMES_PER_SECOND)))
+    frames = min(image.shape[1] for image in images) // pool * pool
+    if frames == 0:
+        raise MetricInputError(f"log_mel_embeddings: the shortest clip is under {pool_s} s")
+    rows = []
+    for image in images:
+        pooled = image[:, :frames].reshape(image.shape[0], frames // pool, pool).mean(axis=2)
+        rows.append((pooled - pooled.mean()).ravel())
+    return np.asarray(rows, dtype=np.float32)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -99,6 +99,14 @@ METRIC_INFO.update(
             "Event parsimony: share of clips with no strong event (above the parsimony threshold) that the caption does "
             "not name; the event map lists the classes a named event may also fire.",
         ),
+        "diversity_mel": (
+            "Diversity (spectrogram spread)",
+            True,
+            1.0,
+            "Diversity (spectrogram): as Diversity, on each clip's 64-band log-mel image (dB below its own peak, 0.1 s "
+            "frames, mean removed) instead of CLAP embeddings: independent of CLAP and of any reward, so a selection or "
+            "a model that pleases CLAP cannot move it by moving towards CLAP's view of the caption.",
+        ),
         "loudness_lufs": (
             "Loudness (LUFS)",
             None,

@@ -141,7 +141,7 @@ def evaluate(config: EvaluateConfig, backends: dict[str, Any] | None = None) -> 
     from ..evaluation.clips import captions_file, read_clips
     from ..evaluation.event_scores import score_models_events
     from ..evaluation.intervals import model_intervals
-    from ..evaluation.metrics import loudness_and_peak, within_caption_spread
+    from ..evaluation.metrics import log_mel_embeddings, loudness_and_peak, within_caption_spread
     from ..evaluation.report import print_table
     from ..evaluation.reward_summary import reward_model_summary, scorer_lines
     from ..formatting import display_path
@@ -242,6 +242,12 @@ def evaluate(config: EvaluateConfig, backends: dict[str, Any] | None = None) -> 
     else:
         embeddings.pop("clap_audio", None)
         skipped["diversity"] = "needs clap_model and at least 2 clips per caption (--clips_per_caption)"
+    if len(set(map(str, caption_ids))) < len(caption_ids):  # a second diversity measure, on the spectrograms
+        embeddings["log_mel"] = {name: log_mel_embeddings(clips_by_model[name], sample_rate) for name in models}
+        for name in models:
+            metrics[name]["diversity_mel"] = within_caption_spread(embeddings["log_mel"][name], caption_ids)
+    else:
+        skipped["diversity_mel"] = "needs at least 2 clips per caption (--clips_per_caption)"
     per_clip: dict[str, dict[str, list[float]]] = {name: {} for name in models}  # model -> metric -> per-clip values
     for name in models:
         if "clap_score" in metrics[name]:
