@@ -16,7 +16,6 @@ interval and the ratio of best-of-N to the random pick.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 

@@ -107,6 +107,14 @@ METRIC_INFO.update(
             "frames, mean removed) instead of CLAP embeddings: independent of CLAP and of any reward, so a selection or "
             "a model that pleases CLAP cannot move it by moving towards CLAP's view of the caption.",
         ),
+        "toy_quality": (
+            "Toy quality judge (1-5)",
+            True,
+            1.0,
+            "Toy quality judge: the toy world's stand-in for MOS-Q, 1 + 4 exp(-D) where D sums the excess over clean "
+            "renderings of clipping, clicks, noise floor and frame-rate buzz on a level-normalised copy of the clip "
+            "(baton_trainer/evaluation/quality.py); independent of the reward and the losses; not a MOS.",
+        ),
         "loudness_lufs": (
             "Loudness (LUFS)",
             None,

@@ -14,6 +14,7 @@ stage module at start.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -142,6 +143,7 @@ def evaluate(config: EvaluateConfig, backends: dict[str, Any] | None = None) -> 
     from ..evaluation.event_scores import score_models_events
     from ..evaluation.intervals import model_intervals
     from ..evaluation.metrics import log_mel_embeddings, loudness_and_peak, within_caption_spread
+    from ..evaluation.quality import toy_quality
     from ..evaluation.report import print_table
     from ..evaluation.reward_summary import reward_model_summary, scorer_lines
     from ..formatting import display_path
@@ -257,6 +259,10 @@ def evaluate(config: EvaluateConfig, backends: dict[str, Any] | None = None) -> 
         for key, values in (("loudness_lufs", lufs), ("peak_dbfs", peaks)):
             metrics[name][key] = float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
             per_clip[name][key] = values.tolist()
+        if config.oracle:  # the toy world's MOS-Q stand-in, independent of the reward and the losses
+            quality = toy_quality(np.stack(clips_by_model[name]), sample_rate)
+            metrics[name]["toy_quality"] = float(quality.mean())
+            per_clip[name]["toy_quality"] = quality.tolist()
     if config.eval_rewards:
         from reward_hub.rewards import RewardSet, ScoreCache
 
@@ -279,6 +285,8 @@ def evaluate(config: EvaluateConfig, backends: dict[str, Any] | None = None) -> 
             f"95% bootstrap over the {len(set(map(str, caption_ids)))} captions ({config.bootstrap_resamples} resamples; "
             f"set-level metrics {config.bootstrap_set_resamples}), paired between models on the same captions and seeds"
         )
+    if intervals and config.oracle:
+        info["quality"] = quality_verdict(metrics, intervals)
     info.update(
         {
             "captions": display_path(config.captions),
@@ -310,3 +318,31 @@ def evaluate(config: EvaluateConfig, backends: dict[str, Any] | None = None) -> 
     atomic_write_json(out / "metrics.json", data)
     print_table(metrics)
     return out
+
+
+def quality_verdict(metrics: dict, intervals: dict) -> str:
+    """One sentence per model against the first (base): was quality kept? Kept when the toy quality
+    judge's paired 95 % interval of the difference does not lie wholly below 0; the loudness
+    difference is given beside it, since a louder model biases listeners."""
+    models = list(metrics)
+    sentences = []
+    for name in models[1:]:
+        q = intervals.get(name, {}).get("toy_quality", {})
+        loud = intervals.get(name, {}).get("loudness_lufs", {})
+        if "difference_lo" not in q:
+            continue
+        kept = "kept" if q["difference_hi"] >= 0 else "lower"
+        diff = metrics[name]["toy_quality"] - metrics[models[0]]["toy_quality"]
+        line = (
+            f"{name}: quality {kept} (toy quality judge {metrics[name]['toy_quality']:.2f} vs {metrics[models[0]]['toy_quality']:.2f} "
+            f"for {models[0]}, difference {diff:+.2f} [{q['difference_lo']:+.2f}, {q['difference_hi']:+.2f}])"
+        )
+        if (
+            "difference_lo" in loud
+            and math.isfinite(metrics[name].get("loudness_lufs") or math.nan)
+            and math.isfinite(metrics[models[0]].get("loudness_lufs") or math.nan)
+        ):
+            d = metrics[name]["loudness_lufs"] - metrics[models[0]]["loudness_lufs"]
+            line += f"; loudness {d:+.1f} LU [{loud['difference_lo']:+.1f}, {loud['difference_hi']:+.1f}]"
+        sentences.append(line + ".")
+    return " ".join(sentences)
