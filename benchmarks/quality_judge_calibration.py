@@ -33,8 +33,8 @@ import numpy as np
 import torch
 
 from baton_trainer.evaluation import quality
-from baton_trainer.toyworld import GriffinLimVocoder, render_dataset
-from baton_trainer.toyworld.mel import log_mel_spectrogram
+from baton_trainer.evaluation.quality_validation import degrade
+from baton_trainer.toyworld import render_dataset
 
 SAMPLE_RATE = 16000
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -49,38 +49,13 @@ QUALITY_ANCHORS = {
 }
 
 
-def griffin_lim_resynthesis(clips: np.ndarray, n_iter: int) -> np.ndarray:
-    """The clips' TANGO log-mels inverted by the toy vocoder with `n_iter` fast Griffin-Lim iterations."""
-    mel = torch.from_numpy(log_mel_spectrogram(clips)).transpose(1, 2)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # one clip at a time; a second thread only contends on a busy machine
-    try:
-        return GriffinLimVocoder(n_iter=n_iter)(mel).numpy()[:, : clips.shape[1]].astype(np.float32)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def degrade(clips: np.ndarray, kind: str, setting: dict, seed: int) -> np.ndarray:
-    if kind == "clicks":
-        return quality.add_clicks(clips, SAMPLE_RATE, setting["rate_hz"], setting["amplitude"], seed=seed)
-    if kind == "noise":
-        return quality.add_white_noise(clips, setting["snr_db"], seed=seed)
-    if kind == "clipping":
-        return quality.hard_clip(clips, setting["drive_db"])
-    if kind == "griffin_lim":
-        return griffin_lim_resynthesis(clips, setting["n_iter"])
-    if kind == "dropouts":
-        return quality.add_dropouts(clips, SAMPLE_RATE, setting["fraction"], seed=seed)
-    raise ValueError(f"unknown degradation {kind!r}")
-
-
 def calibrate(n: int, seed: int) -> dict:
     clean = render_dataset(n, seed=seed)["audio"]
     measured = quality.artifact_measures(clean, SAMPLE_RATE)
     out = {}
     for name in quality.MEASURES:
         kind, setting = QUALITY_ANCHORS[name]
-        broken = quality.artifact_measures(degrade(clean, kind, setting, seed=1), SAMPLE_RATE)[name]
+        broken = quality.artifact_measures(degrade(clean, SAMPLE_RATE, kind, setting, seed=1), SAMPLE_RATE)[name]
         out[name] = {
             "clean_median": float(np.median(measured[name])),
             "clean_p95": float(np.quantile(measured[name], 0.95)),
@@ -96,7 +71,7 @@ def validate(n: int, seed: int) -> dict:
     measures = {"clean": quality.artifact_measures(clean, SAMPLE_RATE)}
     for kind, levels in VALIDATION_LEVELS.items():
         for level, setting in enumerate(levels, start=1):
-            degraded = degrade(clean, kind, setting, seed=level)
+            degraded = degrade(clean, SAMPLE_RATE, kind, setting, seed=level)
             scores[f"{kind}_{level}"] = quality.toy_quality(degraded, SAMPLE_RATE)
             measures[f"{kind}_{level}"] = quality.artifact_measures(degraded, SAMPLE_RATE)
 

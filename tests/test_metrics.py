@@ -194,4 +194,3 @@ def test_spectrogram_diversity_ignores_level_and_sees_when_events_happen():
     assert within_caption_spread(e[2:4], [1, 1]) > 0.5  # the same sound a second later
     assert 0.05 < within_caption_spread(e[4:], [2, 2]) < within_caption_spread(e[2:4], [1, 1])  # another sound, same time
     assert log_mel_embeddings([early, late[: sr // 2]], sr).shape == (2, 64 * 5)  # cut to the shortest clip, 0.1 s frames
-

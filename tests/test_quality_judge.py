@@ -20,41 +20,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from baton_trainer.evaluation import quality
-from baton_trainer.toyworld import GriffinLimVocoder, render_dataset, render_sequence
-from baton_trainer.toyworld.mel import log_mel_spectrogram
+from baton_trainer.evaluation.quality_validation import degrade
+from baton_trainer.toyworld import render_dataset, render_sequence
 
 SR = 16000
 CLIPS = 16
 LEVELS = quality.VALIDATION_LEVELS
 QUALITY_FILE = Path(quality.__file__)
-
-
-def griffin_lim(clips: np.ndarray, n_iter: int) -> np.ndarray:
-    """The clips' TANGO log-mels inverted by the toy vocoder with `n_iter` Griffin-Lim iterations."""
-    mel = torch.from_numpy(log_mel_spectrogram(clips)).transpose(1, 2)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # clip by clip; a second thread only contends on a busy 2-core machine
-    try:
-        return GriffinLimVocoder(n_iter=n_iter)(mel).numpy()[:, : clips.shape[1]].astype(np.float32)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def degrade(clips: np.ndarray, kind: str, setting: dict, seed: int) -> np.ndarray:
-    if kind == "clicks":
-        return quality.add_clicks(clips, SR, setting["rate_hz"], setting["amplitude"], seed=seed)
-    if kind == "noise":
-        return quality.add_white_noise(clips, setting["snr_db"], seed=seed)
-    if kind == "clipping":
-        return quality.hard_clip(clips, setting["drive_db"])
-    if kind == "griffin_lim":
-        return griffin_lim(clips, int(setting["n_iter"]))
-    if kind == "dropouts":
-        return quality.add_dropouts(clips, SR, setting["fraction"], seed=seed)
-    raise ValueError(kind)
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +43,7 @@ def degraded(clean_set) -> dict[str, np.ndarray]:
     sets = {"clean": clean}
     for kind, levels in LEVELS.items():
         for level, setting in enumerate(levels, start=1):
-            sets[f"{kind}_{level}"] = degrade(clean, kind, setting, seed=level)
+            sets[f"{kind}_{level}"] = degrade(clean, SR, kind, setting, seed=level)
     return sets
 
 
