@@ -50,8 +50,8 @@ class AnnotateConfig:
 def annotate(config: AnnotateConfig, prevent_thread_lock: bool = False):
     """Register the clips, launch the app, and serve until stopped.
 
-    No file of the server is served (clips go to the browser as audio data; the store, its WAL,
-    the users file and metadata.jsonl are blocked as well); uploads are refused beyond a few
+    No file of the server is served (clips go to the browser as content-named copies; the store,
+    its WAL, the users file and metadata.jsonl are blocked as well); uploads are refused beyond a few
     kilobytes (the app takes none); failed logins are throttled. With `prevent_thread_lock` the call
     returns the running app (for tests and notebooks; call `.close()` to stop it).
     """
