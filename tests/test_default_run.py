@@ -64,9 +64,11 @@ def test_tiny_default_run_end_to_end_and_resume(tmp_path, capsys):
             assert key in metrics[model], (model, key)
         assert 0.0 <= metrics[model]["temporal_accuracy"] <= 1.0
         assert 1.0 <= metrics[model]["toy_quality"] <= 5.0 and "loudness_lufs" in metrics[model] and "diversity_mel" in metrics[model]
+        assert metrics[model]["fd_matched"] >= 0.0
     # the report says in one sentence whether quality was kept, from the paired interval
     report = (run_dir / "eval" / "report.md").read_text()
     assert "- **quality**: aligned: quality " in report and "toy quality judge" in report
+    assert "| FD (matched references) |" in report and "clean renderings of the evaluated captions themselves" in report
     # the oracle judged every reward-labelled clip, and that is the accuracy reported
     check = json.loads((run_dir / "reward_label_check.json").read_text())
     assert metrics["reward_model_accuracy"] == check["accuracy"] and 0.0 <= check["accuracy"] <= 1.0

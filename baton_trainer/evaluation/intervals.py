@@ -122,7 +122,7 @@ def model_intervals(
 ) -> dict[str, dict[str, dict[str, float]]]:
     """The evaluate stage's intervals: model -> metric -> {lo, hi[, difference, difference_lo,
     difference_hi]}. Per-clip metrics (`per_clip[model][metric]`) get `bootstrap_means`, paired
-    against the first model; FD (`embeddings["fd"|"fd_clap"|"fad"]`, a model's rows per clip and
+    against the first model; FD (`embeddings["fd"|"fd_clap"|"fd_matched"|"fad"]`, a model's rows per clip and
     the fixed "reference") and IS (`embeddings["is"]`, logits) are refit on each resample."""
 
     models = list(per_clip)
@@ -151,7 +151,7 @@ def model_intervals(
     if set_resamples <= 0:
         return out
     for key, by_model in embeddings.items():
-        if key not in ("fd", "fd_clap", "fad", "is"):
+        if key not in ("fd", "fd_clap", "fd_matched", "fad", "is"):
             continue
         reference = by_model.get("reference")
         if key != "is" and reference is None:

@@ -65,6 +65,14 @@ METRIC_INFO.update(
             "FD (CLAP embeddings): Fréchet distance between Gaussians fitted to the CLAP audio embeddings of generated "
             "and reference clips (the toy world's FD: its references are rendered clips).",
         ),
+        "fd_matched": (
+            "FD (matched references)",
+            False,
+            1.0,
+            "FD (matched references): Fréchet distance between Gaussians fitted to the CLAP audio embeddings of generated "
+            "clips and of clean renderings of the evaluated captions themselves (4 per caption, the toy renderer): the "
+            "distance to what each caption asks for, where FD (CLAP embeddings) measures it to the pretraining world.",
+        ),
         "integrity_accuracy": (
             "Integrity accuracy (%)",
             True,

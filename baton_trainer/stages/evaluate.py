@@ -238,6 +238,18 @@ def evaluate(config: EvaluateConfig, backends: dict[str, Any] | None = None) -> 
                 metrics[name]["fd_clap"] = frechet_distance_from_embeddings(embeddings["fd_clap"][name], embeddings["fd_clap"]["reference"])
             info["fd_clap"] = f"CLAP audio embeddings ({display_path(config.clap_model)}) against {len(reference)} reference clips"
     caption_ids = [r["caption_id"] for r in rows]
+    if config.oracle and clap is not None and "clap_audio" in embeddings:
+        # Matched references: clean renderings of the evaluated captions themselves (what each caption
+        # asks for, MATCHED_RENDERINGS seeds each), so that FD measures the distance to the right
+        # audio rather than to the pretraining captions' loose renderings.
+        matched = matched_toy_references(rows, clips_by_model["base"][0].shape[0] / sample_rate, config.seed)
+        embeddings["fd_matched"] = {**embeddings["clap_audio"], "reference": clap.embed_audio(matched, sample_rate).cpu().numpy()}
+        for name in clips_by_model:
+            metrics[name]["fd_matched"] = frechet_distance_from_embeddings(embeddings["fd_matched"][name], embeddings["fd_matched"]["reference"])
+        info["fd_matched"] = (
+            f"CLAP audio embeddings against {len(matched)} clean renderings of the evaluated captions themselves "
+            f"({MATCHED_RENDERINGS} per caption, toy renderer)"
+        )
     if "clap_audio" in embeddings and len(set(map(str, caption_ids))) < len(caption_ids):
         for name in models:
             metrics[name]["diversity"] = within_caption_spread(embeddings["clap_audio"][name], caption_ids)
@@ -346,3 +358,19 @@ def quality_verdict(metrics: dict, intervals: dict) -> str:
             line += f"; loudness {d:+.1f} LU [{loud['difference_lo']:+.1f}, {loud['difference_hi']:+.1f}]"
         sentences.append(line + ".")
     return " ".join(sentences)
+
+
+MATCHED_RENDERINGS = 4  # clean renderings per evaluated caption for the matched-reference FD
+
+
+def matched_toy_references(rows: list[dict], duration_s: float, seed: int) -> list:
+    """Clean toy renderings of each evaluated caption's events in its order (`render_sequence`),
+    MATCHED_RENDERINGS per caption, with seeds apart from every clip's."""
+    from ..toyworld.render import render_sequence
+
+    captions = {}
+    for r in rows:
+        captions.setdefault(str(r["caption_id"]), list(r["labels"]))
+    return [
+        render_sequence(labels, seed=[seed, 7919, i, k], duration_s=duration_s) for i, labels in enumerate(captions.values()) for k in range(MATCHED_RENDERINGS)
+    ]
