@@ -24,8 +24,9 @@ import numpy as np
 from baton_trainer.atomic import atomic_write_json, atomic_write_text
 from baton_trainer.backends import load_backend
 from baton_trainer.clap import ClapEmbedder
-from baton_trainer.evaluation.intervals import bootstrap_means
-from baton_trainer.evaluation.metrics import log_mel_embeddings, within_caption_spread
+from baton_trainer.evaluation.intervals import bootstrap_means, bootstrap_statistic
+from baton_trainer.evaluation.metrics import frechet_distance_from_embeddings, log_mel_embeddings, within_caption_spread
+from baton_trainer.stages.evaluate import matched_toy_references
 from baton_trainer.stages.run import TOY_PRETRAINED
 from baton_trainer.toyworld.pretraining import heldout_captions
 from reward_hub.rewards import RewardSet
@@ -47,7 +48,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", default=str(RESULTS / "diversity_check"))
     args = parser.parse_args(argv)
 
-    captions = [c for task in ("integrity", "temporal") for c, _ in heldout_captions(args.captions // 2, task, seed=args.seed)]
+    drawn = [row for task in ("integrity", "temporal") for row in heldout_captions(args.captions // 2, task, seed=args.seed)]
+    captions = [c for c, _ in drawn]
     model = load_backend(str(TOY_PRETRAINED / "toy_tango"))
     # Candidate j of clip k of caption i has seed i * C * N + j * C + k (as evaluate's pools: clip k, k + C, ...).
     rows = [(i, k, j) for i in range(len(captions)) for j in range(args.best_of) for k in range(args.clips)]
@@ -80,11 +82,19 @@ def main(argv: list[str] | None = None) -> dict:
             groups.append(i)
     clap = ClapEmbedder(str(TOY_PRETRAINED / "toy_clap"))
     spreads: dict[str, dict[str, list[float]]] = {"diversity": {}, "diversity_mel": {}}
+    # The FD sanity check: against clean renderings of these captions (the evaluate stage's matched
+    # references), a selection of the base model's own clips should not move FD beyond a random pick's interval.
+    matched = matched_toy_references([{"caption_id": i, "labels": labels} for i, (_, labels) in enumerate(drawn)], clips.shape[1] / sr, args.seed)
+    reference = clap.embed_audio(matched, sr).cpu().numpy()
+    fd: dict[str, dict[str, float]] = {}
     for name, chosen in picks.items():
         picked = [clips[r] for r in chosen]
-        spreads["diversity"][name] = per_caption_spread(clap.embed_audio(picked, sr).cpu().numpy(), groups)
+        audio = clap.embed_audio(picked, sr).cpu().numpy()
+        spreads["diversity"][name] = per_caption_spread(audio, groups)
         spreads["diversity_mel"][name] = per_caption_spread(log_mel_embeddings(picked, sr), groups)
-    result = {"args": vars(args), "captions": len(captions), "metrics": {}}
+        lo, hi = bootstrap_statistic(lambda rows, a=audio: frechet_distance_from_embeddings(a[rows], reference), groups, resamples=200, seed=args.seed)
+        fd[name] = {"fd_matched": frechet_distance_from_embeddings(audio, reference), "lo": lo, "hi": hi}
+    result = {"args": vars(args), "captions": len(captions), "metrics": {}, "fd_matched": fd}
     lines = [
         f"# Best-of-{args.best_of} and diversity (toy TANGO, {len(captions)} held-out captions x {args.clips} clips, toy reward model picks)",
         "",
@@ -101,6 +111,14 @@ def main(argv: list[str] | None = None) -> dict:
             ratio = m["mean"] / result["metrics"][metric]["random pick of N"]["mean"]
             cells += [f"{m['mean']:.3f} [{m['lo']:.3f}, {m['hi']:.3f}]", f"{ratio:.2f}"]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        f"FD (toy-CLAP embeddings) against {len(matched)} clean renderings of these captions (matched references):",
+        "",
+        "| selection | FD matched [95% caption bootstrap] |",
+        "|---|---:|",
+    ]
+    lines += [f"| {name} | {v['fd_matched']:.3f} [{v['lo']:.3f}, {v['hi']:.3f}] |" for name, v in fd.items()]
     out = Path(args.out)
     atomic_write_json(out.with_suffix(".json"), result)
     atomic_write_text(out.with_suffix(".md"), "\n".join(lines) + "\n")
