@@ -6,14 +6,16 @@ The threat model is docs/security.md."""
 from __future__ import annotations
 
 import atexit
+import functools
 import hashlib
 import io
+import logging
 import re
 import shutil
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import gradio as gr
 import numpy as np
@@ -31,6 +33,33 @@ def client_message(text: Any) -> str:
     at most 300 characters."""
     line = next((ln.strip() for ln in str(text).splitlines() if ln.strip()), "")
     return ABSOLUTE_PATH.sub("<path>", line)[:300]
+
+
+logger = logging.getLogger(__name__)
+
+
+def one_line_errors(handler: Callable[..., tuple], reply: Callable[[str], tuple], refused: type[Exception], failure: str) -> Callable[..., tuple]:
+    """`handler` as a Gradio event whose every answer is one line for the client: a `refused`
+    input answers `reply(client_message(exc))`; anything else is logged here (with its traceback)
+    and answers `reply(failure)`.
+
+    Its `request` parameter, if any, gets the class `gr.Request` as annotation: Gradio passes the
+    login to the parameter so annotated, and resolves a string annotation (`from __future__ import
+    annotations`) in the handler's module, where gradio may be imported lazily, not at the top."""
+    if "request" in handler.__annotations__:
+        handler.__annotations__["request"] = gr.Request
+
+    @functools.wraps(handler)
+    def run(*args: Any, **kwargs: Any) -> tuple:
+        try:
+            return handler(*args, **kwargs)
+        except refused as exc:
+            return reply(client_message(exc))
+        except Exception:
+            logger.exception("%s: unexpected error", handler.__qualname__)
+            return reply(failure)
+
+    return run
 
 
 class OneLineErrorBlocks(gr.Blocks):
@@ -108,4 +137,4 @@ def warn_if_open(server_name: str, share: bool, users_file: str | None) -> None:
         )
 
 
-__all__ = ["ABSOLUTE_PATH", "MAX_UPLOAD", "OneLineErrorBlocks", "ServedFiles", "client_message", "private_paths", "warn_if_open"]
+__all__ = ["ABSOLUTE_PATH", "MAX_UPLOAD", "OneLineErrorBlocks", "ServedFiles", "client_message", "one_line_errors", "private_paths", "warn_if_open"]

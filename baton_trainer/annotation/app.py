@@ -8,9 +8,8 @@ next clip shows, each clip goes to `ratings_per_clip` different people, and nobo
 twice. A rating is stored only for a clip the server handed to that person, with the time it took
 (`AnnotationStore.add_rating(leased_only=True)`). Clips are read from inside the generations folder
 and handed to the browser as copies named by their content (`ServedFiles`): no file of the server
-is served. A clip whose audio is missing or unreadable
-is reported, marked unplayable in the store, and skipped. Every message to a client is one line
-without a server path (`client_message`).
+is served. A clip whose audio is missing or unreadable is reported, marked unplayable in the store,
+and skipped. Every message to a client is one line without a server path (`one_line_errors`).
 
 Event handlers carry `api_name`s (`/start`, `/aligned`, `/not_aligned`, `/skip`), so the app can
 be driven with `gradio_client` as well as in a browser.
@@ -18,8 +17,6 @@ be driven with `gradio_client` as well as in a browser.
 
 from __future__ import annotations
 
-import functools
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +26,9 @@ import gradio as gr
 import numpy as np
 
 from ..audio import AudioError, load_audio
-from ..serving import OneLineErrorBlocks, ServedFiles, client_message
+from ..serving import OneLineErrorBlocks, ServedFiles, client_message, one_line_errors
 from ..spectrogram import spectrogram_image
 from .store import ALIGNED, NOT_ALIGNED, SKIP, AnnotationError, AnnotationStore, ClipCompleteError, DuplicateRatingError
-
-logger = logging.getLogger(__name__)
 
 KEYBOARD_JS = """
 () => {
@@ -125,20 +120,8 @@ def build_annotation_app(generations: str | Path, store: AnnotationStore, rating
         return "", "", None, None, "", message
 
     def guarded(handler):
-        """Every answer to a client is one line: a refused input names the problem, anything else
-        is logged here and reported without a traceback or a server path."""
-
-        @functools.wraps(handler)  # Gradio reads the handler's signature to pass the login (`gr.Request`)
-        def run(*args: Any, **kwargs: Any) -> tuple:
-            try:
-                return handler(*args, **kwargs)
-            except AnnotationError as exc:
-                return blank(client_message(exc))
-            except Exception:
-                logger.exception("annotation app: unexpected error")
-                return blank("Something went wrong on the server; your earlier ratings are saved. Press Start to go on.")
-
-        return run
+        failure = "Something went wrong on the server; your earlier ratings are saved. Press Start to go on."
+        return one_line_errors(handler, blank, AnnotationError, failure)
 
     def start(name: str, request: gr.Request = None) -> tuple:
         annotator = rater_name(name, request, logins)

@@ -33,9 +33,7 @@ each model with a 95 % Clopper-Pearson interval (`scipy.stats.binomtest`); Kripp
 
 from __future__ import annotations
 
-import functools
 import json
-import logging
 import math
 import random
 import secrets
@@ -52,8 +50,6 @@ from ..atomic import atomic_write_json, atomic_write_text
 from ..audio import integrated_loudness, load_audio, save_wav
 from ..generations import read_generations
 from .store import AnnotationError, AnnotationStore, _clean_annotator, _now, add_missing_columns
-
-logger = logging.getLogger(__name__)
 
 MODES = ("mos_q", "mos_f", "ab")
 BAD_CLIP = "attention_noise.wav"
@@ -388,15 +384,16 @@ def listening_results(store: ListeningStore, campaign: str, exclude_failed: bool
     if not trials:
         raise AnnotationError(f"no listening campaign named {campaign!r} in {store.path}")
     mode = next(iter(trials.values()))["mode"]
+    given = store.answers(campaign)
     by_rater: dict[str, dict[int, int]] = {}
     fast: dict[str, int] = {}
-    for a in store.answers(campaign):
+    for a in given:
         by_rater.setdefault(a["rater"], {})[a["trial_id"]] = a["answer"]
         fast[a["rater"]] = fast.get(a["rater"], 0) + a["fast"]
     flagged = {r: why for r, answers in by_rater.items() if (why := _attention(trials, answers, mode))}
     kept = {r: a for r, a in by_rater.items() if not (exclude_failed and r in flagged)}
     if exclude_fast:
-        slow = {(a["rater"], a["trial_id"]) for a in store.answers(campaign) if not a["fast"]}
+        slow = {(a["rater"], a["trial_id"]) for a in given if not a["fast"]}
         kept = {r: v for r, a in kept.items() if (v := {i: x for i, x in a.items() if (r, i) in slow})}
     info = store.campaign_info(campaign)
     result: dict[str, Any] = {
@@ -549,7 +546,7 @@ def build_listening_app(store: ListeningStore, campaign: str, eval_dir: str | Pa
     # lazy: only serving the test needs gradio (which .app imports), the export does not
     import gradio as gr
 
-    from ..serving import OneLineErrorBlocks, ServedFiles, client_message
+    from ..serving import OneLineErrorBlocks, ServedFiles, client_message, one_line_errors
     from .app import rater_name
 
     root = Path(eval_dir).resolve()
@@ -559,6 +556,9 @@ def build_listening_app(store: ListeningStore, campaign: str, eval_dir: str | Pa
     mode = trials[0]["mode"]
     ask = "Log in, then press Start." if logins else "Enter your name, then press Start."
     served = ServedFiles()
+
+    def blank(message: str) -> tuple:
+        return "", "", None, None, "", message
 
     def audio(clip: dict[str, Any]):
         path = (root / clip["stimulus"]).resolve()
@@ -582,35 +582,18 @@ def build_listening_app(store: ListeningStore, campaign: str, eval_dir: str | Pa
         return issued["token"], caption, a, b, progress(rater), note
 
     def guarded(handler):
-        """One line for every client, whatever it sent: a refusal names the problem; anything else
-        is logged here and reported without a traceback or a server path."""
-
-        # Gradio passes the login to a parameter annotated `gr.Request`; under `from __future__ import
-        # annotations` that is the string "gr.Request", which Gradio resolves in this module's
-        # globals, where gradio is not imported (the export does not need it): give it the class.
-        handler.__annotations__["request"] = gr.Request
-
-        @functools.wraps(handler)
-        def run(*args: Any, **kwargs: Any) -> tuple:
-            try:
-                return handler(*args, **kwargs)
-            except AnnotationError as exc:
-                return "", "", None, None, "", client_message(exc)
-            except Exception:
-                logger.exception("listening app: unexpected error")
-                return "", "", None, None, "", "Something went wrong on the server; your answers so far are saved. Press Start to go on."
-
-        return run
+        failure = "Something went wrong on the server; your answers so far are saved. Press Start to go on."
+        return one_line_errors(handler, blank, AnnotationError, failure)
 
     def start(name: str, request: gr.Request = None) -> tuple:
         rater = rater_name(name, request, logins)
-        return show(rater) if rater else ("", "", None, None, "", ask)
+        return show(rater) if rater else blank(ask)
 
     def make_answer(value: int):
         def answer(name: str, token: str, request: gr.Request = None) -> tuple:
             rater = rater_name(name, request, logins)
             if not rater:
-                return "", "", None, None, "", ask
+                return blank(ask)
             note = ""
             if isinstance(token, str) and token:
                 try:

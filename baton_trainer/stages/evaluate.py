@@ -344,18 +344,12 @@ def quality_verdict(metrics: dict, intervals: dict) -> str:
         if "difference_lo" not in q:
             continue
         kept = "kept" if q["difference_hi"] >= 0 else "lower"
-        diff = metrics[name]["toy_quality"] - metrics[models[0]]["toy_quality"]
         line = (
             f"{name}: quality {kept} (toy quality judge {metrics[name]['toy_quality']:.2f} vs {metrics[models[0]]['toy_quality']:.2f} "
-            f"for {models[0]}, difference {diff:+.2f} [{q['difference_lo']:+.2f}, {q['difference_hi']:+.2f}])"
+            f"for {models[0]}, difference {q['difference']:+.2f} [{q['difference_lo']:+.2f}, {q['difference_hi']:+.2f}])"
         )
-        if (
-            "difference_lo" in loud
-            and math.isfinite(metrics[name].get("loudness_lufs") or math.nan)
-            and math.isfinite(metrics[models[0]].get("loudness_lufs") or math.nan)
-        ):
-            d = metrics[name]["loudness_lufs"] - metrics[models[0]]["loudness_lufs"]
-            line += f"; loudness {d:+.1f} LU [{loud['difference_lo']:+.1f}, {loud['difference_hi']:+.1f}]"
+        if math.isfinite(loud.get("difference", math.nan)):
+            line += f"; loudness {loud['difference']:+.1f} LU [{loud['difference_lo']:+.1f}, {loud['difference_hi']:+.1f}]"
         sentences.append(line + ".")
     return " ".join(sentences)
 
