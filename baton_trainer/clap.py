@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import ClapFeatureExtractor, ClapModel, ClapProcessor, RobertaTokenizer
 
-from reward_hub.modeling_baton_reward import CLAP_SAMPLE_RATE, pooled_embedding, prepare_waveform
+from reward_hub.modeling_baton_reward import CLAP_SAMPLE_RATE, fast_clap_features, pooled_embedding, prepare_waveform
 
 from .weight_files import load_pretrained
 
@@ -106,9 +106,9 @@ class ClapEmbedder:
         waveforms = [prepare_waveform(w, sample_rate, CLAP_CLIP_SAMPLES, name=f"audio {i}") for i, w in enumerate(waveforms)]
         if not waveforms:
             return torch.zeros(0, self.dim)
-        chunks = []
+        chunks, extractor = [], fast_clap_features(self.processor.feature_extractor)
         for start in range(0, len(waveforms), self.batch_size):
-            features = self.processor.feature_extractor(waveforms[start : start + self.batch_size], sampling_rate=CLAP_SAMPLE_RATE, return_tensors="pt")
+            features = extractor(waveforms[start : start + self.batch_size], sampling_rate=CLAP_SAMPLE_RATE, return_tensors="pt")
             kwargs = {"input_features": features["input_features"].to(self.device)}
             if "is_longer" in features:
                 kwargs["is_longer"] = features["is_longer"].to(self.device)

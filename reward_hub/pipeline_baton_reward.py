@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from transformers import Pipeline
 
-from .modeling_baton_reward import CLAP_SAMPLE_RATE, RewardInputError, prepare_waveform
+from .modeling_baton_reward import CLAP_SAMPLE_RATE, RewardInputError, fast_clap_features, prepare_waveform
 
 
 def _read_audio_file(path: str) -> tuple[np.ndarray, int]:
@@ -66,7 +66,7 @@ class TextAudioRewardPipeline(Pipeline):
             raise RewardInputError("text-audio-reward: 'sampling_rate' is required with a raw waveform")
         clip = prepare_waveform(audio, sampling_rate, self.model.config.clip_samples)
         text = self.tokenizer([caption], padding=True, truncation=True, return_tensors="pt")
-        features = self.feature_extractor([clip], sampling_rate=CLAP_SAMPLE_RATE, return_tensors="pt")
+        features = fast_clap_features(self.feature_extractor)([clip], sampling_rate=CLAP_SAMPLE_RATE, return_tensors="pt")
         model_inputs = {"input_ids": text["input_ids"], "attention_mask": text["attention_mask"]}
         model_inputs["input_features"] = features["input_features"]
         if "is_longer" in features:

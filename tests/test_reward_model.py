@@ -225,3 +225,29 @@ def test_pipeline_without_soxr_refuses_to_score_instead_of_scoring_differently(m
     result = _run_pipeline_script(tmp_path, "soxr")
     assert result.returncode != 0 and not result.stdout.strip()
     assert "pip install soxr" in result.stderr.splitlines()[-1]  # one line that names what is missing
+
+
+def test_the_fast_clap_features_are_transformers_features_and_save_as_them(tmp_path):
+    """The one-call spectrogram gives transformers' ClapFeatureExtractor features for short,
+    exact, long (fusion crops and random truncation) clips, and saves as a plain ClapFeatureExtractor."""
+    from transformers import AutoFeatureExtractor, ClapFeatureExtractor
+
+    from baton_trainer.clap import clap_feature_extractor
+    from reward_hub.modeling_baton_reward import FastClapFeatureExtractor, fast_clap_features
+
+    plain = clap_feature_extractor()
+    fast = fast_clap_features(plain)
+    assert type(fast) is FastClapFeatureExtractor and fast_clap_features(fast) is fast
+    rng = np.random.default_rng(3)
+    clips = [rng.normal(0, 0.2, n).astype(np.float32) for n in (700, 48_000, 77_777, 480_000, 480_300, 700_000)]
+    for truncation in ("fusion", "rand_trunc"):
+        np.random.seed(0)  # both draw the same random crops of the long clips
+        want = plain(clips, sampling_rate=48_000, truncation=truncation, return_tensors="np")
+        np.random.seed(0)
+        got = fast(clips, sampling_rate=48_000, truncation=truncation, return_tensors="np")
+        assert got["input_features"].shape == want["input_features"].shape
+        np.testing.assert_allclose(got["input_features"], want["input_features"], atol=1e-3)  # dB
+        assert (got["is_longer"] == want["is_longer"]).all()
+    fast.save_pretrained(tmp_path)
+    reloaded = AutoFeatureExtractor.from_pretrained(tmp_path)
+    assert type(reloaded) is ClapFeatureExtractor and reloaded.to_dict() == plain.to_dict()

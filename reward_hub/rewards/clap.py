@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from transformers import ClapModel, ClapProcessor
 
-from ..modeling_baton_reward import CLAP_SAMPLE_RATE, pooled_embedding, prepare_waveform
+from ..modeling_baton_reward import CLAP_SAMPLE_RATE, fast_clap_features, pooled_embedding, prepare_waveform
 from .base import Reward, RewardError, resolve_device, weights_fingerprint
 
 DEFAULT_CLAP = "laion/clap-htsat-unfused"
@@ -46,7 +46,7 @@ class ClapReward(Reward):
         samples = int(round(self.max_seconds * CLAP_SAMPLE_RATE))
         clips = [prepare_waveform(wave, CLAP_SAMPLE_RATE, samples) for wave in waves]
         text = self.processor.tokenizer(captions, padding=True, truncation=True, return_tensors="pt").to(self.device)
-        audio = self.processor.feature_extractor(clips, sampling_rate=CLAP_SAMPLE_RATE, return_tensors="pt")
+        audio = fast_clap_features(self.processor.feature_extractor)(clips, sampling_rate=CLAP_SAMPLE_RATE, return_tensors="pt")
         audio_inputs = {"input_features": audio["input_features"].to(self.device)}
         if "is_longer" in audio:
             audio_inputs["is_longer"] = audio["is_longer"].to(self.device)
