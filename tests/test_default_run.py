@@ -83,6 +83,7 @@ def test_tiny_default_run_end_to_end_and_resume(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "all 12 clips already in" in out
     assert "'already_done': 9" in out or "already_done" in out
+    assert "to score" not in out  # the labelled set is kept, not scored again
     again = json.loads((run_dir / "eval" / "metrics.json").read_text())
     assert again["aligned"] == metrics["aligned"]
 

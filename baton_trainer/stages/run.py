@@ -192,7 +192,8 @@ def run(config: RunConfig) -> Path:
         elif stage == "reward":
             result = layout.reward_model if (layout.reward_model / "config.json").is_file() else train_reward_model(configs["reward"])
         elif stage == "label":
-            result = label_unrated(configs["label"])
+            # a finished labelled set is kept (its progress files are gone, so the stage itself would score every clip again)
+            result = layout.reward_labeled if (layout.reward_labeled / "state.json").is_file() else label_unrated(configs["label"])
             if config.world == "toy":
                 check = check_reward_labels(layout)
                 if check["accuracy"] is not None:

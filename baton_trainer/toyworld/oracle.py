@@ -45,6 +45,7 @@ from .mel import MelConfig, cached_front_end, mel_center_frequencies
 from .render import render_sequence
 
 TASKS = ("integrity", "temporal")
+LOG_MEL_BATCH = 64  # clips per STFT batch in `ToyOracle.log_mels`
 Detection = tuple[str, float, float]  # (event name, onset_s, offset_s)
 
 
@@ -135,18 +136,20 @@ class OracleAnnotator:
         return wav
 
     def log_mels(self, wavs: Sequence[np.ndarray], sample_rate: int = 16000) -> list[np.ndarray]:
-        """TANGO log-mels (64, frames) of each clip, computed in one batch where lengths agree."""
+        """TANGO log-mels (64, frames) of each clip, computed in batches of clips of one length
+        (at most LOG_MEL_BATCH: the STFTs of a whole evaluation at once took about 1 GB)."""
         prepared = [self._prepare(w, sample_rate) for w in wavs]
         out: list[np.ndarray | None] = [None] * len(prepared)
         by_length: dict[int, list[int]] = {}
         for i, w in enumerate(prepared):
             by_length.setdefault(len(w), []).append(i)
         with torch.no_grad():
-            for indices in by_length.values():
-                batch = torch.from_numpy(np.stack([prepared[i] for i in indices]))
-                mels = self._front_end(batch).numpy()
-                for i, mel in zip(indices, mels):
-                    out[i] = mel
+            for same_length in by_length.values():
+                for start in range(0, len(same_length), LOG_MEL_BATCH):
+                    indices = same_length[start : start + LOG_MEL_BATCH]
+                    mels = self._front_end(torch.from_numpy(np.stack([prepared[i] for i in indices]))).numpy()
+                    for i, mel in zip(indices, mels):
+                        out[i] = mel
         return out  # type: ignore[return-value]
 
     def activity(self, log_mel: np.ndarray) -> dict[str, np.ndarray]:
