@@ -78,3 +78,26 @@ def training_data(trainer):
 def train(trainer):
     """`trainer` trained on its config's data, as the fine-tune stage runs it; returns the export folder."""
     return trainer.train(*training_data(trainer))
+
+
+def run_stage(stage: str, *args: str, threads: int = 1) -> None:
+    """`python -m baton_trainer STAGE ARGS` in this process, at `threads` torch threads (as the
+    OMP_NUM_THREADS=1 processes it is compared with): the one-process reference of a multi-process
+    test, without the ~6 s a fresh interpreter spends importing torch, diffusers and peft again."""
+    import os
+
+    import torch
+
+    from baton_trainer.__main__ import main
+
+    previous, debug = torch.get_num_threads(), os.environ.get("BATON_DEBUG")
+    torch.set_num_threads(threads)
+    os.environ["BATON_DEBUG"] = "1"  # a failure raises with its traceback instead of one line
+    try:
+        assert main([stage, *args]) == 0
+    finally:
+        torch.set_num_threads(previous)
+        if debug is None:
+            os.environ.pop("BATON_DEBUG", None)
+        else:
+            os.environ["BATON_DEBUG"] = debug

@@ -364,9 +364,13 @@ def test_listening_forged_answers_are_refused_and_mos_is_the_honest_one(tmp_path
         for t in threads:
             t.start()
         # while they listen, mallory forges: a token she stole from rater0, and the same after it was used
-        time.sleep(1.0)
-        with sqlite3.connect(store_path) as conn:
-            stolen = conn.execute("SELECT token FROM listening_tokens WHERE rater = 'rater0' ORDER BY issued_at LIMIT 1").fetchone()[0]
+        stolen, deadline = None, time.time() + 120
+        while stolen is None and time.time() < deadline:  # as soon as rater0 has been shown a trial (a busy machine takes a while)
+            time.sleep(0.2)
+            with sqlite3.connect(store_path) as conn:
+                stolen = conn.execute("SELECT token FROM listening_tokens WHERE rater = 'rater0' ORDER BY issued_at LIMIT 1").fetchone()
+        assert stolen is not None, f"rater0 was shown no trial within 120 s: {errors}"
+        stolen = stolen[0]
         for _ in range(3):
             status = mallory.predict("rater0", stolen, api_name="/answer_5")[5]
             assert "not for a trial the server showed you" in status
