@@ -4,7 +4,7 @@ a 64-band log-mel in dB at 100 frames per second, drawn with time and frequency 
 from __future__ import annotations
 
 import numpy as np
-from transformers.audio_utils import spectrogram, window_function
+from transformers.audio_utils import hertz_to_mel, mel_to_hertz, spectrogram, window_function
 
 from .audio import slaney_mel_filters
 
@@ -26,16 +26,36 @@ def log_mel_db(waveform: np.ndarray, sample_rate: int) -> np.ndarray:
     )  # fmt: skip
 
 
-def draw_spectrogram(ax, waveform: np.ndarray | None, sample_rate: int, image: np.ndarray | None = None, labels: bool = True) -> None:
-    """Draw a clip's log-mel (or a given (bands, frames) image) on matplotlib axes, with a time
-    axis in seconds and the mel bands' frequency range."""
+def draw_spectrogram(
+    ax,
+    waveform: np.ndarray | None,
+    sample_rate: int,
+    image: np.ndarray | None = None,
+    labels: bool = True,
+    vmin: float | None = None,
+    vmax: float | None = None,
+):
+    """Draw a clip's log-mel (or a given (bands, frames) image) on matplotlib axes, with a time axis
+    in seconds and a frequency axis in kHz at the mel bands' centres; `vmin`/`vmax` (dB) put several
+    clips on one colour scale. Returns the image artist (for a colour bar)."""
     if image is None:
         image = log_mel_db(waveform, sample_rate)
     seconds = image.shape[1] / FRAMES_PER_SECOND if waveform is not None else image.shape[1]
-    ax.imshow(image, origin="lower", aspect="auto", cmap="magma", extent=(0.0, seconds, 0, image.shape[0]))
+    artist = ax.imshow(image, origin="lower", aspect="auto", cmap="magma", extent=(0.0, seconds, 0, image.shape[0]), vmin=vmin, vmax=vmax)
+    if waveform is not None and image.shape[0] == N_MELS:
+        bands = np.linspace(0, N_MELS - 1, 5).round().astype(int)
+        centres = mel_band_centres_hz(sample_rate)
+        ax.set_yticks(bands + 0.5, [f"{centres[b] / 1000:.1f}" for b in bands])
     if labels:
         ax.set_xlabel("time (s)" if waveform is not None else "frame")
-        ax.set_ylabel(f"mel band (0-{sample_rate / 2000:g} kHz)" if waveform is not None else "band")
+        ax.set_ylabel("frequency (kHz)" if waveform is not None else "band")
+    return artist
+
+
+def mel_band_centres_hz(sample_rate: int) -> np.ndarray:
+    """Centre frequencies of `log_mel_db`'s 64 Slaney mel bands (0 Hz to Nyquist)."""
+    edges = mel_to_hertz(np.linspace(hertz_to_mel(0.0, "slaney"), hertz_to_mel(sample_rate / 2, "slaney"), N_MELS + 2), "slaney")
+    return np.asarray(edges[1:-1], dtype=np.float64)
 
 
 def spectrogram_image(waveform: np.ndarray, sample_rate: int, title: str = "") -> np.ndarray:

@@ -63,7 +63,12 @@ def timed_default_run(folder: Path, code: Path | None) -> dict:
         env["PYTHONPATH"] = os.pathsep.join([str(code), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     started = time.time()
     process = subprocess.Popen(
-        [shutil.which("accelerate") or "accelerate", "launch", "-m", "baton_trainer"], cwd=folder, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        [shutil.which("accelerate") or "accelerate", "launch", "-m", "baton_trainer"],
+        cwd=folder,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     watched, peak = psutil.Process(process.pid), [0]
 

@@ -111,3 +111,45 @@ def test_paper_test_captions_are_shipped():
     assert all(row["caption"] and row["reference"].endswith(".wav") for row in both)
     with pytest.raises(ValueError, match="unknown task 'music'"):
         load_test_captions("music")
+
+
+def test_metric_bars_carry_each_models_interval():
+    from matplotlib.container import BarContainer
+
+    from baton_trainer.evaluation.report import metric_bars_figure
+
+    def whiskers(ax):
+        errorbar = next(c for c in ax.containers if isinstance(c, BarContainer)).errorbar
+        return None if errorbar is None else [(seg[0][1], seg[1][1]) for seg in errorbar.lines[2][0].get_segments()]
+
+    metrics = {"base": {"temporal_accuracy": 0.3, "fd": 0.1}, "aligned": {"temporal_accuracy": 0.6, "fd": 0.2}}
+    intervals = {
+        "base": {"temporal_accuracy": {"lo": 0.25, "hi": 0.36}, "fd": {"lo": 0.12, "hi": 0.2}},  # FD's interval may miss its estimate
+        "aligned": {"temporal_accuracy": {"lo": 0.52, "hi": 0.7}},
+    }
+    fig = metric_bars_figure(metrics, ["temporal_accuracy", "fd"], intervals)
+    accuracy_panel, fd_panel = fig.axes
+    np.testing.assert_allclose(whiskers(accuracy_panel), [(25.0, 36.0), (52.0, 70.0)])  # one segment per bar; accuracies in %
+    np.testing.assert_allclose(whiskers(fd_panel), [(0.1, 0.2), (0.2, 0.2)])  # clipped at the estimate; no interval, no whisker
+    assert whiskers(metric_bars_figure(metrics, ["temporal_accuracy"]).axes[0]) is None
+
+
+def test_spectrograms_share_one_colour_scale_and_have_time_and_frequency_axes():
+    from baton_trainer.evaluation.report import spectrograms_figure
+
+    rate = 16000
+    t = np.arange(rate) / rate
+    quiet = (0.01 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    loud = (0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    fig = spectrograms_figure({"a tone": {"base": (quiet, rate), "aligned": (loud, rate)}, "another": {"base": (loud, rate), "aligned": (quiet, rate)}})
+    panels = [ax for ax in fig.axes if ax.images]
+    assert len(panels) == 4
+    limits = {ax.images[0].get_clim() for ax in panels}
+    assert len(limits) == 1  # one scale: the quiet clip looks quieter
+    vmin, vmax = limits.pop()
+    assert vmax - vmin == pytest.approx(80.0, abs=1e-6)
+    assert panels[0].images[0].get_array().mean() < panels[1].images[0].get_array().mean() - 10  # the quiet tone is darker
+    assert panels[0].get_xlabel() == "time (s)" and panels[0].get_ylabel() == "frequency (kHz)"
+    ticks = [float(label.get_text()) for label in panels[0].get_yticklabels()]
+    assert ticks[0] < 0.1 and 7.0 < ticks[-1] <= 8.0  # 0 Hz to Nyquist, in kHz
+    assert any(ax.get_ylabel() == "dB" for ax in fig.axes)  # the colour bar

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..atomic import atomic_save_figure, atomic_write_text
 from ..runtime import library_versions
-from ..spectrogram import draw_spectrogram
+from ..spectrogram import draw_spectrogram, log_mel_db
 from .intervals import seed_spread
 
 FD_DEFINITION = (
@@ -247,10 +247,22 @@ def _pyplot():
     return plt
 
 
-def _plot_metric_bars(metrics: Mapping[str, Mapping[str, Any]], keys: list[str], path: Path) -> bool:
+def _plot_metric_bars(metrics: Mapping[str, Mapping[str, Any]], keys: list[str], path: Path, intervals: Mapping[str, Mapping[str, Any]] | None = None) -> bool:
+    fig = metric_bars_figure(metrics, keys, intervals)
+    if fig is None:
+        return False
+    fig.tight_layout()
+    atomic_save_figure(fig, path)
+    _pyplot().close(fig)
+    return True
+
+
+def metric_bars_figure(metrics: Mapping[str, Mapping[str, Any]], keys: list[str], intervals: Mapping[str, Mapping[str, Any]] | None = None):
+    """One panel per metric, a bar per model, with its 95 % bootstrap interval over captions where
+    there is one (`intervals`, as the table shows); None when no metric has a value."""
     shown = [k for k in keys if any(_number(m.get(k)) is not None for m in metrics.values())]
     if not shown:
-        return False
+        return None
     plt = _pyplot()
     models = list(metrics)
     fig, axes = plt.subplots(1, len(shown), figsize=(2.6 * len(shown) + 0.6, 3.2), squeeze=False)
@@ -258,15 +270,22 @@ def _plot_metric_bars(metrics: Mapping[str, Mapping[str, Any]], keys: list[str],
     for ax, key in zip(axes[0], shown):
         label, higher, scale, _ = METRIC_INFO.get(key, (key, True, 1.0, ""))
         values = [(_number(metrics[m].get(key)) or 0.0) * scale for m in models]
-        ax.bar(range(len(models)), values, color=[colors[i % len(colors)] for i in range(len(models))])
+        bounds = [(intervals or {}).get(m, {}).get(key, {}) for m in models]
+        # an interval need not contain its point estimate (FD's refits are biased up): whiskers never go negative
+        errors = np.array(
+            [
+                [max(0.0, v - _number(b["lo"]) * scale), max(0.0, _number(b["hi"]) * scale - v)]
+                if _number(b.get("lo")) is not None and _number(b.get("hi")) is not None
+                else [0.0, 0.0]
+                for v, b in zip(values, bounds)
+            ]
+        ).T
+        ax.bar(range(len(models)), values, color=[colors[i % len(colors)] for i in range(len(models))], yerr=errors if errors.any() else None, capsize=4)
         ax.set_xticks(range(len(models)), models, rotation=20)
         ax.set_title(f"{label} {'' if higher is None else '↑' if higher else '↓'}".strip(), fontsize=9)
         for i, v in enumerate(values):
             ax.annotate(f"{v:.3g}", (i, v), ha="center", va="bottom", fontsize=8)
-    fig.tight_layout()
-    atomic_save_figure(fig, path)
-    plt.close(fig)
-    return True
+    return fig
 
 
 def _plot_clap_scatter(per_caption: Sequence[Mapping[str, Any]], models: list[str], path: Path) -> bool:
@@ -311,23 +330,40 @@ def _spectrogram_input(entry: Any, name: str) -> tuple[np.ndarray | None, int, n
 
 
 def _plot_spectrograms(spectrograms: Mapping[str, Mapping[str, Any]], path: Path) -> bool:
+    fig = spectrograms_figure(spectrograms)
+    if fig is None:
+        return False
+    atomic_save_figure(fig, path)
+    _pyplot().close(fig)
+    return True
+
+
+def spectrograms_figure(spectrograms: Mapping[str, Mapping[str, Any]]):
+    """A caption per row, a model per column, every panel on one colour scale with a dB colour bar;
+    None when there is nothing to draw."""
     rows = list(spectrograms)
     if not rows:
-        return False
+        return None
     columns: list[str] = []
     for row in rows:
         if not isinstance(spectrograms[row], Mapping):
             raise ReportInputError(f"spectrograms[{row!r}]: expected a mapping of model name -> audio")
         columns += [c for c in spectrograms[row] if c not in columns]
 
+    inputs = {(row, column): _spectrogram_input(spectrograms[row][column], f"{row!r}][{column!r}") for row in rows for column in spectrograms[row]}
+    images = {key: image if image is not None else log_mel_db(waveform, sample_rate) for key, (waveform, sample_rate, image) in inputs.items()}
+    # One colour scale for every panel (the top 80 dB of them all): a louder model looks louder.
+    vmax = max(float(np.max(image)) for image in images.values())
+    vmin = max(min(float(np.min(image)) for image in images.values()), vmax - 80.0)
     plt = _pyplot()
-    fig, axes = plt.subplots(len(rows), len(columns), figsize=(3.6 * len(columns), 2.3 * len(rows) + 0.4), squeeze=False)
+    fig, axes = plt.subplots(len(rows), len(columns), figsize=(3.6 * len(columns) + 0.6, 2.3 * len(rows) + 0.4), squeeze=False)
+    artist = None
     for i, row in enumerate(rows):
         for j, column in enumerate(columns):
             ax = axes[i][j]
             if column in spectrograms[row]:
-                waveform, sample_rate, image = _spectrogram_input(spectrograms[row][column], f"{row!r}][{column!r}")
-                draw_spectrogram(ax, waveform, sample_rate, image=image)
+                waveform, sample_rate, _ = inputs[row, column]
+                artist = draw_spectrogram(ax, waveform, sample_rate, image=images[row, column], vmin=vmin, vmax=vmax)
                 ax.tick_params(labelsize=7)
                 ax.xaxis.label.set_size(7)
                 ax.yaxis.label.set_size(7)
@@ -347,9 +383,9 @@ def _plot_spectrograms(spectrograms: Mapping[str, Mapping[str, Any]], path: Path
                     va="bottom",
                 )
     fig.tight_layout()
-    atomic_save_figure(fig, path)
-    plt.close(fig)
-    return True
+    if artist is not None:
+        fig.colorbar(artist, ax=axes.ravel().tolist(), label="dB", shrink=0.8, pad=0.01)
+    return fig
 
 
 def _caption_changes(per_caption: Sequence[Mapping[str, Any]], models: list[str], count: int = 5) -> list[str]:
@@ -420,7 +456,7 @@ def write_report(
     written: dict[str, Path] = {}
 
     plots = {
-        "metrics.png": _plot_metric_bars(metrics, keys, out / "metrics.png"),
+        "metrics.png": _plot_metric_bars(metrics, keys, out / "metrics.png", intervals),
         "clap_per_caption.png": bool(per_caption) and _plot_clap_scatter(per_caption, models, out / "clap_per_caption.png"),
         "spectrograms.png": bool(spectrograms) and _plot_spectrograms(spectrograms, out / "spectrograms.png"),
     }
