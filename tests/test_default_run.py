@@ -69,6 +69,7 @@ def test_tiny_default_run_end_to_end_and_resume(tmp_path, capsys):
     report = (run_dir / "eval" / "report.md").read_text()
     assert "- **quality**: aligned: quality " in report and "toy quality judge" in report
     assert "| FD (matched references) |" in report and "clean renderings of the evaluated captions themselves" in report
+    assert "normalised to -23 LUFS" in report  # the level-dependent metrics say at what loudness they heard the clips
     # the oracle judged every reward-labelled clip, and that is the accuracy reported
     check = json.loads((run_dir / "reward_label_check.json").read_text())
     assert metrics["reward_model_accuracy"] == check["accuracy"] and 0.0 <= check["accuracy"] <= 1.0

@@ -194,3 +194,26 @@ def test_spectrogram_diversity_ignores_level_and_sees_when_events_happen():
     assert within_caption_spread(e[2:4], [1, 1]) > 0.5  # the same sound a second later
     assert 0.05 < within_caption_spread(e[4:], [2, 2]) < within_caption_spread(e[2:4], [1, 1])  # another sound, same time
     assert log_mel_embeddings([early, late[: sr // 2]], sr).shape == (2, 64 * 5)  # cut to the shortest clip, 0.1 s frames
+
+
+def test_loudness_normalised_clips_read_the_target_loudness_and_a_louder_copy_is_the_same_clip():
+    """Clips at any level come out at -23 LUFS (so a level-dependent embedding sees a louder copy
+    as the same clip); silence stays silence; the peak is kept above 1, not clipped."""
+    from baton_trainer.evaluation.metrics import METRIC_LOUDNESS_LUFS, loudness_and_peak, loudness_normalised
+
+    sr = 16000
+    t = np.arange(2 * sr) / sr
+    tone = (0.05 * np.sin(2 * np.pi * 440 * t) * (t < 1.2)).astype(np.float32)
+    clicks = np.zeros(2 * sr, dtype=np.float32)
+    clicks[:: sr // 4] = 0.05  # sparse clicks: at -23 LUFS their peaks pass 1
+    clips = [tone, 8.0 * tone, np.zeros(sr, dtype=np.float32), clicks]
+    heard = loudness_normalised(clips, sr)
+    lufs, _ = loudness_and_peak(heard, sr)
+    np.testing.assert_allclose(lufs[[0, 1, 3]], METRIC_LOUDNESS_LUFS, atol=0.05)
+    assert np.isnan(lufs[2]) and not heard[2].any()
+    np.testing.assert_allclose(heard[0], heard[1], rtol=1e-5, atol=1e-7)
+    assert heard[3].max() > 1.0  # scaled, not clipped
+    # a level-dependent feature (energy in dB) tells the raw copies apart, not the normalised ones
+    raw_db = [10 * np.log10(np.mean(c**2) + 1e-12) for c in clips[:2]]
+    heard_db = [10 * np.log10(np.mean(c**2) + 1e-12) for c in heard[:2]]
+    assert abs(raw_db[1] - raw_db[0]) > 17 and abs(heard_db[1] - heard_db[0]) < 0.01

@@ -328,6 +328,23 @@ def clap_score(
     return float(per_pair.mean()), per_pair
 
 
+METRIC_LOUDNESS_LUFS = -23.0  # the loudness the level-dependent metrics hear every clip at (EBU R 128's)
+
+
+def loudness_normalised(clips: Sequence[Any], sample_rate: int, lufs: Sequence[float] | None = None, target: float = METRIC_LOUDNESS_LUFS) -> list[np.ndarray]:
+    """Each clip scaled to `target` integrated loudness (ITU-R BS.1770-4; `lufs` is each clip's
+    measured loudness, computed when not given), so that embedding metrics compare content, not
+    level: a louder model would otherwise move FD and the spreads. Silent clips (NaN or -inf
+    loudness) are left as they are. Float32, not clipped: a peak above 1 is kept, as metrics read floats."""
+    if lufs is None:
+        lufs = loudness_and_peak(clips, sample_rate)[0]
+    out = []
+    for clip, level in zip(clips, lufs):
+        wav = np.asarray(clip, dtype=np.float32)
+        out.append(wav * np.float32(10 ** ((target - level) / 20)) if np.isfinite(level) else wav)
+    return out
+
+
 def loudness_and_peak(clips: Sequence[Any], sample_rate: int) -> tuple[np.ndarray, np.ndarray]:
     """Per clip: integrated loudness (LUFS; NaN for a silent clip) and sample peak (dBFS,
     20 log10 max |x|; NaN for digital silence)."""

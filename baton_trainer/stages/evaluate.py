@@ -142,7 +142,7 @@ def evaluate(config: EvaluateConfig, backends: dict[str, Any] | None = None) -> 
     from ..evaluation.clips import captions_file, read_clips
     from ..evaluation.event_scores import score_models_events
     from ..evaluation.intervals import model_intervals
-    from ..evaluation.metrics import log_mel_embeddings, loudness_and_peak, within_caption_spread
+    from ..evaluation.metrics import METRIC_LOUDNESS_LUFS, log_mel_embeddings, loudness_and_peak, loudness_normalised, within_caption_spread
     from ..evaluation.quality import toy_quality
     from ..evaluation.report import print_table
     from ..evaluation.reward_summary import reward_model_summary, scorer_lines
@@ -213,9 +213,16 @@ def evaluate(config: EvaluateConfig, backends: dict[str, Any] | None = None) -> 
             raise FileNotFoundError(f"reference_audio folder not found: {ref_dir}")
         reference = {p.name: load_audio(p, sample_rate)[0] for p in sorted(ref_dir.rglob("*.wav"))}
         names = [Path(r.get("reference", "")).name or r["file_name"] for r in rows]
+    # Metrics that depend on level hear every clip, and every reference, at one loudness: a louder
+    # model would otherwise move FD and the spreads. Loudness, peak, the quality judge, judges and
+    # event scores take the clips as they were made.
+    levels = {name: loudness_and_peak(clips, sample_rate) for name, clips in clips_by_model.items()}
+    heard = {name: loudness_normalised(clips, sample_rate, levels[name][0]) for name, clips in clips_by_model.items()}
+    if reference:
+        reference = dict(zip(reference, loudness_normalised(list(reference.values()), sample_rate)))
     result = compute_metrics(
         [r["caption"] for r in rows],
-        clips_by_model,
+        heard,
         sample_rate,
         caption_ids=[r["caption_id"] for r in rows],
         clap=clap,
@@ -242,7 +249,7 @@ def evaluate(config: EvaluateConfig, backends: dict[str, Any] | None = None) -> 
         # Matched references: clean renderings of the evaluated captions themselves (what each caption
         # asks for, MATCHED_RENDERINGS seeds each), so that FD measures the distance to the right
         # audio rather than to the pretraining captions' loose renderings.
-        matched = matched_toy_references(rows, clips_by_model["base"][0].shape[0] / sample_rate, config.seed)
+        matched = loudness_normalised(matched_toy_references(rows, clips_by_model["base"][0].shape[0] / sample_rate, config.seed), sample_rate)
         embeddings["fd_matched"] = {**embeddings["clap_audio"], "reference": clap.embed_audio(matched, sample_rate).cpu().numpy()}
         for name in clips_by_model:
             metrics[name]["fd_matched"] = frechet_distance_from_embeddings(embeddings["fd_matched"][name], embeddings["fd_matched"]["reference"])
@@ -257,7 +264,7 @@ def evaluate(config: EvaluateConfig, backends: dict[str, Any] | None = None) -> 
         embeddings.pop("clap_audio", None)
         skipped["diversity"] = "needs clap_model and at least 2 clips per caption (--clips_per_caption)"
     if len(set(map(str, caption_ids))) < len(caption_ids):  # a second diversity measure, on the spectrograms
-        embeddings["log_mel"] = {name: log_mel_embeddings(clips_by_model[name], sample_rate) for name in models}
+        embeddings["log_mel"] = {name: log_mel_embeddings(heard[name], sample_rate) for name in models}
         for name in models:
             metrics[name]["diversity_mel"] = within_caption_spread(embeddings["log_mel"][name], caption_ids)
     else:
@@ -267,7 +274,7 @@ def evaluate(config: EvaluateConfig, backends: dict[str, Any] | None = None) -> 
         if "clap_score" in metrics[name]:
             per_clip[name]["clap_score"] = [row[name] for row in result.per_caption]
         per_clip[name].update(result.per_clip.get(name, {}))
-        lufs, peaks = loudness_and_peak(clips_by_model[name], sample_rate)
+        lufs, peaks = levels[name]
         for key, values in (("loudness_lufs", lufs), ("peak_dbfs", peaks)):
             metrics[name][key] = float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
             per_clip[name][key] = values.tolist()
@@ -290,6 +297,10 @@ def evaluate(config: EvaluateConfig, backends: dict[str, Any] | None = None) -> 
     if detector_name:
         info.update(score_models_events(config, detector_name, rows_by_model, clips_by_model, sample_rate, metrics, per_clip, skipped, out))
     info.update(scorer_lines(layout, config.clap_model, info.get("event_detector")))
+    info["level"] = (
+        f"CLAP score, FD, FAD, KL, IS and both diversities on clips and references normalised to {METRIC_LOUDNESS_LUFS:.0f} LUFS "
+        "(ITU-R BS.1770-4); loudness, peak, the quality judge, judges and event scores on the clips as generated"
+    )
     intervals = {}
     if config.bootstrap_resamples > 0:
         intervals = model_intervals(per_clip, embeddings, caption_ids, config.bootstrap_resamples, config.bootstrap_set_resamples, seed=config.seed)
