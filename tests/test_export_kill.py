@@ -23,20 +23,20 @@ sys.path.insert(0, str(Path(__file__).parent))
 from helpers import save_preference, save_pretrain  # noqa: E402
 
 CHILD = r"""
-import os, signal, sys
+import os, shutil, signal, sys
 from pathlib import Path
 import safetensors.torch
 import torch
 from baton_trainer.stages.finetune import FinetuneConfig
 from baton_trainer.trainer import DiffusionTrainer
 
-# One thread: the trainer is built once and each kill point runs in a fork() of this process, and
-# a fork is only safe while no OpenMP worker threads exist. (Building the trainer is the slow part.)
+# One thread: the trainer is built once and each export runs in a fork() of this process, and a
+# fork is only safe while no OpenMP worker threads exist. (Building the trainer is the slow part.)
 torch.set_num_threads(1)
-world, seed, outs = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]  # outs: "KILL_AT:FOLDER", 0 = no kill
+world, items = Path(sys.argv[1]), sys.argv[2:]
 config = FinetuneConfig(run_dir=str(world / "run"), model=str(world / "tango"), feedback_dataset=str(world / "feedback"), reward_dataset="none",
                         pretrain_dataset=str(world / "pretrain"), output_dir=str(world / "unused"), cache_dir=str(world / "cache"), use_lora=True,
-                        lora_rank=4, report_to="none", duration_s=0.32, seed=seed)
+                        lora_rank=4, report_to="none", duration_s=0.32, seed=0)
 trainer = DiffusionTrainer(config)
 kill_at, out, writes = 0, None, 0
 
@@ -62,39 +62,63 @@ def counted_save_file(tensors, filename, *a, **k):  # safetensors writes from na
     return save_file(tensors, filename, *a, **k)
 safetensors.torch.save_file = counted_save_file
 sys.addaudithook(hook)
-for item in outs:
+
+def export_in_fork(folder, kill, other=False):
+    # the fork exports (an unkilled one exits with its write count); returns the fork's status
     pid = os.fork()
-    if pid == 0:  # the child exports (and is killed at its kill_at-th write); the parent waits
-        kill_at, folder = item.split(":", 1)
-        kill_at, out = int(kill_at), folder
-        trainer.output_dir = Path(out)
-        trainer.config.output_dir = out
+    if pid == 0:
+        global kill_at, out
+        kill_at, out = kill, folder
+        if other:  # another model: other adapter weights
+            with torch.no_grad():
+                for p in trainer.trainable_params:
+                    p.add_(0.05)
+        trainer.output_dir = Path(folder)
+        trainer.config.output_dir = folder
         trainer.export({"global_step": 0})
-        print("WRITES", writes, flush=True)
-        os._exit(0)
+        os._exit(writes)
     _, status = os.waitpid(pid, 0)
-    print("STATUS", item, -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status), flush=True)
+    return -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+
+# items: "whole:FOLDER" or "other:FOLDER" (exported unkilled; prints its write count), then
+# "each:PREFIX[:OLDER]": one export per write k of the last unkilled one into PREFIX<k> (a copy of
+# OLDER first, when given), killed at that write.
+last_writes = 0
+for item in items:
+    kind, rest = item.split(":", 1)
+    if kind in ("whole", "other"):
+        last_writes = export_in_fork(rest, 0, other=kind == "other")
+        print("WRITES", rest, last_writes, flush=True)
+        continue
+    prefix, _, older = rest.partition(":")
+    for k in range(1, last_writes + 1):
+        folder = f"{prefix}{k}"
+        if older:
+            shutil.copytree(older, folder)
+        print("STATUS", folder, k, export_in_fork(folder, k), flush=True)
 """
 
 
-def exports_in_child(world: Path, kills: dict[str, int], seed: int = 0) -> tuple[dict[str, int], int | None, str]:
-    """Exports into each folder of `kills`, each killed at its write (0: not killed); returns the
-    exit code per folder (-9 when killed), the write count of an unkilled export, and stderr."""
+def exports_in_child(world: Path, items: list[str]) -> tuple[dict[str, int], dict[str, tuple[int, int]], str]:
+    """One child process, one trainer, the exports of `items` (see CHILD) each in a fork: returns
+    each unkilled export's write count and each killed export's (kill point, exit code: -9 when killed)."""
     result = subprocess.run(
-        [sys.executable, "-c", CHILD, str(world), str(seed), *(f"{k}:{folder}" for folder, k in kills.items())],
+        [sys.executable, "-c", CHILD, str(world), *items],
         capture_output=True,
         text=True,
         timeout=600,
         env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    codes = {}
+    writes, killed = {}, {}
     for line in result.stdout.splitlines():
-        if line.startswith("STATUS "):
-            item, code = line.split()[1:]
-            codes[item.split(":", 1)[1]] = int(code)
-    writes = [int(line.split()[1]) for line in result.stdout.splitlines() if line.startswith("WRITES ")]
-    return codes, (writes[0] if writes else None), result.stderr
+        if line.startswith("WRITES "):
+            folder, count = line.split()[1:]
+            writes[folder] = int(count)
+        elif line.startswith("STATUS "):
+            folder, k, code = line.split()[1:]
+            killed[folder] = (int(k), int(code))
+    return writes, killed, result.stderr
 
 
 def accepted_as_export(world: Path, out: Path) -> bool:
@@ -128,24 +152,21 @@ def test_an_export_killed_at_any_write_is_never_taken_for_an_export(tmp_path, pr
     save_preference(world / "feedback", n=4)
     save_pretrain(world / "pretrain", n=4)
     whole, older = tmp_path / "whole", tmp_path / "older"
-    codes, writes, err = exports_in_child(world, {str(whole): 0})
-    assert codes == {str(whole): 0} and writes is not None, err[-2000:]
-    assert writes >= 5  # the marker's removal and write, the config, versions and summary, the adapter
+    # a complete export of another model first (other adapter weights), then the whole export, then one killed at each of its writes
+    items = [f"other:{older}"] if previous else []
+    items += [f"whole:{whole}", f"each:{tmp_path / 'killed_'}" + (f":{older}" if previous else "")]
+    writes, killed, err = exports_in_child(world, items)
+    assert writes[str(whole)] >= 5, err[-2000:]  # the marker's removal and write, the config, versions and summary, the adapter
     expected = folder_bytes(whole)
-    if previous:  # a complete export of another model (another seed: other adapter weights)
-        assert exports_in_child(world, {str(older): 0}, seed=1)[0] == {str(older): 0}
-        assert folder_bytes(older) != expected
-    killed = {str(tmp_path / f"killed_{k}"): k for k in range(1, writes + 1)}
     if previous:
-        for folder in killed:
-            shutil.copytree(older, folder)
-    codes, _, err = exports_in_child(world, killed)
-    for folder, k in killed.items():
+        assert folder_bytes(older) != expected
+    assert sorted(k for k, _ in killed.values()) == list(range(1, writes[str(whole)] + 1))
+    for folder, (k, code) in killed.items():
         out = Path(folder)
-        assert codes.get(folder) == -9, f"write {k}: the export was not killed ({codes.get(folder)}): {err[-2000:]}"
+        assert code == -9, f"write {k}: the export was not killed ({code}): {err[-2000:]}"
         if accepted_as_export(world, out):  # the whole new export, or (killed before its first change) the old one untouched
             wholes = [expected, folder_bytes(older)] if previous else [expected]
-            assert folder_bytes(out) in wholes, f"killed at write {k} of {writes}: {out} passes as an export but is no whole export"
+            assert folder_bytes(out) in wholes, f"killed at write {k} of {writes[str(whole)]}: {out} passes as an export but is no whole export"
         shutil.rmtree(out, ignore_errors=True)  # a kill at the first write can come before the folder exists
     assert accepted_as_export(world, whole)
     assert json.loads((whole / "train_summary.json").read_text())["global_step"] == 0

