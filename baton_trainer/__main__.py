@@ -76,6 +76,11 @@ def main(argv: list[str] | None = None) -> int:
         default_file = CONFIG_DIR / "toy.yaml"
     try:
         config = parse_config(config_cls, argv, default_file=default_file)
+        from .runtime import use_the_cores_accelerate_launch_took  # here, not at the top: `--help` stays fast without torch
+
+        threads = use_the_cores_accelerate_launch_took()
+        if threads:
+            print(f"accelerate launch gave this single CPU process 1 thread (OMP_NUM_THREADS=1): using {threads}, one per core", file=sys.stderr)
         function(config)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)

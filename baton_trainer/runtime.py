@@ -38,6 +38,26 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
+def use_the_cores_accelerate_launch_took() -> int | None:
+    """`accelerate launch` run without `--cpu` or a config file sets OMP_NUM_THREADS=1 for its
+    processes, so on a machine without a GPU a single process computes on one core: the default
+    run took 1.3-1.6x as long as on two. Such a process gets a torch thread per physical core it
+    may use, what accelerate itself gives a single process with `--cpu`. Several processes, a GPU,
+    a launch by anything else, or OMP_NUM_THREADS set to anything but 1 keep their threads.
+    Returns the thread count it set, or None."""
+    import psutil  # accelerate's own dependency, as it counts cores the same way
+
+    launched = "ACCELERATE_MIXED_PRECISION" in os.environ and os.environ.get("ACCELERATE_USE_CPU", "False") == "False"
+    if not launched or os.environ.get("OMP_NUM_THREADS") != "1" or int(os.environ.get("WORLD_SIZE", "1")) != 1 or torch.cuda.is_available():
+        return None
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = max(1, min(usable, psutil.cpu_count(logical=False) or usable))
+    if cores == 1:
+        return None
+    torch.set_num_threads(cores)
+    return cores
+
+
 TORCH_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 

@@ -6,11 +6,12 @@ Runs the default command in a fresh folder with this checkout and, in the same s
 machine, with the code of `--baseline_commit` (a `git worktree` put first on PYTHONPATH; 'none'
 skips it and compares with RECORDED_BASELINE below instead). For each: every stage's seconds (from
 the run's run_summary.json), the wall time, the peak resident memory of the process tree, and the
-run's headline result (temporal and integrity accuracy, base and aligned), so a faster run can be
-checked for giving the same result. Prints the baseline / now ratio per stage and in total.
+run's result (every metric of base and aligned), so a faster run can be checked for giving the
+same result. Prints the baseline / now ratio per stage and in total.
 
-`--profile` also runs this checkout's default under cProfile and writes the 60 functions with the
-most cumulative time to benchmarks/results/default_run_profile.txt: where the time goes.
+`--profile` also runs this checkout's default under cProfile (in this process, not under
+`accelerate launch`) and writes the 60 functions with the most cumulative time to
+benchmarks/results/default_run_profile.txt: where the time goes.
 
 Writes benchmarks/results/default_run.json.
 """
@@ -87,7 +88,7 @@ def timed_default_run(folder: Path, code: Path | None) -> dict:
     run = folder / "runs" / "toy"
     stages = {name: info["seconds"] for name, info in json.loads((run / "run_summary.json").read_text())["stages"].items()}
     metrics = json.loads((run / "eval" / "metrics.json").read_text())
-    result = {model: {key: round(metrics[model][key], 4) for key in ("temporal_accuracy", "integrity_accuracy")} for model in ("base", "aligned")}
+    result = {model: {key: round(value, 4) for key, value in metrics[model].items() if isinstance(value, float)} for model in ("base", "aligned")}
     return {"stages": stages, "wall_s": round(wall, 1), "peak_rss_gb": round(peak[0] / 1e9, 2), "result": result}
 
 

@@ -114,3 +114,34 @@ def test_an_unknown_objective_is_refused_with_the_known_ones():
     with pytest.raises(ValueError, match="objective") as error:
         parse_config(FinetuneConfig, ["--objective", "ppo"])
     assert all(name in str(error.value) for name in OBJECTIVES)
+
+
+def test_a_single_cpu_process_under_accelerate_launch_gets_the_cores_back(tmp_path, monkeypatch):
+    """`accelerate launch` without --cpu gives its processes OMP_NUM_THREADS=1; a lone CPU process
+    gets one thread per usable physical core back. Launched otherwise, it keeps what it was given."""
+    import os
+    import shutil
+
+    import psutil
+    import torch
+
+    from baton_trainer.runtime import use_the_cores_accelerate_launch_took
+
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = min(usable, psutil.cpu_count(logical=False) or usable)
+    script = tmp_path / "threads.py"
+    script.write_text(
+        "import os, torch\nfrom baton_trainer.runtime import use_the_cores_accelerate_launch_took as f\n"
+        "print('OMP', os.environ.get('OMP_NUM_THREADS'), 'SET', f(), 'THREADS', torch.get_num_threads())\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS" and not k.startswith("ACCELERATE")}
+    launched = subprocess.run([shutil.which("accelerate"), "launch", str(script)], env=env, capture_output=True, text=True, timeout=300)
+    assert launched.returncode == 0, launched.stderr[-2000:]
+    line = next(x for x in launched.stdout.splitlines() if x.startswith("OMP"))
+    assert line == (f"OMP 1 SET {cores} THREADS {cores}" if cores > 1 else "OMP 1 SET None THREADS 1")
+    plain = subprocess.run([sys.executable, str(script)], env={**env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert plain.stdout.strip() == "OMP 1 SET None THREADS 1"  # not launched by accelerate: the user's setting stands
+    before = torch.get_num_threads()
+    for name, value in {"ACCELERATE_MIXED_PRECISION": "no", "ACCELERATE_USE_CPU": "False", "OMP_NUM_THREADS": "1", "WORLD_SIZE": "2"}.items():
+        monkeypatch.setenv(name, value)
+    assert use_the_cores_accelerate_launch_took() is None and torch.get_num_threads() == before  # several processes share the cores
