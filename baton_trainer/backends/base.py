@@ -268,7 +268,9 @@ class TextToAudioBackend(ABC):
         """Move the model; `dtype` applies to the networks, the mel front end stays float32."""
         for name, module in self.modules().items():
             kwargs = {"device": device} if device is not None else {}
-            if dtype is not None and name != "mel":
+            # only a real cast: diffusers warns about fp32-kept modules on any `to(dtype=...)`, even to the dtype a model has
+            current = next((t.dtype for t in [*module.parameters(), *module.buffers()] if t.is_floating_point()), None)
+            if dtype is not None and name != "mel" and dtype != current:
                 kwargs["dtype"] = dtype
             if kwargs:
                 module.to(**kwargs)
