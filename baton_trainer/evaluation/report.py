@@ -247,14 +247,17 @@ def _pyplot():
     return plt
 
 
-def _plot_metric_bars(metrics: Mapping[str, Mapping[str, Any]], keys: list[str], path: Path, intervals: Mapping[str, Mapping[str, Any]] | None = None) -> bool:
-    fig = metric_bars_figure(metrics, keys, intervals)
+def _write_figure(fig, path: Path) -> bool:
+    """Save a report figure (None: nothing to draw) and free it; whether a file was written."""
     if fig is None:
         return False
-    fig.tight_layout()
     atomic_save_figure(fig, path)
     _pyplot().close(fig)
     return True
+
+
+def _plot_metric_bars(metrics: Mapping[str, Mapping[str, Any]], keys: list[str], path: Path, intervals: Mapping[str, Mapping[str, Any]] | None = None) -> bool:
+    return _write_figure(metric_bars_figure(metrics, keys, intervals), path)
 
 
 def metric_bars_figure(metrics: Mapping[str, Mapping[str, Any]], keys: list[str], intervals: Mapping[str, Mapping[str, Any]] | None = None):
@@ -285,6 +288,7 @@ def metric_bars_figure(metrics: Mapping[str, Mapping[str, Any]], keys: list[str]
         ax.set_title(f"{label} {'' if higher is None else '↑' if higher else '↓'}".strip(), fontsize=9)
         for i, v in enumerate(values):
             ax.annotate(f"{v:.3g}", (i, v), ha="center", va="bottom", fontsize=8)
+    fig.tight_layout()
     return fig
 
 
@@ -312,9 +316,7 @@ def _plot_clap_scatter(per_caption: Sequence[Mapping[str, Any]], models: list[st
     if any(t for *_, t in points):
         ax.legend(fontsize=8)
     fig.tight_layout()
-    atomic_save_figure(fig, path)
-    plt.close(fig)
-    return True
+    return _write_figure(fig, path)
 
 
 def _spectrogram_input(entry: Any, name: str) -> tuple[np.ndarray | None, int, np.ndarray | None]:
@@ -330,12 +332,7 @@ def _spectrogram_input(entry: Any, name: str) -> tuple[np.ndarray | None, int, n
 
 
 def _plot_spectrograms(spectrograms: Mapping[str, Mapping[str, Any]], path: Path) -> bool:
-    fig = spectrograms_figure(spectrograms)
-    if fig is None:
-        return False
-    atomic_save_figure(fig, path)
-    _pyplot().close(fig)
-    return True
+    return _write_figure(spectrograms_figure(spectrograms), path)
 
 
 def spectrograms_figure(spectrograms: Mapping[str, Mapping[str, Any]]):
