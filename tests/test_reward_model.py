@@ -251,3 +251,15 @@ def test_the_fast_clap_features_are_transformers_features_and_save_as_them(tmp_p
     fast.save_pretrained(tmp_path)
     reloaded = AutoFeatureExtractor.from_pretrained(tmp_path)
     assert type(reloaded) is ClapFeatureExtractor and reloaded.to_dict() == plain.to_dict()
+
+
+def test_the_shipped_toy_reward_carries_the_packages_own_hub_code():
+    """The toy reward model's remote-code files are copies of reward_hub's (a model folder must
+    carry its code): a change to one that misses the other would give the Hub pipeline another score."""
+    from pathlib import Path
+
+    from baton_trainer.toyworld.models import PRETRAINED_DIR
+
+    package = Path(reward_hub.__file__).parent
+    for name in ("modeling_baton_reward.py", "pipeline_baton_reward.py"):
+        assert (PRETRAINED_DIR / "toy_reward" / name).read_bytes() == (package / name).read_bytes(), name
