@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .config import ConfigError, config_help, parse_config
-from .stages import annotate, convert_tango, evaluate, export, finetune, generate, import_baton, label, listen, prompts, push, reward, run, users
+from .stages import annotate, convert_tango, evaluate, export, finetune, generate, import_baton, label, listen, plan, prompts, push, reward, run, users
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -39,6 +39,7 @@ STAGES: dict[str, Stage] = {
     "run": Stage(run.RunConfig, run.run, "the whole loop (default: the toy world)"),
     "push": Stage(push.PushConfig, push.push, "upload a reward model, aligned model or dataset to the Hub"),
     "import-baton": Stage(import_baton.ImportBatonConfig, import_baton.import_baton_release, "BATON release JSON -> preference dataset"),
+    "plan": Stage(plan.PlanConfig, plan.plan, "memory of full, LoRA and online fine-tuning, from the model's configs alone"),
     "convert-tango": Stage(convert_tango.ConvertTangoConfig, convert_tango.convert_tango, "original TANGO checkpoint -> diffusers-style folder"),
 }
 

@@ -1,11 +1,15 @@
-"""Small data makers shared by the tests (tiny wav clips and preference datasets)."""
+"""Small data makers shared by the tests (tiny wav clips and preference datasets), and a CPU memory meter."""
 
 from __future__ import annotations
 
+import weakref
 from pathlib import Path
 
 import datasets
 import numpy as np
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from baton_trainer.audio import wav_bytes
 from baton_trainer.data import PRETRAIN_FEATURES, build_dataset
@@ -101,3 +105,34 @@ def run_stage(stage: str, *args: str, threads: int = 1) -> None:
             os.environ.pop("BATON_DEBUG", None)
         else:
             os.environ["BATON_DEBUG"] = debug
+
+
+class LiveTensorBytes(TorchDispatchMode):
+    """The peak bytes of tensor storage alive at once among the tensors made inside the block
+    (each storage counted once, freed when its last tensor goes): the CPU stand-in for
+    `torch.cuda.max_memory_allocated`, which CPU tensors do not have."""
+
+    def __init__(self):
+        super().__init__()
+        self.live = self.peak = 0
+        self.sizes: dict[int, int] = {}
+
+    def _free(self, key: int) -> None:
+        self.live -= self.sizes.pop(key)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for tensor in tree_leaves(out):
+            if isinstance(tensor, torch.Tensor) and tensor.device.type != "meta":
+                storage = tensor.untyped_storage()
+                if storage._cdata not in self.sizes:
+                    self.sizes[storage._cdata] = storage.nbytes()
+                    self.live += storage.nbytes()
+                    self.peak = max(self.peak, self.live)
+                    weakref.finalize(storage, self._free, storage._cdata)
+        return out
+
+
+def storage_bytes(tensors) -> int:
+    """Bytes of the distinct storages under `tensors`."""
+    return sum({t.untyped_storage()._cdata: t.untyped_storage().nbytes() for t in tensors}.values())

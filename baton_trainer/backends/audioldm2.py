@@ -48,6 +48,10 @@ class AudioLDM2Model(MelLatents, TextToAudioBackend):
     # The null conditioning is the base default: the empty caption through the pipeline's encoders,
     # encoded alone like every caption here.
     cfg_dropout = 0.1
+    pipeline_class = AudioLDM2Pipeline
+    # The published checkpoints name GPT2Model, which has no generation helpers in transformers 5;
+    # the pipeline needs GPT2LMHeadModel, whose body is the same weights.
+    component_classes = {"GPT2Model": GPT2LMHeadModel}
 
     def __init__(self, pipe: AudioLDM2Pipeline):
         super().__init__(pipe)
@@ -87,10 +91,10 @@ class AudioLDM2Model(MelLatents, TextToAudioBackend):
         folder = resolve_folder(name_or_path, "model", revision)
         index = load_pretrained(lambda f: json.loads(Path(f).read_text(encoding="utf-8")), folder / "model_index.json", "a pipeline index")
         components = {}
-        if index.get("language_model", [None, None])[1] == "GPT2Model":
-            # The published checkpoints name GPT2Model, which has no generation helpers in
-            # transformers 5; the pipeline needs GPT2LMHeadModel, whose body is the same weights.
-            components["language_model"] = load_pretrained(GPT2LMHeadModel.from_pretrained, folder / "language_model", "a GPT-2 language model")
+        named = index.get("language_model", [None, None])[1]
+        if named in cls.component_classes:
+            language_model = cls.component_classes[named]
+            components["language_model"] = load_pretrained(language_model.from_pretrained, folder / "language_model", f"a {language_model.__name__}")
         pipe = load_pretrained(lambda f: AudioLDM2Pipeline.from_pretrained(f, torch_dtype=torch_dtype, **components), folder, "an AudioLDM2Pipeline")
         model = cls(pipe)
         model.name_or_path = str(name_or_path)

@@ -115,6 +115,11 @@ class TextToAudioBackend(ABC):
     sample_rate: int
     noise_scheduler: object  # the DDPM training schedule for objective "ddpm" (add_noise, its betas)
     pipe: object  # the diffusers pipeline whose components these are
+    pipeline_class: type  # its class (the memory planner builds one from configs alone)
+    # Classes that replace the one model_index.json names, by that name (AudioLDM 2's GPT2Model),
+    # and modules of components whose code travels in the folder, by the folder's module name.
+    component_classes: dict[str, type] = {}
+    custom_components: dict[str, str] = {}
     name_or_path: str = ""
 
     def __init__(self, pipe):

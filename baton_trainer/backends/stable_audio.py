@@ -39,6 +39,7 @@ class StableAudioModel(TextToAudioBackend):
     """A StableAudioPipeline as the trainer sees it; every component stays the pipeline's."""
 
     denoiser_name = "transformer"
+    pipeline_class = StableAudioPipeline
     objective = "v_cosine"
     default_snr_mode = "none"
     cfg_dropout = 0.1  # stable-audio-tools' cfg_dropout_prob: the whole cross-attention context zeroed

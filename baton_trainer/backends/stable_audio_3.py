@@ -41,6 +41,7 @@ class StableAudio3Model(TextToAudioBackend):
     """A StableAudio3Pipeline as the trainer sees it; every component stays the pipeline's."""
 
     denoiser_name = "transformer"
+    pipeline_class = StableAudio3Pipeline
     objective = "flow"
     default_snr_mode = "none"
     default_duration_s = 10.0  # the pipeline's default `duration`

@@ -97,6 +97,8 @@ def _legacy_pipeline(folder: Path, settings: dict) -> TangoPipeline:
 class TangoModel(MelLatents, TextToAudioBackend):
     """A TangoPipeline as the trainer sees it; every component stays the pipeline's."""
 
+    pipeline_class = TangoPipeline
+    custom_components = CUSTOM_COMPONENTS
     default_snr_mode = "tango"  # TANGO's own min(snr, 5) / snr on its v-prediction loss
     cfg_dropout = 0.0  # TANGO's train.py drops 10 % of captions only with --uncondition (off by default)
 
