@@ -12,7 +12,8 @@ Memory per process is then the sum of
     optimiser    AdamW's two fp32 moments per trained parameter
     copies       a frozen reference denoiser (dpo, kto, grpo with kl_beta; full fine-tuning only:
                  under LoRA the reference is the disabled adapter) in the training dtype, and the old
-                 policy of awm and nft (a copy of the trained parameters, fp32)
+                 policy of awm and nft (a copy of the trained parameters, fp32); with
+                 `offload_copies` full fine-tuning keeps both in CPU memory (`host_bytes`)
     activations  kept for backward at the micro-batch the objective forms (dpo: both clips of a
                  pair; grpo: each trained sampler step, both guidance halves; + the pretraining batch)
     rollout      online objectives: the stored trajectories or clean latents of a rollout
@@ -68,6 +69,7 @@ class MemoryEstimate:
     micro_batch: int  # clips through the denoiser with gradient per micro-step
     trained_parameters: int
     parts: dict[str, int] = field(default_factory=dict)
+    host_bytes: int = 0  # copies kept in CPU memory (`offload_copies`), not in `total`
 
     @property
     def total(self) -> int:
@@ -274,16 +276,20 @@ def estimate(model: WeightlessModel, config, mode: str, objective: str, num_proc
         trained = denoiser_parameters
         weights = frozen + denoiser_parameters * 4
     reference = objective in ("dpo", "kto") or (objective == "grpo" and config.kl_beta > 0)
+    copies = {
+        "reference copy": denoiser_parameters * width if reference and mode == "full" else 0,
+        "old policy": trained * 4 if objective in ("awm", "nft") else 0,
+    }
+    offloaded = config.offload_copies and mode == "full"
     parts = {
         "weights": weights,
         "gradients": trained * 4,
         "optimiser": trained * 8,
-        "reference copy": denoiser_parameters * width if reference and mode == "full" else 0,
-        "old policy": trained * 4 if objective in ("awm", "nft") else 0,
+        **{name: 0 if offloaded else size for name, size in copies.items()},
         "activations": activations,
         "rollout": rollout_clips * latent_elements * 4 * (config.rollout_steps + 1 if objective == "grpo" else 2),
     }
-    return MemoryEstimate(mode, objective, clips, trained, parts)
+    return MemoryEstimate(mode, objective, clips, trained, parts, sum(copies.values()) if offloaded else 0)
 
 
 def plan(config, num_processes: int = 1, online_objective: str = "grpo") -> dict:
@@ -315,7 +321,7 @@ def format_plan(result: dict) -> str:
     lines += ["", f"memory ({unit}): " + " | ".join(["way of training", "clips", *parts, "total"])]
     for e in result["estimates"]:
         cells = [f"{e['objective']} {e['mode']}", str(e["micro_batch"]), *(f"{e['parts'][p] / scale:.2f}" for p in parts), f"{e['total'] / scale:.2f}"]
-        lines.append("  " + " | ".join(cells))
+        lines.append("  " + " | ".join(cells) + (f"  (+ {e['host_bytes'] / scale:.2f} in CPU memory)" if e["host_bytes"] else ""))
     lines += [
         "",
         "clips: through the denoiser with gradient per micro-step (dpo: both of a pair; grpo: every trained sampler step, both guidance halves).",

@@ -107,29 +107,31 @@ def run_stage(stage: str, *args: str, threads: int = 1) -> None:
             os.environ["BATON_DEBUG"] = debug
 
 
-class LiveTensorBytes(TorchDispatchMode):
-    """The peak bytes of tensor storage alive at once among the tensors made inside the block
-    (each storage counted once, freed when its last tensor goes): the CPU stand-in for
-    `torch.cuda.max_memory_allocated`, which CPU tensors do not have."""
+class PeakTensorBytes(TorchDispatchMode):
+    """The peak bytes of tensor storage allocated while the mode is on and still alive. torch keeps
+    peak-memory statistics for CUDA only (`torch.cuda.max_memory_allocated`), so on CPU every
+    operator's outputs are counted here until their storage is freed."""
 
     def __init__(self):
         super().__init__()
         self.live = self.peak = 0
-        self.sizes: dict[int, int] = {}
+        self._storages: set[int] = set()
 
-    def _free(self, key: int) -> None:
-        self.live -= self.sizes.pop(key)
+    def _freed(self, key, nbytes):
+        self._storages.discard(key)
+        self.live -= nbytes
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         for tensor in tree_leaves(out):
-            if isinstance(tensor, torch.Tensor) and tensor.device.type != "meta":
+            if isinstance(tensor, torch.Tensor) and tensor.device.type == "cpu":
                 storage = tensor.untyped_storage()
-                if storage._cdata not in self.sizes:
-                    self.sizes[storage._cdata] = storage.nbytes()
-                    self.live += storage.nbytes()
+                key, nbytes = storage.data_ptr(), storage.nbytes()
+                if nbytes and key not in self._storages:  # a view or an in-place result adds nothing
+                    self._storages.add(key)
+                    self.live += nbytes
                     self.peak = max(self.peak, self.live)
-                    weakref.finalize(storage, self._free, storage._cdata)
+                    weakref.finalize(storage, self._freed, key, nbytes)
         return out
 
 

@@ -3,13 +3,10 @@ reward-ranked fine-tuning beside BATON, on tiny models of every backend."""
 
 import json
 import math
-import weakref
 
 import pytest
 import torch
-from helpers import save_audio_alpaca, save_pretrain, train, training_data
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
+from helpers import PeakTensorBytes, save_audio_alpaca, save_pretrain, train, training_data
 
 from baton_trainer.testing import save_tiny_audioldm2, save_tiny_stable_audio, save_tiny_stable_audio_3, save_tiny_tango
 
@@ -123,34 +120,6 @@ def test_a_rerun_of_the_same_data_reads_the_reference_losses_and_trains_the_same
     off, expected = run("off", cache_reference_losses=False, **{beta_key: 500.0})
     assert off is None and weights.keys() == expected.keys() and all(torch.equal(weights[k], expected[k]) for k in weights)
     assert run("other_seed", seed=4, **{beta_key: 500.0})[0] == (3, 0)
-
-
-class PeakTensorBytes(TorchDispatchMode):
-    """The peak bytes of tensor storage allocated while the mode is on and still alive. torch keeps
-    peak-memory statistics for CUDA only (`torch.cuda.max_memory_allocated`), so on CPU every
-    operator's outputs are counted here until their storage is freed."""
-
-    def __init__(self):
-        super().__init__()
-        self.live = self.peak = 0
-        self._storages: set[int] = set()
-
-    def _freed(self, key, nbytes):
-        self._storages.discard(key)
-        self.live -= nbytes
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for tensor in tree_leaves(out):
-            if isinstance(tensor, torch.Tensor) and tensor.device.type == "cpu":
-                storage = tensor.untyped_storage()
-                key, nbytes = storage.data_ptr(), storage.nbytes()
-                if nbytes and key not in self._storages:  # a view or an in-place result adds nothing
-                    self._storages.add(key)
-                    self.live += nbytes
-                    self.peak = max(self.peak, self.live)
-                    weakref.finalize(storage, self._freed, key, nbytes)
-        return out
 
 
 def test_lora_dpo_needs_no_more_memory_than_lora_baton_and_full_dpo_one_frozen_copy_more(world, tmp_path):

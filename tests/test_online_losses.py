@@ -133,3 +133,23 @@ def test_nft_with_the_old_policy_equal_to_the_current_one_has_the_documented_val
     (grad,) = torch.autograd.grad(loss, pred)
     stepped = to_clean(pred.detach() - 1e-3 * grad)
     assert (stepped - clean).pow(2).sum() < (to_clean(pred.detach()) - clean).pow(2).sum()
+
+
+@pytest.mark.parametrize("on_cpu", [False, True])
+def test_the_old_policy_swaps_in_exactly_and_restores_the_current_weights(on_cpu):
+    from baton_trainer.objectives.online import OldPolicy
+
+    module = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 2))
+    module[1].requires_grad_(False)  # only trained parameters have an old policy
+    old = {k: v.clone() for k, v in module.state_dict().items()}
+    policy = OldPolicy(module, decay=0.5, on_cpu=on_cpu)
+    assert len(policy.copy) == 2 and all(c.device.type == "cpu" for c in policy.copy)
+    with torch.no_grad():
+        module[0].weight.add_(1.0)
+    current = {k: v.clone() for k, v in module.state_dict().items()}
+    x = torch.randn(3, 4)
+    with policy.swapped_in():
+        assert torch.equal(module(x), torch.nn.functional.linear(torch.nn.functional.linear(x, old["0.weight"], old["0.bias"]), old["1.weight"], old["1.bias"]))
+    assert all(torch.equal(v, current[k]) for k, v in module.state_dict().items())
+    policy.update()  # EMA: old <- 0.5 old + 0.5 current
+    torch.testing.assert_close(policy.copy[0], 0.5 * old["0.weight"] + 0.5 * current["0.weight"])

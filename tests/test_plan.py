@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 import torch
-from helpers import LiveTensorBytes, storage_bytes
+from helpers import PeakTensorBytes, storage_bytes
 
 from baton_trainer.__main__ import main
 from baton_trainer.backends import load_backend
@@ -51,7 +51,7 @@ def measured_peak(config: FinetuneConfig) -> int:
         waveforms = 0.1 * torch.randn(clips, int(backend.duration_s * backend.sample_rate), generator=torch.Generator().manual_seed(0))
         batch = EncodedSet(captions, torch.ones(clips), backend.encode_audio(waveforms), backend.encode_text(captions, backend.duration_s))
     weights = storage_bytes(t for module in backend.modules().values() for t in [*module.parameters(), *module.buffers()])
-    meter = LiveTensorBytes()
+    meter = PeakTensorBytes()
     with meter:
         for step in range(3):  # AdamW makes its moments at the first step: the later steps hold everything at once
             loss, _ = trainer.training_loss(batch, None, step, 0)
@@ -89,6 +89,9 @@ def test_plan_grows_with_the_batch_and_knows_each_objectives_copies(tmp_path):
     assert dpo_full.micro_batch == 2 * estimate(model, small, "full", "kto").micro_batch
     awm = estimate(model, small, "lora", "awm")
     assert awm.parts["old policy"] == 4 * awm.trained_parameters and awm.trained_parameters < dpo_full.trained_parameters / 5
+    offloaded = estimate(model, PlanConfig(model=model.folder.as_posix(), train_batch_size=2, offload_copies=True), "full", "dpo")
+    assert offloaded.parts["reference copy"] == 0 and offloaded.host_bytes == dpo_full.parts["reference copy"]
+    assert offloaded.total == dpo_full.total - dpo_full.parts["reference copy"]
 
 
 def test_plan_command_prints_the_tables_and_writes_json(tmp_path, capsys):

@@ -50,32 +50,36 @@ ROLLOUT_STREAM, ONLINE_STREAM = 2, 3  # beside the feedback (0) and pretraining 
 class OldPolicy:
     """The trainable parameters of the old policy: a copy taken at each rollout (decay 0) or an EMA
     (old <- decay * old + (1 - decay) * current). Under LoRA they are the adapter's only; under full
-    fine-tuning the whole denoiser (one more copy of its weights in memory)."""
+    fine-tuning the whole denoiser: one more copy of its weights, in accelerator memory or, with
+    `on_cpu` (`offload_copies`), in CPU memory."""
 
-    def __init__(self, module: torch.nn.Module, decay: float):
+    def __init__(self, module: torch.nn.Module, decay: float, on_cpu: bool = False):
         self.params = [p for p in module.parameters() if p.requires_grad]
-        self.copy = [p.detach().clone() for p in self.params]
+        self.copy = [p.detach().to("cpu" if on_cpu else p.device, copy=True) for p in self.params]
         self.decay = decay
 
     @torch.no_grad()
     def update(self) -> None:
         for old, current in zip(self.copy, self.params):
-            old.mul_(self.decay).add_(current.detach(), alpha=1 - self.decay)
+            old.mul_(self.decay).add_(current.detach().to(old.device), alpha=1 - self.decay)
+
+    @torch.no_grad()
+    def _exchange(self) -> None:
+        # one parameter at a time: the exchange holds one parameter's worth more, not a third copy
+        for p, old in zip(self.params, self.copy):
+            mine = p.detach().clone()
+            p.copy_(old)
+            old.copy_(mine)
 
     @contextlib.contextmanager
     def swapped_in(self):
         """The module runs with the old weights inside the block (no gradient), its own after."""
-        saved = [p.detach().clone() for p in self.params]
-        with torch.no_grad():
-            for p, old in zip(self.params, self.copy):
-                p.copy_(old)
+        self._exchange()
         try:
             with torch.no_grad():
                 yield
         finally:
-            with torch.no_grad():
-                for p, mine in zip(self.params, saved):
-                    p.copy_(mine)
+            self._exchange()
 
 
 class RolloutStore:
@@ -139,7 +143,7 @@ class OnlineObjective(Objective):
             draw.duration_s,
         )
         self.clip_range = cfg.clip_range if cfg.clip_range is not None else self.default_clip_range
-        self.old_policy = OldPolicy(denoiser, cfg.old_policy_decay) if self.uses_old_policy else None
+        self.old_policy = OldPolicy(denoiser, cfg.old_policy_decay, cfg.offload_copies and not cfg.use_lora) if self.uses_old_policy else None
         from ..rewards import training_rewards  # here: the rewards load models, which a config check does not need
 
         self.rewards = training_rewards(cfg, acc.device)
@@ -399,7 +403,7 @@ class GRPOObjective(OnlineObjective):
         if self.config.kl_beta > 0:
             from .reference import ReferenceModel  # only with a KL term
 
-            self.reference = ReferenceModel(denoiser, draw, self.config.use_lora)
+            self.reference = ReferenceModel(denoiser, draw, self.config.use_lora, self.config.offload_copies)
 
     def trained_steps(self, step: int, micro: int) -> list[int]:
         """This micro-step's share of the sampler steps trained at `step` (a seeded choice)."""

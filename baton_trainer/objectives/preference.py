@@ -22,7 +22,7 @@ class ReferenceObjective(Objective):
 
     def attach(self, denoiser, draw):
         super().attach(denoiser, draw)
-        self.reference = ReferenceModel(denoiser, draw, self.config.use_lora)
+        self.reference = ReferenceModel(denoiser, draw, self.config.use_lora, self.config.offload_copies)
 
     def begin(self, denoiser, feedback):
         cfg, draw = self.config, self.draw

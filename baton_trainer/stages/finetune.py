@@ -139,6 +139,12 @@ class FinetuneConfig:
     clip_range: float | None = field(default=None, metadata={"help": "grpo/awm: PPO clip range of the ratio (default grpo 1e-4, awm 1e-2)"})
     kl_beta: float = field(default=0.0, metadata={"help": "grpo: weight of the closed-form KL to the reference (base) model per trained step"})
     nft_beta: float = field(default=1.0, metadata={"help": "nft: the implicit policies' step b (not a KL weight)"})
+    offload_copies: bool = field(
+        default=False,
+        metadata={
+            "help": "full fine-tuning: keep the frozen reference (dpo, kto, grpo's KL) and the old policy (awm, nft) in CPU memory (LoRA keeps neither: its reference is the disabled adapter)"
+        },
+    )
     old_policy_decay: float = field(default=0.0, metadata={"help": "awm/nft: EMA decay of the old policy at each rollout (0: the sampling policy)"})
     eval_rewards: list[Any] | None = field(
         default=None, metadata={"help": "online: the judges (e.g. [oracle] in the toy world), kept apart from the training rewards; needs judge_every"}
