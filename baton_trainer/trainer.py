@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration, set_seed
+from accelerate.utils import DistributedType, ProjectConfiguration, set_seed
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import cast_training_params
 from peft import LoraConfig
@@ -129,15 +129,23 @@ class DiffusionTrainer:
     def _save_model_hook(self, models, weights, output_dir):
         # Write the trained part in the export format (adapter or denoiser, safetensors) instead of
         # accelerate's generic pickle of the whole model, so that resume restores the adapter.
+        state = self._whole_state()
         if self.accelerator.is_main_process:
-            self.backend.save_trained(output_dir, self.export_mode, base=self.config.model)
+            self.backend.save_trained(output_dir, self.export_mode, base=self.config.model, state_dict=state)
         while weights:
             weights.pop()
 
     def _load_model_hook(self, models, input_dir):
-        denoiser = self.accelerator.unwrap_model(models.pop()) if models else self.backend.denoiser
-        self.backend.restore_trained(denoiser, input_dir)
+        if not models:  # FSDP and DeepSpeed restored the model themselves, from their own files in the checkpoint
+            return
+        self.backend.restore_trained(self.accelerator.unwrap_model(models.pop()), input_dir)
         models.clear()
+
+    def _whole_state(self) -> dict | None:
+        """The denoiser's whole state dict where an engine shards it (FSDP, DeepSpeed: gathered from
+        every rank, so every rank must call this), None where the module holds it whole."""
+        acc = self.accelerator
+        return acc.get_state_dict(self.denoiser) if acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED) else None
 
     @property
     def export_mode(self) -> str:
@@ -276,12 +284,13 @@ class DiffusionTrainer:
         acc, cfg = self.accelerator, self.config
         out = self.output_dir
         acc.wait_for_everyone()
+        state = self._whole_state()
         if acc.is_main_process:
             (out / EXPORT_FILE).unlink(missing_ok=True)  # a previous export's marker must not vouch for this one's files
             self.backend.denoiser = acc.unwrap_model(self.denoiser)
             atomic_write_json(out / "finetune_config.json", config_to_dict(cfg))
             atomic_write_json(out / "versions.json", library_versions())
             atomic_write_json(out / "train_summary.json", summary)
-            self.backend.save_trained(out, self.export_mode, base=cfg.model)  # writes the marker last
+            self.backend.save_trained(out, self.export_mode, base=cfg.model, state_dict=state)  # writes the marker last
         acc.wait_for_everyone()
         return out

@@ -182,3 +182,21 @@ def test_the_code_shipped_in_the_toy_folder_is_the_packages():
 
     assert (TOY_TANGO_PATH / "pipeline_tango.py").read_text() == Path(pipeline_module.__file__).read_text()
     assert (TOY_TANGO_PATH / "vocoder" / "griffin_lim_vocoder.py").read_text() == Path(vocoder_module.__file__).read_text()
+
+
+@pytest.mark.parametrize("mode", ["lora", "full"])
+def test_an_export_from_a_gathered_state_dict_is_the_export_from_the_module(trained, mode, tmp_path):
+    """FSDP and DeepSpeed hand the trainer the denoiser's whole state gathered from the shards: the
+    export written from it holds the same tensors and loads the same way as one from the module."""
+    from safetensors.torch import load_file
+
+    model = TangoModel.from_pretrained(trained / "base", export=trained / mode)
+    model.save_trained(tmp_path / "module", mode)
+    state = model.denoiser.state_dict()
+    model.save_trained(tmp_path / "gathered", mode, state_dict={k: v.clone() for k, v in state.items()})
+    model.save_trained(tmp_path / "doubled", mode, state_dict={k: 2 * v for k, v in state.items()})  # the file comes from the state given
+    name = "pytorch_lora_weights.safetensors" if mode == "lora" else "unet/diffusion_pytorch_model.safetensors"
+    module, gathered, doubled = (load_file(tmp_path / folder / name) for folder in ("module", "gathered", "doubled"))
+    assert module.keys() == gathered.keys() == doubled.keys()
+    assert all(torch.equal(module[k], gathered[k]) and torch.equal(2 * module[k], doubled[k]) for k in module)
+    torch.testing.assert_close(latents_of(TangoModel.from_pretrained(trained / "base", export=tmp_path / "gathered")), latents_of(model), rtol=0, atol=0)

@@ -350,8 +350,10 @@ class TextToAudioBackend(ABC):
     # (`unet/`, passed to `from_pretrained(BASE, unet=...)`), with `baton_export.json` naming the
     # mode and the base.
 
-    def save_trained(self, folder: str | Path, mode: str, base: str | None = None) -> None:
-        """Export what was trained: a LoRA adapter (`mode="lora"`) or the full denoiser (`"full"`)."""
+    def save_trained(self, folder: str | Path, mode: str, base: str | None = None, state_dict: dict | None = None) -> None:
+        """Export what was trained: a LoRA adapter (`mode="lora"`) or the full denoiser (`"full"`),
+        from `state_dict` where given (the whole state an engine that shards the denoiser, FSDP or
+        DeepSpeed, gathered), else from the module itself."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         # The marker says "this folder is a whole export": off before the first file is written,
@@ -369,7 +371,8 @@ class TextToAudioBackend(ABC):
             from diffusers.utils import convert_state_dict_to_diffusers
             from peft.utils import get_peft_model_state_dict
 
-            layers = convert_state_dict_to_diffusers({k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(self.denoiser).items()})
+            adapter = get_peft_model_state_dict(self.denoiser, state_dict=state_dict)
+            layers = convert_state_dict_to_diffusers({k: v.detach().cpu().contiguous() for k, v in adapter.items()})
             # diffusers' LoRA file: keys and adapter config under the denoiser's name ("unet." as
             # `save_lora_weights` writes for TANGO's pipeline, "transformer." for DiT pipelines).
             prefix = self.denoiser_name
@@ -382,8 +385,16 @@ class TextToAudioBackend(ABC):
                 safe_serialization=True,
                 lora_adapter_metadata={f"{prefix}.{k}": v for k, v in self.denoiser.peft_config["default"].to_dict().items()},
             )
-        elif mode == "full":
+        elif mode == "full" and state_dict is None:
             self.denoiser.save_pretrained(str(folder / self.denoiser_name), safe_serialization=True)
+        elif mode == "full":
+            # what save_pretrained writes (its config and one safetensors file), from the gathered state
+            from diffusers.utils import SAFETENSORS_WEIGHTS_NAME  # lazy: see the top
+            from safetensors.torch import save_file
+
+            self.denoiser.save_config(str(folder / self.denoiser_name))
+            tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
+            save_file(tensors, str(folder / self.denoiser_name / SAFETENSORS_WEIGHTS_NAME), metadata={"format": "pt"})
         else:
             raise ValueError(f"unknown export mode '{mode}' (expected lora or full)")
         atomic_write_json(folder / EXPORT_FILE, {"mode": mode, "base": base})

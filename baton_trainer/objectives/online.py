@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from accelerate.utils import DistributedType
 
 from ..atomic import atomic_save_figure, atomic_write_json
 from ..denoising import Batch, step_generator
@@ -143,6 +144,12 @@ class OnlineObjective(Objective):
             draw.duration_s,
         )
         self.clip_range = cfg.clip_range if cfg.clip_range is not None else self.default_clip_range
+        sharded = acc.distributed_type == DistributedType.FSDP or (acc.distributed_type == DistributedType.DEEPSPEED and acc.state.deepspeed_plugin.zero_stage == 3)
+        if self.uses_old_policy and sharded:
+            raise ValueError(
+                f"{self.name}: its old policy is a copy of the trained parameters, which FSDP and DeepSpeed ZeRO-3 shard after the copy is taken: "
+                "run it under DDP or DeepSpeed ZeRO-2 (docs/scale.md)"
+            )
         self.old_policy = OldPolicy(denoiser, cfg.old_policy_decay, cfg.offload_copies and not cfg.use_lora) if self.uses_old_policy else None
         from ..rewards import training_rewards  # here: the rewards load models, which a config check does not need
 
