@@ -122,6 +122,9 @@ class DiffusionTrainer:
             weight_decay=cfg.adam_weight_decay,
             eps=cfg.adam_epsilon,
         )
+        if acc.distributed_type == DistributedType.DEEPSPEED:
+            # DeepSpeed sizes its engine from a dataloader, and the trainer has none (the objective draws its batches)
+            acc.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = cfg.train_batch_size
         self.denoiser, self.optimizer = acc.prepare(denoiser, self.optimizer)
         acc.register_save_state_pre_hook(self._save_model_hook)
         acc.register_load_state_pre_hook(self._load_model_hook)

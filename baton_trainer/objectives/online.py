@@ -144,7 +144,9 @@ class OnlineObjective(Objective):
             draw.duration_s,
         )
         self.clip_range = cfg.clip_range if cfg.clip_range is not None else self.default_clip_range
-        sharded = acc.distributed_type == DistributedType.FSDP or (acc.distributed_type == DistributedType.DEEPSPEED and acc.state.deepspeed_plugin.zero_stage == 3)
+        sharded = acc.distributed_type == DistributedType.FSDP or (
+            acc.distributed_type == DistributedType.DEEPSPEED and acc.state.deepspeed_plugin.zero_stage == 3
+        )
         if self.uses_old_policy and sharded:
             raise ValueError(
                 f"{self.name}: its old policy is a copy of the trained parameters, which FSDP and DeepSpeed ZeRO-3 shard after the copy is taken: "
