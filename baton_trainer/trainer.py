@@ -80,7 +80,8 @@ class DiffusionTrainer:
         set_seed(cfg.seed)  # adapter initialisation and anything else drawn from the global RNG
         for module in backend.frozen_modules():
             module.requires_grad_(False)
-            module.to(acc.device, dtype=weight_dtype)
+            # a module without parameters is signal processing (a Griffin-Lim vocoder): it stays float32
+            module.to(acc.device, dtype=weight_dtype if any(True for _ in module.parameters()) else None)
         if hasattr(backend, "mel"):
             backend.mel.to(acc.device)
         denoiser = backend.denoiser

@@ -25,6 +25,49 @@ from pathlib import Path
 METHODS = ("baton", "grpo", "awm", "nft")
 
 
+def step_times(trainer, data, steps: int) -> dict[str, float]:
+    """Mean seconds of `steps` optimisation steps of `trainer` on `data` (after one warm-up step),
+    split into rollout (the sampler), reward (decoding and scoring) and update (the rest: loss,
+    backward, optimiser), where the objective has rollouts."""
+    import torch
+
+    spent = {"rollout": 0.0, "reward": 0.0}
+    objective = trainer.objective
+    if hasattr(objective, "sampler"):  # time the two parts of a rollout where the objective calls them
+
+        def timed(part, function):
+            def wrapper(*args, **kwargs):
+                started = time.perf_counter()
+                try:
+                    return function(*args, **kwargs)
+                finally:
+                    spent[part] += time.perf_counter() - started
+
+            return wrapper
+
+        objective.sampler.sample = timed("rollout", objective.sampler.sample)
+        objective.score = timed("reward", objective.score)
+    device = trainer.accelerator.device
+    totals = []
+    for step in range(steps + 1):
+        before = dict(spent)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        started = time.perf_counter()
+        loss, _ = trainer.training_loss(data, None, step, 0)
+        trainer.accelerator.backward(loss)
+        trainer.optimizer.step()
+        trainer.optimizer.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        total = time.perf_counter() - started
+        if step > 0:  # the first step warms up (and builds the samplers' caches)
+            totals.append({"total": total, **{k: spent[k] - before[k] for k in spent}})
+    mean = {k: sum(t[k] for t in totals) / len(totals) for k in totals[0]}
+    mean["update"] = mean["total"] - mean["rollout"] - mean["reward"]
+    return mean
+
+
 def measure(backend: str, method: str, steps: int, clips: int, root: Path) -> dict:
     """One method's step times (this process only)."""
     import torch
@@ -60,35 +103,7 @@ def measure(backend: str, method: str, steps: int, clips: int, root: Path) -> di
     )
     trainer = DiffusionTrainer(config)
     data, _ = load_training_data(trainer.config, trainer.objective, trainer.latent_cache)
-    spent = {"rollout": 0.0, "reward": 0.0}
-    objective = trainer.objective
-    if method != "baton":  # time the two parts of a rollout where the objective calls them
-
-        def timed(part, function):
-            def wrapper(*args, **kwargs):
-                started = time.perf_counter()
-                try:
-                    return function(*args, **kwargs)
-                finally:
-                    spent[part] += time.perf_counter() - started
-
-            return wrapper
-
-        objective.sampler.sample = timed("rollout", objective.sampler.sample)
-        objective.score = timed("reward", objective.score)
-    totals = []
-    for step in range(steps + 1):
-        before = dict(spent)
-        started = time.perf_counter()
-        loss, _ = trainer.training_loss(data, None, step, 0)
-        trainer.accelerator.backward(loss)
-        trainer.optimizer.step()
-        trainer.optimizer.zero_grad(set_to_none=True)
-        total = time.perf_counter() - started
-        if step > 0:  # the first step warms up (and builds the samplers' caches)
-            totals.append({"total": total, **{k: spent[k] - before[k] for k in spent}})
-    mean = {k: sum(t[k] for t in totals) / len(totals) for k in totals[0]}
-    mean["update"] = mean["total"] - mean["rollout"] - mean["reward"]
+    mean = step_times(trainer, data, steps)
     return {
         "backend": backend,
         "method": method,

@@ -270,12 +270,13 @@ class TextToAudioBackend(ABC):
         return found
 
     def to(self, device=None, dtype=None):
-        """Move the model; `dtype` applies to the networks, the mel front end stays float32."""
+        """Move the model; `dtype` applies to the networks: a module without parameters is signal
+        processing (the mel front end, a Griffin-Lim vocoder) and stays float32."""
         for name, module in self.modules().items():
             kwargs = {"device": device} if device is not None else {}
             # only a real cast: diffusers warns about fp32-kept modules on any `to(dtype=...)`, even to the dtype a model has
             current = next((t.dtype for t in [*module.parameters(), *module.buffers()] if t.is_floating_point()), None)
-            if dtype is not None and name != "mel" and dtype != current:
+            if dtype is not None and dtype != current and any(True for _ in module.parameters()):
                 kwargs["dtype"] = dtype
             if kwargs:
                 module.to(**kwargs)
