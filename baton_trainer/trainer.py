@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from .atomic import atomic_write_json
 from .backends import EXPORT_FILE, TextToAudioBackend, load_backend
+from .backends.base import move
 from .config import config_to_dict
 from .denoising import DenoisingDraw
 from .latent_cache import EncodedSet, LatentCache, PairedSet
@@ -80,14 +81,13 @@ class DiffusionTrainer:
         set_seed(cfg.seed)  # adapter initialisation and anything else drawn from the global RNG
         for module in backend.frozen_modules():
             module.requires_grad_(False)
-            # a module without parameters is signal processing (a Griffin-Lim vocoder): it stays float32
-            module.to(acc.device, dtype=weight_dtype if any(True for _ in module.parameters()) else None)
+            move(module, acc.device, weight_dtype)
         if hasattr(backend, "mel"):
             backend.mel.to(acc.device)
         denoiser = backend.denoiser
         if cfg.use_lora:
             denoiser.requires_grad_(False)
-            denoiser.to(acc.device, dtype=weight_dtype)
+            move(denoiser, acc.device, weight_dtype)
             if getattr(denoiser, "peft_config", None):  # an adapter loaded from an export (an online round): train it on
                 backend.switch_adapters(denoiser, True)
             else:
@@ -108,7 +108,7 @@ class DiffusionTrainer:
                 # Parts text-to-audio never calls (an inpainting input) get no gradient; DDP would stop on them.
                 if any(name.startswith(prefix) or f".{prefix}" in name for prefix in backend.unused_denoiser_parts):
                     parameter.requires_grad_(False)
-            denoiser.to(acc.device, dtype=torch.float32)
+            move(denoiser, acc.device, torch.float32)
         self.objective.attach(denoiser, self.draw)  # before gradient checkpointing and wrapping: a reference copy is a plain module
         if cfg.gradient_checkpointing:
             denoiser.enable_gradient_checkpointing()

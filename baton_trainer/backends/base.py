@@ -97,6 +97,27 @@ def import_own_components(folder: str | Path) -> None:
             importlib.import_module(entry[0])
 
 
+def move(module: torch.nn.Module, device=None, dtype=None) -> torch.nn.Module:
+    """`module.to(device, dtype)`, casting only a module with parameters (one without is signal
+    processing: a mel front end, a Griffin-Lim vocoder, which stays float32) and only to another dtype."""
+    kwargs = {"device": device} if device is not None else {}
+    current = next((p.dtype for p in module.parameters() if p.is_floating_point()), None)
+    if dtype is not None and current is not None and dtype != current:
+        kwargs["dtype"] = dtype
+    if "dtype" in kwargs and not getattr(module, "_keep_in_fp32_modules", None):
+        # diffusers (0.42) warns "modules ... should be kept in float32: []" on every cast of a model
+        # that keeps none in float32 (it tests the list against None): muted for those models only.
+        from diffusers.utils import logging  # lazy: a config check imports this module (see the top)
+
+        verbosity = logging.get_verbosity()
+        logging.set_verbosity_error()
+        try:
+            return module.to(**kwargs)
+        finally:
+            logging.set_verbosity(verbosity)
+    return module.to(**kwargs) if kwargs else module
+
+
 def mono_into_channels(waveforms: torch.Tensor, vae: torch.nn.Module) -> torch.Tensor:
     """The project's mono waveforms (B, samples) copied into each of the VAE's `audio_channels`, on
     its device and in its dtype, as stable-audio-tools feeds mono files to a stereo model."""
@@ -272,14 +293,8 @@ class TextToAudioBackend(ABC):
     def to(self, device=None, dtype=None):
         """Move the model; `dtype` applies to the networks: a module without parameters is signal
         processing (the mel front end, a Griffin-Lim vocoder) and stays float32."""
-        for name, module in self.modules().items():
-            kwargs = {"device": device} if device is not None else {}
-            # only a real cast: diffusers warns about fp32-kept modules on any `to(dtype=...)`, even to the dtype a model has
-            current = next((t.dtype for t in [*module.parameters(), *module.buffers()] if t.is_floating_point()), None)
-            if dtype is not None and dtype != current and any(True for _ in module.parameters()):
-                kwargs["dtype"] = dtype
-            if kwargs:
-                module.to(**kwargs)
+        for module in self.modules().values():
+            move(module, device, dtype)
         return self
 
     def eval(self):

@@ -16,6 +16,10 @@ Three parts, each through the trainer and pipeline users run, in bf16:
    steps, and the latents' largest difference between the two.
 3. **An online step** (grpo, groups of 4, the toy BATON reward): rollout, reward and update seconds
    (`benchmarks/online_step.py`'s `step_times`).
+4. **The engines**: the toy TANGO fine-tuned for a few steps under each shipped accelerate config
+   (one process: DDP, FSDP, DeepSpeed ZeRO-2 and ZeRO-3 where deepspeed is installed), through
+   `accelerate launch -m baton_trainer finetune`; each export is loaded and its weights compared
+   with the DDP run's. accelerate runs FSDP and DeepSpeed on GPUs only: `--tiny` runs the CPU config.
 
 Writes `benchmarks/results/gpu_<device>.json` (`--out_dir`) and prints each part as it finishes.
 """
@@ -252,6 +256,48 @@ def online_part(device: torch.device, tiny: bool, root: Path, steps: int) -> dic
     }
 
 
+def engines_part(device: torch.device, root: Path) -> list[dict]:
+    """Each shipped accelerate config on one process: exit status, seconds, and the export's largest
+    weight difference from the first config's (DDP on a GPU, the CPU config with --tiny)."""
+    import importlib.util
+    import os
+    import subprocess
+
+    from safetensors.torch import load_file
+
+    from baton_trainer.backends import load_backend
+    from baton_trainer.testing import save_synthetic_ratings
+    from baton_trainer.toyworld.models import TOY_TANGO_PATH
+
+    configs = Path(__file__).resolve().parents[2] / "baton_trainer" / "configs" / "accelerate"
+    names = ["ddp_2gpu", "fsdp_8gpu", "deepspeed_zero2", "deepspeed_zero3"] if device.type == "cuda" else ["cpu_2proc"]
+    ratings = save_synthetic_ratings(root / "engine_ratings", n_captions=4, clips_per_caption=2)
+    rows, reference = [], None
+    for name in names:
+        if name.startswith("deepspeed") and importlib.util.find_spec("deepspeed") is None:
+            rows.append({"config": name, "error": "deepspeed is not installed (pip install deepspeed)"})
+            continue
+        out = root / f"engine_{name}"
+        command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(configs / f"{name}.yaml"), "--num_processes", "1"]
+        command += ["-m", "baton_trainer", "finetune", "--model", str(TOY_TANGO_PATH), "--run_dir", str(root / "engine_run"), "--output_dir", str(out)]
+        command += ["--feedback_dataset", str(ratings), "--reward_dataset", "none", "--cache_dir", str(root / f"engine_cache_{name}")]
+        command += ["--train_batch_size", "4", "--max_train_steps", "3", "--learning_rate", "1e-4", "--report_to", "none", "--seed", "0"]
+        started = time.perf_counter()
+        result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}, timeout=300)
+        row = {"config": name, "returncode": result.returncode, "seconds": time.perf_counter() - started}
+        if result.returncode:
+            row["error"] = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "no output"
+        else:
+            weights = load_file(out / "unet" / "diffusion_pytorch_model.safetensors")
+            reference = reference or weights
+            row["largest_weight_difference"] = max((weights[k].float() - reference[k].float()).abs().max().item() for k in reference)
+            clip = load_backend(TOY_TANGO_PATH, export=out).generate(["a dog barks"], [0], num_inference_steps=3, guidance_scale=3.0)
+            row["export_loads_and_generates_finite_audio"] = bool(torch.isfinite(torch.from_numpy(clip)).all())
+        print(f"  {row}", flush=True)
+        rows.append(row)
+    return rows
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="the toy TANGO on whatever device there is (CPU in the test suite)")
@@ -276,6 +322,8 @@ def main(argv=None) -> int:
         print("online step", flush=True)
         report["online"] = online_part(device, args.tiny, root, steps=1 if args.tiny else 2)
         print(f"  {report['online']}", flush=True)
+        print("engines", flush=True)
+        report["engines"] = engines_part(device, root)
     report["total_time_s"] = time.perf_counter() - began
     out = write_results(report, args.out_dir, "gpu", device, "_tiny" if args.tiny else "")
     print(f"wrote {out} ({report['total_time_s']:.0f} s)")
