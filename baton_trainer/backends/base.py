@@ -436,9 +436,7 @@ class TextToAudioBackend(ABC):
         else:
             device, dtype = self.device, next(self.denoiser.parameters()).dtype
             denoiser_class = type(self.denoiser)
-            self.denoiser = load_pretrained(denoiser_class.from_pretrained, folder / self.denoiser_name, f"a {denoiser_class.__name__}").to(
-                device=device, dtype=dtype
-            )
+            self.denoiser = move(load_pretrained(denoiser_class.from_pretrained, folder / self.denoiser_name, f"a {denoiser_class.__name__}"), device, dtype)
 
     def _inject_saved_lora(self, folder: Path) -> None:
         """A diffusers-format adapter on a denoiser whose pipeline has no `load_lora_weights`: the

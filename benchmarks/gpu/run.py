@@ -27,7 +27,6 @@ Writes `benchmarks/results/gpu_<device>.json` (`--out_dir`) and prints each part
 from __future__ import annotations
 
 import argparse
-import copy
 import statistics
 import sys
 import tempfile
@@ -108,10 +107,14 @@ def step_flops(trainer, batch) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
     denoiser = trainer.accelerator.unwrap_model(trainer.denoiser)
-    with torch.device("meta"):
-        twin = copy.deepcopy(denoiser).to("meta")
+    with torch.device("meta"):  # from the config, not a copy: no second model in GPU memory
+        twin = type(denoiser).from_config(denoiser.config)
+    if getattr(denoiser, "peft_config", None):
+        from peft import inject_adapter_in_model
+
+        twin.requires_grad_(False)
+        inject_adapter_in_model(denoiser.peft_config["default"], twin)
     noisy = torch.zeros_like(batch.latents, device="meta")
-    twin.to(dtype=torch.float32)
     text = {k: torch.zeros_like(v, device="meta", dtype=torch.float32 if v.is_floating_point() else v.dtype) for k, v in batch.text.as_kwargs().items()}
     t = torch.zeros(noisy.shape[0], dtype=torch.long, device="meta")
     with FlopCounterMode(display=False) as counter:
