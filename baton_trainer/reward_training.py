@@ -104,33 +104,70 @@ def _read_clip(audio: dict, row: int) -> np.ndarray:
 def embed_rows(embedder: ClapEmbedder, ds, rows: np.ndarray | list[int] | None = None, progress: bool = True):
     """(audio (N, D), text (N, D)) CLAP embeddings for the given rows (all rows by default)."""
     rows = np.arange(len(ds)) if rows is None else np.asarray(rows)
-    audio_column = ds.with_format("arrow")["audio"].to_pylist()
+    return embed_audio_rows(embedder, ds, rows, progress), embed_text_rows(embedder, ds, rows)
+
+
+def embed_text_rows(embedder: ClapEmbedder, ds, rows) -> torch.Tensor:
+    """Each row's caption embedding (N, D); every distinct caption is embedded once."""
     captions = list(ds["caption"])
     unique = sorted({captions[i] for i in rows})
-    text_table = dict(zip(unique, embedder.embed_text(unique))) if unique else {}
-    text = torch.stack([text_table[captions[i]] for i in rows]) if len(rows) else torch.zeros(0, embedder.dim)
+    table = dict(zip(unique, embedder.embed_text(unique))) if unique else {}
+    return torch.stack([table[captions[i]] for i in rows]) if len(rows) else torch.zeros(0, embedder.dim)
+
+
+def embed_audio_rows(embedder: ClapEmbedder, ds, rows, progress: bool = True) -> torch.Tensor:
+    """The rows' clip embeddings (N, D), `embedder.batch_size` consecutive rows per forward."""
+    rows = np.asarray(rows)
+    audio_column = ds.with_format("arrow")["audio"].to_pylist()
     chunks = []
     step = embedder.batch_size
     for start in tqdm(range(0, len(rows), step), desc="CLAP audio", disable=not progress, leave=False):
         batch = rows[start : start + step]
         chunks.append(embedder.embed_audio([_read_clip(audio_column[i], int(i)) for i in batch], CLAP_SAMPLE_RATE))
-    audio = torch.cat(chunks) if chunks else torch.zeros(0, embedder.dim)
-    return audio, text
+    return torch.cat(chunks) if chunks else torch.zeros(0, embedder.dim)
 
 
-def cached_embeddings(embedder: ClapEmbedder, ds, cache_dir: Path) -> tuple[torch.Tensor, torch.Tensor, Path, bool]:
-    """Embeddings of every row, read from `cache_dir/<key>.safetensors` or computed and written there."""
+def cached_embeddings(embedder: ClapEmbedder, ds, cache_dir: Path, ranks=None) -> tuple[torch.Tensor, torch.Tensor, Path, bool] | None:
+    """Embeddings of every row, read from `cache_dir/<key>.safetensors` or computed and written there.
+
+    Under several processes (`ranks`, a `runtime.Ranks`) each embeds the clips of its whole batches
+    (so every clip sits in the batch it has in one process, and its embedding is the same bytes)
+    and hands them to the main process in a file; the main process joins them, embeds the captions
+    and writes the cache. The other processes get None."""
 
     path = Path(cache_dir) / f"{embedding_cache_key(embedder, ds)}.safetensors"
     if path.is_file():
         tensors = load_file(str(path))
         if tensors["audio"].shape[0] == len(ds):
             return tensors["audio"], tensors["text"], path, True
-    audio, text = embed_rows(embedder, ds)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if ranks is None or ranks.count == 1:
+        audio, text = embed_rows(embedder, ds)
+    else:
+        markers, part = path.with_name(f".{path.stem}.ranks"), lambda i: path.with_name(f".{path.stem}.rank{i}.safetensors")
+        if ranks.is_main:
+            ranks.clear(markers)
+        ranks.barrier()  # no rank reports to the finish line of an earlier, killed run
+        rows = [r for batch in ranks.shard_batches(list(range(len(ds))), embedder.batch_size) for r in batch]
+        mine = {"rows": torch.tensor(rows, dtype=torch.long), "audio": embed_audio_rows(embedder, ds, rows, progress=ranks.is_main).contiguous()}
+        tmp = part(ranks.index).with_suffix(f".{os.getpid()}.tmp")
+        save_file(mine, str(tmp))
+        os.replace(tmp, part(ranks.index))
+        ranks.finish(markers, len(rows), len(rows), f"reward-model embeddings {path}")
+        if not ranks.is_main:
+            return None
+        audio = torch.zeros(len(ds), embedder.dim)
+        for i in range(ranks.count):
+            shard = load_file(str(part(i)))
+            audio[shard["rows"]] = shard["audio"]
+        text = embed_text_rows(embedder, ds, np.arange(len(ds)))
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     save_file({"audio": audio.contiguous(), "text": text.contiguous()}, str(tmp), metadata={"clap": embedder.name_or_path})
     os.replace(tmp, path)
+    if ranks is not None and ranks.count > 1:
+        for i in range(ranks.count):
+            path.with_name(f".{path.stem}.rank{i}.safetensors").unlink(missing_ok=True)
+        ranks.clear(path.with_name(f".{path.stem}.ranks"))
     return audio, text, path, False
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from helpers import run_stage
 
 from baton_trainer.runtime import Ranks, RankTimeoutError
@@ -195,3 +196,24 @@ def test_the_main_process_names_a_late_or_silent_rank(tmp_path):
     Ranks(2, 3).finish(tmp_path, 4, 4, "generate X")
     main.finish(tmp_path, 5, 5, "generate X", timeout_s=5, poll_s=0.05)  # everyone is done: returns
     assert Ranks().shard(list(range(5))) == [0, 1, 2, 3, 4] and Ranks(1, 2).shard(list(range(5))) == [1, 3]
+
+
+@pytest.mark.slow
+def test_two_rank_reward_training_gives_the_one_rank_model(world, tmp_path):
+    from safetensors.torch import load_file
+
+    from baton_trainer.testing import save_synthetic_ratings
+
+    feedback = save_synthetic_ratings(tmp_path / "feedback", n_captions=6, clips_per_caption=3, rule="audio")
+    outs = {}
+    for ranks in (1, 2):
+        out = tmp_path / f"reward{ranks}"
+        args = ["--run_dir", str(tmp_path), "--feedback", str(feedback), "--output_dir", str(out), "--clap_model", str(world / "clap")]
+        args += ["--cache_dir", str(tmp_path / f"cache{ranks}"), "--embed_batch_size", "4", "--epochs", "5", "--device", "cpu"]
+        launch(ranks, "reward", *args)
+        outs[ranks] = out
+        assert not list((tmp_path / f"cache{ranks}").glob(".*"))  # the parts and the finish line are cleared
+    one, two = (load_file(outs[r] / "model.safetensors") for r in (1, 2))
+    assert one.keys() == two.keys() and all(torch.equal(one[k], two[k]) for k in one)
+    metrics = [json.loads((outs[r] / "metrics.json").read_text()) for r in (1, 2)]
+    assert metrics[0]["validation"] == metrics[1]["validation"] and metrics[0]["history"] == metrics[1]["history"]

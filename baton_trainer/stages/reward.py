@@ -2,6 +2,10 @@
 
     python -m baton_trainer reward --run_dir RUN [--clap_model laion/clap-htsat-unfused]
 
+Under `accelerate launch --num_processes N` the processes split the clips' CLAP embeddings (each
+clip in the batch it has in one process) and the main process trains the head and writes the
+model: the same files as one process.
+
 Frozen CLAP embeddings of each (caption, clip), cached on disk, and a small head trained with
 binary cross-entropy on the ratings (Adam, lr 0.01, weight decay 1e-5, batch 64, 50 epochs: the
 paper's Stage 2). Validation holds out whole captions. The folder is a Hub-ready
@@ -67,12 +71,16 @@ def train_reward_model(config: RewardTrainingConfig) -> Path:
     from ..clap import ClapEmbedder
     from ..formatting import format_number
     from ..reward_training import cached_embeddings, embed_rows, fit_head, load_rated_rows, metrics_by_task, plot_reward_histogram, split_by_caption
-    from ..runtime import library_versions, pick_device
+    from ..runtime import Ranks, library_versions
 
     layout = RunLayout.of(config.run_dir, feedback=config.feedback, reward_model=config.output_dir)
     feedback, out = layout.feedback, layout.reward_model
     cache_dir = Path(config.cache_dir) if config.cache_dir else layout.clap_embeddings
-    device = pick_device(config.device)
+    # Several processes share the CLAP embeddings (the costly part); the main one trains the small head.
+    ranks = Ranks.current()
+    if ranks.count > 1 and not config.cache_embeddings and not ranks.is_main:
+        return out
+    device = ranks.device_for(config.device)
 
     ds = load_rated_rows(feedback)
     labels = torch.tensor(list(ds["feedback"]), dtype=torch.float32)
@@ -83,7 +91,10 @@ def train_reward_model(config: RewardTrainingConfig) -> Path:
     started = time.perf_counter()
     cache_path, cache_hit = None, False
     if config.cache_embeddings:
-        audio_all, text_all, cache_path, cache_hit = cached_embeddings(embedder, ds, cache_dir)
+        embedded = cached_embeddings(embedder, ds, cache_dir, ranks)
+        if embedded is None:  # a helper process: its share of the embeddings went to the main one
+            return out
+        audio_all, text_all, cache_path, cache_hit = embedded
 
         def embed_batch(rows):
             return audio_all[rows], text_all[rows]
