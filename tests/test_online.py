@@ -243,13 +243,16 @@ def launch(ranks: int, *args):
 
 
 @pytest.mark.slow
-def test_two_processes_take_whole_groups_and_reach_the_one_process_weights(world, tmp_path):
+@pytest.mark.parametrize("objective,extra", [("grpo", {}), ("nft", {"old_policy_decay": 0.5, "rollout_reuse": 2, "max_train_steps": 3})])
+def test_two_processes_take_whole_groups_and_reach_the_one_process_weights(world, tmp_path, objective, extra):
+    """nft with an EMA old policy reused over two steps: the old policy's swap runs on each process."""
     from safetensors.torch import load_file
 
     def args(out, pretrain_batch):
-        c = config(world, "tango", out, objective="grpo", rollout_captions=2)
+        c = config(world, "tango", out, objective=objective, rollout_captions=2, **extra)
         keys = ("run_dir", "model", "pairwise_dataset", "feedback_dataset", "reward_dataset", "pretrain_dataset", "output_dir", "cache_dir", "max_train_steps")
         keys += ("learning_rate", "report_to", "lora_rank", "duration_s", "seed", "objective", "group_size", "rollout_captions", "rollout_steps")
+        keys += ("old_policy_decay", "rollout_reuse")
         flat = [part for key in keys for part in (f"--{key}", str(getattr(c, key)))]
         return [*flat, "--use_lora", "true", "--rewards", json.dumps(c.rewards), "--pretrain_batch_size", str(pretrain_batch)]
 
