@@ -140,20 +140,12 @@ class DenoisingDraw:
         if self._null_text is None:
             with torch.no_grad():
                 self._null_text = self.backend.null_text(self.duration_s)
-        both = TextConditioning.cat([text, self._null_text.to(dropped.device, self.weight_dtype)])
-        rows = torch.where(dropped, len(text), torch.arange(len(text), device=dropped.device))
-        return both[rows]
+        return self.backend.drop_captions(text, dropped, self._null_text.to(dropped.device, self.weight_dtype))
 
     def predict(self, denoiser: torch.nn.Module, noised: Noised) -> torch.Tensor:
         """The denoiser's prediction (epsilon, v or velocity, as the model was trained) on `noised`."""
-        backend = self.backend
         with self.accelerator.autocast():
-            return denoiser(
-                noised.noisy.to(self.input_dtype),
-                backend.denoiser_timestep(noised.timesteps),
-                **noised.text.as_kwargs(),
-                **backend.denoiser_kwargs(noised.noisy),
-            ).sample
+            return self.backend.predict(denoiser, noised.noisy.to(self.input_dtype), noised.timesteps, noised.text)
 
     def snr(self, timesteps: torch.Tensor) -> torch.Tensor | None:
         """Per-clip SNR loss weights, or None when the model trains without them."""

@@ -220,7 +220,7 @@ def activation_bytes(backend, clips: int, duration_s: float, gradient_checkpoint
     timesteps = backend.draw_timesteps(clips, torch.Generator().manual_seed(0))
     noisy, target = noised_latents_and_target(backend.objective, latents, torch.zeros_like(latents), timesteps, backend.noise_scheduler)
     with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
-        prediction = denoiser(noisy, backend.denoiser_timestep(timesteps), **text.as_kwargs(), **backend.denoiser_kwargs(noisy)).sample
+        prediction = backend.predict(denoiser, noisy, timesteps, text)
         (prediction - target).pow(2).mean()
     return sum(kept.values())
 

@@ -117,7 +117,6 @@ class PolicySampler:
             raise ValueError(f"sde_window {list(window)} must satisfy 0 <= start < end <= rollout_steps ({num_steps})")
         self.window = tuple(window)
         self.grid = self._grid(num_steps)
-        self._null: TextConditioning | None = None
         self._shape: tuple[int, ...] | None = None
 
     # -- the grid --------------------------------------------------------------------------------
@@ -170,12 +169,6 @@ class PolicySampler:
         x0_hat, eps_hat = clean_and_noise(prediction, latents, self.prediction_type, grid.alpha[k], grid.sigma[k])
         return vp_step(x0_hat, eps_hat, grid.alpha[k], grid.sigma[k], grid.alpha_next[k], grid.sigma_next[k], eta)
 
-    def null_text(self) -> TextConditioning:
-        if self._null is None:
-            with torch.no_grad():
-                self._null = self.backend.null_text(self.duration_s)
-        return self._null
-
     def timesteps(self, ks: list[int], n: int, device) -> torch.Tensor:
         """The denoiser's timesteps for n clips at each step of `ks`, step-major."""
         values = [self.grid.timesteps[k] for k in ks for _ in range(n)]
@@ -187,8 +180,7 @@ class PolicySampler:
         n = latents.shape[0]
         if self.guidance_scale == 1.0:
             return self.draw.predict(denoiser, Noised(latents, None, timesteps, text)).float()
-        null = self.null_text().to(latents.device, self.draw.weight_dtype)[torch.zeros(n, dtype=torch.long)]
-        both = TextConditioning.cat([text, null])
+        both = TextConditioning.cat([text, self.draw.drop_captions(text, torch.ones(n, dtype=torch.bool, device=latents.device))])
         out = self.draw.predict(denoiser, Noised(torch.cat([latents, latents]), None, torch.cat([timesteps, timesteps]), both)).float()
         conditional, unconditional = out.chunk(2)
         return unconditional + self.guidance_scale * (conditional - unconditional)

@@ -1,5 +1,6 @@
 """The checklist every backend passes (docs/backends.md), on tiny pipelines of the real diffusers
-and transformers classes: TANGO, AudioLDM 2, Stable Audio Open and Stable Audio 3 (rectified flow). `--model` picks the backend
+and transformers classes: TANGO, AudioLDM 2, Stable Audio Open, Stable Audio 3 (rectified flow) and
+LongCat-AudioDiT (rectified flow run from noise to the clip). `--model` picks the backend
 from the folder; training, exports, generation, evaluation and the Space run unchanged on each."""
 
 import inspect
@@ -14,11 +15,12 @@ from helpers import save_preference, save_pretrain, train, training_data
 
 from baton_trainer.backends import TextConditioning, load_backend
 from baton_trainer.backends.audioldm2 import AudioLDM2Model
+from baton_trainer.backends.longcat_audio_dit import LongCatAudioDiTModel
 from baton_trainer.backends.stable_audio import StableAudioModel
 from baton_trainer.backends.stable_audio_3 import StableAudio3Model
 from baton_trainer.backends.tango import TangoModel
 from baton_trainer.losses import baton_loss, noised_latents_and_target
-from baton_trainer.testing import save_tiny_audioldm2, save_tiny_stable_audio, save_tiny_stable_audio_3, save_tiny_tango
+from baton_trainer.testing import save_tiny_audioldm2, save_tiny_longcat_audio_dit, save_tiny_stable_audio, save_tiny_stable_audio_3, save_tiny_tango
 
 PROMPTS = ["a dog barks then beep", "rain falls with hum"]
 SEEDS = [3, 4]
@@ -28,6 +30,7 @@ BACKENDS = {
     "audioldm2": (save_tiny_audioldm2, AudioLDM2Model),
     "stable_audio": (save_tiny_stable_audio, StableAudioModel),
     "stable_audio_3": (save_tiny_stable_audio_3, StableAudio3Model),
+    "longcat_audio_dit": (save_tiny_longcat_audio_dit, LongCatAudioDiTModel),
 }
 
 
@@ -101,7 +104,13 @@ def test_the_training_target_is_what_the_pipelines_sampler_inverts(trained):
     scheduler; the loss at the exact target is zero."""
     model = load_backend(trained / "base")
     scheduler = model.pipe.scheduler
-    if model.objective == "flow":  # the pipeline's own log-SNR schedule
+    longcat = isinstance(model, LongCatAudioDiTModel)
+    if longcat:  # the pipeline's own grid: sigmas 1 -> 1/10, which its scheduler inverts (time runs from noise, 0, to the clip, 1)
+
+        def restart():
+            scheduler.set_timesteps(sigmas=torch.linspace(1.0, 0.1, 10).tolist())
+            scheduler.set_begin_index(0)
+    elif model.objective == "flow":  # the pipeline's own log-SNR schedule
         from diffusers.pipelines.stable_audio_3.pipeline_stable_audio_3 import logsnr_sigma_schedule
 
         def restart():
@@ -115,7 +124,16 @@ def test_the_training_target_is_what_the_pipelines_sampler_inverts(trained):
     x0 = torch.randn(2, 4, 16, 4, generator=torch.Generator().manual_seed(0))
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(1))
     for i in range(0, 10, 3):
-        if model.objective == "flow":  # an Euler step with the true velocity lands on the latent noised to the next sigma
+        if longcat:  # the trainer's flow time s is 1 - t, and the DiT predicts z0 - eps, the negated target
+            time, time_next = (scheduler.sigmas[i : i + 2]).tolist()
+            s_ = torch.full((2,), 1 - time)
+            torch.testing.assert_close(model.denoiser_timestep(s_), torch.full((2,), float(scheduler.timesteps[i]) / scheduler.config.num_train_timesteps))
+            noisy, target = noised_latents_and_target("flow", x0, noise, s_)
+            stepped = scheduler.step(-target, scheduler.timesteps[i], noisy).prev_sample
+            torch.testing.assert_close(stepped, noised_latents_and_target("flow", x0, noise, torch.full((2,), 1 - time_next))[0], rtol=1e-4, atol=1e-5)
+            restart()
+            recovered = noisy - s_.reshape(-1, 1, 1, 1) * target
+        elif model.objective == "flow":  # an Euler step with the true velocity lands on the latent noised to the next sigma
             sigma, sigma_next = (scheduler.sigmas[i : i + 2]).tolist()
             t = torch.full((2,), sigma)
             torch.testing.assert_close(model.denoiser_timestep(t), torch.full((2,), float(scheduler.timesteps[i])))  # what the DiT is given
@@ -158,7 +176,7 @@ def test_a_step_on_a_fixed_batch_lowers_the_loss(trained, tmp_path):
 def dropped_as_the_models_training_drops_it(name, model, text, row):
     """Row `row` of `text` as each model's own training code replaces a dropped caption."""
     tensors = {k: v[row : row + 1].clone() for k, v in text.tensors.items()}
-    if name == "tango":  # TANGO's train.py --uncondition: the T5 states zeroed, the mask kept
+    if name in ("tango", "longcat_audio_dit"):  # TANGO's train.py --uncondition, LongCat's pipeline: the states zeroed, the mask kept
         tensors["encoder_hidden_states"].zero_()
     elif name == "audioldm2":  # the empty caption through the pipeline's own encoders, padded to the batch (masked)
         embeds, mask, generated = model.pipe.encode_prompt([""], "cpu", 1, False)
@@ -192,7 +210,7 @@ def test_a_dropped_caption_gets_the_null_conditioning_the_models_training_used(t
 
     def predict(cond, rows=slice(None)):
         with torch.no_grad():
-            return model.denoiser(noisy[rows], model.denoiser_timestep(t[rows]), **cond.as_kwargs(), **model.denoiser_kwargs(noisy[rows])).sample
+            return model.predict(model.denoiser, noisy[rows], t[rows], cond)
 
     torch.testing.assert_close(predict(mixed)[~dropped], predict(text)[~dropped], rtol=1e-5, atol=1e-6)
     for row in (0, 3):
@@ -204,7 +222,7 @@ def test_a_dropped_caption_gets_the_null_conditioning_the_models_training_used(t
 def latents_of(pipe):
     """Latents from the pipeline's own call, one caption at a time."""
     parameters = inspect.signature(pipe.__call__).parameters
-    length = next(name for name in ("audio_end_in_s", "audio_length_in_s", "duration") if name in parameters)
+    length = next(name for name in ("audio_end_in_s", "audio_length_in_s", "duration", "audio_duration_s") if name in parameters)
     kwargs = {length: DURATION_S}
     return torch.cat(
         [

@@ -15,10 +15,10 @@ from helpers import run_stage, save_audio_alpaca, save_pretrain, train
 from baton_trainer.backends import load_backend
 from baton_trainer.denoising import DenoisingDraw
 from baton_trainer.rollouts import PolicySampler
-from baton_trainer.testing import save_tiny_clap, save_tiny_stable_audio_3, save_tiny_tango
+from baton_trainer.testing import save_tiny_clap, save_tiny_longcat_audio_dit, save_tiny_stable_audio_3, save_tiny_tango
 from reward_hub.rewards import Reward, RewardError, register_reward
 
-BACKENDS = {"tango": save_tiny_tango, "stable_audio_3": save_tiny_stable_audio_3}
+BACKENDS = {"tango": save_tiny_tango, "stable_audio_3": save_tiny_stable_audio_3, "longcat_audio_dit": save_tiny_longcat_audio_dit}
 
 
 class LengthReward(Reward):
@@ -140,8 +140,7 @@ def test_a_flow_rollout_with_eta_going_to_zero_is_the_euler_ode_sample(world):
     levels = np.linspace(1.0, 0.0, 7)
     with torch.no_grad():
         for s, s_next in zip(levels[:-1], levels[1:]):  # Euler on the velocity, written out
-            t = backend.denoiser_timestep(torch.full((2,), float(s)))
-            v = backend.denoiser(x, t, **text.as_kwargs(), **backend.denoiser_kwargs(x)).sample
+            v = backend.predict(backend.denoiser, x, torch.full((2,), float(s)), text)
             x = x + (s_next - s) * v
     ode = sampler.sample(backend.denoiser, captions, seeds, [1, 2]).clean
     torch.testing.assert_close(ode, x, rtol=1e-4, atol=1e-5)
@@ -153,11 +152,24 @@ def test_a_flow_rollout_with_eta_going_to_zero_is_the_euler_ode_sample(world):
     )
 
 
-# A DDPM backend under LoRA (the reference: the disabled adapter) and a flow backend under full
-# fine-tuning (a frozen copy): each objective meets both kinds of model and both modes.
-@pytest.mark.parametrize("backend, use_lora", [("tango", True), ("stable_audio_3", False)])
+def test_a_deterministic_longcat_rollout_is_the_pipelines_own_guided_sample(world):
+    """LongCat-AudioDiT runs its flow from noise to the clip and predicts the negated velocity: the
+    sampler's deterministic rollout through `predict` is what its pipeline makes of the same batch
+    (captions of two lengths: both pad the shorter one, and its DiT's text convolutions see that),
+    guidance included."""
+    backend = load_backend(str(world / "longcat_audio_dit")).eval()
+    captions, seeds = ["beep then hum", "a hiss"], [5, 6]
+    ode = sampler_for(backend, num_steps=6, guidance_scale=2.0, eta=0.0).sample(backend.denoiser, captions, seeds, [1, 2]).clean
+    generators = [torch.Generator().manual_seed(s) for s in seeds]
+    pipe = backend.pipe(captions, audio_duration_s=0.32, num_inference_steps=6, guidance_scale=2.0, generator=generators, output_type="latent").audios
+    torch.testing.assert_close(ode, pipe, rtol=1e-4, atol=1e-5)
+
+
+# A DDPM backend under LoRA (the reference: the disabled adapter) and flow backends under full
+# fine-tuning (a frozen copy) and LoRA: each objective meets both kinds of model and both modes.
+@pytest.mark.parametrize("backend, use_lora", [("tango", True), ("stable_audio_3", False), ("longcat_audio_dit", True)])
 @pytest.mark.parametrize("objective", ["grpo", "awm", "nft"])
-def test_each_online_objective_trains_on_a_ddpm_and_a_flow_backend(world, tmp_path, backend, objective, use_lora):
+def test_each_online_objective_trains_on_ddpm_and_flow_backends(world, tmp_path, backend, objective, use_lora):
     from baton_trainer.trainer import DiffusionTrainer
 
     extra = {"kl_beta": 0.05} if objective == "grpo" else {"rollout_reuse": 2}  # awm/nft: the second step uses the old policy

@@ -26,6 +26,7 @@ BACKENDS = {
     "AudioLDM2Pipeline": "baton_trainer.backends.audioldm2:AudioLDM2Model",
     "StableAudioPipeline": "baton_trainer.backends.stable_audio:StableAudioModel",
     "StableAudio3Pipeline": "baton_trainer.backends.stable_audio_3:StableAudio3Model",
+    "LongCatAudioDiTPipeline": "baton_trainer.backends.longcat_audio_dit:LongCatAudioDiTModel",
 }
 
 

@@ -7,7 +7,7 @@ The trainer only ever touches a backend through them:
     cond = backend.encode_text(captions, duration_s)   # TextConditioning
     t = backend.draw_timesteps(n, generator)           # the model's own training distribution
     noisy, target = losses.noised_latents_and_target(backend.objective, latents, noise, t, backend.noise_scheduler)
-    pred = backend.denoiser(noisy, backend.denoiser_timestep(t), **cond.as_kwargs(), **backend.denoiser_kwargs(noisy)).sample
+    pred = backend.predict(backend.denoiser, noisy, t, cond)  # denoiser(noisy, denoiser_timestep(t), **cond, **denoiser_kwargs(noisy))
     backend.add_lora(lora_config)                      # a peft adapter on the denoiser
     backend.save_trained(folder, mode) / backend.load_trained(folder)
     clips = backend.generate(captions, seeds, ...)     # (B, samples) float32 numpy, through backend.pipe
@@ -258,6 +258,12 @@ class TextToAudioBackend(ABC):
         default the pipeline's own unconditional input for guidance, the empty caption."""
         return self.encode_text([""], duration_s)
 
+    def drop_captions(self, text: TextConditioning, dropped: torch.Tensor, null: TextConditioning) -> TextConditioning:
+        """`text` with the rows of `dropped` replaced as the model's training replaced a dropped
+        caption: by default by `null` (`null_text()`, one row)."""
+        both = TextConditioning.cat([text, null])
+        return both[torch.where(dropped, len(text), torch.arange(len(text), device=dropped.device))]
+
     def draw_timesteps(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """Training timesteps for `n` clips, from the model's own training distribution."""
         return torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (n,), generator=generator)
@@ -269,6 +275,12 @@ class TextToAudioBackend(ABC):
     def denoiser_kwargs(self, latents: torch.Tensor) -> dict:
         """Arguments of the denoiser call that are not per clip (rotary embeddings, ...)."""
         return {}
+
+    def predict(self, denoiser: torch.nn.Module, noisy: torch.Tensor, timesteps: torch.Tensor, text: TextConditioning) -> torch.Tensor:
+        """`denoiser`'s prediction at training timesteps `timesteps` (the target of `objective`),
+        called as the pipeline calls it. `denoiser` is this model's denoiser or a copy of it (a
+        reference, an old policy, a wrapped module)."""
+        return denoiser(noisy, self.denoiser_timestep(timesteps), **text.as_kwargs(), **self.denoiser_kwargs(noisy)).sample
 
     # The pipeline's other components, by diffusers' names (None where a pipeline has none).
     vae = property(lambda self: getattr(self.pipe, "vae", None))
