@@ -15,10 +15,23 @@ from helpers import run_stage, save_audio_alpaca, save_pretrain, train
 from baton_trainer.backends import load_backend
 from baton_trainer.denoising import DenoisingDraw
 from baton_trainer.rollouts import PolicySampler
-from baton_trainer.testing import save_tiny_clap, save_tiny_longcat_audio_dit, save_tiny_stable_audio_3, save_tiny_tango
+from baton_trainer.testing import (
+    save_tiny_audioldm2,
+    save_tiny_clap,
+    save_tiny_longcat_audio_dit,
+    save_tiny_stable_audio,
+    save_tiny_stable_audio_3,
+    save_tiny_tango,
+)
 from reward_hub.rewards import Reward, RewardError, register_reward
 
-BACKENDS = {"tango": save_tiny_tango, "stable_audio_3": save_tiny_stable_audio_3, "longcat_audio_dit": save_tiny_longcat_audio_dit}
+BACKENDS = {
+    "tango": save_tiny_tango,
+    "audioldm2": save_tiny_audioldm2,
+    "stable_audio": save_tiny_stable_audio,
+    "stable_audio_3": save_tiny_stable_audio_3,
+    "longcat_audio_dit": save_tiny_longcat_audio_dit,
+}
 
 
 class LengthReward(Reward):
@@ -165,11 +178,14 @@ def test_a_deterministic_longcat_rollout_is_the_pipelines_own_guided_sample(worl
     torch.testing.assert_close(ode, pipe, rtol=1e-4, atol=1e-5)
 
 
-# A DDPM backend under LoRA (the reference: the disabled adapter) and flow backends under full
-# fine-tuning (a frozen copy) and LoRA: each objective meets both kinds of model and both modes.
-@pytest.mark.parametrize("backend, use_lora", [("tango", True), ("stable_audio_3", False), ("longcat_audio_dit", True)])
+# Every backend, under LoRA (the reference: the disabled adapter) or full fine-tuning (a frozen copy):
+# each objective meets every schedule (DDPM epsilon and v, cosine v, both flows) and both modes.
+@pytest.mark.parametrize(
+    "backend, use_lora",
+    [("tango", True), ("audioldm2", False), ("stable_audio", True), ("stable_audio_3", False), ("longcat_audio_dit", True)],
+)
 @pytest.mark.parametrize("objective", ["grpo", "awm", "nft"])
-def test_each_online_objective_trains_on_ddpm_and_flow_backends(world, tmp_path, backend, objective, use_lora):
+def test_each_online_objective_trains_on_every_backend(world, tmp_path, backend, objective, use_lora):
     from baton_trainer.trainer import DiffusionTrainer
 
     extra = {"kl_beta": 0.05} if objective == "grpo" else {"rollout_reuse": 2}  # awm/nft: the second step uses the old policy
