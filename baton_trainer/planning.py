@@ -9,7 +9,7 @@ Memory per process is then the sum of
     weights      frozen modules in the training dtype; the denoiser in fp32 (full fine-tuning) or in
                  the training dtype with fp32 adapter weights (LoRA), as `DiffusionTrainer` casts them
     gradients    fp32, one per trained parameter
-    optimiser    AdamW's two fp32 moments per trained parameter
+    optimiser    AdamW's two fp32 moments per trained parameter (8-bit AdamW: two bytes)
     copies       a frozen reference denoiser (dpo, kto, grpo with kl_beta; full fine-tuning only:
                  under LoRA the reference is the disabled adapter) in the training dtype, and the old
                  policy of awm and nft (a copy of the trained parameters, fp32); with
@@ -43,7 +43,7 @@ from .hub import resolve_folder
 from .losses import noised_latents_and_target
 
 # A Hub snapshot of what the planner reads: configs, tokenizers and the scheduler, never weights.
-CONFIG_FILES = ["model_index.json", "*/*.json", "*/*.txt", "*/*.model", "*/*.tiktoken"]
+CONFIG_FILES = ["*.json", "*/*.json", "*/*.txt", "*/*.model", "*/*.tiktoken"]
 DTYPE_BYTES = {"no": 4, "fp16": 2, "bf16": 2}
 PROBE_CAPTION = "a dog barks, then a doorbell rings while rain falls"
 GIB = 1024**3
@@ -139,7 +139,8 @@ class WeightlessModel:
         self.folder = resolve_folder(name_or_path, "model", revision, allow_patterns=CONFIG_FILES)
         index_file = self.folder / "model_index.json"
         if not index_file.is_file():
-            raise FileNotFoundError(f"{self.folder}: no model_index.json (the planner reads diffusers pipeline folders)")
+            hint = " (TANGO's original layout: `python -m baton_trainer convert-tango` makes one)" if (self.folder / "main_config.json").is_file() else ""
+            raise FileNotFoundError(f"{self.folder}: no model_index.json: the planner reads diffusers pipeline folders{hint}")
         self.index = json.loads(index_file.read_text(encoding="utf-8"))
         named = self.index.get("_class_name")
         self.backend_type = backend_class(named[1] if isinstance(named, list) else str(named))
@@ -187,6 +188,24 @@ class WeightlessModel:
                 if tensor is not None:
                     sub._buffers[name] = fake(tensor)
         return module
+
+
+def save_configs(backend, folder: str | Path) -> Path:
+    """A model built in memory (a published architecture with random or meta weights) as a folder
+    of configs only (model_index.json, each component's config, the tokenizer): what `plan` reads."""
+    folder = Path(folder)
+    pipe = backend.pipe
+    pipe.save_config(folder)
+    for name, component in pipe.components.items():
+        if component is None:
+            continue
+        if hasattr(component, "save_config"):  # diffusers models and schedulers
+            component.save_config(folder / name)
+        elif hasattr(getattr(component, "config", None), "save_pretrained"):  # transformers models
+            component.config.save_pretrained(folder / name)
+        else:  # tokenizers, feature extractors
+            component.save_pretrained(folder / name)
+    return folder
 
 
 def component_sizes(backend) -> list[ComponentSize]:
@@ -284,7 +303,7 @@ def estimate(model: WeightlessModel, config, mode: str, objective: str, num_proc
     parts = {
         "weights": weights,
         "gradients": trained * 4,
-        "optimiser": trained * 8,
+        "optimiser": trained * (2 if config.optimizer == "adamw_8bit" else 8),
         **{name: 0 if offloaded else size for name, size in copies.items()},
         "activations": activations,
         "rollout": rollout_clips * latent_elements * 4 * (config.rollout_steps + 1 if objective == "grpo" else 2),

@@ -116,7 +116,7 @@ class DiffusionTrainer:
         self.trainable_params = [p for p in denoiser.parameters() if p.requires_grad]
         if not self.trainable_params:
             raise RuntimeError(f"no trainable parameters in the {backend.denoiser_name}")
-        self.optimizer = torch.optim.AdamW(
+        self.optimizer = self._optimizer_class()(
             self.trainable_params,
             lr=cfg.learning_rate,
             betas=(cfg.adam_beta1, cfg.adam_beta2),
@@ -129,6 +129,16 @@ class DiffusionTrainer:
         self.denoiser, self.optimizer = acc.prepare(denoiser, self.optimizer)
         acc.register_save_state_pre_hook(self._save_model_hook)
         acc.register_load_state_pre_hook(self._load_model_hook)
+
+    def _optimizer_class(self) -> type:
+        """torch's AdamW, or bitsandbytes' 8-bit AdamW (its two moments in 8 bits)."""
+        if self.config.optimizer != "adamw_8bit":
+            return torch.optim.AdamW
+        try:
+            import bitsandbytes  # optional: the 8bit extra
+        except ImportError:
+            raise RuntimeError("optimizer adamw_8bit needs bitsandbytes: pip install 'baton-trainer[8bit]'") from None
+        return bitsandbytes.optim.AdamW8bit
 
     def _save_model_hook(self, models, weights, output_dir):
         # Write the trained part in the export format (adapter or denoiser, safetensors) instead of

@@ -71,7 +71,7 @@ def tango_full(device):
 
     model = build_frozen(device, torch.float32)
     with torch.device(device):
-        model.pipe.unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(str(CONFIG_DIR / "diffusion_model_config.json")))
+        model.denoiser = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(str(CONFIG_DIR / "diffusion_model_config.json")))
     return model
 
 
@@ -113,6 +113,10 @@ def stable_audio_full(device):
     from baton_trainer.backends.stable_audio import StableAudioModel
     from baton_trainer.testing import tiny_t5_tokenizer
 
+    # the scheduler outside the device block: it keeps its sigmas on the CPU, which a meta device (the planner's) cannot copy
+    scheduler = CosineDPMSolverMultistepScheduler(
+        sigma_min=0.3, sigma_max=500, sigma_data=1.0, sigma_schedule="exponential", solver_order=2, prediction_type="v_prediction"
+    )
     with torch.device(device):
         pipe = StableAudioPipeline(
             vae=AutoencoderOobleck(),
@@ -120,9 +124,7 @@ def stable_audio_full(device):
             projection_model=StableAudioProjectionModel(text_encoder_dim=768, conditioning_dim=768, min_value=0, max_value=512),
             tokenizer=tiny_t5_tokenizer(model_max_length=128),
             transformer=StableAudioDiTModel(),
-            scheduler=CosineDPMSolverMultistepScheduler(
-                sigma_min=0.3, sigma_max=500, sigma_data=1.0, sigma_schedule="exponential", solver_order=2, prediction_type="v_prediction"
-            ),
+            scheduler=scheduler,
         )
     return StableAudioModel(pipe)
 

@@ -114,3 +114,17 @@ def test_a_lora_target_the_class_lacks_is_one_line_naming_the_class(tmp_path, ca
     assert main(["plan", "--model", str((PRETRAINED_DIR / "toy_tango")), "--lora_target_modules", "to_qkv"]) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "UNet2DConditionModel" in err and "to_qkv" in err
+
+
+def test_the_8bit_optimiser_plans_a_quarter_of_adamws_moments_and_without_bitsandbytes_says_how_to_install_it(tmp_path):
+    import importlib.util
+
+    from baton_trainer.trainer import DiffusionTrainer
+
+    model = WeightlessModel(str(PRETRAINED_DIR / "toy_tango"))
+    adamw, eight = (estimate(model, PlanConfig(model=str(model.folder), optimizer=name), "full", "baton") for name in ("adamw", "adamw_8bit"))
+    assert eight.parts["optimiser"] * 4 == adamw.parts["optimiser"] == 8 * adamw.trained_parameters
+    if importlib.util.find_spec("bitsandbytes") is None:
+        config = FinetuneConfig(model=str(model.folder), run_dir=str(tmp_path), optimizer="adamw_8bit", report_to="none", feedback_dataset="none")
+        with pytest.raises(RuntimeError, match=r"pip install 'baton-trainer\[8bit\]'"):
+            DiffusionTrainer(config)

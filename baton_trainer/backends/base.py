@@ -240,7 +240,8 @@ class TextToAudioBackend(ABC):
 
     @denoiser.setter
     def denoiser(self, module: torch.nn.Module) -> None:
-        setattr(self.pipe, self.denoiser_name, module)
+        # registered, not only set: the pipeline's config (model_index.json) names the new module's class
+        self.pipe.register_modules(**{self.denoiser_name: module})
 
     denoiser_name = "unet"
 

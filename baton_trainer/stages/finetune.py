@@ -80,6 +80,10 @@ class FinetuneConfig:
         },
     )
     learning_rate: float = 1e-5
+    optimizer: Literal["adamw", "adamw_8bit"] = field(
+        default="adamw",
+        metadata={"help": "adamw, or adamw_8bit: bitsandbytes' 8-bit AdamW, a quarter of the moments' memory (pip install 'baton-trainer[8bit]', CUDA)"},
+    )
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     adam_weight_decay: float = 1e-2

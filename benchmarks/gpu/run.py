@@ -67,23 +67,6 @@ def tango(device: torch.device, tiny: bool):
     return model
 
 
-def configs_folder(backend, folder: Path) -> Path:
-    """The backend's pipeline as configs only (model_index.json, each component's config, the
-    tokenizer): what the memory planner reads."""
-    pipe = backend.pipe
-    pipe.save_config(folder)
-    for name, component in pipe.components.items():
-        if component is None:
-            continue
-        if hasattr(component, "save_config"):  # diffusers models, schedulers
-            component.save_config(folder / name)
-        elif hasattr(getattr(component, "config", None), "save_pretrained"):  # transformers models
-            component.config.save_pretrained(folder / name)
-        else:  # the tokenizer
-            component.save_pretrained(folder / name)
-    return folder
-
-
 def finetune_config(root: Path, **overrides):
     from baton_trainer.stages.finetune import FinetuneConfig
 
@@ -134,12 +117,12 @@ def encoded_batch(backend, clips: int, device: torch.device):
 
 def finetune_part(device: torch.device, tiny: bool, root: Path, steps: int) -> list[dict]:
     """Step time, peak memory, planned memory and MFU of full and LoRA fine-tuning at growing batches."""
-    from baton_trainer.planning import WeightlessModel, estimate
+    from baton_trainer.planning import WeightlessModel, estimate, save_configs
     from baton_trainer.trainer import DiffusionTrainer
 
     batches = (2, 4) if tiny else (6, 12, 24, 48)
     peak = peak_tflops(device)
-    planner = WeightlessModel(str(configs_folder(tango(device, tiny), root / "configs")))
+    planner = WeightlessModel(str(save_configs(tango(device, tiny), root / "configs")))
     rows = []
     for mode in ("full", "lora"):
         for clips in batches:
