@@ -27,18 +27,17 @@ from __future__ import annotations
 import importlib
 import json
 import math
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-# FakeTensorMode is torch's own shape-and-dtype-only tensor mode (torch.compile and accelerate's
-# meta-device tools are built on it); it lives under torch._subclasses in every torch we support.
+# FakeTensorMode is torch's own shape-and-dtype-only tensor mode (torch.compile traces with it); it
+# lives under torch._subclasses in every torch we support.
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from .backends import backend_class
-from .backends.base import import_own_components
+from .backends.base import import_own_components, quiet_diffusers
 from .hub import resolve_folder
 from .losses import noised_latents_and_target
 
@@ -114,22 +113,6 @@ class ShapeOnlyMode(FakeTensorMode):
         return super().dispatch(func, types, args, kwargs)
 
 
-@contextmanager
-def _quiet():
-    """diffusers' loading bar and its warnings about components it cannot type-check, off: the
-    planner prints one table."""
-    from diffusers.utils import logging  # lazy: with the model's libraries
-
-    verbosity = logging.get_verbosity()
-    logging.set_verbosity_error()
-    logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        logging.set_verbosity(verbosity)
-        logging.enable_progress_bar()
-
-
 class WeightlessModel:
     """A backend over fake components built from a model folder's configs (or a Hub id's, which
     downloads the config and tokenizer files only): shapes, dtypes and the backend's own code,
@@ -159,7 +142,7 @@ class WeightlessModel:
                 # (transformers' CLAP calls .item()), which a fake tensor cannot give.
                 with torch.device("meta"):
                     modules[name] = self._fake(_from_config(component_class, self.folder / name))
-        with self.fake_mode, _quiet():
+        with self.fake_mode, quiet_diffusers(progress_bars=False):  # one table, not diffusers' loading bar and type warnings
             pipe = self.backend_type.pipeline_class.from_pretrained(self.folder, **modules)
             return self.backend_type(pipe)
 

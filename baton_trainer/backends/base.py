@@ -107,15 +107,26 @@ def move(module: torch.nn.Module, device=None, dtype=None) -> torch.nn.Module:
     if "dtype" in kwargs and not getattr(module, "_keep_in_fp32_modules", None):
         # diffusers (0.42) warns "modules ... should be kept in float32: []" on every cast of a model
         # that keeps none in float32 (it tests the list against None): muted for those models only.
-        from diffusers.utils import logging  # lazy: a config check imports this module (see the top)
-
-        verbosity = logging.get_verbosity()
-        logging.set_verbosity_error()
-        try:
+        with quiet_diffusers():
             return module.to(**kwargs)
-        finally:
-            logging.set_verbosity(verbosity)
     return module.to(**kwargs) if kwargs else module
+
+
+@contextlib.contextmanager
+def quiet_diffusers(progress_bars: bool = True):
+    """diffusers' warnings off for the block (and its loading bars, with `progress_bars=False`)."""
+    from diffusers.utils import logging  # lazy: a config check imports this module (see the top)
+
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity_error()
+    if not progress_bars:
+        logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(verbosity)
+        if not progress_bars:
+            logging.enable_progress_bar()
 
 
 def mono_into_channels(waveforms: torch.Tensor, vae: torch.nn.Module) -> torch.Tensor:
