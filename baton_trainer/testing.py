@@ -417,6 +417,16 @@ def save_tiny_longcat_audio_dit(folder: str | Path | None = None, seed: int = 0)
     return folder
 
 
+# Every backend's tiny model, by backend: what the tests run each backend's checks on.
+TINY_BACKENDS = {
+    "tango": save_tiny_tango,
+    "audioldm2": save_tiny_audioldm2,
+    "stable_audio": save_tiny_stable_audio,
+    "stable_audio_3": save_tiny_stable_audio_3,
+    "longcat_audio_dit": save_tiny_longcat_audio_dit,
+}
+
+
 # ----------------------------------------------------------------------------------------------
 # Tiny CLAP
 

@@ -8,16 +8,10 @@ import pytest
 import torch
 from helpers import PeakTensorBytes, save_audio_alpaca, save_pretrain, train, training_data
 
-from baton_trainer.testing import save_tiny_audioldm2, save_tiny_longcat_audio_dit, save_tiny_stable_audio, save_tiny_stable_audio_3, save_tiny_tango
+from baton_trainer.testing import TINY_BACKENDS, save_tiny_tango
 
 OBJECTIVES = ("baton", "dpo", "kto", "reward_ranked")
-BACKENDS = {
-    "tango": save_tiny_tango,
-    "audioldm2": save_tiny_audioldm2,
-    "stable_audio": save_tiny_stable_audio,
-    "stable_audio_3": save_tiny_stable_audio_3,
-    "longcat_audio_dit": save_tiny_longcat_audio_dit,
-}
+BACKENDS = TINY_BACKENDS
 
 
 @pytest.fixture(scope="module")

@@ -15,23 +15,10 @@ from helpers import run_stage, save_audio_alpaca, save_pretrain, train
 from baton_trainer.backends import load_backend
 from baton_trainer.denoising import DenoisingDraw
 from baton_trainer.rollouts import PolicySampler
-from baton_trainer.testing import (
-    save_tiny_audioldm2,
-    save_tiny_clap,
-    save_tiny_longcat_audio_dit,
-    save_tiny_stable_audio,
-    save_tiny_stable_audio_3,
-    save_tiny_tango,
-)
+from baton_trainer.testing import TINY_BACKENDS, save_tiny_clap
 from reward_hub.rewards import Reward, RewardError, register_reward
 
-BACKENDS = {
-    "tango": save_tiny_tango,
-    "audioldm2": save_tiny_audioldm2,
-    "stable_audio": save_tiny_stable_audio,
-    "stable_audio_3": save_tiny_stable_audio_3,
-    "longcat_audio_dit": save_tiny_longcat_audio_dit,
-}
+BACKENDS = TINY_BACKENDS
 
 
 class LengthReward(Reward):

@@ -15,16 +15,10 @@ from baton_trainer.latent_cache import EncodedSet
 from baton_trainer.planning import WeightlessModel, component_sizes, estimate
 from baton_trainer.stages.finetune import FinetuneConfig
 from baton_trainer.stages.plan import PlanConfig
-from baton_trainer.testing import save_tiny_audioldm2, save_tiny_longcat_audio_dit, save_tiny_stable_audio, save_tiny_stable_audio_3, save_tiny_tango
+from baton_trainer.testing import TINY_BACKENDS
 from baton_trainer.toyworld.models import PRETRAINED_DIR
 
-TINY = {
-    "tango": save_tiny_tango,
-    "audioldm2": save_tiny_audioldm2,
-    "stable_audio": save_tiny_stable_audio,
-    "stable_audio_3": save_tiny_stable_audio_3,
-    "longcat_audio_dit": save_tiny_longcat_audio_dit,
-}
+TINY = TINY_BACKENDS
 
 
 def configs_only(folder, out):

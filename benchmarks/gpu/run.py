@@ -5,7 +5,7 @@
 
 Three parts, each through the trainer and pipeline users run, in bf16:
 
-1. **Fine-tuning step** (full and LoRA): for growing batches until one does not fit, the median
+1. **Fine-tuning step** (full and LoRA): for growing batches until one does not fit, the mean
    step time and `torch.cuda.max_memory_allocated`, the planner's estimate beside it
    (`baton_trainer.planning`), and MFU: the denoiser's forward + backward FLOPs (counted by
    `torch.utils.flop_counter` on a meta-device copy built from the model config, LoRA's frozen
@@ -27,7 +27,6 @@ Writes `benchmarks/results/gpu_<device>.json` (`--out_dir`) and prints each part
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 import time
@@ -133,23 +132,12 @@ def finetune_part(device: torch.device, tiny: bool, root: Path, steps: int) -> l
                 config = finetune_config(root / f"{mode}{clips}", use_lora=mode == "lora", train_batch_size=clips)
                 trainer = DiffusionTrainer(config, backend=tango(device, tiny))
                 batch = encoded_batch(trainer.backend, clips, device)
-                times = []
-                for step in range(steps + 1):
-                    sync(device)
-                    started = time.perf_counter()
-                    loss, _ = trainer.training_loss(batch, None, step, 0)
-                    trainer.accelerator.backward(loss)
-                    trainer.optimizer.step()
-                    trainer.optimizer.zero_grad(set_to_none=True)
-                    sync(device)
-                    if step:  # the first step warms up (kernels, allocator, AdamW's moments)
-                        times.append(time.perf_counter() - started)
+                seconds = step_times(trainer, batch, steps)["total"]  # mean over the steps after a warm-up one
             except torch.OutOfMemoryError:
                 rows.append({"mode": mode, "batch": clips, "error": "out of memory"})
                 print(f"  {mode} batch {clips}: out of memory", flush=True)
                 break
             flops = step_flops(trainer, batch)
-            seconds = statistics.median(times)
             row = {
                 "mode": mode,
                 "batch": clips,
