@@ -190,3 +190,28 @@ def test_label_keeps_a_labelled_set_when_every_clip_is_now_rated(tmp_path, capsy
     code, err = run_cli(capsys, ["label", "--run_dir", tmp_path])
     assert code == 1 and "every one of the 4 generated clips is rated by people" in err and "the 3 rows already in" in err
     assert len(load_preference_dataset(tmp_path / "reward_labeled")) == 3
+
+
+@pytest.mark.parametrize("mode", ["lora", "full"])
+def test_an_export_applied_to_another_pipeline_class_is_one_line_naming_both(mode, tmp_path, capsys):
+    from peft import LoraConfig
+
+    from baton_trainer.testing import save_tiny_stable_audio_3, tiny_stable_audio_3
+
+    flow = tiny_stable_audio_3()
+    if mode == "lora":
+        flow.add_lora(LoraConfig(r=2, target_modules=list(flow.lora_target_modules)))
+    flow.save_trained(tmp_path / "export", mode, base="tiny-stable-audio-3")
+    tango = save_tiny_tango(tmp_path / "tango")
+    (tmp_path / "captions.txt").write_text("a beep\n")
+    args = ["--run_dir", str(tmp_path / "run"), "--model", str(tango), "--export", str(tmp_path / "export"), "--captions_file", str(tmp_path / "captions.txt")]
+    capsys.readouterr()  # the tiny models' saving bars
+    assert main(["generate", *args]) == 1
+    err = capsys.readouterr().err.strip()
+    line = err.splitlines()[-1]  # after the loading bars, one error line and no traceback
+    assert "Traceback" not in err and line.startswith("error: ValueError")
+    assert "StableAudio3Pipeline" in line and "TangoPipeline" in line and "tiny-stable-audio-3" in line
+    save_tiny_stable_audio_3(tmp_path / "flow")  # on its own base it loads
+    from baton_trainer.backends import load_backend
+
+    load_backend(tmp_path / "flow", export=tmp_path / "export")

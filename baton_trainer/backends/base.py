@@ -437,15 +437,23 @@ class TextToAudioBackend(ABC):
             save_file(tensors, str(folder / self.denoiser_name / SAFETENSORS_WEIGHTS_NAME), metadata={"format": "pt"})
         else:
             raise ValueError(f"unknown export mode '{mode}' (expected lora or full)")
-        atomic_write_json(folder / EXPORT_FILE, {"mode": mode, "base": base})
+        atomic_write_json(folder / EXPORT_FILE, {"mode": mode, "base": base, "pipeline": type(self.pipe).__name__, "denoiser": type(self.denoiser).__name__})
 
     def _export_mode(self, folder: Path) -> str:
         info_file = folder / EXPORT_FILE
         if not info_file.is_file():
             raise FileNotFoundError(f"{folder}: not a trained export (no {EXPORT_FILE})")
-        mode = load_pretrained(lambda f: json.loads(Path(f).read_text(encoding="utf-8"))["mode"], info_file, "an export description")
+        info = load_pretrained(lambda f: json.loads(Path(f).read_text(encoding="utf-8")), info_file, "an export description")
+        mode = info.get("mode")
         if mode not in ("lora", "full"):
             raise ValueError(f"{info_file}: unknown export mode '{mode}'")
+        # exports written before the pipeline class was recorded name none: they are taken as they are
+        trained_on = info.get("pipeline")
+        if trained_on and trained_on != type(self.pipe).__name__:
+            raise ValueError(
+                f"{folder}: a {mode} export of a {trained_on} ({info.get('denoiser')}), "
+                f"not of this {type(self.pipe).__name__} ({type(self.denoiser).__name__}): load it on its own base model ({info.get('base')})"
+            )
         return mode
 
     def load_trained(self, folder: str | Path) -> None:
