@@ -33,7 +33,7 @@ def test_the_gpu_script_runs_end_to_end_at_tiny_size(tmp_path):
     assert rows["lora", 2]["flops_per_step"] < rows["full", 2]["flops_per_step"]
     assert rows["lora", 2]["trained_parameters"] < rows["full", 2]["trained_parameters"] / 10
     sampling = report["sampling"]
-    assert sampling["one_call_clips_per_s"] > 0 and sampling["two_calls_clips_per_s"] > 0 and sampling["largest_latent_difference"] < 0.05
+    assert sampling["one_call_clips_per_s"] > 0 and sampling["two_calls_clips_per_s"] > 0 and sampling["largest_latent_difference"] < 1e-3
     (engine,) = report["engines"]  # on CPU the CPU config: the launch, the export and its loading work
     assert engine["config"] == "cpu_2proc" and engine["returncode"] == 0 and engine["export_loads_and_generates_finite_audio"]
     online = report["online"]["seconds"]
