@@ -3,12 +3,15 @@ and transformers classes: TANGO, AudioLDM 2, Stable Audio Open, Stable Audio 3 (
 LongCat-AudioDiT (rectified flow run from noise to the clip). `--model` picks the backend
 from the folder; training, exports, generation, evaluation and the Space run unchanged on each."""
 
-import inspect
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
+import plain_diffusers_user as plain_user
 import pytest
 import torch
 from helpers import save_preference, save_pretrain, train, training_data
@@ -221,66 +224,32 @@ def test_a_dropped_caption_gets_the_null_conditioning_the_models_training_used(t
 
 def latents_of(pipe):
     """Latents from the pipeline's own call, one caption at a time."""
-    parameters = inspect.signature(pipe.__call__).parameters
-    length = next(name for name in ("audio_end_in_s", "audio_length_in_s", "duration", "audio_duration_s") if name in parameters)
-    kwargs = {length: DURATION_S}
-    return torch.cat(
-        [
-            torch.as_tensor(
-                pipe(p, num_inference_steps=3, guidance_scale=2.0, generator=[torch.Generator().manual_seed(s)], output_type="latent", **kwargs).audios
-            )
-            for p, s in zip(PROMPTS, SEEDS)
-        ]
-    )
+    return plain_user.latents_of(pipe, PROMPTS, SEEDS, DURATION_S)
 
 
-def plain_pipeline(folder, **components):
-    """The base pipeline as a diffusers user loads it, with this project's classes nowhere."""
-    import diffusers
-
-    index = json.loads((folder / "model_index.json").read_text())
-    if index["_class_name"] == ["pipeline_tango", "TangoPipeline"]:
-        from baton_trainer.backends.pipeline_tango import TangoPipeline  # the class the folder carries as remote code
-
-        return TangoPipeline.from_pretrained(folder, **components)
-    if index.get("language_model", [None, None])[1] == "GPT2Model":  # AudioLDM 2's published layout (docs/backends.md)
-        from transformers import GPT2LMHeadModel
-
-        components["language_model"] = GPT2LMHeadModel.from_pretrained(folder / "language_model")
-    return getattr(diffusers, index["_class_name"]).from_pretrained(folder, **components)
+def run_as_a_plain_diffusers_user(root: Path, out: Path) -> dict:
+    """`tests/plain_diffusers_user.py` on the base, LoRA and full exports under `root`, in a fresh
+    interpreter that cannot import this package: its latents with the adapter and with the full denoiser."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["HF_MODULES_CACHE"] = str(out.parent / "hf_modules")
+    env["OMP_NUM_THREADS"] = str(torch.get_num_threads())  # this process's reductions, so the two sides agree to 1e-5
+    args = [root / "base", root / "lora", root / "full", out, json.dumps(PROMPTS), json.dumps(SEEDS), DURATION_S]
+    result = subprocess.run([sys.executable, plain_user.__file__, *map(str, args)], env=env, cwd=out.parent, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "baton_trainer" not in result.stdout
+    return {k: torch.from_numpy(v) for k, v in np.load(out).items()}
 
 
-def load_lora_the_diffusers_way(pipe, export):
-    """`pipe.load_lora_weights` where the pipeline has it; otherwise the peft lines of docs/backends.md."""
-    if hasattr(pipe, "load_lora_weights"):
-        pipe.load_lora_weights(export)
-        return
-    from diffusers.utils import convert_unet_state_dict_to_peft
-    from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
-    from safetensors import safe_open
-
-    name = "transformer" if hasattr(pipe, "transformer") else "unet"
-    with safe_open(str(export / "pytorch_lora_weights.safetensors"), framework="pt") as f:
-        meta = json.loads(f.metadata()["lora_adapter_metadata"])
-        state = {k.removeprefix(f"{name}."): f.get_tensor(k) for k in f.keys()}
-    denoiser = getattr(pipe, name)
-    inject_adapter_in_model(LoraConfig(r=meta[f"{name}.r"], lora_alpha=meta[f"{name}.lora_alpha"], target_modules=meta[f"{name}.target_modules"]), denoiser)
-    set_peft_model_state_dict(denoiser, convert_unet_state_dict_to_peft(state))
-
-
-def test_exports_reload_the_diffusers_way_and_reproduce_the_trainers_model(trained):
+def test_exports_reload_the_diffusers_way_in_a_fresh_interpreter_and_reproduce_the_trainers_model(trained, tmp_path):
     model_class = BACKENDS[trained.name_of_backend][1]
     name = model_class.denoiser_name
     assert (trained / "lora" / "pytorch_lora_weights.safetensors").is_file() and (trained / "full" / name).is_dir()
+    theirs = run_as_a_plain_diffusers_user(trained, tmp_path / "latents.npz")
     ours_lora = latents_of(model_class.from_pretrained(trained / "base", export=trained / "lora").pipe)
-    pipe = plain_pipeline(trained / "base")
-    load_lora_the_diffusers_way(pipe, trained / "lora")
-    torch.testing.assert_close(latents_of(pipe), ours_lora, rtol=1e-4, atol=1e-5)
-    assert (latents_of(plain_pipeline(trained / "base")) - ours_lora).abs().max() > 1e-3  # the adapter does something
-
+    torch.testing.assert_close(theirs["lora"], ours_lora.float(), rtol=1e-4, atol=1e-5)
+    assert (latents_of(model_class.from_pretrained(trained / "base").pipe) - ours_lora).abs().max() > 1e-3  # the adapter does something
     ours_full = latents_of(model_class.from_pretrained(trained / "base", export=trained / "full").pipe)
-    denoiser = type(getattr(pipe, name)).from_pretrained(trained / "full", subfolder=name)
-    torch.testing.assert_close(latents_of(plain_pipeline(trained / "base", **{name: denoiser})), ours_full, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(theirs["full"], ours_full.float(), rtol=1e-4, atol=1e-5)
 
 
 def test_a_resumed_lora_run_ends_where_an_uninterrupted_one_does(trained, tmp_path):
@@ -361,7 +330,7 @@ def test_audioldm2_clips_are_what_diffusers_pipeline_makes_from_each_caption(tmp
     folder = save_tiny_audioldm2(tmp_path / "audioldm2")
     model = load_backend(folder)
     both = clips(model)
-    pipe = plain_pipeline(folder)
+    pipe = plain_user.plain_pipeline(folder)
     for i in range(2):
         ref = pipe(
             PROMPTS[i], num_inference_steps=3, guidance_scale=3.0, audio_length_in_s=DURATION_S, generator=[torch.Generator().manual_seed(SEEDS[i])]
