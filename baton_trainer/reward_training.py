@@ -141,10 +141,11 @@ def cached_embeddings(embedder: ClapEmbedder, ds, cache_dir: Path, ranks=None) -
         if tensors["audio"].shape[0] == len(ds):
             return tensors["audio"], tensors["text"], path, True
     path.parent.mkdir(parents=True, exist_ok=True)
-    if ranks is None or ranks.count == 1:
+    shared = ranks is not None and ranks.count > 1
+    markers, part = path.with_name(f".{path.stem}.ranks"), lambda i: path.with_name(f".{path.stem}.rank{i}.safetensors")
+    if not shared:
         audio, text = embed_rows(embedder, ds)
     else:
-        markers, part = path.with_name(f".{path.stem}.ranks"), lambda i: path.with_name(f".{path.stem}.rank{i}.safetensors")
         if ranks.is_main:
             ranks.clear(markers)
         ranks.barrier()  # no rank reports to the finish line of an earlier, killed run
@@ -164,10 +165,10 @@ def cached_embeddings(embedder: ClapEmbedder, ds, cache_dir: Path, ranks=None) -
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     save_file({"audio": audio.contiguous(), "text": text.contiguous()}, str(tmp), metadata={"clap": embedder.name_or_path})
     os.replace(tmp, path)
-    if ranks is not None and ranks.count > 1:
+    if shared:
         for i in range(ranks.count):
-            path.with_name(f".{path.stem}.rank{i}.safetensors").unlink(missing_ok=True)
-        ranks.clear(path.with_name(f".{path.stem}.ranks"))
+            part(i).unlink(missing_ok=True)
+        ranks.clear(markers)
     return audio, text, path, False
 
 
