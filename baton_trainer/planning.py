@@ -24,7 +24,6 @@ pipeline's frozen components, their casts, LoRA adapters, objectives' copies or 
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -75,20 +74,6 @@ class MemoryEstimate:
         return sum(self.parts.values())
 
 
-def _component_class(library: str, class_name: str, backend: type) -> type:
-    """The class a model_index.json entry names, as the backend loads it."""
-    override = backend.component_classes.get(class_name)
-    if override is not None:
-        return override
-    if library in ("diffusers", "transformers") or library.startswith("baton_trainer."):
-        return getattr(importlib.import_module(library), class_name)
-    own = getattr(backend, "custom_components", {})
-    if library in own:  # a component whose module travels in the folder (TANGO's Griffin-Lim vocoder)
-        return getattr(importlib.import_module(own[library]), class_name)
-    # a module of a diffusers pipeline package (Stable Audio 3's duration embedder)
-    return getattr(importlib.import_module(f"diffusers.pipelines.{library}"), class_name)
-
-
 def _from_config(component_class: type, folder: Path) -> torch.nn.Module:
     """A module of `component_class` built from the config in `folder`, with fresh (here: fake) weights."""
     if hasattr(component_class, "load_config") and hasattr(component_class, "from_config"):  # diffusers
@@ -129,6 +114,25 @@ class WeightlessModel:
         self.backend_type = backend_class(named[1] if isinstance(named, list) else str(named))
         import_own_components(self.folder)
         self.fake_mode = ShapeOnlyMode(allow_non_fake_inputs=True)
+        self._backend = None
+        self._activations: dict[tuple, int] = {}
+
+    @property
+    def backend(self):
+        """The backend on fake components, built once: planning only reads it (LoRA is counted on a
+        meta copy of the denoiser, `lora_parameters`)."""
+        if self._backend is None:
+            self._backend = self.build()
+        return self._backend
+
+    def activations(self, clips: int, duration_s: float, gradient_checkpointing: bool) -> int:
+        """`activation_bytes` of the backend, once per micro-batch, length and checkpointing (the
+        full and LoRA plans of an objective share it)."""
+        key = (clips, duration_s, gradient_checkpointing)
+        if key not in self._activations:
+            with self.fake_mode:
+                self._activations[key] = activation_bytes(self.backend, clips, duration_s, gradient_checkpointing)
+        return self._activations[key]
 
     def build(self):
         """A fresh backend on fake components."""
@@ -136,7 +140,7 @@ class WeightlessModel:
         for name, entry in self.index.items():
             if name.startswith("_") or not isinstance(entry, list) or None in entry:
                 continue
-            component_class = _component_class(entry[0], entry[1], self.backend_type)
+            component_class = self.backend_type.component_class(entry[0], entry[1])
             if isinstance(component_class, type) and issubclass(component_class, torch.nn.Module):
                 # Built on the meta device, then made fake: some models' __init__ reads tensor values
                 # (transformers' CLAP calls .item()), which a fake tensor cannot give.
@@ -203,11 +207,9 @@ def component_sizes(backend) -> list[ComponentSize]:
 
 def activation_bytes(backend, clips: int, duration_s: float, gradient_checkpointing: bool) -> int:
     """Bytes of the tensors one fp32 training forward of `clips` clips keeps for backward,
-    parameters (counted as weights) left out. Runs under the backend's fake mode."""
-    denoiser = backend.denoiser
-    if gradient_checkpointing:
-        denoiser.enable_gradient_checkpointing()
-    denoiser.train()
+    parameters (counted as weights) left out. Runs under the backend's fake mode; leaves the
+    denoiser's gradient checkpointing as it found it."""
+    denoiser = backend.denoiser.train()
     parameters = {p.untyped_storage()._cdata for p in denoiser.parameters()}
     kept: dict[int, int] = {}
 
@@ -221,9 +223,15 @@ def activation_bytes(backend, clips: int, duration_s: float, gradient_checkpoint
     latents = torch.zeros(clips, *backend.latent_shape(duration_s))
     timesteps = backend.draw_timesteps(clips, torch.Generator().manual_seed(0))
     noisy, target = noised_latents_and_target(backend.objective, latents, torch.zeros_like(latents), timesteps, backend.noise_scheduler)
-    with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
-        prediction = backend.predict(denoiser, noisy, timesteps, text)
-        (prediction - target).pow(2).mean()
+    if gradient_checkpointing:
+        denoiser.enable_gradient_checkpointing()
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+            prediction = backend.predict(denoiser, noisy, timesteps, text)
+            (prediction - target).pow(2).mean()  # the loss's own saved tensors count too
+    finally:
+        if gradient_checkpointing:
+            denoiser.disable_gradient_checkpointing()
     return sum(kept.values())
 
 
@@ -235,7 +243,7 @@ def lora_parameters(model: "WeightlessModel", config) -> int:
     name = model.backend_type.denoiser_name
     library, class_name = model.index[name]
     with torch.device("meta"):
-        denoiser = _from_config(_component_class(library, class_name, model.backend_type), model.folder / name)
+        denoiser = _from_config(model.backend_type.component_class(library, class_name), model.folder / name)
     denoiser.requires_grad_(False)
     targets = list(config.lora_target_modules or model.backend_type.lora_target_modules)
     try:
@@ -263,13 +271,13 @@ def estimate(model: WeightlessModel, config, mode: str, objective: str, num_proc
     precision, LoRA settings, clip length and checkpointing. Activations are measured in fp32 and
     scaled to the training dtype's width (mixed precision keeps them mostly in 16 bits)."""
     width = DTYPE_BYTES[config.mixed_precision or "no"]
-    backend = model.build()
+    backend = model.backend
     clips, rollout_clips = micro_batch(config, objective, num_processes)
+    duration = config.duration_s or backend.duration_s
+    frozen = sum(s.parameters * width + s.buffer_bytes for s in component_sizes(backend) if not s.trained)
+    denoiser_parameters = sum(p.numel() for p in backend.denoiser.parameters())
+    activations = model.activations(clips, duration, config.gradient_checkpointing) * width // 4
     with model.fake_mode:
-        duration = config.duration_s or backend.duration_s
-        frozen = sum(s.parameters * width + s.buffer_bytes for s in component_sizes(backend) if not s.trained)
-        denoiser_parameters = sum(p.numel() for p in backend.denoiser.parameters())
-        activations = activation_bytes(backend, clips, duration, config.gradient_checkpointing) * width // 4
         latent_elements = math.prod(backend.latent_shape(duration))
     if mode == "lora":
         trained = lora_parameters(model, config)
@@ -300,7 +308,7 @@ def plan(config, num_processes: int = 1, online_objective: str = "grpo") -> dict
     model = WeightlessModel(config.model)
     offline = config.objective if config.objective in OFFLINE_OBJECTIVES else "baton"
     online = config.objective if config.objective in ONLINE_OBJECTIVES else online_objective
-    sizes = component_sizes(model.build())
+    sizes = component_sizes(model.backend)
     estimates = [estimate(model, config, mode, objective, num_processes) for objective in (offline, online) for mode in ("full", "lora")]
     return {
         "model": config.model,

@@ -24,6 +24,7 @@ import contextlib
 import dataclasses
 import hashlib
 import importlib
+import importlib.util
 import json
 import math
 import shutil
@@ -153,6 +154,24 @@ class TextToAudioBackend(ABC):
     component_classes: dict[str, type] = {}
     custom_components: dict[str, str] = {}
     name_or_path: str = ""
+
+    @classmethod
+    def component_class(cls, library: str, class_name: str) -> type:
+        """The class a model_index.json entry ([library, class]) names, as this backend loads it:
+        diffusers', transformers' or this package's, a module a folder carries that this package
+        ships itself (`custom_components`), or a diffusers pipeline package's (Stable Audio 3's
+        duration embedder). A folder never makes it import anything else."""
+        if class_name in cls.component_classes:
+            return cls.component_classes[class_name]
+        if library in cls.custom_components:
+            module = cls.custom_components[library]
+        elif library in ("diffusers", "transformers") or library.startswith(__package__.split(".")[0] + "."):
+            module = library
+        elif library.isidentifier() and importlib.util.find_spec(f"diffusers.pipelines.{library}") is not None:
+            module = f"diffusers.pipelines.{library}"
+        else:
+            raise ValueError(f"component {library}.{class_name}: a library this package does not load")
+        return getattr(importlib.import_module(module), class_name)
 
     def __init__(self, pipe):
         self.pipe = pipe

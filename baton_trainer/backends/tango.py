@@ -14,7 +14,6 @@ Griffin-Lim vocoder that travels in its folder (`vocoder/griffin_lim_vocoder.py`
 
 from __future__ import annotations
 
-import importlib
 import json
 import shutil
 from pathlib import Path
@@ -38,12 +37,6 @@ LEGACY_MODEL_FILE = "baton_model.json"  # the layout before the pipeline: settin
 CUSTOM_COMPONENTS = {"griffin_lim_vocoder": "baton_trainer.backends.griffin_lim_vocoder"}
 
 
-def _custom_class(module_name: str, class_name: str):
-    if module_name not in CUSTOM_COMPONENTS:
-        raise ValueError(f"unknown component module {module_name!r} (known: {', '.join(CUSTOM_COMPONENTS)})")
-    return getattr(importlib.import_module(CUSTOM_COMPONENTS[module_name]), class_name)
-
-
 def load_tango_pipeline(folder: Path, torch_dtype: torch.dtype | None = None) -> TangoPipeline:
     """A TangoPipeline from a saved folder of either layout, every component from this package's
     classes (or diffusers' and transformers'), each loaded on its own so a bad file is named."""
@@ -55,12 +48,10 @@ def load_tango_pipeline(folder: Path, torch_dtype: torch.dtype | None = None) ->
     components = {}
     for name in ("vae", "text_encoder", "tokenizer", "unet", "scheduler", "vocoder"):
         library, class_name = index.get(name) or (None, None)
-        if library in CUSTOM_COMPONENTS:
-            component_class = _custom_class(library, class_name)
-        elif library in ("diffusers", "transformers"):
-            component_class = getattr(importlib.import_module(library), class_name)
-        else:
-            raise ValueError(f"{folder / 'model_index.json'}: component {name} is {library}.{class_name}, which this package does not load")
+        try:
+            component_class = TangoModel.component_class(str(library), str(class_name))
+        except ValueError:
+            raise ValueError(f"{folder / 'model_index.json'}: component {name} is {library}.{class_name}, which this package does not load") from None
         kwargs = {"torch_dtype": torch_dtype} if torch_dtype is not None and name in ("vae", "text_encoder", "unet") else {}
         components[name] = load_pretrained(lambda f, c=component_class, k=kwargs: c.from_pretrained(f, **k), folder / name, f"a {class_name}")
     return load_pretrained(lambda f: TangoPipeline.from_pretrained(f, **components), folder, "a TangoPipeline")
