@@ -4,7 +4,9 @@ a 64-band log-mel in dB at 100 frames per second, drawn with time and frequency 
 from __future__ import annotations
 
 import numpy as np
-from transformers.audio_utils import hertz_to_mel, mel_to_hertz, spectrogram, window_function
+from transformers.audio_utils import hertz_to_mel, mel_to_hertz, power_to_db
+
+from reward_hub.modeling_baton_reward import mel_power_spectrogram
 
 from .audio import slaney_mel_filters
 
@@ -20,10 +22,8 @@ def log_mel_db(waveform: np.ndarray, sample_rate: int) -> np.ndarray:
     if wav.size < n_fft:
         wav = np.pad(wav, (0, n_fft - wav.size))
     bank = slaney_mel_filters(sample_rate, n_fft, N_MELS, 0.0, sample_rate / 2).T.astype(np.float64)
-    return spectrogram(
-        wav, window_function(n_fft, "hann"), frame_length=n_fft, hop_length=max(1, sample_rate // FRAMES_PER_SECOND),
-        power=2.0, mel_filters=bank, log_mel="dB", db_range=80.0,
-    )  # fmt: skip
+    mel = mel_power_spectrogram(wav, bank, n_fft, max(1, sample_rate // FRAMES_PER_SECOND))
+    return power_to_db(mel, 1.0, 1e-10, 80.0)
 
 
 def draw_spectrogram(

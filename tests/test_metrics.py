@@ -217,3 +217,29 @@ def test_loudness_normalised_clips_read_the_target_loudness_and_a_louder_copy_is
     raw_db = [10 * np.log10(np.mean(c**2) + 1e-12) for c in clips[:2]]
     heard_db = [10 * np.log10(np.mean(c**2) + 1e-12) for c in heard[:2]]
     assert abs(raw_db[1] - raw_db[0]) > 17 and abs(heard_db[1] - heard_db[0]) < 0.01
+
+
+@pytest.mark.parametrize("sample_rate", [16_000, 8_000, 44_100])
+def test_log_mel_db_is_transformers_spectrogram_with_silences(sample_rate):
+    """The one-call spectrogram (silent frames skipped) gives transformers' frame-by-frame
+    `spectrogram` in dB, for sound, digital silence before, between and after it, all silence,
+    and a clip shorter than one FFT."""
+    from transformers.audio_utils import spectrogram, window_function
+
+    from baton_trainer.audio import slaney_mel_filters
+    from baton_trainer.spectrogram import N_MELS, log_mel_db
+
+    rng = np.random.default_rng(7)
+    sound = np.zeros(3 * sample_rate)
+    sound[1_234:9_000] = rng.normal(0, 0.3, 7_766)
+    sound[2 * sample_rate : 2 * sample_rate + 333] = rng.normal(0, 0.3, 333)
+    n_fft = 1024 if sample_rate >= 16_000 else 512
+    bank = slaney_mel_filters(sample_rate, n_fft, N_MELS, 0.0, sample_rate / 2).T.astype(np.float64)
+    for clip in (sound, rng.normal(0, 0.1, sample_rate), np.zeros(sample_rate), rng.normal(0, 0.1, 100)):
+        padded = np.pad(clip, (0, max(0, n_fft - clip.size)))
+        want = spectrogram(
+            padded, window_function(n_fft, "hann"), frame_length=n_fft, hop_length=sample_rate // 100, power=2.0, mel_filters=bank, log_mel="dB", db_range=80.0
+        )
+        got = log_mel_db(clip, sample_rate)
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, atol=1e-6)

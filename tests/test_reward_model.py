@@ -240,6 +240,11 @@ def test_the_fast_clap_features_are_transformers_features_and_save_as_them(tmp_p
     assert type(fast) is FastClapFeatureExtractor and fast_clap_features(fast) is fast
     rng = np.random.default_rng(3)
     clips = [rng.normal(0, 0.2, n).astype(np.float32) for n in (700, 48_000, 77_777, 480_000, 480_300, 700_000)]
+    # digital silence before, between and after sound (a short clip zero-padded), and none at all
+    quiet = np.zeros(200_000, np.float32)
+    quiet[30_011:30_700] = rng.normal(0, 0.2, 689)
+    quiet[123_456:150_000] = rng.normal(0, 0.2, 26_544)
+    clips += [quiet, np.zeros(96_000, np.float32), np.concatenate([rng.normal(0, 0.2, 5_000), np.zeros(400_000)]).astype(np.float32)]
     for truncation in ("fusion", "rand_trunc"):
         np.random.seed(0)  # both draw the same random crops of the long clips
         want = plain(clips, sampling_rate=48_000, truncation=truncation, return_tensors="np")

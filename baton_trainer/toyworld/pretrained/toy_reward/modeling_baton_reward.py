@@ -78,22 +78,39 @@ def pooled_embedding(output: Any) -> torch.Tensor:
     return output if isinstance(output, torch.Tensor) else output.pooler_output
 
 
+def mel_power_spectrogram(waveform: np.ndarray, mel_filters: np.ndarray, size: int, hop: int) -> np.ndarray:
+    """(n_mels, frames) mel power of a centred (reflect-padded), Hann-windowed STFT, floored at
+    1e-10: the arithmetic of transformers' `spectrogram(..., power=2.0, mel_filters=...)` (float64,
+    the spectrum rounded through complex64) with one FFT call over all frames instead of one per
+    frame. `mel_filters` is (size // 2 + 1, n_mels), as transformers takes it.
+
+    Frames of digital silence have an exactly zero spectrum, so only the frames that overlap a
+    non-zero sample are transformed (a short clip zero-padded to CLAP's 10 s is mostly silence).
+    """
+    padded = np.pad(np.asarray(waveform, dtype=np.float64), size // 2, mode="reflect")
+    frames = np.lib.stride_tricks.sliding_window_view(padded, size)[::hop]  # (frames, size), no copy
+    mel = np.full((mel_filters.shape[1], frames.shape[0]), 1e-10)
+    sounding = np.flatnonzero(padded)
+    if sounding.size:
+        first = max(0, (sounding[0] - size) // hop + 1)
+        last = min(frames.shape[0], sounding[-1] // hop + 1)
+        spectrum = np.fft.rfft(frames[first:last] * window_function(size, "hann").astype(np.float64), axis=-1).astype(np.complex64)
+        power = np.abs(spectrum, dtype=np.float64) ** 2
+        mel[:, first:last] = np.maximum(1e-10, np.dot(mel_filters.T, power.T))
+    return mel
+
+
 class FastClapFeatureExtractor(ClapFeatureExtractor):
-    """transformers' `ClapFeatureExtractor` with its log-mel spectrogram taken by one FFT call over
-    all frames. transformers takes one numpy FFT call per frame (1,001 calls for CLAP's 10 s input),
-    which was most of the CPU time of embedding a clip; the arithmetic is the same (Hann window,
-    power spectrum, mel bank, dB), and the features came out identical on the build machine. It saves itself as a
+    """transformers' `ClapFeatureExtractor` with its log-mel spectrogram from `mel_power_spectrogram`.
+    transformers takes one numpy FFT call per frame (1,001 calls for CLAP's 10 s input), which was
+    most of the CPU time of embedding a clip; the arithmetic is the same (Hann window, power
+    spectrum, mel bank, dB), and the features came out identical on the build machine. It saves itself as a
     `ClapFeatureExtractor`, so a saved folder needs nothing of this file to load."""
 
     def _np_extract_fbank_features(self, waveform: np.ndarray, mel_filters: np.ndarray | None = None) -> np.ndarray:
         if mel_filters is None:
             return super()._np_extract_fbank_features(waveform, mel_filters)
-        size, hop = self.fft_window_size, self.hop_length
-        padded = np.pad(np.asarray(waveform, dtype=np.float64), size // 2, mode="reflect")
-        frames = np.lib.stride_tricks.sliding_window_view(padded, size)[::hop]  # (frames, size), no copy
-        spectrum = np.fft.rfft(frames * window_function(size, "hann").astype(np.float64), axis=-1).astype(np.complex64)
-        power = np.abs(spectrum, dtype=np.float64) ** 2
-        mel = np.maximum(1e-10, np.dot(mel_filters.T, power.T))
+        mel = mel_power_spectrogram(waveform, mel_filters, self.fft_window_size, self.hop_length)
         return np.asarray(power_to_db(mel, 1.0, 1e-10, None), dtype=np.float32).T
 
     def to_dict(self) -> dict[str, Any]:
