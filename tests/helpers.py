@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import weakref
 from pathlib import Path
 
@@ -13,6 +14,14 @@ from torch.utils._pytree import tree_leaves
 
 from baton_trainer.audio import wav_bytes
 from baton_trainer.data import PRETRAIN_FEATURES, build_dataset
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now (the OS picks it): servers and torchrun rendezvous of tests
+    that run at the same time, in one process or in parallel workers, never share one."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def tone(freq: float, seconds: float = 0.32, sr: int = 16000, seed: int = 0) -> np.ndarray:

@@ -1,11 +1,11 @@
 """The annotation app, launched on 127.0.0.1 and driven through gradio_client like a browser would."""
 
 import json
-import socket
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import free_port
 from test_annotation import make_generations
 
 from baton_trainer.annotation import AnnotationError, AnnotationStore
@@ -19,12 +19,6 @@ from baton_trainer.stages.export import ExportConfig, export_feedback
 gradio_client = pytest.importorskip("gradio_client")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _launch(config: AnnotateConfig):
     app = annotate(config, prevent_thread_lock=True)
     client = gradio_client.Client(f"http://127.0.0.1:{config.server_port}/", verbose=False)
@@ -35,7 +29,7 @@ def _launch(config: AnnotateConfig):
 def test_rating_campaign_through_the_app_lands_in_store_and_export(tmp_path):
     run = tmp_path / "run"
     make_generations(run / "generations", num_captions=2, clips_per_caption=2)
-    config = AnnotateConfig(run_dir=str(run), ratings_per_clip=2, server_port=_free_port())
+    config = AnnotateConfig(run_dir=str(run), ratings_per_clip=2, server_port=free_port())
     app, client = _launch(config)
     try:
         assert {"/start", "/aligned", "/not_aligned", "/skip"} <= set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
@@ -93,7 +87,7 @@ def test_missing_corrupt_and_escaping_clips_show_an_error_and_move_on(tmp_path):
     outside = tmp_path / "secret.wav"
     (gen / "clips" / "00001_0.wav").rename(outside)
     (gen / "clips" / "00001_0.wav").symlink_to(outside)  # resolves outside the generations folder
-    config = AnnotateConfig(run_dir=str(run), ratings_per_clip=1, server_port=_free_port())
+    config = AnnotateConfig(run_dir=str(run), ratings_per_clip=1, server_port=free_port())
     app, client = _launch(config)
     try:
         clip_id, caption, audio, image, progress, status = client.predict("alice", api_name="/start")
@@ -155,7 +149,7 @@ def test_keyboard_shortcuts_rate_in_a_browser(tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api")
     run = tmp_path / "run"
     make_generations(run / "generations", num_captions=1, clips_per_caption=3)
-    config = AnnotateConfig(run_dir=str(run), ratings_per_clip=1, server_port=_free_port())
+    config = AnnotateConfig(run_dir=str(run), ratings_per_clip=1, server_port=free_port())
     app = annotate(config, prevent_thread_lock=True)
     flags = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"]
     try:
@@ -190,7 +184,7 @@ def test_logins_from_users_file_name_the_annotator(tmp_path):
     make_generations(run / "generations", num_captions=1, clips_per_caption=1)
     users = tmp_path / "users.txt"
     users.write_text("alice:wonderland\n", encoding="utf-8")
-    config = AnnotateConfig(run_dir=str(run), users_file=str(users), server_port=_free_port())
+    config = AnnotateConfig(run_dir=str(run), users_file=str(users), server_port=free_port())
     app = annotate(config, prevent_thread_lock=True)
     try:
         with pytest.raises(Exception):

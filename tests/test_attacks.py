@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import free_port
 from test_annotation import make_generations
 from test_listening import make_eval_dir
-from test_space import free_port
 
 from baton_trainer.annotation.logins import add_user, read_users_file
 from baton_trainer.annotation.store import AnnotationError, AnnotationStore

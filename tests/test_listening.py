@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import tone
+from helpers import free_port, tone
 from scipy import stats
 
 from baton_trainer.annotation.listening import (
@@ -223,7 +223,6 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-ne
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium (apt-get install chromium)")
 def test_two_raters_at_once_in_a_browser_and_the_export_matches_the_stored_trials(tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api")
-    from test_space import free_port
 
     eval_dir = make_eval_dir(tmp_path / "eval", captions=3, clips=1)
     store = ListeningStore(tmp_path / "annotations.sqlite")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from accelerate import Accelerator
-from helpers import run_stage, save_audio_alpaca, save_pretrain, train
+from helpers import free_port, run_stage, save_audio_alpaca, save_pretrain, train
 
 from baton_trainer.backends import load_backend
 from baton_trainer.denoising import DenoisingDraw
@@ -253,7 +253,7 @@ def launch(ranks: int, *args):
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1", "HF_HUB_OFFLINE": "1"}
     torchrun = Path(sys.executable).with_name("torchrun")
-    command = [str(torchrun), "--nproc_per_node", str(ranks), "--master_port", str(29600 + os.getpid() % 1000), "-m", "baton_trainer", "finetune", *args]
+    command = [str(torchrun), "--nproc_per_node", str(ranks), "--master_port", str(free_port()), "-m", "baton_trainer", "finetune", *args]
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
 
 

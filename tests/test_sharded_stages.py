@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import run_stage
+from helpers import free_port, run_stage
 
 from baton_trainer.runtime import Ranks, RankTimeoutError
 from baton_trainer.testing import save_synthetic_generations, save_tiny_clap, save_tiny_tango
@@ -31,7 +31,7 @@ def launch(ranks: int, stage: str, *args, wait: bool = True):
     command = (
         [sys.executable, "-m", "baton_trainer", stage, *args]
         if ranks == 1
-        else [str(TORCHRUN), "--nproc_per_node", str(ranks), "--master_port", str(29500 + os.getpid() % 1000), "-m", "baton_trainer", stage, *args]
+        else [str(TORCHRUN), "--nproc_per_node", str(ranks), "--master_port", str(free_port()), "-m", "baton_trainer", stage, *args]
     )
     if not wait:
         return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

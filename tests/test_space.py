@@ -4,7 +4,6 @@ prunes, uploads)."""
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -18,6 +17,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from helpers import free_port
 
 from baton_trainer.backends.tango import TangoModel
 from baton_trainer.testing import save_tiny_tango
@@ -28,12 +28,6 @@ gradio_client = pytest.importorskip("gradio_client")
 
 PROMPT = "a dog barks then birds chirp"
 DURATION_S = 0.25  # not the tiny model's default 0.32 s, so the request's length is what counts
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_models(root: Path) -> dict[str, Path]:

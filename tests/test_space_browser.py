@@ -8,7 +8,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from test_space import free_port, make_models
+from helpers import free_port
+from test_space import make_models
 
 from spaces_demo import app as space
 from spaces_demo import models as space_models

@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -7,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import run_stage, save_preference, save_pretrain, train, training_data
+from helpers import free_port, run_stage, save_preference, save_pretrain, train, training_data
 from safetensors.torch import load_file
 
 from baton_trainer.backends.tango import TangoModel
@@ -163,7 +164,7 @@ def test_cached_and_uncached_encodings_agree(world, tmp_path):
     assert loss_c.item() == pytest.approx(loss_u.item(), rel=1e-4)
 
 
-def run_cli(args, env_extra=None, torchrun=None):
+def run_cli(args, env_extra=None, torchrun=None, wait=True):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     env.update(env_extra or {})
     cmd = [sys.executable, "-m", "baton_trainer", "finetune", *args]
@@ -175,12 +176,14 @@ def run_cli(args, env_extra=None, torchrun=None):
             "--nproc_per_node",
             str(torchrun),
             "--master_port",
-            "29517",
+            str(free_port()),
             "-m",
             "baton_trainer",
             "finetune",
             *args,
         ]
+    if not wait:
+        return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
 
 
@@ -226,6 +229,42 @@ def test_two_processes_match_one_process_with_the_same_global_batch(world, tmp_p
     # sqrt(v) enlarges that rounding for parameters whose gradients are near zero (measured: one
     # weight of 13,824 off by 3.3e-5 after 3 steps). A different step would differ by about the lr.
     assert gap < 0.05 * moved
+
+
+@pytest.mark.slow
+def test_a_two_process_run_with_a_killed_rank_resumes_to_the_uninterrupted_weights(world, tmp_path):
+    """One rank of a 2-process fine-tune is killed mid-run (torchrun then stops the other); the
+    rerun resumes at the last checkpoint and ends with the weights of a run nobody killed."""
+    import signal
+    import time
+
+    def args(out: str) -> list[str]:
+        return [
+            *("--model", str(world / "model"), "--feedback_dataset", str(world / "feedback"), "--pretrain_dataset", str(world / "pretrain")),
+            *("--max_train_steps", "24", "--checkpointing_steps", "2", "--train_batch_size", "2", "--learning_rate", "1e-3", "--report_to", "none"),
+            *("--run_dir", str(tmp_path), "--output_dir", str(tmp_path / out), "--cache_dir", str(tmp_path / f"cache_{out}")),
+        ]
+
+    whole = run_cli(args("whole"), env_extra={"ACCELERATE_USE_CPU": "1"}, torchrun=2)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    proc = run_cli(args("killed"), env_extra={"ACCELERATE_USE_CPU": "1"}, torchrun=2, wait=False)
+    first = tmp_path / "killed" / "checkpoints" / "checkpoint-2"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not first.is_dir():
+        time.sleep(0.02)
+    workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    assert proc.poll() is None and workers, "the run finished before a rank could be killed"
+    os.kill(int(workers[-1]), signal.SIGKILL)
+    proc.wait(timeout=300)
+    assert proc.returncode != 0 and not (tmp_path / "killed" / "unet").exists()
+    resumed = run_cli([*args("killed"), "--resume_from_checkpoint", "latest"], env_extra={"ACCELERATE_USE_CPU": "1"}, torchrun=2)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    step = re.search(r"resumed from \S*checkpoint-\d+ at step (\d+)", resumed.stdout + resumed.stderr)
+    assert step and 2 <= int(step.group(1)) < 24  # the finished steps are not taken again
+    a, b = unet_state(tmp_path / "whole"), unet_state(tmp_path / "killed")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=1e-5)
 
 
 @pytest.mark.slow
