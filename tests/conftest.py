@@ -32,9 +32,3 @@ def own_accelerator_state():
     AcceleratorState._reset_state()
     yield
     AcceleratorState._reset_state()
-
-
-def pytest_collection_modifyitems(config, items):
-    """The slow tests first, so parallel workers start the long ones early and finish on short
-    ones, instead of one worker starting a two-minute test when the others are nearly done."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
