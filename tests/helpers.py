@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import subprocess
+import time
 import weakref
 from pathlib import Path
 
@@ -22,6 +26,18 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def kill_one_rank_when(launcher: subprocess.Popen, ready, timeout_s: float = 300) -> int:
+    """Wait until `ready()` holds while the torchrun `launcher` still runs, SIGKILL one of its ranks
+    (torchrun then stops the others) and return the launcher's exit code."""
+    deadline = time.time() + timeout_s
+    while time.time() < deadline and launcher.poll() is None and not ready():
+        time.sleep(0.02)
+    ranks = subprocess.run(["pgrep", "-P", str(launcher.pid)], capture_output=True, text=True).stdout.split()
+    assert launcher.poll() is None and ranks, "the run finished before a rank could be killed"
+    os.kill(int(ranks[-1]), signal.SIGKILL)
+    return launcher.wait(timeout=timeout_s)
 
 
 def tone(freq: float, seconds: float = 0.32, sr: int = 16000, seed: int = 0) -> np.ndarray:

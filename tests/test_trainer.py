@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import free_port, run_stage, save_preference, save_pretrain, train, training_data
+from helpers import free_port, kill_one_rank_when, run_stage, save_preference, save_pretrain, train, training_data
 from safetensors.torch import load_file
 
 from baton_trainer.backends.tango import TangoModel
@@ -235,8 +235,6 @@ def test_two_processes_match_one_process_with_the_same_global_batch(world, tmp_p
 def test_a_two_process_run_with_a_killed_rank_resumes_to_the_uninterrupted_weights(world, tmp_path):
     """One rank of a 2-process fine-tune is killed mid-run (torchrun then stops the other); the
     rerun resumes at the last checkpoint and ends with the weights of a run nobody killed."""
-    import signal
-    import time
 
     def args(out: str) -> list[str]:
         return [
@@ -248,15 +246,8 @@ def test_a_two_process_run_with_a_killed_rank_resumes_to_the_uninterrupted_weigh
     whole = run_cli(args("whole"), env_extra={"ACCELERATE_USE_CPU": "1"}, torchrun=2)
     assert whole.returncode == 0, whole.stderr[-3000:]
     proc = run_cli(args("killed"), env_extra={"ACCELERATE_USE_CPU": "1"}, torchrun=2, wait=False)
-    first = tmp_path / "killed" / "checkpoints" / "checkpoint-2"
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None and not first.is_dir():
-        time.sleep(0.02)
-    workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
-    assert proc.poll() is None and workers, "the run finished before a rank could be killed"
-    os.kill(int(workers[-1]), signal.SIGKILL)
-    proc.wait(timeout=300)
-    assert proc.returncode != 0 and not (tmp_path / "killed" / "unet").exists()
+    assert kill_one_rank_when(proc, (tmp_path / "killed" / "checkpoints" / "checkpoint-2").is_dir) != 0
+    assert not (tmp_path / "killed" / "unet").exists()
     resumed = run_cli([*args("killed"), "--resume_from_checkpoint", "latest"], env_extra={"ACCELERATE_USE_CPU": "1"}, torchrun=2)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     step = re.search(r"resumed from \S*checkpoint-\d+ at step (\d+)", resumed.stdout + resumed.stderr)
