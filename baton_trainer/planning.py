@@ -87,11 +87,15 @@ def _from_config(component_class: type, folder: Path) -> torch.nn.Module:
 class ShapeOnlyMode(FakeTensorMode):
     """Fake tensors whose data-dependent reads answer a constant: a pipeline's prompt encoding
     compares token ids (`torch.equal`) and models read scalars (`.item()`), and neither changes a
-    shape that memory depends on."""
+    shape that memory depends on. (ACE-Step's condition encoder counts reference clips with
+    `bincount` and sizes its timbre token by the count: its conditioning comes out one token short.)"""
 
     def dispatch(self, func, types, args=(), kwargs=None):
         if func is torch.ops.aten.equal.default:
             return True
+        if func is torch.ops.aten.bincount.default:  # one count a bin: ACE-Step's one reference clip per caption
+            minlength = (kwargs or {}).get("minlength", args[2] if len(args) > 2 else 0)
+            return super().dispatch(torch.ops.aten.ones.default, types, ([max(int(minlength), 1)],), {"dtype": torch.long, "device": torch.device("cpu")})
         if func is torch.ops.aten._local_scalar_dense.default:
             dtype = args[0].dtype
             return False if dtype == torch.bool else 0.0 if dtype.is_floating_point else 0

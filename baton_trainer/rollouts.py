@@ -138,7 +138,7 @@ class PolicySampler:
         elif backend.objective in ("v_cosine", "flow"):
             levels = np.linspace(1.0, 0.0, num_steps + 1)
             if backend.objective == "flow":
-                shift = float(getattr(backend.noise_scheduler, "config", {}).get("shift", 1.0) or 1.0)
+                shift = float(backend.flow_shift or getattr(backend.noise_scheduler, "config", {}).get("shift", 1.0) or 1.0)
                 levels = shift * levels / (1 + (shift - 1) * levels)
                 alpha_all, sigma_all = 1 - levels, levels
             else:

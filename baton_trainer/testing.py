@@ -3,8 +3,8 @@
 - `tiny_tango()`: a TangoModel with a few thousand parameters per component: the same
   AutoencoderKL, UNet2DConditionModel (with cross-attention), T5EncoderModel, tokenizer,
   SpeechT5HifiGan and DDPMScheduler types as real TANGO, at toy sizes.
-- `tiny_audioldm2()`, `tiny_stable_audio()`, `tiny_stable_audio_3()`: the same for AudioLDM 2, Stable Audio Open and Stable Audio 3
-  (diffusers' own pipelines, every component class real).
+- `tiny_audioldm2()`, `tiny_stable_audio()`, `tiny_stable_audio_3()`, `tiny_longcat_audio_dit()`, `tiny_ace_step()`: the same for
+  AudioLDM 2, Stable Audio Open, Stable Audio 3, LongCat-AudioDiT and ACE-Step (diffusers' own pipelines, every component class real).
 - `save_tiny_clap()`: a tiny random `ClapModel` + `ClapProcessor` (a real byte-level BPE tokenizer
   and the real feature extractor) that takes 10 s clips at 48 kHz.
 - `synthetic_rating_rows()` and friends: rating data for the reward stages. Clips are a low tone
@@ -417,6 +417,64 @@ def save_tiny_longcat_audio_dit(folder: str | Path | None = None, seed: int = 0)
     return folder
 
 
+def tiny_ace_step(seed: int = 0):
+    """A randomly initialised AceStepModel: diffusers' AceStepPipeline with tiny components of every
+    real class (Qwen3's encoder, AutoencoderOobleck at 48 kHz stereo with 1024 samples a latent
+    frame, AceStepConditionEncoder, AceStepTransformer1DModel with a sliding and a full attention
+    layer) and the pipeline's scheduler (one training timestep, shift 1: the pipeline shifts its grid)."""
+    # lazy: ACE-Step is in recent diffusers only
+    from diffusers import AceStepConditionEncoder, AceStepPipeline, AceStepTransformer1DModel, FlowMatchEulerDiscreteScheduler
+    from transformers import Qwen3Config, Qwen3Model
+
+    from .backends.ace_step import AceStepModel
+
+    torch.manual_seed(seed)
+    tokenizer = tiny_tokenizer(model_max_length=64)
+    text_encoder = Qwen3Model(
+        Qwen3Config(
+            vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1, head_dim=8
+        )
+    ).eval()
+    acoustic = 4
+    vae = AutoencoderOobleck(
+        encoder_hidden_size=8,
+        downsampling_ratios=[4, 8, 8, 4],
+        channel_multiples=[1, 2, 2, 2],
+        decoder_channels=4,
+        decoder_input_channels=acoustic,
+        audio_channels=2,
+        sampling_rate=48000,
+    )
+    attention = dict(num_attention_heads=2, num_key_value_heads=1, head_dim=8, sliding_window=8)
+    condition_encoder = AceStepConditionEncoder(
+        hidden_size=16,
+        intermediate_size=32,
+        text_hidden_dim=16,
+        timbre_hidden_dim=acoustic,
+        num_lyric_encoder_hidden_layers=1,
+        num_timbre_encoder_hidden_layers=1,
+        **attention,
+    )
+    with torch.no_grad():  # the real buffer is the VAE's encoding of silence; a zero one would hide the timbre path
+        condition_encoder.silence_latent.normal_(0.0, 0.5)
+    transformer = AceStepTransformer1DModel(
+        hidden_size=16, intermediate_size=32, num_hidden_layers=2, in_channels=3 * acoustic, audio_acoustic_hidden_dim=acoustic, patch_size=2, **attention
+    )
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1, shift=1.0)
+    pipe = AceStepPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer, condition_encoder=condition_encoder, scheduler=scheduler
+    )
+    model = AceStepModel(pipe)
+    model.name_or_path = f"tiny-ace-step-seed{seed}"
+    return model.eval()
+
+
+def save_tiny_ace_step(folder: str | Path | None = None, seed: int = 0) -> Path:
+    folder = Path(folder or tempfile.mkdtemp(prefix="tiny-ace-step-"))
+    tiny_ace_step(seed).save_pretrained(folder)
+    return folder
+
+
 # Every backend's tiny model, by backend: what the tests run each backend's checks on.
 TINY_BACKENDS = {
     "tango": save_tiny_tango,
@@ -424,6 +482,7 @@ TINY_BACKENDS = {
     "stable_audio": save_tiny_stable_audio,
     "stable_audio_3": save_tiny_stable_audio_3,
     "longcat_audio_dit": save_tiny_longcat_audio_dit,
+    "ace_step": save_tiny_ace_step,
 }
 
 

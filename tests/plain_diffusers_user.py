@@ -54,7 +54,7 @@ def latents_of(pipe, prompts, seeds, seconds):
     import inspect
 
     parameters = inspect.signature(pipe.__call__).parameters
-    length = next(name for name in ("audio_end_in_s", "audio_length_in_s", "duration", "audio_duration_s") if name in parameters)
+    length = next(name for name in ("audio_end_in_s", "audio_length_in_s", "duration", "audio_duration_s", "audio_duration") if name in parameters)
     return torch.cat(
         [
             torch.as_tensor(

@@ -1,6 +1,7 @@
 """The checklist every backend passes (docs/backends.md), on tiny pipelines of the real diffusers
-and transformers classes: TANGO, AudioLDM 2, Stable Audio Open, Stable Audio 3 (rectified flow) and
-LongCat-AudioDiT (rectified flow run from noise to the clip). `--model` picks the backend
+and transformers classes: TANGO, AudioLDM 2, Stable Audio Open, Stable Audio 3 (rectified flow),
+LongCat-AudioDiT (rectified flow run from noise to the clip) and ACE-Step (rectified flow on a shifted
+grid, a learned null conditioning). `--model` picks the backend
 from the folder; training, exports, generation, evaluation and the Space run unchanged on each."""
 
 import json
@@ -17,13 +18,21 @@ import torch
 from helpers import save_preference, save_pretrain, train, training_data
 
 from baton_trainer.backends import TextConditioning, load_backend
+from baton_trainer.backends.ace_step import AceStepModel
 from baton_trainer.backends.audioldm2 import AudioLDM2Model
 from baton_trainer.backends.longcat_audio_dit import LongCatAudioDiTModel
 from baton_trainer.backends.stable_audio import StableAudioModel
 from baton_trainer.backends.stable_audio_3 import StableAudio3Model
 from baton_trainer.backends.tango import TangoModel
 from baton_trainer.losses import baton_loss, noised_latents_and_target
-from baton_trainer.testing import save_tiny_audioldm2, save_tiny_longcat_audio_dit, save_tiny_stable_audio, save_tiny_stable_audio_3, save_tiny_tango
+from baton_trainer.testing import (
+    save_tiny_ace_step,
+    save_tiny_audioldm2,
+    save_tiny_longcat_audio_dit,
+    save_tiny_stable_audio,
+    save_tiny_stable_audio_3,
+    save_tiny_tango,
+)
 
 PROMPTS = ["a dog barks then beep", "rain falls with hum"]
 SEEDS = [3, 4]
@@ -34,6 +43,7 @@ BACKENDS = {
     "stable_audio": (save_tiny_stable_audio, StableAudioModel),
     "stable_audio_3": (save_tiny_stable_audio_3, StableAudio3Model),
     "longcat_audio_dit": (save_tiny_longcat_audio_dit, LongCatAudioDiTModel),
+    "ace_step": (save_tiny_ace_step, AceStepModel),
 }
 
 
@@ -113,6 +123,10 @@ def test_the_training_target_is_what_the_pipelines_sampler_inverts(trained):
         def restart():
             scheduler.set_timesteps(sigmas=torch.linspace(1.0, 0.1, 10).tolist())
             scheduler.set_begin_index(0)
+    elif isinstance(model, AceStepModel):  # the pipeline's own shifted grid
+
+        def restart():
+            scheduler.set_timesteps(sigmas=model.pipe._get_timestep_schedule(10, shift=model.flow_shift).tolist())
     elif model.objective == "flow":  # the pipeline's own log-SNR schedule
         from diffusers.pipelines.stable_audio_3.pipeline_stable_audio_3 import logsnr_sigma_schedule
 
@@ -189,6 +203,8 @@ def dropped_as_the_models_training_drops_it(name, model, text, row):
             encoder_hidden_states_1=torch.nn.functional.pad(embeds, (0, 0, 0, pad)),
             encoder_attention_mask_1=torch.nn.functional.pad(mask.bool(), (0, pad)),
         )
+    elif name == "ace_step":  # ACE-Step's cfg_ratio: the whole conditioning the learned null embedding
+        tensors["encoder_hidden_states"] = model.pipe.condition_encoder.null_condition_emb.expand_as(tensors["encoder_hidden_states"]).clone()
     else:  # stable-audio-tools' cfg_dropout_prob: the whole cross-attention context zeroed
         tensors["encoder_hidden_states"].zero_()
         if "encoder_attention_mask" in tensors:

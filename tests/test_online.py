@@ -165,11 +165,33 @@ def test_a_deterministic_longcat_rollout_is_the_pipelines_own_guided_sample(worl
     torch.testing.assert_close(ode, pipe, rtol=1e-4, atol=1e-5)
 
 
+def test_a_deterministic_ace_step_rollout_is_the_pipelines_own_sample_on_its_shifted_grid(world):
+    """ACE-Step's pipeline shifts its Euler grid itself (shift 3; its scheduler has shift 1): the
+    sampler's deterministic rollout through `predict` is the pipeline's sample of each caption,
+    captions of two conditioning lengths in one batch (`predict` never pads one to the other)."""
+    backend = load_backend(str(world / "ace_step")).eval()
+    captions, seeds = ["beep then hum", "a hiss"], [5, 6]
+    lengths = backend.encode_text(captions, 0.32).tensors["encoder_attention_mask"].sum(dim=1)
+    assert lengths[0] != lengths[1]
+    ode = sampler_for(backend, num_steps=6, guidance_scale=1.0, eta=0.0).sample(backend.denoiser, captions, seeds, [1, 2]).clean
+    for row, (caption, seed) in enumerate(zip(captions, seeds)):
+        alone = backend.pipe(
+            [caption],
+            lyrics=[""],
+            audio_duration=0.32,
+            num_inference_steps=6,
+            guidance_scale=1.0,
+            generator=[torch.Generator().manual_seed(seed)],
+            output_type="latent",
+        ).audios
+        torch.testing.assert_close(ode[row : row + 1], alone, rtol=1e-4, atol=1e-5)
+
+
 # Every backend, under LoRA (the reference: the disabled adapter) or full fine-tuning (a frozen copy):
 # each objective meets every schedule (DDPM epsilon and v, cosine v, both flows) and both modes.
 @pytest.mark.parametrize(
     "backend, use_lora",
-    [("tango", True), ("audioldm2", False), ("stable_audio", True), ("stable_audio_3", False), ("longcat_audio_dit", True)],
+    [("tango", True), ("audioldm2", False), ("stable_audio", True), ("stable_audio_3", False), ("longcat_audio_dit", True), ("ace_step", False)],
 )
 @pytest.mark.parametrize("objective", ["grpo", "awm", "nft"])
 def test_each_online_objective_trains_on_every_backend(world, tmp_path, backend, objective, use_lora):

@@ -10,7 +10,14 @@ from baton_trainer.config import parse_config
 from baton_trainer.planning import WeightlessModel, estimate, lora_parameters
 from baton_trainer.stages.finetune import FinetuneConfig
 from baton_trainer.stages.plan import PlanConfig
-from baton_trainer.testing import save_tiny_audioldm2, save_tiny_longcat_audio_dit, save_tiny_stable_audio, save_tiny_stable_audio_3, save_tiny_tango
+from baton_trainer.testing import (
+    save_tiny_ace_step,
+    save_tiny_audioldm2,
+    save_tiny_longcat_audio_dit,
+    save_tiny_stable_audio,
+    save_tiny_stable_audio_3,
+    save_tiny_tango,
+)
 
 RECIPES = sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml"))
 TINY = {  # recipe name prefix -> a tiny model of the checkpoint's pipeline class
@@ -19,12 +26,13 @@ TINY = {  # recipe name prefix -> a tiny model of the checkpoint's pipeline clas
     "stable_audio_open": save_tiny_stable_audio,
     "stable_audio_3": save_tiny_stable_audio_3,
     "longcat": save_tiny_longcat_audio_dit,
+    "ace_step": save_tiny_ace_step,
 }
 
 
 def test_every_checkpoint_has_a_lora_and_a_full_recipe():
     names = {p.stem for p in RECIPES}
-    for checkpoint in ("tango", "tango2", "audioldm2", "stable_audio_open", "stable_audio_3", "longcat"):
+    for checkpoint in ("tango", "tango2", "audioldm2", "stable_audio_open", "stable_audio_3", "longcat", "ace_step"):
         assert {f"{checkpoint}_lora", f"{checkpoint}_full"} <= names
 
 

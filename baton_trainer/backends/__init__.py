@@ -27,6 +27,7 @@ BACKENDS = {
     "StableAudioPipeline": "baton_trainer.backends.stable_audio:StableAudioModel",
     "StableAudio3Pipeline": "baton_trainer.backends.stable_audio_3:StableAudio3Model",
     "LongCatAudioDiTPipeline": "baton_trainer.backends.longcat_audio_dit:LongCatAudioDiTModel",
+    "AceStepPipeline": "baton_trainer.backends.ace_step:AceStepModel",
 }
 
 

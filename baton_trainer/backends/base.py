@@ -283,6 +283,7 @@ class TextToAudioBackend(ABC):
     lora_target_modules = ("to_q", "to_k", "to_v", "to_out.0")  # the denoiser's attention projections (diffusers' names)
     unused_denoiser_parts: tuple[str, ...] = ()  # submodules of the denoiser text-to-audio never calls: not trained
     cfg_dropout = 0.0  # how often its training replaced a caption by `null_text` (classifier-free guidance)
+    flow_shift: float | None = None  # "flow": the shift of the sampling grid where the pipeline applies it itself (else its scheduler's)
 
     def null_text(self, duration_s: float | None = None) -> TextConditioning:
         """The conditioning of a dropped caption, one row, as the model's training formed it; by
