@@ -109,6 +109,26 @@ def train(trainer):
     return trainer.train(*training_data(trainer))
 
 
+def plain_diffusers_latents(base: Path, lora: Path, full: Path, out: Path, prompts: list[str], seeds: list[int], seconds: float) -> dict:
+    """`tests/plain_diffusers_user.py` on a base model and its LoRA and full exports, in a fresh
+    interpreter that cannot import this package: its latents with the adapter and with the full denoiser."""
+    import json
+    import sys
+
+    import plain_diffusers_user
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["HF_MODULES_CACHE"] = str(out.parent / "hf_modules")
+    env["OMP_NUM_THREADS"] = str(torch.get_num_threads())  # this process's reductions, so the two sides agree to 1e-5
+    args = [base, lora, full, out, json.dumps(prompts), json.dumps(seeds), seconds]
+    result = subprocess.run(
+        [sys.executable, plain_diffusers_user.__file__, *map(str, args)], env=env, cwd=out.parent, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "baton_trainer" not in result.stdout
+    return {k: torch.from_numpy(v) for k, v in np.load(out).items()}
+
+
 def run_stage(stage: str, *args: str, threads: int = 1) -> None:
     """`python -m baton_trainer STAGE ARGS` in this process, at `threads` torch threads (as the
     OMP_NUM_THREADS=1 processes it is compared with): the one-process reference of a multi-process

@@ -249,14 +249,20 @@ def evaluate(config: EvaluateConfig, backends: dict[str, Any] | None = None) -> 
         # Matched references: clean renderings of the evaluated captions themselves (what each caption
         # asks for, MATCHED_RENDERINGS seeds each), so that FD measures the distance to the right
         # audio rather than to the pretraining captions' loose renderings.
-        matched = loudness_normalised(matched_toy_references(rows, clips_by_model["base"][0].shape[0] / sample_rate, config.seed), sample_rate)
-        embeddings["fd_matched"] = {**embeddings["clap_audio"], "reference": clap.embed_audio(matched, sample_rate).cpu().numpy()}
-        for name in clips_by_model:
-            metrics[name]["fd_matched"] = frechet_distance_from_embeddings(embeddings["fd_matched"][name], embeddings["fd_matched"]["reference"])
-        info["fd_matched"] = (
-            f"CLAP audio embeddings against {len(matched)} clean renderings of the evaluated captions themselves "
-            f"({MATCHED_RENDERINGS} per caption, toy renderer)"
-        )
+        from ..toyworld.render import RenderError  # lazy: the toy world is loaded for toy evaluations only
+
+        try:
+            matched = loudness_normalised(matched_toy_references(rows, clips_by_model["base"][0].shape[0] / sample_rate, config.seed), sample_rate)
+        except RenderError as exc:  # clips shorter than the caption's events: the rest of the report stands
+            skipped["fd_matched"] = f"the toy renderer cannot make clean references of these clips: {exc}"
+        else:
+            embeddings["fd_matched"] = {**embeddings["clap_audio"], "reference": clap.embed_audio(matched, sample_rate).cpu().numpy()}
+            for name in clips_by_model:
+                metrics[name]["fd_matched"] = frechet_distance_from_embeddings(embeddings["fd_matched"][name], embeddings["fd_matched"]["reference"])
+            info["fd_matched"] = (
+                f"CLAP audio embeddings against {len(matched)} clean renderings of the evaluated captions themselves "
+                f"({MATCHED_RENDERINGS} per caption, toy renderer)"
+            )
     if "clap_audio" in embeddings and len(set(map(str, caption_ids))) < len(caption_ids):
         for name in models:
             metrics[name]["diversity"] = within_caption_spread(embeddings["clap_audio"][name], caption_ids)
