@@ -36,7 +36,7 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from .backends import backend_class
-from .backends.base import import_own_components, quiet_diffusers
+from .backends.base import import_own_components, lora_target_error, quiet_diffusers
 from .hub import resolve_folder
 from .losses import noised_latents_and_target
 
@@ -253,7 +253,7 @@ def lora_parameters(model: "WeightlessModel", config) -> int:
     try:
         inject_adapter_in_model(LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha or config.lora_rank, target_modules=targets), denoiser)
     except ValueError as exc:
-        raise ValueError(f"lora_target_modules {targets}: not modules of {class_name} ({str(exc).splitlines()[0]})") from None
+        raise lora_target_error(targets, class_name, model.backend_type.lora_target_modules, exc) from None
     return sum(p.numel() for n, p in denoiser.named_parameters() if "lora_" in n)
 
 

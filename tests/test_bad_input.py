@@ -215,3 +215,36 @@ def test_an_export_applied_to_another_pipeline_class_is_one_line_naming_both(mod
     from baton_trainer.backends import load_backend
 
     load_backend(tmp_path / "flow", export=tmp_path / "export")
+
+
+def test_a_model_folder_of_a_pipeline_class_without_a_backend_is_one_line_naming_it_and_the_known_ones(tmp_path, capsys):
+    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+
+    from baton_trainer.backends import BACKENDS
+
+    unet = UNet2DModel(
+        sample_size=8,
+        in_channels=1,
+        out_channels=1,
+        block_out_channels=(8, 8),
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+        norm_num_groups=4,
+        layers_per_block=1,
+    )
+    DDPMPipeline(unet=unet, scheduler=DDPMScheduler()).save_pretrained(tmp_path / "images")  # a real diffusers folder, of images
+    (tmp_path / "captions.txt").write_text("a beep\n")
+    code, err = run_cli(capsys, ["generate", "--run_dir", tmp_path / "run", "--model", tmp_path / "images", "--captions_file", tmp_path / "captions.txt"])
+    line = err.strip().splitlines()[-1]
+    assert code == 1 and "Traceback" not in err and "'DDPMPipeline'" in line and all(name in line for name in BACKENDS)
+
+
+def test_lora_targets_the_denoiser_lacks_are_one_line_naming_its_class_and_the_backends_own(models, tmp_path, capsys):
+    from baton_trainer.testing import save_synthetic_ratings
+
+    save_synthetic_ratings(tmp_path / "feedback", n_captions=2, clips_per_caption=2)
+    argv = ["finetune", "--run_dir", tmp_path, "--model", models / "tango", "--use_lora", "true", "--lora_target_modules", '["to_qkv"]']
+    code, err = run_cli(capsys, [*argv, "--max_train_steps", 1, "--report_to", "none", "--output_dir", tmp_path / "out"])
+    line = err.strip().splitlines()[-1]
+    assert code == 1 and "Traceback" not in err
+    assert "['to_qkv']" in line and "UNet2DConditionModel" in line and "'to_q', 'to_k', 'to_v', 'to_out.0'" in line

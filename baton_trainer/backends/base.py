@@ -365,12 +365,16 @@ class TextToAudioBackend(ABC):
         """Inject a peft `LoraConfig` adapter named "default" into the denoiser. diffusers' own
         `add_adapter` where the model class has it; peft's `inject_adapter_in_model` otherwise
         (AudioLDM 2's UNet), keeping `peft_config` as diffusers does so both save alike."""
-        if hasattr(self.denoiser, "add_adapter"):
-            self.denoiser.add_adapter(config)
-            return
         from peft import inject_adapter_in_model  # lazy: a config check imports this module (see the top)
+        from peft.utils import NoMatchingPeftModuleError
 
-        inject_adapter_in_model(config, self.denoiser, adapter_name="default")
+        try:
+            if hasattr(self.denoiser, "add_adapter"):
+                self.denoiser.add_adapter(config)
+                return
+            inject_adapter_in_model(config, self.denoiser, adapter_name="default")
+        except NoMatchingPeftModuleError as exc:
+            raise lora_target_error(sorted(config.target_modules), type(self.denoiser).__name__, self.lora_target_modules, exc) from None
         self.denoiser.peft_config = {"default": config}
 
     @staticmethod
@@ -517,6 +521,13 @@ class TextToAudioBackend(ABC):
                 raise RuntimeError(f"{folder}: adapter keys not found in the denoiser: {result.unexpected_keys[:5]}")
         else:
             denoiser.load_state_dict(load_state_dict_file(next((folder / self.denoiser_name).glob("*.safetensors")), self.denoiser_name))
+
+
+def lora_target_error(targets, class_name: str, default_targets, exc: Exception) -> ValueError:
+    """One line for LoRA targets a denoiser class lacks: the targets, the class, the backend's own."""
+    return ValueError(
+        f"lora_target_modules {list(targets)}: not modules of {class_name} (this backend targets {list(default_targets)} by default; {str(exc).splitlines()[0]})"
+    )
 
 
 def lora_file_contents(folder: str | Path, prefix: str = "unet") -> tuple[dict[str, torch.Tensor], dict]:
