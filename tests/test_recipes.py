@@ -32,7 +32,7 @@ TINY = {  # recipe name prefix -> a tiny model of the checkpoint's pipeline clas
 
 def test_every_checkpoint_has_a_lora_and_a_full_recipe():
     names = {p.stem for p in RECIPES}
-    for checkpoint in ("tango", "tango2", "audioldm2", "stable_audio_open", "stable_audio_3", "longcat", "ace_step"):
+    for checkpoint in ("tango", "tango2", "audioldm2", "stable_audio_open", "stable_audio_3", "longcat", "ace_step", "audioldm2_large", "stable_audio_3_small"):
         assert {f"{checkpoint}_lora", f"{checkpoint}_full"} <= names
 
 
