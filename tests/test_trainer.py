@@ -190,7 +190,7 @@ def run_cli(args, env_extra=None, torchrun=None, wait=True):
 @pytest.mark.slow
 # One DDPM backend (TANGO) and one flow backend: the sharding, all-reduce and accumulation are the
 # trainer's, shared by every backend; each backend's own step is covered one-process in
-# test_backend_checklist (four backends here cost 80 s of a 15-minute suite).
+# its test_backend_<name>.py (four backends here cost 80 s of a 15-minute suite).
 @pytest.mark.parametrize("model_name", ["model", "stable_audio_3"])
 def test_two_processes_match_one_process_with_the_same_global_batch(world, tmp_path, model_name):
     common = [

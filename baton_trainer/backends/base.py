@@ -365,7 +365,8 @@ class TextToAudioBackend(ABC):
         """Inject a peft `LoraConfig` adapter named "default" into the denoiser. diffusers' own
         `add_adapter` where the model class has it; peft's `inject_adapter_in_model` otherwise
         (AudioLDM 2's UNet), keeping `peft_config` as diffusers does so both save alike."""
-        from peft import inject_adapter_in_model  # lazy: a config check imports this module (see the top)
+        # lazy: a config check imports this module (see the top)
+        from peft import inject_adapter_in_model
         from peft.utils import NoMatchingPeftModuleError
 
         try:

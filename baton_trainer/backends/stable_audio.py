@@ -10,7 +10,7 @@ cos(pi t / 2), sigma = sin(pi t / 2), x_t = alpha z0 + sigma eps, target v = alp
 and the DiT is given t itself (`losses.noised_latents_and_target`, objective "v_cosine"). The
 pipeline's `CosineDPMSolverMultistepScheduler` samples the same model: its timestep is
 atan(sigma_edm) * 2 / pi = t, its input scaling 1 / sqrt(sigma_edm^2 + 1) = alpha, and its v
-preconditioning returns z0 from the true target (`tests/test_backend_checklist.py`).
+preconditioning returns z0 from the true target (`tests/test_backend_stable_audio.py`).
 
 Like stable-audio-tools' training data, every clip fills the model's whole window (47.55 s for
 Stable Audio Open 1.0): a 10 s clip is zero-padded after its end and conditioned on
