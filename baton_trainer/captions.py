@@ -299,6 +299,8 @@ def read_captions(path: str | Path) -> list[dict[str, Any]]:
             _check_labels(row["labels"], row["task"], where=f"{path}: line {number}")
         if row["split"] not in ("train", "heldout"):
             raise CaptionError(f"{path}: line {number}: split must be 'train' or 'heldout', got {row['split']!r}")
+        if not isinstance(row.get("lyrics", ""), str):  # optional: for a model conditioned on lyrics (ACE-Step)
+            raise CaptionError(f"{path}: line {number}: 'lyrics' must be text, got {row['lyrics']!r}")
         rows.append(row)
     return rows
 

@@ -44,6 +44,10 @@ REQUIRED_COLUMNS = ("caption", "audio", "feedback", "reward", "source", "task")
 
 PRETRAIN_FEATURES = Features({"caption": Value("string"), "audio": Audio(sampling_rate=SAMPLE_RATE, decode=False)})
 
+# Optional in either schema: each caption's lyrics, for a model conditioned on lyrics beside the
+# caption (ACE-Step; `TextToAudioBackend.takes_lyrics`). Kept where a dataset has it, "" for none.
+LYRICS_COLUMN = "lyrics"
+
 # Where a training row's audio came from ("SOURCE: row N, column 'audio'"), for the rows the
 # fine-tune stage mixes, shuffles and selects before any clip is decoded: an unreadable clip is
 # reported by the row of the dataset it is stored in. Only on request (`origin=True`,
@@ -148,10 +152,26 @@ def _conform(ds: Dataset, features: Features) -> Dataset:
             ds = ds.add_column(name, values)
     if "audio" in ds.column_names:
         ds = ds.cast_column("audio", Audio(sampling_rate=SAMPLE_RATE, decode=False))
+    if LYRICS_COLUMN in ds.column_names:
+        features = with_lyrics(features)
     extra = [c for c in ds.column_names if c not in features]
     wanted = Features({k: v for k, v in features.items() if k in ds.column_names})
     ds = ds.remove_columns(extra) if extra else ds
     return ds.cast(wanted) if ds.features != wanted else ds
+
+
+def with_lyrics(features: Features) -> Features:
+    """`features` with the optional lyrics column."""
+    return Features({**features, LYRICS_COLUMN: Value("string")})
+
+
+def lyrics_column(ds: Dataset) -> list[str] | None:
+    """The dataset's lyrics, one text per row ("" for none), or None where it has no lyrics column
+    or every row's is empty (a model conditioned on captions alone trains on it)."""
+    if LYRICS_COLUMN not in ds.column_names:
+        return None
+    lyrics = [words or "" for words in ds[LYRICS_COLUMN]]
+    return lyrics if any(lyrics) else None
 
 
 def load_preference_dataset(source: str | Path, split: str = "train", validate: bool = True, origin: bool = False) -> Dataset:
@@ -179,7 +199,7 @@ def load_pretrain_dataset(source: str | Path, split: str = "train") -> Dataset:
             raise PreferenceDataError(f"{source}: missing column '{column}' (has {ds.column_names})")
     if len(ds) == 0:
         raise PreferenceDataError(f"{source}: 0 rows; the pretraining set needs at least one (caption, audio) row")
-    ds = _conform(ds.select_columns(["caption", "audio"]), PRETRAIN_FEATURES)
+    ds = _conform(ds.select_columns([c for c in ("caption", "audio", LYRICS_COLUMN) if c in ds.column_names]), PRETRAIN_FEATURES)
     check_captions(ds["caption"], str(source))
     return ds
 
@@ -235,6 +255,9 @@ def mix_feedback(human: Dataset, reward_rated: Dataset | None, ratio: float = 1.
     features = PREFERENCE_FEATURES
     if all(ORIGIN_COLUMN in p.column_names for p in parts):
         features = _WITH_ORIGIN
+    if any(LYRICS_COLUMN in p.column_names for p in parts):  # a part without lyrics gets "" for each row
+        features = with_lyrics(features)
+        parts = [p if LYRICS_COLUMN in p.column_names else p.add_column(LYRICS_COLUMN, [""] * len(p)) for p in parts]
     parts = [p.remove_columns([ORIGIN_COLUMN]) if ORIGIN_COLUMN in p.column_names and ORIGIN_COLUMN not in features else p for p in parts]
     parts = [p.cast(features) if p.features != features else p for p in parts]
     return datasets.concatenate_datasets(parts).shuffle(seed=seed).flatten_indices()

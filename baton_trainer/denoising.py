@@ -108,7 +108,8 @@ class DenoisingDraw:
         else:  # the latent cache is off: encode this batch now
             with torch.no_grad():
                 latents = self.backend.encode_audio(data.waveforms[mine].to(acc.device)).float()
-                text = self.backend.encode_text([data.captions[i] for i in mine.tolist()], self.duration_s)
+                rows = mine.tolist()
+                text = self.backend.encode_text([data.captions[i] for i in rows], self.duration_s, lyrics=data.lyrics and [data.lyrics[i] for i in rows])
         return Batch(latents.to(acc.device), text.to(acc.device, self.weight_dtype), data.weights[mine].to(acc.device))
 
     def noised(self, batch: Batch, step: int, micro: int, stream: int, pairs: bool = False) -> Noised:

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from .audio import crop_or_pad, load_audio
 from .backends.base import TextConditioning, TextToAudioBackend
+from .data import lyrics_column
 
 CACHE_FORMAT = 2  # 2: the conditioning stored under the denoiser's own keyword names
 TEXT_PREFIX = "text."
@@ -36,6 +37,7 @@ class EncodedSet:
     latents: torch.Tensor | None = None  # (N, C, H, W)
     text: TextConditioning | None = None
     waveforms: torch.Tensor | None = None  # (N, samples), only without the cache
+    lyrics: list[str] | None = None  # each caption's lyrics, where the dataset has them (data.LYRICS_COLUMN)
 
     def __len__(self) -> int:
         return len(self.captions)
@@ -43,7 +45,8 @@ class EncodedSet:
     def subset(self, rows: list[int]) -> "EncodedSet":
         index = torch.as_tensor(rows, dtype=torch.long)
         pick = lambda t: None if t is None else t[index]  # noqa: E731
-        return EncodedSet([self.captions[i] for i in rows], self.weights[index], pick(self.latents), pick(self.text), pick(self.waveforms))
+        lyrics = None if self.lyrics is None else [self.lyrics[i] for i in rows]
+        return EncodedSet([self.captions[i] for i in rows], self.weights[index], pick(self.latents), pick(self.text), pick(self.waveforms), lyrics)
 
 
 @dataclass
@@ -82,30 +85,32 @@ class LatentCache:
         where = table["origin"].to_pylist() if "origin" in ds.column_names else [f"{name}: row {i}, column 'audio'" for i in range(len(rows))]
         return torch.stack([torch.from_numpy(crop_or_pad(load_audio(a, sr, what=w)[0], samples)) for a, w in zip(rows, where)])
 
-    def key(self, captions: list[str], ds) -> str:
+    def key(self, captions: list[str], ds, lyrics: list[str] | None = None) -> str:
         h = hashlib.sha256()
         h.update(f"{CACHE_FORMAT}:{self.backend.fingerprint()}".encode())
-        h.update(json.dumps([self.duration_s, captions]).encode())
+        h.update(json.dumps([self.duration_s, captions] + ([lyrics] if lyrics else [])).encode())
         h.update(str(getattr(ds, "_fingerprint", "")).encode())
         return h.hexdigest()[:20]
 
     def encode(self, ds, weights: torch.Tensor, name: str) -> EncodedSet:
         """Latents and caption embeddings for `ds`, from the disk cache when they are there."""
-        captions = list(ds["caption"])
+        captions, lyrics = list(ds["caption"]), lyrics_column(ds)
         if not captions:
             raise ValueError(f"{name}: 0 rows to train on (the datasets it is drawn from are empty, or nothing of them was selected)")
+        self.backend.encode_text(captions[:1], self.duration_s, lyrics=lyrics and lyrics[:1])  # a model without lyrics says so now
         if not self.enabled:
-            return EncodedSet(captions, weights, waveforms=self.read_audio(ds, name))
+            return EncodedSet(captions, weights, waveforms=self.read_audio(ds, name), lyrics=lyrics)
 
         acc = self.accelerator
-        path = self.folder / f"{name}-{self.key(captions, ds)}.safetensors"
+        path = self.folder / f"{name}-{self.key(captions, ds, lyrics)}.safetensors"
         if acc.is_main_process and not path.is_file():
             waveforms = self.read_audio(ds, name)
             latents, texts = [], []
             for start in tqdm(range(0, len(captions), 16), desc=f"encoding {name}", disable=not acc.is_local_main_process):
                 chunk = waveforms[start : start + 16].to(acc.device)
                 latents.append(self.backend.encode_audio(chunk).float().cpu())
-                texts.append(self.backend.encode_text(captions[start : start + 16], self.duration_s).to("cpu", torch.float32))
+                chunk_lyrics = lyrics and lyrics[start : start + 16]
+                texts.append(self.backend.encode_text(captions[start : start + 16], self.duration_s, lyrics=chunk_lyrics).to("cpu", torch.float32))
             text = TextConditioning.cat(texts)
             tensors = {"latents": torch.cat(latents), **{f"{TEXT_PREFIX}{k}": v for k, v in text.tensors.items()}}
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -115,4 +120,4 @@ class LatentCache:
         acc.wait_for_everyone()
         tensors = load_file(str(path))
         text = TextConditioning(**{k.removeprefix(TEXT_PREFIX): v for k, v in tensors.items() if k.startswith(TEXT_PREFIX)})
-        return EncodedSet(captions, weights, tensors["latents"], text)
+        return EncodedSet(captions, weights, tensors["latents"], text, lyrics=lyrics)

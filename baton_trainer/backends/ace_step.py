@@ -16,8 +16,8 @@ r = t) and drops 15 % of captions to the condition encoder's learned `null_condi
 The DiT's cross-attention takes no padding mask: a batch of captions of different lengths would
 make each caption's prediction depend on its neighbours' padding. `predict` and `generate`
 therefore call the DiT on captions of one conditioning length at a time, so every clip is what the
-pipeline makes of its caption alone. Lyrics are the empty string (instrumental): the trainer's
-captions carry none.
+pipeline makes of its caption alone. Lyrics come with the captions where the data has them (a
+`lyrics` column, a captions file's `lyrics` field); without, they are the empty string (instrumental).
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ class AceStepModel(TextToAudioBackend):
     flow_shift = 3.0  # the pipeline's default `shift` of its sampling grid (its scheduler is registered with 1)
     lora_target_modules = ("to_q", "to_k", "to_v", "to_out.0")  # the DiT's self- and cross-attention projections
     cfg_dropout = 0.15  # ACE-Step 1.5's cfg_ratio: the whole conditioning replaced by null_condition_emb
+    takes_lyrics = True
 
     def __init__(self, pipe: AceStepPipeline):
         super().__init__(pipe)
@@ -78,7 +79,7 @@ class AceStepModel(TextToAudioBackend):
         return [self.pipe.vae, self.pipe.text_encoder, self.pipe.condition_encoder]
 
     def preprocessing(self) -> dict:
-        return {"audio_channels": int(self.pipe.vae.config.audio_channels), "frame_samples": self.frame_samples, "lyrics": ""}
+        return {"audio_channels": int(self.pipe.vae.config.audio_channels), "frame_samples": self.frame_samples}
 
     # -- training --------------------------------------------------------------------------------
 
@@ -133,18 +134,18 @@ class AceStepModel(TextToAudioBackend):
         return vae.encode(mono_into_channels(x, vae)).latent_dist.mean.transpose(1, 2)
 
     @torch.no_grad()
-    def encode_text(self, captions: list[str], duration_s: float | None = None) -> TextConditioning:
+    def encode_text(self, captions: list[str], duration_s: float | None = None, lyrics: list[str] | None = None) -> TextConditioning:
         """The pipeline's conditioning for text-to-music without reference audio (caption in its
-        prompt template with the duration, empty lyrics, the silence latent as timbre, packed by the
-        condition encoder), one caption at a time; a batch is padded with the mask off."""
+        prompt template with the duration, the lyrics or "", the silence latent as timbre, packed
+        by the condition encoder), one caption at a time; a batch is padded with the mask off."""
         p = self.pipe
         device = p.text_encoder.device
         duration = float(duration_s or self.duration_s)
         timbre_frames = math.ceil(30 * p.latents_per_second)  # the pipeline's 30 s of silence as timbre
         timbre = p.condition_encoder.silence_latent[:, :timbre_frames].to(device=device, dtype=p.condition_encoder.dtype)
         rows = []
-        for caption in captions:
-            text, text_mask, lyric, lyric_mask = p.encode_prompt([caption], [""], device, audio_duration=duration)
+        for caption, words in zip(captions, self.lyrics_of(captions, lyrics)):
+            text, text_mask, lyric, lyric_mask = p.encode_prompt([caption], [words], device, audio_duration=duration)
             states, mask = p.condition_encoder(
                 text_hidden_states=text,
                 text_attention_mask=text_mask,
@@ -155,6 +156,15 @@ class AceStepModel(TextToAudioBackend):
             )
             rows.append(TextConditioning(encoder_hidden_states=states, encoder_attention_mask=mask))
         return TextConditioning.cat(rows)
+
+    @staticmethod
+    def lyrics_of(captions: list[str], lyrics: list[str] | None) -> list[str]:
+        """One lyric text per caption ("" where there are none)."""
+        if lyrics is None:
+            return [""] * len(captions)
+        if len(lyrics) != len(captions):
+            raise ValueError(f"{len(captions)} captions but {len(lyrics)} lyrics")
+        return [words or "" for words in lyrics]
 
     def drop_captions(self, text: TextConditioning, dropped: torch.Tensor, null: TextConditioning) -> TextConditioning:
         """ACE-Step's dropped caption: every position of the conditioning replaced by the learned
@@ -177,21 +187,26 @@ class AceStepModel(TextToAudioBackend):
     # -- sampling --------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def generate(self, captions, seeds, num_inference_steps=8, guidance_scale=7.0, duration_s=None, progress=False, sampler=None):
+    def generate(self, captions, seeds, num_inference_steps=8, guidance_scale=7.0, duration_s=None, progress=False, sampler=None, lyrics=None):
         if sampler is not None:
             raise ValueError(f"sampler {sampler!r}: ACE-Step samples with its own scheduler ({type(self.pipe.scheduler).__name__})")
         generators = self.clip_generators(captions, seeds, guidance_scale)
         duration = float(duration_s or self.duration_s)
         samples = int(round(duration * self.sample_rate))
         self.pipe.set_progress_bar_config(disable=not progress, desc="sampling", leave=False)
-        # One pipeline call per conditioning length (see the module's docstring): none is padded.
-        lengths = self.encode_text(list(captions), duration).tensors["encoder_attention_mask"].sum(dim=1).tolist()
+        # One pipeline call per pair of token lengths (the pipeline pads a batch's prompts and its
+        # lyrics each to the longest, and its DiT sees padding: the module's docstring): none is padded.
+        lyrics = self.lyrics_of(captions, lyrics)
+        lengths = []
+        for caption, words in zip(captions, lyrics):
+            text, lyric = self.pipe._format_prompt(caption, words, audio_duration=duration)
+            lengths.append(tuple(len(self.pipe.tokenizer(part, truncation=True, max_length=limit).input_ids) for part, limit in ((text, 256), (lyric, 2048))))
         clips = np.zeros((len(captions), samples), dtype=np.float32)
         for length in sorted(set(lengths)):
             rows = [i for i, n in enumerate(lengths) if n == length]
             audio = self.pipe(
                 [captions[i] for i in rows],
-                lyrics=[""] * len(rows),  # one per caption: the pipeline indexes it by row
+                lyrics=[lyrics[i] for i in rows],  # one per caption: the pipeline indexes it by row
                 audio_duration=duration,
                 num_inference_steps=num_inference_steps,
                 guidance_scale=guidance_scale,

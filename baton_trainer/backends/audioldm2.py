@@ -128,7 +128,8 @@ class AudioLDM2Model(MelLatents, TextToAudioBackend):
         return (conds[1], conds[0]) if guidance else (conds[0], None)  # encode_prompt puts the negative first
 
     @torch.no_grad()
-    def encode_text(self, captions: list[str], duration_s: float | None = None) -> TextConditioning:
+    def encode_text(self, captions: list[str], duration_s: float | None = None, lyrics: list[str] | None = None) -> TextConditioning:
+        self.captions_only(lyrics)
         return TextConditioning.cat([self._encode_one(c, guidance=False)[0] for c in captions])
 
     @torch.no_grad()
@@ -141,7 +142,8 @@ class AudioLDM2Model(MelLatents, TextToAudioBackend):
     # -- sampling --------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def generate(self, captions, seeds, num_inference_steps=200, guidance_scale=3.5, duration_s=None, progress=False, sampler=None):
+    def generate(self, captions, seeds, num_inference_steps=200, guidance_scale=3.5, duration_s=None, progress=False, sampler=None, lyrics=None):
+        self.captions_only(lyrics)
         generators = self.clip_generators(captions, seeds, guidance_scale)
         guidance = guidance_scale > 1.0  # the pipeline's own rule
         encoded = [self._encode_one(c, guidance) for c in captions]

@@ -182,10 +182,18 @@ class TextToAudioBackend(ABC):
         """Waveforms (B, samples) at `sample_rate` -> scaled latents z0 for the UNet."""
 
     @abstractmethod
-    def encode_text(self, captions: list[str], duration_s: float | None = None) -> TextConditioning:
+    def encode_text(self, captions: list[str], duration_s: float | None = None, lyrics: list[str] | None = None) -> TextConditioning:
         """Captions -> the denoiser's conditioning, as the pipeline builds it, for clips of
         `duration_s` (models conditioned on the length use it); a caption's conditioning does not
-        depend on the other captions of the batch."""
+        depend on the other captions of the batch. `lyrics` (one per caption, "" for none) only for
+        a model that takes them (`takes_lyrics`; the others call `captions_only`)."""
+
+    takes_lyrics = False  # conditioned on lyrics beside the caption (ACE-Step): a dataset's `lyrics` column reaches it
+
+    def captions_only(self, lyrics: list[str] | None) -> None:
+        """Refuse lyrics in a model conditioned on captions alone (empty lyrics are none)."""
+        if lyrics is not None and any(lyrics):
+            raise ValueError(f"{type(self).__name__} is conditioned on captions only: the data's lyrics cannot reach it (ACE-Step takes lyrics)")
 
     @abstractmethod
     def frozen_modules(self) -> list[torch.nn.Module]:
@@ -201,8 +209,9 @@ class TextToAudioBackend(ABC):
         duration_s: float | None = None,
         progress: bool = False,
         sampler: str | None = None,
+        lyrics: list[str] | None = None,
     ) -> np.ndarray:
-        """One clip per caption, each from its own seed, as float32 (B, samples)."""
+        """One clip per caption, each from its own seed, as float32 (B, samples); `lyrics` as in `encode_text`."""
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Latents (as `encode_audio` makes them) -> mono waveforms (B, samples) at `sample_rate`,

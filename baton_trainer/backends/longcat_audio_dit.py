@@ -106,11 +106,12 @@ class LongCatAudioDiTModel(TextToAudioBackend):
         return vae.encode(x, sample_posterior=False).latents.permute(0, 2, 1)
 
     @torch.no_grad()
-    def encode_text(self, captions: list[str], duration_s: float | None = None) -> TextConditioning:
+    def encode_text(self, captions: list[str], duration_s: float | None = None, lyrics: list[str] | None = None) -> TextConditioning:
         """The pipeline's prompt encoding (normalised caption, UMT5's last and first hidden states,
         each layer-normed, summed) and its mask, one caption at a time so that a caption's states do
         not depend on the batch's longest. (In training a batch is padded to its longest caption with
         the mask off, as the pipeline pads a batch of prompts.)"""
+        self.captions_only(lyrics)
         device = self.pipe.text_encoder.device
         rows = []
         for caption in captions:
@@ -135,7 +136,8 @@ class LongCatAudioDiTModel(TextToAudioBackend):
     # -- sampling --------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def generate(self, captions, seeds, num_inference_steps=16, guidance_scale=4.0, duration_s=None, progress=False, sampler=None):
+    def generate(self, captions, seeds, num_inference_steps=16, guidance_scale=4.0, duration_s=None, progress=False, sampler=None, lyrics=None):
+        self.captions_only(lyrics)
         if sampler is not None:
             raise ValueError(f"sampler {sampler!r}: LongCat-AudioDiT samples with its own scheduler ({type(self.pipe.scheduler).__name__})")
         generators = self.clip_generators(captions, seeds, guidance_scale)

@@ -107,9 +107,10 @@ class StableAudioModel(TextToAudioBackend):
         return vae.encode(x).latent_dist.mean
 
     @torch.no_grad()
-    def encode_text(self, captions: list[str], duration_s: float | None = None) -> TextConditioning:
+    def encode_text(self, captions: list[str], duration_s: float | None = None, lyrics: list[str] | None = None) -> TextConditioning:
         """The DiT's cross-attention states (projected T5 states, padding zeroed, then the
         seconds_start and seconds_total embeddings) and its global states, as the pipeline builds them."""
+        self.captions_only(lyrics)
         p = self.pipe
         device = p.text_encoder.device
         duration = float(duration_s or self.duration_s)
@@ -134,7 +135,8 @@ class StableAudioModel(TextToAudioBackend):
     # -- sampling --------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def generate(self, captions, seeds, num_inference_steps=100, guidance_scale=7.0, duration_s=None, progress=False, sampler=None):
+    def generate(self, captions, seeds, num_inference_steps=100, guidance_scale=7.0, duration_s=None, progress=False, sampler=None, lyrics=None):
+        self.captions_only(lyrics)
         if sampler is not None:
             raise ValueError(f"sampler {sampler!r}: Stable Audio samples with its own scheduler ({type(self.pipe.scheduler).__name__})")
         generators = self.clip_generators(captions, seeds, guidance_scale)

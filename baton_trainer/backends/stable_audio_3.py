@@ -102,9 +102,10 @@ class StableAudio3Model(TextToAudioBackend):
         return vae.encode(x).latents
 
     @torch.no_grad()
-    def encode_text(self, captions: list[str], duration_s: float | None = None) -> TextConditioning:
+    def encode_text(self, captions: list[str], duration_s: float | None = None, lyrics: list[str] | None = None) -> TextConditioning:
         """The DiT's cross-attention context (T5Gemma states padded to the tokenizer's length, then the
         duration token), its mask, and the global duration embedding, as the pipeline builds them."""
+        self.captions_only(lyrics)
         p = self.pipe
         device = p.text_encoder.device
         duration = float(duration_s or self.duration_s)
@@ -134,7 +135,8 @@ class StableAudio3Model(TextToAudioBackend):
     # -- sampling --------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def generate(self, captions, seeds, num_inference_steps=100, guidance_scale=1.0, duration_s=None, progress=False, sampler=None):
+    def generate(self, captions, seeds, num_inference_steps=100, guidance_scale=1.0, duration_s=None, progress=False, sampler=None, lyrics=None):
+        self.captions_only(lyrics)
         if sampler is not None:
             raise ValueError(f"sampler {sampler!r}: Stable Audio 3 samples with its own scheduler ({type(self.pipe.scheduler).__name__})")
         generators = self.clip_generators(captions, seeds, guidance_scale)

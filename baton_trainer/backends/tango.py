@@ -167,7 +167,8 @@ class TangoModel(MelLatents, TextToAudioBackend):
         return self.pipe.decode_latents(latents)
 
     @torch.no_grad()
-    def encode_text(self, captions: list[str], duration_s: float | None = None) -> TextConditioning:
+    def encode_text(self, captions: list[str], duration_s: float | None = None, lyrics: list[str] | None = None) -> TextConditioning:
+        self.captions_only(lyrics)
         hidden, mask = self.pipe.encode_prompt(list(captions), self.text_encoder.device)
         return TextConditioning(encoder_hidden_states=hidden, encoder_attention_mask=mask)
 
@@ -186,7 +187,8 @@ class TangoModel(MelLatents, TextToAudioBackend):
         return self._call(captions, seeds, num_inference_steps, guidance_scale, duration_s, sampler, progress, "latent")
 
     @torch.no_grad()
-    def generate(self, captions, seeds, num_inference_steps=200, guidance_scale=3.0, duration_s=None, progress=False, sampler=None):
+    def generate(self, captions, seeds, num_inference_steps=200, guidance_scale=3.0, duration_s=None, progress=False, sampler=None, lyrics=None):
+        self.captions_only(lyrics)
         return self._call(captions, seeds, num_inference_steps, guidance_scale, duration_s, sampler, progress, "np").astype(np.float32)
 
     def _call(self, captions, seeds, num_inference_steps, guidance_scale, duration_s, sampler, progress, output_type):

@@ -121,6 +121,10 @@ class OnlineObjective(Objective):
 
     def select(self, rated) -> FeedbackRows:
         """The training captions, each once, in first-seen order; the clips themselves are not trained on."""
+        from ..data import lyrics_column  # lazy: a config check imports the objectives, and data imports datasets
+
+        if lyrics_column(rated) is not None:
+            raise ValueError(f"{self.name}: rollouts sample from captions alone, and these rows have lyrics: use an offline objective for lyrics")
         self.captions = list(dict.fromkeys(rated["caption"]))
         return super().select(rated)
 

@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 from ..annotation.agreement import agreement_statistics, majority_vote
 from ..annotation.store import ALIGNED, NOT_ALIGNED, AnnotationError, AnnotationStore
+from ..generations import METADATA, read_generations
 from ..layout import RunLayout
 
 
@@ -52,7 +53,7 @@ def export_feedback(config: ExportConfig) -> Path:
 
     from ..atomic import atomic_write_json
     from ..audio import AudioError, load_audio
-    from ..data import PREFERENCE_FEATURES, build_dataset, save_dataset_atomic, validate_preference_dataset
+    from ..data import LYRICS_COLUMN, PREFERENCE_FEATURES, build_dataset, save_dataset_atomic, validate_preference_dataset, with_lyrics
     from ..formatting import format_number
 
     layout = RunLayout.of(config.run_dir, annotations=config.store, feedback=config.out)
@@ -70,6 +71,9 @@ def export_feedback(config: ExportConfig) -> Path:
         ratings = store.ratings()
     finally:
         store.close()
+    # Lyrics are not in the store: they are read from the clips' metadata, where it has them.
+    metadata = generations_dir / METADATA
+    lyrics_of = {r["clip_id"]: r.get("lyrics", "") for r in read_generations(generations_dir)} if metadata.is_file() else {}
     fast = Counter(r["annotator"] for r in ratings if r["fast"])
     if not config.keep_fast:
         ratings = [r for r in ratings if not r["fast"]]
@@ -78,6 +82,7 @@ def export_feedback(config: ExportConfig) -> Path:
     for r in ratings:
         by_clip[r["clip_id"]].append(r)
     columns: dict[str, list[Any]] = {name: [] for name in PREFERENCE_FEATURES}
+    lyrics: list[str] = []
     ties = dropped_ties = too_few = 0
     root = generations_dir.resolve()
     for clip_id in sorted(by_clip, key=lambda c: (clips[c]["caption_id"], clips[c]["clip_index"], c)):
@@ -113,13 +118,17 @@ def export_feedback(config: ExportConfig) -> Path:
         columns["caption_id"].append(clip["caption_id"])
         columns["clip_index"].append(clip["clip_index"])
         columns["annotator"].append(",".join(sorted(r["annotator"] for r in votes)))
+        lyrics.append(lyrics_of.get(clip_id, ""))
     if not columns["caption"]:
         skips = sum(r["label"] not in (ALIGNED, NOT_ALIGNED) for r in ratings)
         raise AnnotationError(
             f"{store_path}: no clip has a rating to export ({len(ratings)} ratings, {skips} of them skips; {dropped_ties} ties dropped, "
             f"{too_few} clips below min_ratings); {out} is left as it was"
         )
-    dataset = build_dataset(columns, PREFERENCE_FEATURES)  # builds audio without torchcodec
+    features = PREFERENCE_FEATURES
+    if any(lyrics):
+        columns[LYRICS_COLUMN], features = lyrics, with_lyrics(PREFERENCE_FEATURES)
+    dataset = build_dataset(columns, features)  # builds audio without torchcodec
     validate_preference_dataset(dataset, name=str(out))
     save_dataset_atomic(dataset, out)
 

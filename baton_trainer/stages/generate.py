@@ -129,6 +129,7 @@ def generate(config: GenerateConfig, backend=None) -> Path:
         done_here = 0
         for batch in batches:
             rows = [metadata_row(row, k, config.seed, model_name) for row, k in batch]
+            lyrics = [r.get("lyrics", "") for r in rows]
             audio = backend.generate(
                 [r["caption"] for r in rows],
                 [r["seed"] for r in rows],
@@ -136,6 +137,7 @@ def generate(config: GenerateConfig, backend=None) -> Path:
                 guidance_scale=config.guidance_scale,
                 duration_s=config.duration_s,
                 **({"sampler": config.sampler} if config.sampler else {}),
+                **({"lyrics": lyrics} if any(lyrics) else {}),
             )
             for row, wav in zip(rows, audio):
                 save_wav(out_dir / row["file_name"], wav, backend.sample_rate)  # atomic: complete or absent

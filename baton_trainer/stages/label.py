@@ -66,7 +66,7 @@ def label_unrated(config: LabelConfig) -> Path:
 
     from ..audio import load_audio
     from ..clap import CLAP_SAMPLE_RATE
-    from ..data import PREFERENCE_FEATURES, build_dataset, human_rated_keys, load_preference_dataset, save_dataset_atomic
+    from ..data import LYRICS_COLUMN, PREFERENCE_FEATURES, build_dataset, human_rated_keys, load_preference_dataset, save_dataset_atomic, with_lyrics
     from ..formatting import format_number
     from ..generations import read_generations
     from ..rewards import reward_model_spec, run_rewards
@@ -141,6 +141,7 @@ def label_unrated(config: LabelConfig) -> Path:
     rewards_name = ", ".join(spec if isinstance(spec, str) else str(spec.get("name")) for spec in config.rewards or [])
 
     columns: dict[str, list[Any]] = {name: [] for name in PREFERENCE_FEATURES}
+    lyrics: list[str] = []
     for r in todo:
         columns["caption"].append(r["caption"])
         columns["audio"].append({"bytes": (generations / r["file_name"]).read_bytes(), "path": r["file_name"]})
@@ -152,7 +153,11 @@ def label_unrated(config: LabelConfig) -> Path:
         columns["caption_id"].append(int(r["caption_id"]))
         columns["clip_index"].append(int(r["clip_index"]))
         columns["annotator"].append(f"reward_model:{layout.reward_model}" if config.rewards is None else f"rewards:{rewards_name}")
-    ds = build_dataset(columns)
+        lyrics.append(r.get("lyrics", ""))
+    features = PREFERENCE_FEATURES
+    if any(lyrics):
+        columns[LYRICS_COLUMN], features = lyrics, with_lyrics(PREFERENCE_FEATURES)
+    ds = build_dataset(columns, features)
     # Every clip rated by people: an empty set, written where no labelled set with rows would be lost.
     save_dataset_atomic(ds, out, allow_empty=True, why=f"every one of the {len(rows)} generated clips is rated by people")
     for path in progress_files():
