@@ -147,7 +147,60 @@ def aligned_model_card(folder: Path, repo_id: str, license: str, base_model: str
         evaluation=table,
         repo_id=repo_id,
         license=license,
+        diffusers_usage=diffusers_usage(base or "BASE_MODEL", repo_id, export),
     )
+
+
+def diffusers_usage(base: str, repo_id: str, export: dict) -> str:
+    """Python lines that load the export with diffusers (and peft) alone, for the export's pipeline
+    class: the pipeline's own LoRA loader where it has one, else the peft lines of docs/backends.md;
+    a full export as the pipeline's denoiser component."""
+    import diffusers  # lazy: cards are written at push time only
+
+    pipeline, denoiser, mode = export.get("pipeline"), export.get("denoiser"), export.get("mode")
+    if not pipeline or not denoiser or mode not in ("lora", "full"):
+        return "This export does not name its pipeline class: load it with `baton-trainer` as above."
+    component = "unet" if "UNet" in denoiser else "transformer"
+    if hasattr(diffusers, pipeline):
+        imports, opened, has_loader = (
+            [f"from diffusers import {pipeline}"],
+            f'pipe = {pipeline}.from_pretrained("{base}"',
+            hasattr(getattr(diffusers, pipeline), "load_lora_weights"),
+        )
+    else:  # a pipeline whose code travels in the base model's folder (TANGO's), with diffusers' LoRA loader
+        imports, opened, has_loader = (
+            ["from diffusers import DiffusionPipeline"],
+            f'pipe = DiffusionPipeline.from_pretrained("{base}", trust_remote_code=True',
+            True,
+        )
+    if pipeline == "AudioLDM2Pipeline":  # its published folders name GPT2Model, which has no generation helpers in transformers 5
+        imports.append("from transformers import GPT2LMHeadModel")
+        opened += f', language_model=GPT2LMHeadModel.from_pretrained("{base}", subfolder="language_model")'
+    if mode == "full":
+        lines = [*imports, f"from diffusers import {denoiser}", "", f'{component} = {denoiser}.from_pretrained("{repo_id}", subfolder="{component}")']
+        lines.append(f"{opened}, {component}={component})")
+    elif has_loader:
+        lines = [*imports, "", f"{opened})", f'pipe.load_lora_weights("{repo_id}")']
+    else:  # the pipeline has no LoRA loader: the adapter's config and weights through peft
+        lines = [
+            "import json",
+            "",
+            "from diffusers.utils import convert_unet_state_dict_to_peft",
+            "from huggingface_hub import hf_hub_download",
+            "from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict",
+            "from safetensors import safe_open",
+            *imports,
+            "",
+            f"{opened})",
+            f'path = hf_hub_download("{repo_id}", "pytorch_lora_weights.safetensors")',
+            'with safe_open(path, framework="pt") as f:',
+            '    meta = json.loads(f.metadata()["lora_adapter_metadata"])',
+            f'    state = {{k.removeprefix("{component}."): f.get_tensor(k) for k in f.keys()}}',
+            f'config = LoraConfig(r=meta["{component}.r"], lora_alpha=meta["{component}.lora_alpha"], target_modules=meta["{component}.target_modules"])',
+            f"inject_adapter_in_model(config, pipe.{component})",
+            f"set_peft_model_state_dict(pipe.{component}, convert_unet_state_dict_to_peft(state))",
+        ]
+    return "```python\n" + "\n".join(lines) + "\n```"
 
 
 def dataset_card(ds, repo_id: str, license: str, split: str):

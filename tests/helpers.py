@@ -129,6 +129,25 @@ def plain_diffusers_latents(base: Path, lora: Path, full: Path, out: Path, promp
     return {k: torch.from_numpy(v) for k, v in np.load(out).items()}
 
 
+def latents_from_card(card: Path, out: Path, prompts: list[str], seeds: list[int], seconds: float) -> torch.Tensor:
+    """The latents of the pipeline a pushed model card's diffusers-only lines make, run in a fresh
+    interpreter that cannot import this package (`tests/plain_diffusers_user.py --card`)."""
+    import json
+    import sys
+
+    import plain_diffusers_user
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["HF_MODULES_CACHE"] = str(out.parent / "hf_modules")
+    env["OMP_NUM_THREADS"] = str(torch.get_num_threads())
+    args = ["--card", card, out, json.dumps(prompts), json.dumps(seeds), seconds]
+    result = subprocess.run(
+        [sys.executable, plain_diffusers_user.__file__, *map(str, args)], env=env, cwd=out.parent, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return torch.from_numpy(np.load(out)["latents"])
+
+
 def run_stage(stage: str, *args: str, threads: int = 1) -> None:
     """`python -m baton_trainer STAGE ARGS` in this process, at `threads` torch threads (as the
     OMP_NUM_THREADS=1 processes it is compared with): the one-process reference of a multi-process

@@ -5,6 +5,10 @@ with `from_pretrained`, and sample. The checklist runs it in a fresh interpreter
 cannot be imported, and imports its functions for in-process checks.
 
     python tests/plain_diffusers_user.py BASE LORA FULL OUT.npz PROMPTS_JSON SEEDS_JSON SECONDS
+    python tests/plain_diffusers_user.py --card README.md OUT.npz PROMPTS_JSON SEEDS_JSON SECONDS
+
+With `--card`, it runs the "With diffusers alone" lines of a pushed model's card as they stand
+(a `file://` repo is a folder, fetched by path where the lines download) and samples the `pipe` they make.
 """
 
 import json
@@ -67,9 +71,28 @@ def latents_of(pipe, prompts, seeds, seconds):
     )
 
 
+def pipe_from_card(card: str):
+    """The pipeline the card's "With diffusers alone" Python lines make."""
+    import os
+
+    import huggingface_hub
+
+    code = card.split("With diffusers alone", 1)[1].split("```python\n", 1)[1].split("```", 1)[0].replace("file://", "")
+    huggingface_hub.hf_hub_download = lambda repo_id, filename: os.path.join(repo_id, filename)  # the repo is a local folder here
+    scope: dict = {}
+    exec(code, scope)
+    return scope["pipe"]
+
+
 if __name__ == "__main__":
     sys.modules["baton_trainer"] = None  # this package is not there: only torch, diffusers, transformers and peft
     sys.modules["reward_hub"] = None
+    if sys.argv[1] == "--card":
+        card, out, prompts, seeds, seconds = sys.argv[2:7]
+        pipe = pipe_from_card(Path(card).read_text())
+        pipe.set_progress_bar_config(disable=True)
+        np.savez(out, latents=latents_of(pipe, json.loads(prompts), json.loads(seeds), float(seconds)).float().numpy())
+        sys.exit(0)
     base, lora, full, out, prompts, seeds, seconds = sys.argv[1:8]
     prompts, seeds, seconds = json.loads(prompts), json.loads(seeds), float(seconds)
     pipe = plain_pipeline(base)
