@@ -9,8 +9,8 @@ metadata.jsonl is rebuilt from the complete wav files, and only the missing clip
 Output (the contract other stages read):
 
     generations/metadata.jsonl   one row per clip: file_name, clip_id, caption, caption_id,
-                                 clip_index, task, labels, seed, model (and lyrics, where its
-                                 caption has them)
+                                 clip_index, task, labels, seed, model (and lyrics and
+                                 reference, where its caption has them)
     generations/clips/00012_3.wav   16-bit PCM, mono, at the model's sample rate (16 kHz for TANGO)
     generations/generation_config.json   the settings, checked on resume (clips are never mixed
                                          from different models or sampling settings)
@@ -118,7 +118,8 @@ def metadata_row(caption_row: dict[str, Any], clip_index: int, seed: int, model:
         "labels": list(caption_row["labels"]),
         "seed": clip_seed(seed, caption_row["caption_id"], clip_index),
         "model": model,
-        **({"lyrics": caption_row["lyrics"]} if caption_row.get("lyrics") else {}),
+        # optional, where its caption has them: lyrics (a model conditioned on them), the reference clip (evaluation)
+        **{key: caption_row[key] for key in ("lyrics", "reference") if caption_row.get(key)},
     }
 
 

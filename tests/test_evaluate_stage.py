@@ -148,3 +148,43 @@ def test_event_scores_thresholds_and_intervals_reach_the_report(models, tmp_path
     assert "diversity" in data["aligned"] and "judged_by" in data["info"]
     report = (out / "report.md").read_text()
     assert "95% bootstrap" in report and "[" in report
+
+
+def test_a_real_models_matched_fd_is_against_the_reference_clips_its_captions_name(models, tmp_path):
+    """Captions that name their reference clip (AudioCaps-style test audio): each clip's metadata keeps
+    the name, and the matched FD is the FD against exactly those clips, whatever else the folder holds."""
+    from baton_trainer.audio import save_wav
+    from baton_trainer.testing import synthetic_clip
+
+    rows = [json.loads(line) for line in (models / "captions.jsonl").read_text().splitlines()]
+    named = tmp_path / "captions.jsonl"
+    named.write_text("".join(json.dumps({**r, "reference": f"ref{i}.wav"}) + "\n" for i, r in enumerate(rows)))
+    everything, own = tmp_path / "everything", tmp_path / "own"
+    for i in range(len(rows)):  # the named clips, in both folders
+        for folder in (everything, own):
+            save_wav(folder / f"ref{i}.wav", synthetic_clip("low", seed=i, seconds=0.32), 16000)
+    for i in range(4):  # clips no caption names, unlike them
+        save_wav(everything / f"other{i}.wav", synthetic_clip("high", seed=10 + i, seconds=0.32), 16000)
+
+    def run(reference, out):
+        config = EvaluateConfig(
+            run_dir=str(tmp_path / out),
+            model=str(models / "base"),
+            aligned="none",
+            captions=str(named),
+            clips_per_caption=2,
+            num_inference_steps=2,
+            clap_model=str(models / "clap"),
+            reference_audio=str(reference),
+            fd_embedding="clap",  # beside the matched FD, the FD against the whole folder (PANNs needs its checkpoint)
+            device="cpu",
+        )
+        return json.loads((evaluate(config) / "metrics.json").read_text())
+
+    mixed, only_own = run(everything, "a"), run(own, "b")
+    generated = [json.loads(line) for line in (tmp_path / "a" / "eval" / "clips" / "base" / "metadata.jsonl").read_text().splitlines()]
+    assert sorted({r["reference"] for r in generated}) == [f"ref{i}.wav" for i in range(len(rows))]
+    assert "3 reference clips the evaluated captions name" in mixed["info"]["fd_matched"]
+    assert "all 7 reference clips" in mixed["info"]["fd_clap"]
+    # FD against the folder of the named clips alone (on CLAP embeddings, "fd") is the matched FD of the mixed folder
+    np.testing.assert_allclose(mixed["base"]["fd_matched"], only_own["base"]["fd"], rtol=1e-5)

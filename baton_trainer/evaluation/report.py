@@ -70,8 +70,10 @@ METRIC_INFO.update(
             False,
             1.0,
             "FD (matched references): Fréchet distance between Gaussians fitted to the CLAP audio embeddings of generated "
-            "clips and of clean renderings of the evaluated captions themselves (4 per caption, the toy renderer): the "
-            "distance to what each caption asks for, where FD (CLAP embeddings) measures it to the pretraining world.",
+            "clips and of references of the evaluated captions themselves: in the toy world clean renderings (4 per caption, "
+            "the toy renderer), for a real model the reference clip each caption names (AudioCaps test audio); the header "
+            "says which. The distance to what each caption asks for, where FD (CLAP embeddings) measures it to a whole "
+            "reference set.",
         ),
         "integrity_accuracy": (
             "Integrity accuracy (%)",

@@ -243,7 +243,18 @@ def evaluate(config: EvaluateConfig, backends: dict[str, Any] | None = None) -> 
             embeddings["fd_clap"] = {**embeddings["clap_audio"], "reference": clap.embed_audio(list(reference.values()), sample_rate).cpu().numpy()}
             for name in clips_by_model:
                 metrics[name]["fd_clap"] = frechet_distance_from_embeddings(embeddings["fd_clap"][name], embeddings["fd_clap"]["reference"])
-            info["fd_clap"] = f"CLAP audio embeddings ({display_path(config.clap_model)}) against {len(reference)} reference clips"
+            info["fd_clap"] = (
+                f"CLAP audio embeddings ({display_path(config.clap_model)}) against all {len(reference)} reference clips of {display_path(config.reference_audio)}"
+            )
+    own = sorted({n for n in (names or []) if n in (reference or {})})  # the evaluated captions' own reference clips
+    if clap is not None and "clap_audio" in embeddings and own and not config.oracle:
+        # Matched references of a real model: the reference clip of each evaluated caption itself
+        # (AudioCaps test audio named by its caption row), so FD measures the distance to the audio
+        # these captions describe rather than to a folder of other clips.
+        embeddings["fd_matched"] = {**embeddings["clap_audio"], "reference": clap.embed_audio([reference[n] for n in own], sample_rate).cpu().numpy()}
+        for name in clips_by_model:
+            metrics[name]["fd_matched"] = frechet_distance_from_embeddings(embeddings["fd_matched"][name], embeddings["fd_matched"]["reference"])
+        info["fd_matched"] = f"CLAP audio embeddings against the {len(own)} reference clips the evaluated captions name (matched caption by caption)"
     caption_ids = [r["caption_id"] for r in rows]
     if config.oracle and clap is not None and "clap_audio" in embeddings:
         # Matched references: clean renderings of the evaluated captions themselves (what each caption
