@@ -82,7 +82,8 @@ def audioldm2_full(device):
     from baton_trainer.backends.audioldm2 import AudioLDM2Model
     from baton_trainer.backends.tango_original import CONFIG_DIR
     from baton_trainer.clap import clap_feature_extractor
-    from baton_trainer.testing import tiny_audioldm2, tiny_t5_tokenizer
+    from baton_trainer.testing import tiny_audioldm2
+    from baton_trainer.tiny_parts import tiny_t5_tokenizer
 
     tokenizer = tiny_audioldm2().pipe.tokenizer  # token ids only need to be valid for the vocabularies
     with torch.device(device):
@@ -111,7 +112,7 @@ def stable_audio_full(device):
     from transformers import T5Config, T5EncoderModel
 
     from baton_trainer.backends.stable_audio import StableAudioModel
-    from baton_trainer.testing import tiny_t5_tokenizer
+    from baton_trainer.tiny_parts import tiny_t5_tokenizer
 
     # the scheduler outside the device block: it keeps its sigmas on the CPU, which a meta device (the planner's) cannot copy
     scheduler = CosineDPMSolverMultistepScheduler(
@@ -135,7 +136,7 @@ def stable_audio_3_full(device):
     from transformers import T5GemmaConfig, T5GemmaEncoderModel
 
     from baton_trainer.backends.stable_audio_3 import StableAudio3Model
-    from baton_trainer.testing import tiny_tokenizer
+    from baton_trainer.tiny_parts import tiny_tokenizer
 
     tokenizer = tiny_tokenizer(model_max_length=256)  # token ids only need to be valid for the vocabulary
     module = dict(

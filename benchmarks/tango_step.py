@@ -125,7 +125,7 @@ def build_frozen(device: torch.device, dtype: torch.dtype):
     from baton_trainer.backends.pipeline_tango import TangoPipeline
     from baton_trainer.backends.tango import TangoModel
     from baton_trainer.backends.tango_original import CONFIG_DIR, _load_scheduler, vae_config_to_diffusers
-    from baton_trainer.testing import TINY_WORDS, tiny_tokenizer
+    from baton_trainer.tiny_parts import TINY_WORDS, tiny_tokenizer
 
     with torch.device(device):
         vae = AutoencoderKL.from_config(vae_config_to_diffusers(TANGO_VAE))

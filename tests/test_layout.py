@@ -101,15 +101,19 @@ def test_the_remote_code_copy_of_the_waveform_checks_stays_in_step(wav):
     assert outcomes[0] == outcomes[1]
 
 
-def test_every_backend_has_its_test_file_on_the_shared_contract_and_a_tiny_model():
-    """Adding a backend is its file, its line in BACKENDS, its tiny model (TINY_BACKENDS) and its test
-    file: `tests/test_backend_<module>.py`, running the shared contract (`backend_contract.py`) on it."""
-    from baton_trainer.backends import BACKENDS
+def test_adding_a_backend_is_its_file_its_line_in_backends_and_its_test_file():
+    """A backend's file holds its adapter and its tiny model (`tiny`, which TINY_BACKENDS takes up by
+    itself); its test file `tests/test_backend_<module>.py` runs the shared contract
+    (`backend_contract.py`) on it; the online, offline-objective, planner and command-line tests take
+    every backend of TINY_BACKENDS."""
+    from baton_trainer.backends import BACKENDS, TextToAudioBackend, backend_class
     from baton_trainer.testing import TINY_BACKENDS
 
     tests = pathlib.Path(__file__).parent
     modules = sorted(target.split(":")[0].rsplit(".", 1)[1] for target in BACKENDS.values())
     assert modules == sorted(TINY_BACKENDS)
+    for pipeline in BACKENDS:
+        assert backend_class(pipeline).tiny.__func__ is not TextToAudioBackend.tiny.__func__, pipeline
     assert sorted(p.stem.removeprefix("test_backend_") for p in tests.glob("test_backend_*.py")) == modules
     for module in modules:
         text = (tests / f"test_backend_{module}.py").read_text(encoding="utf-8")

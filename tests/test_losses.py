@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from baton_trainer.losses import baton_loss, denoising_target, snr_weights
-from baton_trainer.testing import tiny_scheduler
+from baton_trainer.tiny_parts import tiny_scheduler
 
 
 def plain_reference(scheduler, z0, noise, t, pred, weights, mode, gamma, pred_pt=None, z0_pt=None, noise_pt=None, t_pt=None, beta=0.5):

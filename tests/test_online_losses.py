@@ -18,7 +18,7 @@ from baton_trainer.losses import (
     nft_loss,
     vp_step,
 )
-from baton_trainer.testing import tiny_scheduler
+from baton_trainer.tiny_parts import tiny_scheduler
 
 
 def test_the_ddpm_posterior_step_is_diffusers_ddim_step_at_eta_1_and_its_log_prob_is_the_normal_density():

@@ -18,7 +18,7 @@ from baton_trainer.backends import load_backend
 from baton_trainer.backends.tango import TangoModel
 from baton_trainer.backends.tango_original import TangoCheckpointError, is_original_tango_folder, load_original_tango
 from baton_trainer.stages.convert_tango import ConvertTangoConfig, convert_tango
-from baton_trainer.testing import tiny_tokenizer
+from baton_trainer.tiny_parts import tiny_tokenizer
 
 N_MELS = 16
 STFT = {"filter_length": 512, "hop_length": 160, "win_length": 512, "n_mel_channels": N_MELS, "sampling_rate": 16000, "mel_fmin": 0, "mel_fmax": 8000}

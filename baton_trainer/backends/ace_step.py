@@ -217,3 +217,57 @@ class AceStepModel(TextToAudioBackend):
             audio = mixed_to_mono(audio)[:, :samples]
             clips[rows, : audio.shape[-1]] = audio
         return clips
+
+    # -- a tiny model for tests and benchmarks ---------------------------------------------------
+
+    @classmethod
+    def tiny(cls, seed: int = 0) -> "AceStepModel":
+        """A randomly initialised AceStepModel: diffusers' AceStepPipeline with tiny components of every
+        real class (Qwen3's encoder, AutoencoderOobleck at 48 kHz stereo with 1024 samples a latent
+        frame, AceStepConditionEncoder, AceStepTransformer1DModel with a sliding and a full attention
+        layer) and the pipeline's scheduler (one training timestep, shift 1: the pipeline shifts its grid)."""
+        # lazy: the tiny model's classes and helpers load for tests and benchmarks only
+        from diffusers import AceStepConditionEncoder, AceStepTransformer1DModel, AutoencoderOobleck, FlowMatchEulerDiscreteScheduler
+        from transformers import Qwen3Config, Qwen3Model
+
+        from ..tiny_parts import tiny_tokenizer
+
+        torch.manual_seed(seed)
+        tokenizer = tiny_tokenizer(model_max_length=64)
+        text_encoder = Qwen3Model(
+            Qwen3Config(
+                vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1, head_dim=8
+            )
+        ).eval()
+        acoustic = 4
+        vae = AutoencoderOobleck(
+            encoder_hidden_size=8,
+            downsampling_ratios=[4, 8, 8, 4],
+            channel_multiples=[1, 2, 2, 2],
+            decoder_channels=4,
+            decoder_input_channels=acoustic,
+            audio_channels=2,
+            sampling_rate=48000,
+        )
+        attention = dict(num_attention_heads=2, num_key_value_heads=1, head_dim=8, sliding_window=8)
+        condition_encoder = AceStepConditionEncoder(
+            hidden_size=16,
+            intermediate_size=32,
+            text_hidden_dim=16,
+            timbre_hidden_dim=acoustic,
+            num_lyric_encoder_hidden_layers=1,
+            num_timbre_encoder_hidden_layers=1,
+            **attention,
+        )
+        with torch.no_grad():  # the real buffer is the VAE's encoding of silence; a zero one would hide the timbre path
+            condition_encoder.silence_latent.normal_(0.0, 0.5)
+        transformer = AceStepTransformer1DModel(
+            hidden_size=16, intermediate_size=32, num_hidden_layers=2, in_channels=3 * acoustic, audio_acoustic_hidden_dim=acoustic, patch_size=2, **attention
+        )
+        scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1, shift=1.0)
+        pipe = AceStepPipeline(
+            vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer, condition_encoder=condition_encoder, scheduler=scheduler
+        )
+        model = cls(pipe)
+        model.name_or_path = f"tiny-ace-step-seed{seed}"
+        return model.eval()

@@ -176,3 +176,98 @@ class AudioLDM2Model(MelLatents, TextToAudioBackend):
             **kwargs,
         ).audios
         return np.asarray(audio, dtype=np.float32)
+
+    # -- a tiny model for tests and benchmarks ---------------------------------------------------
+
+    @classmethod
+    def tiny(cls, seed: int = 0) -> "AudioLDM2Model":
+        """A randomly initialised AudioLDM2Model: the real AudioLDM2Pipeline with tiny components of
+        every real class (CLAP, T5, projection, GPT-2, AudioLDM2UNet2DConditionModel, AutoencoderKL,
+        SpeechT5HifiGan) and AudioLDM 2's DDIM schedule (epsilon, scaled_linear 0.0015 -> 0.0195)."""
+        # lazy: the tiny model's classes and helpers load for tests and benchmarks only
+        from diffusers import AudioLDM2ProjectionModel, AudioLDM2UNet2DConditionModel, AutoencoderKL, DDIMScheduler
+        from transformers import ClapModel, GPT2Config, SpeechT5HifiGan, SpeechT5HifiGanConfig, T5Config, T5EncoderModel
+
+        from ..clap import clap_feature_extractor, train_clap_tokenizer
+        from ..tiny_parts import TINY_CLAP_CORPUS, tiny_clap_config, tiny_t5_tokenizer
+
+        torch.manual_seed(seed)
+        tokenizer = train_clap_tokenizer([line for line in TINY_CLAP_CORPUS.splitlines() if line.strip()], vocab_size=600, model_max_length=77)
+        clap = ClapModel(tiny_clap_config(projection_dim=16, vocab_size=len(tokenizer)))
+        tokenizer_2 = tiny_t5_tokenizer()
+        t5 = T5EncoderModel(T5Config(vocab_size=len(tokenizer_2), d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=2, pad_token_id=0, eos_token_id=1))
+        gpt2 = GPT2LMHeadModel(GPT2Config(n_embd=16, n_head=2, n_layer=1, vocab_size=8, n_positions=64, bos_token_id=0, eos_token_id=0))
+        gpt2.config.max_new_tokens = 8
+        projection = AudioLDM2ProjectionModel(text_encoder_dim=16, text_encoder_1_dim=16, langauge_model_dim=16)
+        vae = AutoencoderKL(
+            in_channels=1,
+            out_channels=1,
+            down_block_types=("DownEncoderBlock2D",) * 2,
+            up_block_types=("UpDecoderBlock2D",) * 2,
+            block_out_channels=(8, 16),
+            layers_per_block=1,
+            latent_channels=4,
+            norm_num_groups=4,
+        )
+        frames = 32  # hop 160 at 16 kHz
+        unet = AudioLDM2UNet2DConditionModel(
+            sample_size=frames // 2,
+            in_channels=4,
+            out_channels=4,
+            block_out_channels=(16, 32),
+            layers_per_block=1,
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            cross_attention_dim=([None, 16, 16], [None, 16, 16]),
+            norm_num_groups=4,
+            attention_head_dim=4,
+        )
+        vocoder = SpeechT5HifiGan(
+            SpeechT5HifiGanConfig(
+                model_in_dim=16,
+                sampling_rate=16000,
+                upsample_initial_channel=16,
+                upsample_rates=[5, 4, 8],
+                upsample_kernel_sizes=[10, 8, 16],
+                resblock_kernel_sizes=[3],
+                resblock_dilation_sizes=[[1, 3]],
+                normalize_before=False,
+            )
+        )
+        scheduler = DDIMScheduler(
+            num_train_timesteps=1000,
+            beta_start=0.0015,
+            beta_end=0.0195,
+            beta_schedule="scaled_linear",
+            prediction_type="epsilon",
+            clip_sample=False,
+            set_alpha_to_one=False,
+            steps_offset=1,
+        )
+        pipe = AudioLDM2Pipeline(
+            vae=vae,
+            text_encoder=clap,
+            text_encoder_2=t5,
+            projection_model=projection,
+            language_model=gpt2,
+            tokenizer=tokenizer,
+            tokenizer_2=tokenizer_2,
+            feature_extractor=clap_feature_extractor(),
+            unet=unet,
+            scheduler=scheduler,
+            vocoder=vocoder,
+        )
+        model = cls(pipe)
+        model.name_or_path = f"tiny-audioldm2-seed{seed}"
+        return model.eval()
+
+    @classmethod
+    def save_tiny(cls, folder: str | Path | None = None, seed: int = 0) -> Path:
+        """A tiny AudioLDM 2 folder in the published checkpoints' layout: `save_pretrained`, with the
+        language model stored as a `GPT2Model`, as `cvssp/audioldm2` stores it."""
+        folder = super().save_tiny(folder, seed)
+        GPT2LMHeadModel.from_pretrained(folder / "language_model").transformer.save_pretrained(folder / "language_model")
+        index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
+        index["language_model"] = ["transformers", "GPT2Model"]
+        (folder / "model_index.json").write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+        return folder

@@ -263,6 +263,21 @@ class TextToAudioBackend(ABC):
     def from_pretrained(cls, name_or_path: str | Path, export: str | Path | None = None, device=None, torch_dtype=None, revision: str | None = None):
         """The model saved at `name_or_path` (a folder or Hub id), with a trained export on top."""
 
+    @classmethod
+    def tiny(cls, seed: int = 0) -> "TextToAudioBackend":
+        """A randomly initialised model of this backend's real classes at toy sizes (CPU, milliseconds
+        a step): what the tests run every stage on (`testing.TINY_BACKENDS`), and benchmarks time."""
+        raise NotImplementedError(f"{cls.__name__} has no tiny model: define `tiny` (docs/backends.md)")
+
+    @classmethod
+    def save_tiny(cls, folder: str | Path | None = None, seed: int = 0) -> Path:
+        """`tiny(seed)` saved as a pipeline folder (a new temporary one when `folder` is None)."""
+        import tempfile  # lazy: only tests and benchmarks save tiny models
+
+        folder = Path(folder or tempfile.mkdtemp(prefix=f"tiny-{cls.__name__}-"))
+        cls.tiny(seed).save_pretrained(folder)
+        return folder
+
     def save_pretrained(self, folder: str | Path) -> None:
         """Write the whole pipeline so that `from_pretrained(folder)` restores it."""
         if getattr(self.denoiser, "peft_config", None):

@@ -161,3 +161,32 @@ class LongCatAudioDiTModel(TextToAudioBackend):
             audio = mixed_to_mono(audio)[:, :samples]
             clips[rows, : audio.shape[-1]] = audio
         return clips
+
+    # -- a tiny model for tests and benchmarks ---------------------------------------------------
+
+    @classmethod
+    def tiny(cls, seed: int = 0) -> "LongCatAudioDiTModel":
+        """A randomly initialised LongCatAudioDiTModel: diffusers' LongCatAudioDiTPipeline with tiny
+        components of every real class (UMT5's encoder, LongCatAudioDiTVae at 24 kHz with 8 samples a
+        latent frame, LongCatAudioDiTTransformer) and the pipeline's own scheduler."""
+        # lazy: the tiny model's classes and helpers load for tests and benchmarks only
+        from diffusers import LongCatAudioDiTTransformer, LongCatAudioDiTVae
+        from transformers import UMT5Config, UMT5EncoderModel
+
+        from ..tiny_parts import tiny_t5_tokenizer
+
+        torch.manual_seed(seed)
+        tokenizer = tiny_t5_tokenizer(model_max_length=16)
+        text_encoder = UMT5EncoderModel(UMT5Config(vocab_size=len(tokenizer), d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2)).eval()
+        vae = LongCatAudioDiTVae(channels=8, c_mults=[1, 2], strides=[2, 4], latent_dim=4, encoder_latent_dim=8, downsampling_ratio=8, sample_rate=24000)
+        transformer = LongCatAudioDiTTransformer(dit_dim=16, dit_depth=1, dit_heads=2, dit_text_dim=16, latent_dim=4, ff_mult=2.0)
+        # The DiT zero-initialises its output layers (adaLN and projection): give them random values, or
+        # every prediction is zero and no test can tell two models apart.
+        with torch.no_grad():
+            for parameter in transformer.parameters():
+                if parameter.ndim > 1 and not parameter.any():
+                    parameter.normal_(0.0, 0.2)
+        pipe = LongCatAudioDiTPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer)
+        model = cls(pipe)
+        model.name_or_path = f"tiny-longcat-audio-dit-seed{seed}"
+        return model.eval()

@@ -151,3 +151,55 @@ class StableAudioModel(TextToAudioBackend):
             output_type="np",
         ).audios
         return mixed_to_mono(audio)
+
+    # -- a tiny model for tests and benchmarks ---------------------------------------------------
+
+    @classmethod
+    def tiny(cls, seed: int = 0) -> "StableAudioModel":
+        """A randomly initialised StableAudioModel: diffusers' StableAudioPipeline with tiny components
+        of every real class (AutoencoderOobleck at 44.1 kHz stereo, T5, StableAudioProjectionModel,
+        StableAudioDiTModel) and Stable Audio Open's sampler (cosine DPM-Solver, v-prediction).
+        The window is `window_frames` latent frames of 256 samples (0.37 s)."""
+        # lazy: the tiny model's classes and helpers load for tests and benchmarks only
+        from diffusers import AutoencoderOobleck, CosineDPMSolverMultistepScheduler, StableAudioDiTModel, StableAudioProjectionModel
+        from transformers import T5Config, T5EncoderModel
+
+        from ..tiny_parts import tiny_t5_tokenizer
+
+        torch.manual_seed(seed)
+        tokenizer = tiny_t5_tokenizer(model_max_length=16)
+        text_encoder = T5EncoderModel(
+            T5Config(vocab_size=len(tokenizer), d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=2, pad_token_id=0, eos_token_id=1)
+        )
+        vae = AutoencoderOobleck(
+            encoder_hidden_size=8,
+            downsampling_ratios=[4, 8, 8],
+            channel_multiples=[1, 2, 2],
+            decoder_channels=4,
+            decoder_input_channels=4,
+            audio_channels=2,
+            sampling_rate=44100,
+        )
+        projection = StableAudioProjectionModel(text_encoder_dim=16, conditioning_dim=8, min_value=0, max_value=512)
+        transformer = StableAudioDiTModel(
+            sample_size=64,
+            in_channels=4,
+            out_channels=4,
+            num_layers=1,
+            attention_head_dim=8,
+            num_attention_heads=2,
+            num_key_value_attention_heads=1,
+            cross_attention_dim=16,
+            time_proj_dim=8,
+            global_states_input_dim=16,
+            cross_attention_input_dim=8,
+        )
+        scheduler = CosineDPMSolverMultistepScheduler(
+            sigma_min=0.3, sigma_max=500, sigma_data=1.0, sigma_schedule="exponential", solver_order=2, prediction_type="v_prediction"
+        )
+        pipe = StableAudioPipeline(
+            vae=vae, text_encoder=text_encoder, projection_model=projection, tokenizer=tokenizer, transformer=transformer, scheduler=scheduler
+        )
+        model = cls(pipe)
+        model.name_or_path = f"tiny-stable-audio-seed{seed}"
+        return model.eval()

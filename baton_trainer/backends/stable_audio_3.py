@@ -150,3 +150,74 @@ class StableAudio3Model(TextToAudioBackend):
             output_type="np",
         ).audios
         return mixed_to_mono(audio)
+
+    # -- a tiny model for tests and benchmarks ---------------------------------------------------
+
+    @classmethod
+    def tiny(cls, seed: int = 0) -> "StableAudio3Model":
+        """A randomly initialised StableAudio3Model: diffusers' StableAudio3Pipeline with tiny components
+        of every real class (AutoencoderSAME at 44.1 kHz stereo, 64 samples a latent frame; T5Gemma's
+        encoder; StableAudio3DurationEmbedder; StableAudio3DiTModel) and the base checkpoint's sampler
+        (FlowMatchEulerDiscreteScheduler, deterministic Euler, timesteps in [0, 1])."""
+        # lazy: the tiny model's classes and helpers load for tests and benchmarks only
+        from diffusers import AutoencoderSAME, FlowMatchEulerDiscreteScheduler, StableAudio3DiTModel
+        from diffusers.pipelines.stable_audio_3.modeling_stable_audio_3 import StableAudio3DurationEmbedder
+        from transformers import T5GemmaConfig, T5GemmaEncoderModel
+
+        from ..tiny_parts import tiny_tokenizer
+
+        torch.manual_seed(seed)
+        tokenizer = tiny_tokenizer(model_max_length=16)
+        module = dict(
+            vocab_size=len(tokenizer),
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            head_dim=8,
+            query_pre_attn_scalar=8,
+            sliding_window=16,
+            max_position_embeddings=64,
+        )
+        text_encoder = T5GemmaEncoderModel(T5GemmaConfig(encoder=module, decoder=module, vocab_size=len(tokenizer), is_encoder_decoder=False)).eval()
+        vae = AutoencoderSAME(
+            audio_channels=2,
+            patch_size=16,
+            encoder_channels=8,
+            encoder_c_mults=(2,),
+            encoder_strides=(4,),
+            encoder_transformer_depths=(1,),
+            latent_dim=4,
+            dim_heads=8,
+            ff_mult=2,
+            sampling_rate=44100,
+        )
+        duration_embedder = StableAudio3DurationEmbedder(output_dim=16, fourier_dim=8, max_val=64.0)
+        transformer = StableAudio3DiTModel(
+            io_channels=4,
+            embed_dim=16,
+            depth=1,
+            num_heads=2,
+            cond_token_dim=16,
+            global_cond_dim=16,
+            local_add_cond_dim=5,
+            timestep_features_dim=8,
+            ff_mult=2.0,
+            num_memory_tokens=2,
+        )
+        # SAME and the DiT zero-initialise their residual branches and SAME starts its decoder's new
+        # tokens at 1e-5, so at random init the decoder ignores its latents: give them random values.
+        with torch.no_grad():
+            for name, parameter in [*vae.named_parameters(), *transformer.named_parameters()]:
+                if name.endswith("new_tokens"):
+                    parameter.normal_(0.0, 1.0)
+                elif parameter.ndim > 1 and not parameter.any():
+                    parameter.normal_(0.0, 0.2)
+        scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1, shift=1.0, stochastic_sampling=False)
+        pipe = StableAudio3Pipeline(
+            vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, duration_embedder=duration_embedder, transformer=transformer, scheduler=scheduler
+        )
+        model = cls(pipe)
+        model.name_or_path = f"tiny-stable-audio-3-seed{seed}"
+        return model.eval()

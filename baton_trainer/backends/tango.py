@@ -203,3 +203,72 @@ class TangoModel(MelLatents, TextToAudioBackend):
             sampler=sampler,
             output_type=output_type,
         ).audios
+
+    # -- a tiny model for tests and benchmarks ---------------------------------------------------
+
+    @classmethod
+    def tiny(cls, seed: int = 0) -> "TangoModel":
+        """A randomly initialised TangoModel with tiny components (CPU, milliseconds per step)."""
+        # lazy: the tiny model's classes and helpers load for tests and benchmarks only
+        from transformers import SpeechT5HifiGanConfig, T5Config
+
+        from ..tiny_parts import tiny_scheduler, tiny_tokenizer
+
+        torch.manual_seed(seed)
+        tokenizer = tiny_tokenizer()
+        text_encoder = T5EncoderModel(
+            T5Config(vocab_size=len(tokenizer), d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=2, pad_token_id=0, eos_token_id=1)
+        )
+        vae = AutoencoderKL(
+            in_channels=1,
+            out_channels=1,
+            down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+            up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+            block_out_channels=(8, 16),
+            layers_per_block=1,
+            latent_channels=4,
+            norm_num_groups=4,
+            scaling_factor=0.9227914214134216,
+        )
+        unet = UNet2DConditionModel(
+            sample_size=None,
+            in_channels=4,
+            out_channels=4,
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            block_out_channels=(16, 32),
+            layers_per_block=1,
+            attention_head_dim=4,
+            cross_attention_dim=16,
+            norm_num_groups=4,
+            use_linear_projection=True,
+            upcast_attention=True,
+        )
+        vocoder = SpeechT5HifiGan(
+            SpeechT5HifiGanConfig(
+                model_in_dim=16,
+                sampling_rate=16000,
+                upsample_initial_channel=16,
+                upsample_rates=[5, 4, 8],
+                upsample_kernel_sizes=[10, 8, 16],
+                resblock_kernel_sizes=[3],
+                resblock_dilation_sizes=[[1, 3]],
+                normalize_before=False,
+            )
+        )
+        pipe = TangoPipeline(
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            unet=unet,
+            scheduler=DDIMScheduler.from_config(tiny_scheduler().config),
+            vocoder=vocoder,
+            n_fft=512,
+            win_length=512,
+            n_mels=16,
+            duration_s=0.32,
+            text_max_length=32,
+        )
+        model = cls(pipe)
+        model.name_or_path = f"tiny-tango-seed{seed}"
+        return model.eval()

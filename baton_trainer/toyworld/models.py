@@ -36,7 +36,7 @@ from ..backends.pipeline_tango import TangoPipeline
 from ..backends.tango import TangoModel
 from ..captions import INTEGRITY_CONJUNCTIONS, TEMPORAL_CONJUNCTIONS, make_caption
 from ..clap import clap_feature_extractor, train_clap_tokenizer
-from ..testing import tiny_scheduler, tiny_tokenizer
+from ..tiny_parts import tiny_scheduler, tiny_tokenizer
 from .events import EVENT_NAMES
 from .mel_autoencoder import ToyMelAutoencoder
 from .render import DEFAULT_DURATION_S, ORDERED_PAIR_CONJUNCTIONS
