@@ -1,12 +1,12 @@
-"""The parts tiny models are built from: word-level tokenizers, TANGO's noise schedule and a tiny
-CLAP config, made offline. No model class is imported here: each backend builds its tiny model
-(`tiny`, in its own file) from these, and `testing` builds the rest."""
+"""The parts tiny models are built from: word-level tokenizers, TANGO's noise schedule, a tiny
+HiFi-GAN and a tiny CLAP config, made offline. Nothing of the backends is imported here: each
+backend builds its tiny model (`tiny`, in its own file) from these, and `testing` builds the rest."""
 
 from __future__ import annotations
 
 from diffusers import DDPMScheduler
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-from transformers import ClapAudioConfig, ClapConfig, ClapTextConfig, PreTrainedTokenizerFast, T5Tokenizer
+from transformers import ClapAudioConfig, ClapConfig, ClapTextConfig, PreTrainedTokenizerFast, SpeechT5HifiGan, SpeechT5HifiGanConfig, T5Tokenizer
 
 TINY_WORDS = (
     "a dog barks and then birds chirp followed by rain falls while engine hums with people talk "
@@ -93,3 +93,19 @@ def tiny_clap_config(projection_dim: int = 32, vocab_size: int = 600):
     # initializer_factor > 1 spreads a random model's embeddings apart; at 1 every caption and
     # clip lands within cosine 0.99 of each other and tests could not tell them apart.
     return ClapConfig(text_config=text.to_dict(), audio_config=audio.to_dict(), projection_dim=projection_dim, initializer_factor=4.0)
+
+
+def tiny_hifigan(n_mels: int = 16) -> SpeechT5HifiGan:
+    """A randomly initialised SpeechT5HifiGan from `n_mels` mel bins to 16 kHz audio (x160: the hop of
+    TANGO's and AudioLDM 2's mel front ends)."""
+    config = SpeechT5HifiGanConfig(
+        model_in_dim=n_mels,
+        sampling_rate=16000,
+        upsample_initial_channel=16,
+        upsample_rates=[5, 4, 8],
+        upsample_kernel_sizes=[10, 8, 16],
+        resblock_kernel_sizes=[3],
+        resblock_dilation_sizes=[[1, 3]],
+        normalize_before=False,
+    )
+    return SpeechT5HifiGan(config)

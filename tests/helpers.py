@@ -109,9 +109,10 @@ def train(trainer):
     return trainer.train(*training_data(trainer))
 
 
-def plain_diffusers_latents(base: Path, lora: Path, full: Path, out: Path, prompts: list[str], seeds: list[int], seconds: float) -> dict:
+def plain_diffusers_latents(base: Path, lora: Path, full: Path, out: Path, prompts: list[str], seeds: list[int], seconds: float, cards: bool = False) -> dict:
     """`tests/plain_diffusers_user.py` on a base model and its LoRA and full exports, in a fresh
-    interpreter that cannot import this package: its latents with the adapter and with the full denoiser."""
+    interpreter that cannot import this package: its latents with the adapter and with the full
+    denoiser. With `cards`, `lora` and `full` are pushed models' cards, whose diffusers-only lines it runs."""
     import json
     import sys
 
@@ -120,32 +121,14 @@ def plain_diffusers_latents(base: Path, lora: Path, full: Path, out: Path, promp
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["HF_MODULES_CACHE"] = str(out.parent / "hf_modules")
     env["OMP_NUM_THREADS"] = str(torch.get_num_threads())  # this process's reductions, so the two sides agree to 1e-5
-    args = [base, lora, full, out, json.dumps(prompts), json.dumps(seeds), seconds]
+    args = ["--cards", lora, full] if cards else [base, lora, full]
+    args += [out, json.dumps(prompts), json.dumps(seeds), seconds]
     result = subprocess.run(
         [sys.executable, plain_diffusers_user.__file__, *map(str, args)], env=env, cwd=out.parent, capture_output=True, text=True, timeout=600
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "baton_trainer" not in result.stdout
     return {k: torch.from_numpy(v) for k, v in np.load(out).items()}
-
-
-def latents_from_card(card: Path, out: Path, prompts: list[str], seeds: list[int], seconds: float) -> torch.Tensor:
-    """The latents of the pipeline a pushed model card's diffusers-only lines make, run in a fresh
-    interpreter that cannot import this package (`tests/plain_diffusers_user.py --card`)."""
-    import json
-    import sys
-
-    import plain_diffusers_user
-
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env["HF_MODULES_CACHE"] = str(out.parent / "hf_modules")
-    env["OMP_NUM_THREADS"] = str(torch.get_num_threads())
-    args = ["--card", card, out, json.dumps(prompts), json.dumps(seeds), seconds]
-    result = subprocess.run(
-        [sys.executable, plain_diffusers_user.__file__, *map(str, args)], env=env, cwd=out.parent, capture_output=True, text=True, timeout=600
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return torch.from_numpy(np.load(out)["latents"])
 
 
 def run_stage(stage: str, *args: str, threads: int = 1) -> None:

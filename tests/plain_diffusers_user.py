@@ -5,9 +5,9 @@ with `from_pretrained`, and sample. The checklist runs it in a fresh interpreter
 cannot be imported, and imports its functions for in-process checks.
 
     python tests/plain_diffusers_user.py BASE LORA FULL OUT.npz PROMPTS_JSON SEEDS_JSON SECONDS
-    python tests/plain_diffusers_user.py --card README.md OUT.npz PROMPTS_JSON SEEDS_JSON SECONDS
+    python tests/plain_diffusers_user.py --cards LORA_README FULL_README OUT.npz PROMPTS_JSON SEEDS_JSON SECONDS
 
-With `--card`, it runs the "With diffusers alone" lines of a pushed model's card as they stand
+With `--cards`, it runs the "With diffusers alone" lines of each pushed model's card as they stand
 (a `file://` repo is a folder, fetched by path where the lines download) and samples the `pipe` they make.
 """
 
@@ -87,11 +87,14 @@ def pipe_from_card(card: str):
 if __name__ == "__main__":
     sys.modules["baton_trainer"] = None  # this package is not there: only torch, diffusers, transformers and peft
     sys.modules["reward_hub"] = None
-    if sys.argv[1] == "--card":
-        card, out, prompts, seeds, seconds = sys.argv[2:7]
-        pipe = pipe_from_card(Path(card).read_text())
-        pipe.set_progress_bar_config(disable=True)
-        np.savez(out, latents=latents_of(pipe, json.loads(prompts), json.loads(seeds), float(seconds)).float().numpy())
+    if sys.argv[1] == "--cards":
+        lora_card, full_card, out, prompts, seeds, seconds = sys.argv[2:8]
+        made = {}
+        for name, card in (("lora", lora_card), ("full", full_card)):
+            pipe = pipe_from_card(Path(card).read_text())
+            pipe.set_progress_bar_config(disable=True)
+            made[name] = latents_of(pipe, json.loads(prompts), json.loads(seeds), float(seconds)).float().numpy()
+        np.savez(out, **made)
         sys.exit(0)
     base, lora, full, out, prompts, seeds, seconds = sys.argv[1:8]
     prompts, seeds, seconds = json.loads(prompts), json.loads(seeds), float(seconds)

@@ -186,10 +186,10 @@ class AudioLDM2Model(MelLatents, TextToAudioBackend):
         SpeechT5HifiGan) and AudioLDM 2's DDIM schedule (epsilon, scaled_linear 0.0015 -> 0.0195)."""
         # lazy: the tiny model's classes and helpers load for tests and benchmarks only
         from diffusers import AudioLDM2ProjectionModel, AudioLDM2UNet2DConditionModel, AutoencoderKL, DDIMScheduler
-        from transformers import ClapModel, GPT2Config, SpeechT5HifiGan, SpeechT5HifiGanConfig, T5Config, T5EncoderModel
+        from transformers import ClapModel, GPT2Config, T5Config, T5EncoderModel
 
         from ..clap import clap_feature_extractor, train_clap_tokenizer
-        from ..tiny_parts import TINY_CLAP_CORPUS, tiny_clap_config, tiny_t5_tokenizer
+        from ..tiny_parts import TINY_CLAP_CORPUS, tiny_clap_config, tiny_hifigan, tiny_t5_tokenizer
 
         torch.manual_seed(seed)
         tokenizer = train_clap_tokenizer([line for line in TINY_CLAP_CORPUS.splitlines() if line.strip()], vocab_size=600, model_max_length=77)
@@ -222,18 +222,7 @@ class AudioLDM2Model(MelLatents, TextToAudioBackend):
             norm_num_groups=4,
             attention_head_dim=4,
         )
-        vocoder = SpeechT5HifiGan(
-            SpeechT5HifiGanConfig(
-                model_in_dim=16,
-                sampling_rate=16000,
-                upsample_initial_channel=16,
-                upsample_rates=[5, 4, 8],
-                upsample_kernel_sizes=[10, 8, 16],
-                resblock_kernel_sizes=[3],
-                resblock_dilation_sizes=[[1, 3]],
-                normalize_before=False,
-            )
-        )
+        vocoder = tiny_hifigan()
         scheduler = DDIMScheduler(
             num_train_timesteps=1000,
             beta_start=0.0015,

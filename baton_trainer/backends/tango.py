@@ -210,9 +210,9 @@ class TangoModel(MelLatents, TextToAudioBackend):
     def tiny(cls, seed: int = 0) -> "TangoModel":
         """A randomly initialised TangoModel with tiny components (CPU, milliseconds per step)."""
         # lazy: the tiny model's classes and helpers load for tests and benchmarks only
-        from transformers import SpeechT5HifiGanConfig, T5Config
+        from transformers import T5Config
 
-        from ..tiny_parts import tiny_scheduler, tiny_tokenizer
+        from ..tiny_parts import tiny_hifigan, tiny_scheduler, tiny_tokenizer
 
         torch.manual_seed(seed)
         tokenizer = tiny_tokenizer()
@@ -244,18 +244,7 @@ class TangoModel(MelLatents, TextToAudioBackend):
             use_linear_projection=True,
             upcast_attention=True,
         )
-        vocoder = SpeechT5HifiGan(
-            SpeechT5HifiGanConfig(
-                model_in_dim=16,
-                sampling_rate=16000,
-                upsample_initial_channel=16,
-                upsample_rates=[5, 4, 8],
-                upsample_kernel_sizes=[10, 8, 16],
-                resblock_kernel_sizes=[3],
-                resblock_dilation_sizes=[[1, 3]],
-                normalize_before=False,
-            )
-        )
+        vocoder = tiny_hifigan()
         pipe = TangoPipeline(
             vae=vae,
             text_encoder=text_encoder,
