@@ -97,7 +97,8 @@ class LatentCache:
         captions, lyrics = list(ds["caption"]), lyrics_column(ds)
         if not captions:
             raise ValueError(f"{name}: 0 rows to train on (the datasets it is drawn from are empty, or nothing of them was selected)")
-        self.backend.encode_text(captions[:1], self.duration_s, lyrics=lyrics and lyrics[:1])  # a model without lyrics says so now
+        if not self.backend.takes_lyrics:
+            self.backend.captions_only(lyrics)  # before any clip is read: a model without lyrics says so now
         if not self.enabled:
             return EncodedSet(captions, weights, waveforms=self.read_audio(ds, name), lyrics=lyrics)
 
