@@ -10,6 +10,7 @@ import textwrap
 import numpy as np
 import pytest
 import torch
+from backend_contract import finetune_config
 from helpers import save_preference, save_pretrain, train
 
 from baton_trainer.backends import load_backend
@@ -26,7 +27,6 @@ SEEDS = [3, 4]
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A tiny base model and, trained from it, a LoRA export and a full export."""
-    from baton_trainer.stages.finetune import FinetuneConfig
     from baton_trainer.trainer import DiffusionTrainer
 
     root = tmp_path_factory.mktemp("backends")
@@ -34,21 +34,7 @@ def trained(tmp_path_factory):
     save_preference(root / "feedback", n=8)
     save_pretrain(root / "pretrain", n=8)
     for mode in ("lora", "full"):
-        config = FinetuneConfig(
-            run_dir=str(root / "run"),
-            model=str(root / "base"),
-            feedback_dataset=str(root / "feedback"),
-            pretrain_dataset=str(root / "pretrain"),
-            output_dir=str(root / mode),
-            cache_dir=str(root / "cache"),
-            train_batch_size=4,
-            learning_rate=5e-2,
-            max_train_steps=3,
-            report_to="none",
-            use_lora=mode == "lora",
-            lora_rank=4,
-            seed=1,
-        )
+        config = finetune_config(root, mode)  # the backend contract's
         train(DiffusionTrainer(config))
     return root
 
