@@ -25,13 +25,12 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import numpy as np
 import torch
 from diffusers import AceStepPipeline
 
 from ..hub import resolve_folder
 from ..weight_files import load_pretrained
-from .base import TextConditioning, TextToAudioBackend, mixed_to_mono, mono_into_channels
+from .base import TextConditioning, TextToAudioBackend, clips_by_key, mono_into_channels, rows_by_key
 
 # ACE-Step 1.5's training timestep distribution (its modeling file's `sample_t_r`, the model config's
 # timestep_mu and timestep_sigma): t = sigmoid(N(-0.4, 1)).
@@ -109,8 +108,8 @@ class AceStepModel(TextToAudioBackend):
         # a row without a valid position keeps the whole width (only the planner's shape-only pass has one)
         lengths = [int(n) or states.shape[1] for n in mask.sum(dim=1).tolist()]
         out = None
-        for length in sorted(set(lengths)):
-            rows = [i for i, n in enumerate(lengths) if n == length]
+        for rows in rows_by_key(lengths):
+            length = lengths[rows[0]]
             part = denoiser(
                 hidden_states=noisy[rows],
                 timestep=t[rows],
@@ -201,22 +200,22 @@ class AceStepModel(TextToAudioBackend):
         for caption, words in zip(captions, lyrics):
             text, lyric = self.pipe._format_prompt(caption, words, audio_duration=duration)
             lengths.append(tuple(len(self.pipe.tokenizer(part, truncation=True, max_length=limit).input_ids) for part, limit in ((text, 256), (lyric, 2048))))
-        clips = np.zeros((len(captions), samples), dtype=np.float32)
-        for length in sorted(set(lengths)):
-            rows = [i for i, n in enumerate(lengths) if n == length]
-            audio = self.pipe(
-                [captions[i] for i in rows],
-                lyrics=[lyrics[i] for i in rows],  # one per caption: the pipeline indexes it by row
-                audio_duration=duration,
-                num_inference_steps=num_inference_steps,
-                guidance_scale=guidance_scale,
-                shift=self.flow_shift,
-                generator=[generators[i] for i in rows],
-                output_type="np",
-            ).audios
-            audio = mixed_to_mono(audio)[:, :samples]
-            clips[rows, : audio.shape[-1]] = audio
-        return clips
+        return clips_by_key(
+            lengths,
+            samples,
+            lambda rows: (
+                self.pipe(
+                    [captions[i] for i in rows],
+                    lyrics=[lyrics[i] for i in rows],  # one per caption: the pipeline indexes it by row
+                    audio_duration=duration,
+                    num_inference_steps=num_inference_steps,
+                    guidance_scale=guidance_scale,
+                    shift=self.flow_shift,
+                    generator=[generators[i] for i in rows],
+                    output_type="np",
+                ).audios
+            ),
+        )
 
     # -- a tiny model for tests and benchmarks ---------------------------------------------------
 

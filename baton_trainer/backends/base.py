@@ -141,6 +141,22 @@ def mixed_to_mono(audio) -> np.ndarray:
     return np.asarray(audio, dtype=np.float32).mean(axis=1)
 
 
+def rows_by_key(keys: list) -> list[list[int]]:
+    """The rows of each distinct key, in key order: the groups a model whose denoiser sees padding is
+    called on one at a time, so that no row is padded (LongCat-AudioDiT, ACE-Step)."""
+    return [[i for i, k in enumerate(keys) if k == key] for key in sorted(set(keys))]
+
+
+def clips_by_key(keys: list, samples: int, make) -> np.ndarray:
+    """Mono float32 clips (B, samples), made one `rows_by_key` group at a time: `make(rows)` is the
+    pipeline's audio (rows, channels, length) for those rows, mixed down and cut or zero-padded."""
+    clips = np.zeros((len(keys), samples), dtype=np.float32)
+    for rows in rows_by_key(keys):
+        audio = mixed_to_mono(make(rows))[:, :samples]
+        clips[rows, : audio.shape[-1]] = audio
+    return clips
+
+
 class TextToAudioBackend(ABC):
     """A diffusers pipeline (`self.pipe`) as the trainer sees it. Its components stay the
     pipeline's: `denoiser` is `pipe.unet` (or `pipe.transformer`), and a second model over the same frozen parts is `with_denoiser`."""

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 from diffusers import LongCatAudioDiTPipeline
 
@@ -26,7 +25,7 @@ from diffusers.pipelines.longcat_audio_dit.pipeline_longcat_audio_dit import _no
 
 from ..hub import resolve_folder
 from ..weight_files import load_pretrained
-from .base import TextConditioning, TextToAudioBackend, mixed_to_mono
+from .base import TextConditioning, TextToAudioBackend, clips_by_key
 
 
 class LongCatAudioDiTModel(TextToAudioBackend):
@@ -148,19 +147,19 @@ class LongCatAudioDiTModel(TextToAudioBackend):
         # pipeline is called on captions of one token length at a time: none is padded, and a clip
         # is what the pipeline makes of its caption alone.
         lengths = [len(self.pipe.tokenizer(_normalize_text(c)).input_ids) for c in captions]
-        clips = np.zeros((len(captions), samples), dtype=np.float32)
-        for length in sorted(set(lengths)):
-            rows = [i for i, n in enumerate(lengths) if n == length]
-            audio = self.pipe(
-                [captions[i] for i in rows],
-                audio_duration_s=duration,
-                num_inference_steps=num_inference_steps,
-                guidance_scale=guidance_scale,
-                generator=[generators[i] for i in rows],
-            ).audios
-            audio = mixed_to_mono(audio)[:, :samples]
-            clips[rows, : audio.shape[-1]] = audio
-        return clips
+        return clips_by_key(
+            lengths,
+            samples,
+            lambda rows: (
+                self.pipe(
+                    [captions[i] for i in rows],
+                    audio_duration_s=duration,
+                    num_inference_steps=num_inference_steps,
+                    guidance_scale=guidance_scale,
+                    generator=[generators[i] for i in rows],
+                ).audios
+            ),
+        )
 
     # -- a tiny model for tests and benchmarks ---------------------------------------------------
 
