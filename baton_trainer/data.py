@@ -165,6 +165,15 @@ def with_lyrics(features: Features) -> Features:
     return Features({**features, LYRICS_COLUMN: Value("string")})
 
 
+def preference_features_with(columns: dict[str, list[Any]], lyrics: list[str]) -> Features:
+    """The preference features of `columns`, with `lyrics` added to them as the lyrics column where
+    any row has lyrics (a dataset of captions alone keeps the plain schema)."""
+    if not any(lyrics):
+        return PREFERENCE_FEATURES
+    columns[LYRICS_COLUMN] = lyrics
+    return with_lyrics(PREFERENCE_FEATURES)
+
+
 def lyrics_column(ds: Dataset) -> list[str] | None:
     """The dataset's lyrics, one text per row ("" for none), or None where it has no lyrics column
     or every row's is empty (a model conditioned on captions alone trains on it)."""

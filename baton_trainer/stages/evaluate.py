@@ -235,14 +235,19 @@ def evaluate(config: EvaluateConfig, backends: dict[str, Any] | None = None) -> 
     metrics, skipped, info = result.metrics, dict(result.skipped), dict(result.info)
     # Set-level metrics' embeddings (metric key -> model or "reference" -> (clips, d)), for their intervals.
     embeddings = {key: dict(value) for key, value in result.embeddings.items()}
+
+    def fd_on_clap(key: str, reference_clips: list) -> None:
+        """FD on CLAP audio embeddings of every model's clips against `reference_clips`, as metric `key`."""
+        embeddings[key] = {**embeddings["clap_audio"], "reference": clap.embed_audio(reference_clips, sample_rate).cpu().numpy()}
+        for name in clips_by_model:
+            metrics[name][key] = frechet_distance_from_embeddings(embeddings[key][name], embeddings[key]["reference"])
+
     if config.fd_embedding == "clap":
         skipped.pop("fd", None)
         if clap is None or reference is None:
             skipped["fd_clap"] = "FD on CLAP embeddings needs clap_model and reference_audio"
         else:
-            embeddings["fd_clap"] = {**embeddings["clap_audio"], "reference": clap.embed_audio(list(reference.values()), sample_rate).cpu().numpy()}
-            for name in clips_by_model:
-                metrics[name]["fd_clap"] = frechet_distance_from_embeddings(embeddings["fd_clap"][name], embeddings["fd_clap"]["reference"])
+            fd_on_clap("fd_clap", list(reference.values()))
             info["fd_clap"] = (
                 f"CLAP audio embeddings ({display_path(config.clap_model)}) against all {len(reference)} reference clips of {display_path(config.reference_audio)}"
             )
@@ -251,9 +256,7 @@ def evaluate(config: EvaluateConfig, backends: dict[str, Any] | None = None) -> 
         # Matched references of a real model: the reference clip of each evaluated caption itself
         # (AudioCaps test audio named by its caption row), so FD measures the distance to the audio
         # these captions describe rather than to a folder of other clips.
-        embeddings["fd_matched"] = {**embeddings["clap_audio"], "reference": clap.embed_audio([reference[n] for n in own], sample_rate).cpu().numpy()}
-        for name in clips_by_model:
-            metrics[name]["fd_matched"] = frechet_distance_from_embeddings(embeddings["fd_matched"][name], embeddings["fd_matched"]["reference"])
+        fd_on_clap("fd_matched", [reference[n] for n in own])
         info["fd_matched"] = f"CLAP audio embeddings against the {len(own)} reference clips the evaluated captions name (matched caption by caption)"
     caption_ids = [r["caption_id"] for r in rows]
     if config.oracle and clap is not None and "clap_audio" in embeddings:
@@ -267,9 +270,7 @@ def evaluate(config: EvaluateConfig, backends: dict[str, Any] | None = None) -> 
         except RenderError as exc:  # clips shorter than the caption's events: the rest of the report stands
             skipped["fd_matched"] = f"the toy renderer cannot make clean references of these clips: {exc}"
         else:
-            embeddings["fd_matched"] = {**embeddings["clap_audio"], "reference": clap.embed_audio(matched, sample_rate).cpu().numpy()}
-            for name in clips_by_model:
-                metrics[name]["fd_matched"] = frechet_distance_from_embeddings(embeddings["fd_matched"][name], embeddings["fd_matched"]["reference"])
+            fd_on_clap("fd_matched", matched)
             info["fd_matched"] = (
                 f"CLAP audio embeddings against {len(matched)} clean renderings of the evaluated captions themselves "
                 f"({MATCHED_RENDERINGS} per caption, toy renderer)"
