@@ -15,6 +15,7 @@ differed by up to 0.055 on an AVX-512 machine), and a clip must not depend on it
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -117,10 +118,16 @@ class GriffinLimVocoder(ModelMixin, ConfigMixin):
         """TANGO log-mels (B, frames, n_mels), as a TANGO pipeline passes them -> waveforms (B, frames * hop)."""
         if mel.dim() != 3 or mel.shape[-1] != self.config.n_mels:
             raise ValueError(f"GriffinLimVocoder expects log-mels (B, frames, {self.config.n_mels}), got {tuple(mel.shape)}")
-        log_mel = mel.float().transpose(1, 2)
+        clips = mel.float().transpose(1, 2).split(1)
         # One clip at a time: batch-invariant, and no slower (32 toy clips: 1.03 s one by one,
-        # 1.18-1.38 s in chunks of 4, on the 2-core build machine).
-        return torch.cat([self._griffin_lim(clip) for clip in log_mel.split(1)])
+        # 1.18-1.38 s in chunks of 4, on the 2-core build machine). Its small FFTs keep one core
+        # busy, so the clips go one per core, each on one thread: the same arithmetic as a clip
+        # alone (bitwise), 1.47 s -> 1.02 s for 32 toy clips on 2 cores.
+        cores = torch.get_num_threads()
+        if cores == 1 or len(clips) == 1:
+            return torch.cat([self._griffin_lim(clip) for clip in clips])
+        with ThreadPoolExecutor(min(cores, len(clips)), initializer=torch.set_num_threads, initargs=(1,)) as pool:
+            return torch.cat(list(pool.map(self._griffin_lim, clips)))
 
     def _griffin_lim(self, log_mel: torch.Tensor) -> torch.Tensor:
         magnitude = self.mel_to_magnitude(log_mel)
