@@ -49,7 +49,11 @@ RECORDED_BASELINE = {
 
 def tree_rss(process: psutil.Process) -> int:
     total = 0
-    for p in [process, *process.children(recursive=True)]:
+    try:
+        children = process.children(recursive=True)
+    except psutil.Error:  # the run ended between two samples
+        return 0
+    for p in [process, *children]:
         try:
             total += p.memory_info().rss
         except psutil.Error:
