@@ -24,7 +24,7 @@ import numpy as np
 from baton_trainer.atomic import atomic_write_json, atomic_write_text
 from baton_trainer.backends import load_backend
 from baton_trainer.clap import ClapEmbedder
-from baton_trainer.evaluation.intervals import bootstrap_means, bootstrap_statistic
+from baton_trainer.evaluation.intervals import bootstrap_means, jackknife_statistic
 from baton_trainer.evaluation.metrics import frechet_distance_from_embeddings, log_mel_embeddings, within_caption_spread
 from baton_trainer.stages.evaluate import matched_toy_references
 from baton_trainer.stages.run import TOY_PRETRAINED
@@ -92,8 +92,8 @@ def main(argv: list[str] | None = None) -> dict:
         audio = clap.embed_audio(picked, sr).cpu().numpy()
         spreads["diversity"][name] = per_caption_spread(audio, groups)
         spreads["diversity_mel"][name] = per_caption_spread(log_mel_embeddings(picked, sr), groups)
-        lo, hi = bootstrap_statistic(lambda rows, a=audio: frechet_distance_from_embeddings(a[rows], reference), groups, resamples=200, seed=args.seed)
-        fd[name] = {"fd_matched": frechet_distance_from_embeddings(audio, reference), "lo": lo, "hi": hi}
+        lo, hi = jackknife_statistic(lambda rows, a=audio: frechet_distance_from_embeddings(a[rows], reference), groups)  # as the evaluate stage
+        fd[name] = {"fd_matched": frechet_distance_from_embeddings(audio, reference), "lo": max(lo, 0.0), "hi": hi}
     result = {"args": vars(args), "captions": len(captions), "metrics": {}, "fd_matched": fd}
     lines = [
         f"# Best-of-{args.best_of} and diversity (toy TANGO, {len(captions)} held-out captions x {args.clips} clips, toy reward model picks)",
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> dict:
         "",
         f"FD (toy-CLAP embeddings) against {len(matched)} clean renderings of these captions (matched references):",
         "",
-        "| selection | FD matched [95% caption bootstrap] |",
+        "| selection | FD matched [95% delete-one-caption jackknife] |",
         "|---|---:|",
     ]
     lines += [f"| {name} | {v['fd_matched']:.3f} [{v['lo']:.3f}, {v['hi']:.3f}] |" for name, v in fd.items()]

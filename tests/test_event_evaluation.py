@@ -223,6 +223,41 @@ def test_paired_interval_is_narrower_than_the_unpaired_one_and_nan_is_left_out()
     assert spread["mean"] == pytest.approx(0.6) and spread["sd"] == pytest.approx(0.1) and spread["seeds"] == 3
 
 
+def test_fd_intervals_cover_the_expected_fd_that_bootstrap_refits_miss():
+    """FD refit on a caption bootstrap resample (repeated clips) is biased upwards, so its
+    percentile interval misses the FD expected at the sample's size; the delete-one-caption
+    jackknife the evaluate stage uses covers it, and holds the estimate, paired differences too."""
+    from baton_trainer.evaluation.intervals import jackknife_statistic, model_intervals
+    from baton_trainer.evaluation.metrics import frechet_distance_from_embeddings
+
+    rng = np.random.default_rng(0)
+    dims, captions, clips = 32, 20, 4
+    reference = rng.normal(size=(400, dims))
+    ids = np.repeat(np.arange(captions), clips)
+
+    def draw():  # clips share their caption's offset, as a caption's clips share its difficulty
+        offsets = np.repeat(rng.normal(size=(captions, dims)) * 0.3, clips, axis=0)
+        return rng.normal(size=(captions * clips, dims)) * 0.95 + offsets + 0.2
+
+    expected = np.mean([frechet_distance_from_embeddings(draw(), reference) for _ in range(300)])
+    covered = {"bootstrap": 0, "jackknife": 0}
+    draws = 40
+    for draw_index in range(draws):
+        x = draw()
+        fd = lambda picked, x=x: frechet_distance_from_embeddings(x[picked], reference)  # noqa: E731
+        lo, hi = bootstrap_statistic(fd, ids, resamples=100, seed=draw_index)
+        covered["bootstrap"] += lo <= expected <= hi
+        lo, hi = jackknife_statistic(fd, ids)
+        covered["jackknife"] += lo <= expected <= hi
+    assert covered["jackknife"] / draws >= 0.85 and covered["bootstrap"] / draws <= 0.5, covered
+    embeddings = {"fd_matched": {"base": x, "aligned": x + 0.1, "reference": reference}}
+    intervals = model_intervals({"base": {}, "aligned": {}}, embeddings, ids)
+    for model, rows in (("base", x), ("aligned", x + 0.1)):
+        assert intervals[model]["fd_matched"]["lo"] <= frechet_distance_from_embeddings(rows, reference) <= intervals[model]["fd_matched"]["hi"]
+    difference = frechet_distance_from_embeddings(x + 0.1, reference) - frechet_distance_from_embeddings(x, reference)
+    assert intervals["aligned"]["fd_matched"]["difference_lo"] < difference < intervals["aligned"]["fd_matched"]["difference_hi"]
+
+
 def test_report_names_the_judge_and_warns_when_it_is_the_reward_backbone(tmp_path):
     from baton_trainer.evaluation.reward_summary import scorer_lines
     from baton_trainer.layout import RunLayout

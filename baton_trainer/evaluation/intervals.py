@@ -11,12 +11,23 @@ Tibshirani 1993, ch. 13), seeded.
     interval_m  = quantiles 2.5 % and 97.5 % of mean_m(b) over b
     difference  = mean_m - mean_base, interval from mean_m(b) - mean_base(b) (the same draws)
 
-Set-level statistics (FD, FAD, IS) are not means over clips; `bootstrap_statistic` recomputes
-them on each resample's clips.
+Set-level statistics (FD, FAD, IS) are not means over clips. Refit on a bootstrap resample they
+are biased: a resample repeats clips, and FD on fewer distinct clips is larger (the default run's
+aligned model: FD 0.029, percentile interval [0.045, 0.119]). Their intervals come from the
+delete-one-caption jackknife instead (Efron & Tibshirani 1993, ch. 11), which never repeats a clip:
+
+    F_(c)    = the statistic without caption c's clips
+    SE^2     = (C - 1) / C * sum_c (F_(c) - mean_c F_(c))^2
+    interval = F -/+ 1.96 SE, floored at the statistic's least value (FD 0, IS 1)
+    difference: the same with F_m - F_base, the same caption left out of both
+
+On Gaussian embeddings the jackknife interval covered the expected FD at the sample's size in
+95-100 % of 60 draws in each of 4 settings, the percentile bootstrap in 0-90 % (tested).
 """
 
 from __future__ import annotations
 
+from statistics import NormalDist
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
@@ -103,6 +114,22 @@ def bootstrap_statistic(
     return _quantiles(values, confidence) if values.size else (float("nan"), float("nan"))
 
 
+def jackknife_statistic(statistic: Callable[[np.ndarray], float], caption_ids: Sequence, confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """Interval of a set-level `statistic(clip_indices)` (e.g. FD of those clips' embeddings) by
+    the delete-one-caption jackknife (module docstring): one refit per caption. Captions whose
+    leave-out gives NaN are left out; fewer than 2 finite leave-outs give NaN."""
+    ids = np.asarray([str(c) for c in caption_ids])
+    everything = np.arange(ids.size)
+    estimate = float(statistic(everything))
+    left_out = np.asarray([statistic(everything[ids != c]) for c in np.unique(ids)], dtype=np.float64)
+    left_out = left_out[np.isfinite(left_out)]
+    if left_out.size < 2 or not np.isfinite(estimate):
+        return float("nan"), float("nan")
+    n = left_out.size
+    half = NormalDist().inv_cdf(0.5 + confidence / 2) * float(np.sqrt((n - 1) / n * np.sum((left_out - left_out.mean()) ** 2)))
+    return estimate - half, estimate + half
+
+
 def seed_spread(per_seed: Sequence[float]) -> dict[str, float]:
     """Mean, sample standard deviation and standard error of one number over training seeds."""
     x = np.asarray(per_seed, dtype=np.float64)
@@ -117,13 +144,14 @@ def model_intervals(
     embeddings: Mapping[str, Mapping[str, object]],
     caption_ids: Sequence,
     resamples: int = 2000,
-    set_resamples: int = 200,
+    set_level: bool = True,
     seed: int = 0,
 ) -> dict[str, dict[str, dict[str, float]]]:
     """The evaluate stage's intervals: model -> metric -> {lo, hi[, difference, difference_lo,
     difference_hi]}. Per-clip metrics (`per_clip[model][metric]`) get `bootstrap_means`, paired
     against the first model; FD (`embeddings["fd"|"fd_clap"|"fd_matched"|"fad"]`, a model's rows per clip and
-    the fixed "reference") and IS (`embeddings["is"]`, logits) are refit on each resample."""
+    the fixed "reference") and IS (`embeddings["is"]`, logits) get `jackknife_statistic` unless
+    `set_level` is False (one refit per caption: slow for PANNs' 2048-d FD on many captions)."""
 
     models = list(per_clip)
     out: dict[str, dict[str, dict[str, float]]] = {m: {} for m in models}
@@ -148,7 +176,7 @@ def model_intervals(
                 spreads[m] = per_caption
         for m, stats in bootstrap_means(spreads, captions, resamples=resamples, seed=seed).items():
             out[m][metric] = {k: v for k, v in stats.items() if k != "mean"}
-    if set_resamples <= 0:
+    if not set_level:
         return out
     for key, by_model in embeddings.items():
         if key not in ("fd", "fd_clap", "fd_matched", "fad", "is"):
@@ -162,21 +190,22 @@ def model_intervals(
             return [data[i] for i in picked] if isinstance(data, list) else np.asarray(data)[picked]
 
         def statistic(model: str):
-            if key == "is":
-                return lambda picked: inception_score(rows_of(model, picked), splits=10, from_logits=True)[0]
+            if key == "is":  # a leave-out with fewer clips than IS's 10 splits has no IS
+                return lambda picked: inception_score(rows_of(model, picked), splits=10, from_logits=True)[0] if len(picked) >= 10 else float("nan")
             if key == "fad":
                 return lambda picked: frechet_distance_from_embeddings(np.concatenate(rows_of(model, picked)), np.concatenate(reference))
             return lambda picked: frechet_distance_from_embeddings(rows_of(model, picked), reference)
 
+        floor = 1.0 if key == "is" else 0.0
         for m in models:
             if m in by_model and len(caption_ids) >= 10:
-                lo, hi = bootstrap_statistic(statistic(m), caption_ids, resamples=set_resamples, seed=seed)
-                out[m][key] = {"lo": lo, "hi": hi}
+                lo, hi = jackknife_statistic(statistic(m), caption_ids)
+                out[m][key] = {"lo": max(lo, floor), "hi": hi}
         base = models[0]
         for m in models[1:]:
             if m in by_model and base in by_model and len(caption_ids) >= 10:
                 f_m, f_b = statistic(m), statistic(base)
-                lo, hi = bootstrap_statistic(lambda picked: f_m(picked) - f_b(picked), caption_ids, resamples=set_resamples, seed=seed)
+                lo, hi = jackknife_statistic(lambda picked: f_m(picked) - f_b(picked), caption_ids)
                 out[m][key].update({"difference_lo": lo, "difference_hi": hi})
     return out
 

@@ -96,7 +96,9 @@ class EvaluateConfig:
         },
     )
     bootstrap_resamples: int = field(default=2000, metadata={"help": "caption resamples for the 95% intervals of per-clip metrics (0: none)"})
-    bootstrap_set_resamples: int = field(default=200, metadata={"help": "caption resamples for set-level metrics (FD on CLAP embeddings), each a refit"})
+    set_level_intervals: bool = field(
+        default=True, metadata={"help": "jackknife intervals of FD, FAD and IS, one refit per caption (off: none; PANNs FD on many captions is slow)"}
+    )
     spectrogram_examples: int = field(default=4, metadata={"help": "captions drawn in the spectrogram grid"})
 
     def __post_init__(self):
@@ -321,10 +323,11 @@ def evaluate(config: EvaluateConfig, backends: dict[str, Any] | None = None) -> 
     )
     intervals = {}
     if config.bootstrap_resamples > 0:
-        intervals = model_intervals(per_clip, embeddings, caption_ids, config.bootstrap_resamples, config.bootstrap_set_resamples, seed=config.seed)
+        intervals = model_intervals(per_clip, embeddings, caption_ids, config.bootstrap_resamples, config.set_level_intervals, seed=config.seed)
         info["intervals"] = (
-            f"95% bootstrap over the {len(set(map(str, caption_ids)))} captions ({config.bootstrap_resamples} resamples; "
-            f"set-level metrics {config.bootstrap_set_resamples}), paired between models on the same captions and seeds"
+            f"95% bootstrap over the {len(set(map(str, caption_ids)))} captions ({config.bootstrap_resamples} resamples"
+            + ("; FD, FAD and IS: delete-one-caption jackknife" if config.set_level_intervals else "; none for FD, FAD and IS")
+            + "), paired between models on the same captions and seeds"
         )
     if intervals and config.oracle:
         info["quality"] = quality_verdict(metrics, intervals)
