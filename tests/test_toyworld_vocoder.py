@@ -105,11 +105,17 @@ def test_a_clip_vocodes_the_same_alone_and_in_any_batch():
     log_mel = LogMelSpectrogram()(torch.from_numpy(np.stack([render_sequence(["chirp", "hiss", "beep"][: 1 + s % 3], seed=s) for s in range(5)])))
     log_mel = log_mel.transpose(1, 2)  # (B, frames, mels), as the pipeline hands it over
     alone = [vocoder(log_mel[i : i + 1])[0] for i in range(5)]
-    for batch in (log_mel, log_mel[[3, 1]], log_mel[[4, 0, 2]]):
-        together = vocoder(batch)
-        for row, clip in zip(together, batch):
-            index = next(i for i in range(5) if torch.equal(log_mel[i], clip))
-            torch.testing.assert_close(row, alone[index], rtol=0, atol=1e-6)
+    threads = torch.get_num_threads()
+    for cores in (1, 3):  # a batch's clips one after another, and one per thread on 3 threads
+        torch.set_num_threads(cores)
+        try:
+            for batch in (log_mel, log_mel[[3, 1]], log_mel[[4, 0, 2]]):
+                together = vocoder(batch)
+                for row, clip in zip(together, batch):
+                    index = next(i for i in range(5) if torch.equal(log_mel[i], clip))
+                    torch.testing.assert_close(row, alone[index], rtol=0, atol=1e-6)
+        finally:
+            torch.set_num_threads(threads)
 
 
 def test_vocoder_refuses_wrong_shapes_and_configs():
