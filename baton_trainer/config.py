@@ -163,7 +163,20 @@ def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise ConfigError(f"config key '{dotted}': '{part}' is not a section")
-    node[parts[-1]] = value
+    last = parts[-1]
+    if isinstance(node.get(last), dict) and isinstance(value, str) and value.lstrip().startswith("{"):
+        # `--evaluate '{"sampler": "unipc"}'` over a file's evaluate section changes the keys it
+        # names, as `--evaluate.sampler unipc` does; replacing the section would silently drop the
+        # file's other keys (its clips_per_caption, steps, ...).
+        try:
+            mapping = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config key '{dotted}': {value!r} is not a valid mapping ({exc})".splitlines()[0]) from None
+        if isinstance(mapping, dict):
+            for key, item in mapping.items():
+                _set_dotted(node[last], str(key), item)
+            return
+    node[last] = value
 
 
 def load_yaml(path: str | os.PathLike) -> dict[str, Any]:

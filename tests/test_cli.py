@@ -30,6 +30,21 @@ def test_yaml_then_cli_overrides(tmp_path):
     assert cfg == Example(name="from-yaml", rate=2e-5, flag=True, items=["a", "b"], inner=Inner(epochs=9), maybe=None)
 
 
+def test_a_mapping_on_the_command_line_changes_only_the_keys_it_names(tmp_path):
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("name: from-yaml\ninner:\n  epochs: 7\n")
+    assert parse_config(Example, ["--config", str(cfg_file), "--inner", "{}"]).inner == Inner(epochs=7)
+    assert parse_config(Example, ["--config", str(cfg_file), "--inner", '{"epochs": 3}']).inner == Inner(epochs=3)
+    # the run stage's stage sections are plain mappings: the file's other keys stay
+    from baton_trainer.__main__ import CONFIG_DIR
+    from baton_trainer.stages.run import RunConfig
+
+    run = parse_config(RunConfig, ["--evaluate", '{"sampler": "unipc", "num_inference_steps": 15}'], default_file=CONFIG_DIR / "toy.yaml")
+    assert run.evaluate["clips_per_caption"] == 10 and run.evaluate["sampler"] == "unipc" and run.evaluate["num_inference_steps"] == 15
+    with pytest.raises(ConfigError, match="inner.bogus"):
+        parse_config(Example, ["--config", str(cfg_file), "--inner", '{"bogus": 1}'])
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
