@@ -120,9 +120,9 @@ class GriffinLimVocoder(ModelMixin, ConfigMixin):
             raise ValueError(f"GriffinLimVocoder expects log-mels (B, frames, {self.config.n_mels}), got {tuple(mel.shape)}")
         clips = mel.float().transpose(1, 2).split(1)
         # One clip at a time: batch-invariant, and no slower (32 toy clips: 1.03 s one by one,
-        # 1.18-1.38 s in chunks of 4, on the 2-core build machine). Its small FFTs keep one core
-        # busy, so the clips go one per core, each on one thread: the same arithmetic as a clip
-        # alone (bitwise), 1.47 s -> 1.02 s for 32 toy clips on 2 cores.
+        # 1.18-1.38 s in chunks of 4, on the 2-core build machine). Its small FFTs hardly use a
+        # second thread (1.72 s on one, 1.47 s on two), so the clips go one per core, each on one
+        # thread: the same arithmetic as a clip alone (bitwise), 1.10 s for 32 toy clips on 2 cores.
         cores = torch.get_num_threads()
         if cores == 1 or len(clips) == 1:
             return torch.cat([self._griffin_lim(clip) for clip in clips])
