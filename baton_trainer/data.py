@@ -165,13 +165,12 @@ def with_lyrics(features: Features) -> Features:
     return Features({**features, LYRICS_COLUMN: Value("string")})
 
 
-def preference_features_with(columns: dict[str, list[Any]], lyrics: list[str]) -> Features:
-    """The preference features of `columns`, with `lyrics` added to them as the lyrics column where
-    any row has lyrics (a dataset of captions alone keeps the plain schema)."""
+def build_preference_dataset(columns: dict[str, list[Any]], lyrics: list[str]) -> Dataset:
+    """`build_dataset` of preference `columns`, with `lyrics` as the lyrics column where any row has
+    lyrics (a dataset of captions alone keeps the plain schema)."""
     if not any(lyrics):
-        return PREFERENCE_FEATURES
-    columns[LYRICS_COLUMN] = lyrics
-    return with_lyrics(PREFERENCE_FEATURES)
+        return build_dataset(columns)
+    return build_dataset({**columns, LYRICS_COLUMN: lyrics}, with_lyrics(PREFERENCE_FEATURES))
 
 
 def lyrics_column(ds: Dataset) -> list[str] | None:

@@ -114,20 +114,30 @@ def bootstrap_statistic(
     return _quantiles(values, confidence) if values.size else (float("nan"), float("nan"))
 
 
-def jackknife_statistic(statistic: Callable[[np.ndarray], float], caption_ids: Sequence, confidence: float = CONFIDENCE) -> tuple[float, float]:
-    """Interval of a set-level `statistic(clip_indices)` (e.g. FD of those clips' embeddings) by
-    the delete-one-caption jackknife (module docstring): one refit per caption. Captions whose
-    leave-out gives NaN are left out; fewer than 2 finite leave-outs give NaN."""
+def jackknife_values(statistic: Callable[[np.ndarray], float], caption_ids: Sequence) -> tuple[float, np.ndarray]:
+    """(a set-level `statistic(clip_indices)` on all clips, its value without each caption's clips,
+    in sorted caption order): what `jackknife_interval` takes. One refit per caption."""
     ids = np.asarray([str(c) for c in caption_ids])
     everything = np.arange(ids.size)
-    estimate = float(statistic(everything))
-    left_out = np.asarray([statistic(everything[ids != c]) for c in np.unique(ids)], dtype=np.float64)
+    return float(statistic(everything)), np.asarray([statistic(everything[ids != c]) for c in np.unique(ids)], dtype=np.float64)
+
+
+def jackknife_interval(estimate: float, left_out: np.ndarray, confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """The delete-one-caption jackknife interval (module docstring) from `jackknife_values`; a
+    difference between models is the difference of their values, caption by caption. Captions whose
+    leave-out is NaN are left out; fewer than 2 finite leave-outs give NaN."""
     left_out = left_out[np.isfinite(left_out)]
     if left_out.size < 2 or not np.isfinite(estimate):
         return float("nan"), float("nan")
     n = left_out.size
     half = NormalDist().inv_cdf(0.5 + confidence / 2) * float(np.sqrt((n - 1) / n * np.sum((left_out - left_out.mean()) ** 2)))
     return estimate - half, estimate + half
+
+
+def jackknife_statistic(statistic: Callable[[np.ndarray], float], caption_ids: Sequence, confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """Interval of a set-level `statistic(clip_indices)` (e.g. FD of those clips' embeddings) by
+    the delete-one-caption jackknife (module docstring): one refit per caption."""
+    return jackknife_interval(*jackknife_values(statistic, caption_ids), confidence)
 
 
 def seed_spread(per_seed: Sequence[float]) -> dict[str, float]:
@@ -150,7 +160,7 @@ def model_intervals(
     """The evaluate stage's intervals: model -> metric -> {lo, hi[, difference, difference_lo,
     difference_hi]}. Per-clip metrics (`per_clip[model][metric]`) get `bootstrap_means`, paired
     against the first model; FD (`embeddings["fd"|"fd_clap"|"fd_matched"|"fad"]`, a model's rows per clip and
-    the fixed "reference") and IS (`embeddings["is"]`, logits) get `jackknife_statistic` unless
+    the fixed "reference") and IS (`embeddings["is"]`, logits) get jackknife intervals unless
     `set_level` is False (one refit per caption: slow for PANNs' 2048-d FD on many captions)."""
 
     models = list(per_clip)
@@ -196,16 +206,17 @@ def model_intervals(
                 return lambda picked: frechet_distance_from_embeddings(np.concatenate(rows_of(model, picked)), np.concatenate(reference))
             return lambda picked: frechet_distance_from_embeddings(rows_of(model, picked), reference)
 
+        if len(caption_ids) < 10:
+            continue
         floor = 1.0 if key == "is" else 0.0
-        for m in models:
-            if m in by_model and len(caption_ids) >= 10:
-                lo, hi = jackknife_statistic(statistic(m), caption_ids)
-                out[m][key] = {"lo": max(lo, floor), "hi": hi}
+        values = {m: jackknife_values(statistic(m), caption_ids) for m in models if m in by_model}  # each refit once
+        for m, (estimate, left_out) in values.items():
+            lo, hi = jackknife_interval(estimate, left_out)
+            out[m][key] = {"lo": max(lo, floor), "hi": hi}
         base = models[0]
         for m in models[1:]:
-            if m in by_model and base in by_model and len(caption_ids) >= 10:
-                f_m, f_b = statistic(m), statistic(base)
-                lo, hi = jackknife_statistic(lambda picked: f_m(picked) - f_b(picked), caption_ids)
+            if m in values and base in values:
+                lo, hi = jackknife_interval(values[m][0] - values[base][0], values[m][1] - values[base][1])
                 out[m][key].update({"difference_lo": lo, "difference_hi": hi})
     return out
 

@@ -53,7 +53,7 @@ def export_feedback(config: ExportConfig) -> Path:
 
     from ..atomic import atomic_write_json
     from ..audio import AudioError, load_audio
-    from ..data import PREFERENCE_FEATURES, build_dataset, preference_features_with, save_dataset_atomic, validate_preference_dataset
+    from ..data import PREFERENCE_FEATURES, build_preference_dataset, save_dataset_atomic, validate_preference_dataset
     from ..formatting import format_number
 
     layout = RunLayout.of(config.run_dir, annotations=config.store, feedback=config.out)
@@ -125,7 +125,7 @@ def export_feedback(config: ExportConfig) -> Path:
             f"{store_path}: no clip has a rating to export ({len(ratings)} ratings, {skips} of them skips; {dropped_ties} ties dropped, "
             f"{too_few} clips below min_ratings); {out} is left as it was"
         )
-    dataset = build_dataset(columns, preference_features_with(columns, lyrics))  # builds audio without torchcodec
+    dataset = build_preference_dataset(columns, lyrics)  # builds audio without torchcodec
     validate_preference_dataset(dataset, name=str(out))
     save_dataset_atomic(dataset, out)
 

@@ -66,7 +66,7 @@ def label_unrated(config: LabelConfig) -> Path:
 
     from ..audio import load_audio
     from ..clap import CLAP_SAMPLE_RATE
-    from ..data import PREFERENCE_FEATURES, build_dataset, human_rated_keys, load_preference_dataset, preference_features_with, save_dataset_atomic
+    from ..data import PREFERENCE_FEATURES, build_preference_dataset, human_rated_keys, load_preference_dataset, save_dataset_atomic
     from ..formatting import format_number
     from ..generations import read_generations
     from ..rewards import reward_model_spec, run_rewards
@@ -154,7 +154,7 @@ def label_unrated(config: LabelConfig) -> Path:
         columns["clip_index"].append(int(r["clip_index"]))
         columns["annotator"].append(f"reward_model:{layout.reward_model}" if config.rewards is None else f"rewards:{rewards_name}")
         lyrics.append(r.get("lyrics", ""))
-    ds = build_dataset(columns, preference_features_with(columns, lyrics))
+    ds = build_preference_dataset(columns, lyrics)
     # Every clip rated by people: an empty set, written where no labelled set with rows would be lost.
     save_dataset_atomic(ds, out, allow_empty=True, why=f"every one of the {len(rows)} generated clips is rated by people")
     for path in progress_files():
