@@ -28,9 +28,13 @@ losses are computed once for all values (`reference_losses`: same data, same dra
 The table (benchmarks/results/toy_objectives.{json,md}) gives integrity and temporal accuracy
 (oracle), CLAP score, FD on toy-CLAP embeddings and diversity (the mean within-caption cosine
 distance between CLAP audio embeddings: collapse shows as a drop), mean and standard error over
-seeds, and each method's paired difference against BATON, clip by clip.
+seeds, and each method's paired difference against BATON, clip by clip. A second table asks
+whether the method cost quality: matched FD (against clean renderings of the held-out captions),
+the toy quality judge, loudness, peak and both diversities, each against base with its interval,
+read from the method's evaluation (`quality`).
 
     python benchmarks/toy_objectives.py [--seeds 0 1 2] [--best_of 8] [--rounds 3] [--root runs/toy_objectives]
+        [--tuned_from benchmarks/results/toy_objectives.json]   # the betas chosen before, not tuned again
 
 Cost on the 2-core build CPU: ~27 min a seed (the default run ~4 min, ~2 min per trained method
 with its evaluation, best-of-8 ~10 min for 3,520 candidate clips, online rounds ~3 min a round),
@@ -57,7 +61,7 @@ from baton_trainer.__main__ import CONFIG_DIR  # noqa: E402
 from baton_trainer.config import parse_config  # noqa: E402
 from baton_trainer.layout import RunLayout  # noqa: E402
 from baton_trainer.stages.evaluate import evaluate  # noqa: E402
-from baton_trainer.stages.run import TOY_PRETRAINED, RunConfig, run  # noqa: E402
+from baton_trainer.stages.run import RunConfig, run  # noqa: E402
 
 # The online rows (docs/online.md) sample their own clips from the training captions and score
 # them with the seed's reward model (trained on the same 32 ratings; no new ratings); 30 steps of
@@ -123,13 +127,97 @@ def tune(root: Path, seed: int, overrides: list[str], methods: list[str], clips_
     return found
 
 
-def diversity(clips_dir: Path, clap) -> float:
-    """The evaluate stage's diversity (`within_caption_spread` of CLAP audio embeddings) of a clips folder."""
-    from baton_trainer.evaluation.clips import read_clips
-    from baton_trainer.evaluation.metrics import within_caption_spread
+# The quality half of the table (does alignment cost quality?), read from each method's evaluation,
+# where base and the method were judged on the same held-out captions and seeds.
+QUALITY = ("fd_matched", "toy_quality", "loudness_lufs", "peak_dbfs", "diversity", "diversity_mel")
+Z95 = 1.959964
 
-    rows, clips = read_clips(clips_dir, 48000)
-    return within_caption_spread(clap.embed_audio(clips, 48000).cpu().numpy(), [r["caption_id"] for r in rows])
+
+def quality(clips_dir: Path) -> dict:
+    """{key: {value, lo, hi[, difference, difference_lo, difference_hi]}} for each QUALITY key of the
+    model whose clips are `clips_dir` (<evaluation>/clips/<model>), from that evaluation's
+    metrics.json: its 95 % interval and the paired difference against the evaluation's base.
+    `kept`: neither the toy quality judge's difference lies wholly below 0 nor the matched FD's
+    wholly above 0 (the evaluate stage's verdict, with matched FD beside the judge)."""
+    data = json.loads((clips_dir.parent.parent / "metrics.json").read_text())
+    model = clips_dir.name
+    values, intervals, base = data["metrics"][model], data.get("intervals", {}).get(model, {}), data["metrics"]["base"]
+    out: dict = {}
+    for key in [k for k in QUALITY if k in values]:
+        ci = intervals.get(key, {})
+        out[key] = {"value": values[key], "lo": ci.get("lo"), "hi": ci.get("hi")}
+        if model != "base" and key in base:
+            out[key].update(difference=values[key] - base[key], difference_lo=ci.get("difference_lo"), difference_hi=ci.get("difference_hi"))
+    if model != "base":
+        judge, fd = out.get("toy_quality", {}), out.get("fd_matched", {})
+        out["kept"] = not (judge.get("difference_hi", 0.0) < 0 or fd.get("difference_lo", 0.0) > 0)
+    return out
+
+
+def quality_summary(per_seed: dict) -> dict:
+    """model -> key -> {value, se[, difference, difference_se]}: means over seeds, each seed's standard
+    error taken from its 95 % interval (half-width / 1.96) and combined as for independent estimates;
+    `kept_seeds`: in how many seeds quality was kept."""
+    summary: dict = {}
+    for results in per_seed.values():
+        for model, record in results.get("quality", {}).items():
+            row = summary.setdefault(model, {"_seeds": []})
+            row["_seeds"].append(record)
+    table = {}
+    for model, row in summary.items():
+        records, out = row["_seeds"], {}
+        for key in QUALITY:
+            cells = [r[key] for r in records if key in r]
+            if not cells:
+                continue
+            n = len(cells)
+            entry = {"value": sum(c["value"] for c in cells) / n}
+            if all(c.get("lo") is not None and c.get("hi") is not None for c in cells):
+                entry["se"] = math.sqrt(sum(((c["hi"] - c["lo"]) / (2 * Z95)) ** 2 for c in cells)) / n
+            if all("difference" in c for c in cells):
+                entry["difference"] = sum(c["difference"] for c in cells) / n
+                if all(c.get("difference_lo") is not None for c in cells):
+                    entry["difference_se"] = math.sqrt(sum(((c["difference_hi"] - c["difference_lo"]) / (2 * Z95)) ** 2 for c in cells)) / n
+            out[key] = entry
+        if any("kept" in r for r in records):
+            out["kept_seeds"] = sum(bool(r.get("kept")) for r in records)
+            out["seeds"] = len(records)
+        table[model] = out
+    return table
+
+
+def quality_markdown(table: dict) -> str:
+    if not table:
+        return ""
+
+    def cell(row: dict, key: str, digits: int) -> str:
+        if key not in row:
+            return "-"
+        entry = row[key]
+        text = f"{entry['value']:.{digits}f}" + (f" ({entry['se']:.{digits}f})" if "se" in entry else "")
+        if "difference_se" in entry:
+            d, half = entry["difference"], Z95 * entry["difference_se"]
+            text += f"; {d:+.{digits}f} [{d - half:+.{digits}f}, {d + half:+.{digits}f}]"
+        return text
+
+    lines = [
+        "",
+        "Quality, mean over seeds (standard error; then the paired difference against base with its 95 % interval, each seed's "
+        "from its evaluation: bootstrap over captions, matched FD by the delete-one-caption jackknife). Matched FD: toy-CLAP "
+        "embeddings against clean renderings of the held-out captions themselves (lower is better); toy quality: the artifact "
+        "judge on a 1-5 scale (higher is better); loudness and peak on the clips as generated. Kept: seeds in which neither "
+        "the judge's difference lies wholly below 0 nor matched FD's wholly above 0.",
+        "",
+        "| method | matched FD | toy quality | loudness LUFS | peak dBFS | diversity (CLAP) | diversity (mel) | kept |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for model, row in table.items():
+        kept = f"{row['kept_seeds']}/{row['seeds']}" if "kept_seeds" in row else "-"
+        lines.append(
+            f"| {model} | {cell(row, 'fd_matched', 3)} | {cell(row, 'toy_quality', 2)} | {cell(row, 'loudness_lufs', 1)} | "
+            f"{cell(row, 'peak_dbfs', 1)} | {cell(row, 'diversity', 3)} | {cell(row, 'diversity_mel', 3)} | {kept} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def best_of(run_dir: Path, config: RunConfig, n: int) -> dict:
@@ -260,7 +348,8 @@ def tuning_markdown(tuning: dict) -> str:
     lines = ["", "Tuning on the training captions (fresh seeds, the oracle; integrity / temporal %):", ""]
     for method, found in tuning.items():
         cells = [
-            f"{value:g}: {100 * j['integrity_accuracy']:.1f} / {100 * j['temporal_accuracy']:.1f} ({j['clips']} clips)" for value, j in found["judged"].items()
+            f"{float(value):g}: {100 * j['integrity_accuracy']:.1f} / {100 * j['temporal_accuracy']:.1f} ({j['clips']} clips)"
+            for value, j in found["judged"].items()
         ]
         lines.append(f"- {method} {found['key']}: " + "; ".join(cells) + f"; chosen {found['chosen']:g}")
     return "\n".join(lines) + "\n"
@@ -281,6 +370,7 @@ def main() -> None:
     parser.add_argument("--tune_seed", type=int, default=0, help="tune DPO's and KTO's beta on this seed's training captions (fresh seeds) first")
     parser.add_argument("--no_tune", action="store_true", help="keep the config's betas")
     parser.add_argument("--tune_clips_per_caption", type=int, default=5)
+    parser.add_argument("--tuned_from", help="a previous run's results JSON: take its chosen betas and their tuning record rather than tune again")
     parser.add_argument(
         "--control",
         help="root of another toy_objectives run (e.g. BATON on more ratings, --rated_fraction): "
@@ -295,9 +385,6 @@ def main() -> None:
         parser.error(f"--methods: unknown {', '.join(unknown)} (known: {','.join(OBJECTIVES)},best_of,online,online_rated; '' for base and BATON only)")
     trained = [m for m in methods if m in OBJECTIVES]
     root = Path(args.root)
-    from baton_trainer.clap import ClapEmbedder
-
-    clap = ClapEmbedder(str(TOY_PRETRAINED / "toy_clap"))
     best_of_name, rated_name = f"best_of_{args.best_of}", f"baton_online_rated_{args.round_ratings}"
 
     def untrained_folders(seed: int) -> dict[str, Path]:
@@ -314,7 +401,12 @@ def main() -> None:
         return found
 
     per_seed, began = {}, time.time()
-    tuning = {} if args.no_tune else tune(root, args.tune_seed, overrides, trained, args.tune_clips_per_caption)
+    if args.tuned_from:
+        tuning = {m: found for m, found in json.loads(Path(args.tuned_from).read_text())["tuning"].items() if m in trained}
+        for method, found in tuning.items():
+            OBJECTIVES[method][found["key"]] = found["chosen"]
+    else:
+        tuning = {} if args.no_tune else tune(root, args.tune_seed, overrides, trained, args.tune_clips_per_caption)
     for seed in args.seeds:
         results = run_seed(root, seed, overrides, trained, variants=OBJECTIVES)
         run_dir = root / f"seed{seed}"
@@ -336,8 +428,10 @@ def main() -> None:
             **{m: run_dir / f"eval_{m}" / "clips" / "aligned" for m in trained},
             **untrained_folders(seed),
         }
-        for name, folder in folders.items():
-            results[name]["diversity"] = diversity(folder, clap)
+        results["quality"] = {name: quality(folder) for name, folder in folders.items()}
+        for name, record in results["quality"].items():
+            if "diversity" in record:
+                results[name]["diversity"] = record["diversity"]["value"]
         results["cost"] = {m: cost(run_dir, m) for m in ["baton", *trained]}
         per_seed[seed] = results
         print(f"seed {seed} done after {time.time() - began:.0f} s", flush=True)
@@ -354,6 +448,7 @@ def main() -> None:
     report = {
         "per_seed": per_seed,
         "summary": table,
+        "quality": quality_summary(per_seed),
         "paired_vs_baton": paired,
         "paired_vs_control": control,
         "control": args.control,
@@ -367,7 +462,12 @@ def main() -> None:
     }
     Path(args.out + ".json").parent.mkdir(parents=True, exist_ok=True)
     Path(args.out + ".json").write_text(json.dumps(report, indent=2, default=str))
-    text = markdown(table, paired, args.seeds, control, args.control_name) + cost_markdown(per_seed) + tuning_markdown(tuning)
+    text = (
+        markdown(table, paired, args.seeds, control, args.control_name)
+        + quality_markdown(report["quality"])
+        + cost_markdown(per_seed)
+        + tuning_markdown(tuning)
+    )
     Path(args.out + ".md").write_text(text)
     print(text)
 
