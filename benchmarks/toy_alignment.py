@@ -112,7 +112,10 @@ def run_seed(root: Path, seed: int, overrides: list[str], ablations: list[str], 
             values["reward_dataset"] = str(run_dir / "reward_labeled")
         if name == "oracle_rewards":
             values["reward_dataset"] = str(run_dir / "reward_labeled_oracle")
-        ft_config = type(ft)(**{k: v for k, v in values.items() if k in type(ft).__dataclass_fields__})
+        unknown = sorted(set(values) - set(type(ft).__dataclass_fields__))
+        if unknown:  # a misspelt or renamed key would otherwise train the config's default silently
+            raise SystemExit(f"variant {name!r}: {', '.join(unknown)} are not {type(ft).__name__} fields")
+        ft_config = type(ft)(**values)
         if not (out / "baton_export.json").is_file():
             finetune(ft_config)
         eval_dir = run_dir / f"eval_{name}"
