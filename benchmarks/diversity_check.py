@@ -119,6 +119,17 @@ def main(argv: list[str] | None = None) -> dict:
         "|---|---:|",
     ]
     lines += [f"| {name} | {v['fd_matched']:.3f} [{v['lo']:.3f}, {v['hi']:.3f}] |" for name, v in fd.items()]
+    chance = fd["random pick of N"]
+    for name, v in fd.items():  # the sanity check: a pick among base clips changes no weight, so FD should not move
+        if v["fd_matched"] < chance["lo"]:
+            lines += [
+                "",
+                f"{name}'s matched FD lies below the random pick's interval: a selection of the base model's own clips moves FD "
+                "towards what the captions ask for, because matched FD measures event content (every event present, in order) "
+                "as well as quality. Read a fall in matched FD as closer to the captions' clean audio, not as cleaner audio alone.",
+            ]
+        elif v["fd_matched"] > chance["hi"]:
+            lines += ["", f"{name}'s matched FD lies above the random pick's interval: the selection moved away from the captions' clean audio."]
     out = Path(args.out)
     atomic_write_json(out.with_suffix(".json"), result)
     atomic_write_text(out.with_suffix(".md"), "\n".join(lines) + "\n")
