@@ -159,14 +159,13 @@ def quality_summary(per_seed: dict) -> dict:
     """model -> key -> {value, se[, difference, difference_se]}: means over seeds, each seed's standard
     error taken from its 95 % interval (half-width / 1.96) and combined as for independent estimates;
     `kept_seeds`: in how many seeds quality was kept."""
-    summary: dict = {}
+    by_model: dict[str, list[dict]] = {}
     for results in per_seed.values():
         for model, record in results.get("quality", {}).items():
-            row = summary.setdefault(model, {"_seeds": []})
-            row["_seeds"].append(record)
+            by_model.setdefault(model, []).append(record)
     table = {}
-    for model, row in summary.items():
-        records, out = row["_seeds"], {}
+    for model, records in by_model.items():
+        out: dict = {}
         for key in QUALITY:
             cells = [r[key] for r in records if key in r]
             if not cells:
@@ -433,9 +432,6 @@ def main() -> None:
             **untrained_folders(seed),
         }
         results["quality"] = {name: quality(folder) for name, folder in folders.items()}
-        for name, record in results["quality"].items():
-            if "diversity" in record:
-                results[name]["diversity"] = record["diversity"]["value"]
         results["cost"] = {m: cost(run_dir, m) for m in ["baton", *trained]}
         per_seed[seed] = results
         print(f"seed {seed} done after {time.time() - began:.0f} s", flush=True)
