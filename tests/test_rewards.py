@@ -280,19 +280,74 @@ def test_a_judge_only_reward_is_refused_for_training():
         RewardSet([ConstantReward(), judge]).check_training_allowed()
 
 
-def test_aesthetics_without_its_package_says_what_to_install():
-    try:
-        import audiobox_aesthetics  # noqa: F401
-
-        pytest.skip("audiobox_aesthetics is installed here")
-    except ImportError:
-        pass
+def test_aesthetics_without_its_package_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "audiobox_aesthetics", None)  # import fails as if not installed
     with pytest.raises(RewardError) as error:
         build_reward({"name": "aesthetics", "axes": {"PQ": 1.0, "CE": 0.5}})
     message = str(error.value)
-    assert "\n" not in message and "'aesthetics'" in message and "pip install audiobox-aesthetics" in message
+    assert "\n" not in message and "'aesthetics'" in message and "pip install --no-deps audiobox-aesthetics" in message
     with pytest.raises(ValueError, match="axes must be among CE, CU, PC, PQ"):
         build_reward({"name": "aesthetics", "axes": "loudness"})
+
+
+@pytest.fixture
+def tiny_audiobox_encoder(monkeypatch):
+    """The package builds its WavLM encoder from a module-level config (12 layers, 768 wide) that
+    no constructor argument reaches; a 2-layer, 32-wide config of the same WavLMConfig class stands
+    in, for the model saved here and for its loading."""
+    import audiobox_aesthetics.model.aes as aes  # the README's test command installs it (--no-deps)
+    from audiobox_aesthetics.model.wavlm import WavLMConfig
+
+    config = dict(vars(aes.DEFAULT_AUDIO_CFG))
+    config.update(
+        encoder_layers=2,
+        encoder_embed_dim=32,
+        encoder_ffn_embed_dim=64,
+        encoder_attention_heads=2,
+        conv_feature_layers="[(32,10,5)] + [(32,3,2)] * 4 + [(32,2,2)] * 2",
+        conv_pos=16,
+        conv_pos_groups=4,
+        num_buckets=32,
+        max_distance=64,
+    )
+    monkeypatch.setattr(aes, "DEFAULT_AUDIO_CFG", WavLMConfig(config))
+    return aes
+
+
+def test_aesthetics_scores_ten_second_windows_of_the_packages_model_on_the_rating_scale(tmp_path, tiny_audiobox_encoder):
+    aes = tiny_audiobox_encoder
+    transform = {axis: {"mean": 4.0 + i, "std": 1.5 + 0.25 * i} for i, axis in enumerate(aes.AXES_NAME)}
+    torch.manual_seed(0)
+    model = aes.AesMultiOutput(nth_layer=3, target_transform=transform).eval()
+    model.save_pretrained(tmp_path / "aes")
+    reward = build_reward({"name": "aesthetics", "checkpoint": str(tmp_path / "aes"), "axes": {"PQ": 1.0, "CE": 0.5}, "batch_size": 2}, device="cpu")
+
+    def by_hand(wave: np.ndarray) -> float:
+        """One window at a time through the saved model: the rating-scale mix, weighted by length."""
+        total, weight = 0.0, 0.0
+        for start in range(0, len(wave), 160_000):
+            piece = torch.from_numpy(wave[start : start + 160_000])
+            padded = F.pad(piece, (0, 160_000 - piece.numel()))[None, None]
+            mask = (torch.arange(160_000) < piece.numel())[None, None]
+            with torch.no_grad():
+                out = model({"wav": padded, "mask": mask})
+            rating = {axis: float(out[axis][0]) * transform[axis]["std"] + transform[axis]["mean"] for axis in ("PQ", "CE")}
+            total += piece.numel() / 160_000 * (rating["PQ"] + 0.5 * rating["CE"]) / 1.5
+            weight += piece.numel() / 160_000
+        return total / weight
+
+    # 3 s, 25 s (windows of 10, 10 and 5 s) and 12 s clips: batched windows, one padding mask
+    waves = [clip_at(16_000, 0, 3.0), clip_at(16_000, 1, 25.0), clip_at(16_000, 2, 12.0)]
+    scores = reward.score(CAPTIONS, waves, 16_000)
+    np.testing.assert_allclose(scores, [by_hand(w) for w in waves], atol=1e-5)
+    assert np.ptp(scores) > 1e-4 and np.all((scores > 0) & (scores < 11))
+    clip_48k = clip_at(48_000, 3, 4.0)
+    resampled_first = reward.score(CAPTIONS[:1], [soxr.resample(clip_48k, 48_000, 16_000, quality="HQ").astype(np.float32)], 16_000)
+    np.testing.assert_allclose(reward.score(CAPTIONS[:1], [clip_48k], 48_000), resampled_first, atol=1e-4)
+    pq_only = build_reward({"name": "aesthetics", "checkpoint": str(tmp_path / "aes"), "axes": "PQ"}, device="cpu")
+    assert pq_only.identity() != reward.identity()
+    with pytest.raises(RewardError, match=r"reward 'aesthetics'.*clip 1"):
+        reward.score(CAPTIONS[:2], [waves[0], np.array([np.nan, 0.0], dtype=np.float32)], 16_000)
 
 
 # ----------------------------------------------------------------------------------------------
