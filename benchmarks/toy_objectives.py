@@ -1,8 +1,9 @@
 """Every way to learn from the same ratings, compared on the toy world: base, BATON, Diffusion-DPO,
 Diffusion-KTO, reward-ranked fine-tuning, best-of-N and BATON online over several rounds.
 
-For each seed the default run (`run` with configs/toy.yaml) makes the clips, the oracle's ratings,
-the reward model and its labels, and BATON; every other method trains on exactly those clips and
+For each seed the default run (`run` with configs/toy.yaml, or with `--config_file toy_flow.yaml`
+the toy flow model) makes the clips, the oracle's ratings, the reward model and its labels, and
+BATON; every other method trains on exactly those clips and
 ratings (the same human rating budget: online rounds add reward labels, not ratings) and is
 evaluated on the same held-out captions and seeds:
 
@@ -95,7 +96,7 @@ OBJECTIVES = {
 TUNING = {"dpo": ("dpo_beta", [0.2, 2.0, 20.0, 200.0, 2000.0, 20000.0]), "kto": ("kto_beta", [10.0, 100.0, 1000.0, 10000.0])}
 
 
-def tune(root: Path, seed: int, overrides: list[str], methods: list[str], clips_per_caption: int) -> dict:
+def tune(root: Path, seed: int, overrides: list[str], methods: list[str], clips_per_caption: int, config_file: str = "toy.yaml") -> dict:
     """{method: {"key", "chosen", "judged": {value: judge scores}}} for the tuned methods in `methods`,
     on seed `seed`'s default run; the chosen values are written into OBJECTIVES."""
     import dataclasses
@@ -103,9 +104,9 @@ def tune(root: Path, seed: int, overrides: list[str], methods: list[str], clips_
     from baton_trainer.online import judge_round
     from baton_trainer.stages.finetune import finetune
 
-    run_seed(root, seed, overrides, [], variants=OBJECTIVES)  # the seed's default run: its clips, ratings and labels
+    run_seed(root, seed, overrides, [], variants=OBJECTIVES, config_file=config_file)  # the seed's default run: its clips, ratings and labels
     run_dir = root / f"seed{seed}"
-    config = parse_config(RunConfig, ["--config", str(CONFIG_DIR / "toy.yaml"), "--run_dir", str(run_dir), "--seed", str(seed), *overrides])
+    config = parse_config(RunConfig, ["--config", str(CONFIG_DIR / config_file), "--run_dir", str(run_dir), "--seed", str(seed), *overrides])
     config = dataclasses.replace(config, judge_clips_per_caption=clips_per_caption, judge_split="train")
     stage_configs = config.stage_configs()
     found = {}
@@ -240,7 +241,7 @@ def online_folder(root: Path, seed: int, round_ratings: int = 0) -> Path:
     return root / (f"seed{seed}_online" + (f"_rated_{round_ratings}" if round_ratings else ""))
 
 
-def online(root: Path, seed: int, overrides: list[str], rounds: int, round_ratings: int = 0) -> dict:
+def online(root: Path, seed: int, overrides: list[str], rounds: int, round_ratings: int = 0, config_file: str = "toy.yaml") -> dict:
     """The seed's run folder up to its BATON (round 1), continued for `rounds` rounds (with
     `round_ratings` new oracle ratings each)."""
     source, run_dir = root / f"seed{seed}", online_folder(root, seed, round_ratings)
@@ -251,7 +252,7 @@ def online(root: Path, seed: int, overrides: list[str], rounds: int, round_ratin
         RunConfig,
         [
             "--config",
-            str(CONFIG_DIR / "toy.yaml"),
+            str(CONFIG_DIR / config_file),
             "--run_dir",
             str(run_dir),
             "--seed",
@@ -377,6 +378,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--root", default="runs/toy_objectives")
+    parser.add_argument("--config_file", default="toy.yaml", help="the default run's config in baton_trainer/configs (toy_flow.yaml: the toy flow model)")
     parser.add_argument("--best_of", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument(
@@ -427,17 +429,17 @@ def main() -> None:
             found["key"] = FinetuneConfig.RENAMED_KEYS.get(found["key"], found["key"])
             OBJECTIVES[method][found["key"]] = found["chosen"]
     else:
-        tuning = {} if args.no_tune else tune(root, args.tune_seed, overrides, trained, args.tune_clips_per_caption)
+        tuning = {} if args.no_tune else tune(root, args.tune_seed, overrides, trained, args.tune_clips_per_caption, args.config_file)
     for seed in args.seeds:
-        results = run_seed(root, seed, overrides, trained, variants=OBJECTIVES)
+        results = run_seed(root, seed, overrides, trained, variants=OBJECTIVES, config_file=args.config_file)
         run_dir = root / f"seed{seed}"
-        config = parse_config(RunConfig, ["--config", str(CONFIG_DIR / "toy.yaml"), "--run_dir", str(run_dir), "--seed", str(seed), *overrides])
+        config = parse_config(RunConfig, ["--config", str(CONFIG_DIR / args.config_file), "--run_dir", str(run_dir), "--seed", str(seed), *overrides])
         if "best_of" in methods:
             results[best_of_name] = best_of(run_dir, config, args.best_of)
         if "online" in methods:
-            results["baton_online"] = online(root, seed, overrides, args.rounds)
+            results["baton_online"] = online(root, seed, overrides, args.rounds, config_file=args.config_file)
         if "online_rated" in methods:
-            results[rated_name] = online(root, seed, overrides, args.rounds, args.round_ratings)
+            results[rated_name] = online(root, seed, overrides, args.rounds, args.round_ratings, args.config_file)
         if args.control:
             metrics = Path(args.control) / f"seed{seed}" / "eval" / "metrics.json"
             if not metrics.is_file():
@@ -477,11 +479,13 @@ def main() -> None:
         "overrides": overrides,
         "tuning": tuning,
         "objectives": OBJECTIVES,
+        "config_file": args.config_file,
     }
     Path(args.out + ".json").parent.mkdir(parents=True, exist_ok=True)
     Path(args.out + ".json").write_text(json.dumps(report, indent=2, default=str))
     text = (
-        markdown(table, paired, args.seeds, control, args.control_name)
+        (f"Default run and every method from configs/{args.config_file}.\n\n" if args.config_file != "toy.yaml" else "")
+        + markdown(table, paired, args.seeds, control, args.control_name)
         + quality_markdown(report["quality"])
         + cost_markdown(per_seed)
         + rewards_markdown(trained)
