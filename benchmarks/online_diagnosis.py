@@ -129,21 +129,25 @@ def markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(curves: dict, path: Path) -> None:
+def plot(curves: dict[tuple[int, str], list[dict]], path: Path) -> None:
+    """Training reward and oracle accuracy per rollout: a row per seed, a column per method."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(curves), figsize=(4 * len(curves), 3.2), squeeze=False, sharey=True)
-    for ax, (label, rollouts) in zip(axes[0], curves.items()):
+    seeds = sorted({seed for seed, _ in curves})
+    methods = list(dict.fromkeys(method for _, method in curves))
+    fig, axes = plt.subplots(len(seeds), len(methods), figsize=(3.6 * len(methods), 2.8 * len(seeds)), squeeze=False, sharey=True)
+    for (seed, method), rollouts in curves.items():
+        ax = axes[seeds.index(seed)][methods.index(method)]
         steps = [r["index"] for r in rollouts]
-        ax.plot(steps, [np.mean(r["reward"]) for r in rollouts], marker="o", label="training reward (mean)")
-        ax.plot(steps, [np.mean(r["aligned"]) for r in rollouts], marker="s", label="oracle accuracy")
-        ax.set_title(label)
+        ax.plot(steps, [np.mean(r["reward"]) for r in rollouts], marker="o", markersize=3, label="training reward (mean)")
+        ax.plot(steps, [np.mean(r["aligned"]) for r in rollouts], marker="s", markersize=3, label="oracle accuracy")
+        ax.set_title(f"{method}, seed {seed}", fontsize=9)
         ax.set_xlabel("rollout")
         ax.set_ylim(0, 1)
-    axes[0][0].legend(fontsize=8)
+    axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -167,10 +171,10 @@ def main() -> None:
                 continue
             rollouts = judge_rollouts(run_dir, method, args.every)
             results["per_seed"][str(seed)][method] = summarise(rollouts)
-            curves[f"{method} (seed {seed})"] = rollouts
+            curves[(seed, method)] = rollouts
             print(f"seed {seed} {method}: {json.dumps(results['per_seed'][str(seed)][method]['late'])}")
     out = Path(args.out)
-    atomic_write_json(out.with_suffix(".json"), {**results, "rollouts": {k: v for k, v in curves.items()}})
+    atomic_write_json(out.with_suffix(".json"), {**results, "rollouts": {f"seed{seed}_{method}": v for (seed, method), v in curves.items()}})
     atomic_write_text(out.with_suffix(".md"), markdown(results))
     plot(curves, out.with_suffix(".png"))
     print(markdown(results))
