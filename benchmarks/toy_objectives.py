@@ -15,6 +15,8 @@ evaluated on the same held-out captions and seeds:
     captions, scored by the seed's reward model; no ratings beyond the 32);
   - human_online (`--methods human_online`, not by default: it spends votes beyond the 32): awm
     on live votes, the oracle annotator voting on one caption's clips per rollout;
+  - nft_90, awm_90 (`--methods nft_90`, not by default): 90 steps, the weights exported the best by
+    the oracle on fresh clips of 32 training captions every 10 steps (`LONG`);
   - best_of_N: no training, N base clips per clip, the reward model keeps the best (`evaluate --best_of`);
   - baton_online: `run --rounds R` from the seed's own round 1 (its BATON), the best round by the
     held-out oracle judge;
@@ -384,7 +386,7 @@ def main() -> None:
     parser.add_argument(
         "--methods",
         default="dpo,kto,reward_ranked,best_of,online",
-        help="comma list of dpo,kto,reward_ranked,awm,nft,grpo,human_online,best_of,online,online_rated",
+        help="comma list of dpo,kto,reward_ranked,awm,nft,grpo,human_online,nft_90,awm_90,best_of,online,online_rated",
     )
     parser.add_argument("--round_ratings", type=int, default=16, help="online_rated: new oracle ratings per round")
     parser.add_argument("--tune_seed", type=int, default=0, help="tune DPO's and KTO's beta on this seed's training captions (fresh seeds) first")
