@@ -174,7 +174,14 @@ def main() -> None:
             curves[(seed, method)] = rollouts
             print(f"seed {seed} {method}: {json.dumps(results['per_seed'][str(seed)][method]['late'])}")
     out = Path(args.out)
-    atomic_write_json(out.with_suffix(".json"), {**results, "rollouts": {f"seed{seed}_{method}": v for (seed, method), v in curves.items()}})
+    per_rollout = {
+        f"seed{seed}_{method}": [
+            {"index": r["index"], "clips": len(r["reward"]), "reward_mean": float(np.mean(r["reward"])), "oracle_accuracy": float(np.mean(r["aligned"]))}
+            for r in rollouts
+        ]
+        for (seed, method), rollouts in curves.items()
+    }
+    atomic_write_json(out.with_suffix(".json"), {**results, "rollouts": per_rollout})
     atomic_write_text(out.with_suffix(".md"), markdown(results))
     plot(curves, out.with_suffix(".png"))
     print(markdown(results))
