@@ -28,6 +28,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from baton_trainer.atomic import atomic_write_json, atomic_write_text  # noqa: E402
 from baton_trainer.backends import load_backend  # noqa: E402
+from baton_trainer.captions import read_captions  # noqa: E402
+from baton_trainer.evaluation.intervals import bootstrap_statistic  # noqa: E402
 from baton_trainer.evaluation.reward_agreement import auc  # noqa: E402
 from baton_trainer.toyworld.oracle import alignment_outcomes  # noqa: E402
 
@@ -38,10 +40,7 @@ def judge_rollouts(run_dir: Path, method: str, every: int) -> list[dict]:
     """Per stored rollout (every `every`-th): captions, training rewards and oracle outcomes."""
     ablation = run_dir / f"ablation_{method}"
     config = json.loads((ablation / "finetune_config.json").read_text())
-    captions = {}
-    for line in (run_dir / "captions.jsonl").read_text().splitlines():
-        row = json.loads(line)
-        captions[row["caption"]] = row
+    captions = {row["caption"]: row for row in read_captions(run_dir / "captions.jsonl")}
     backend = load_backend(config["model"])
     rollouts = []
     files = sorted((ablation / "rollouts").glob("rollout-*-rank0.pt"))
@@ -57,28 +56,11 @@ def judge_rollouts(run_dir: Path, method: str, every: int) -> list[dict]:
             {
                 "index": int(path.name.split("-")[1]),
                 "captions": record["captions"],
-                "tasks": [r["task"] for r in rows],
                 "reward": [float(v) for v in reward],
                 "aligned": [bool(a) for a in aligned],
             }
         )
     return rollouts
-
-
-def bootstrap(values_by_caption: dict[str, list[tuple[float, float]]], statistic, draws: int = 1000, seed: int = 0) -> tuple[float, float, float]:
-    """statistic over (reward, aligned) pairs and its 95 % interval, resampling captions."""
-    keys = list(values_by_caption)
-    pairs = [p for k in keys for p in values_by_caption[k]]
-    point = statistic(pairs)
-    rng = np.random.default_rng(seed)
-    found = []
-    for _ in range(draws):
-        picked = [p for k in rng.choice(len(keys), size=len(keys)) for p in values_by_caption[keys[k]]]
-        value = statistic(picked)
-        if np.isfinite(value):
-            found.append(value)
-    low, high = np.percentile(found, [2.5, 97.5]) if found else (np.nan, np.nan)
-    return float(point), float(low), float(high)
 
 
 def summarise(rollouts: list[dict]) -> dict:
@@ -87,21 +69,30 @@ def summarise(rollouts: list[dict]) -> dict:
     third = max(1, len(rollouts) // 3)
     out = {}
     for name, part in [("early", rollouts[:third]), ("late", rollouts[-third:])]:
-        by_caption: dict[str, list[tuple[float, float]]] = {}
+        captions = [c for r in part for c in r["captions"]]
+        reward = np.array([v for r in part for v in r["reward"]])
+        aligned = np.array([a for r in part for a in r["aligned"]], dtype=np.float64)
         alike = []
         for rollout in part:
             groups: dict[str, list[bool]] = {}
-            for caption, reward, aligned in zip(rollout["captions"], rollout["reward"], rollout["aligned"]):
-                by_caption.setdefault(caption, []).append((reward, float(aligned)))
-                groups.setdefault(caption, []).append(aligned)
+            for caption, ok in zip(rollout["captions"], rollout["aligned"]):
+                groups.setdefault(caption, []).append(ok)
             alike += [len(set(g)) == 1 for g in groups.values()]
+
+        def with_interval(statistic) -> tuple[float, float, float]:
+            """statistic(clip indices) on all clips, and its 95 % interval over caption resamples."""
+            return (float(statistic(np.arange(len(captions)))), *bootstrap_statistic(statistic, captions, resamples=1000))
+
+        def reward_auc(i: np.ndarray) -> float:
+            return auc(reward[i], aligned[i].astype(int)) if 0 < aligned[i].sum() < len(i) else np.nan
+
         out[name] = {
             "rollouts": [r["index"] for r in part],
-            "clips": sum(len(r["reward"]) for r in part),
-            "reward_mean": bootstrap(by_caption, lambda p: float(np.mean([r for r, _ in p]))),
-            "oracle_accuracy": bootstrap(by_caption, lambda p: float(np.mean([a for _, a in p]))),
-            "reward_accuracy": bootstrap(by_caption, lambda p: float(np.mean([(r >= 0.5) == bool(a) for r, a in p]))),
-            "reward_auc": bootstrap(by_caption, lambda p: auc([r for r, _ in p], [int(a) for _, a in p]) if 0 < sum(a for _, a in p) < len(p) else np.nan),
+            "clips": len(captions),
+            "reward_mean": with_interval(lambda i: reward[i].mean()),
+            "oracle_accuracy": with_interval(lambda i: aligned[i].mean()),
+            "reward_accuracy": with_interval(lambda i: np.mean((reward[i] >= 0.5) == (aligned[i] > 0))),
+            "reward_auc": with_interval(reward_auc),
             "oracle_alike_groups": float(np.mean(alike)),
         }
     return out
