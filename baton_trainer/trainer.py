@@ -192,6 +192,7 @@ class DiffusionTrainer:
         acc.wait_for_everyone()
         self.objective.save()
         acc.save_state(str(tmp))  # every rank calls it: a rank-gated save_state hangs DDP/DeepSpeed
+        self.objective.save_state(tmp)
         acc.wait_for_everyone()
         if acc.is_main_process:
             (tmp / "trainer_state.json").write_text(json.dumps({"global_step": self.global_step, "logs": self.last_logs}))
@@ -216,6 +217,7 @@ class DiffusionTrainer:
         if not path.is_dir():
             raise FileNotFoundError(f"checkpoint folder not found: {path}")
         self.accelerator.load_state(str(path))
+        self.objective.load_state(path)
         state = json.loads((path / "trainer_state.json").read_text())
         self.global_step, self.last_logs = state["global_step"], state.get("logs", {})
         self.accelerator.print(f"resumed from {path} at step {self.global_step}")
@@ -250,6 +252,8 @@ class DiffusionTrainer:
         self.resume()
         bar = tqdm(total=total, initial=self.global_step, desc="fine-tuning", disable=not acc.is_local_main_process)
         started = time.time()
+        if self.global_step == 0:
+            self.objective.end_of_step(self.denoiser, 0)  # the online judge's view of the untrained model
         while self.global_step < total:
             step_logs: list[dict[str, float]] = []
             for micro in range(cfg.gradient_accumulation_steps):
@@ -270,9 +274,10 @@ class DiffusionTrainer:
             bar.set_postfix(loss=f"{self.last_logs['loss']:.4f}")
             if cfg.report_to and self.global_step % cfg.logging_steps == 0:
                 acc.log({**self.last_logs, "lr": self.lr_scheduler.get_last_lr()[0]}, step=self.global_step)
+            stop = self.objective.end_of_step(self.denoiser, self.global_step)  # before the checkpoint, which keeps what it judged
             if self.global_step % cfg.checkpointing_steps == 0:
                 self.save_checkpoint()
-            if self.objective.end_of_step(self.denoiser, self.global_step):
+            if stop:
                 break
         bar.close()
         self.objective.save()

@@ -16,7 +16,8 @@ evaluated on the same held-out captions and seeds:
   - human_online (`--methods human_online`, not by default: it spends votes beyond the 32): awm
     on live votes, the oracle annotator voting on one caption's clips per rollout;
   - nft_90, awm_90 (`--methods nft_90`, not by default): 90 steps, the weights exported the best by
-    the oracle on fresh clips of 32 training captions every 10 steps (`LONG`);
+    the oracle on fresh clips of 32 training captions every 10 steps (`LONG`); nft_180: 180 steps,
+    judged every 20;
   - best_of_N: no training, N base clips per clip, the reward model keeps the best (`evaluate --best_of`);
   - baton_online: `run --rounds R` from the seed's own round 1 (its BATON), the best round by the
     held-out oracle judge;
@@ -87,6 +88,9 @@ OBJECTIVES = {
     # judging fresh clips of 32 *training* captions every 10 steps (tuning on training captions only).
     "nft_90": {"objective": "nft", **LONG},
     "awm_90": {"objective": "awm", **LONG},
+    # Twice nft_90's steps again, the cosine schedule stretched over them: does the judge keep rising
+    # past nft_90's plateau, and what does it cost in diversity (the judge logs diversity_mel)?
+    "nft_180": {"objective": "nft", **LONG, "max_train_steps": 180, "judge_every": 20},
 }
 
 
@@ -386,7 +390,7 @@ def main() -> None:
     parser.add_argument(
         "--methods",
         default="dpo,kto,reward_ranked,best_of,online",
-        help="comma list of dpo,kto,reward_ranked,awm,nft,grpo,human_online,nft_90,awm_90,best_of,online,online_rated",
+        help="comma list of dpo,kto,reward_ranked,awm,nft,grpo,human_online,nft_90,awm_90,nft_180,best_of,online,online_rated",
     )
     parser.add_argument("--round_ratings", type=int, default=16, help="online_rated: new oracle ratings per round")
     parser.add_argument("--tune_seed", type=int, default=0, help="tune DPO's and KTO's beta on this seed's training captions (fresh seeds) first")

@@ -41,21 +41,21 @@ register_reward("rms", LengthReward)
 
 
 class CallCountReward(Reward):
-    """A test reward that rises (sign 1) or falls (sign -1) with every call, whatever the clips:
-    a judge falling while the training reward rises, on demand."""
+    """A test reward that rises (sign 1) with every call, whatever the clips, or (sign -1) rises to
+    its `peak`-th call and falls after: a judge falling while the training reward rises, on demand."""
 
     name = "call_count"
     sample_rate = 16000
 
-    def __init__(self, sign: float = 1.0, device=None):
-        self.sign, self.calls = sign, 0
+    def __init__(self, sign: float = 1.0, peak: int = 0, device=None):
+        self.sign, self.peak, self.calls = sign, peak, 0
 
     def _score(self, captions, waves):
         self.calls += 1
-        return [self.sign * self.calls] * len(captions)
+        return [self.calls if self.sign > 0 else -abs(self.calls - self.peak)] * len(captions)
 
     def options(self) -> dict:
-        return {"sign": self.sign}
+        return {"sign": self.sign, "peak": self.peak}
 
 
 register_reward("call_count", CallCountReward)
@@ -264,6 +264,63 @@ def test_a_killed_run_resumes_at_its_step_repeats_no_reward_call_and_reaches_the
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
 
 
+def test_a_judged_run_with_an_ema_old_policy_resumed_mid_rollout_judges_keeps_and_exports_as_an_uninterrupted_one(world, tmp_path):
+    """The old policy (an EMA, reused over two steps), the judge's history and the best judged
+    weights live in the checkpoint: a run killed after step 3 (inside rollout 1) and resumed from
+    checkpoint 3 takes the same steps, judges the same and exports the same weights."""
+    from safetensors.torch import load_file
+
+    from baton_trainer.trainer import DiffusionTrainer
+
+    settings = dict(
+        objective="nft",
+        rewards=[{"name": "rms"}],
+        old_policy_decay=0.5,
+        rollout_reuse=2,
+        judge_every=1,
+        judge_captions=2,
+        eval_rewards=[{"name": "clap", "model": str(world / "clap")}],
+        stop_margin_se=1e9,  # never stop: every step is judged
+        checkpointing_steps=3,
+        max_train_steps=5,
+    )
+    whole = train(DiffusionTrainer(config(world, "tango", tmp_path / "whole", **settings)))
+    train(DiffusionTrainer(config(world, "tango", tmp_path / "killed", **{**settings, "max_train_steps": 4})))
+    for late in (tmp_path / "killed" / "checkpoints").glob("checkpoint-4"):
+        import shutil
+
+        shutil.rmtree(late)
+    resumed = train(DiffusionTrainer(config(world, "tango", tmp_path / "killed", **settings, resume_from_checkpoint="latest")))
+    history = [json.loads((out / "judge_history.json").read_text()) for out in (whole, resumed)]
+    assert [h["step"] for h in history[1]] == [0, 1, 2, 3, 4, 5]
+    assert all("diversity_mel" in h for h in history[1])
+    for a, b in zip(*history):
+        assert a["step"] == b["step"] and math.isclose(a["judge"], b["judge"], rel_tol=1e-4) and math.isclose(a["reward"], b["reward"], rel_tol=1e-4)
+    exported = [load_file(out / "pytorch_lora_weights.safetensors") for out in (whole, resumed)]
+    for key in exported[0]:
+        torch.testing.assert_close(exported[1][key], exported[0][key], rtol=0, atol=1e-6)
+
+
+def test_the_diversity_floor_keeps_the_best_judged_step_that_has_not_collapsed(world, tmp_path, capsys):
+    """judge_min_diversity 1: only steps whose judge clips are at least as diverse as the untrained
+    model's can be exported; with a judge that rises at every call, the export is the last step the
+    floor allows (the untrained model's step 0 at worst)."""
+    from baton_trainer.trainer import DiffusionTrainer
+
+    settings = dict(objective="awm", rewards=[{"name": "rms"}], judge_every=1, judge_captions=2, stop_margin_se=1e9, max_train_steps=3)
+    out = train(DiffusionTrainer(config(world, "tango", tmp_path / "floor", eval_rewards=[{"name": "call_count"}], judge_min_diversity=1.0, **settings)))
+    history = json.loads((out / "judge_history.json").read_text())
+    allowed = [h["step"] for h in history if h["diversity_mel"] >= history[0]["diversity_mel"]]
+    assert allowed[0] == 0 and history[-1]["judge"] > history[0]["judge"]
+    printed = capsys.readouterr().out
+    if allowed[-1] != history[-1]["step"]:
+        assert f"kept the weights of step {allowed[-1]}, the best by the judge" in printed
+    else:
+        assert "the best by the judge" not in printed
+    with pytest.raises(ValueError, match="judge_min_diversity"):
+        config(world, "tango", tmp_path / "bad", eval_rewards=[{"name": "call_count"}], judge_min_diversity=0.5, **{**settings, "judge_clips_per_caption": 1})
+
+
 def launch(ranks: int, *args):
     import os
     import subprocess
@@ -312,12 +369,14 @@ def test_the_judge_stops_a_hacked_run_and_the_best_judged_weights_are_exported(w
     from baton_trainer.trainer import DiffusionTrainer
 
     settings = dict(objective="awm", rewards=[{"name": "call_count"}], judge_every=1, judge_captions=2, stop_margin_se=0.0, max_train_steps=5)
-    trainer = DiffusionTrainer(config(world, "tango", tmp_path / "hacked", eval_rewards=[{"name": "call_count", "sign": -1.0}], **settings))
+    # the judge's second call (step 1; step 0 is the untrained model) is its best, the third falls
+    trainer = DiffusionTrainer(config(world, "tango", tmp_path / "hacked", eval_rewards=[{"name": "call_count", "sign": -1.0, "peak": 2}], **settings))
     out = train(trainer)
     history = json.loads((out / "judge_history.json").read_text())
-    assert [h["step"] for h in history] == [1, 2] and history[1]["judge"] < history[0]["judge"] and history[1]["reward"] > history[0]["reward"]
+    assert [h["step"] for h in history] == [0, 1, 2] and history[2]["judge"] < history[1]["judge"] and history[2]["reward"] > history[1]["reward"]
     assert json.loads((out / "train_summary.json").read_text())["global_step"] == 2  # stopped at the first fall
     assert "keeping the weights of step 1" in capsys.readouterr().out
+    assert (out / "judge_history.png").is_file()
     one_step = train(DiffusionTrainer(config(world, "tango", tmp_path / "one", **{**settings, "judge_every": 0, "max_train_steps": 1})))
     best, exported = load_file(one_step / "pytorch_lora_weights.safetensors"), load_file(out / "pytorch_lora_weights.safetensors")
     for key in best:

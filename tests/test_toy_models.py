@@ -85,9 +85,10 @@ def test_toy_tango_loads_offline_and_generates_clips_of_the_right_length(toy_tan
     assert np.corrcoef(again[0], clips[0])[0, 1] > 0.99
 
 
-def oracle_accuracies(model, clips_per_task: dict[str, int], **sampling) -> dict[str, tuple[float, float]]:
+def oracle_accuracies(model, clips_per_task: dict[str, int], batch_size: int, **sampling) -> dict[str, tuple[float, float]]:
     """task -> (accuracy, share of complete clips in order) of `model`'s clips for seeded random
-    captions (2 events for integrity, 3 for temporal), judged by the oracle."""
+    captions (2 events for integrity, 3 for temporal), judged by the oracle; generated `batch_size`
+    clips a call, as the evaluate stage does (300 in one call took twice as long on one core)."""
     from baton_trainer.toyworld.oracle import OracleAnnotator, is_aligned
 
     rng = np.random.default_rng([0, 991])
@@ -97,7 +98,8 @@ def oracle_accuracies(model, clips_per_task: dict[str, int], **sampling) -> dict
         n = clips_per_task[task]
         labels = [[str(x) for x in rng.choice(EVENT_NAMES, size=k, replace=False)] for _ in range(n)]
         captions = [make_caption(group, task, rng) for group in labels]
-        clips = model.generate(captions, seeds=list(range(5000, 5000 + n)), **sampling)
+        seeds = list(range(5000, 5000 + n))
+        clips = np.concatenate([model.generate(captions[i : i + batch_size], seeds=seeds[i : i + batch_size], **sampling) for i in range(0, n, batch_size)])
         detections = [oracle.detect(wav, 16000) for wav in clips]
         complete = [is_aligned(d, group, "integrity") for d, group in zip(detections, labels)]
         aligned = [is_aligned(d, group, task) for d, group in zip(detections, labels)]
@@ -111,7 +113,18 @@ def test_toy_tango_base_fails_as_the_papers_does_but_has_learned_order(toy_tango
     """Held-out captions, judged by the oracle: events go missing and order is often wrong
     (accuracies inside 20-70 %), yet complete 3-event clips follow the caption's order far more
     often than chance (1/6), so feedback has something to reinforce."""
-    results = oracle_accuracies(toy_tango, {"integrity": 60, "temporal": 120}, num_inference_steps=25, guidance_scale=3.0)
+    import yaml
+
+    from baton_trainer.__main__ import CONFIG_DIR
+
+    sampling = yaml.safe_load((CONFIG_DIR / "toy.yaml").read_text())["evaluate"]
+    results = oracle_accuracies(
+        toy_tango,
+        {"integrity": 60, "temporal": 120},
+        batch_size=sampling["batch_size"],
+        num_inference_steps=sampling["num_inference_steps"],
+        guidance_scale=3.0,
+    )
     assert 0.2 <= results["integrity"][0] <= 0.7
     assert 0.2 <= results["temporal"][0] <= 0.7
     assert results["temporal"][1] > 0.4
@@ -171,6 +184,7 @@ def test_toy_flow_base_fails_as_the_papers_does_but_has_learned_order(toy_flow):
     results = oracle_accuracies(
         toy_flow,
         {"integrity": 300, "temporal": 300},
+        batch_size=sampling["batch_size"],
         num_inference_steps=sampling["num_inference_steps"],
         guidance_scale=sampling["guidance_scale"],
         duration_s=sampling["duration_s"],

@@ -30,6 +30,7 @@ A new objective is one class with a `name`, registered in `baton_trainer/objecti
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -83,8 +84,9 @@ class Objective:
         """Called at the start of `train` with the encoded feedback data."""
 
     def end_of_step(self, denoiser, step: int) -> bool:
-        """Called after optimiser step `step` (1-based) on every process; True stops the run
-        (the online objectives' held-out judge stops a run whose reward is being hacked)."""
+        """Called after optimiser step `step` (1-based; 0: before the first step of a fresh run) on
+        every process; True stops the run (the online objectives' held-out judge stops a run whose
+        reward is being hacked)."""
         return False
 
     def finish(self, denoiser) -> None:
@@ -92,6 +94,13 @@ class Objective:
 
     def save(self) -> None:
         """Called at every checkpoint (on every process) and at the end of training."""
+
+    def save_state(self, folder: Path) -> None:
+        """Called on every process when a checkpoint is written into `folder`: what the objective
+        holds beyond the weights and the optimiser (the online objectives' old policy and judge)."""
+
+    def load_state(self, folder: Path) -> None:
+        """Called on every process after the trainer resumed from the checkpoint `folder`."""
 
     # -- the loss --------------------------------------------------------------------------------
 

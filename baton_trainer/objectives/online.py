@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate.utils import DistributedType
+from safetensors.torch import load_file, save_file
 
 from ..atomic import atomic_save_figure, atomic_write_json
 from ..denoising import Batch, step_generator
@@ -197,12 +198,18 @@ class OnlineObjective(Objective):
             return False
         scores = {"step": step, **self.judge(acc.unwrap_model(denoiser))}
         self.judged.append(scores)
-        acc.print(f"    step {step}: judge {scores['judge']:.4f} (SE {scores['judge_se']:.4f}), training reward {scores['reward']:.4f}")
+        spread = f", diversity_mel {scores['diversity_mel']:.4f}" if "diversity_mel" in scores else ""
+        acc.print(f"    step {step}: judge {scores['judge']:.4f} (SE {scores['judge_se']:.4f}), training reward {scores['reward']:.4f}{spread}")
         if cfg.report_to:
-            acc.log({"judge": scores["judge"], "judge_reward": scores["reward"]}, step=step)
+            acc.log({f"judge_{k}" if k != "judge" else k: v for k, v in scores.items() if k not in ("step", "judge_se")}, step=step)
         if acc.is_main_process:
             atomic_write_json(self.store.folder.parent / "judge_history.json", self.judged)
-        if self.best is None or scores["judge"] > max(j["judge"] for j in self.judged[:-1]):
+        # Step 0 (the untrained model) is judged too: its diversity is the floor's reference, and a
+        # run that never beats it exports the untrained weights.
+        floor = cfg.judge_min_diversity * self.judged[0].get("diversity_mel", 0.0) if self.judged[0]["step"] == 0 else 0.0
+        eligible = scores.get("diversity_mel", math.inf) >= floor
+        best_judge = next((j["judge"] for j in self.judged if self.best is not None and j["step"] == self.best[0]), -math.inf)
+        if eligible and scores["judge"] > best_judge:
             self.best = (step, [p.detach().clone() for p in denoiser.parameters() if p.requires_grad])
         if len(self.judged) > 1 and reward_hacking(self.judged[-2], scores, cfg.stop_margin_se):
             acc.print(f"    stopping: the judge fell while the training reward rose (reward hacking); keeping the weights of step {self.best[0]}")
@@ -227,7 +234,12 @@ class OnlineObjective(Objective):
         trained = self.rewards.weight_map()
         reward = sum(trained[name] * values for name, values in self.rewards.score(captions, waves, backend.sample_rate).items())
         se = float(np.std(judged, ddof=1) / np.sqrt(len(judged))) if len(judged) > 1 else 0.0
-        return {"judge": float(np.mean(judged)), "judge_se": se, "reward": float(np.mean(reward))}
+        result = {"judge": float(np.mean(judged)), "judge_se": se, "reward": float(np.mean(reward))}
+        if cfg.judge_clips_per_caption > 1:  # the spread between a caption's clips: collapse shows as a fall
+            from ..evaluation.metrics import log_mel_embeddings, within_caption_spread  # lazy: as `reward_hacking` in end_of_step
+
+            result["diversity_mel"] = within_caption_spread(log_mel_embeddings(waves, backend.sample_rate), captions)
+        return result
 
     def finish(self, denoiser) -> None:
         """The best judged weights go back into the denoiser before the export."""
@@ -241,9 +253,46 @@ class OnlineObjective(Objective):
 
     def save(self) -> None:
         """At every checkpoint and at the end: the training reward by rollout, from the stored
-        rewards (RUN/aligned/rollout_rewards.png; main process)."""
+        rewards (RUN/aligned/rollout_rewards.png), and the judge's history (judge_history.png; main process)."""
         if self.draw.accelerator.is_main_process:
             plot_rollout_rewards(self.store.folder, self.store.folder.parent / "rollout_rewards.png")
+            if self.judged:
+                plot_judge_history(self.judged, self.store.folder.parent / "judge_history.png")
+
+    # -- checkpoint state ------------------------------------------------------------------------
+
+    def state_paths(self, folder: Path) -> tuple[Path, Path]:
+        rank = self.draw.accelerator.process_index
+        return Path(folder) / f"online_state-rank{rank}.json", Path(folder) / f"online_state-rank{rank}.safetensors"
+
+    def save_state(self, folder: Path) -> None:
+        """Into a checkpoint folder, each process its own: the old policy's weights, the rollout it
+        belongs to, the judge's history and the best judged weights, so that a resumed run samples,
+        keeps and exports what an uninterrupted run would."""
+        text, weights = self.state_paths(folder)
+        tensors = {}
+        if self.old_policy is not None:
+            tensors.update({f"old_policy.{i}": t.detach().cpu().contiguous() for i, t in enumerate(self.old_policy.copy)})
+        if self.best is not None:
+            tensors.update({f"best.{i}": t.detach().cpu().contiguous() for i, t in enumerate(self.best[1])})
+        save_file(tensors, weights)
+        state = {"rollout_index": self.rollout_index, "judged": self.judged, "best_step": self.best[0] if self.best else None}
+        text.write_text(json.dumps(state))
+
+    def load_state(self, folder: Path) -> None:
+        text, weights = self.state_paths(folder)
+        if not text.is_file():  # a checkpoint written before the objective kept its state
+            self.draw.accelerator.print(f"warning: {text} is missing: the old policy restarts from the restored weights and the judge from this step")
+            return
+        state, tensors = json.loads(text.read_text()), load_file(weights)
+        self.rollout_index, self.judged = state["rollout_index"], state["judged"]
+        if self.old_policy is not None:
+            with torch.no_grad():
+                for i, old in enumerate(self.old_policy.copy):
+                    old.copy_(tensors[f"old_policy.{i}"])
+        if state["best_step"] is not None:
+            device = self.draw.accelerator.device
+            self.best = (state["best_step"], [tensors[f"best.{i}"].to(device) for i in range(sum(k.startswith("best.") for k in tensors))])
 
     # -- rollouts --------------------------------------------------------------------------------
 
@@ -271,13 +320,13 @@ class OnlineObjective(Objective):
     def rollout_at(self, denoiser, step: int) -> Rollout:
         """The rollout step `step` trains on: read from the store, or sampled now and stored."""
         index = step // self.config.rollout_reuse
-        if index == self.rollout_index:
+        if index == self.rollout_index and self.rollout is not None:
             return self.rollout
         acc = self.draw.accelerator
         captions, starts, noises, groups = self.rollout_plan(index)
         record = self.store.load_clips(index)
         module = acc.unwrap_model(denoiser)
-        if self.old_policy is not None:
+        if self.old_policy is not None and index != self.rollout_index:  # equal: resumed inside the rollout, its old policy restored
             self.old_policy.update()  # the old policy is the one that samples this rollout
         if record is None:
             was_training = module.training
@@ -499,6 +548,31 @@ def plot_rollout_rewards(folder: Path, path: Path) -> None:
     ax.set_ylabel("training reward")
     ax.legend()
     ax.grid(alpha=0.3)
+    fig.tight_layout()
+    atomic_save_figure(fig, path)
+    plt.close(fig)
+
+
+def plot_judge_history(judged: list[dict], path: Path) -> None:
+    """The judge, the training reward on the judge's clips and their diversity_mel, by step: a
+    judge that falls while the reward rises is reward hacking; a falling diversity is collapse."""
+    import matplotlib  # lazy: as in plot_rollout_rewards
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt  # lazy: after matplotlib.use
+
+    steps = [j["step"] for j in judged]
+    keys = [k for k in ("judge", "reward", "diversity_mel") if all(k in j for j in judged)]
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3.0), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        values = np.array([j[key] for j in judged])
+        ax.plot(steps, values, marker="o")
+        if key == "judge":
+            se = np.array([j["judge_se"] for j in judged])
+            ax.fill_between(steps, values - se, values + se, alpha=0.2)
+        ax.set_xlabel("step")
+        ax.set_title({"reward": "training reward (judge clips)"}.get(key, key), fontsize=9)
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     atomic_save_figure(fig, path)
     plt.close(fig)

@@ -155,7 +155,14 @@ class FinetuneConfig:
     )
     judge_every: int = field(default=0, metadata={"help": "online: judge the policy every this many steps on fresh clips of the training captions (0: never)"})
     judge_captions: int = field(default=16, metadata={"help": "online: training captions the judge hears (the first ones, the same each time)"})
-    judge_clips_per_caption: int = 2
+    judge_clips_per_caption: int = field(default=2, metadata={"help": "online: the judge's clips per caption (2 or more also logs their diversity_mel)"})
+    judge_min_diversity: float = field(
+        default=0.0,
+        metadata={
+            "help": "online: export the best judged weights among the steps whose judge clips keep at least this share of the untrained model's "
+            "diversity_mel (step 0); 0: any step"
+        },
+    )
     stop_margin_se: float = field(
         default=1.0,
         metadata={"help": "online: stop when the judge falls by more than this many SEs while the training reward rises; the best judged weights are kept"},
@@ -193,6 +200,11 @@ class FinetuneConfig:
             raise ValueError("config keys: train_fraction must be in (0, 1], old_policy_decay in [0, 1), advantage_clip and nft_beta > 0")
         if self.judge_every < 0 or (self.judge_every and not self.eval_rewards):
             raise ValueError(f"config key 'judge_every' ({self.judge_every}) needs eval_rewards (the judges) and must be >= 0")
+        if not 0 <= self.judge_min_diversity <= 1 or (self.judge_min_diversity and (not self.judge_every or self.judge_clips_per_caption < 2)):
+            raise ValueError(
+                f"config key 'judge_min_diversity' ({self.judge_min_diversity}) must be in [0, 1] and needs judge_every and judge_clips_per_caption >= 2 "
+                f"(got {self.judge_every}, {self.judge_clips_per_caption}): diversity is measured between a caption's clips"
+            )
         if self.kl_beta < 0 or not math.isfinite(self.kl_beta) or (self.clip_range is not None and not self.clip_range > 0):
             raise ValueError(f"config keys: kl_beta must be >= 0 and clip_range > 0, got {self.kl_beta}, {self.clip_range}")
         for name in (
