@@ -17,7 +17,7 @@ evaluated on the same held-out captions and seeds:
     on live votes, the oracle annotator voting on one caption's clips per rollout;
   - nft_90, awm_90 (`--methods nft_90`, not by default): 90 steps, the weights exported the best by
     the oracle on fresh clips of 32 training captions every 10 steps (`LONG`); nft_180: 180 steps,
-    judged every 20;
+    judged every 20 (nft_180_anchored: pretrain_weight 2.0; nft_180_g8: 4 captions x 8 clips);
   - best_of_N: no training, N base clips per clip, the reward model keeps the best (`evaluate --best_of`);
   - baton_online: `run --rounds R` from the seed's own round 1 (its BATON), the best round by the
     held-out oracle judge;
@@ -91,6 +91,10 @@ OBJECTIVES = {
     # Twice nft_90's steps again, the cosine schedule stretched over them: does the judge keep rising
     # past nft_90's plateau, and what does it cost in diversity (the judge logs diversity_mel)?
     "nft_180": {"objective": "nft", **LONG, "max_train_steps": 180, "judge_every": 20},
+    # nft_180 against collapse: four times the pretraining term's weight (Eq. 7's anchor to the
+    # pretraining clips), or twice the clips per caption at the same clips per step.
+    "nft_180_anchored": {"objective": "nft", **LONG, "max_train_steps": 180, "judge_every": 20, "pretrain_weight": 2.0},
+    "nft_180_g8": {"objective": "nft", **LONG, "max_train_steps": 180, "judge_every": 20, "rollout_captions": 4, "group_size": 8},
 }
 
 
@@ -167,6 +171,27 @@ def quality(clips_dir: Path) -> dict:
     return out
 
 
+def reference_diversity(eval_dir: Path) -> dict[str, float]:
+    """The diversities of clean renderings of an evaluation's held-out captions (what a model that
+    always gets the caption right spreads), from its metrics.json or, for an evaluation made before
+    the evaluate stage recorded them, rendered and embedded again as the stage does."""
+    data = json.loads((eval_dir / "metrics.json").read_text())
+    if "reference_diversity" in data:
+        return data["reference_diversity"]
+    import soundfile as sf
+
+    from baton_trainer.clap import ClapEmbedder
+    from baton_trainer.evaluation.metrics import loudness_normalised
+    from baton_trainer.stages.evaluate import matched_reference_diversity, matched_toy_references
+    from baton_trainer.toyworld.models import TOY_CLAP_PATH
+
+    rows = [json.loads(line) for line in (eval_dir / "clips" / "base" / "metadata.jsonl").read_text().splitlines() if line.strip()]
+    duration_s = sf.info(str(eval_dir / "clips" / "base" / rows[0]["file_name"])).duration
+    matched = loudness_normalised(matched_toy_references(rows, duration_s, int(data["info"]["seed"])), 16000)
+    embeddings = ClapEmbedder(str(TOY_CLAP_PATH)).embed_audio(matched, 16000).cpu().numpy()
+    return matched_reference_diversity(matched, embeddings, [r["caption_id"] for r in rows], 16000)
+
+
 def quality_summary(per_seed: dict) -> dict:
     """model -> key -> {value, se[, difference, difference_se]}: means over seeds, each seed's standard
     error taken from its 95 % interval (half-width / 1.96) and combined as for independent estimates;
@@ -198,7 +223,7 @@ def quality_summary(per_seed: dict) -> dict:
     return table
 
 
-def quality_markdown(table: dict) -> str:
+def quality_markdown(table: dict, reference: list[dict] | None = None) -> str:
     if not table:
         return ""
 
@@ -229,6 +254,15 @@ def quality_markdown(table: dict) -> str:
             f"| {model} | {cell(row, 'fd_matched', 3)} | {cell(row, 'toy_quality', 2)} | {cell(row, 'loudness_lufs', 1)} | "
             f"{cell(row, 'peak_dbfs', 1)} | {cell(row, 'diversity', 3)} | {cell(row, 'diversity_mel', 3)} | {kept} |"
         )
+    if reference:
+        mean = {key: sum(r[key] for r in reference) / len(reference) for key in ("diversity", "diversity_mel")}
+        lines.append(f"| clean renderings (always right) | - | - | - | - | {mean['diversity']:.3f} | {mean['diversity_mel']:.3f} | - |")
+        lines += [
+            "",
+            "Clean renderings: the toy renderer's own clips of each held-out caption (its events in its order, timing drawn "
+            "afresh), 4 per caption: the diversity a model that always got the caption right would show. Most of the base "
+            "model's CLAP diversity is its mistakes (missing and misplaced events); the log-mel diversity also counts timing.",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -390,7 +424,7 @@ def main() -> None:
     parser.add_argument(
         "--methods",
         default="dpo,kto,reward_ranked,best_of,online",
-        help="comma list of dpo,kto,reward_ranked,awm,nft,grpo,human_online,nft_90,awm_90,nft_180,best_of,online,online_rated",
+        help="comma list of dpo,kto,reward_ranked,awm,nft,grpo,human_online,nft_90,awm_90,nft_180,nft_180_anchored,nft_180_g8,best_of,online,online_rated",
     )
     parser.add_argument("--round_ratings", type=int, default=16, help="online_rated: new oracle ratings per round")
     parser.add_argument("--tune_seed", type=int, default=0, help="tune DPO's and KTO's beta on this seed's training captions (fresh seeds) first")
@@ -458,6 +492,7 @@ def main() -> None:
             **untrained_folders(seed),
         }
         results["quality"] = {name: quality(folder) for name, folder in folders.items()}
+        results["reference_diversity"] = reference_diversity(run_dir / "eval")
         results["cost"] = {m: cost(run_dir, m) for m in ["baton", *trained]}
         per_seed[seed] = results
         print(f"seed {seed} done after {time.time() - began:.0f} s", flush=True)
@@ -492,7 +527,7 @@ def main() -> None:
     text = (
         (f"Default run and every method from configs/{args.config_file}.\n\n" if args.config_file != "toy.yaml" else "")
         + markdown(table, paired, args.seeds, control, args.control_name)
-        + quality_markdown(report["quality"])
+        + quality_markdown(report["quality"], [per_seed[s]["reference_diversity"] for s in args.seeds])
         + cost_markdown(per_seed)
         + rewards_markdown(trained)
         + tuning_markdown(tuning)

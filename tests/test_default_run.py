@@ -70,6 +70,10 @@ def test_tiny_default_run_end_to_end_and_resume(tmp_path, capsys):
     assert "- **quality**: aligned: quality " in report and "toy quality judge" in report
     assert "| FD (matched references) |" in report and "clean renderings of the evaluated captions themselves" in report
     assert "normalised to -23 LUFS" in report  # the level-dependent metrics say at what loudness they heard the clips
+    # the clean renderings' own spread, to read the models' diversity against
+    reference = metrics["reference_diversity"]
+    assert 0.0 < reference["diversity_mel"] <= 2.0 and 0.0 <= reference["diversity"] <= 2.0
+    assert f"diversity_mel {reference['diversity_mel']:.3f}: what a model that always gets the caption right spreads" in report
     # the oracle judged every reward-labelled clip, and that is the accuracy reported
     check = json.loads((run_dir / "reward_label_check.json").read_text())
     assert metrics["reward_model_accuracy"] == check["accuracy"] and 0.0 <= check["accuracy"] <= 1.0

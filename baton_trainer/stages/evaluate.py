@@ -261,6 +261,7 @@ def evaluate(config: EvaluateConfig, backends: dict[str, Any] | None = None) -> 
         fd_on_clap("fd_matched", [reference[n] for n in own])
         info["fd_matched"] = f"CLAP audio embeddings against the {len(own)} reference clips the evaluated captions name (matched caption by caption)"
     caption_ids = [r["caption_id"] for r in rows]
+    reference_diversity = None
     if config.oracle and clap is not None and "clap_audio" in embeddings:
         # Matched references: clean renderings of the evaluated captions themselves (what each caption
         # asks for, MATCHED_RENDERINGS seeds each), so that FD measures the distance to the right
@@ -276,6 +277,14 @@ def evaluate(config: EvaluateConfig, backends: dict[str, Any] | None = None) -> 
             info["fd_matched"] = (
                 f"CLAP audio embeddings against {len(matched)} clean renderings of the evaluated captions themselves "
                 f"({MATCHED_RENDERINGS} per caption, toy renderer)"
+            )
+            # The clean renderings' own spread: what a model that always got the caption right would
+            # show (timing varies, events do not), to read each model's diversity against; a
+            # base model's spread is mostly its mistakes.
+            reference_diversity = matched_reference_diversity(matched, embeddings["fd_matched"]["reference"], caption_ids, sample_rate)
+            info["diversity_reference"] = (
+                f"the clean renderings' own diversity (CLAP) {reference_diversity['diversity']:.3f} and diversity_mel "
+                f"{reference_diversity['diversity_mel']:.3f}: what a model that always gets the caption right spreads"
             )
     if "clap_audio" in embeddings and len(set(map(str, caption_ids))) < len(caption_ids):
         for name in models:
@@ -359,6 +368,8 @@ def evaluate(config: EvaluateConfig, backends: dict[str, Any] | None = None) -> 
             values["fd"] = values.pop("fd_clap")
         data[name] = values
     data.update(extra)
+    if reference_diversity is not None:
+        data["reference_diversity"] = reference_diversity
     atomic_write_json(out / "metrics.json", data)
     print_table(metrics)
     return out
@@ -387,6 +398,15 @@ def quality_verdict(metrics: dict, intervals: dict) -> str:
 
 
 MATCHED_RENDERINGS = 4  # clean renderings per evaluated caption for the matched-reference FD
+
+
+def matched_reference_diversity(matched: list, clap_embeddings, caption_ids: list, sample_rate: int) -> dict[str, float]:
+    """Diversity (CLAP) and diversity_mel of the clean renderings `matched_toy_references` made for
+    clips of `caption_ids`, each caption's renderings grouped together."""
+    from ..evaluation.metrics import log_mel_embeddings, within_caption_spread  # lazy: as in `evaluate`
+
+    ids = [c for c in dict.fromkeys(map(str, caption_ids)) for _ in range(MATCHED_RENDERINGS)]
+    return {"diversity": within_caption_spread(clap_embeddings, ids), "diversity_mel": within_caption_spread(log_mel_embeddings(matched, sample_rate), ids)}
 
 
 def matched_toy_references(rows: list[dict], duration_s: float, seed: int) -> list:
