@@ -85,11 +85,23 @@ def test_toy_tango_loads_offline_and_generates_clips_of_the_right_length(toy_tan
     assert np.corrcoef(again[0], clips[0])[0, 1] > 0.99
 
 
-def oracle_accuracies(model, clips_per_task: dict[str, int], batch_size: int, **sampling) -> dict[str, tuple[float, float]]:
+def oracle_accuracies(model, clips_per_task: dict[str, int], config_file: str) -> dict[str, tuple[float, float]]:
     """task -> (accuracy, share of complete clips in order) of `model`'s clips for seeded random
-    captions (2 events for integrity, 3 for temporal), judged by the oracle; generated `batch_size`
-    clips a call, as the evaluate stage does (300 in one call took twice as long on one core)."""
+    captions (2 events for integrity, 3 for temporal), judged by the oracle; sampled as the
+    evaluate stage of `config_file` (in baton_trainer/configs) samples, its batch size included
+    (300 clips in one call took twice as long on one core)."""
+    import dataclasses
+
+    import yaml
+
+    from baton_trainer.__main__ import CONFIG_DIR
+    from baton_trainer.stages.evaluate import EvaluateConfig
     from baton_trainer.toyworld.oracle import OracleAnnotator, is_aligned
+
+    defaults = {f.name: f.default for f in dataclasses.fields(EvaluateConfig)}
+    evaluate = {**defaults, **yaml.safe_load((CONFIG_DIR / config_file).read_text())["evaluate"]}
+    batch_size = evaluate["batch_size"]
+    sampling = {key: evaluate[key] for key in ("num_inference_steps", "guidance_scale", "duration_s") if evaluate.get(key) is not None}
 
     rng = np.random.default_rng([0, 991])
     oracle = OracleAnnotator()
@@ -113,18 +125,7 @@ def test_toy_tango_base_fails_as_the_papers_does_but_has_learned_order(toy_tango
     """Held-out captions, judged by the oracle: events go missing and order is often wrong
     (accuracies inside 20-70 %), yet complete 3-event clips follow the caption's order far more
     often than chance (1/6), so feedback has something to reinforce."""
-    import yaml
-
-    from baton_trainer.__main__ import CONFIG_DIR
-
-    sampling = yaml.safe_load((CONFIG_DIR / "toy.yaml").read_text())["evaluate"]
-    results = oracle_accuracies(
-        toy_tango,
-        {"integrity": 60, "temporal": 120},
-        batch_size=sampling["batch_size"],
-        num_inference_steps=sampling["num_inference_steps"],
-        guidance_scale=3.0,
-    )
+    results = oracle_accuracies(toy_tango, {"integrity": 60, "temporal": 120}, "toy.yaml")
     assert 0.2 <= results["integrity"][0] <= 0.7
     assert 0.2 <= results["temporal"][0] <= 0.7
     assert results["temporal"][1] > 0.4
@@ -176,19 +177,7 @@ def test_toy_flow_base_fails_as_the_papers_does_but_has_learned_order(toy_flow):
     """As the toy TANGO, at the sampling settings of configs/toy_flow.yaml: events go missing and
     order is often wrong (accuracies inside 20-70 %), yet complete 3-event clips are in order far
     more often than chance. 300 captions per task: a draw of 120 swings integrity by ~10 points."""
-    import yaml
-
-    from baton_trainer.__main__ import CONFIG_DIR
-
-    sampling = yaml.safe_load((CONFIG_DIR / "toy_flow.yaml").read_text())["evaluate"]
-    results = oracle_accuracies(
-        toy_flow,
-        {"integrity": 300, "temporal": 300},
-        batch_size=sampling["batch_size"],
-        num_inference_steps=sampling["num_inference_steps"],
-        guidance_scale=sampling["guidance_scale"],
-        duration_s=sampling["duration_s"],
-    )
+    results = oracle_accuracies(toy_flow, {"integrity": 300, "temporal": 300}, "toy_flow.yaml")
     assert 0.2 <= results["integrity"][0] <= 0.7
     assert 0.2 <= results["temporal"][0] <= 0.7
     assert results["temporal"][1] > 0.4
