@@ -350,8 +350,10 @@ def test_two_processes_take_whole_groups_and_reach_the_one_process_weights(world
     refused = launch(2, *args(tmp_path / "odd", 2)[:-2], "--pretrain_batch_size", "2", "--rollout_captions", "3")
     assert refused.returncode != 0 and "rollout_captions 3 does not divide over 2 processes" in refused.stderr and "e.g. 4" in refused.stderr
     run_stage("finetune", *args(tmp_path / "one", 4))
-    result = launch(2, *args(tmp_path / "two", 2))
+    result = launch(2, *args(tmp_path / "two", 2), "--checkpointing_steps", "2")
     assert result.returncode == 0, result.stderr[-3000:]
+    for rank in (0, 1):  # each process keeps its own objective state in the checkpoint
+        assert (tmp_path / "two" / "checkpoints" / "checkpoint-2" / f"online_state-rank{rank}.safetensors").is_file()
     one = torch.load(tmp_path / "one" / "rollouts" / "rollout-000001-rank0.pt", weights_only=True)
     halves = [torch.load(tmp_path / "two" / "rollouts" / f"rollout-000001-rank{r}.pt", weights_only=True) for r in (0, 1)]
     for half in halves:

@@ -270,6 +270,7 @@ class OnlineObjective(Objective):
         belongs to, the judge's history and the best judged weights, so that a resumed run samples,
         keeps and exports what an uninterrupted run would."""
         text, weights = self.state_paths(folder)
+        text.parent.mkdir(parents=True, exist_ok=True)  # a process may get here before the one that makes the folder
         tensors = {}
         if self.old_policy is not None:
             tensors.update({f"old_policy.{i}": t.detach().cpu().contiguous() for i, t in enumerate(self.old_policy.copy)})
