@@ -171,27 +171,6 @@ def quality(clips_dir: Path) -> dict:
     return out
 
 
-def reference_diversity(eval_dir: Path) -> dict[str, float]:
-    """The diversities of clean renderings of an evaluation's held-out captions (what a model that
-    always gets the caption right spreads), from its metrics.json or, for an evaluation made before
-    the evaluate stage recorded them, rendered and embedded again as the stage does."""
-    data = json.loads((eval_dir / "metrics.json").read_text())
-    if "reference_diversity" in data:
-        return data["reference_diversity"]
-    import soundfile as sf
-
-    from baton_trainer.clap import ClapEmbedder
-    from baton_trainer.evaluation.metrics import loudness_normalised
-    from baton_trainer.stages.evaluate import matched_reference_diversity, matched_toy_references
-    from baton_trainer.toyworld.models import TOY_CLAP_PATH
-
-    rows = [json.loads(line) for line in (eval_dir / "clips" / "base" / "metadata.jsonl").read_text().splitlines() if line.strip()]
-    duration_s = sf.info(str(eval_dir / "clips" / "base" / rows[0]["file_name"])).duration
-    matched = loudness_normalised(matched_toy_references(rows, duration_s, int(data["info"]["seed"])), 16000)
-    embeddings = ClapEmbedder(str(TOY_CLAP_PATH)).embed_audio(matched, 16000).cpu().numpy()
-    return matched_reference_diversity(matched, embeddings, [r["caption_id"] for r in rows], 16000)
-
-
 def quality_summary(per_seed: dict) -> dict:
     """model -> key -> {value, se[, difference, difference_se]}: means over seeds, each seed's standard
     error taken from its 95 % interval (half-width / 1.96) and combined as for independent estimates;
@@ -492,7 +471,8 @@ def main() -> None:
             **untrained_folders(seed),
         }
         results["quality"] = {name: quality(folder) for name, folder in folders.items()}
-        results["reference_diversity"] = reference_diversity(run_dir / "eval")
+        # the clean renderings' diversity, as the evaluate stage records it for toy evaluations
+        results["reference_diversity"] = json.loads((run_dir / "eval" / "metrics.json").read_text()).get("reference_diversity")
         results["cost"] = {m: cost(run_dir, m) for m in ["baton", *trained]}
         per_seed[seed] = results
         print(f"seed {seed} done after {time.time() - began:.0f} s", flush=True)
@@ -524,10 +504,11 @@ def main() -> None:
     }
     Path(args.out + ".json").parent.mkdir(parents=True, exist_ok=True)
     Path(args.out + ".json").write_text(json.dumps(report, indent=2, default=str))
+    references = [per_seed[s]["reference_diversity"] for s in args.seeds]  # a row only where every seed's evaluation recorded one
     text = (
         (f"Default run and every method from configs/{args.config_file}.\n\n" if args.config_file != "toy.yaml" else "")
         + markdown(table, paired, args.seeds, control, args.control_name)
-        + quality_markdown(report["quality"], [per_seed[s]["reference_diversity"] for s in args.seeds])
+        + quality_markdown(report["quality"], references if all(references) else None)
         + cost_markdown(per_seed)
         + rewards_markdown(trained)
         + tuning_markdown(tuning)

@@ -208,7 +208,7 @@ class OnlineObjective(Objective):
         # run that never beats it exports the untrained weights.
         floor = cfg.judge_min_diversity * self.judged[0].get("diversity_mel", 0.0) if self.judged[0]["step"] == 0 else 0.0
         eligible = scores.get("diversity_mel", math.inf) >= floor
-        best_judge = next((j["judge"] for j in self.judged if self.best is not None and j["step"] == self.best[0]), -math.inf)
+        best_judge = -math.inf if self.best is None else next(j["judge"] for j in self.judged if j["step"] == self.best[0])
         if eligible and scores["judge"] > best_judge:
             self.best = (step, [p.detach().clone() for p in denoiser.parameters() if p.requires_grad])
         if len(self.judged) > 1 and reward_hacking(self.judged[-2], scores, cfg.stop_margin_se):
